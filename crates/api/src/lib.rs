@@ -1,0 +1,23 @@
+//! Shoal's object model and gRPC API.
+//!
+//! Everything a user declares or the cluster observes is one of the objects in
+//! `proto/shoal.proto` (DESIGN.md §2): `Cluster`, `Node`, `Service`, `Task`,
+//! `Network`. The same messages are the wire format of the control API, the
+//! payload of raft entries (`Batch` of `Transaction`s of `StoreAction`s) and the
+//! content of snapshots, so there is one definition of each object.
+
+#[allow(clippy::all, missing_docs)]
+mod pb {
+    tonic::include_proto!("shoal.v1");
+}
+pub use pb::*;
+
+pub mod enum_name;
+mod object_kind;
+mod task_state;
+pub mod transport;
+
+pub use object_kind::ObjectKind;
+
+/// The version of this build, shown by `shoal version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

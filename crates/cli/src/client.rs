@@ -1,0 +1,68 @@
+//! The connection to a daemon, and the one place gRPC errors become the
+//! single line the user reads.
+
+use std::path::{Path, PathBuf};
+
+use shoal_api::control_client::ControlClient;
+use tonic::transport::Channel;
+
+/// A control API client bound to one socket.
+pub struct Client {
+    socket: PathBuf,
+    inner: ControlClient<Channel>,
+}
+
+/// Largest message the client accepts (large listings).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+impl Client {
+    pub fn new(socket: &Path) -> Client {
+        let channel = shoal_api::transport::connect_unix(socket);
+        Client {
+            socket: socket.to_path_buf(),
+            inner: ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        }
+    }
+
+    /// The gRPC client; every call's error goes through [`Client::error`].
+    pub fn api(&mut self) -> &mut ControlClient<Channel> {
+        &mut self.inner
+    }
+
+    /// Turns a status into the user's one line: the server's message for
+    /// refusals, a hint for an unreachable daemon.
+    pub fn error(&self, status: tonic::Status) -> anyhow::Error {
+        // A failed connection surfaces as a status whose source is the
+        // transport error; refusals from the daemon have no source.
+        let transport = std::error::Error::source(&status).is_some()
+            && matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown
+            );
+        if transport {
+            return anyhow::anyhow!(
+                "cannot reach the shoal daemon at {} ({}): is it running? (set --socket or SHOAL_SOCKET)",
+                self.socket.display(),
+                status.message()
+            );
+        }
+        anyhow::anyhow!("{}", status.message())
+    }
+
+    pub async fn version(&mut self) -> anyhow::Result<shoal_api::VersionResponse> {
+        let r = self.inner.version(shoal_api::VersionRequest {}).await;
+        r.map(|r| r.into_inner()).map_err(|s| self.error(s))
+    }
+}
+
+/// Calls one RPC and maps its error: `call!(client, method(request))`.
+#[macro_export]
+macro_rules! call {
+    ($client:expr, $method:ident($req:expr)) => {{
+        let result = $client.api().$method($req).await;
+        match result {
+            Ok(r) => Ok::<_, anyhow::Error>(r.into_inner()),
+            Err(status) => Err($client.error(status)),
+        }
+    }};
+}

@@ -1,0 +1,59 @@
+//! `shoal cluster …`
+
+use clap::Subcommand;
+use shoal_api::{DispatcherConfig, GetClusterRequest, OrchestrationConfig, UpdateClusterRequest};
+
+use crate::call;
+use crate::client::Client;
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Show the cluster object as JSON.
+    Inspect,
+    /// Change cluster-wide settings.
+    Update {
+        /// Finished tasks kept per slot (per node for global services).
+        #[arg(long, allow_negative_numbers = true)]
+        task_history_limit: Option<i64>,
+        /// How often agents report to their manager (e.g. 5s).
+        #[arg(long, value_parser = crate::parse::duration_ms, value_name = "DURATION")]
+        dispatcher_heartbeat: Option<u64>,
+    },
+}
+
+pub async fn run(mut client: Client, cmd: ClusterCommand) -> anyhow::Result<()> {
+    let cluster = call!(client, get_cluster(GetClusterRequest {}))?
+        .cluster
+        .unwrap_or_default();
+    match cmd {
+        ClusterCommand::Inspect => {
+            println!("{}", serde_json::to_string_pretty(&cluster)?);
+        }
+        ClusterCommand::Update {
+            task_history_limit,
+            dispatcher_heartbeat,
+        } => {
+            let mut spec = cluster.spec.clone().unwrap_or_default();
+            if let Some(limit) = task_history_limit {
+                spec.orchestration
+                    .get_or_insert_with(OrchestrationConfig::default)
+                    .task_history_retention_limit = limit;
+            }
+            if let Some(ms) = dispatcher_heartbeat {
+                spec.dispatcher
+                    .get_or_insert_with(DispatcherConfig::default)
+                    .heartbeat_period_ms = ms;
+            }
+            call!(
+                client,
+                update_cluster(UpdateClusterRequest {
+                    cluster_id: cluster.id.clone(),
+                    version: cluster.meta.as_ref().map_or(0, |m| m.version),
+                    spec: Some(spec),
+                })
+            )?;
+            println!("{}", cluster.id);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,474 @@
+//! The service flags shared by `service create` and `service update`, and how
+//! they change a [`ServiceSpec`]. Create applies them to an empty spec; update
+//! applies them to the current one, where list flags add entries (replacing
+//! those with the same key) and the `--*-rm` flags remove them.
+
+use clap::{Args, ValueEnum};
+use shoal_api::{
+    restart_policy, update_config, NetworkAttachmentConfig, PlacementPreference, PortConfig,
+    ServiceMode, ServiceSpec, UpdateConfig,
+};
+
+use crate::parse;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Mode {
+    Replicated,
+    Global,
+    ReplicatedJob,
+    GlobalJob,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RestartCondition {
+    Any,
+    OnFailure,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FailureAction {
+    Pause,
+    Continue,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum UpdateOrder {
+    StopFirst,
+    StartFirst,
+}
+
+/// Flags that set one field of the spec.
+#[derive(Debug, Clone, Args, Default)]
+pub struct SpecFlags {
+    /// Number of tasks (replicated services and jobs).
+    #[arg(long, allow_negative_numbers = true)]
+    pub replicas: Option<i64>,
+    /// Image to run with the docker executor (empty: the command runs as a process).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Working directory of the command.
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// User the command runs as.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// CPUs reserved for each task (e.g. 0.5).
+    #[arg(long, value_parser = parse::nano_cpus, value_name = "CPUS")]
+    pub reserve_cpu: Option<i64>,
+    /// Memory reserved for each task (e.g. 64M).
+    #[arg(long, value_parser = parse::memory_bytes, value_name = "BYTES")]
+    pub reserve_memory: Option<i64>,
+    /// CPU limit of each task.
+    #[arg(long, value_parser = parse::nano_cpus, value_name = "CPUS")]
+    pub limit_cpu: Option<i64>,
+    /// Memory limit of each task.
+    #[arg(long, value_parser = parse::memory_bytes, value_name = "BYTES")]
+    pub limit_memory: Option<i64>,
+    /// When to restart a finished task.
+    #[arg(long, value_enum)]
+    pub restart_condition: Option<RestartCondition>,
+    /// Wait between restarts (e.g. 5s).
+    #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
+    pub restart_delay: Option<u64>,
+    /// Restarts allowed within the window (0: no limit).
+    #[arg(long)]
+    pub restart_max_attempts: Option<u64>,
+    /// Window over which restarts are counted (e.g. 1m).
+    #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
+    pub restart_window: Option<u64>,
+    /// Tasks updated at once (0: all).
+    #[arg(long)]
+    pub update_parallelism: Option<u64>,
+    /// Wait between update batches.
+    #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
+    pub update_delay: Option<u64>,
+    /// What to do when an update fails.
+    #[arg(long, value_enum)]
+    pub update_failure_action: Option<FailureAction>,
+    /// How long each updated task is watched for failure.
+    #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
+    pub update_monitor: Option<u64>,
+    /// Failure ratio tolerated during an update (0 to 1).
+    #[arg(long)]
+    pub update_max_failure_ratio: Option<f32>,
+    /// Stop the old task before starting the new one, or the reverse.
+    #[arg(long, value_enum)]
+    pub update_order: Option<UpdateOrder>,
+    /// Tasks rolled back at once (0: all).
+    #[arg(long)]
+    pub rollback_parallelism: Option<u64>,
+    #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
+    pub rollback_delay: Option<u64>,
+    #[arg(long, value_enum)]
+    pub rollback_failure_action: Option<FailureAction>,
+    #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
+    pub rollback_monitor: Option<u64>,
+    #[arg(long)]
+    pub rollback_max_failure_ratio: Option<f32>,
+    #[arg(long, value_enum)]
+    pub rollback_order: Option<UpdateOrder>,
+    /// Most tasks of this service on one node (0: no limit).
+    #[arg(long)]
+    pub replicas_max_per_node: Option<u64>,
+    /// Time a task gets to stop after SIGTERM before SIGKILL.
+    #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
+    pub stop_grace_period: Option<u64>,
+}
+
+/// Flags that add entries to a list or map of the spec.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ListFlags {
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Service label KEY=VALUE (repeatable).
+    #[arg(long = "label", short = 'l', value_parser = parse::key_value, value_name = "KEY=VALUE")]
+    pub labels: Vec<(String, String)>,
+    /// Placement constraint, e.g. node.labels.zone==a (repeatable).
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraints: Vec<String>,
+    /// Placement preference, spread=node.labels.KEY (repeatable, in order).
+    #[arg(long = "placement-pref", value_name = "spread=LABEL")]
+    pub placement_prefs: Vec<String>,
+    /// Publish a port, PUBLISHED:TARGET[/tcp|udp] (repeatable).
+    #[arg(long = "publish", short = 'p', value_parser = parse::port, value_name = "PORT")]
+    pub publish: Vec<PortConfig>,
+    /// Attach to a network (repeatable).
+    #[arg(long = "network", value_name = "NETWORK")]
+    pub networks: Vec<String>,
+}
+
+/// Flags of `service update` that remove entries.
+#[derive(Debug, Clone, Args, Default)]
+pub struct RemoveFlags {
+    /// Remove an environment variable by KEY.
+    #[arg(long, value_name = "KEY")]
+    pub env_rm: Vec<String>,
+    /// Remove a label by KEY.
+    #[arg(long, value_name = "KEY")]
+    pub label_rm: Vec<String>,
+    /// Remove a constraint.
+    #[arg(long, value_name = "EXPR")]
+    pub constraint_rm: Vec<String>,
+    /// Remove a placement preference.
+    #[arg(long, value_name = "spread=LABEL")]
+    pub placement_pref_rm: Vec<String>,
+    /// Unpublish a port by its published number.
+    #[arg(long, value_name = "PUBLISHED")]
+    pub publish_rm: Vec<u32>,
+    /// Detach from a network.
+    #[arg(long, value_name = "NETWORK")]
+    pub network_rm: Vec<String>,
+}
+
+fn update_config(
+    config: &mut Option<UpdateConfig>,
+    parallelism: Option<u64>,
+    delay: Option<u64>,
+    action: Option<FailureAction>,
+    monitor: Option<u64>,
+    ratio: Option<f32>,
+    order: Option<UpdateOrder>,
+) {
+    if parallelism.is_none()
+        && delay.is_none()
+        && action.is_none()
+        && monitor.is_none()
+        && ratio.is_none()
+        && order.is_none()
+    {
+        return;
+    }
+    let c = config.get_or_insert_with(|| UpdateConfig {
+        parallelism: 1,
+        ..Default::default()
+    });
+    if let Some(v) = parallelism {
+        c.parallelism = v;
+    }
+    if let Some(v) = delay {
+        c.delay_ms = v;
+    }
+    if let Some(v) = action {
+        c.failure_action = match v {
+            FailureAction::Pause => update_config::FailureAction::Pause,
+            FailureAction::Continue => update_config::FailureAction::Continue,
+            FailureAction::Rollback => update_config::FailureAction::Rollback,
+        } as i32;
+    }
+    if let Some(v) = monitor {
+        c.monitor_ms = v;
+    }
+    if let Some(v) = ratio {
+        c.max_failure_ratio = v;
+    }
+    if let Some(v) = order {
+        c.order = match v {
+            UpdateOrder::StopFirst => update_config::Order::StopFirst,
+            UpdateOrder::StartFirst => update_config::Order::StartFirst,
+        } as i32;
+    }
+}
+
+/// Sets the service mode.
+pub fn apply_mode(spec: &mut ServiceSpec, mode: Mode) {
+    spec.mode = match mode {
+        Mode::Replicated => ServiceMode::Replicated,
+        Mode::Global => ServiceMode::Global,
+        Mode::ReplicatedJob => ServiceMode::ReplicatedJob,
+        Mode::GlobalJob => ServiceMode::GlobalJob,
+    } as i32;
+}
+
+impl SpecFlags {
+    /// Writes every flag that was given into `spec`.
+    pub fn apply(&self, spec: &mut ServiceSpec) {
+        if let Some(r) = self.replicas {
+            spec.replicas = Some(r);
+        }
+        let task = spec.task.get_or_insert_with(Default::default);
+        let runtime = task.runtime.get_or_insert_with(Default::default);
+        if let Some(v) = &self.image {
+            runtime.image = v.clone();
+        }
+        if let Some(v) = &self.workdir {
+            runtime.dir = v.clone();
+        }
+        if let Some(v) = &self.user {
+            runtime.user = v.clone();
+        }
+        if let Some(v) = self.stop_grace_period {
+            runtime.stop_grace_period_ms = v;
+        }
+        if self.reserve_cpu.is_some()
+            || self.reserve_memory.is_some()
+            || self.limit_cpu.is_some()
+            || self.limit_memory.is_some()
+        {
+            let resources = task.resources.get_or_insert_with(Default::default);
+            let reservations = resources.reservations.get_or_insert_with(Default::default);
+            if let Some(v) = self.reserve_cpu {
+                reservations.nano_cpus = v;
+            }
+            if let Some(v) = self.reserve_memory {
+                reservations.memory_bytes = v;
+            }
+            let limits = resources.limits.get_or_insert_with(Default::default);
+            if let Some(v) = self.limit_cpu {
+                limits.nano_cpus = v;
+            }
+            if let Some(v) = self.limit_memory {
+                limits.memory_bytes = v;
+            }
+        }
+        if self.restart_condition.is_some()
+            || self.restart_delay.is_some()
+            || self.restart_max_attempts.is_some()
+            || self.restart_window.is_some()
+        {
+            let restart = task
+                .restart
+                .get_or_insert_with(|| shoal_api::RestartPolicy {
+                    delay_ms: 5_000,
+                    ..Default::default()
+                });
+            if let Some(v) = self.restart_condition {
+                restart.condition = match v {
+                    RestartCondition::Any => restart_policy::Condition::Any,
+                    RestartCondition::OnFailure => restart_policy::Condition::OnFailure,
+                    RestartCondition::None => restart_policy::Condition::None,
+                } as i32;
+            }
+            if let Some(v) = self.restart_delay {
+                restart.delay_ms = v;
+            }
+            if let Some(v) = self.restart_max_attempts {
+                restart.max_attempts = v;
+            }
+            if let Some(v) = self.restart_window {
+                restart.window_ms = v;
+            }
+        }
+        if let Some(v) = self.replicas_max_per_node {
+            task.placement
+                .get_or_insert_with(Default::default)
+                .max_replicas_per_node = v;
+        }
+        update_config(
+            &mut spec.update,
+            self.update_parallelism,
+            self.update_delay,
+            self.update_failure_action,
+            self.update_monitor,
+            self.update_max_failure_ratio,
+            self.update_order,
+        );
+        update_config(
+            &mut spec.rollback,
+            self.rollback_parallelism,
+            self.rollback_delay,
+            self.rollback_failure_action,
+            self.rollback_monitor,
+            self.rollback_max_failure_ratio,
+            self.rollback_order,
+        );
+    }
+}
+
+fn env_key(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(k, _)| k)
+}
+
+impl ListFlags {
+    /// Adds every entry, replacing same-key ones (env, labels) and skipping
+    /// exact duplicates (constraints, preferences, networks). With `replace`
+    /// (update), a port published again replaces the old mapping; without it
+    /// (create), both are kept so validation refuses the duplicate.
+    pub fn apply(&self, spec: &mut ServiceSpec, replace: bool) {
+        let annotations = spec.annotations.get_or_insert_with(Default::default);
+        for (k, v) in &self.labels {
+            annotations.labels.insert(k.clone(), v.clone());
+        }
+        let task = spec.task.get_or_insert_with(Default::default);
+        let runtime = task.runtime.get_or_insert_with(Default::default);
+        for entry in &self.env {
+            runtime.env.retain(|e| env_key(e) != env_key(entry));
+            runtime.env.push(entry.clone());
+        }
+        if !self.constraints.is_empty() || !self.placement_prefs.is_empty() {
+            let placement = task.placement.get_or_insert_with(Default::default);
+            for c in &self.constraints {
+                if !placement.constraints.contains(c) {
+                    placement.constraints.push(c.clone());
+                }
+            }
+            for p in &self.placement_prefs {
+                let descriptor = p.strip_prefix("spread=").unwrap_or(p).to_string();
+                if !placement
+                    .preferences
+                    .iter()
+                    .any(|x| x.spread_descriptor == descriptor)
+                {
+                    placement.preferences.push(PlacementPreference {
+                        spread_descriptor: descriptor,
+                    });
+                }
+            }
+        }
+        for n in &self.networks {
+            if !task.networks.iter().any(|x| &x.target == n) {
+                task.networks.push(NetworkAttachmentConfig {
+                    target: n.clone(),
+                    aliases: Vec::new(),
+                });
+            }
+        }
+        if !self.publish.is_empty() {
+            let endpoint = spec.endpoint.get_or_insert_with(Default::default);
+            for p in &self.publish {
+                endpoint.ports.retain(|x| {
+                    !replace
+                        || p.published_port == 0
+                        || x.published_port != p.published_port
+                        || x.protocol != p.protocol
+                });
+                endpoint.ports.push(p.clone());
+            }
+        }
+    }
+}
+
+impl RemoveFlags {
+    /// Removes every named entry. Networks are matched by the id or the name
+    /// the user gives, so `resolve` maps a name to the stored id.
+    pub fn apply(&self, spec: &mut ServiceSpec, resolve: &dyn Fn(&str) -> String) {
+        if let Some(a) = spec.annotations.as_mut() {
+            for k in &self.label_rm {
+                a.labels.remove(k);
+            }
+        }
+        let Some(task) = spec.task.as_mut() else {
+            return;
+        };
+        if let Some(runtime) = task.runtime.as_mut() {
+            runtime
+                .env
+                .retain(|e| !self.env_rm.iter().any(|k| k == env_key(e)));
+        }
+        if let Some(placement) = task.placement.as_mut() {
+            placement
+                .constraints
+                .retain(|c| !self.constraint_rm.contains(c));
+            placement.preferences.retain(|p| {
+                !self
+                    .placement_pref_rm
+                    .iter()
+                    .any(|r| r.strip_prefix("spread=").unwrap_or(r) == p.spread_descriptor)
+            });
+        }
+        let network_ids: Vec<String> = self.network_rm.iter().map(|n| resolve(n)).collect();
+        task.networks
+            .retain(|n| !network_ids.contains(&n.target) && !self.network_rm.contains(&n.target));
+        if let Some(endpoint) = spec.endpoint.as_mut() {
+            endpoint
+                .ports
+                .retain(|p| !self.publish_rm.contains(&p.published_port));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_flags_add_replace_and_remove_entries() {
+        let mut spec = ServiceSpec::default();
+        ListFlags {
+            env: vec!["A=1".into(), "B=1".into()],
+            labels: vec![("tier".into(), "front".into())],
+            ..Default::default()
+        }
+        .apply(&mut spec, false);
+        ListFlags {
+            env: vec!["B=2".into()],
+            ..Default::default()
+        }
+        .apply(&mut spec, true);
+        let env = &spec.task.as_ref().unwrap().runtime.as_ref().unwrap().env;
+        assert_eq!(env, &vec!["A=1".to_string(), "B=2".to_string()]);
+        RemoveFlags {
+            env_rm: vec!["A".into()],
+            label_rm: vec!["tier".into()],
+            ..Default::default()
+        }
+        .apply(&mut spec, &|n| n.to_string());
+        let env = &spec.task.as_ref().unwrap().runtime.as_ref().unwrap().env;
+        assert_eq!(env, &vec!["B=2".to_string()]);
+        assert!(spec.annotations.unwrap().labels.is_empty());
+    }
+
+    #[test]
+    fn restart_and_update_flags_fill_their_configs() {
+        let mut spec = ServiceSpec::default();
+        SpecFlags {
+            restart_condition: Some(RestartCondition::OnFailure),
+            restart_delay: Some(2_000),
+            update_parallelism: Some(2),
+            update_delay: Some(5_000),
+            ..Default::default()
+        }
+        .apply(&mut spec);
+        let restart = spec.task.unwrap().restart.unwrap();
+        assert_eq!(
+            restart.condition,
+            restart_policy::Condition::OnFailure as i32
+        );
+        assert_eq!(restart.delay_ms, 2_000);
+        let update = spec.update.unwrap();
+        assert_eq!((update.parallelism, update.delay_ms), (2, 5_000));
+        assert!(spec.rollback.is_none());
+    }
+}

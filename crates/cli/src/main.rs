@@ -1,0 +1,161 @@
+//! `shoal`: `shoal daemon` runs a node; every other subcommand is a client of
+//! a daemon's control API, found through `--socket`, `SHOAL_SOCKET`, or the
+//! state dir's `shoal.sock`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod client;
+mod cluster;
+mod events;
+mod flags;
+mod network;
+mod node;
+mod output;
+mod parse;
+mod service;
+mod task;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Shoal: keep services running across a fleet of machines"
+)]
+struct Cli {
+    /// The daemon's control socket [default: <state dir>/shoal.sock].
+    #[arg(long, global = true, env = "SHOAL_SOCKET")]
+    socket: Option<PathBuf>,
+    /// The daemon's state dir, used to find its socket and by `shoal daemon`.
+    #[arg(long, global = true, env = "SHOAL_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node: with an empty state dir, create a new cluster with this node its first manager.
+    Daemon(DaemonArgs),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+    /// Inspect and list tasks.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// Inspect and configure the cluster.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Stream every create, update and remove as it commits.
+    Events(events::EventsArgs),
+    /// Show the client's and the daemon's versions.
+    Version,
+}
+
+#[derive(Debug, clap::Args)]
+struct DaemonArgs {
+    /// Where other managers reach this node's raft service (host:port); unset
+    /// for a single-manager cluster.
+    #[arg(long)]
+    listen_addr: Option<String>,
+    /// Raft log entries between snapshots (the log is compacted after each).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_interval: u64,
+}
+
+/// The state dir when none is given: /var/lib/shoal for root, else under
+/// the user's data dir.
+fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/shoal");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("shoal")
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprint!("Error: {text}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| state_dir.join(shoal_node::SOCKET_FILE));
+    match cli.command {
+        Command::Daemon(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            shoal_node::run(shoal_node::DaemonConfig {
+                state_dir,
+                socket: cli.socket,
+                listen_addr: args.listen_addr,
+                snapshot_interval_entries: args.snapshot_interval,
+            })
+            .await?;
+            Ok(())
+        }
+        Command::Service(cmd) => service::run(client::Client::new(&socket), cmd).await,
+        Command::Task(cmd) => task::run(client::Client::new(&socket), cmd).await,
+        Command::Node(cmd) => node::run(client::Client::new(&socket), cmd).await,
+        Command::Network(cmd) => network::run(client::Client::new(&socket), cmd).await,
+        Command::Cluster(cmd) => cluster::run(client::Client::new(&socket), cmd).await,
+        Command::Events(args) => events::run(client::Client::new(&socket), args).await,
+        Command::Version => {
+            println!("Client: {}", shoal_api::VERSION);
+            let v = client::Client::new(&socket).version().await?;
+            println!(
+                "Server: {} (node {}, cluster {})",
+                v.version, v.node_id, v.cluster_id
+            );
+            Ok(())
+        }
+    }
+}

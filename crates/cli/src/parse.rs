@@ -1,0 +1,188 @@
+//! Parsers for flag values: durations (`1m30s`), memory (`64M`), CPUs (`0.5`),
+//! ports (`8080:80/tcp`), `KEY=VALUE` pairs. Each error says what form was
+//! expected; clap prefixes it with the flag's name.
+
+use shoal_api::{port_config, PortConfig};
+
+/// `250ms`, `5s`, `1m30s`, `2h`, or `0`. Returns milliseconds.
+pub fn duration_ms(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a duration (e.g. 250ms, 5s, 1m30s)");
+    if text == "0" {
+        return Ok(0);
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_ms = match &rest[..unit_len] {
+            "ms" => 1.0,
+            "s" => 1_000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total = total
+            .checked_add((number * unit_ms).round() as u64)
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+/// `64M`, `1.5G`, `512K`, `1024` (bytes); binary units.
+pub fn memory_bytes(text: &str) -> Result<i64, String> {
+    let bad = || format!("{text:?} is not a memory size (e.g. 64M, 1.5G, 512K, or bytes)");
+    let t = text.trim();
+    let t = t.strip_suffix(['b', 'B']).unwrap_or(t);
+    let (number, factor) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(bad());
+    }
+    let bytes = value * factor as f64;
+    if bytes > i64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as i64)
+}
+
+/// A decimal number of cores: `0.5`, `2`. Returns billionths of a core.
+pub fn nano_cpus(text: &str) -> Result<i64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of CPUs (e.g. 0.5 or 2)"))?;
+    if !value.is_finite() || value < 0.0 || value > 1e6 {
+        return Err(format!("{text:?} is not a number of CPUs (e.g. 0.5 or 2)"));
+    }
+    Ok((value * 1e9).round() as i64)
+}
+
+/// `PUBLISHED:TARGET[/tcp|udp]`, or `TARGET[/proto]` alone.
+pub fn port(text: &str) -> Result<PortConfig, String> {
+    let bad = |why: &str| format!("{text:?}: {why} (expected PUBLISHED:TARGET[/tcp|udp])");
+    let (ports, protocol) = match text.split_once('/') {
+        Some((p, "tcp")) => (p, port_config::Protocol::Tcp),
+        Some((p, "udp")) => (p, port_config::Protocol::Udp),
+        Some((_, other)) => return Err(bad(&format!("unknown protocol {other:?}"))),
+        None => (text, port_config::Protocol::Tcp),
+    };
+    let number = |p: &str| -> Result<u32, String> {
+        let n: u32 = p
+            .parse()
+            .map_err(|_| bad(&format!("{p:?} is not a port number")))?;
+        if n == 0 || n > 65_535 {
+            return Err(bad(&format!("port {n} is out of range 1-65535")));
+        }
+        Ok(n)
+    };
+    let (published, target) = match ports.split_once(':') {
+        Some((p, t)) => (number(p)?, number(t)?),
+        None => (0, number(ports)?),
+    };
+    Ok(PortConfig {
+        name: String::new(),
+        protocol: protocol as i32,
+        target_port: target,
+        published_port: published,
+        publish_mode: port_config::PublishMode::Ingress as i32,
+    })
+}
+
+/// `KEY=VALUE` with a non-empty key.
+pub fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// `NAME=COUNT` for `service scale`.
+pub fn scale(text: &str) -> Result<(String, i64), String> {
+    let (name, count) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not SERVICE=REPLICAS"))?;
+    let count: i64 = count
+        .parse()
+        .map_err(|_| format!("{text:?}: {count:?} is not a number of replicas"))?;
+    if name.is_empty() {
+        return Err(format!("{text:?} is not SERVICE=REPLICAS"));
+    }
+    Ok((name.to_string(), count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_go_durations() {
+        assert_eq!(duration_ms("250ms"), Ok(250));
+        assert_eq!(duration_ms("5s"), Ok(5_000));
+        assert_eq!(duration_ms("1m30s"), Ok(90_000));
+        assert_eq!(duration_ms("1.5s"), Ok(1_500));
+        assert_eq!(duration_ms("2h"), Ok(7_200_000));
+        assert_eq!(duration_ms("0"), Ok(0));
+        for bad in ["", "5", "5x", "s", "-1s", "1m30"] {
+            assert!(duration_ms(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn memory_takes_binary_suffixes() {
+        assert_eq!(memory_bytes("64M"), Ok(64 << 20));
+        assert_eq!(memory_bytes("512k"), Ok(512 << 10));
+        assert_eq!(memory_bytes("1.5G"), Ok(3 << 29));
+        assert_eq!(memory_bytes("1024"), Ok(1024));
+        assert_eq!(memory_bytes("64MB"), Ok(64 << 20));
+        for bad in ["", "M", "12Q", "-5M", "lots"] {
+            assert!(memory_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cpus_are_decimal_cores() {
+        assert_eq!(nano_cpus("0.5"), Ok(500_000_000));
+        assert_eq!(nano_cpus("2"), Ok(2_000_000_000));
+        assert!(nano_cpus("-1").is_err());
+        assert!(nano_cpus("half").is_err());
+    }
+
+    #[test]
+    fn ports_take_published_target_and_protocol() {
+        let p = port("8080:80/udp").unwrap();
+        assert_eq!((p.published_port, p.target_port), (8080, 80));
+        assert_eq!(p.protocol, port_config::Protocol::Udp as i32);
+        assert_eq!(port("80").unwrap().published_port, 0);
+        for bad in ["0:80", "80:70000", "80:80/sctp", "a:b", ""] {
+            assert!(port(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scale_takes_name_equals_count() {
+        assert_eq!(scale("web=4"), Ok(("web".into(), 4)));
+        assert_eq!(scale("web=-1"), Ok(("web".into(), -1)));
+        assert!(scale("web").is_err());
+        assert!(scale("=3").is_err());
+        assert!(scale("web=x").is_err());
+    }
+}

@@ -1,0 +1,257 @@
+//! `shoal service …`
+
+use clap::{Args, Subcommand};
+use shoal_api::{
+    Annotations, CreateServiceRequest, GetRequest, ListRequest, RemoveRequest, Runtime, Service,
+    ServiceMode, ServiceSpec, UpdateServiceRequest,
+};
+
+use crate::call;
+use crate::client::Client;
+use crate::flags::{apply_mode, ListFlags, Mode, RemoveFlags, SpecFlags};
+use crate::output::{Format, Listing};
+use crate::task::{print_tasks, TaskListArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service: `shoal service create --name web --replicas 3 -- python3 -m http.server`.
+    Create(CreateArgs),
+    /// List services.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Show services as JSON, version included.
+    Inspect { services: Vec<String> },
+    /// Change a service's spec.
+    Update(UpdateArgs),
+    /// Set the replica count of replicated services: `shoal service scale web=4 api=2`.
+    Scale {
+        #[arg(required = true, value_parser = crate::parse::scale, value_name = "SERVICE=REPLICAS")]
+        scales: Vec<(String, i64)>,
+    },
+    /// Remove services.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// List the tasks of a service.
+    Ps {
+        service: String,
+        #[command(flatten)]
+        list: TaskListArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Service name (a DNS label).
+    #[arg(long)]
+    name: Option<String>,
+    /// replicated, global, replicated-job or global-job.
+    #[arg(long, value_enum, default_value = "replicated")]
+    mode: Mode,
+    #[command(flatten)]
+    spec: SpecFlags,
+    #[command(flatten)]
+    lists: ListFlags,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    service: String,
+    #[command(flatten)]
+    spec: SpecFlags,
+    #[command(flatten)]
+    lists: ListFlags,
+    #[command(flatten)]
+    removals: RemoveFlags,
+    /// Replace the command and its arguments, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only IDs.
+    #[arg(short, long)]
+    quiet: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Only services whose name or ID starts with one of these.
+    #[arg(long = "filter", value_name = "PREFIX")]
+    filters: Vec<String>,
+}
+
+pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> {
+    match cmd {
+        ServiceCommand::Create(args) => {
+            let mut spec = ServiceSpec {
+                annotations: Some(Annotations {
+                    name: args.name.clone().unwrap_or_default(),
+                    labels: Default::default(),
+                }),
+                ..Default::default()
+            };
+            apply_mode(&mut spec, args.mode);
+            args.spec.apply(&mut spec);
+            args.lists.apply(&mut spec, false);
+            set_command(&mut spec, args.command);
+            let created = call!(
+                client,
+                create_service(CreateServiceRequest { spec: Some(spec) })
+            )?;
+            let service = created.service.unwrap_or_default();
+            println!("{}", service.id);
+        }
+        ServiceCommand::Ls(args) => {
+            let list = call!(
+                client,
+                list_services(ListRequest {
+                    name_prefixes: args.filters
+                })
+            )?;
+            let mut listing =
+                Listing::new(vec!["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "COMMAND"]);
+            for summary in list.services {
+                let service = summary.service.unwrap_or_default();
+                let spec = service.spec.clone().unwrap_or_default();
+                let runtime = runtime_of(&spec);
+                listing.push(
+                    &service.id,
+                    vec![
+                        name_of(&service),
+                        mode_name(spec.mode),
+                        format!("{}/{}", summary.running_tasks, summary.desired_tasks),
+                        runtime.image.clone(),
+                        runtime.command.join(" "),
+                    ],
+                );
+            }
+            print!("{}", listing.render(args.quiet, args.format));
+        }
+        ServiceCommand::Inspect { services } => {
+            let mut out = Vec::new();
+            for reference in services {
+                let s = call!(client, get_service(GetRequest { reference }))?;
+                out.push(s.service.unwrap_or_default());
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        ServiceCommand::Update(args) => {
+            let current = get(&mut client, &args.service).await?;
+            let mut spec = current.spec.clone().unwrap_or_default();
+            args.spec.apply(&mut spec);
+            args.lists.apply(&mut spec, true);
+            let networks = call!(client, list_networks(ListRequest::default()))?.networks;
+            let resolve = |reference: &str| -> String {
+                networks
+                    .iter()
+                    .find(|n| {
+                        n.id == reference
+                            || n.spec
+                                .as_ref()
+                                .and_then(|s| s.annotations.as_ref())
+                                .is_some_and(|a| a.name == reference)
+                    })
+                    .map_or_else(|| reference.to_string(), |n| n.id.clone())
+            };
+            args.removals.apply(&mut spec, &resolve);
+            if !args.command.is_empty() {
+                set_command(&mut spec, args.command);
+            }
+            update(&mut client, &current, spec).await?;
+            println!("{}", current.id);
+        }
+        ServiceCommand::Scale { scales } => {
+            for (name, replicas) in scales {
+                let current = get(&mut client, &name).await?;
+                let mut spec = current.spec.clone().unwrap_or_default();
+                let replicated = matches!(
+                    ServiceMode::try_from(spec.mode),
+                    Ok(ServiceMode::Replicated | ServiceMode::ReplicatedJob)
+                );
+                if !replicated {
+                    anyhow::bail!(
+                        "{name}: scale works on replicated services only (this one is {})",
+                        mode_name(spec.mode)
+                    );
+                }
+                spec.replicas = Some(replicas);
+                update(&mut client, &current, spec).await?;
+                println!("{name} scaled to {replicas}");
+            }
+        }
+        ServiceCommand::Rm { services } => {
+            for reference in services {
+                call!(
+                    client,
+                    remove_service(RemoveRequest {
+                        reference: reference.clone()
+                    })
+                )?;
+                println!("{reference}");
+            }
+        }
+        ServiceCommand::Ps { service, list } => {
+            let request = list.request(Some(service))?;
+            let tasks = call!(client, list_tasks(request))?.tasks;
+            print_tasks(&mut client, tasks, &list).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn get(client: &mut Client, reference: &str) -> anyhow::Result<Service> {
+    let s = call!(
+        client,
+        get_service(GetRequest {
+            reference: reference.to_string()
+        })
+    )?;
+    Ok(s.service.unwrap_or_default())
+}
+
+/// Proposes `spec` against the version `current` was read at: a concurrent
+/// change fails as a conflict instead of being overwritten.
+async fn update(client: &mut Client, current: &Service, spec: ServiceSpec) -> anyhow::Result<()> {
+    let version = current.meta.as_ref().map_or(0, |m| m.version);
+    call!(
+        client,
+        update_service(UpdateServiceRequest {
+            service_id: current.id.clone(),
+            version,
+            spec: Some(spec),
+        })
+    )?;
+    Ok(())
+}
+
+fn set_command(spec: &mut ServiceSpec, command: Vec<String>) {
+    let task = spec.task.get_or_insert_with(Default::default);
+    task.runtime.get_or_insert_with(Runtime::default).command = command;
+}
+
+fn runtime_of(spec: &ServiceSpec) -> Runtime {
+    spec.task
+        .as_ref()
+        .and_then(|t| t.runtime.clone())
+        .unwrap_or_default()
+}
+
+pub fn name_of(service: &Service) -> String {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.annotations.as_ref())
+        .map(|a| a.name.clone())
+        .unwrap_or_default()
+}
+
+fn mode_name(mode: i32) -> String {
+    ServiceMode::try_from(mode)
+        .map(|m| m.as_str_name().to_ascii_lowercase().replace('_', "-"))
+        .unwrap_or_else(|_| mode.to_string())
+}

@@ -1,0 +1,23 @@
+//! Shoal's manager: the components that run on manager nodes.
+//!
+//! Today this is the control API ([`ControlApi`]), the only writer of every
+//! object's `spec` (DESIGN.md §2). It validates what users declare, turns it
+//! into store transactions carrying the versions it read, and proposes them
+//! through raft; it never changes state itself. The reconcilers of DESIGN.md
+//! §3 (orchestrators, allocator, scheduler, dispatcher) join this crate, each
+//! in its own module, talking to the others only through the store.
+
+mod constraint;
+mod control;
+mod error;
+mod identity;
+mod validate;
+
+pub use constraint::{Constraint, ConstraintError, Operator};
+pub use control::{ControlApi, ControlConfig};
+pub use error::ApiError;
+pub use identity::new_object_id;
+pub use validate::{
+    validate_cluster_spec, validate_network_spec, validate_node_spec, validate_service_spec,
+    InvalidSpec,
+};

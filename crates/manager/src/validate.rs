@@ -1,0 +1,578 @@
+//! Validation of what users declare. Pure functions: a spec in, the first
+//! broken rule out, naming the field and the rule. The control API runs them
+//! before proposing anything, so a bad spec is never half-written.
+
+use std::collections::HashSet;
+
+use shoal_api::{
+    node_spec, port_config, restart_policy, update_config, Annotations, ClusterSpec, NetworkSpec,
+    NodeSpec, ResourceRequirements, ServiceMode, ServiceSpec, TaskSpec, UpdateConfig,
+};
+
+use crate::constraint::Constraint;
+
+/// A spec that breaks a rule: which field, and which rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct InvalidSpec {
+    pub field: String,
+    pub rule: String,
+}
+
+fn invalid(field: impl Into<String>, rule: impl Into<String>) -> InvalidSpec {
+    InvalidSpec {
+        field: field.into(),
+        rule: rule.into(),
+    }
+}
+
+/// Longest name: one DNS label.
+pub const MAX_NAME_LEN: usize = 63;
+/// Network drivers this version knows.
+pub const NETWORK_DRIVERS: &[&str] = &["overlay"];
+
+/// Names are DNS labels: 1–63 letters, digits and hyphens, not starting or
+/// ending with a hyphen, so a service name can be a DNS name later.
+pub fn validate_name(field: &str, name: &str) -> Result<(), InvalidSpec> {
+    if name.is_empty() {
+        return Err(invalid(field, "a name is required"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            field,
+            format!(
+                "{name:?} is {} characters; at most {MAX_NAME_LEN} are allowed",
+                name.len()
+            ),
+        ));
+    }
+    let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !valid_chars || name.starts_with('-') || name.ends_with('-') {
+        return Err(invalid(
+            field,
+            format!("{name:?} is not a valid name: use letters, digits and '-', not starting or ending with '-'"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_labels(field: &str, annotations: &Annotations) -> Result<(), InvalidSpec> {
+    for key in annotations.labels.keys() {
+        if key.trim().is_empty() {
+            return Err(invalid(field, "a label key must not be empty"));
+        }
+    }
+    Ok(())
+}
+
+fn enum_value<E: TryFrom<i32>>(field: &str, value: i32, known: &str) -> Result<E, InvalidSpec> {
+    E::try_from(value)
+        .map_err(|_| invalid(field, format!("unknown value {value} (expected {known})")))
+}
+
+/// Checks a service spec as the control API receives it.
+pub fn validate_service_spec(spec: &ServiceSpec) -> Result<(), InvalidSpec> {
+    let annotations = spec.annotations.clone().unwrap_or_default();
+    validate_name("name", &annotations.name)?;
+    validate_labels("labels", &annotations)?;
+    let mode: ServiceMode = enum_value(
+        "mode",
+        spec.mode,
+        "replicated, global, replicated-job or global-job",
+    )?;
+    match (mode, spec.replicas) {
+        (ServiceMode::Global | ServiceMode::GlobalJob, Some(_)) => {
+            return Err(invalid(
+                "replicas",
+                "a global service runs one task per node and takes no replica count",
+            ))
+        }
+        (_, Some(r)) if r < 0 => {
+            return Err(invalid("replicas", format!("must be 0 or more, got {r}")))
+        }
+        _ => {}
+    }
+    let task = spec
+        .task
+        .as_ref()
+        .ok_or_else(|| invalid("task", "a service needs a task template"))?;
+    validate_task_spec(task, mode)?;
+    if let Some(update) = &spec.update {
+        validate_update_config("update", update)?;
+    }
+    if let Some(rollback) = &spec.rollback {
+        validate_update_config("rollback", rollback)?;
+    }
+    if let Some(endpoint) = &spec.endpoint {
+        let mut published = HashSet::new();
+        for (i, port) in endpoint.ports.iter().enumerate() {
+            let field = format!("publish[{i}]");
+            let protocol: port_config::Protocol = enum_value(&field, port.protocol, "tcp or udp")?;
+            enum_value::<port_config::PublishMode>(&field, port.publish_mode, "ingress or host")?;
+            if port.target_port == 0 || port.target_port > 65_535 {
+                return Err(invalid(
+                    field,
+                    format!("target port {} is out of range 1-65535", port.target_port),
+                ));
+            }
+            if port.published_port > 65_535 {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "published port {} is out of range 1-65535",
+                        port.published_port
+                    ),
+                ));
+            }
+            if port.published_port != 0 && !published.insert((port.published_port, protocol)) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "port {}/{} is published twice",
+                        port.published_port,
+                        protocol.as_str_name().to_ascii_lowercase()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_task_spec(task: &TaskSpec, mode: ServiceMode) -> Result<(), InvalidSpec> {
+    let runtime = task.runtime.clone().unwrap_or_default();
+    if runtime.image.is_empty() && runtime.command.is_empty() {
+        return Err(invalid(
+            "command",
+            "a service needs a command (after --) or an --image",
+        ));
+    }
+    if runtime.command.first().is_some_and(|c| c.is_empty()) {
+        return Err(invalid("command", "the program to run must not be empty"));
+    }
+    for (i, entry) in runtime.env.iter().enumerate() {
+        match entry.split_once('=') {
+            Some((key, _)) if !key.is_empty() => {}
+            _ => {
+                return Err(invalid(
+                    format!("env[{i}]"),
+                    format!("{entry:?} must be KEY=VALUE with a non-empty KEY"),
+                ))
+            }
+        }
+    }
+    if let Some(resources) = &task.resources {
+        validate_resources(resources)?;
+    }
+    if let Some(restart) = &task.restart {
+        enum_value::<restart_policy::Condition>(
+            "restart_condition",
+            restart.condition,
+            "any, on-failure or none",
+        )?;
+    }
+    if let Some(placement) = &task.placement {
+        for c in &placement.constraints {
+            Constraint::parse(c).map_err(|e| invalid("constraint", e.to_string()))?;
+        }
+        for p in &placement.preferences {
+            let label = p.spread_descriptor.strip_prefix("node.labels.");
+            if label.is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "placement_pref",
+                    format!(
+                        "spread={:?}: spread over a node label, node.labels.<key>",
+                        p.spread_descriptor
+                    ),
+                ));
+            }
+        }
+        if placement.max_replicas_per_node > 0
+            && matches!(mode, ServiceMode::Global | ServiceMode::GlobalJob)
+        {
+            return Err(invalid(
+                "replicas_max_per_node",
+                "only replicated services take a per-node maximum",
+            ));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, net) in task.networks.iter().enumerate() {
+        if net.target.is_empty() {
+            return Err(invalid(
+                format!("network[{i}]"),
+                "the network name is empty",
+            ));
+        }
+        if !seen.insert(net.target.as_str()) {
+            return Err(invalid(
+                format!("network[{i}]"),
+                format!("network {:?} is attached twice", net.target),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_resources(resources: &ResourceRequirements) -> Result<(), InvalidSpec> {
+    let limits = resources.limits.unwrap_or_default();
+    let reservations = resources.reservations.unwrap_or_default();
+    for (field, value) in [
+        ("limit_cpu", limits.nano_cpus),
+        ("reserve_cpu", reservations.nano_cpus),
+        ("limit_memory", limits.memory_bytes),
+        ("reserve_memory", reservations.memory_bytes),
+    ] {
+        if value < 0 {
+            return Err(invalid(field, format!("must not be negative, got {value}")));
+        }
+    }
+    if limits.memory_bytes > 0 && reservations.memory_bytes > limits.memory_bytes {
+        return Err(invalid(
+            "reserve_memory",
+            format!(
+                "the reservation ({}) is above the limit ({})",
+                human_bytes(reservations.memory_bytes),
+                human_bytes(limits.memory_bytes)
+            ),
+        ));
+    }
+    if limits.nano_cpus > 0 && reservations.nano_cpus > limits.nano_cpus {
+        return Err(invalid(
+            "reserve_cpu",
+            format!(
+                "the reservation ({} CPUs) is above the limit ({} CPUs)",
+                reservations.nano_cpus as f64 / 1e9,
+                limits.nano_cpus as f64 / 1e9
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `64 MiB`, `1.5 GiB`, `512 B`.
+fn human_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn validate_update_config(prefix: &str, update: &UpdateConfig) -> Result<(), InvalidSpec> {
+    enum_value::<update_config::FailureAction>(
+        &format!("{prefix}_failure_action"),
+        update.failure_action,
+        "pause, continue or rollback",
+    )?;
+    enum_value::<update_config::Order>(
+        &format!("{prefix}_order"),
+        update.order,
+        "stop-first or start-first",
+    )?;
+    if !(0.0..=1.0).contains(&update.max_failure_ratio) {
+        return Err(invalid(
+            format!("{prefix}_max_failure_ratio"),
+            format!("must be between 0 and 1, got {}", update.max_failure_ratio),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a node spec.
+pub fn validate_node_spec(spec: &NodeSpec) -> Result<(), InvalidSpec> {
+    enum_value::<node_spec::Availability>(
+        "availability",
+        spec.availability,
+        "active, pause or drain",
+    )?;
+    enum_value::<shoal_api::NodeRole>("role", spec.desired_role, "worker or manager")?;
+    if let Some(a) = &spec.annotations {
+        if !a.name.is_empty() {
+            validate_name("name", &a.name)?;
+        }
+        validate_labels("label", a)?;
+    }
+    Ok(())
+}
+
+/// Checks a network spec.
+pub fn validate_network_spec(spec: &NetworkSpec) -> Result<(), InvalidSpec> {
+    let annotations = spec.annotations.clone().unwrap_or_default();
+    validate_name("name", &annotations.name)?;
+    validate_labels("label", &annotations)?;
+    if !NETWORK_DRIVERS.contains(&spec.driver.as_str()) {
+        return Err(invalid(
+            "driver",
+            format!(
+                "unknown driver {:?} (known: {})",
+                spec.driver,
+                NETWORK_DRIVERS.join(", ")
+            ),
+        ));
+    }
+    if !spec.subnet.is_empty() {
+        parse_subnet(&spec.subnet).map_err(|rule| invalid("subnet", rule))?;
+    }
+    if !spec.gateway.is_empty() {
+        let gw: std::net::Ipv4Addr = spec.gateway.parse().map_err(|_| {
+            invalid(
+                "gateway",
+                format!("{:?} is not an IPv4 address", spec.gateway),
+            )
+        })?;
+        if spec.subnet.is_empty() {
+            return Err(invalid("gateway", "a gateway needs a --subnet"));
+        }
+        let (net, bits) = parse_subnet(&spec.subnet).map_err(|rule| invalid("subnet", rule))?;
+        if !in_subnet(gw, net, bits) {
+            return Err(invalid(
+                "gateway",
+                format!("{gw} is outside the subnet {}", spec.subnet),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses an IPv4 CIDR whose host bits are zero: `10.20.0.0/16`.
+pub fn parse_subnet(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (addr, bits) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not in CIDR form, e.g. 10.20.0.0/16"))?;
+    let addr: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{text:?}: {addr:?} is not an IPv4 address"))?;
+    let bits: u8 = bits
+        .parse()
+        .ok()
+        .filter(|b| *b <= 32)
+        .ok_or_else(|| format!("{text:?}: prefix length must be 0-32"))?;
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
+    if u32::from(addr) & !mask != 0 {
+        let net = std::net::Ipv4Addr::from(u32::from(addr) & mask);
+        return Err(format!(
+            "{text:?} has host bits set; did you mean {net}/{bits}?"
+        ));
+    }
+    Ok((addr, bits))
+}
+
+fn in_subnet(ip: std::net::Ipv4Addr, net: std::net::Ipv4Addr, bits: u8) -> bool {
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
+    u32::from(ip) & mask == u32::from(net)
+}
+
+/// Whether two subnets share any address.
+pub fn subnets_overlap(a: (std::net::Ipv4Addr, u8), b: (std::net::Ipv4Addr, u8)) -> bool {
+    let bits = a.1.min(b.1);
+    in_subnet(a.0, b.0, bits) || in_subnet(b.0, a.0, bits)
+}
+
+/// Checks a cluster spec.
+pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), InvalidSpec> {
+    if let Some(o) = &spec.orchestration {
+        if o.task_history_retention_limit < 0 {
+            return Err(invalid(
+                "task_history_limit",
+                format!("must be 0 or more, got {}", o.task_history_retention_limit),
+            ));
+        }
+    }
+    if let Some(d) = &spec.dispatcher {
+        if d.heartbeat_period_ms == 0 {
+            return Err(invalid("dispatcher_heartbeat", "must be more than 0"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::{EndpointSpec, Placement, PortConfig, Resources, RestartPolicy, Runtime};
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            annotations: Some(Annotations {
+                name: "web".into(),
+                labels: Default::default(),
+            }),
+            task: Some(TaskSpec {
+                runtime: Some(Runtime {
+                    command: vec!["sleep".into(), "100".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            replicas: Some(3),
+            ..Default::default()
+        }
+    }
+
+    fn field_of(spec: &ServiceSpec) -> String {
+        validate_service_spec(spec)
+            .expect_err("must be refused")
+            .field
+    }
+
+    #[test]
+    fn a_plain_service_is_accepted() {
+        assert_eq!(validate_service_spec(&spec()), Ok(()));
+    }
+
+    #[test]
+    fn names_must_be_dns_labels_of_at_most_63_characters() {
+        for bad in ["", "-web", "web-", "we b", "wéb", "web_1", &"a".repeat(64)] {
+            let mut s = spec();
+            s.annotations.as_mut().unwrap().name = bad.to_string();
+            assert_eq!(field_of(&s), "name", "{bad:?}");
+        }
+        let mut s = spec();
+        s.annotations.as_mut().unwrap().name = "a".repeat(63);
+        assert_eq!(validate_service_spec(&s), Ok(()));
+    }
+
+    #[test]
+    fn negative_replicas_and_replicas_of_global_services_are_refused() {
+        let mut s = spec();
+        s.replicas = Some(-1);
+        assert_eq!(field_of(&s), "replicas");
+        let mut s = spec();
+        s.mode = ServiceMode::Global as i32;
+        assert_eq!(field_of(&s), "replicas");
+        s.replicas = None;
+        assert_eq!(validate_service_spec(&s), Ok(()));
+    }
+
+    #[test]
+    fn unknown_enum_values_are_refused() {
+        let mut s = spec();
+        s.task.as_mut().unwrap().restart = Some(RestartPolicy {
+            condition: 9,
+            ..Default::default()
+        });
+        assert_eq!(field_of(&s), "restart_condition");
+        let mut s = spec();
+        s.update = Some(UpdateConfig {
+            failure_action: 7,
+            ..Default::default()
+        });
+        assert_eq!(field_of(&s), "update_failure_action");
+        let mut s = spec();
+        s.mode = 42;
+        assert_eq!(field_of(&s), "mode");
+    }
+
+    #[test]
+    fn malformed_constraints_are_refused() {
+        for bad in ["node.labels.zone=a", "foo==bar"] {
+            let mut s = spec();
+            s.task.as_mut().unwrap().placement = Some(Placement {
+                constraints: vec![bad.into()],
+                ..Default::default()
+            });
+            assert_eq!(field_of(&s), "constraint", "{bad}");
+        }
+    }
+
+    #[test]
+    fn reservations_above_limits_are_refused() {
+        let mut s = spec();
+        s.task.as_mut().unwrap().resources = Some(ResourceRequirements {
+            limits: Some(Resources {
+                nano_cpus: 0,
+                memory_bytes: 64 << 20,
+            }),
+            reservations: Some(Resources {
+                nano_cpus: 0,
+                memory_bytes: 128 << 20,
+            }),
+        });
+        assert_eq!(field_of(&s), "reserve_memory");
+    }
+
+    #[test]
+    fn ports_out_of_range_or_published_twice_are_refused() {
+        let port = |published, target| PortConfig {
+            published_port: published,
+            target_port: target,
+            ..Default::default()
+        };
+        for ports in [
+            vec![port(80, 0)],
+            vec![port(70_000, 80)],
+            vec![port(80, 80), port(80, 81)],
+        ] {
+            let mut s = spec();
+            s.endpoint = Some(EndpointSpec { ports });
+            assert!(field_of(&s).starts_with("publish["));
+        }
+        let mut s = spec();
+        let mut udp = port(80, 80);
+        udp.protocol = port_config::Protocol::Udp as i32;
+        s.endpoint = Some(EndpointSpec {
+            ports: vec![port(80, 80), udp],
+        });
+        assert_eq!(validate_service_spec(&s), Ok(()));
+    }
+
+    #[test]
+    fn env_entries_need_a_key() {
+        let mut s = spec();
+        s.task.as_mut().unwrap().runtime.as_mut().unwrap().env = vec!["=1".into()];
+        assert_eq!(field_of(&s), "env[0]");
+    }
+
+    #[test]
+    fn a_service_needs_something_to_run() {
+        let mut s = spec();
+        s.task.as_mut().unwrap().runtime = None;
+        assert_eq!(field_of(&s), "command");
+    }
+
+    #[test]
+    fn subnets_must_be_cidr_network_addresses() {
+        assert!(parse_subnet("10.20.0.0/16").is_ok());
+        assert!(parse_subnet("10.20.0.1/16")
+            .unwrap_err()
+            .contains("10.20.0.0/16"));
+        assert!(parse_subnet("10.20.0.0").is_err());
+        assert!(parse_subnet("10.20.0.0/33").is_err());
+        assert!(parse_subnet("300.0.0.0/8").is_err());
+        let a = parse_subnet("10.20.0.0/16").unwrap();
+        let b = parse_subnet("10.20.5.0/24").unwrap();
+        let c = parse_subnet("10.21.0.0/16").unwrap();
+        assert!(subnets_overlap(a, b));
+        assert!(!subnets_overlap(a, c));
+    }
+
+    #[test]
+    fn cluster_history_limit_must_not_be_negative() {
+        let spec = ClusterSpec {
+            orchestration: Some(shoal_api::OrchestrationConfig {
+                task_history_retention_limit: -1,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            validate_cluster_spec(&spec).unwrap_err().field,
+            "task_history_limit"
+        );
+    }
+}

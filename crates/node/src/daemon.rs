@@ -1,0 +1,246 @@
+//! `shoal daemon`: open the state dir, start the replica, record the cluster
+//! and this node, serve the control API until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use shoal_api::control_server::ControlServer;
+use shoal_api::{
+    manager_status, node_status, store_action, Annotations, Cluster, ClusterSpec, DispatcherConfig,
+    ManagerStatus, Node, NodeRole, NodeSpec, NodeStatus, Object, OrchestrationConfig, StoreAction,
+    Transaction,
+};
+use shoal_manager::{new_object_id, ControlApi, ControlConfig};
+use shoal_raft::{Replica, ReplicaConfig};
+
+use crate::host::describe_host;
+use crate::state_dir::{StateDir, StateDirError};
+
+/// How long the daemon waits to become leader of its own store at start.
+const LEADER_WAIT_MS: u64 = 30_000;
+/// Largest control API message, both ways.
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Finished tasks kept per slot unless the user says otherwise.
+const DEFAULT_TASK_HISTORY: i64 = 5;
+const DEFAULT_HEARTBEAT_MS: u64 = 5_000;
+
+/// How to run the daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    /// The control socket; `<state dir>/shoal.sock` when unset.
+    pub socket: Option<PathBuf>,
+    /// Where other managers reach this one's raft service (`host:port`).
+    /// Unset: raft does not listen, which is all a single manager needs.
+    pub listen_addr: Option<String>,
+    /// Raft log entries between snapshots.
+    pub snapshot_interval_entries: u64,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    #[error(transparent)]
+    Replica(#[from] shoal_raft::ReplicaError),
+    #[error("recording the {what} in the store failed: {message}")]
+    Bootstrap { what: &'static str, message: String },
+    #[error(transparent)]
+    Transport(#[from] shoal_api::transport::TransportError),
+    #[error("serving {what} failed: {message}")]
+    Serve { what: &'static str, message: String },
+}
+
+/// Runs the daemon until a shutdown signal.
+pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    let mut rng = StdRng::from_entropy();
+    let state = StateDir::open(&config.state_dir, || {
+        (new_object_id(&mut rng), new_object_id(&mut rng))
+    })?;
+    let marker = state.marker().clone();
+    let advertise = config
+        .listen_addr
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:0".to_string());
+    let mut replica_config =
+        ReplicaConfig::new(state.raft_dir(), marker.raft_id, advertise.clone());
+    replica_config.snapshot_interval_entries = config.snapshot_interval_entries;
+    let replica = Arc::new(Replica::open(replica_config, state.is_fresh()).await?);
+    replica
+        .wait_leader(Duration::from_millis(LEADER_WAIT_MS))
+        .await?;
+    bootstrap(&replica, &marker.cluster_id, &marker.node_id, &advertise).await?;
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let mut raft_server = None;
+    if let Some(addr) = &config.listen_addr {
+        let incoming = shoal_api::transport::listen_tcp(addr).await?;
+        let service = shoal_raft::RaftService::new(replica.raft().clone());
+        let mut stop = stop_rx.clone();
+        raft_server = Some(tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        ));
+    }
+
+    let socket = config.socket.clone().unwrap_or_else(|| state.socket_path());
+    let incoming = shoal_api::transport::listen_unix(&socket)?;
+    let control = ControlApi::new(
+        Arc::clone(&replica),
+        ControlConfig {
+            node_id: marker.node_id.clone(),
+        },
+    );
+    let service = ControlServer::new(control)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    eprintln!(
+        "shoal daemon: node {} of cluster {} is ready; control socket {}",
+        marker.node_id,
+        marker.cluster_id,
+        socket.display()
+    );
+    let mut stop = stop_rx.clone();
+    let control_server = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+    tokio::pin!(control_server);
+    let served = tokio::select! {
+        _ = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            control_server.await
+        }
+        served = &mut control_server => served,
+    };
+    let _ = stop_tx.send(true);
+    if let Some(server) = raft_server {
+        let _ = server.await;
+    }
+    replica.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    served.map_err(|e| DaemonError::Serve {
+        what: "the control API",
+        message: e.to_string(),
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon can still be killed; it just
+        // cannot stop gracefully.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn create(target: impl Into<Object>) -> StoreAction {
+    StoreAction {
+        kind: store_action::Kind::Create as i32,
+        target: Some(target.into()),
+    }
+}
+
+/// Makes sure the cluster object and this node's object exist and describe
+/// the machine as it is now. Runs on every start, after the replica has
+/// caught up, so it only writes what is missing or changed.
+async fn bootstrap(
+    replica: &Replica,
+    cluster_id: &str,
+    node_id: &str,
+    addr: &str,
+) -> Result<(), DaemonError> {
+    let description = describe_host();
+    let status = NodeStatus {
+        state: node_status::State::Ready as i32,
+        message: String::new(),
+        addr: addr.to_string(),
+    };
+    let manager = ManagerStatus {
+        raft_id: 1,
+        addr: addr.to_string(),
+        leader: true,
+        reachability: manager_status::Reachability::Reachable as i32,
+    };
+    let mut actions = Vec::new();
+    {
+        let view = replica.store().view();
+        if view.cluster().is_none() {
+            actions.push(create(Cluster {
+                id: cluster_id.to_string(),
+                spec: Some(ClusterSpec {
+                    annotations: Some(Annotations {
+                        name: "default".into(),
+                        labels: Default::default(),
+                    }),
+                    orchestration: Some(OrchestrationConfig {
+                        task_history_retention_limit: DEFAULT_TASK_HISTORY,
+                    }),
+                    dispatcher: Some(DispatcherConfig {
+                        heartbeat_period_ms: DEFAULT_HEARTBEAT_MS,
+                    }),
+                }),
+                ..Default::default()
+            }));
+        }
+        match view.node(node_id) {
+            None => actions.push(create(Node {
+                id: node_id.to_string(),
+                spec: Some(NodeSpec {
+                    annotations: Some(Annotations::default()),
+                    desired_role: NodeRole::Manager as i32,
+                    availability: 0,
+                }),
+                description: Some(description),
+                status: Some(status),
+                manager_status: Some(manager),
+                role: NodeRole::Manager as i32,
+                ..Default::default()
+            })),
+            Some(node) => {
+                let mut updated = node.clone();
+                updated.description = Some(description);
+                updated.status = Some(status);
+                updated.manager_status = Some(manager);
+                if &updated != node {
+                    actions.push(StoreAction {
+                        kind: store_action::Kind::Update as i32,
+                        target: Some(updated.into()),
+                    });
+                }
+            }
+        }
+    }
+    if actions.is_empty() {
+        return Ok(());
+    }
+    replica
+        .propose(Transaction {
+            actions,
+            timestamp_ms: 0,
+        })
+        .await
+        .map_err(|e| DaemonError::Bootstrap {
+            what: "cluster and this node",
+            message: e.to_string(),
+        })?;
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! Replication of the store through raft (DESIGN.md §3).
+//!
+//! Writers hand a [`shoal_api::Transaction`] to the [`Proposer`]; it packs every
+//! transaction that waits while one raft write is in flight into the next log
+//! entry (group commit), so one fsync acknowledges many writes. openraft orders
+//! and replicates the entries; [`LogStore`] keeps the log and the vote in redb,
+//! fsynced before openraft counts an entry as written; [`StateMachine`] applies
+//! committed entries to the in-memory [`shoal_store::Store`] and keeps its
+//! snapshots on disk. [`Replica`] ties them together for one manager.
+//!
+//! # Guarantees
+//! - A write is acknowledged only after its entry is on disk (fsync) and
+//!   applied, so it survives a crash of the process at any moment.
+//! - Each transaction is checked against the versions it read when its entry
+//!   is applied, in log order: a conflict fails that transaction alone.
+
+mod codec;
+mod log_store;
+mod network;
+mod proposer;
+mod replica;
+mod state_machine;
+mod types;
+
+pub use log_store::LogStore;
+pub use network::{Network, RaftService};
+pub use proposer::{ProposeError, Proposer, ProposerConfig};
+pub use replica::{Replica, ReplicaConfig, ReplicaError};
+pub use state_machine::StateMachine;
+pub use types::{Applied, Proposal, TypeConfig};
+
+/// The raft handle type for Shoal's type config.
+pub type Raft = openraft::Raft<TypeConfig>;

@@ -1,0 +1,199 @@
+//! Group commit (DESIGN.md §3): the transactions that wait while one raft
+//! write is in flight go together into the next log entry.
+//!
+//! openraft 0.9 appends and fsyncs each `client_write` on its own, so one
+//! writer per entry caps throughput at the disk's fsync rate. The proposer
+//! owns the only path to `client_write`: one task takes the first waiting
+//! transaction, drains whatever else waits (up to the entry limits), proposes
+//! them as one [`Batch`], and answers each writer with its own result. Under
+//! load, batches grow by themselves; a lone writer pays one fsync, no timer.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use prost::Message;
+use shoal_api::{Batch, StoreAction, Transaction};
+use shoal_store::TxnError;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::types::Proposal;
+use crate::Raft;
+
+/// Largest raft entry, in bytes of encoded batch.
+pub const MAX_ENTRY_BYTES: usize = 4 << 20;
+
+/// Limits of the proposer.
+#[derive(Debug, Clone)]
+pub struct ProposerConfig {
+    /// Transactions packed into one entry at most.
+    pub max_txns_per_entry: usize,
+    /// Encoded bytes of one entry at most; one transaction larger than this is
+    /// refused.
+    pub max_entry_bytes: usize,
+    /// Transactions waiting for an entry at most; writers beyond it wait.
+    pub queue_txns: usize,
+    /// Actions per transaction when a large change is split.
+    pub max_actions_per_txn: usize,
+}
+
+impl Default for ProposerConfig {
+    fn default() -> Self {
+        ProposerConfig {
+            max_txns_per_entry: 4_096,
+            max_entry_bytes: MAX_ENTRY_BYTES,
+            queue_txns: 16_384,
+            max_actions_per_txn: 1_000,
+        }
+    }
+}
+
+/// Why a proposed transaction was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Committed, but refused when applied (stale version, name taken …).
+    #[error(transparent)]
+    Txn(#[from] TxnError),
+    #[error("this manager is not the raft leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("transaction is {bytes} bytes, over the {limit}-byte limit of one raft entry")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("raft failed: {0}")]
+    Raft(String),
+    #[error("the manager is shutting down")]
+    ShuttingDown,
+}
+
+struct Waiting {
+    txn: Transaction,
+    bytes: usize,
+    done: oneshot::Sender<Result<u64, ProposeError>>,
+}
+
+/// The handle writers propose through; cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Waiting>,
+    config: ProposerConfig,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Proposer {
+    /// Starts the proposing task. It ends when every handle is dropped.
+    pub fn start(raft: Raft, config: ProposerConfig) -> Proposer {
+        let (tx, rx) = mpsc::channel(config.queue_txns);
+        tokio::spawn(run(raft, rx, config.clone()));
+        Proposer { tx, config }
+    }
+
+    /// Proposes one transaction and waits until it is committed and applied.
+    /// Returns the raft index it was applied at: the new `meta.version` of
+    /// every object it changed.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not withdraw the transaction: it may still be
+    /// committed. Callers that must know re-read the store.
+    pub async fn propose(&self, mut txn: Transaction) -> Result<u64, ProposeError> {
+        txn.timestamp_ms = now_ms();
+        let bytes = txn.encoded_len();
+        if bytes > self.config.max_entry_bytes {
+            return Err(ProposeError::TooLarge {
+                bytes,
+                limit: self.config.max_entry_bytes,
+            });
+        }
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send(Waiting { txn, bytes, done })
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        answer.await.map_err(|_| ProposeError::ShuttingDown)?
+    }
+
+    /// Proposes a large change as several transactions of at most
+    /// `max_actions_per_txn` actions each, in order. Not atomic as a whole:
+    /// each part is. Returns the index of the last part.
+    pub async fn propose_in_parts(&self, actions: Vec<StoreAction>) -> Result<u64, ProposeError> {
+        let mut last = 0;
+        let mut actions = actions.into_iter().peekable();
+        while actions.peek().is_some() {
+            let part: Vec<StoreAction> = actions
+                .by_ref()
+                .take(self.config.max_actions_per_txn)
+                .collect();
+            last = self
+                .propose(Transaction {
+                    actions: part,
+                    timestamp_ms: 0,
+                })
+                .await?;
+        }
+        Ok(last)
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Waiting>, config: ProposerConfig) {
+    // Shutdown: the loop ends when every Proposer handle is gone.
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.bytes;
+        let mut waiting = vec![first];
+        while waiting.len() < config.max_txns_per_entry {
+            let Ok(next) = rx.try_recv() else { break };
+            if bytes + next.bytes > config.max_entry_bytes {
+                // Leave it for the next entry; it cannot wait in the channel
+                // again, so it heads the next round.
+                propose_entry(&raft, std::mem::take(&mut waiting)).await;
+                bytes = 0;
+            }
+            bytes += next.bytes;
+            waiting.push(next);
+        }
+        propose_entry(&raft, waiting).await;
+    }
+}
+
+async fn propose_entry(raft: &Raft, waiting: Vec<Waiting>) {
+    if waiting.is_empty() {
+        return;
+    }
+    let mut transactions = Vec::with_capacity(waiting.len());
+    let mut answers = Vec::with_capacity(waiting.len());
+    for w in waiting {
+        transactions.push(w.txn);
+        answers.push(w.done);
+    }
+    let batch = Batch { transactions }.encode_to_vec();
+    match raft.client_write(Proposal { batch }).await {
+        Ok(written) => {
+            let index = written.log_id.index;
+            let mut results = written.data.results.into_iter();
+            for answer in answers {
+                let result = match results.next() {
+                    Some(Ok(())) => Ok(index),
+                    Some(Err(e)) => Err(ProposeError::Txn(e)),
+                    None => Err(ProposeError::Raft(
+                        "applied entry returned fewer results than transactions".into(),
+                    )),
+                };
+                let _ = answer.send(result);
+            }
+        }
+        Err(e) => {
+            let error = match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    ProposeError::NotLeader {
+                        leader: f.leader_id,
+                    }
+                }
+                other => ProposeError::Raft(other.to_string()),
+            };
+            for answer in answers {
+                let _ = answer.send(Err(error.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Applies committed entries to the in-memory store and keeps the latest
+//! snapshot of it on disk.
+//!
+//! The store is rebuilt on start from the snapshot file, then openraft replays
+//! the log tail after it, so the state machine itself needs no durable writes
+//! beyond the snapshot.
+//!
+//! Snapshot file layout: `u32 meta length | meta (JSON) | StoreSnapshot
+//! (protobuf)`, written to a temporary file, fsynced, then renamed over the old
+//! one, so a crash leaves either the old snapshot or the new one.
+
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use prost::Message;
+use shoal_api::{Batch, StoreSnapshot};
+use shoal_store::Store;
+
+use crate::types::{Applied, TypeConfig};
+
+const SNAPSHOT_FILE: &str = "snapshot";
+type Meta = SnapshotMeta<u64, BasicNode>;
+type StoreResult<T> = Result<T, StorageError<u64>>;
+
+fn any(e: impl std::fmt::Display) -> AnyError {
+    AnyError::error(e.to_string())
+}
+
+/// Why a snapshot file could not be loaded at start.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot {path} is damaged: {message}")]
+pub struct SnapshotLoadError {
+    pub path: String,
+    pub message: String,
+}
+
+/// The raft state machine over a shared [`Store`].
+pub struct StateMachine {
+    store: Arc<Store>,
+    dir: PathBuf,
+    last_applied: Option<LogId<u64>>,
+    last_membership: StoredMembership<u64, BasicNode>,
+    snapshot_seq: u64,
+}
+
+impl StateMachine {
+    /// Loads the snapshot in `dir`, if any, into `store`.
+    pub fn open(dir: &Path, store: Arc<Store>) -> Result<StateMachine, SnapshotLoadError> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let mut sm = StateMachine {
+            store,
+            dir: dir.to_path_buf(),
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            snapshot_seq: 0,
+        };
+        let fail = |message: String| SnapshotLoadError {
+            path: path.display().to_string(),
+            message,
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let (meta, data) = split_file(&bytes).map_err(fail)?;
+                let snapshot = StoreSnapshot::decode(data).map_err(|e| fail(e.to_string()))?;
+                sm.store
+                    .restore(snapshot)
+                    .map_err(|e| fail(e.to_string()))?;
+                sm.last_applied = meta.last_log_id;
+                sm.last_membership = meta.last_membership;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e.to_string())),
+        }
+        Ok(sm)
+    }
+
+    fn read_current(&self) -> Result<Option<(Meta, Vec<u8>)>, AnyError> {
+        match std::fs::read(self.dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => {
+                let (meta, data) = split_file(&bytes).map_err(any)?;
+                Ok(Some((meta, data.to_vec())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(any(e)),
+        }
+    }
+}
+
+fn split_file(bytes: &[u8]) -> Result<(Meta, &[u8]), String> {
+    if bytes.len() < 4 {
+        return Err("shorter than its header".into());
+    }
+    let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let meta_bytes = bytes
+        .get(4..4 + len)
+        .ok_or_else(|| "meta runs past the end".to_string())?;
+    let meta: Meta = serde_json::from_slice(meta_bytes).map_err(|e| e.to_string())?;
+    Ok((meta, &bytes[4 + len..]))
+}
+
+/// Writes the snapshot file atomically (temp file, fsync, rename, fsync dir).
+fn write_file(dir: &Path, meta: &Meta, data: &[u8]) -> std::io::Result<()> {
+    let meta_bytes = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
+        f.write_all(&meta_bytes)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Builds a snapshot from a copy of the store taken when openraft asked for
+/// the builder, so the copy matches `last_applied` exactly even while later
+/// entries keep being applied.
+pub struct SnapshotBuilder {
+    dir: PathBuf,
+    content: StoreSnapshot,
+    last_applied: Option<LogId<u64>>,
+    last_membership: StoredMembership<u64, BasicNode>,
+    snapshot_id: String,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+        let meta = Meta {
+            last_log_id: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id: self.snapshot_id.clone(),
+        };
+        let content = std::mem::take(&mut self.content);
+        let dir = self.dir.clone();
+        let meta2 = meta.clone();
+        let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let data = content.encode_to_vec();
+            write_file(&dir, &meta2, &data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?
+        .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StoreResult<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>)> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<Applied>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            match entry.payload {
+                EntryPayload::Blank => {
+                    self.store.advance_to(index);
+                    out.push(Applied::default());
+                }
+                EntryPayload::Normal(proposal) => {
+                    let batch = Batch::decode(proposal.batch.as_slice())
+                        .map_err(|e| StorageIOError::apply(entry.log_id, any(e)))?;
+                    let results = self.store.apply(index, &batch);
+                    out.push(Applied { results });
+                }
+                EntryPayload::Membership(m) => {
+                    self.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                    self.store.advance_to(index);
+                    out.push(Applied::default());
+                }
+            }
+            self.last_applied = Some(entry.log_id);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        let index = self.last_applied.map_or(0, |l| l.index);
+        SnapshotBuilder {
+            dir: self.dir.clone(),
+            content: self.store.snapshot(),
+            last_applied: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id: format!("{index}-{}", self.snapshot_seq),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StoreResult<()> {
+        let data = snapshot.into_inner();
+        let content = StoreSnapshot::decode(data.as_slice())
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        write_file(&self.dir, meta, &data)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
+        self.store
+            .restore(content)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+        let current = self
+            .read_current()
+            .map_err(|e| StorageIOError::read_snapshot(None, e))?;
+        Ok(current.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

@@ -1,0 +1,42 @@
+//! Why a transaction or a lookup failed: typed, with what the caller needs to
+//! say so in one line.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a committed transaction was not applied. It travels back from the raft
+/// state machine to the writer, so it is serializable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum TxnError {
+    #[error("{kind} {id} not found")]
+    NotFound { kind: String, id: String },
+    #[error("{kind} {id} was changed by someone else (you read version {expected}, it is now at {actual}): read it again and retry")]
+    Conflict {
+        kind: String,
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{kind} {id} already exists")]
+    AlreadyExists { kind: String, id: String },
+    #[error("{kind} name {name:?} is already in use by {kind} {id}")]
+    NameInUse {
+        kind: String,
+        name: String,
+        id: String,
+    },
+    #[error("invalid store action: {0}")]
+    Invalid(String),
+}
+
+/// Why a reference (name, id or id prefix) did not name exactly one object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("{kind} {reference:?} not found")]
+    NotFound { kind: String, reference: String },
+    #[error("{kind} reference {reference:?} is ambiguous: it matches {matches}")]
+    Ambiguous {
+        kind: String,
+        reference: String,
+        matches: String,
+    },
+}

@@ -1,0 +1,95 @@
+//! The store handle shared by every component of a manager.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use shoal_api::{Batch, Object, StoreSnapshot};
+use tokio::sync::broadcast;
+
+use crate::error::TxnError;
+use crate::tables::Tables;
+use crate::watch::{Event, WatchStream, WATCH_QUEUE_ENTRIES};
+
+/// A consistent read-only view of every table. Writes wait while a view is
+/// held, so take it in a synchronous block and drop it before any `.await`.
+pub type View<'a> = RwLockReadGuard<'a, Tables>;
+
+/// The tables plus the watch channel.
+pub struct Store {
+    tables: RwLock<Tables>,
+    events: broadcast::Sender<Arc<Vec<Event>>>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Store {
+        let (events, _) = broadcast::channel(WATCH_QUEUE_ENTRIES);
+        Store {
+            tables: RwLock::new(Tables::default()),
+            events,
+        }
+    }
+
+    /// A consistent snapshot of every table.
+    pub fn view(&self) -> View<'_> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The raft index of the last entry applied.
+    pub fn version(&self) -> u64 {
+        self.view().version()
+    }
+
+    /// Applies one committed entry; called by the raft state machine only.
+    /// Watchers get the entry's changes before the write lock is released, so
+    /// a watch started under a view never misses nor repeats a change.
+    pub fn apply(&self, version: u64, batch: &Batch) -> Vec<Result<(), TxnError>> {
+        let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        if self.events.receiver_count() == 0 {
+            return tables.apply_batch(version, batch, None);
+        }
+        let mut events = Vec::new();
+        let results = tables.apply_batch(version, batch, Some(&mut events));
+        // An error only means nobody listens any more.
+        let _ = self.events.send(Arc::new(events));
+        results
+    }
+
+    /// Records an entry without transactions (raft blank or membership entry).
+    pub fn advance_to(&self, version: u64) {
+        let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        tables.advance_to(version);
+    }
+
+    /// Every change from now on.
+    pub fn watch(&self) -> WatchStream {
+        WatchStream {
+            rx: self.events.subscribe(),
+            pending: Default::default(),
+        }
+    }
+
+    /// Every object as it is now, the version they are at, and every change
+    /// after that version: nothing missed, nothing repeated.
+    pub fn view_and_watch(&self) -> (Vec<Object>, u64, WatchStream) {
+        let view = self.view();
+        let stream = self.watch();
+        (view.objects(), view.version(), stream)
+    }
+
+    /// The whole store, for a raft snapshot.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        self.view().to_snapshot()
+    }
+
+    /// Replaces every table with a snapshot's content.
+    pub fn restore(&self, snapshot: StoreSnapshot) -> Result<(), TxnError> {
+        let tables = Tables::from_snapshot(snapshot)?;
+        *self.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
+        Ok(())
+    }
+}

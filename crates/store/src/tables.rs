@@ -1,0 +1,705 @@
+//! The tables and their indexes, and the rules for applying one transaction.
+//!
+//! Everything here is deterministic: the same batches applied in the same order
+//! give the same tables on every manager.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use shoal_api::{
+    object, store_action, watch_event, Batch, Cluster, Meta, Network, Node, Object, ObjectKind,
+    Service, SnapshotTask, StoreAction, StoreSnapshot, Task, TaskSpec, Transaction,
+};
+
+use crate::error::{LookupError, TxnError};
+use crate::watch::Event;
+
+/// A table of one named kind: objects by id, and the unique-name index.
+#[derive(Debug, Clone)]
+struct Table<T> {
+    by_id: BTreeMap<String, T>,
+    /// Lower-cased name → id. Names compare case-insensitively, as DNS does.
+    by_name: HashMap<String, String>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            by_id: BTreeMap::new(),
+            by_name: HashMap::new(),
+        }
+    }
+}
+
+/// A task as stored: the task without its spec, and the spec shared with every
+/// other task made from the same one (the memory target is ≤ 1 KiB per task).
+#[derive(Debug, Clone)]
+struct StoredTask {
+    task: Task,
+    spec: Arc<TaskSpec>,
+}
+
+impl StoredTask {
+    fn to_task(&self) -> Task {
+        let mut t = self.task.clone();
+        t.spec = Some((*self.spec).clone());
+        t
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct TaskTable {
+    by_id: BTreeMap<Arc<str>, StoredTask>,
+    by_service: HashMap<String, BTreeSet<Arc<str>>>,
+    by_node: HashMap<String, BTreeSet<Arc<str>>>,
+    /// The last spec seen per service: a new task whose spec equals it shares it.
+    spec_cache: HashMap<String, Arc<TaskSpec>>,
+}
+
+impl TaskTable {
+    fn insert(&mut self, mut task: Task) {
+        let spec = task.spec.take().unwrap_or_default();
+        let spec = match self.spec_cache.get(&task.service_id) {
+            Some(cached) if **cached == spec => Arc::clone(cached),
+            _ => {
+                let spec = Arc::new(spec);
+                self.spec_cache
+                    .insert(task.service_id.clone(), Arc::clone(&spec));
+                spec
+            }
+        };
+        let id: Arc<str> = Arc::from(task.id.as_str());
+        self.remove(&task.id);
+        if !task.service_id.is_empty() {
+            self.by_service
+                .entry(task.service_id.clone())
+                .or_default()
+                .insert(Arc::clone(&id));
+        }
+        if !task.node_id.is_empty() {
+            self.by_node
+                .entry(task.node_id.clone())
+                .or_default()
+                .insert(Arc::clone(&id));
+        }
+        self.by_id.insert(id, StoredTask { task, spec });
+    }
+
+    fn remove(&mut self, id: &str) -> Option<StoredTask> {
+        let old = self.by_id.remove(id)?;
+        for (index, key) in [
+            (&mut self.by_service, &old.task.service_id),
+            (&mut self.by_node, &old.task.node_id),
+        ] {
+            if let Some(set) = index.get_mut(key) {
+                set.remove(id);
+                if set.is_empty() {
+                    index.remove(key);
+                }
+            }
+        }
+        Some(old)
+    }
+}
+
+/// Every table of the store, at one version.
+#[derive(Debug, Default, Clone)]
+pub struct Tables {
+    version: u64,
+    clusters: Table<Cluster>,
+    nodes: Table<Node>,
+    services: Table<Service>,
+    networks: Table<Network>,
+    tasks: TaskTable,
+}
+
+fn name_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+impl Tables {
+    /// The raft index of the last entry applied.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.clusters.by_id.values().next()
+    }
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.by_id.get(id)
+    }
+    pub fn service(&self, id: &str) -> Option<&Service> {
+        self.services.by_id.get(id)
+    }
+    pub fn network(&self, id: &str) -> Option<&Network> {
+        self.networks.by_id.get(id)
+    }
+    /// The task with its spec filled in.
+    pub fn task(&self, id: &str) -> Option<Task> {
+        self.tasks.by_id.get(id).map(StoredTask::to_task)
+    }
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.by_id.values()
+    }
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.by_id.values()
+    }
+    pub fn networks(&self) -> impl Iterator<Item = &Network> {
+        self.networks.by_id.values()
+    }
+    pub fn task_count(&self) -> usize {
+        self.tasks.by_id.len()
+    }
+    /// Every task, spec filled in, in id order.
+    pub fn tasks(&self) -> impl Iterator<Item = Task> + '_ {
+        self.tasks.by_id.values().map(StoredTask::to_task)
+    }
+    /// The tasks of one service, through the service index.
+    pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = Task> + 'a {
+        self.task_index(&self.tasks.by_service, service_id)
+    }
+    /// The tasks assigned to one node, through the node index.
+    pub fn tasks_of_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = Task> + 'a {
+        self.task_index(&self.tasks.by_node, node_id)
+    }
+    fn task_index<'a>(
+        &'a self,
+        index: &'a HashMap<String, BTreeSet<Arc<str>>>,
+        key: &str,
+    ) -> impl Iterator<Item = Task> + 'a {
+        index
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.by_id.get(id).map(StoredTask::to_task))
+    }
+
+    /// A service whose name is `name` (case-insensitive).
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        let id = self.services.by_name.get(&name_key(name))?;
+        self.services.by_id.get(id)
+    }
+    /// A network whose name is `name` (case-insensitive).
+    pub fn network_by_name(&self, name: &str) -> Option<&Network> {
+        let id = self.networks.by_name.get(&name_key(name))?;
+        self.networks.by_id.get(id)
+    }
+
+    /// Resolves a reference the way docker does: a full id, else an exact name,
+    /// else a unique id prefix.
+    pub fn lookup(&self, kind: ObjectKind, reference: &str) -> Result<Object, LookupError> {
+        let not_found = || LookupError::NotFound {
+            kind: kind.to_string(),
+            reference: reference.to_string(),
+        };
+        if reference.is_empty() {
+            return Err(not_found());
+        }
+        if kind == ObjectKind::Task {
+            if let Some(t) = self.task(reference) {
+                return Ok(t.into());
+            }
+            let ids = prefix_matches(
+                self.tasks
+                    .by_id
+                    .range::<str, _>((
+                        std::ops::Bound::Included(reference),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .map(|(k, _)| &**k),
+                reference,
+            );
+            return match ids.as_slice() {
+                [id] => self.task(id).map(Into::into).ok_or_else(not_found),
+                [] => Err(not_found()),
+                many => Err(ambiguous(kind, reference, many)),
+            };
+        }
+        fn resolve<T: Clone + Into<Object>>(
+            table: &Table<T>,
+            kind: ObjectKind,
+            reference: &str,
+        ) -> Result<Option<Object>, LookupError> {
+            if let Some(o) = table.by_id.get(reference) {
+                return Ok(Some(o.clone().into()));
+            }
+            if let Some(o) = table
+                .by_name
+                .get(&name_key(reference))
+                .and_then(|id| table.by_id.get(id))
+            {
+                return Ok(Some(o.clone().into()));
+            }
+            let ids = prefix_matches(
+                table
+                    .by_id
+                    .range::<str, _>((
+                        std::ops::Bound::Included(reference),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .map(|(k, _)| k.as_str()),
+                reference,
+            );
+            match ids.as_slice() {
+                [id] => Ok(table.by_id.get(id.as_str()).map(|o| o.clone().into())),
+                [] => Ok(None),
+                many => Err(ambiguous(kind, reference, many)),
+            }
+        }
+        let found = match kind {
+            ObjectKind::Cluster => resolve(&self.clusters, kind, reference)?,
+            ObjectKind::Node => resolve(&self.nodes, kind, reference)?,
+            ObjectKind::Service => resolve(&self.services, kind, reference)?,
+            ObjectKind::Network => resolve(&self.networks, kind, reference)?,
+            ObjectKind::Task => None,
+        };
+        found.ok_or_else(not_found)
+    }
+
+    /// Every object, as watch CREATE events would list them.
+    pub fn objects(&self) -> Vec<Object> {
+        let mut out: Vec<Object> = Vec::new();
+        out.extend(self.clusters.by_id.values().cloned().map(Object::from));
+        out.extend(self.nodes.by_id.values().cloned().map(Object::from));
+        out.extend(self.networks.by_id.values().cloned().map(Object::from));
+        out.extend(self.services.by_id.values().cloned().map(Object::from));
+        out.extend(self.tasks().map(Object::from));
+        out
+    }
+
+    /// The current version of an object, if it exists.
+    fn current_version(&self, kind: ObjectKind, id: &str) -> Option<u64> {
+        let meta = match kind {
+            ObjectKind::Cluster => self.clusters.by_id.get(id)?.meta.as_ref(),
+            ObjectKind::Node => self.nodes.by_id.get(id)?.meta.as_ref(),
+            ObjectKind::Service => self.services.by_id.get(id)?.meta.as_ref(),
+            ObjectKind::Network => self.networks.by_id.get(id)?.meta.as_ref(),
+            ObjectKind::Task => self.tasks.by_id.get(id)?.task.meta.as_ref(),
+        };
+        Some(meta.map_or(0, |m| m.version))
+    }
+
+    fn name_owner(&self, kind: ObjectKind, name: &str) -> Option<&String> {
+        let key = name_key(name);
+        match kind {
+            ObjectKind::Cluster => self.clusters.by_name.get(&key),
+            ObjectKind::Node => self.nodes.by_name.get(&key),
+            ObjectKind::Service => self.services.by_name.get(&key),
+            ObjectKind::Network => self.networks.by_name.get(&key),
+            ObjectKind::Task => None,
+        }
+    }
+
+    fn stored_name(&self, kind: ObjectKind, id: &str) -> Option<String> {
+        let obj: Object = match kind {
+            ObjectKind::Cluster => self.clusters.by_id.get(id)?.clone().into(),
+            ObjectKind::Node => self.nodes.by_id.get(id)?.clone().into(),
+            ObjectKind::Service => self.services.by_id.get(id)?.clone().into(),
+            ObjectKind::Network => self.networks.by_id.get(id)?.clone().into(),
+            ObjectKind::Task => return None,
+        };
+        obj.name().map(str::to_string)
+    }
+
+    /// Checks every action of `txn` against the tables as they are, without
+    /// changing anything.
+    fn check(&self, txn: &Transaction) -> Result<(), TxnError> {
+        // Names taken and released earlier in the same transaction.
+        let mut claimed: HashSet<(ObjectKind, String)> = HashSet::new();
+        let mut released: HashSet<(ObjectKind, String)> = HashSet::new();
+        let mut touched: HashSet<(ObjectKind, &str)> = HashSet::new();
+        for action in &txn.actions {
+            let target = action
+                .target
+                .as_ref()
+                .ok_or_else(|| TxnError::Invalid("action without a target".into()))?;
+            let kind = target
+                .kind()
+                .ok_or_else(|| TxnError::Invalid("target object has no kind".into()))?;
+            let id = target.id();
+            if id.is_empty() {
+                return Err(TxnError::Invalid(format!("{kind} without an id")));
+            }
+            let action_kind = store_action::Kind::try_from(action.kind)
+                .map_err(|_| TxnError::Invalid(format!("unknown action {}", action.kind)))?;
+            if action_kind != store_action::Kind::Check && !touched.insert((kind, id)) {
+                return Err(TxnError::Invalid(format!(
+                    "{kind} {id} is changed twice in one transaction"
+                )));
+            }
+            let current = self.current_version(kind, id);
+            let expected = target.version();
+            match action_kind {
+                store_action::Kind::Create => {
+                    if current.is_some() {
+                        return Err(TxnError::AlreadyExists {
+                            kind: kind.to_string(),
+                            id: id.to_string(),
+                        });
+                    }
+                }
+                store_action::Kind::Update
+                | store_action::Kind::Remove
+                | store_action::Kind::Check => {
+                    let actual = current.ok_or_else(|| TxnError::NotFound {
+                        kind: kind.to_string(),
+                        id: id.to_string(),
+                    })?;
+                    if actual != expected {
+                        return Err(TxnError::Conflict {
+                            kind: kind.to_string(),
+                            id: id.to_string(),
+                            expected,
+                            actual,
+                        });
+                    }
+                }
+            }
+            let old_name = self.stored_name(kind, id).map(|n| name_key(&n));
+            match action_kind {
+                store_action::Kind::Create | store_action::Kind::Update => {
+                    if let Some(name) = target.name().map(name_key) {
+                        if old_name.as_deref() != Some(name.as_str()) {
+                            let taken_here = claimed.contains(&(kind, name.clone()));
+                            let owner = self
+                                .name_owner(kind, &name)
+                                .filter(|_| !released.contains(&(kind, name.clone())));
+                            if let Some(owner) = owner.filter(|o| o.as_str() != id) {
+                                return Err(TxnError::NameInUse {
+                                    kind: kind.to_string(),
+                                    name: target.name().unwrap_or_default().to_string(),
+                                    id: owner.clone(),
+                                });
+                            }
+                            if taken_here {
+                                return Err(TxnError::NameInUse {
+                                    kind: kind.to_string(),
+                                    name: target.name().unwrap_or_default().to_string(),
+                                    id: id.to_string(),
+                                });
+                            }
+                            claimed.insert((kind, name));
+                            if let Some(old) = old_name {
+                                released.insert((kind, old));
+                            }
+                        }
+                    }
+                }
+                store_action::Kind::Remove => {
+                    if let Some(old) = old_name {
+                        released.insert((kind, old));
+                    }
+                }
+                store_action::Kind::Check => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one committed entry at raft index `version`. Returns one result
+    /// per transaction, and appends the changes to `events` when given (only
+    /// when someone watches: building events costs a copy of each object).
+    pub fn apply_batch(
+        &mut self,
+        version: u64,
+        batch: &Batch,
+        mut events: Option<&mut Vec<Event>>,
+    ) -> Vec<Result<(), TxnError>> {
+        debug_assert!(version > self.version, "entries are applied in log order");
+        let mut results = Vec::with_capacity(batch.transactions.len());
+        for txn in &batch.transactions {
+            let outcome = self.check(txn);
+            if outcome.is_ok() {
+                for action in &txn.actions {
+                    let event =
+                        self.apply_action(version, txn.timestamp_ms, action, events.is_some());
+                    if let (Some(events), Some(event)) = (events.as_deref_mut(), event) {
+                        events.push(event);
+                    }
+                }
+            }
+            results.push(outcome);
+        }
+        self.version = version;
+        if let Some(events) = events {
+            events.push(Event::Commit { version });
+        }
+        results
+    }
+
+    /// Moves the version forward for an entry that carries no transaction
+    /// (raft's blank and membership entries), so versions stay raft indexes.
+    pub fn advance_to(&mut self, version: u64) {
+        self.version = self.version.max(version);
+    }
+
+    /// Applies one action that `check` accepted.
+    fn apply_action(
+        &mut self,
+        version: u64,
+        now_ms: i64,
+        action: &StoreAction,
+        want_event: bool,
+    ) -> Option<Event> {
+        let mut target = action.target.clone()?;
+        let kind = target.kind()?;
+        let id = target.id().to_string();
+        let action_kind = store_action::Kind::try_from(action.kind).ok()?;
+        let created_at = match action_kind {
+            store_action::Kind::Check => return None,
+            store_action::Kind::Remove => {
+                let removed = self.remove(kind, &id)?;
+                return want_event.then_some(Event::Change {
+                    action: watch_event::Action::Remove,
+                    object: removed,
+                    version,
+                    timestamp_ms: now_ms,
+                });
+            }
+            store_action::Kind::Create => now_ms,
+            store_action::Kind::Update => self
+                .get_object(kind, &id)
+                .and_then(|o| o.meta().map(|m| m.created_at_ms))
+                .unwrap_or(now_ms),
+        };
+        if let Some(meta) = target.meta_mut() {
+            *meta = Meta {
+                version,
+                created_at_ms: created_at,
+                updated_at_ms: now_ms,
+            };
+        }
+        if let Some(object::Kind::Service(service)) = &mut target.kind {
+            let spec_changed = match self.services.by_id.get(&id) {
+                Some(old) => old.spec != service.spec,
+                None => true,
+            };
+            if spec_changed {
+                service.spec_version = version;
+            } else if let Some(old) = self.services.by_id.get(&id) {
+                service.spec_version = old.spec_version;
+            }
+        }
+        let event_object = want_event.then(|| target.clone());
+        self.insert(target);
+        let action = if action_kind == store_action::Kind::Create {
+            watch_event::Action::Create
+        } else {
+            watch_event::Action::Update
+        };
+        event_object.map(|object| Event::Change {
+            action,
+            object,
+            version,
+            timestamp_ms: now_ms,
+        })
+    }
+
+    fn get_object(&self, kind: ObjectKind, id: &str) -> Option<Object> {
+        Some(match kind {
+            ObjectKind::Cluster => self.clusters.by_id.get(id)?.clone().into(),
+            ObjectKind::Node => self.nodes.by_id.get(id)?.clone().into(),
+            ObjectKind::Service => self.services.by_id.get(id)?.clone().into(),
+            ObjectKind::Network => self.networks.by_id.get(id)?.clone().into(),
+            ObjectKind::Task => self.task(id)?.into(),
+        })
+    }
+
+    fn insert(&mut self, object: Object) {
+        fn put<T: Clone + Into<Object>>(
+            table: &mut Table<T>,
+            id: String,
+            name: Option<String>,
+            o: T,
+        ) {
+            if let Some(old) = table.by_id.get(&id) {
+                if let Some(old_name) = old.clone().into().name() {
+                    table.by_name.remove(&name_key(old_name));
+                }
+            }
+            if let Some(name) = name {
+                table.by_name.insert(name_key(&name), id.clone());
+            }
+            table.by_id.insert(id, o);
+        }
+        let id = object.id().to_string();
+        let name = object.name().map(str::to_string);
+        match object.kind {
+            Some(object::Kind::Cluster(o)) => put(&mut self.clusters, id, name, o),
+            Some(object::Kind::Node(o)) => put(&mut self.nodes, id, name, o),
+            Some(object::Kind::Service(o)) => put(&mut self.services, id, name, o),
+            Some(object::Kind::Network(o)) => put(&mut self.networks, id, name, o),
+            Some(object::Kind::Task(o)) => self.tasks.insert(o),
+            None => {}
+        }
+    }
+
+    fn remove(&mut self, kind: ObjectKind, id: &str) -> Option<Object> {
+        fn take<T: Clone + Into<Object>>(table: &mut Table<T>, id: &str) -> Option<Object> {
+            let o: Object = table.by_id.remove(id)?.into();
+            if let Some(name) = o.name() {
+                table.by_name.remove(&name_key(name));
+            }
+            Some(o)
+        }
+        match kind {
+            ObjectKind::Cluster => take(&mut self.clusters, id),
+            ObjectKind::Node => take(&mut self.nodes, id),
+            ObjectKind::Service => {
+                let removed = take(&mut self.services, id);
+                self.tasks.spec_cache.remove(id);
+                removed
+            }
+            ObjectKind::Network => take(&mut self.networks, id),
+            ObjectKind::Task => self.tasks.remove(id).map(|t| t.to_task().into()),
+        }
+    }
+
+    /// The whole store as one message. Tasks refer to a shared spec list.
+    pub fn to_snapshot(&self) -> StoreSnapshot {
+        let mut spec_index: HashMap<*const TaskSpec, u32> = HashMap::new();
+        let mut task_specs = Vec::new();
+        let mut tasks = Vec::with_capacity(self.tasks.by_id.len());
+        for stored in self.tasks.by_id.values() {
+            let index = *spec_index
+                .entry(Arc::as_ptr(&stored.spec))
+                .or_insert_with(|| {
+                    task_specs.push((*stored.spec).clone());
+                    (task_specs.len() - 1) as u32
+                });
+            tasks.push(SnapshotTask {
+                task: Some(stored.task.clone()),
+                spec_index: index,
+            });
+        }
+        StoreSnapshot {
+            version: self.version,
+            clusters: self.clusters.by_id.values().cloned().collect(),
+            nodes: self.nodes.by_id.values().cloned().collect(),
+            services: self.services.by_id.values().cloned().collect(),
+            networks: self.networks.by_id.values().cloned().collect(),
+            task_specs,
+            tasks,
+        }
+    }
+
+    /// Rebuilds tables from a snapshot.
+    pub fn from_snapshot(snapshot: StoreSnapshot) -> Result<Tables, TxnError> {
+        let mut tables = Tables {
+            version: snapshot.version,
+            ..Tables::default()
+        };
+        for o in snapshot.clusters {
+            tables.insert(o.into());
+        }
+        for o in snapshot.nodes {
+            tables.insert(o.into());
+        }
+        for o in snapshot.networks {
+            tables.insert(o.into());
+        }
+        for o in snapshot.services {
+            tables.insert(o.into());
+        }
+        let specs: Vec<Arc<TaskSpec>> = snapshot.task_specs.into_iter().map(Arc::new).collect();
+        for t in snapshot.tasks {
+            let mut task = t.task.unwrap_or_default();
+            let spec = specs.get(t.spec_index as usize).cloned().ok_or_else(|| {
+                TxnError::Invalid(format!(
+                    "snapshot task {} refers to spec {} of {}",
+                    task.id,
+                    t.spec_index,
+                    specs.len()
+                ))
+            })?;
+            task.spec = None;
+            let id: Arc<str> = Arc::from(task.id.as_str());
+            for (index, key) in [
+                (&mut tables.tasks.by_service, &task.service_id),
+                (&mut tables.tasks.by_node, &task.node_id),
+            ] {
+                if !key.is_empty() {
+                    index
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(Arc::clone(&id));
+                }
+            }
+            tables
+                .tasks
+                .spec_cache
+                .insert(task.service_id.clone(), Arc::clone(&spec));
+            tables.tasks.by_id.insert(id, StoredTask { task, spec });
+        }
+        Ok(tables)
+    }
+
+    /// Checks that every index agrees with its table. Used by tests and
+    /// debug builds; cost is linear in the store's size.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        fn names<T: Clone + Into<Object>>(table: &Table<T>, kind: &str) -> Result<(), String> {
+            let mut expected = HashMap::new();
+            for (id, o) in &table.by_id {
+                let o: Object = o.clone().into();
+                if o.id() != id {
+                    return Err(format!("{kind} keyed {id} has id {}", o.id()));
+                }
+                if let Some(name) = o.name() {
+                    if expected.insert(name_key(name), id.clone()).is_some() {
+                        return Err(format!("{kind} name {name} used twice"));
+                    }
+                }
+            }
+            if expected != table.by_name {
+                return Err(format!("{kind} name index disagrees with the table"));
+            }
+            Ok(())
+        }
+        names(&self.clusters, "cluster")?;
+        names(&self.nodes, "node")?;
+        names(&self.services, "service")?;
+        names(&self.networks, "network")?;
+        let mut by_service: HashMap<String, BTreeSet<Arc<str>>> = HashMap::new();
+        let mut by_node: HashMap<String, BTreeSet<Arc<str>>> = HashMap::new();
+        for (id, t) in &self.tasks.by_id {
+            if t.task.spec.is_some() {
+                return Err(format!("task {id} keeps its own spec copy"));
+            }
+            if !t.task.service_id.is_empty() {
+                by_service
+                    .entry(t.task.service_id.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
+            if !t.task.node_id.is_empty() {
+                by_node
+                    .entry(t.task.node_id.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
+        }
+        if by_service != self.tasks.by_service {
+            return Err("task service index disagrees with the table".into());
+        }
+        if by_node != self.tasks.by_node {
+            return Err("task node index disagrees with the table".into());
+        }
+        Ok(())
+    }
+}
+
+fn prefix_matches<'a>(ids: impl Iterator<Item = &'a str>, prefix: &str) -> Vec<String> {
+    ids.take_while(|id| id.starts_with(prefix))
+        .take(4)
+        .map(str::to_string)
+        .collect()
+}
+
+fn ambiguous(kind: ObjectKind, reference: &str, ids: &[String]) -> LookupError {
+    LookupError::Ambiguous {
+        kind: kind.to_string(),
+        reference: reference.to_string(),
+        matches: ids.join(", "),
+    }
+}

@@ -1,0 +1,87 @@
+//! What watchers receive: each change of a committed entry, then a commit
+//! marker, in log order.
+
+use std::sync::Arc;
+
+use shoal_api::{watch_event, Object, WatchEvent};
+use tokio::sync::broadcast;
+
+/// How many committed entries a watcher may fall behind before it is cut off. A watcher
+/// that lags this far must re-list (`view_and_watch` again); buffering without
+/// bound would let one slow client exhaust the manager's memory.
+pub const WATCH_QUEUE_ENTRIES: usize = 4_096;
+
+/// One change, or the end of one entry's changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Change {
+        action: watch_event::Action,
+        object: Object,
+        /// Raft index of the entry that made the change.
+        version: u64,
+        /// When the change was proposed (milliseconds since the epoch).
+        timestamp_ms: i64,
+    },
+    /// Every change of the entry at raft index `version` has been sent.
+    Commit { version: u64 },
+}
+
+impl Event {
+    /// The API form of the event.
+    pub fn to_proto(&self) -> WatchEvent {
+        match self {
+            Event::Change {
+                action,
+                object,
+                version,
+                timestamp_ms,
+            } => WatchEvent {
+                action: *action as i32,
+                version: *version,
+                object: Some(object.clone()),
+                timestamp_ms: *timestamp_ms,
+            },
+            Event::Commit { version } => WatchEvent {
+                action: watch_event::Action::Commit as i32,
+                object: None,
+                version: *version,
+                timestamp_ms: 0,
+            },
+        }
+    }
+}
+
+/// The receiving end of a watch.
+///
+/// # Cancel safety
+/// [`WatchStream::next`] is cancel safe: an event is only taken from the queue
+/// when it is returned.
+pub struct WatchStream {
+    pub(crate) rx: broadcast::Receiver<Arc<Vec<Event>>>,
+    pub(crate) pending: std::collections::VecDeque<Event>,
+}
+
+/// Why a watch ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    #[error("the watcher fell more than {WATCH_QUEUE_ENTRIES} commits behind; watch again")]
+    Lagged,
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl WatchStream {
+    /// The next event, in commit order.
+    pub async fn next(&mut self) -> Result<Event, WatchError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
+            }
+            match self.rx.recv().await {
+                Ok(entry) => self.pending.extend(entry.iter().cloned()),
+                Err(broadcast::error::RecvError::Lagged(_)) => return Err(WatchError::Lagged),
+                Err(broadcast::error::RecvError::Closed) => return Err(WatchError::Closed),
+            }
+        }
+    }
+}
