@@ -1,0 +1,161 @@
+//! Runs the real `shoal` binary: a daemon in its own temp state dir, and CLI
+//! commands against it. Every wait polls with a generous bound.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+/// Generous: the CI box is a loaded 2-core machine.
+pub const READY_WITHIN: Duration = Duration::from_secs(90);
+
+pub struct Daemon {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts a daemon on `state_dir` and waits until it answers.
+    pub fn start(state_dir: &Path) -> Daemon {
+        let mut daemon = Daemon::spawn(state_dir);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts a daemon without waiting.
+    pub fn spawn(state_dir: &Path) -> Daemon {
+        let socket = state_dir.join("shoal.sock");
+        let child = Command::new(BIN)
+            .args(["daemon", "--state-dir"])
+            .arg(state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("daemon starts");
+        Daemon {
+            state_dir: state_dir.to_path_buf(),
+            socket,
+            child: Some(child),
+        }
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let out = self.child.take().unwrap().wait_with_output().unwrap();
+                    panic!(
+                        "daemon exited with {status}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+            if self.shoal(&["version"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready within {READY_WITHIN:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs a client command against this daemon.
+    pub fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("SHOAL_SOCKET", &self.socket)
+            .env_remove("SHOAL_STATE_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("shoal runs")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.shoal(args);
+        assert!(
+            out.status.success(),
+            "shoal {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.shoal(args);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            !out.status.success(),
+            "shoal {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            stderr.starts_with("Error: "),
+            "shoal {args:?}: error not in the `Error: …` form: {stderr}"
+        );
+        stderr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = nix_kill(child.id(), libc::SIGTERM);
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "daemon stopped uncleanly: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn nix_kill(pid: u32, signal: i32) -> i32 {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid as i32, signal) }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the binary with no daemon, e.g. `shoal daemon` on a bad state dir.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("SHOAL_SOCKET")
+        .env_remove("SHOAL_STATE_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("shoal runs")
+}
+
+/// Lines of `--format json` output, parsed.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}

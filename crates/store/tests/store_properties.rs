@@ -1,0 +1,339 @@
+//! Property tests of the store's transaction rules and of view-and-watch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use shoal_api::{
+    store_action, watch_event, Annotations, Batch, Object, Service, ServiceSpec, StoreAction, Task,
+    TaskSpec, Transaction,
+};
+use shoal_store::{Event, Store, TxnError};
+
+const IDS: [&str; 6] = ["s0", "s1", "s2", "s3", "s4", "s5"];
+const NAMES: [&str; 4] = ["web", "api", "db", "WEB"];
+
+/// One action, described relative to the store at apply time.
+#[derive(Debug, Clone)]
+struct Op {
+    kind: store_action::Kind,
+    id: usize,
+    name: usize,
+    /// Use the version the store has now (else a stale one).
+    fresh: bool,
+    /// Also create a task of this service (exercises the task indexes).
+    with_task: bool,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    (
+        prop_oneof![
+            Just(store_action::Kind::Create),
+            Just(store_action::Kind::Update),
+            Just(store_action::Kind::Remove),
+            Just(store_action::Kind::Check),
+        ],
+        0..IDS.len(),
+        0..NAMES.len(),
+        prop::bool::weighted(0.8),
+        any::<bool>(),
+    )
+        .prop_map(|(kind, id, name, fresh, with_task)| Op {
+            kind,
+            id,
+            name,
+            fresh,
+            with_task,
+        })
+}
+
+fn service(id: &str, name: &str, version: u64, replicas: i64) -> Service {
+    Service {
+        id: id.into(),
+        meta: Some(shoal_api::Meta {
+            version,
+            ..Default::default()
+        }),
+        spec: Some(ServiceSpec {
+            annotations: Some(Annotations {
+                name: name.into(),
+                labels: Default::default(),
+            }),
+            replicas: Some(replicas),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn actions_for(store: &Store, ops: &[Op], seq: u64) -> Vec<StoreAction> {
+    let view = store.view();
+    let mut out = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let id = IDS[op.id];
+        let current = view
+            .service(id)
+            .and_then(|s| s.meta.as_ref())
+            .map_or(0, |m| m.version);
+        let version = if op.fresh { current } else { current + 1 };
+        let target: Object = service(id, NAMES[op.name], version, seq as i64 + i as i64).into();
+        out.push(StoreAction {
+            kind: op.kind as i32,
+            target: Some(target),
+        });
+        if op.with_task && op.kind == store_action::Kind::Create {
+            out.push(StoreAction {
+                kind: store_action::Kind::Create as i32,
+                target: Some(
+                    Task {
+                        id: format!("t{seq}-{i}"),
+                        service_id: id.into(),
+                        node_id: format!("n{}", seq % 3),
+                        spec: Some(TaskSpec::default()),
+                        ..Default::default()
+                    }
+                    .into(),
+                ),
+            });
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// A transaction is all or nothing; an object's version is the index of
+    /// the entry that last changed it; indexes always agree with tables.
+    #[test]
+    fn transactions_are_atomic_and_versions_are_entry_indexes(
+        txns in prop::collection::vec(prop::collection::vec(op(), 1..4), 1..40)
+    ) {
+        let store = Store::new();
+        let mut last_change: BTreeMap<String, u64> = BTreeMap::new();
+        for (n, ops) in txns.iter().enumerate() {
+            let version = n as u64 + 1;
+            let actions = actions_for(&store, ops, version);
+            let before = store.snapshot();
+            let txn = Transaction { actions: actions.clone(), timestamp_ms: 1_000 + n as i64 };
+            let results = store.apply(version, &Batch { transactions: vec![txn] });
+            prop_assert_eq!(results.len(), 1);
+            let view = store.view();
+            prop_assert_eq!(view.version(), version);
+            view.check_invariants().map_err(TestCaseError::fail)?;
+            match &results[0] {
+                Err(_) => {
+                    let mut after = store.snapshot();
+                    after.version = before.version;
+                    prop_assert_eq!(&after, &before, "a failed transaction changed the store");
+                }
+                Ok(()) => {
+                    for a in &actions {
+                        let t = a.target.as_ref().unwrap();
+                        if a.kind != store_action::Kind::Check as i32 && t.kind() == Some(shoal_api::ObjectKind::Service) {
+                            last_change.insert(t.id().to_string(), version);
+                        }
+                    }
+                }
+            }
+            // A stale version can never pass.
+            for (a, op) in actions.iter().zip(ops) {
+                if !op.fresh && op.kind != store_action::Kind::Create {
+                    prop_assert!(results[0].is_err(), "stale {:?} of {} was accepted", op.kind, a.target.as_ref().unwrap().id());
+                }
+            }
+            for s in view.services() {
+                prop_assert_eq!(Some(&s.meta.as_ref().unwrap().version), last_change.get(&s.id));
+            }
+        }
+    }
+
+    /// A snapshot restores to identical tables, and tasks keep sharing specs.
+    #[test]
+    fn snapshot_restores_identical_tables(
+        txns in prop::collection::vec(prop::collection::vec(op(), 1..4), 1..30)
+    ) {
+        let store = Store::new();
+        for (n, ops) in txns.iter().enumerate() {
+            let version = n as u64 + 1;
+            let actions = actions_for(&store, ops, version);
+            store.apply(version, &Batch { transactions: vec![Transaction { actions, timestamp_ms: 0 }] });
+        }
+        let snapshot = store.snapshot();
+        let restored = Store::new();
+        restored.restore(snapshot.clone()).unwrap();
+        restored.view().check_invariants().map_err(TestCaseError::fail)?;
+        prop_assert_eq!(restored.snapshot(), snapshot);
+        prop_assert_eq!(restored.view().objects(), store.view().objects());
+    }
+}
+
+#[test]
+fn a_conflict_fails_only_its_own_transaction_in_a_batch() {
+    let store = Store::new();
+    let create = |id: &str, name: &str| StoreAction {
+        kind: store_action::Kind::Create as i32,
+        target: Some(service(id, name, 0, 1).into()),
+    };
+    store.apply(
+        1,
+        &Batch {
+            transactions: vec![Transaction {
+                actions: vec![create("a", "a")],
+                timestamp_ms: 0,
+            }],
+        },
+    );
+    let stale = StoreAction {
+        kind: store_action::Kind::Update as i32,
+        target: Some(service("a", "a", 0, 9).into()),
+    };
+    let results = store.apply(
+        2,
+        &Batch {
+            transactions: vec![
+                Transaction {
+                    actions: vec![create("b", "b")],
+                    timestamp_ms: 0,
+                },
+                Transaction {
+                    actions: vec![stale, create("c", "c")],
+                    timestamp_ms: 0,
+                },
+                Transaction {
+                    actions: vec![create("d", "b")],
+                    timestamp_ms: 0,
+                },
+            ],
+        },
+    );
+    assert_eq!(results[0], Ok(()));
+    assert!(
+        matches!(
+            results[1],
+            Err(TxnError::Conflict {
+                expected: 0,
+                actual: 1,
+                ..
+            })
+        ),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Err(TxnError::NameInUse { .. })),
+        "{:?}",
+        results[2]
+    );
+    let view = store.view();
+    assert!(view.service("b").is_some());
+    assert!(
+        view.service("c").is_none(),
+        "half of a failed transaction was applied"
+    );
+    assert!(view.service("d").is_none());
+    assert_eq!(
+        view.service("a").unwrap().spec.as_ref().unwrap().replicas,
+        Some(1)
+    );
+}
+
+#[test]
+fn tasks_of_one_spec_share_one_copy() {
+    let store = Store::new();
+    let spec = TaskSpec {
+        runtime: Some(shoal_api::Runtime {
+            command: vec!["sleep".into(), "1".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let actions = (0..100)
+        .map(|i| StoreAction {
+            kind: store_action::Kind::Create as i32,
+            target: Some(
+                Task {
+                    id: format!("t{i}"),
+                    service_id: "s".into(),
+                    spec: Some(spec.clone()),
+                    ..Default::default()
+                }
+                .into(),
+            ),
+        })
+        .collect();
+    store.apply(
+        1,
+        &Batch {
+            transactions: vec![Transaction {
+                actions,
+                timestamp_ms: 0,
+            }],
+        },
+    );
+    let snapshot = store.snapshot();
+    assert_eq!(snapshot.task_specs.len(), 1);
+    assert_eq!(store.view().tasks_of_service("s").count(), 100);
+    assert_eq!(store.view().task("t7").unwrap().spec, Some(spec));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// View-and-watch while a writer keeps applying: the view plus the events
+    /// after it rebuild exactly the final store, with no gap and no repeat.
+    #[test]
+    fn view_and_watch_has_no_gap_under_a_concurrent_writer(
+        txns in prop::collection::vec(prop::collection::vec(op(), 1..3), 50..300),
+        start_after in 0usize..50,
+    ) {
+        let store = Arc::new(Store::new());
+        // Keep one receiver so apply builds events from the start.
+        let _keepalive = store.watch();
+        let total = txns.len() as u64;
+        let writer = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for (n, ops) in txns.iter().enumerate() {
+                    let version = n as u64 + 1;
+                    let actions = actions_for(&store, ops, version);
+                    store.apply(version, &Batch { transactions: vec![Transaction { actions, timestamp_ms: 0 }] });
+                    if n % 7 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        while store.version() < start_after as u64 {
+            std::thread::yield_now();
+        }
+        let (objects, mut version, mut stream) = store.view_and_watch();
+        let mut rebuilt: BTreeMap<String, Object> = objects.into_iter().map(|o| (o.id().to_string(), o)).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            while version < total {
+                let event = tokio::time::timeout(std::time::Duration::from_secs(60), stream.next())
+                    .await
+                    .expect("the writer finished, so every commit must arrive")
+                    .expect("no lag at this size");
+                match event {
+                    Event::Commit { version: v } => {
+                        assert_eq!(v, version + 1, "a commit was skipped or repeated");
+                        version = v;
+                    }
+                    Event::Change { action, object, version: v, .. } => {
+                        assert_eq!(v, version + 1, "a change arrived outside its commit");
+                        if action == watch_event::Action::Remove {
+                            assert!(rebuilt.remove(object.id()).is_some(), "removed an object never seen");
+                        } else {
+                            rebuilt.insert(object.id().to_string(), object);
+                        }
+                    }
+                }
+            }
+        });
+        writer.join().unwrap();
+        let expected: BTreeMap<String, Object> = store.view().objects().into_iter().map(|o| (o.id().to_string(), o)).collect();
+        prop_assert_eq!(rebuilt, expected);
+    }
+}
