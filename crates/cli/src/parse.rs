@@ -70,7 +70,7 @@ pub fn nano_cpus(text: &str) -> Result<i64, String> {
     let value: f64 = text
         .parse()
         .map_err(|_| format!("{text:?} is not a number of CPUs (e.g. 0.5 or 2)"))?;
-    if !value.is_finite() || value < 0.0 || value > 1e6 {
+    if !value.is_finite() || !(0.0..=1e6).contains(&value) {
         return Err(format!("{text:?} is not a number of CPUs (e.g. 0.5 or 2)"));
     }
     Ok((value * 1e9).round() as i64)

@@ -120,12 +120,8 @@ async fn every_acknowledged_write_survives_kill_9_with_writes_in_flight() {
     for round in 0..ROUNDS {
         let mut d = Daemon::start(&dir);
         // Phase 1: everything acknowledged before must be there, exactly.
-        check(
-            &d.socket,
-            &written.lock().unwrap().clone(),
-            &unanswered_creates,
-        )
-        .await;
+        let acknowledged = written.lock().unwrap().clone();
+        check(&d.socket, &acknowledged, &unanswered_creates).await;
 
         // Phase 2: writers create and update services until the kill.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -194,12 +190,8 @@ async fn every_acknowledged_write_survives_kill_9_with_writes_in_flight() {
         eprintln!("round {round}: killed after {wait_ms} ms with {acked_before_kill} services acknowledged");
     }
     let d = Daemon::start(&dir);
-    check(
-        &d.socket,
-        &written.lock().unwrap().clone(),
-        &unanswered_creates,
-    )
-    .await;
+    let acknowledged = written.lock().unwrap().clone();
+        check(&d.socket, &acknowledged, &unanswered_creates).await;
     assert!(
         written.lock().unwrap().len() > ROUNDS,
         "the writers wrote too little to test anything"
