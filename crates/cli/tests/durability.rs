@@ -191,7 +191,7 @@ async fn every_acknowledged_write_survives_kill_9_with_writes_in_flight() {
     }
     let d = Daemon::start(&dir);
     let acknowledged = written.lock().unwrap().clone();
-        check(&d.socket, &acknowledged, &unanswered_creates).await;
+    check(&d.socket, &acknowledged, &unanswered_creates).await;
     assert!(
         written.lock().unwrap().len() > ROUNDS,
         "the writers wrote too little to test anything"

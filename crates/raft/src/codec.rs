@@ -27,15 +27,19 @@ pub enum CodecError {
 }
 
 pub fn encode_entry(entry: &Entry<TypeConfig>) -> Vec<u8> {
-    let (tag, payload) = match &entry.payload {
-        EntryPayload::Blank => (TAG_BLANK, Vec::new()),
-        EntryPayload::Normal(p) => (TAG_NORMAL, p.batch.clone()),
-        EntryPayload::Membership(m) => (TAG_MEMBERSHIP, serde_json::to_vec(m).unwrap_or_default()),
+    let membership;
+    let (tag, payload): (u8, &[u8]) = match &entry.payload {
+        EntryPayload::Blank => (TAG_BLANK, &[]),
+        EntryPayload::Normal(p) => (TAG_NORMAL, &p.batch),
+        EntryPayload::Membership(m) => {
+            membership = serde_json::to_vec(m).unwrap_or_default();
+            (TAG_MEMBERSHIP, &membership)
+        }
     };
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
     encode_log_id(&entry.log_id, &mut out);
     out.push(tag);
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     out
 }
 

@@ -25,7 +25,6 @@ use crate::types::TypeConfig;
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KEY_VOTE: &str = "vote";
-const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 /// Written once at creation; a file without it is not Shoal's.
 const KEY_FORMAT: &str = "format";
@@ -221,21 +220,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map(Some)
                 .map_err(|e| StorageIOError::read_vote(io_err(e)).into()),
         }
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StoreResult<()> {
-        let Some(committed) = committed else {
-            return Ok(());
-        };
-        let mut bytes = Vec::with_capacity(24);
-        encode_log_id(&committed, &mut bytes);
-        self.write_meta(KEY_COMMITTED, &bytes, Durability::None)
-            .map_err(|e| StorageIOError::write(e).into())
-    }
-
-    async fn read_committed(&mut self) -> StoreResult<Option<LogId<u64>>> {
-        self.read_log_id(KEY_COMMITTED)
-            .map_err(|e| StorageIOError::read(e).into())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StoreResult<()>

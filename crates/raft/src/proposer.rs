@@ -34,6 +34,9 @@ pub struct ProposerConfig {
     pub queue_txns: usize,
     /// Actions per transaction when a large change is split.
     pub max_actions_per_txn: usize,
+    /// Raft entries proposed and not yet applied, at most. Two lets the next
+    /// batch form and reach openraft while the previous one is being fsynced.
+    pub max_entries_in_flight: usize,
 }
 
 impl Default for ProposerConfig {
@@ -43,6 +46,7 @@ impl Default for ProposerConfig {
             max_entry_bytes: MAX_ENTRY_BYTES,
             queue_txns: 16_384,
             max_actions_per_txn: 1_000,
+            max_entries_in_flight: 2,
         }
     }
 }
@@ -137,23 +141,42 @@ impl Proposer {
 }
 
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Waiting>, config: ProposerConfig) {
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        config.max_entries_in_flight.max(1),
+    ));
     // Shutdown: the loop ends when every Proposer handle is gone.
     while let Some(first) = rx.recv().await {
+        // Wait for a free slot before draining, so the entry takes every
+        // transaction that arrived while the others were in flight.
+        let Ok(mut permit) = std::sync::Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
         let mut bytes = first.bytes;
         let mut waiting = vec![first];
         while waiting.len() < config.max_txns_per_entry {
             let Ok(next) = rx.try_recv() else { break };
             if bytes + next.bytes > config.max_entry_bytes {
-                // Leave it for the next entry; it cannot wait in the channel
-                // again, so it heads the next round.
-                propose_entry(&raft, std::mem::take(&mut waiting)).await;
+                // The entry is full: send it, and start the next with `next`.
+                spawn_entry(&raft, std::mem::take(&mut waiting), permit);
+                let Ok(p) = std::sync::Arc::clone(&in_flight).acquire_owned().await else {
+                    return;
+                };
+                permit = p;
                 bytes = 0;
             }
             bytes += next.bytes;
             waiting.push(next);
         }
-        propose_entry(&raft, waiting).await;
+        spawn_entry(&raft, waiting, permit);
     }
+}
+
+fn spawn_entry(raft: &Raft, waiting: Vec<Waiting>, permit: tokio::sync::OwnedSemaphorePermit) {
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        propose_entry(&raft, waiting).await;
+        drop(permit);
+    });
 }
 
 async fn propose_entry(raft: &Raft, waiting: Vec<Waiting>) {

@@ -62,6 +62,12 @@ pub enum ReplicaError {
     Config(String),
     #[error("raft failed to start: {0}")]
     Raft(String),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no raft leader after {waited_ms} ms")]
     NoLeader { waited_ms: u64 },
 }
@@ -77,6 +83,12 @@ impl Replica {
     /// Opens (or with `create`, creates) the replica in `config.dir`. A new
     /// replica becomes the single voter of a new raft group.
     pub async fn open(config: ReplicaConfig, create: bool) -> Result<Replica, ReplicaError> {
+        if create {
+            std::fs::create_dir_all(&config.dir).map_err(|source| ReplicaError::Dir {
+                path: config.dir.display().to_string(),
+                source,
+            })?;
+        }
         let store = Arc::new(Store::new());
         let log = LogStore::open(&config.dir.join(LOG_FILE), create)?;
         let sm = StateMachine::open(&config.dir, Arc::clone(&store))?;

@@ -47,7 +47,7 @@ impl Store {
     /// Applies one committed entry; called by the raft state machine only.
     /// Watchers get the entry's changes before the write lock is released, so
     /// a watch started under a view never misses nor repeats a change.
-    pub fn apply(&self, version: u64, batch: &Batch) -> Vec<Result<(), TxnError>> {
+    pub fn apply(&self, version: u64, batch: Batch) -> Vec<Result<(), TxnError>> {
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
         if self.events.receiver_count() == 0 {
             return tables.apply_batch(version, batch, None);

@@ -113,6 +113,38 @@ pub struct Tables {
     tasks: TaskTable,
 }
 
+/// The unique name of a named kind, read in place (no copy of the object).
+trait Named {
+    fn unique_name(&self) -> Option<&str>;
+}
+
+fn annotated(annotations: Option<&shoal_api::Annotations>) -> Option<&str> {
+    annotations
+        .map(|a| a.name.as_str())
+        .filter(|n| !n.is_empty())
+}
+
+impl Named for Cluster {
+    fn unique_name(&self) -> Option<&str> {
+        annotated(self.spec.as_ref()?.annotations.as_ref())
+    }
+}
+impl Named for Service {
+    fn unique_name(&self) -> Option<&str> {
+        annotated(self.spec.as_ref()?.annotations.as_ref())
+    }
+}
+impl Named for Network {
+    fn unique_name(&self) -> Option<&str> {
+        annotated(self.spec.as_ref()?.annotations.as_ref())
+    }
+}
+impl Named for Node {
+    fn unique_name(&self) -> Option<&str> {
+        self.name()
+    }
+}
+
 fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
@@ -292,14 +324,14 @@ impl Tables {
     }
 
     fn stored_name(&self, kind: ObjectKind, id: &str) -> Option<String> {
-        let obj: Object = match kind {
-            ObjectKind::Cluster => self.clusters.by_id.get(id)?.clone().into(),
-            ObjectKind::Node => self.nodes.by_id.get(id)?.clone().into(),
-            ObjectKind::Service => self.services.by_id.get(id)?.clone().into(),
-            ObjectKind::Network => self.networks.by_id.get(id)?.clone().into(),
-            ObjectKind::Task => return None,
+        let name = match kind {
+            ObjectKind::Cluster => self.clusters.by_id.get(id)?.unique_name(),
+            ObjectKind::Node => self.nodes.by_id.get(id)?.unique_name(),
+            ObjectKind::Service => self.services.by_id.get(id)?.unique_name(),
+            ObjectKind::Network => self.networks.by_id.get(id)?.unique_name(),
+            ObjectKind::Task => None,
         };
-        obj.name().map(str::to_string)
+        name.map(str::to_string)
     }
 
     /// Checks every action of `txn` against the tables as they are, without
@@ -403,15 +435,15 @@ impl Tables {
     pub fn apply_batch(
         &mut self,
         version: u64,
-        batch: &Batch,
+        batch: Batch,
         mut events: Option<&mut Vec<Event>>,
     ) -> Vec<Result<(), TxnError>> {
         debug_assert!(version > self.version, "entries are applied in log order");
         let mut results = Vec::with_capacity(batch.transactions.len());
-        for txn in &batch.transactions {
-            let outcome = self.check(txn);
+        for txn in batch.transactions {
+            let outcome = self.check(&txn);
             if outcome.is_ok() {
-                for action in &txn.actions {
+                for action in txn.actions {
                     let event =
                         self.apply_action(version, txn.timestamp_ms, action, events.is_some());
                     if let (Some(events), Some(event)) = (events.as_deref_mut(), event) {
@@ -439,10 +471,10 @@ impl Tables {
         &mut self,
         version: u64,
         now_ms: i64,
-        action: &StoreAction,
+        action: StoreAction,
         want_event: bool,
     ) -> Option<Event> {
-        let mut target = action.target.clone()?;
+        let mut target = action.target?;
         let kind = target.kind()?;
         let id = target.id().to_string();
         let action_kind = store_action::Kind::try_from(action.kind).ok()?;
@@ -507,16 +539,9 @@ impl Tables {
     }
 
     fn insert(&mut self, object: Object) {
-        fn put<T: Clone + Into<Object>>(
-            table: &mut Table<T>,
-            id: String,
-            name: Option<String>,
-            o: T,
-        ) {
-            if let Some(old) = table.by_id.get(&id) {
-                if let Some(old_name) = old.clone().into().name() {
-                    table.by_name.remove(&name_key(old_name));
-                }
+        fn put<T: Named>(table: &mut Table<T>, id: String, name: Option<String>, o: T) {
+            if let Some(old_name) = table.by_id.get(&id).and_then(Named::unique_name) {
+                table.by_name.remove(&name_key(old_name));
             }
             if let Some(name) = name {
                 table.by_name.insert(name_key(&name), id.clone());

@@ -116,7 +116,7 @@ proptest! {
             let actions = actions_for(&store, ops, version);
             let before = store.snapshot();
             let txn = Transaction { actions: actions.clone(), timestamp_ms: 1_000 + n as i64 };
-            let results = store.apply(version, &Batch { transactions: vec![txn] });
+            let results = store.apply(version, Batch { transactions: vec![txn] });
             prop_assert_eq!(results.len(), 1);
             let view = store.view();
             prop_assert_eq!(view.version(), version);
@@ -157,7 +157,7 @@ proptest! {
         for (n, ops) in txns.iter().enumerate() {
             let version = n as u64 + 1;
             let actions = actions_for(&store, ops, version);
-            store.apply(version, &Batch { transactions: vec![Transaction { actions, timestamp_ms: 0 }] });
+            store.apply(version, Batch { transactions: vec![Transaction { actions, timestamp_ms: 0 }] });
         }
         let snapshot = store.snapshot();
         let restored = Store::new();
@@ -177,7 +177,7 @@ fn a_conflict_fails_only_its_own_transaction_in_a_batch() {
     };
     store.apply(
         1,
-        &Batch {
+        Batch {
             transactions: vec![Transaction {
                 actions: vec![create("a", "a")],
                 timestamp_ms: 0,
@@ -190,7 +190,7 @@ fn a_conflict_fails_only_its_own_transaction_in_a_batch() {
     };
     let results = store.apply(
         2,
-        &Batch {
+        Batch {
             transactions: vec![
                 Transaction {
                     actions: vec![create("b", "b")],
@@ -264,7 +264,7 @@ fn tasks_of_one_spec_share_one_copy() {
         .collect();
     store.apply(
         1,
-        &Batch {
+        Batch {
             transactions: vec![Transaction {
                 actions,
                 timestamp_ms: 0,
@@ -297,7 +297,7 @@ proptest! {
                 for (n, ops) in txns.iter().enumerate() {
                     let version = n as u64 + 1;
                     let actions = actions_for(&store, ops, version);
-                    store.apply(version, &Batch { transactions: vec![Transaction { actions, timestamp_ms: 0 }] });
+                    store.apply(version, Batch { transactions: vec![Transaction { actions, timestamp_ms: 0 }] });
                     if n % 7 == 0 {
                         std::thread::yield_now();
                     }
