@@ -80,15 +80,25 @@ pub fn connect_tcp(addr: &str) -> Result<Channel, TransportError> {
         .connect_lazy())
 }
 
-/// A TCP listener for gRPC servers.
+/// A TCP listener for gRPC servers, and the address it is bound to (so
+/// `127.0.0.1:0` gives a free port).
 pub async fn listen_tcp(
     addr: &str,
-) -> Result<tokio_stream::wrappers::TcpListenerStream, TransportError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| TransportError::Listen {
-            path: addr.to_string(),
-            source,
-        })?;
-    Ok(tokio_stream::wrappers::TcpListenerStream::new(listener))
+) -> Result<
+    (
+        tokio_stream::wrappers::TcpListenerStream,
+        std::net::SocketAddr,
+    ),
+    TransportError,
+> {
+    let fail = |source| TransportError::Listen {
+        path: addr.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(fail)?;
+    let local = listener.local_addr().map_err(fail)?;
+    Ok((
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        local,
+    ))
 }

@@ -64,10 +64,6 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct DaemonArgs {
-    /// Where other managers reach this node's raft service (host:port); unset
-    /// for a single-manager cluster.
-    #[arg(long)]
-    listen_addr: Option<String>,
     /// Raft log entries between snapshots (the log is compacted after each).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_interval: u64,
@@ -138,7 +134,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             shoal_node::run(shoal_node::DaemonConfig {
                 state_dir,
                 socket: cli.socket,
-                listen_addr: args.listen_addr,
                 snapshot_interval_entries: args.snapshot_interval,
             })
             .await?;

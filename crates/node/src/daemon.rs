@@ -33,9 +33,6 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// The control socket; `<state dir>/shoal.sock` when unset.
     pub socket: Option<PathBuf>,
-    /// Where other managers reach this one's raft service (`host:port`).
-    /// Unset: raft does not listen, which is all a single manager needs.
-    pub listen_addr: Option<String>,
     /// Raft log entries between snapshots.
     pub snapshot_interval_entries: u64,
 }
@@ -62,10 +59,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         (new_object_id(&mut rng), new_object_id(&mut rng))
     })?;
     let marker = state.marker().clone();
-    let advertise = config
-        .listen_addr
-        .clone()
-        .unwrap_or_else(|| "127.0.0.1:0".to_string());
+    // A single manager needs no raft listener; joining managers (the HA
+    // work) will advertise a real address here.
+    let advertise = "127.0.0.1:0".to_string();
     let mut replica_config =
         ReplicaConfig::new(state.raft_dir(), marker.raft_id, advertise.clone());
     replica_config.snapshot_interval_entries = config.snapshot_interval_entries;
@@ -78,20 +74,6 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-
-    let mut raft_server = None;
-    if let Some(addr) = &config.listen_addr {
-        let incoming = shoal_api::transport::listen_tcp(addr).await?;
-        let service = shoal_raft::RaftService::new(replica.raft().clone());
-        let mut stop = stop_rx.clone();
-        raft_server = Some(tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }),
-        ));
-    }
 
     let socket = config.socket.clone().unwrap_or_else(|| state.socket_path());
     let incoming = shoal_api::transport::listen_unix(&socket)?;
@@ -125,9 +107,6 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         served = &mut control_server => served,
     };
     let _ = stop_tx.send(true);
-    if let Some(server) = raft_server {
-        let _ = server.await;
-    }
     replica.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     served.map_err(|e| DaemonError::Serve {

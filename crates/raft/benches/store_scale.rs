@@ -18,7 +18,10 @@ use shoal_raft::{Replica, ReplicaConfig};
 use shoal_store::Store;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn id(prefix: char, n: usize) -> String {
@@ -34,7 +37,10 @@ fn task_spec(service: usize) -> TaskSpec {
         }),
         resources: Some(ResourceRequirements {
             limits: None,
-            reservations: Some(Resources { nano_cpus: 100_000_000, memory_bytes: 64 << 20 }),
+            reservations: Some(Resources {
+                nano_cpus: 100_000_000,
+                memory_bytes: 64 << 20,
+            }),
         }),
         ..Default::default()
     }
@@ -44,7 +50,10 @@ fn service(n: usize, tasks: usize) -> Service {
     Service {
         id: id('s', n),
         spec: Some(ServiceSpec {
-            annotations: Some(Annotations { name: format!("svc-{n}"), labels: Default::default() }),
+            annotations: Some(Annotations {
+                name: format!("svc-{n}"),
+                labels: Default::default(),
+            }),
             task: Some(task_spec(n)),
             replicas: Some(tasks as i64),
             ..Default::default()
@@ -76,13 +85,17 @@ fn task(service: usize, slot: usize, tasks_per_service: usize) -> Task {
 }
 
 fn create(target: impl Into<shoal_api::Object>) -> StoreAction {
-    StoreAction { kind: store_action::Kind::Create as i32, target: Some(target.into()) }
+    StoreAction {
+        kind: store_action::Kind::Create as i32,
+        target: Some(target.into()),
+    }
 }
 
 /// Every action of the whole state, services first.
 fn actions(services: usize, per_service: usize) -> impl Iterator<Item = StoreAction> {
     (0..services).flat_map(move |s| {
-        std::iter::once(create(service(s, per_service))).chain((0..per_service).map(move |t| create(task(s, t, per_service))))
+        std::iter::once(create(service(s, per_service)))
+            .chain((0..per_service).map(move |t| create(task(s, t, per_service))))
     })
 }
 
@@ -92,7 +105,11 @@ fn resident_bytes() -> u64 {
     // SAFETY: malloc_trim only releases free heap pages.
     unsafe { libc::malloc_trim(0) };
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -117,11 +134,23 @@ fn main() {
         while all.peek().is_some() {
             version += 1;
             let part: Vec<StoreAction> = all.by_ref().take(10_000).collect();
-            store.apply(version, Batch { transactions: vec![Transaction { actions: part, timestamp_ms: 0 }] });
+            store.apply(
+                version,
+                Batch {
+                    transactions: vec![Transaction {
+                        actions: part,
+                        timestamp_ms: 0,
+                    }],
+                },
+            );
         }
         let after = resident_bytes();
         assert_eq!(store.view().task_count(), total);
-        println!("resident memory: {:.0} MiB for the store, {:.0} bytes per task (services included)", (after - before) as f64 / 1048576.0, (after - before) as f64 / total as f64);
+        println!(
+            "resident memory: {:.0} MiB for the store, {:.0} bytes per task (services included)",
+            (after - before) as f64 / 1048576.0,
+            (after - before) as f64 / total as f64
+        );
 
         let mut times = Vec::new();
         for i in 0..1_000 {
@@ -131,12 +160,21 @@ fn main() {
             times.push(t.elapsed());
             assert_eq!(tasks.len(), per_service);
         }
-        println!("list one service's {per_service} tasks by index: median {:?}, max {:?}", median(times.clone()), times.iter().max().unwrap());
+        println!(
+            "list one service's {per_service} tasks by index: median {:?}, max {:?}",
+            median(times.clone()),
+            times.iter().max().unwrap()
+        );
 
         let t = Instant::now();
         let content = store.snapshot();
         let bytes = content.encode_to_vec();
-        println!("take snapshot: {:?} ({:.0} MiB encoded, {} shared task specs)", t.elapsed(), bytes.len() as f64 / 1048576.0, content.task_specs.len());
+        println!(
+            "take snapshot: {:?} ({:.0} MiB encoded, {} shared task specs)",
+            t.elapsed(),
+            bytes.len() as f64 / 1048576.0,
+            content.task_specs.len()
+        );
         snapshot_bytes = bytes.len();
         drop(content);
         let t = Instant::now();
@@ -148,18 +186,32 @@ fn main() {
     }
 
     // Phase 2: the same state through raft on disk, then a restart.
-    let base = std::env::var_os("SHOAL_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let base = std::env::var_os("SHOAL_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     std::fs::create_dir_all(&base).unwrap();
     let dir = tempfile::tempdir_in(base).unwrap();
     let config = ReplicaConfig::new(dir.path().join("raft"), 1, "127.0.0.1:0".into());
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let replica = Replica::open(config.clone(), true).await.unwrap();
         replica.wait_leader(Duration::from_secs(60)).await.unwrap();
         let t = Instant::now();
-        replica.proposer().propose_in_parts(actions(services, per_service).collect()).await.unwrap();
+        replica
+            .proposer()
+            .propose_in_parts(actions(services, per_service).collect())
+            .await
+            .unwrap();
         let secs = t.elapsed().as_secs_f64();
-        println!("ingest through raft (1,000 objects per transaction): {:.1} s, {:.0} objects/s", secs, (total + services) as f64 / secs);
+        println!(
+            "ingest through raft (1,000 objects per transaction): {:.1} s, {:.0} objects/s",
+            secs,
+            (total + services) as f64 / secs
+        );
         let t = Instant::now();
         replica.snapshot_now().await.unwrap();
         let mut metrics = replica.raft().metrics();
@@ -178,7 +230,11 @@ fn main() {
         let t = Instant::now();
         let replica = Replica::open(config.clone(), false).await.unwrap();
         replica.wait_leader(Duration::from_secs(600)).await.unwrap();
-        println!("restart (load snapshot of {:.0} MiB, replay tail, lead): {:?}", snapshot_bytes as f64 / 1048576.0, t.elapsed());
+        println!(
+            "restart (load snapshot of {:.0} MiB, replay tail, lead): {:?}",
+            snapshot_bytes as f64 / 1048576.0,
+            t.elapsed()
+        );
         assert_eq!(replica.store().view().task_count(), total);
         replica.shutdown().await;
     });

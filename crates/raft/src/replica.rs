@@ -18,6 +18,16 @@ use crate::Raft;
 
 const LOG_FILE: &str = "raft.redb";
 
+/// What a new replica does with an empty log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnCreate {
+    /// Start a new raft group whose voters are these (raft id → address);
+    /// this replica must be among them.
+    Bootstrap(BTreeMap<u64, String>),
+    /// Wait, empty, for a leader of an existing group to add this replica.
+    Join,
+}
+
 /// Where and how a replica runs.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -33,12 +43,16 @@ pub struct ReplicaConfig {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     pub proposer: ProposerConfig,
+    /// Used only when the replica is created.
+    pub on_create: OnCreate,
 }
 
 impl ReplicaConfig {
-    /// Defaults for a manager whose data lives in `dir`.
+    /// Defaults for a manager whose data lives in `dir`: a new replica
+    /// bootstraps a group of one.
     pub fn new(dir: PathBuf, raft_id: u64, addr: String) -> ReplicaConfig {
         ReplicaConfig {
+            on_create: OnCreate::Bootstrap(BTreeMap::from([(raft_id, addr.clone())])),
             dir,
             raft_id,
             addr,
@@ -107,8 +121,11 @@ impl Replica {
         let raft = Raft::new(config.raft_id, Arc::new(raft_config), Network, log, sm)
             .await
             .map_err(|e| ReplicaError::Raft(e.to_string()))?;
-        if create {
-            let members = BTreeMap::from([(config.raft_id, BasicNode::new(&config.addr))]);
+        if let (true, OnCreate::Bootstrap(members)) = (create, &config.on_create) {
+            let members: BTreeMap<u64, BasicNode> = members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
             raft.initialize(members)
                 .await
                 .map_err(|e| ReplicaError::Raft(e.to_string()))?;

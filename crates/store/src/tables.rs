@@ -715,10 +715,16 @@ impl Tables {
                 return Err(format!("task {id}: stored version disagrees with its meta"));
             }
             if !t.service_id.is_empty() {
-                by_service.entry(t.service_id.clone()).or_default().insert(id.clone());
+                by_service
+                    .entry(t.service_id.clone())
+                    .or_default()
+                    .insert(id.clone());
             }
             if !t.node_id.is_empty() {
-                by_node.entry(t.node_id.clone()).or_default().insert(id.clone());
+                by_node
+                    .entry(t.node_id.clone())
+                    .or_default()
+                    .insert(id.clone());
             }
         }
         if by_service != self.tasks.by_service {
