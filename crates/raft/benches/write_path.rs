@@ -158,6 +158,12 @@ fn main() {
         // minute on shared machines: measure raw and raft in alternating
         // slices and compare the medians.
         let slice = Duration::from_secs(2);
+        // SHOAL_BENCH_ONLY=64 runs only the 64-writer phase (for profiling).
+        if std::env::var("SHOAL_BENCH_ONLY").as_deref() == Ok("64") {
+            let (w, _, p50, p99) = run(&replica, 64, 1, "many", PHASE).await;
+            println!("64 writers, 1 object per write: {w:.0} writes/s, p50 {p50:?}, p99 {p99:?}");
+            return;
+        }
         let (mut raws, mut singles, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut redbs = Vec::new();
         for round in 0..5 {
