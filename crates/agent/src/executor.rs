@@ -1,0 +1,49 @@
+//! What every executor provides for one task. The process executor is the
+//! default; a docker executor and a fake one (tests, simulator) follow the
+//! same shape.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Why a step failed, in the words the user will read in `service ps`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TaskFailure(pub String);
+
+/// How a task's process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitOutcome {
+    /// The exit code; 128 + the signal number when a signal ended it, as
+    /// shells and docker report it (`kill -9` gives 137).
+    pub exit_code: i32,
+    /// `exit status 3`, `exit status 137` …
+    pub message: String,
+}
+
+impl ExitOutcome {
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
+    }
+}
+
+/// The life of one task's workload.
+///
+/// # Cancel safety
+/// `wait` is cancel safe: dropping it leaves the workload running, and a
+/// later `wait` or `shutdown` still finds it.
+pub trait Executor: Send + 'static {
+    /// Everything short of starting: resolve the program, create the task's
+    /// directory. A failure here makes the task REJECTED.
+    fn prepare(&mut self) -> impl Future<Output = Result<(), TaskFailure>> + Send;
+    /// Start the workload; returns its pid. A failure here makes it FAILED.
+    fn start(&mut self) -> impl Future<Output = Result<u32, TaskFailure>> + Send;
+    /// Wait for the workload to end.
+    fn wait(&mut self) -> impl Future<Output = Result<ExitOutcome, TaskFailure>> + Send;
+    /// Ask the workload to stop (SIGTERM), then force it after `grace`.
+    fn shutdown(&mut self, grace: Duration)
+        -> impl Future<Output = Result<(), TaskFailure>> + Send;
+    /// Remove whatever the task left behind (its directory, logs).
+    fn remove(&mut self) -> impl Future<Output = Result<(), TaskFailure>> + Send;
+    /// Periodic upkeep while the workload runs (log rotation).
+    fn housekeeping(&mut self) {}
+}

@@ -1,0 +1,21 @@
+//! The worker side of Shoal: what runs a task once the manager has assigned it.
+//!
+//! Each assigned task gets a [`TaskRunner`]: a state machine that drives the
+//! task's observed state towards its desired state through an [`Executor`]
+//! (prepare, start, wait, shutdown, remove), reporting every transition. The
+//! decision of what to do next is the pure function [`next_step`]; the runner
+//! only performs it.
+//!
+//! Owns: task `status` from ACCEPTED onwards (DESIGN.md §2), reported through
+//! the dispatcher; never `desired_state`, which only moves the other way.
+//!
+//! Not here yet: the agent's session with the dispatcher and its own database
+//! of assigned tasks (issue #3 continues with them).
+
+mod executor;
+mod process;
+mod task_runner;
+
+pub use executor::{Executor, ExitOutcome, TaskFailure};
+pub use process::{ProcessConfig, ProcessExecutor};
+pub use task_runner::{next_step, Step, TaskRunner, TaskUpdate};

@@ -1,0 +1,265 @@
+//! One task's state machine on the agent (DESIGN.md §2): ASSIGNED → ACCEPTED
+//! → PREPARING → READY → STARTING → RUNNING → COMPLETE | FAILED, SHUTDOWN when
+//! asked, REJECTED when prepare fails.
+//!
+//! [`next_step`] decides from the observed and desired states alone; the
+//! [`TaskRunner`] performs the step and reports the new status. The observed
+//! state only moves forward and never past what is desired: a task desired
+//! READY (a delayed restart) waits there until it is let go.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shoal_api::{TaskState, TaskStatus};
+use tokio::sync::{mpsc, watch};
+
+use crate::executor::Executor;
+
+/// What to do next for a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Acknowledge the assignment (→ ACCEPTED).
+    Accept,
+    /// Prepare the workload (→ PREPARING → READY, or REJECTED).
+    Prepare,
+    /// Ready, and desired no further: wait for the desired state to change.
+    HoldReady,
+    /// Start the workload (→ STARTING → RUNNING, or FAILED).
+    Start,
+    /// Running: wait for it to end (→ COMPLETE or FAILED).
+    Wait,
+    /// Stop it (→ SHUTDOWN).
+    Shutdown,
+    /// Terminal: nothing more to do.
+    Finished,
+}
+
+/// The pure decision: from what the task is to what it should become.
+pub fn next_step(observed: TaskState, desired: TaskState) -> Step {
+    use TaskState::*;
+    if observed.is_terminal() {
+        return Step::Finished;
+    }
+    if desired as i32 >= Shutdown as i32 {
+        return Step::Shutdown;
+    }
+    match observed {
+        New | Pending | Assigned => Step::Accept,
+        Accepted | Preparing => Step::Prepare,
+        Ready if desired == Running => Step::Start,
+        Ready => Step::HoldReady,
+        Starting => Step::Start,
+        Running => Step::Wait,
+        _ => Step::Finished,
+    }
+}
+
+/// A status report for the dispatcher.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskUpdate {
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+/// How often a running task gets its housekeeping (log rotation).
+const HOUSEKEEPING_PERIOD_MS: u64 = 5_000;
+
+/// Drives one task; see the module docs.
+pub struct TaskRunner<E: Executor> {
+    task_id: String,
+    executor: E,
+    observed: TaskState,
+    pid: u32,
+    desired: watch::Receiver<TaskState>,
+    updates: mpsc::Sender<TaskUpdate>,
+    stop_grace: Duration,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl<E: Executor> TaskRunner<E> {
+    /// A runner for a task currently `observed`, following `desired`.
+    pub fn new(
+        task_id: String,
+        executor: E,
+        observed: TaskState,
+        desired: watch::Receiver<TaskState>,
+        updates: mpsc::Sender<TaskUpdate>,
+        stop_grace: Duration,
+    ) -> TaskRunner<E> {
+        TaskRunner {
+            task_id,
+            executor,
+            observed,
+            pid: 0,
+            desired,
+            updates,
+            stop_grace,
+        }
+    }
+
+    async fn report(&mut self, state: TaskState, message: &str, err: String, exit_code: i32) {
+        debug_assert!(
+            self.observed.may_become(state),
+            "{:?} -> {state:?}",
+            self.observed
+        );
+        self.observed = state;
+        let status = TaskStatus {
+            timestamp_ms: now_ms(),
+            state: state as i32,
+            message: message.to_string(),
+            err,
+            exit_code,
+            pid: self.pid,
+            container_id: String::new(),
+        };
+        // A closed channel means the agent is going away; the state is kept
+        // here and reported again by whoever restarts the task.
+        let _ = self
+            .updates
+            .send(TaskUpdate {
+                task_id: self.task_id.clone(),
+                status,
+            })
+            .await;
+    }
+
+    /// Runs until the task is terminal; returns its final state. When the
+    /// desired-state sender goes away the task is shut down.
+    pub async fn run(mut self) -> TaskState {
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(HOUSEKEEPING_PERIOD_MS));
+        loop {
+            let desired = *self.desired.borrow_and_update();
+            match next_step(self.observed, desired) {
+                Step::Finished => return self.observed,
+                Step::Accept => {
+                    self.report(TaskState::Accepted, "accepted", String::new(), 0)
+                        .await
+                }
+                Step::Prepare => {
+                    self.report(TaskState::Preparing, "preparing", String::new(), 0)
+                        .await;
+                    match self.executor.prepare().await {
+                        Ok(()) => {
+                            self.report(TaskState::Ready, "prepared", String::new(), 0)
+                                .await
+                        }
+                        Err(e) => self.report(TaskState::Rejected, "rejected", e.0, 0).await,
+                    }
+                }
+                Step::HoldReady => {
+                    if self.desired.changed().await.is_err() {
+                        self.report(TaskState::Shutdown, "shutdown", String::new(), 0)
+                            .await;
+                    }
+                }
+                Step::Start => {
+                    self.report(TaskState::Starting, "starting", String::new(), 0)
+                        .await;
+                    match self.executor.start().await {
+                        Ok(pid) => {
+                            self.pid = pid;
+                            self.report(TaskState::Running, "started", String::new(), 0)
+                                .await;
+                        }
+                        Err(e) => {
+                            self.report(TaskState::Failed, "failed to start", e.0, 0)
+                                .await
+                        }
+                    }
+                }
+                Step::Wait => {
+                    let outcome = tokio::select! {
+                        changed = self.desired.changed() => {
+                            if changed.is_err() {
+                                self.shutdown().await;
+                            }
+                            continue;
+                        }
+                        _ = housekeeping.tick() => {
+                            self.executor.housekeeping();
+                            continue;
+                        }
+                        outcome = self.executor.wait() => outcome,
+                    };
+                    match outcome {
+                        Ok(exit) if exit.success() => {
+                            self.report(TaskState::Complete, "finished", String::new(), 0)
+                                .await
+                        }
+                        Ok(exit) => {
+                            self.report(TaskState::Failed, "failed", exit.message, exit.exit_code)
+                                .await
+                        }
+                        Err(e) => self.report(TaskState::Failed, "failed", e.0, 0).await,
+                    }
+                }
+                Step::Shutdown => self.shutdown().await,
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        if self.observed as i32 >= TaskState::Starting as i32 {
+            if let Err(e) = self.executor.shutdown(self.stop_grace).await {
+                self.report(TaskState::Shutdown, "shutdown", e.0, 0).await;
+                return;
+            }
+        }
+        self.report(TaskState::Shutdown, "shutdown", String::new(), 0)
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskState::*;
+
+    #[test]
+    fn a_task_walks_forward_to_its_desired_state() {
+        let path = [
+            (Assigned, Running, Step::Accept),
+            (Accepted, Running, Step::Prepare),
+            (Preparing, Running, Step::Prepare),
+            (Ready, Running, Step::Start),
+            (Starting, Running, Step::Start),
+            (Running, Running, Step::Wait),
+        ];
+        for (observed, desired, step) in path {
+            assert_eq!(
+                next_step(observed, desired),
+                step,
+                "{observed:?} desired {desired:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_task_desired_ready_waits_there_and_never_starts() {
+        assert_eq!(next_step(Assigned, Ready), Step::Accept);
+        assert_eq!(next_step(Accepted, Ready), Step::Prepare);
+        assert_eq!(next_step(Ready, Ready), Step::HoldReady);
+    }
+
+    #[test]
+    fn shutdown_and_remove_stop_a_task_at_any_live_state() {
+        for observed in [Assigned, Accepted, Preparing, Ready, Starting, Running] {
+            assert_eq!(next_step(observed, Shutdown), Step::Shutdown);
+            assert_eq!(next_step(observed, Remove), Step::Shutdown);
+        }
+    }
+
+    #[test]
+    fn terminal_tasks_are_never_touched_again() {
+        for observed in [Complete, Shutdown, Failed, Rejected, Orphaned] {
+            for desired in [Running, Ready, Shutdown, Remove] {
+                assert_eq!(next_step(observed, desired), Step::Finished);
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The process executor and the task state machine with real processes.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use shoal_agent::{Executor, ProcessConfig, ProcessExecutor, TaskRunner, TaskUpdate};
+use shoal_api::{Runtime, Task, TaskSpec, TaskState, TaskStatus};
+use tokio::sync::{mpsc, watch};
+
+/// Generous: the CI machine is a loaded 2-core box.
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn task(id: &str, command: &[&str], configure: impl FnOnce(&mut Runtime)) -> Task {
+    let mut runtime = Runtime {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    configure(&mut runtime);
+    Task {
+        id: id.into(),
+        spec: Some(TaskSpec {
+            runtime: Some(runtime),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct Running {
+    desired: watch::Sender<TaskState>,
+    updates: mpsc::Receiver<TaskUpdate>,
+    seen: Vec<TaskStatus>,
+    done: tokio::task::JoinHandle<TaskState>,
+}
+
+fn start(dir: &Path, task: &Task, desired: TaskState, grace: Duration) -> Running {
+    let executor = ProcessExecutor::new(&ProcessConfig::new(dir.to_path_buf()), task);
+    let (desired_tx, desired_rx) = watch::channel(desired);
+    let (tx, updates) = mpsc::channel(64);
+    let runner = TaskRunner::new(
+        task.id.clone(),
+        executor,
+        TaskState::Assigned,
+        desired_rx,
+        tx,
+        grace,
+    );
+    Running {
+        desired: desired_tx,
+        updates,
+        seen: Vec::new(),
+        done: tokio::spawn(runner.run()),
+    }
+}
+
+impl Running {
+    /// Collects updates until one reaches `state`; returns it.
+    async fn until(&mut self, state: TaskState) -> TaskStatus {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let update = tokio::time::timeout(left, self.updates.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no {state:?} within {WITHIN:?}; saw {:?}", self.states())
+                })
+                .unwrap_or_else(|| {
+                    panic!("runner ended before {state:?}; saw {:?}", self.states())
+                });
+            self.seen.push(update.status.clone());
+            if update.status.state == state as i32 {
+                return update.status;
+            }
+        }
+    }
+
+    fn states(&self) -> Vec<TaskState> {
+        self.seen
+            .iter()
+            .map(|s| TaskState::try_from(s.state).unwrap())
+            .collect()
+    }
+
+    async fn finish(self) -> (TaskState, Vec<TaskState>) {
+        let states = self.states();
+        let last = tokio::time::timeout(WITHIN, self.done)
+            .await
+            .expect("runner ends")
+            .unwrap();
+        (last, states)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_runs_to_completion_reporting_every_state_in_order_with_its_output_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = task("t1", &["sh", "-c", "echo hello; echo oops >&2"], |_| {});
+    let mut run = start(tmp.path(), &t, TaskState::Running, WITHIN);
+    let done = run.until(TaskState::Complete).await;
+    assert_eq!(done.exit_code, 0);
+    assert!(done.pid > 0, "the pid is reported");
+    let (last, states) = run.finish().await;
+    assert_eq!(last, TaskState::Complete);
+    use TaskState::*;
+    assert_eq!(
+        states,
+        [Accepted, Preparing, Ready, Starting, Running, Complete]
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("t1/stdout.log")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("t1/stderr.log")).unwrap(),
+        "oops\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonzero_exit_is_failed_with_its_exit_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut run = start(
+        tmp.path(),
+        &task("t1", &["sh", "-c", "exit 3"], |_| {}),
+        TaskState::Running,
+        WITHIN,
+    );
+    let failed = run.until(TaskState::Failed).await;
+    assert_eq!(failed.exit_code, 3);
+    assert_eq!(failed.err, "exit status 3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_process_is_failed_with_exit_status_137() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut run = start(
+        tmp.path(),
+        &task("t1", &["sleep", "300"], |_| {}),
+        TaskState::Running,
+        WITHIN,
+    );
+    let running = run.until(TaskState::Running).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let failed = run.until(TaskState::Failed).await;
+    assert_eq!(failed.exit_code, 137);
+    assert_eq!(failed.err, "exit status 137");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_executable_or_bad_workdir_is_rejected_with_the_os_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: Vec<(Task, &str)> = vec![
+        (
+            task("t1", &["no-such-program-xyz"], |_| {}),
+            "exec \"no-such-program-xyz\": executable file not found in $PATH",
+        ),
+        (
+            task("t2", &["/no/such/program"], |_| {}),
+            "exec \"/no/such/program\": No such file or directory (os error 2)",
+        ),
+        (
+            task("t3", &["true"], |r| r.dir = "/no/such/dir".into()),
+            "workdir /no/such/dir: No such file or directory (os error 2)",
+        ),
+        (
+            task("t4", &["true"], |r| r.user = "no-such-user-xyz".into()),
+            "user \"no-such-user-xyz\": no such user",
+        ),
+    ];
+    for (t, expected) in cases {
+        let mut run = start(tmp.path(), &t, TaskState::Running, WITHIN);
+        let rejected = run.until(TaskState::Rejected).await;
+        assert_eq!(rejected.err, expected);
+        let (last, states) = run.finish().await;
+        assert_eq!(last, TaskState::Rejected);
+        assert!(
+            !states.contains(&TaskState::Starting),
+            "a rejected task never starts: {states:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_sigterm_and_sigkill_after_the_grace_period() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A process that ignores SIGTERM (its sleep inherits the ignore).
+    let stubborn = task("t1", &["sh", "-c", "trap '' TERM; sleep 300"], |_| {});
+    let grace = Duration::from_millis(300);
+    let mut run = start(tmp.path(), &stubborn, TaskState::Running, grace);
+    let pid = run.until(TaskState::Running).await.pid;
+    let asked = Instant::now();
+    run.desired.send(TaskState::Shutdown).unwrap();
+    run.until(TaskState::Shutdown).await;
+    assert!(
+        asked.elapsed() >= grace,
+        "SIGKILL came before the grace period ended"
+    );
+    let deadline = Instant::now() + WITHIN;
+    while !live_members_of_group(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the process group outlived its shutdown: {:?}",
+            live_members_of_group(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A process that honours SIGTERM stops without waiting for the grace period.
+    let polite = task("t2", &["sleep", "300"], |_| {});
+    let mut run = start(tmp.path(), &polite, TaskState::Running, WITHIN * 10);
+    run.until(TaskState::Running).await;
+    run.desired.send(TaskState::Shutdown).unwrap();
+    run.until(TaskState::Shutdown).await;
+    let (last, _) = run.finish().await;
+    assert_eq!(last, TaskState::Shutdown);
+}
+
+/// Processes of a process group that are not zombies (a killed grandchild
+/// stays a zombie until its new parent reaps it; it runs no more).
+fn live_members_of_group(pgid: u32) -> Vec<u32> {
+    let mut live = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command, which is in parentheses: state ppid pgrp …
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
+            live.push(pid);
+        }
+    }
+    live
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_desired_ready_waits_prepared_until_let_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut run = start(
+        tmp.path(),
+        &task("t1", &["true"], |_| {}),
+        TaskState::Ready,
+        WITHIN,
+    );
+    run.until(TaskState::Ready).await;
+    // Nothing may follow READY while READY is all that is desired.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        run.updates.try_recv().is_err(),
+        "the task moved past READY on its own"
+    );
+    run.desired.send(TaskState::Running).unwrap();
+    run.until(TaskState::Complete).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_and_workdir_reach_the_process_and_nothing_else_of_the_agent_env() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // cargo puts this in every test process's environment; it must not leak.
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    let t = task(
+        "t1",
+        &["sh", "-c", "echo A=$A; echo LEAK=$CARGO_MANIFEST_DIR; pwd"],
+        |r| {
+            r.env = vec!["A=1".into()];
+            r.dir = work.path().display().to_string();
+        },
+    );
+    let mut run = start(tmp.path(), &t, TaskState::Running, WITHIN);
+    run.until(TaskState::Complete).await;
+    let out = std::fs::read_to_string(tmp.path().join("t1/stdout.log")).unwrap();
+    let expected_dir = std::fs::canonicalize(work.path()).unwrap();
+    assert_eq!(out, format!("A=1\nLEAK=\n{}\n", expected_dir.display()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_over_the_size_limit_are_rotated_and_remove_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = task("t1", &["sh", "-c", "head -c 5000 /dev/zero"], |_| {});
+    let mut config = ProcessConfig::new(tmp.path().to_path_buf());
+    config.max_log_bytes = 1_000;
+    let mut executor = ProcessExecutor::new(&config, &t);
+    executor.prepare().await.unwrap();
+    executor.start().await.unwrap();
+    assert!(executor.wait().await.unwrap().success());
+    executor.rotate_logs();
+    assert_eq!(
+        std::fs::metadata(tmp.path().join("t1/stdout.log.1"))
+            .unwrap()
+            .len(),
+        5_000
+    );
+    assert_eq!(
+        std::fs::metadata(tmp.path().join("t1/stdout.log"))
+            .unwrap()
+            .len(),
+        0
+    );
+    executor.remove().await.unwrap();
+    assert!(!tmp.path().join("t1").exists());
+}
