@@ -9,13 +9,16 @@
 //! Owns: task `status` from ACCEPTED onwards (DESIGN.md §2), reported through
 //! the dispatcher; never `desired_state`, which only moves the other way.
 //!
-//! Not here yet: the agent's session with the dispatcher and its own database
-//! of assigned tasks (issue #3 continues with them).
+//! The agent's session with the dispatcher is [`run`].
 
+mod agent;
 mod executor;
 mod process;
 mod task_runner;
 
+pub use agent::{run, AgentConfig};
 pub use executor::{Executor, ExitOutcome, TaskFailure};
-pub use process::{ProcessConfig, ProcessExecutor};
+pub use process::{
+    find_task_processes, kill_group, ProcessConfig, ProcessExecutor, TASK_DIR_ENV, TASK_ID_ENV,
+};
 pub use task_runner::{next_step, Step, TaskRunner, TaskUpdate};

@@ -42,8 +42,16 @@ impl ProcessConfig {
     }
 }
 
+/// Set in every task's environment, so an agent that restarts finds the
+/// processes of its tasks again (see [`find_task_processes`]).
+pub const TASK_ID_ENV: &str = "SHOAL_TASK_ID";
+pub const TASK_DIR_ENV: &str = "SHOAL_TASK_DIR";
+/// How often an adopted process (not our child) is checked for exit.
+const ADOPTED_POLL_MS: u64 = 200;
+
 /// Runs one task as a process.
 pub struct ProcessExecutor {
+    task_id: String,
     dir: PathBuf,
     runtime: Runtime,
     max_log_bytes: u64,
@@ -62,6 +70,7 @@ impl ProcessExecutor {
             .and_then(|s| s.runtime.clone())
             .unwrap_or_default();
         ProcessExecutor {
+            task_id: task.id.clone(),
             dir: config.tasks_dir.join(&task.id),
             runtime,
             max_log_bytes: config.max_log_bytes,
@@ -71,6 +80,15 @@ impl ProcessExecutor {
             pid: None,
             exited: None,
         }
+    }
+
+    /// Takes over the still-running process group `pgid` of this task, left
+    /// by an earlier agent. Its exit code cannot be known (it is not our
+    /// child): an end is reported as a failure with that said.
+    pub fn adopt(config: &ProcessConfig, task: &Task, pgid: u32) -> ProcessExecutor {
+        let mut executor = ProcessExecutor::new(config, task);
+        executor.pid = Some(pgid);
+        executor
     }
 
     /// The task's directory (logs live here).
@@ -101,6 +119,80 @@ impl ProcessExecutor {
             }
         }
     }
+}
+
+/// Whether any process of the group `pgid` still runs (zombies do not).
+fn group_alive(pgid: u32) -> bool {
+    !group_members(pgid).is_empty()
+}
+
+/// Live (non-zombie) processes of a process group, read from /proc.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|(state, pgrp)| pgrp == pgid && state != 'Z'))
+        .collect()
+}
+
+/// (state, process group) of a process, from /proc/<pid>/stat.
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// The process groups of tasks started from `tasks_dir` that still run, by
+/// task id: what an agent finds again after a restart. Read from each
+/// process's environment ([`TASK_ID_ENV`], [`TASK_DIR_ENV`]), so it needs no
+/// record written before the crash.
+pub fn find_task_processes(tasks_dir: &Path) -> std::collections::HashMap<String, u32> {
+    let mut found = std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let mut task_id = None;
+        let mut dir = None;
+        for var in environ.split(|b| *b == 0) {
+            let var = String::from_utf8_lossy(var);
+            if let Some(v) = var.strip_prefix(&format!("{TASK_ID_ENV}=")) {
+                task_id = Some(v.to_string());
+            } else if let Some(v) = var.strip_prefix(&format!("{TASK_DIR_ENV}=")) {
+                dir = Some(PathBuf::from(v));
+            }
+        }
+        let (Some(task_id), Some(dir)) = (task_id, dir) else {
+            continue;
+        };
+        if dir.parent() != Some(tasks_dir) {
+            continue;
+        }
+        if let Some((state, pgrp)) = proc_stat(pid) {
+            if state != 'Z' {
+                found.insert(task_id, pgrp);
+            }
+        }
+    }
+    found
+}
+
+/// Kills a process group outright (a leftover no task owns any more).
+pub fn kill_group(pgid: u32) {
+    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
 }
 
 /// Finds `program` the way a shell does: a name with a slash is a path, any
@@ -197,6 +289,8 @@ impl Executor for ProcessExecutor {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(self.runtime.env.iter().filter_map(|e| e.split_once('=')))
+            .env(TASK_ID_ENV, &self.task_id)
+            .env(TASK_DIR_ENV, &self.dir)
             .stdin(std::process::Stdio::null())
             .stdout(open_log(&self.dir.join(STDOUT_LOG))?)
             .stderr(open_log(&self.dir.join(STDERR_LOG))?)
@@ -221,10 +315,21 @@ impl Executor for ProcessExecutor {
         if let Some(done) = &self.exited {
             return Ok(done.clone());
         }
-        let child = self
-            .child
-            .as_mut()
-            .ok_or_else(|| TaskFailure("no process to wait for".into()))?;
+        let Some(child) = self.child.as_mut() else {
+            let pid = self
+                .pid
+                .ok_or_else(|| TaskFailure("no process to wait for".into()))?;
+            while group_alive(pid) {
+                tokio::time::sleep(Duration::from_millis(ADOPTED_POLL_MS)).await;
+            }
+            let done = ExitOutcome {
+                exit_code: -1,
+                message: "the process ended after an agent restart; its exit status is unknown"
+                    .into(),
+            };
+            self.exited = Some(done.clone());
+            return Ok(done);
+        };
         let status = child
             .wait()
             .await
@@ -244,6 +349,10 @@ impl Executor for ProcessExecutor {
         if tokio::time::timeout(grace, self.wait()).await.is_err() {
             let _ = killpg(group, Signal::SIGKILL);
             self.wait().await?;
+        }
+        // The leader is gone; SIGKILL whatever of its group outlived it.
+        if group_alive(pid) {
+            let _ = killpg(group, Signal::SIGKILL);
         }
         Ok(())
     }

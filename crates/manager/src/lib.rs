@@ -7,14 +7,24 @@
 //! §3 (orchestrators, allocator, scheduler, dispatcher) join this crate, each
 //! in its own module, talking to the others only through the store.
 
+pub mod allocator;
 mod constraint;
 mod control;
+mod dispatcher;
 mod error;
 mod identity;
+pub mod orchestrator;
+pub mod reaper;
+pub mod reconciler;
+pub mod scheduler;
 mod validate;
+
+/// Actions proposed in one transaction at most by a reconciler pass.
+pub const MAX_ACTIONS_PER_PASS: usize = 1_000;
 
 pub use constraint::{Constraint, ConstraintError, Operator};
 pub use control::{ControlApi, ControlConfig};
+pub use dispatcher::{Dispatcher, HEARTBEAT_TTL_PERIODS};
 pub use error::ApiError;
 pub use identity::new_object_id;
 pub use validate::{

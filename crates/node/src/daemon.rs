@@ -26,6 +26,10 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Finished tasks kept per slot unless the user says otherwise.
 const DEFAULT_TASK_HISTORY: i64 = 5;
 const DEFAULT_HEARTBEAT_MS: u64 = 5_000;
+/// The dispatcher's socket inside the state dir.
+const DISPATCHER_SOCKET: &str = "dispatcher.sock";
+/// Where the local agent keeps each task's directory (logs).
+pub const AGENT_TASKS_DIR: &str = "tasks";
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -75,6 +79,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
+    // The convergence loop: reconcilers, the dispatcher, and this node's agent.
+    let mut background = start_convergence(&replica, &state, &marker.node_id, &stop_rx)?;
+
     let socket = config.socket.clone().unwrap_or_else(|| state.socket_path());
     let incoming = shoal_api::transport::listen_unix(&socket)?;
     let control = ControlApi::new(
@@ -107,12 +114,102 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         served = &mut control_server => served,
     };
     let _ = stop_tx.send(true);
+    while background.join_next().await.is_some() {}
     replica.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     served.map_err(|e| DaemonError::Serve {
         what: "the control API",
         message: e.to_string(),
     })
+}
+
+/// Starts the leader's reconcilers, the dispatcher (on a unix socket in the
+/// state dir: until mutual TLS exists, never on a network address) and the
+/// local agent. All of them stop when `stop` turns true; task processes keep
+/// running for the next start to adopt.
+fn start_convergence(
+    replica: &Arc<Replica>,
+    state: &StateDir,
+    node_id: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinSet<()>, DaemonError> {
+    use shoal_manager::reconciler::{self, Pass};
+    use shoal_manager::{allocator, orchestrator, reaper, scheduler};
+    let mut set = tokio::task::JoinSet::new();
+    let mut rng = StdRng::from_entropy();
+    set.spawn(reconciler::run(
+        "orchestrator",
+        Arc::clone(replica),
+        stop.clone(),
+        move |view, now| {
+            let decision = orchestrator::decide(view, now, &mut || new_object_id(&mut rng));
+            Pass {
+                transactions: decision.transactions,
+                wake_at_ms: decision.wake_at_ms,
+            }
+        },
+    ));
+    let chunked = |actions: Vec<StoreAction>| -> Vec<Vec<StoreAction>> {
+        actions
+            .chunks(shoal_manager::MAX_ACTIONS_PER_PASS)
+            .map(<[StoreAction]>::to_vec)
+            .collect()
+    };
+    set.spawn(reconciler::run(
+        "allocator",
+        Arc::clone(replica),
+        stop.clone(),
+        move |view, now| Pass {
+            transactions: chunked(allocator::decide(view, now)),
+            wake_at_ms: None,
+        },
+    ));
+    set.spawn(reconciler::run(
+        "scheduler",
+        Arc::clone(replica),
+        stop.clone(),
+        move |view, now| Pass {
+            transactions: chunked(scheduler::decide(view, now)),
+            wake_at_ms: None,
+        },
+    ));
+    set.spawn(reconciler::run(
+        "reaper",
+        Arc::clone(replica),
+        stop.clone(),
+        move |view, _| Pass {
+            transactions: chunked(reaper::decide(view)),
+            wake_at_ms: None,
+        },
+    ));
+
+    let dispatcher = shoal_manager::Dispatcher::new(Arc::clone(replica), stop.clone());
+    set.spawn(dispatcher.monitor());
+    let dispatcher_socket = state.path().join(DISPATCHER_SOCKET);
+    let incoming = shoal_api::transport::listen_unix(&dispatcher_socket)?;
+    let mut server_stop = stop.clone();
+    set.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(shoal_api::dispatcher_server::DispatcherServer::new(
+                dispatcher,
+            ))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the dispatcher stopped serving");
+        }
+    });
+
+    let agent = shoal_agent::AgentConfig {
+        node_id: node_id.to_string(),
+        description: describe_host(),
+        dispatcher_socket,
+        process: shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR)),
+    };
+    set.spawn(shoal_agent::run(agent, stop.clone()));
+    Ok(set)
 }
 
 async fn shutdown_signal() {

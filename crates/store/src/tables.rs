@@ -530,8 +530,16 @@ impl Tables {
             };
         }
         if let Some(object::Kind::Service(service)) = &mut target.kind {
+            // Only what a task runs counts: scaling is not a new version.
+            let runs = |s: &Service| {
+                let spec = s.spec.as_ref();
+                (
+                    spec.and_then(|s| s.task.clone()),
+                    spec.and_then(|s| s.endpoint.clone()),
+                )
+            };
             let spec_changed = match self.services.by_id.get(&id) {
-                Some(old) => old.spec != service.spec,
+                Some(old) => runs(old) != runs(service),
                 None => true,
             };
             if spec_changed {

@@ -74,6 +74,20 @@ pub enum WatchError {
 }
 
 impl WatchStream {
+    /// Drops every event already queued, without waiting. Returns false when
+    /// the watcher lagged (some were lost) or the store closed: a caller that
+    /// reconciles from a fresh view loses nothing either way.
+    pub fn drain(&mut self) -> bool {
+        self.pending.clear();
+        loop {
+            match self.rx.try_recv() {
+                Ok(_) => continue,
+                Err(broadcast::error::TryRecvError::Empty) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// The next event, in commit order.
     pub async fn next(&mut self) -> Result<Event, WatchError> {
         loop {

@@ -1,0 +1,369 @@
+//! The dispatcher: the manager's end of every agent's session (DESIGN.md §3).
+//!
+//! Owns: node `status` (and a node's description, which its agent reports),
+//! and task `status` from ASSIGNED onwards as agents report it.
+//!
+//! An agent opens a session with its description; the dispatcher records
+//! the node READY and streams the tasks assigned to it: the full set first,
+//! then what changed after each commit. Heartbeats keep the session; a node
+//! silent for `HEARTBEAT_TTL_PERIODS` periods is marked DOWN. Status reports
+//! are applied one transaction per task (group commit packs them), and a
+//! report that would move a task backwards is dropped.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_api::dispatcher_server::Dispatcher as DispatcherService;
+use shoal_api::{
+    node_status, store_action, HeartbeatRequest, HeartbeatResponse, Node, NodeRole, NodeStatus,
+    SessionMessage, SessionRequest, StoreAction, TaskState, Transaction, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse,
+};
+use shoal_raft::Replica;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// A node is DOWN after this many heartbeat periods without one.
+pub const HEARTBEAT_TTL_PERIODS: u64 = 3;
+/// Messages buffered per session stream.
+const SESSION_BUFFER: usize = 64;
+/// Tries of one status write against concurrent writers.
+const STATUS_WRITE_TRIES: usize = 5;
+
+struct Session {
+    id: String,
+    last_seen: Instant,
+}
+
+/// The dispatcher service.
+pub struct Dispatcher {
+    replica: Arc<Replica>,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn heartbeat_period_ms(replica: &Replica) -> u64 {
+    replica
+        .store()
+        .view()
+        .cluster()
+        .and_then(|c| c.spec.as_ref())
+        .and_then(|s| s.dispatcher)
+        .map_or(5_000, |d| d.heartbeat_period_ms.max(1))
+}
+
+fn random_id() -> String {
+    use rand::SeedableRng;
+    crate::identity::new_object_id(&mut rand::rngs::StdRng::from_entropy())
+}
+
+impl Dispatcher {
+    /// The service, and the monitor that marks silent nodes DOWN (run it).
+    pub fn new(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) -> Dispatcher {
+        Dispatcher {
+            replica,
+            sessions: Arc::default(),
+            shutdown,
+        }
+    }
+
+    /// Marks nodes whose heartbeats stopped DOWN. Runs until shutdown.
+    pub fn monitor(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let replica = Arc::clone(&self.replica);
+        let sessions = Arc::clone(&self.sessions);
+        let mut shutdown = self.shutdown.clone();
+        async move {
+            loop {
+                let period = heartbeat_period_ms(&replica);
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(period / 2)) => {}
+                }
+                let ttl = Duration::from_millis(period * HEARTBEAT_TTL_PERIODS);
+                let expired: Vec<String> = {
+                    let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
+                    let gone: Vec<String> = sessions
+                        .iter()
+                        .filter(|(_, s)| s.last_seen.elapsed() > ttl)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for n in &gone {
+                        sessions.remove(n);
+                    }
+                    gone
+                };
+                for node in expired {
+                    let message = format!("heartbeat missed for {} ms", ttl.as_millis());
+                    let _ =
+                        set_node_status(&replica, &node, node_status::State::Down, &message).await;
+                }
+            }
+        }
+    }
+
+    fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get_mut(node_id) {
+            Some(s) if s.id == session_id => {
+                s.last_seen = Instant::now();
+                Ok(())
+            }
+            _ => Err(Status::not_found(
+                "session expired or replaced; open a new session",
+            )),
+        }
+    }
+}
+
+async fn set_node_status(
+    replica: &Replica,
+    node_id: &str,
+    state: node_status::State,
+    message: &str,
+) -> Result<(), Status> {
+    for _ in 0..STATUS_WRITE_TRIES {
+        let Some(mut node) = replica.store().view().node(node_id).cloned() else {
+            return Ok(());
+        };
+        let status = node.status.get_or_insert_with(NodeStatus::default);
+        if status.state == state as i32 && status.message == message {
+            return Ok(());
+        }
+        status.state = state as i32;
+        status.message = message.to_string();
+        let action = StoreAction {
+            kind: store_action::Kind::Update as i32,
+            target: Some(node.into()),
+        };
+        if replica
+            .propose(Transaction {
+                actions: vec![action],
+                timestamp_ms: 0,
+            })
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(Status::unavailable("could not record the node's status"))
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DispatcherService for Dispatcher {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<SessionRequest>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let req = request.into_inner();
+        let node_id = if req.node_id.is_empty() {
+            random_id()
+        } else {
+            req.node_id.clone()
+        };
+        // Record the node: created on first contact, refreshed after.
+        let mut recorded = false;
+        for _ in 0..STATUS_WRITE_TRIES {
+            let existing = self.replica.store().view().node(&node_id).cloned();
+            let (kind, mut node) = match existing {
+                Some(n) => (store_action::Kind::Update, n),
+                None => (
+                    store_action::Kind::Create,
+                    Node {
+                        id: node_id.clone(),
+                        role: NodeRole::Worker as i32,
+                        ..Default::default()
+                    },
+                ),
+            };
+            node.description = req.description.clone();
+            node.status = Some(NodeStatus {
+                state: node_status::State::Ready as i32,
+                message: String::new(),
+                addr: node
+                    .status
+                    .as_ref()
+                    .map(|s| s.addr.clone())
+                    .unwrap_or_default(),
+            });
+            let action = StoreAction {
+                kind: kind as i32,
+                target: Some(node.into()),
+            };
+            if self
+                .replica
+                .propose(Transaction {
+                    actions: vec![action],
+                    timestamp_ms: 0,
+                })
+                .await
+                .is_ok()
+            {
+                recorded = true;
+                break;
+            }
+        }
+        if !recorded {
+            return Err(Status::unavailable("could not record the node; retry"));
+        }
+        let session_id = random_id();
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                node_id.clone(),
+                Session {
+                    id: session_id.clone(),
+                    last_seen: Instant::now(),
+                },
+            );
+        let (tx, rx) = mpsc::channel(SESSION_BUFFER);
+        let replica = Arc::clone(&self.replica);
+        let sessions = Arc::clone(&self.sessions);
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut changes = replica.store().watch();
+            let mut sent: HashMap<String, u64> = HashMap::new();
+            let mut first = true;
+            loop {
+                let current = sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&node_id)
+                    .is_some_and(|s| s.id == session_id);
+                if !current || *shutdown.borrow() {
+                    return;
+                }
+                changes.drain();
+                let (tasks, removed) = {
+                    let view = replica.store().view();
+                    let assigned: Vec<shoal_api::Task> = view.tasks_of_node(&node_id).collect();
+                    let ids: std::collections::HashSet<&str> =
+                        assigned.iter().map(|t| t.id.as_str()).collect();
+                    let removed: Vec<String> = sent
+                        .keys()
+                        .filter(|id| !ids.contains(id.as_str()))
+                        .cloned()
+                        .collect();
+                    let changed: Vec<shoal_api::Task> = assigned
+                        .into_iter()
+                        .filter(|t| {
+                            sent.get(&t.id) != Some(&t.meta.as_ref().map_or(0, |m| m.version))
+                        })
+                        .collect();
+                    (changed, removed)
+                };
+                if first || !tasks.is_empty() || !removed.is_empty() {
+                    for id in &removed {
+                        sent.remove(id);
+                    }
+                    for t in &tasks {
+                        sent.insert(t.id.clone(), t.meta.as_ref().map_or(0, |m| m.version));
+                    }
+                    let message = SessionMessage {
+                        node_id: node_id.clone(),
+                        session_id: session_id.clone(),
+                        heartbeat_period_ms: heartbeat_period_ms(&replica),
+                        tasks,
+                        removed,
+                        full: first,
+                    };
+                    first = false;
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tx.closed() => return,
+                    next = changes.next() => {
+                        if next.is_err() {
+                            changes = replica.store().watch();
+                        }
+                    }
+                    // The session may have been replaced or expired.
+                    _ = tokio::time::sleep(Duration::from_millis(heartbeat_period_ms(&replica))) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        self.check_session(&req.node_id, &req.session_id)?;
+        Ok(Response::new(HeartbeatResponse {
+            period_ms: heartbeat_period_ms(&self.replica),
+        }))
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        let req = request.into_inner();
+        self.check_session(&req.node_id, &req.session_id)?;
+        let mut writes = Vec::new();
+        for update in req.updates {
+            let replica = Arc::clone(&self.replica);
+            let node_id = req.node_id.clone();
+            writes.push(tokio::spawn(async move {
+                let Some(status) = update.status else {
+                    return Ok(());
+                };
+                let Ok(next) = TaskState::try_from(status.state) else {
+                    return Ok(());
+                };
+                for _ in 0..STATUS_WRITE_TRIES {
+                    let Some(mut task) = replica.store().view().task(&update.task_id) else {
+                        return Ok(());
+                    };
+                    let current = task
+                        .status
+                        .as_ref()
+                        .and_then(|s| TaskState::try_from(s.state).ok())
+                        .unwrap_or(TaskState::New);
+                    // Only the node's own tasks, and only forward.
+                    if task.node_id != node_id || !current.may_become(next) {
+                        return Ok(());
+                    }
+                    task.status = Some(status.clone());
+                    let action = StoreAction {
+                        kind: store_action::Kind::Update as i32,
+                        target: Some(task.into()),
+                    };
+                    match replica
+                        .propose(Transaction {
+                            actions: vec![action],
+                            timestamp_ms: 0,
+                        })
+                        .await
+                    {
+                        Ok(_) => return Ok(()),
+                        Err(shoal_raft::ProposeError::Txn(_)) => continue,
+                        Err(e) => return Err(Status::unavailable(e.to_string())),
+                    }
+                }
+                Err(Status::aborted(
+                    "task status kept changing; report it again",
+                ))
+            }));
+        }
+        for w in writes {
+            w.await.map_err(|e| Status::internal(e.to_string()))??;
+        }
+        Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}

@@ -1,0 +1,312 @@
+//! The orchestrators: replicated (slots 1..N), global (one task per eligible
+//! node) and jobs, with the restart supervisor (DESIGN.md §3).
+//!
+//! Owns: creating tasks, and task `desired_state`.
+//!
+//! A task *occupies* its slot (its node, for global services) while its
+//! desired state is RUNNING or READY, even after it finished: a task that
+//! completed under `--restart-condition on-failure` keeps its slot and is not
+//! replaced. When an occupying task ends, the restart policy decides: no
+//! restart, or the old task is let go (desired SHUTDOWN) and a replacement is
+//! created in the same slot, desired READY while the restart delay runs and
+//! RUNNING after it.
+//!
+//! [`decide`] is pure: a store view and the time in, one transaction per
+//! service out, plus when to look again for delayed restarts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use shoal_api::{
+    restart_policy, store_action, Node, Service, ServiceMode, StoreAction, Task, TaskState,
+    TaskStatus,
+};
+use shoal_store::Tables;
+
+use crate::constraint::Constraint;
+
+/// What one pass decided.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
+    /// One list of actions per service, each proposed as its own transaction.
+    pub transactions: Vec<Vec<StoreAction>>,
+    /// The earliest time a delayed restart is due, if any is waiting.
+    pub wake_at_ms: Option<i64>,
+}
+
+fn update(task: Task) -> StoreAction {
+    StoreAction {
+        kind: store_action::Kind::Update as i32,
+        target: Some(task.into()),
+    }
+}
+
+fn create(task: Task) -> StoreAction {
+    StoreAction {
+        kind: store_action::Kind::Create as i32,
+        target: Some(task.into()),
+    }
+}
+
+fn desired(task: &Task) -> TaskState {
+    TaskState::try_from(task.desired_state).unwrap_or(TaskState::Shutdown)
+}
+
+fn observed(task: &Task) -> TaskState {
+    task.status
+        .as_ref()
+        .and_then(|s| TaskState::try_from(s.state).ok())
+        .unwrap_or(TaskState::New)
+}
+
+fn occupies(task: &Task) -> bool {
+    matches!(desired(task), TaskState::Running | TaskState::Ready)
+}
+
+fn with_desired(task: &Task, state: TaskState) -> Task {
+    let mut t = task.clone();
+    t.desired_state = state as i32;
+    t
+}
+
+fn created_at(task: &Task) -> i64 {
+    task.meta.as_ref().map_or(0, |m| m.created_at_ms)
+}
+
+/// Whether a node may run tasks of a global service.
+fn eligible(node: &Node, constraints: &[Constraint]) -> bool {
+    let ready =
+        node.status.as_ref().map(|s| s.state) == Some(shoal_api::node_status::State::Ready as i32);
+    let active = node.spec.as_ref().map_or(0, |s| s.availability)
+        == shoal_api::node_spec::Availability::Active as i32;
+    ready && active && constraints.iter().all(|c| c.matches(node))
+}
+
+/// Where a task sits: a slot number, or a node for global services.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Place {
+    Slot(u64),
+    Node(String),
+}
+
+/// Makes new tasks for one service.
+struct Maker<'a, F: FnMut() -> String> {
+    service: &'a Service,
+    now_ms: i64,
+    new_id: &'a mut F,
+}
+
+impl<F: FnMut() -> String> Maker<'_, F> {
+    fn task(&mut self, place: &Place, desired: TaskState) -> Task {
+        let (slot, node_id) = match place {
+            Place::Slot(s) => (*s, String::new()),
+            Place::Node(n) => (0, n.clone()),
+        };
+        Task {
+            id: (self.new_id)(),
+            spec: self.service.spec.as_ref().and_then(|s| s.task.clone()),
+            spec_version: self.service.spec_version,
+            service_id: self.service.id.clone(),
+            slot,
+            node_id,
+            desired_state: desired as i32,
+            status: Some(TaskStatus {
+                timestamp_ms: self.now_ms,
+                state: TaskState::New as i32,
+                message: "created".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// The restart supervisor's verdict on an occupying task that ended.
+fn should_restart(service: &Service, history: &[&Task], ended: &Task, now_ms: i64) -> bool {
+    let spec = service.spec.clone().unwrap_or_default();
+    let policy = spec.task.and_then(|t| t.restart).unwrap_or_default();
+    let job = matches!(
+        ServiceMode::try_from(spec.mode),
+        Ok(ServiceMode::ReplicatedJob | ServiceMode::GlobalJob)
+    );
+    let state = observed(ended);
+    let condition = restart_policy::Condition::try_from(policy.condition).unwrap_or_default();
+    let wanted = match condition {
+        _ if job && state == TaskState::Complete => false,
+        restart_policy::Condition::None => false,
+        restart_policy::Condition::OnFailure => state != TaskState::Complete,
+        restart_policy::Condition::Any => true,
+    };
+    if !wanted {
+        return false;
+    }
+    if policy.max_attempts == 0 {
+        return true;
+    }
+    // Restarts already made in the window: tasks of this place created after
+    // the first, within the window.
+    let first = history.iter().map(|t| created_at(t)).min().unwrap_or(0);
+    let since = if policy.window_ms == 0 {
+        i64::MIN
+    } else {
+        now_ms - policy.window_ms as i64
+    };
+    let restarts = history
+        .iter()
+        .filter(|t| created_at(t) > first && created_at(t) >= since)
+        .count() as u64;
+    restarts < policy.max_attempts
+}
+
+/// Decides the tasks of every service. `new_id` makes task ids (seeded in tests).
+pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -> Decision {
+    let mut decision = Decision::default();
+    let nodes: Vec<&Node> = view.nodes().collect();
+    for service in view.services() {
+        let spec = service.spec.clone().unwrap_or_default();
+        let mode = ServiceMode::try_from(spec.mode).unwrap_or(ServiceMode::Replicated);
+        let tasks: Vec<Task> = view.tasks_of_service(&service.id).collect();
+        let mut by_place: BTreeMap<Place, Vec<&Task>> = BTreeMap::new();
+        for t in &tasks {
+            let place = match mode {
+                ServiceMode::Global | ServiceMode::GlobalJob => Place::Node(t.node_id.clone()),
+                _ => Place::Slot(t.slot),
+            };
+            by_place.entry(place).or_default().push(t);
+        }
+        for history in by_place.values_mut() {
+            history.sort_by_key(|t| (created_at(t), t.id.clone()));
+        }
+        // The places that should hold a task.
+        let wanted: Vec<Place> = match mode {
+            ServiceMode::Global | ServiceMode::GlobalJob => {
+                let constraints: Vec<Constraint> = spec
+                    .task
+                    .as_ref()
+                    .and_then(|t| t.placement.as_ref())
+                    .map(|p| {
+                        p.constraints
+                            .iter()
+                            .filter_map(|c| Constraint::parse(c).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                nodes
+                    .iter()
+                    .filter(|n| eligible(n, &constraints))
+                    .map(|n| Place::Node(n.id.clone()))
+                    .collect()
+            }
+            _ => {
+                let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
+                choose_slots(&by_place, replicas)
+            }
+        };
+        let mut actions = Vec::new();
+        let mut maker = Maker {
+            service,
+            now_ms,
+            new_id,
+        };
+        // Places that should be empty: let their tasks go.
+        for (place, history) in &by_place {
+            if !wanted.contains(place) {
+                for t in history.iter().filter(|t| occupies(t)) {
+                    actions.push(update(with_desired(t, TaskState::Shutdown)));
+                }
+            }
+        }
+        for place in &wanted {
+            let history = by_place.get(place).cloned().unwrap_or_default();
+            let mut live: Vec<&Task> = history.iter().copied().filter(|t| occupies(t)).collect();
+            // At most one live task per place: keep the newest.
+            while live.len() > 1 {
+                let extra = live.remove(0);
+                actions.push(update(with_desired(extra, TaskState::Shutdown)));
+            }
+            let Some(current) = live.first() else {
+                actions.push(create(maker.task(place, TaskState::Running)));
+                continue;
+            };
+            let state = observed(current);
+            if current.spec_version < service.spec_version && !state.is_terminal() {
+                // A plain replacement; rolling updates will grow from here.
+                actions.push(update(with_desired(current, TaskState::Shutdown)));
+                actions.push(create(maker.task(place, TaskState::Running)));
+            } else if state.is_terminal() {
+                if should_restart(service, &history, current, now_ms) {
+                    let delay = spec
+                        .task
+                        .as_ref()
+                        .and_then(|t| t.restart.as_ref())
+                        .map_or(0, |r| r.delay_ms);
+                    actions.push(update(with_desired(current, TaskState::Shutdown)));
+                    let next = if delay == 0 {
+                        TaskState::Running
+                    } else {
+                        TaskState::Ready
+                    };
+                    actions.push(create(maker.task(place, next)));
+                }
+            } else if desired(current) == TaskState::Ready {
+                let delay = spec
+                    .task
+                    .as_ref()
+                    .and_then(|t| t.restart.as_ref())
+                    .map_or(0, |r| r.delay_ms) as i64;
+                let due = created_at(current) + delay;
+                if now_ms >= due {
+                    actions.push(update(with_desired(current, TaskState::Running)));
+                } else {
+                    decision.wake_at_ms =
+                        Some(decision.wake_at_ms.map_or(due, |w: i64| w.min(due)));
+                }
+            }
+        }
+        if !actions.is_empty() {
+            decision.transactions.push(actions);
+        }
+    }
+    // Tasks whose service is gone: let them go for the reaper to remove.
+    let services: HashMap<&str, ()> = view.services().map(|s| (s.id.as_str(), ())).collect();
+    let orphans: Vec<StoreAction> = view
+        .tasks()
+        .filter(|t| !services.contains_key(t.service_id.as_str()))
+        .filter(|t| desired(t) != TaskState::Remove)
+        .map(|t| update(with_desired(&t, TaskState::Remove)))
+        .collect();
+    for chunk in orphans.chunks(crate::MAX_ACTIONS_PER_PASS) {
+        decision.transactions.push(chunk.to_vec());
+    }
+    decision
+}
+
+/// Which slots a replicated service keeps: the occupied ones, dropping first
+/// those whose task is not running, then the highest; then the lowest free
+/// numbers until there are `replicas`.
+fn choose_slots(by_place: &BTreeMap<Place, Vec<&Task>>, replicas: usize) -> Vec<Place> {
+    let mut occupied: Vec<(bool, u64)> = by_place
+        .iter()
+        .filter_map(|(place, history)| match place {
+            Place::Slot(s) if history.iter().any(|t| occupies(t)) => {
+                let running = history
+                    .iter()
+                    .any(|t| occupies(t) && observed(t) == TaskState::Running);
+                Some((running, *s))
+            }
+            _ => None,
+        })
+        .collect();
+    // Keep running tasks first, lower slots first.
+    occupied.sort_by_key(|(running, slot)| (!running, *slot));
+    occupied.truncate(replicas);
+    let mut slots: Vec<u64> = occupied.into_iter().map(|(_, s)| s).collect();
+    let mut next = 1;
+    while slots.len() < replicas {
+        if !slots.contains(&next) {
+            slots.push(next);
+        }
+        next += 1;
+    }
+    slots.sort();
+    slots.into_iter().map(Place::Slot).collect()
+}

@@ -1,0 +1,187 @@
+//! The scheduler: PENDING → ASSIGNED (DESIGN.md §3).
+//!
+//! Owns: task `node_id` and the PENDING → ASSIGNED move.
+//!
+//! Each pending task goes through the filters (node ready and active,
+//! resources, constraints, max replicas per node); among the nodes left, the
+//! one with the fewest tasks of the task's service wins, then the one with
+//! the fewest tasks overall. A task no node can take stays PENDING and says
+//! why: `no suitable node (insufficient memory on 2 nodes; …)`. Tasks of
+//! global services arrive with their node chosen; the filters still apply.
+
+use std::collections::{BTreeMap, HashMap};
+
+use shoal_api::{
+    node_spec, node_status, store_action, Node, StoreAction, Task, TaskState, TaskStatus,
+};
+use shoal_store::Tables;
+
+use crate::constraint::Constraint;
+
+/// What a node has left, and how many tasks it runs.
+#[derive(Debug, Default, Clone)]
+struct Load {
+    cpu_left: i64,
+    memory_left: i64,
+    tasks: usize,
+    by_service: HashMap<String, usize>,
+}
+
+fn reservations(task: &Task) -> (i64, i64) {
+    let r = task
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.reservations)
+        .unwrap_or_default();
+    (r.nano_cpus, r.memory_bytes)
+}
+
+fn holds_resources(task: &Task) -> bool {
+    let state = task.status.as_ref().map_or(0, |s| s.state);
+    !task.node_id.is_empty()
+        && state >= TaskState::Assigned as i32
+        && !TaskState::try_from(state).is_ok_and(TaskState::is_terminal)
+}
+
+/// Assignments for every pending task that fits somewhere, and explanations
+/// for the ones that do not (only when the explanation changed).
+pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
+    let nodes: Vec<&Node> = view.nodes().collect();
+    let mut loads: BTreeMap<String, Load> = nodes
+        .iter()
+        .map(|n| {
+            let r = n
+                .description
+                .as_ref()
+                .and_then(|d| d.resources)
+                .unwrap_or_default();
+            (
+                n.id.clone(),
+                Load {
+                    cpu_left: r.nano_cpus,
+                    memory_left: r.memory_bytes,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let mut pending = Vec::new();
+    for t in view.tasks() {
+        if holds_resources(&t) {
+            if let Some(load) = loads.get_mut(&t.node_id) {
+                let (cpu, mem) = reservations(&t);
+                load.cpu_left -= cpu;
+                load.memory_left -= mem;
+                load.tasks += 1;
+                *load.by_service.entry(t.service_id.clone()).or_default() += 1;
+            }
+        } else if t.status.as_ref().map_or(0, |s| s.state) == TaskState::Pending as i32
+            && t.desired_state <= TaskState::Running as i32
+        {
+            pending.push(t);
+        }
+    }
+    // Older tasks first, so a burst is placed in creation order.
+    pending.sort_by_key(|t| (t.meta.as_ref().map_or(0, |m| m.created_at_ms), t.slot));
+    let mut actions = Vec::new();
+    for mut task in pending {
+        let (cpu, mem) = reservations(&task);
+        let placement = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.placement.clone())
+            .unwrap_or_default();
+        let constraints: Vec<Constraint> = placement
+            .constraints
+            .iter()
+            .filter_map(|c| Constraint::parse(c).ok())
+            .collect();
+        let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Option<(&Node, (usize, usize))> = None;
+        for node in &nodes {
+            if !task.node_id.is_empty() && task.node_id != node.id {
+                continue;
+            }
+            let load = &loads[&node.id];
+            let reason = if node.status.as_ref().map(|s| s.state)
+                != Some(node_status::State::Ready as i32)
+            {
+                Some("node not ready".to_string())
+            } else if node.spec.as_ref().map_or(0, |s| s.availability)
+                != node_spec::Availability::Active as i32
+            {
+                Some("node not active".to_string())
+            } else if let Some(c) = constraints.iter().find(|c| !c.matches(node)) {
+                Some(format!("constraint {c} not satisfied"))
+            } else if mem > load.memory_left {
+                Some("insufficient memory".to_string())
+            } else if cpu > load.cpu_left {
+                Some("insufficient CPU".to_string())
+            } else if placement.max_replicas_per_node > 0
+                && load.by_service.get(&task.service_id).copied().unwrap_or(0) as u64
+                    >= placement.max_replicas_per_node
+            {
+                Some(format!(
+                    "max replicas per node ({}) reached",
+                    placement.max_replicas_per_node
+                ))
+            } else {
+                None
+            };
+            match reason {
+                Some(r) => *rejected.entry(r).or_default() += 1,
+                None => {
+                    let score = (
+                        load.by_service.get(&task.service_id).copied().unwrap_or(0),
+                        load.tasks,
+                    );
+                    if best.is_none_or(|(_, s)| score < s) {
+                        best = Some((node, score));
+                    }
+                }
+            }
+        }
+        match best {
+            Some((node, _)) => {
+                let load = loads.get_mut(&node.id).expect("loads has every node");
+                load.cpu_left -= cpu;
+                load.memory_left -= mem;
+                load.tasks += 1;
+                *load.by_service.entry(task.service_id.clone()).or_default() += 1;
+                task.node_id = node.id.clone();
+                task.status = Some(TaskStatus {
+                    timestamp_ms: now_ms,
+                    state: TaskState::Assigned as i32,
+                    message: "scheduler assigned task to node".into(),
+                    ..Default::default()
+                });
+                actions.push(StoreAction {
+                    kind: store_action::Kind::Update as i32,
+                    target: Some(task.into()),
+                });
+            }
+            None => {
+                let why = if rejected.is_empty() {
+                    "no suitable node (no nodes)".to_string()
+                } else {
+                    let parts: Vec<String> = rejected
+                        .iter()
+                        .map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" }))
+                        .collect();
+                    format!("no suitable node ({})", parts.join("; "))
+                };
+                let status = task.status.get_or_insert_with(Default::default);
+                if status.err != why {
+                    status.err = why;
+                    status.timestamp_ms = now_ms;
+                    actions.push(StoreAction {
+                        kind: store_action::Kind::Update as i32,
+                        target: Some(task.into()),
+                    });
+                }
+            }
+        }
+    }
+    actions
+}

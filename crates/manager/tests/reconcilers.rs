@@ -1,0 +1,560 @@
+//! The pure decisions of the orchestrator, allocator, scheduler and reaper:
+//! a store built by applying transactions, the decision compared as actions.
+
+use shoal_api::{
+    node_spec, node_status, restart_policy, store_action, Annotations, Batch, Cluster, ClusterSpec,
+    Node, NodeDescription, NodeSpec, NodeStatus, OrchestrationConfig, Placement,
+    ResourceRequirements, Resources, RestartPolicy, Runtime, Service, ServiceMode, ServiceSpec,
+    StoreAction, Task, TaskSpec, TaskState, TaskStatus, Transaction,
+};
+use shoal_manager::{allocator, orchestrator, reaper, scheduler};
+use shoal_store::Store;
+
+/// A store the test writes directly, one transaction per call.
+struct World {
+    store: Store,
+    version: u64,
+    ids: u64,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            store: Store::new(),
+            version: 0,
+            ids: 0,
+        }
+    }
+
+    fn apply(&mut self, actions: Vec<StoreAction>, now_ms: i64) {
+        self.version += 1;
+        let results = self.store.apply(
+            self.version,
+            Batch {
+                transactions: vec![Transaction {
+                    actions,
+                    timestamp_ms: now_ms,
+                }],
+            },
+        );
+        assert_eq!(results, vec![Ok(())]);
+    }
+
+    fn create(&mut self, object: impl Into<shoal_api::Object>, now_ms: i64) {
+        let action = StoreAction {
+            kind: store_action::Kind::Create as i32,
+            target: Some(object.into()),
+        };
+        self.apply(vec![action], now_ms);
+    }
+
+    fn orchestrate(&mut self, now_ms: i64) -> orchestrator::Decision {
+        let ids = &mut self.ids;
+        let decision = orchestrator::decide(&self.store.view(), now_ms, &mut || {
+            *ids += 1;
+            format!("task{ids:03}")
+        });
+        for txn in &decision.transactions {
+            self.apply(txn.clone(), now_ms);
+        }
+        decision
+    }
+
+    fn tasks(&self) -> Vec<Task> {
+        self.store.view().tasks().collect()
+    }
+
+    /// Tasks that occupy their slot (desired RUNNING or READY).
+    fn live(&self) -> Vec<Task> {
+        self.tasks()
+            .into_iter()
+            .filter(|t| {
+                t.desired_state == TaskState::Running as i32
+                    || t.desired_state == TaskState::Ready as i32
+            })
+            .collect()
+    }
+
+    fn set_state(&mut self, task_id: &str, state: TaskState, now_ms: i64) {
+        let mut t = self.store.view().task(task_id).unwrap();
+        t.status = Some(TaskStatus {
+            state: state as i32,
+            timestamp_ms: now_ms,
+            ..Default::default()
+        });
+        let action = StoreAction {
+            kind: store_action::Kind::Update as i32,
+            target: Some(t.into()),
+        };
+        self.apply(vec![action], now_ms);
+    }
+
+    fn update_service(&mut self, f: impl FnOnce(&mut ServiceSpec)) {
+        let mut s = self.store.view().service("svc").unwrap().clone();
+        f(s.spec.as_mut().unwrap());
+        let action = StoreAction {
+            kind: store_action::Kind::Update as i32,
+            target: Some(s.into()),
+        };
+        self.apply(vec![action], 0);
+    }
+}
+
+fn service(replicas: i64, restart: RestartPolicy) -> Service {
+    Service {
+        id: "svc".into(),
+        spec: Some(ServiceSpec {
+            annotations: Some(Annotations {
+                name: "web".into(),
+                labels: Default::default(),
+            }),
+            task: Some(TaskSpec {
+                runtime: Some(Runtime {
+                    command: vec!["sleep".into(), "100".into()],
+                    ..Default::default()
+                }),
+                restart: Some(restart),
+                ..Default::default()
+            }),
+            replicas: Some(replicas),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn any_restart() -> RestartPolicy {
+    RestartPolicy {
+        condition: restart_policy::Condition::Any as i32,
+        ..Default::default()
+    }
+}
+
+fn node(
+    id: &str,
+    memory: i64,
+    availability: node_spec::Availability,
+    labels: &[(&str, &str)],
+) -> Node {
+    Node {
+        id: id.into(),
+        spec: Some(NodeSpec {
+            annotations: Some(Annotations {
+                name: String::new(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }),
+            availability: availability as i32,
+            ..Default::default()
+        }),
+        description: Some(NodeDescription {
+            hostname: id.into(),
+            resources: Some(Resources {
+                nano_cpus: 2_000_000_000,
+                memory_bytes: memory,
+            }),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: node_status::State::Ready as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn sorted(mut v: Vec<u64>) -> Vec<u64> {
+    v.sort();
+    v
+}
+
+fn slots(tasks: &[Task]) -> Vec<u64> {
+    sorted(tasks.iter().map(|t| t.slot).collect())
+}
+
+#[test]
+fn a_replicated_service_gets_one_live_task_per_slot() {
+    let mut w = World::new();
+    w.create(service(3, any_restart()), 0);
+    let decision = w.orchestrate(10);
+    assert_eq!(
+        decision.transactions.len(),
+        1,
+        "one transaction per service"
+    );
+    assert_eq!(slots(&w.live()), [1, 2, 3]);
+    let spec_version = w.store.view().service("svc").unwrap().spec_version;
+    for t in w.live() {
+        assert_eq!(t.status.as_ref().unwrap().state, TaskState::New as i32);
+        assert_eq!(t.spec_version, spec_version);
+        assert!(
+            t.spec.unwrap().runtime.is_some(),
+            "the task copies the template"
+        );
+    }
+    // Converged: a second pass changes nothing.
+    assert_eq!(w.orchestrate(20), orchestrator::Decision::default());
+}
+
+#[test]
+fn scale_down_removes_highest_slots_preferring_tasks_that_are_not_running() {
+    let mut w = World::new();
+    w.create(service(4, any_restart()), 0);
+    w.orchestrate(10);
+    for t in w.live() {
+        if t.slot != 2 {
+            w.set_state(&t.id, TaskState::Running, 20);
+        }
+    }
+    w.update_service(|s| s.replicas = Some(2));
+    w.orchestrate(30);
+    // Slot 2 was not running: it goes first, then the highest (4).
+    assert_eq!(slots(&w.live()), [1, 3]);
+    let let_go: Vec<u64> = w
+        .tasks()
+        .iter()
+        .filter(|t| t.desired_state == TaskState::Shutdown as i32)
+        .map(|t| t.slot)
+        .collect();
+    assert_eq!(sorted(let_go), [2, 4]);
+}
+
+#[test]
+fn scaling_does_not_replace_tasks_but_a_new_template_does() {
+    let mut w = World::new();
+    w.create(service(2, any_restart()), 0);
+    w.orchestrate(10);
+    let before: Vec<String> = w.live().into_iter().map(|t| t.id).collect();
+    w.update_service(|s| s.replicas = Some(3));
+    w.orchestrate(20);
+    let after: Vec<String> = w.live().into_iter().map(|t| t.id).collect();
+    assert!(
+        before.iter().all(|id| after.contains(id)),
+        "scaling up replaced a task"
+    );
+    w.update_service(|s| {
+        s.task.as_mut().unwrap().runtime.as_mut().unwrap().env = vec!["A=1".into()]
+    });
+    w.orchestrate(30);
+    let replaced = w.live();
+    assert_eq!(slots(&replaced), [1, 2, 3]);
+    assert!(
+        replaced.iter().all(|t| !after.contains(&t.id)),
+        "an outdated task was kept"
+    );
+    assert!(replaced
+        .iter()
+        .all(|t| t.spec.as_ref().unwrap().runtime.as_ref().unwrap().env == ["A=1"]));
+}
+
+#[test]
+fn restart_policy_decides_what_replaces_an_ended_task() {
+    // (condition, how the task ended, replaced?)
+    let cases = [
+        (restart_policy::Condition::Any, TaskState::Complete, true),
+        (restart_policy::Condition::Any, TaskState::Failed, true),
+        (
+            restart_policy::Condition::OnFailure,
+            TaskState::Complete,
+            false,
+        ),
+        (
+            restart_policy::Condition::OnFailure,
+            TaskState::Failed,
+            true,
+        ),
+        (
+            restart_policy::Condition::OnFailure,
+            TaskState::Rejected,
+            true,
+        ),
+        (restart_policy::Condition::None, TaskState::Failed, false),
+    ];
+    for (condition, ended, replaced) in cases {
+        let mut w = World::new();
+        w.create(
+            service(
+                1,
+                RestartPolicy {
+                    condition: condition as i32,
+                    ..Default::default()
+                },
+            ),
+            0,
+        );
+        w.orchestrate(10);
+        let first = w.live().remove(0);
+        w.set_state(&first.id, ended, 20);
+        w.orchestrate(30);
+        let live = w.live();
+        assert_eq!(
+            live.len(),
+            1,
+            "{condition:?} {ended:?}: the slot stays occupied"
+        );
+        assert_eq!(live[0].id != first.id, replaced, "{condition:?} {ended:?}");
+    }
+}
+
+#[test]
+fn a_delayed_restart_waits_in_ready_then_is_let_go() {
+    let mut w = World::new();
+    w.create(
+        service(
+            1,
+            RestartPolicy {
+                condition: 0,
+                delay_ms: 5_000,
+                ..Default::default()
+            },
+        ),
+        0,
+    );
+    w.orchestrate(1_000);
+    let first = w.live().remove(0);
+    w.set_state(&first.id, TaskState::Failed, 2_000);
+    w.orchestrate(2_000);
+    let next = w.live().remove(0);
+    assert_ne!(next.id, first.id);
+    assert_eq!(next.desired_state, TaskState::Ready as i32);
+    let created = next.meta.as_ref().unwrap().created_at_ms;
+    let waiting = w.orchestrate(created + 1_000);
+    assert_eq!(waiting.wake_at_ms, Some(created + 5_000));
+    assert!(waiting.transactions.is_empty());
+    w.orchestrate(created + 5_000);
+    assert_eq!(
+        w.store.view().task(&next.id).unwrap().desired_state,
+        TaskState::Running as i32
+    );
+}
+
+#[test]
+fn max_attempts_within_the_window_are_respected() {
+    let mut w = World::new();
+    let policy = RestartPolicy {
+        condition: 0,
+        max_attempts: 2,
+        window_ms: 60_000,
+        ..Default::default()
+    };
+    w.create(service(1, policy), 0);
+    let mut now = 1_000;
+    w.orchestrate(now);
+    let mut made = 1;
+    for _ in 0..5 {
+        let current = w.live().remove(0);
+        now += 1_000;
+        w.set_state(&current.id, TaskState::Failed, now);
+        w.orchestrate(now);
+        if w.live()[0].id != current.id {
+            made += 1;
+        }
+    }
+    assert_eq!(made, 3, "the first task and 2 restarts");
+}
+
+#[test]
+fn a_global_service_runs_one_task_per_eligible_node() {
+    let mut w = World::new();
+    w.create(
+        node(
+            "n1",
+            1 << 30,
+            node_spec::Availability::Active,
+            &[("zone", "a")],
+        ),
+        0,
+    );
+    w.create(
+        node(
+            "n2",
+            1 << 30,
+            node_spec::Availability::Active,
+            &[("zone", "b")],
+        ),
+        0,
+    );
+    w.create(
+        node(
+            "n3",
+            1 << 30,
+            node_spec::Availability::Drain,
+            &[("zone", "a")],
+        ),
+        0,
+    );
+    let mut s = service(0, any_restart());
+    let spec = s.spec.as_mut().unwrap();
+    spec.mode = ServiceMode::Global as i32;
+    spec.replicas = None;
+    spec.task.as_mut().unwrap().placement = Some(Placement {
+        constraints: vec!["node.labels.zone==a".into()],
+        ..Default::default()
+    });
+    w.create(s, 0);
+    w.orchestrate(10);
+    let nodes: Vec<String> = w.live().into_iter().map(|t| t.node_id).collect();
+    assert_eq!(nodes, ["n1"], "drained n3 and zone-b n2 get none");
+    // The node is drained: its task is let go.
+    let mut n1 = w.store.view().node("n1").unwrap().clone();
+    n1.spec.as_mut().unwrap().availability = node_spec::Availability::Drain as i32;
+    w.apply(
+        vec![StoreAction {
+            kind: store_action::Kind::Update as i32,
+            target: Some(n1.into()),
+        }],
+        20,
+    );
+    w.orchestrate(30);
+    assert!(w.live().is_empty());
+}
+
+#[test]
+fn allocator_moves_new_tasks_to_pending_and_scheduler_spreads_them() {
+    let mut w = World::new();
+    w.create(node("n1", 1 << 30, node_spec::Availability::Active, &[]), 0);
+    w.create(node("n2", 1 << 30, node_spec::Availability::Active, &[]), 0);
+    w.create(node("n3", 1 << 30, node_spec::Availability::Pause, &[]), 0);
+    w.create(service(4, any_restart()), 0);
+    w.orchestrate(10);
+    let allocated = allocator::decide(&w.store.view(), 20);
+    assert_eq!(allocated.len(), 4);
+    w.apply(allocated, 20);
+    assert!(allocator::decide(&w.store.view(), 25).is_empty());
+    let assigned = scheduler::decide(&w.store.view(), 30);
+    assert_eq!(assigned.len(), 4);
+    w.apply(assigned, 30);
+    let mut per_node = std::collections::BTreeMap::new();
+    for t in w.tasks() {
+        assert_eq!(t.status.as_ref().unwrap().state, TaskState::Assigned as i32);
+        *per_node.entry(t.node_id).or_insert(0) += 1;
+    }
+    let expected: std::collections::BTreeMap<String, i32> =
+        [("n1".to_string(), 2), ("n2".to_string(), 2)].into();
+    assert_eq!(per_node, expected, "paused n3 gets none; spread evenly");
+    assert!(
+        scheduler::decide(&w.store.view(), 40).is_empty(),
+        "nothing left to place"
+    );
+}
+
+#[test]
+fn a_task_no_node_can_take_stays_pending_and_says_why() {
+    let mut w = World::new();
+    w.create(
+        node(
+            "n1",
+            100 << 20,
+            node_spec::Availability::Active,
+            &[("zone", "a")],
+        ),
+        0,
+    );
+    w.create(
+        node(
+            "n2",
+            100 << 20,
+            node_spec::Availability::Active,
+            &[("zone", "b")],
+        ),
+        0,
+    );
+    w.create(
+        node(
+            "n3",
+            4 << 30,
+            node_spec::Availability::Active,
+            &[("zone", "b")],
+        ),
+        0,
+    );
+    let mut s = service(1, any_restart());
+    let task = s.spec.as_mut().unwrap().task.as_mut().unwrap();
+    task.resources = Some(ResourceRequirements {
+        limits: None,
+        reservations: Some(Resources {
+            nano_cpus: 0,
+            memory_bytes: 1 << 30,
+        }),
+    });
+    task.placement = Some(Placement {
+        constraints: vec!["node.labels.zone==a".into()],
+        ..Default::default()
+    });
+    w.create(s, 0);
+    w.orchestrate(10);
+    let actions = allocator::decide(&w.store.view(), 20);
+    w.apply(actions, 20);
+    let explained = scheduler::decide(&w.store.view(), 30);
+    assert_eq!(explained.len(), 1);
+    w.apply(explained, 30);
+    let status = w.tasks().remove(0).status.unwrap();
+    assert_eq!(status.state, TaskState::Pending as i32);
+    assert_eq!(
+        status.err,
+        "no suitable node (constraint node.labels.zone==a not satisfied on 2 nodes; insufficient memory on 1 node)"
+    );
+    assert!(
+        scheduler::decide(&w.store.view(), 40).is_empty(),
+        "the same explanation is not written again"
+    );
+}
+
+#[test]
+fn reaper_keeps_the_history_limit_per_slot_and_clears_removed_services() {
+    let mut w = World::new();
+    let cluster = Cluster {
+        id: "c".into(),
+        spec: Some(ClusterSpec {
+            orchestration: Some(OrchestrationConfig {
+                task_history_retention_limit: 2,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    w.create(cluster, 0);
+    w.create(service(1, any_restart()), 0);
+    let mut now = 10;
+    w.orchestrate(now);
+    for _ in 0..5 {
+        let current = w.live().remove(0);
+        now += 10;
+        w.set_state(&current.id, TaskState::Failed, now);
+        w.orchestrate(now);
+    }
+    assert_eq!(w.tasks().len(), 6);
+    let reaped = reaper::decide(&w.store.view());
+    assert_eq!(reaped.len(), 3, "5 finished, 2 kept");
+    w.apply(reaped, now);
+    assert_eq!(w.tasks().len(), 3);
+    // A task of the service is running when the service goes.
+    let live = w.live().remove(0);
+    w.set_state(&live.id, TaskState::Running, now);
+    let s = w.store.view().service("svc").unwrap().clone();
+    w.apply(
+        vec![StoreAction {
+            kind: store_action::Kind::Remove as i32,
+            target: Some(s.into()),
+        }],
+        now,
+    );
+    w.orchestrate(now + 10);
+    assert!(w
+        .tasks()
+        .iter()
+        .all(|t| t.desired_state == TaskState::Remove as i32));
+    let actions = reaper::decide(&w.store.view());
+    w.apply(actions, now + 20);
+    assert_eq!(
+        w.tasks().len(),
+        1,
+        "only the running task waits for its stop"
+    );
+    w.set_state(&live.id, TaskState::Shutdown, now + 30);
+    let actions = reaper::decide(&w.store.view());
+    w.apply(actions, now + 40);
+    assert!(w.tasks().is_empty());
+}
