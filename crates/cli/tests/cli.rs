@@ -572,14 +572,23 @@ fn events_stream_every_change_as_it_commits() {
             }
         }
     });
-    // The stream may attach after the first write; repeat writes until seen.
+    // The stream may attach in the middle of a round: repeat rounds until one
+    // service's create, update and remove have all been seen.
+    let complete_round = |seen: &[serde_json::Value]| -> Option<serde_json::Value> {
+        seen.iter()
+            .find(|e| {
+                e["type"] == "service"
+                    && e["action"] == "create"
+                    && seen.iter().any(|r| {
+                        r["type"] == "service" && r["action"] == "remove" && r["name"] == e["name"]
+                    })
+            })
+            .map(|e| e["name"].clone())
+    };
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + harness::READY_WITHIN;
     let mut round = 0;
-    while !seen
-        .iter()
-        .any(|e: &serde_json::Value| e["type"] == "service" && e["action"] == "remove")
-    {
+    while complete_round(&seen).is_none() {
         assert!(
             std::time::Instant::now() < deadline,
             "events never showed the changes: {seen:?}"
@@ -595,13 +604,8 @@ fn events_stream_every_change_as_it_commits() {
     }
     let _ = events.kill();
     let _ = events.wait();
-    // The service of the round whose removal was seen, and only its events
-    // (its tasks' events come in between).
-    let last = seen
-        .iter()
-        .rposition(|e| e["type"] == "service" && e["action"] == "remove")
-        .unwrap();
-    let name = seen[last]["name"].clone();
+    // Only that service's events (its tasks' events come in between).
+    let name = complete_round(&seen).unwrap();
     let tail: Vec<&serde_json::Value> = seen
         .iter()
         .filter(|e| e["type"] == "service" && e["name"] == name)
