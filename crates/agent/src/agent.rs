@@ -61,6 +61,11 @@ struct Agent {
     done_tx: mpsc::Sender<String>,
     /// Reports not yet accepted by a dispatcher: the latest per task.
     unsent: HashMap<String, TaskStatus>,
+    /// Tasks whose runner ended in this agent. A later message may still show
+    /// such a task running (the manager has not applied the final report
+    /// yet); it must not be taken for a process that died unwatched. Cleared
+    /// when the task leaves the node's assignments.
+    finished: std::collections::HashSet<String>,
 }
 
 fn now_ms() -> i64 {
@@ -82,6 +87,7 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) {
         reports_tx,
         done_tx,
         unsent: HashMap::new(),
+        finished: Default::default(),
     };
     let mut backoff = RECONNECT_MIN_MS;
     loop {
@@ -166,6 +172,7 @@ impl Agent {
             self.start_runner(task, desired).await;
         }
         for id in message.removed {
+            self.finished.remove(&id);
             match self.runners.get_mut(&id) {
                 Some(runner) => {
                     runner.removed = true;
@@ -187,6 +194,9 @@ impl Agent {
     }
 
     async fn start_runner(&mut self, task: Task, desired: TaskState) {
+        if self.finished.contains(&task.id) {
+            return;
+        }
         let observed = task
             .status
             .as_ref()
@@ -265,6 +275,8 @@ impl Agent {
         if let Some(runner) = self.runners.remove(task_id) {
             if runner.removed {
                 let _ = std::fs::remove_dir_all(self.config.process.tasks_dir.join(task_id));
+            } else {
+                self.finished.insert(task_id.to_string());
             }
         }
     }

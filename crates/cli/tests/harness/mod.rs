@@ -137,8 +137,13 @@ fn nix_kill(pid: u32, signal: i32) -> i32 {
 }
 
 impl Drop for Daemon {
+    /// Task processes outlive their daemon by design (a restart adopts them);
+    /// a test's must not outlive the test.
     fn drop(&mut self) {
         self.kill9();
+        for pgid in shoal_agent::find_task_processes(&self.state_dir.join("tasks")).into_values() {
+            shoal_agent::kill_group(pgid);
+        }
     }
 }
 

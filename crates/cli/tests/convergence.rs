@@ -1,0 +1,242 @@
+//! Declared services run as processes and stay as declared through task and
+//! daemon failures: the real daemon, CLI and processes.
+
+mod harness;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use harness::{json_lines, Daemon, READY_WITHIN};
+
+/// The live task processes of this daemon, by task id.
+fn processes(d: &Daemon) -> HashMap<String, u32> {
+    shoal_agent::find_task_processes(&d.state_dir.join("tasks"))
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY_WITHIN;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "not within {READY_WITHIN:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn replicas(d: &Daemon, service: &str) -> String {
+    json_lines(&d.ok(&["service", "ls", "--format", "json"]))
+        .into_iter()
+        .find(|s| s["name"] == service)
+        .map(|s| s["replicas"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+fn tasks(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
+    json_lines(&d.ok(&["service", "ps", "-a", service, "--format", "json"]))
+}
+
+#[test]
+fn replicas_run_as_processes_and_follow_scale_and_removal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    wait_until("3/3 running", || {
+        replicas(&d, "web") == "3/3" && processes(&d).len() == 3
+    });
+    let rows = json_lines(&d.ok(&["service", "ps", "web", "--format", "json"]));
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web.1", "web.2", "web.3"]);
+    assert!(rows
+        .iter()
+        .all(|r| r["current_state"].as_str().unwrap().starts_with("Running")));
+
+    d.ok(&["service", "scale", "web=5"]);
+    wait_until("5 processes", || {
+        replicas(&d, "web") == "5/5" && processes(&d).len() == 5
+    });
+    d.ok(&["service", "scale", "web=1"]);
+    wait_until("1 process", || {
+        replicas(&d, "web") == "1/1" && processes(&d).len() == 1
+    });
+    d.ok(&["service", "rm", "web"]);
+    wait_until("every process gone", || processes(&d).is_empty());
+    wait_until("every task reaped", || {
+        d.ok(&["task", "ls", "-a", "-q"]).is_empty()
+    });
+}
+
+#[test]
+fn a_killed_task_is_replaced_unless_the_restart_policy_says_no() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--restart-delay",
+        "0s",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "once",
+        "--restart-condition",
+        "none",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    wait_until("both running", || {
+        replicas(&d, "web") == "1/1" && replicas(&d, "once") == "1/1"
+    });
+    for pgid in processes(&d).values() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pgid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    // web: the killed task is Failed with exit status 137 and a new one runs.
+    wait_until("web replaced", || {
+        let t = tasks(&d, "web");
+        t.len() == 2 && replicas(&d, "web") == "1/1"
+    });
+    let failed = tasks(&d, "web")
+        .into_iter()
+        .find(|t| t["desired_state"] == "Shutdown")
+        .unwrap();
+    assert!(
+        failed["current_state"]
+            .as_str()
+            .unwrap()
+            .starts_with("Failed"),
+        "{failed}"
+    );
+    assert_eq!(failed["error"], "exit status 137");
+    // once: left Failed, not replaced.
+    wait_until("once failed", || {
+        tasks(&d, "once")[0]["current_state"]
+            .as_str()
+            .unwrap()
+            .starts_with("Failed")
+    });
+    assert_eq!(tasks(&d, "once").len(), 1);
+    assert_eq!(replicas(&d, "once"), "0/1");
+}
+
+#[test]
+fn a_clean_exit_under_on_failure_is_complete_and_not_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "job",
+        "--restart-condition",
+        "on-failure",
+        "--",
+        "true",
+    ]);
+    wait_until("complete", || {
+        tasks(&d, "job")
+            .first()
+            .is_some_and(|t| t["current_state"].as_str().unwrap().starts_with("Complete"))
+    });
+    // The next passes must not add a task: give them time, then look.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(tasks(&d, "job").len(), 1);
+}
+
+#[test]
+fn a_missing_program_is_rejected_with_the_os_error_and_restarts_stop_at_max_attempts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "bad",
+        "--restart-delay",
+        "0s",
+        "--restart-max-attempts",
+        "2",
+        "--",
+        "no-such-program-xyz",
+    ]);
+    wait_until("three rejected tasks", || {
+        let t = tasks(&d, "bad");
+        t.len() == 3
+            && t.iter()
+                .all(|t| t["current_state"].as_str().unwrap().starts_with("Rejected"))
+    });
+    let t = tasks(&d, "bad");
+    assert!(
+        t.iter()
+            .all(|t| t["error"]
+                == "exec \"no-such-program-xyz\": executable file not found in $PATH"),
+        "{t:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(tasks(&d, "bad").len(), 3, "restarts went past max attempts");
+}
+
+#[test]
+fn kill_9_of_the_daemon_neither_duplicates_nor_loses_running_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s1");
+    let mut d = Daemon::start(&dir);
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    wait_until("3 running", || {
+        replicas(&d, "web") == "3/3" && processes(&d).len() == 3
+    });
+    let before = processes(&d);
+    d.kill9();
+    assert_eq!(processes(&d), before, "task processes outlive the daemon");
+
+    // Phase 2: the restarted daemon adopts them: same tasks, same processes.
+    let d = Daemon::start(&dir);
+    wait_until("3/3 again", || replicas(&d, "web") == "3/3");
+    assert_eq!(
+        processes(&d),
+        before,
+        "a restart must not duplicate or replace running tasks"
+    );
+
+    // Phase 3: a crash in the middle of a scale-up converges to exactly 6.
+    d.ok(&["service", "scale", "web=6"]);
+    let mut d = d;
+    d.kill9();
+    let d = Daemon::start(&dir);
+    wait_until("exactly 6", || {
+        replicas(&d, "web") == "6/6" && processes(&d).len() == 6
+    });
+    d.ok(&["service", "rm", "web"]);
+    wait_until("no leftovers", || processes(&d).is_empty());
+}
