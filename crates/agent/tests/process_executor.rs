@@ -188,16 +188,28 @@ async fn a_missing_executable_or_bad_workdir_is_rejected_with_the_os_error() {
 async fn shutdown_sends_sigterm_and_sigkill_after_the_grace_period() {
     let tmp = tempfile::tempdir().unwrap();
     // A process that ignores SIGTERM (its sleep inherits the ignore).
-    let stubborn = task("t1", &["sh", "-c", "trap '' TERM; sleep 300"], |_| {});
+    let stubborn = task(
+        "t1",
+        &["sh", "-c", "trap '' TERM; echo ready; sleep 300"],
+        |_| {},
+    );
     let grace = Duration::from_millis(300);
     let mut run = start(tmp.path(), &stubborn, TaskState::Running, grace);
     let pid = run.until(TaskState::Running).await.pid;
+    // RUNNING means spawned; wait until the shell has set its trap.
+    let log = tmp.path().join("t1/stdout.log");
+    let deadline = Instant::now() + WITHIN;
+    while std::fs::read_to_string(&log).unwrap_or_default() != "ready\n" {
+        assert!(Instant::now() < deadline, "the script never got ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let asked = Instant::now();
     run.desired.send(TaskState::Shutdown).unwrap();
     run.until(TaskState::Shutdown).await;
     assert!(
         asked.elapsed() >= grace,
-        "SIGKILL came before the grace period ended"
+        "SIGKILL came before the grace period ended: {:?}",
+        asked.elapsed()
     );
     let deadline = Instant::now() + WITHIN;
     while !live_members_of_group(pid).is_empty() {
