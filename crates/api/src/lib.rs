@@ -15,6 +15,7 @@ pub use pb::*;
 pub mod enum_name;
 mod object_kind;
 mod task_state;
+pub use task_state::MAX_STATUS_HISTORY;
 pub mod transport;
 
 pub use object_kind::ObjectKind;

@@ -1,6 +1,24 @@
 //! The order of task states (DESIGN.md §2): states only move forward.
 
-use crate::TaskState;
+use crate::{Task, TaskState, TaskStatus};
+
+/// Earlier statuses a task keeps (`task inspect` shows them).
+pub const MAX_STATUS_HISTORY: usize = 16;
+
+impl Task {
+    /// Moves the task to `next`, keeping the status it leaves in its
+    /// history (bounded). Every writer of task status goes through here.
+    pub fn advance_status(&mut self, next: TaskStatus) {
+        if let Some(previous) = self.status.take() {
+            self.history.push(previous);
+            if self.history.len() > MAX_STATUS_HISTORY {
+                let extra = self.history.len() - MAX_STATUS_HISTORY;
+                self.history.drain(..extra);
+            }
+        }
+        self.status = Some(next);
+    }
+}
 
 impl TaskState {
     /// Terminal states: the task will never run again.
@@ -49,6 +67,20 @@ mod tests {
         assert!(!TaskState::Running.may_become(TaskState::Running));
         assert!(!TaskState::Failed.may_become(TaskState::Orphaned));
         assert!(!TaskState::Running.may_become(TaskState::Remove));
+    }
+
+    #[test]
+    fn status_history_keeps_the_latest_sixteen_oldest_first() {
+        let mut task = Task::default();
+        for state in 0..20 {
+            task.advance_status(TaskStatus {
+                exit_code: state,
+                ..Default::default()
+            });
+        }
+        assert_eq!(task.status.as_ref().unwrap().exit_code, 19);
+        let kept: Vec<i32> = task.history.iter().map(|s| s.exit_code).collect();
+        assert_eq!(kept, (3..19).collect::<Vec<i32>>());
     }
 
     #[test]

@@ -34,6 +34,14 @@ pub enum ServiceCommand {
         #[arg(required = true)]
         services: Vec<String>,
     },
+    /// Print what a service's tasks write to stdout and stderr, each line
+    /// prefixed with the task's name.
+    Logs {
+        service: String,
+        /// Keep printing as the tasks write.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// List the tasks of a service.
     Ps {
         service: String,
@@ -193,6 +201,41 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                     })
                 )?;
                 println!("{reference}");
+            }
+        }
+        ServiceCommand::Logs { service, follow } => {
+            let request = shoal_api::LogsRequest {
+                service,
+                task: String::new(),
+                follow,
+            };
+            let mut stream = match client.api().logs(request).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => return Err(client.error(status)),
+            };
+            use std::io::Write;
+            loop {
+                let line = match stream.message().await {
+                    Ok(Some(line)) => line,
+                    Ok(None) => break,
+                    Err(status) => return Err(client.error(status)),
+                };
+                let prefix = format!("{}.{}", line.task_name, crate::output::short(&line.task_id));
+                let mut text = line.line;
+                text.push(b'\n');
+                let result = if line.stream == "stderr" {
+                    let mut err = std::io::stderr().lock();
+                    err.write_all(format!("{prefix:<24} | ").as_bytes())
+                        .and_then(|_| err.write_all(&text))
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(format!("{prefix:<24} | ").as_bytes())
+                        .and_then(|_| out.write_all(&text))
+                };
+                // A closed pipe (`| head`) ends the command quietly.
+                if result.is_err() {
+                    break;
+                }
             }
         }
         ServiceCommand::Ps { service, list } => {

@@ -240,3 +240,104 @@ fn kill_9_of_the_daemon_neither_duplicates_nor_loses_running_tasks() {
     d.ok(&["service", "rm", "web"]);
     wait_until("no leftovers", || processes(&d).is_empty());
 }
+
+#[test]
+fn logs_show_each_tasks_output_under_its_name_and_inspect_shows_the_status_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "talk",
+        "--replicas",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from $SHOAL_TASK_ID; echo oops >&2; sleep 300",
+    ]);
+    wait_until("both tasks wrote", || {
+        let out = d.shoal(&["service", "logs", "talk"]);
+        String::from_utf8_lossy(&out.stdout).lines().count() == 2
+            && String::from_utf8_lossy(&out.stderr).lines().count() == 2
+    });
+    let out = d.shoal(&["service", "logs", "talk"]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for row in json_lines(&d.ok(&["service", "ps", "talk", "--format", "json"])) {
+        let id = row["id"].as_str().unwrap();
+        let prefix = format!("{}.{}", row["name"].as_str().unwrap(), &id[..12]);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no line of {prefix}: {stdout}"));
+        assert!(line.ends_with(&format!("| hello from {id}")), "{line}");
+    }
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .all(|l| l.ends_with("| oops")));
+
+    // task inspect: the whole task, with the statuses it went through.
+    let id = d
+        .ok(&["service", "ps", "talk", "-q"])
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let task: Vec<serde_json::Value> =
+        serde_json::from_str(&d.ok(&["task", "inspect", &id])).unwrap();
+    let task = &task[0];
+    assert_eq!(task["status"]["state"], "RUNNING");
+    assert!(task["status"]["pid"].as_u64().unwrap() > 0);
+    let history: Vec<&str> = task["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(&history[..3], ["NEW", "PENDING", "ASSIGNED"], "{history:?}");
+}
+
+#[test]
+fn logs_follow_prints_what_tasks_write_as_they_write_it() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "tick",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+    ]);
+    let mut follow = std::process::Command::new(harness::BIN)
+        .args(["service", "logs", "-f", "tick"])
+        .env("SHOAL_SOCKET", &d.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Lines keep coming: at least ten distinct ticks.
+    let mut ticks = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + READY_WITHIN;
+    while ticks.len() < 10 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("logs -f stopped printing");
+        ticks.insert(line.rsplit("| ").next().unwrap().to_string());
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+}

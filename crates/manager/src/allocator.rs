@@ -18,7 +18,7 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
 }
 
 fn pending(mut task: Task, now_ms: i64) -> StoreAction {
-    task.status = Some(TaskStatus {
+    task.advance_status(TaskStatus {
         timestamp_ms: now_ms,
         state: TaskState::Pending as i32,
         message: "pending task scheduling".into(),

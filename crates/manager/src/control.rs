@@ -44,6 +44,8 @@ const WATCH_STREAM_BUFFER: usize = 1_024;
 pub struct ControlConfig {
     /// The node id `self` refers to.
     pub node_id: String,
+    /// Where this node's agent keeps task directories (their logs).
+    pub tasks_dir: std::path::PathBuf,
 }
 
 /// The control API service.
@@ -642,6 +644,37 @@ impl Control for ControlApi {
                 }
             }
         });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type LogsStream = Pin<Box<dyn Stream<Item = Result<shoal_api::LogLine, Status>> + Send>>;
+
+    async fn logs(&self, request: Request<shoal_api::LogsRequest>) -> ApiResult<Self::LogsStream> {
+        let req = request.into_inner();
+        let selector = match (req.service.is_empty(), req.task.is_empty()) {
+            (false, true) => crate::logs::Selector::Service(self.service(&req.service)?.id),
+            (true, false) => crate::logs::Selector::Task(
+                self.lookup(ObjectKind::Task, &req.task)?.id().to_string(),
+            ),
+            _ => {
+                return Err(ApiError::from(InvalidSpec {
+                    field: "logs".into(),
+                    rule: "name one service or one task".into(),
+                })
+                .into())
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_STREAM_BUFFER);
+        tokio::spawn(crate::logs::stream(
+            Arc::clone(self.replica.store()),
+            self.config.tasks_dir.clone(),
+            self.config.node_id.clone(),
+            selector,
+            req.follow,
+            tx,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -339,7 +339,7 @@ impl DispatcherService for Dispatcher {
                     if task.node_id != node_id || !current.may_become(next) {
                         return Ok(());
                     }
-                    task.status = Some(status.clone());
+                    task.advance_status(status.clone());
                     let action = StoreAction {
                         kind: store_action::Kind::Update as i32,
                         target: Some(task.into()),

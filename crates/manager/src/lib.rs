@@ -13,6 +13,7 @@ mod control;
 mod dispatcher;
 mod error;
 mod identity;
+mod logs;
 pub mod orchestrator;
 pub mod reaper;
 pub mod reconciler;

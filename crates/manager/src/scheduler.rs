@@ -150,7 +150,7 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
                 load.tasks += 1;
                 *load.by_service.entry(task.service_id.clone()).or_default() += 1;
                 task.node_id = node.id.clone();
-                task.status = Some(TaskStatus {
+                task.advance_status(TaskStatus {
                     timestamp_ms: now_ms,
                     state: TaskState::Assigned as i32,
                     message: "scheduler assigned task to node".into(),

@@ -88,6 +88,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         Arc::clone(&replica),
         ControlConfig {
             node_id: marker.node_id.clone(),
+            tasks_dir: state.path().join(AGENT_TASKS_DIR),
         },
     );
     let service = ControlServer::new(control)
