@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use shoal_api::{
-    restart_policy, store_action, Node, Service, ServiceMode, StoreAction, Task, TaskState,
-    TaskStatus,
+    restart_policy, store_action, Node, RestartPolicy, Service, ServiceMode, StoreAction, Task,
+    TaskState, TaskStatus,
 };
 use shoal_store::Tables;
 
@@ -120,10 +120,41 @@ impl<F: FnMut() -> String> Maker<'_, F> {
     }
 }
 
+/// A service without a restart policy restarts any ended task after 5 s, as
+/// docker does.
+const DEFAULT_RESTART_DELAY_MS: u64 = 5_000;
+/// A task rejected before it started (missing program, bad workdir) cannot
+/// succeed by retrying faster: its replacement waits at least this long,
+/// whatever the policy says, so a broken spec never spins.
+const MIN_REJECTED_RESTART_DELAY_MS: u64 = 1_000;
+
+fn restart_policy(service: &Service) -> RestartPolicy {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task.as_ref())
+        .and_then(|t| t.restart)
+        .unwrap_or(RestartPolicy {
+            condition: restart_policy::Condition::Any as i32,
+            delay_ms: DEFAULT_RESTART_DELAY_MS,
+            ..Default::default()
+        })
+}
+
+/// How long the replacement of a task that ended in `ended` waits.
+fn restart_delay_ms(service: &Service, ended: TaskState) -> u64 {
+    let delay = restart_policy(service).delay_ms;
+    if ended == TaskState::Rejected {
+        delay.max(MIN_REJECTED_RESTART_DELAY_MS)
+    } else {
+        delay
+    }
+}
+
 /// The restart supervisor's verdict on an occupying task that ended.
 fn should_restart(service: &Service, history: &[&Task], ended: &Task, now_ms: i64) -> bool {
     let spec = service.spec.clone().unwrap_or_default();
-    let policy = spec.task.and_then(|t| t.restart).unwrap_or_default();
+    let policy = restart_policy(service);
     let job = matches!(
         ServiceMode::try_from(spec.mode),
         Ok(ServiceMode::ReplicatedJob | ServiceMode::GlobalJob)
@@ -234,11 +265,7 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
                 actions.push(create(maker.task(place, TaskState::Running)));
             } else if state.is_terminal() {
                 if should_restart(service, &history, current, now_ms) {
-                    let delay = spec
-                        .task
-                        .as_ref()
-                        .and_then(|t| t.restart.as_ref())
-                        .map_or(0, |r| r.delay_ms);
+                    let delay = restart_delay_ms(service, state);
                     actions.push(update(with_desired(current, TaskState::Shutdown)));
                     let next = if delay == 0 {
                         TaskState::Running
@@ -248,11 +275,13 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
                     actions.push(create(maker.task(place, next)));
                 }
             } else if desired(current) == TaskState::Ready {
-                let delay = spec
-                    .task
-                    .as_ref()
-                    .and_then(|t| t.restart.as_ref())
-                    .map_or(0, |r| r.delay_ms) as i64;
+                // The delay follows from how the task it replaces ended.
+                let replaced = history
+                    .iter()
+                    .filter(|t| created_at(t) <= created_at(current) && t.id != current.id)
+                    .last()
+                    .map_or(TaskState::Failed, |t| observed(t));
+                let delay = restart_delay_ms(service, replaced) as i64;
                 let due = created_at(current) + delay;
                 if now_ms >= due {
                     actions.push(update(with_desired(current, TaskState::Running)));

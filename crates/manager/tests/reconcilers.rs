@@ -558,3 +558,52 @@ fn reaper_keeps_the_history_limit_per_slot_and_clears_removed_services() {
     w.apply(actions, now + 40);
     assert!(w.tasks().is_empty());
 }
+
+#[test]
+fn a_rejected_task_is_retried_no_faster_than_once_a_second_and_unset_policy_waits_5s() {
+    // An explicit zero delay: a rejected task still waits a second.
+    let mut w = World::new();
+    w.create(
+        service(
+            1,
+            RestartPolicy {
+                condition: 0,
+                delay_ms: 0,
+                ..Default::default()
+            },
+        ),
+        0,
+    );
+    w.orchestrate(1_000);
+    let first = w.live().remove(0);
+    w.set_state(&first.id, TaskState::Rejected, 2_000);
+    w.orchestrate(2_000);
+    let next = w.live().remove(0);
+    assert_eq!(
+        next.desired_state,
+        TaskState::Ready as i32,
+        "no immediate retry of a rejected task"
+    );
+    let created = next.meta.as_ref().unwrap().created_at_ms;
+    assert_eq!(
+        w.orchestrate(created + 10).wake_at_ms,
+        Some(created + 1_000)
+    );
+
+    // No restart policy at all: docker's default, any condition after 5 s.
+    let mut w = World::new();
+    let mut s = service(1, RestartPolicy::default());
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().restart = None;
+    w.create(s, 0);
+    w.orchestrate(1_000);
+    let first = w.live().remove(0);
+    w.set_state(&first.id, TaskState::Complete, 2_000);
+    w.orchestrate(2_000);
+    let next = w.live().remove(0);
+    assert_ne!(next.id, first.id);
+    let created = next.meta.as_ref().unwrap().created_at_ms;
+    assert_eq!(
+        w.orchestrate(created + 10).wake_at_ms,
+        Some(created + 5_000)
+    );
+}
