@@ -278,8 +278,7 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
                 // The delay follows from how the task it replaces ended.
                 let replaced = history
                     .iter()
-                    .filter(|t| created_at(t) <= created_at(current) && t.id != current.id)
-                    .last()
+                    .rfind(|t| created_at(t) <= created_at(current) && t.id != current.id)
                     .map_or(TaskState::Failed, |t| observed(t));
                 let delay = restart_delay_ms(service, replaced) as i64;
                 let due = created_at(current) + delay;
