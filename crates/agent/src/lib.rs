@@ -12,11 +12,13 @@
 //! The agent's session with the dispatcher is [`run`].
 
 mod agent;
+mod cgroup;
 mod executor;
 mod process;
 mod task_runner;
 
 pub use agent::{run, AgentConfig};
+pub use cgroup::Cgroups;
 pub use executor::{Executor, ExitOutcome, TaskFailure};
 pub use process::{
     find_task_processes, kill_group, ProcessConfig, ProcessExecutor, TASK_DIR_ENV, TASK_ID_ENV,

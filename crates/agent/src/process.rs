@@ -7,8 +7,7 @@
 //! size with copy-and-truncate: the files are opened for appending, so the
 //! process keeps writing at the new end.
 //!
-//! Not here yet: memory and CPU limits through cgroups (the development
-//! machines mount cgroup v1 only); they come with the rest of issue #3.
+//! Memory and CPU limits go through the task's own cgroup ([`Cgroups`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,25 +18,30 @@ use nix::unistd::Pid;
 use shoal_api::{Runtime, Task};
 use tokio::process::{Child, Command};
 
+use crate::cgroup::{Cgroups, TaskCgroup};
 use crate::executor::{Executor, ExitOutcome, TaskFailure};
 
 const STDOUT_LOG: &str = "stdout.log";
 const STDERR_LOG: &str = "stderr.log";
 
-/// Where tasks live and how big their logs grow.
+/// Where tasks live, how big their logs grow, how limits are enforced.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
     /// Each task gets `<tasks_dir>/<task id>/`.
     pub tasks_dir: PathBuf,
     /// A log file larger than this is rotated to `<name>.1` (one kept).
     pub max_log_bytes: u64,
+    /// How memory and CPU limits are enforced (detected once per agent).
+    pub cgroups: std::sync::Arc<Cgroups>,
 }
 
 impl ProcessConfig {
+    /// Tasks under `tasks_dir`, limits through the host's cgroups.
     pub fn new(tasks_dir: PathBuf) -> ProcessConfig {
         ProcessConfig {
             tasks_dir,
             max_log_bytes: 16 << 20,
+            cgroups: std::sync::Arc::new(Cgroups::detect()),
         }
     }
 }
@@ -60,6 +64,9 @@ pub struct ProcessExecutor {
     child: Option<Child>,
     pid: Option<u32>,
     exited: Option<ExitOutcome>,
+    limits: shoal_api::Resources,
+    cgroups: std::sync::Arc<Cgroups>,
+    cgroup: Option<TaskCgroup>,
 }
 
 impl ProcessExecutor {
@@ -68,6 +75,12 @@ impl ProcessExecutor {
             .spec
             .as_ref()
             .and_then(|s| s.runtime.clone())
+            .unwrap_or_default();
+        let limits = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.limits)
             .unwrap_or_default();
         ProcessExecutor {
             task_id: task.id.clone(),
@@ -79,6 +92,9 @@ impl ProcessExecutor {
             child: None,
             pid: None,
             exited: None,
+            limits,
+            cgroups: std::sync::Arc::clone(&config.cgroups),
+            cgroup: None,
         }
     }
 
@@ -89,6 +105,14 @@ impl ProcessExecutor {
         let mut executor = ProcessExecutor::new(config, task);
         executor.pid = Some(pgid);
         executor
+    }
+
+    /// The task's cgroup directories, once prepared with limits.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup
+            .as_ref()
+            .map(|c| c.dirs().to_vec())
+            .unwrap_or_default()
     }
 
     /// The task's directory (logs live here).
@@ -274,6 +298,7 @@ impl Executor for ProcessExecutor {
         }
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| TaskFailure(format!("task directory {}: {e}", self.dir.display())))?;
+        self.cgroup = self.cgroups.create(&self.task_id, &self.limits)?;
         Ok(())
     }
 
@@ -299,6 +324,13 @@ impl Executor for ProcessExecutor {
             .kill_on_drop(false);
         if let Some((uid, gid)) = self.uid {
             command.uid(uid).gid(gid);
+        }
+        if let Some(cgroup) = self.cgroup.clone() {
+            // SAFETY: join_self only makes async-signal-safe calls on data
+            // prepared before the fork.
+            unsafe {
+                command.pre_exec(move || cgroup.join_self());
+            }
         }
         let child = command
             .spawn()
@@ -336,6 +368,9 @@ impl Executor for ProcessExecutor {
             .map_err(|e| TaskFailure(format!("waiting for the process: {e}")))?;
         let done = outcome(status);
         self.exited = Some(done.clone());
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.remove();
+        }
         Ok(done)
     }
 
@@ -358,6 +393,9 @@ impl Executor for ProcessExecutor {
     }
 
     async fn remove(&mut self) -> Result<(), TaskFailure> {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.remove();
+        }
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

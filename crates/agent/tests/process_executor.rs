@@ -321,3 +321,68 @@ async fn logs_over_the_size_limit_are_rotated_and_remove_cleans_up() {
     executor.remove().await.unwrap();
     assert!(!tmp.path().join("t1").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_cpu_limits_put_the_task_in_its_own_cgroup() {
+    let cgroups = shoal_agent::Cgroups::detect();
+    if let Some(warning) = cgroups.warning() {
+        eprintln!("SKIPPED: this host cannot create cgroups: {warning}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Task ids name cgroups host-wide: make this one unique.
+    let id = format!("limits-{}", std::process::id());
+    let mut t = task(
+        &id,
+        &["sh", "-c", "cat /proc/self/cgroup; sleep 300"],
+        |_| {},
+    );
+    t.spec.as_mut().unwrap().resources = Some(shoal_api::ResourceRequirements {
+        limits: Some(shoal_api::Resources {
+            nano_cpus: 500_000_000,
+            memory_bytes: 64 << 20,
+        }),
+        reservations: None,
+    });
+    let config = ProcessConfig::new(tmp.path().to_path_buf());
+    let mut executor = ProcessExecutor::new(&config, &t);
+    executor.prepare().await.unwrap();
+    let dirs = executor.cgroup_dirs();
+    assert!(!dirs.is_empty());
+    executor.start().await.unwrap();
+    let log = tmp.path().join(&id).join("stdout.log");
+    let deadline = Instant::now() + WITHIN;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(&id)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the task never reported its cgroup: {:?}",
+            std::fs::read_to_string(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = |name: &str| {
+        dirs.iter()
+            .map(|d| d.join(name))
+            .find(|p| p.exists())
+            .map(|p| std::fs::read_to_string(p).unwrap().trim().to_string())
+    };
+    match (read("memory.max"), read("memory.limit_in_bytes")) {
+        (Some(v2), _) => {
+            assert_eq!(v2, (64u64 << 20).to_string());
+            assert_eq!(read("cpu.max").unwrap(), "50000 100000");
+        }
+        (None, Some(v1)) => {
+            assert_eq!(v1, (64u64 << 20).to_string());
+            assert_eq!(read("cpu.cfs_quota_us").unwrap(), "50000");
+        }
+        _ => panic!("no memory limit file in {dirs:?}"),
+    }
+    executor.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(
+        dirs.iter().all(|d| !d.exists()),
+        "the task's cgroups outlived it"
+    );
+}

@@ -73,14 +73,31 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     replica
         .wait_leader(Duration::from_millis(LEADER_WAIT_MS))
         .await?;
-    bootstrap(&replica, &marker.cluster_id, &marker.node_id, &advertise).await?;
+    let process = shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR));
+    let mut description = describe_host();
+    description.warnings.extend(process.cgroups.warning());
+    bootstrap(
+        &replica,
+        &marker.cluster_id,
+        &marker.node_id,
+        &advertise,
+        &description,
+    )
+    .await?;
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     // The convergence loop: reconcilers, the dispatcher, and this node's agent.
-    let mut background = start_convergence(&replica, &state, &marker.node_id, &stop_rx)?;
+    let mut background = start_convergence(
+        &replica,
+        &state,
+        &marker.node_id,
+        description,
+        process,
+        &stop_rx,
+    )?;
 
     let socket = config.socket.clone().unwrap_or_else(|| state.socket_path());
     let incoming = shoal_api::transport::listen_unix(&socket)?;
@@ -132,6 +149,8 @@ fn start_convergence(
     replica: &Arc<Replica>,
     state: &StateDir,
     node_id: &str,
+    description: shoal_api::NodeDescription,
+    process: shoal_agent::ProcessConfig,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinSet<()>, DaemonError> {
     use shoal_manager::reconciler::{self, Pass};
@@ -205,9 +224,9 @@ fn start_convergence(
 
     let agent = shoal_agent::AgentConfig {
         node_id: node_id.to_string(),
-        description: describe_host(),
+        description,
         dispatcher_socket,
-        process: shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR)),
+        process,
     };
     set.spawn(shoal_agent::run(agent, stop.clone()));
     Ok(set)
@@ -244,8 +263,9 @@ async fn bootstrap(
     cluster_id: &str,
     node_id: &str,
     addr: &str,
+    description: &shoal_api::NodeDescription,
 ) -> Result<(), DaemonError> {
-    let description = describe_host();
+    let description = description.clone();
     let status = NodeStatus {
         state: node_status::State::Ready as i32,
         message: String::new(),
