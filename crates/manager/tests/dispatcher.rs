@@ -1,0 +1,228 @@
+//! The dispatcher over its real gRPC socket, with a replica on disk: node
+//! registration, heartbeats and their TTL, status reports that only move
+//! forward and only for the node's own tasks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_api::dispatcher_client::DispatcherClient;
+use shoal_api::dispatcher_server::DispatcherServer;
+use shoal_api::{
+    node_status, store_action, Cluster, ClusterSpec, DispatcherConfig, HeartbeatRequest,
+    NodeDescription, SessionRequest, StoreAction, Task, TaskState, TaskStatus, TaskStatusUpdate,
+    Transaction, UpdateTaskStatusRequest,
+};
+use shoal_manager::Dispatcher;
+use shoal_raft::{Replica, ReplicaConfig};
+use tonic::transport::Channel;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+struct Setup {
+    replica: Arc<Replica>,
+    client: DispatcherClient<Channel>,
+    _stop: tokio::sync::watch::Sender<bool>,
+    _tmp: tempfile::TempDir,
+}
+
+async fn setup(heartbeat_period_ms: u64) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = ReplicaConfig::new(tmp.path().join("raft"), 1, "127.0.0.1:0".into());
+    let replica = Arc::new(Replica::open(config, true).await.unwrap());
+    replica.wait_leader(WITHIN).await.unwrap();
+    let cluster = Cluster {
+        id: "c".into(),
+        spec: Some(ClusterSpec {
+            dispatcher: Some(DispatcherConfig {
+                heartbeat_period_ms,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    propose(&replica, store_action::Kind::Create, cluster).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let dispatcher = Dispatcher::new(Arc::clone(&replica), stopped.clone());
+    tokio::spawn(dispatcher.monitor());
+    let socket = tmp.path().join("dispatcher.sock");
+    let incoming = shoal_api::transport::listen_unix(&socket).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DispatcherServer::new(dispatcher))
+            .serve_with_incoming(incoming),
+    );
+    let client = DispatcherClient::new(shoal_api::transport::connect_unix(&socket));
+    Setup {
+        replica,
+        client,
+        _stop: stop,
+        _tmp: tmp,
+    }
+}
+
+async fn propose(
+    replica: &Replica,
+    kind: store_action::Kind,
+    object: impl Into<shoal_api::Object>,
+) {
+    let action = StoreAction {
+        kind: kind as i32,
+        target: Some(object.into()),
+    };
+    replica
+        .propose(Transaction {
+            actions: vec![action],
+            timestamp_ms: 0,
+        })
+        .await
+        .unwrap();
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WITHIN;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {WITHIN:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn node_state(replica: &Replica, id: &str) -> Option<i32> {
+    replica
+        .store()
+        .view()
+        .node(id)
+        .and_then(|n| n.status.as_ref().map(|s| s.state))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_registers_the_node_and_a_node_that_stops_heartbeating_is_down() {
+    // Period 500 ms, TTL 1.5 s: a heartbeat every 50 ms leaves a wide margin.
+    let mut s = setup(500).await;
+    let request = SessionRequest {
+        node_id: String::new(),
+        description: Some(NodeDescription {
+            hostname: "worker-1".into(),
+            ..Default::default()
+        }),
+    };
+    let mut stream = s.client.session(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.full, "the first message carries the full set");
+    assert_eq!(first.heartbeat_period_ms, 500);
+    let node = s
+        .replica
+        .store()
+        .view()
+        .node(&first.node_id)
+        .cloned()
+        .unwrap();
+    assert_eq!(node.description.unwrap().hostname, "worker-1");
+    assert_eq!(
+        node_state(&s.replica, &first.node_id),
+        Some(node_status::State::Ready as i32)
+    );
+
+    // Heartbeats keep the session for several TTLs.
+    let beat = HeartbeatRequest {
+        node_id: first.node_id.clone(),
+        session_id: first.session_id.clone(),
+    };
+    let until = Instant::now() + Duration::from_millis(2_000);
+    while Instant::now() < until {
+        s.client.heartbeat(beat.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        node_state(&s.replica, &first.node_id),
+        Some(node_status::State::Ready as i32)
+    );
+
+    // Silence: the node goes DOWN, and its old session is refused.
+    let replica = Arc::clone(&s.replica);
+    let id = first.node_id.clone();
+    wait_until("node down", || {
+        node_state(&replica, &id) == Some(node_status::State::Down as i32)
+    })
+    .await;
+    let refused = s
+        .client
+        .heartbeat(beat)
+        .await
+        .expect_err("an expired session is refused");
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_only_move_a_task_forward_and_only_for_the_nodes_own_tasks() {
+    let mut s = setup(5_000).await;
+    let request = SessionRequest {
+        node_id: "n1".into(),
+        description: Some(NodeDescription::default()),
+    };
+    let mut stream = s.client.session(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    for (id, node) in [("mine", "n1"), ("theirs", "n2")] {
+        let task = Task {
+            id: id.into(),
+            node_id: node.into(),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: TaskState::Assigned as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        propose(&s.replica, store_action::Kind::Create, task).await;
+    }
+    // The assignment stream delivers the node's own task, not the other one.
+    let next = stream.message().await.unwrap().unwrap();
+    let ids: Vec<&str> = next.tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["mine"]);
+
+    let report = |task: &str, state: TaskState| UpdateTaskStatusRequest {
+        node_id: "n1".into(),
+        session_id: first.session_id.clone(),
+        updates: vec![TaskStatusUpdate {
+            task_id: task.into(),
+            status: Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+        }],
+    };
+    let state_of = |replica: &Replica, id: &str| {
+        replica
+            .store()
+            .view()
+            .task(id)
+            .unwrap()
+            .status
+            .unwrap()
+            .state
+    };
+    s.client
+        .update_task_status(report("mine", TaskState::Running))
+        .await
+        .unwrap();
+    assert_eq!(state_of(&s.replica, "mine"), TaskState::Running as i32);
+    // Backwards: dropped.
+    s.client
+        .update_task_status(report("mine", TaskState::Starting))
+        .await
+        .unwrap();
+    assert_eq!(state_of(&s.replica, "mine"), TaskState::Running as i32);
+    // Another node's task: dropped.
+    s.client
+        .update_task_status(report("theirs", TaskState::Running))
+        .await
+        .unwrap();
+    assert_eq!(state_of(&s.replica, "theirs"), TaskState::Assigned as i32);
+    // A report without a live session: refused.
+    let mut stale = report("mine", TaskState::Complete);
+    stale.session_id = "nope".into();
+    assert_eq!(
+        s.client.update_task_status(stale).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    assert_eq!(state_of(&s.replica, "mine"), TaskState::Running as i32);
+}
