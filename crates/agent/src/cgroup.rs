@@ -170,11 +170,18 @@ impl TaskCgroup {
         Ok(())
     }
 
-    /// Removes the (now empty) cgroup; a cgroup still in use stays.
-    pub fn remove(&self) {
+    /// Removes the cgroup once it is empty. Returns false while a process of
+    /// it is still exiting (the caller retries).
+    pub fn remove(&self) -> bool {
+        let mut all = true;
         for dir in &self.dirs {
-            let _ = std::fs::remove_dir(dir);
+            match std::fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => all = false,
+            }
         }
+        all
     }
 
     /// The cgroup directories (tests read the limits back).

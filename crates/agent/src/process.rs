@@ -52,6 +52,10 @@ pub const TASK_ID_ENV: &str = "SHOAL_TASK_ID";
 pub const TASK_DIR_ENV: &str = "SHOAL_TASK_DIR";
 /// How often an adopted process (not our child) is checked for exit.
 const ADOPTED_POLL_MS: u64 = 200;
+/// Removing a task's cgroup waits for its last process to exit: this many
+/// tries, this far apart (10 s in all).
+const CGROUP_REMOVE_TRIES: u32 = 100;
+const CGROUP_REMOVE_PAUSE_MS: u64 = 100;
 
 /// Runs one task as a process.
 pub struct ProcessExecutor {
@@ -105,6 +109,26 @@ impl ProcessExecutor {
         let mut executor = ProcessExecutor::new(config, task);
         executor.pid = Some(pgid);
         executor
+    }
+
+    /// The task ended with its main process, as a container does: whatever
+    /// of its process group is left is killed, and its cgroup is removed
+    /// once the last of them has exited (bounded wait).
+    async fn clean_up_after_exit(&self) {
+        if let Some(pid) = self.pid {
+            if group_alive(pid) {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+        if let Some(cgroup) = &self.cgroup {
+            for _ in 0..CGROUP_REMOVE_TRIES {
+                if cgroup.remove() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(CGROUP_REMOVE_PAUSE_MS)).await;
+            }
+            tracing::warn!(task = %self.task_id, "the task's cgroup could not be removed: a process of it is still running");
+        }
     }
 
     /// The task's cgroup directories, once prepared with limits.
@@ -368,9 +392,7 @@ impl Executor for ProcessExecutor {
             .map_err(|e| TaskFailure(format!("waiting for the process: {e}")))?;
         let done = outcome(status);
         self.exited = Some(done.clone());
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.remove();
-        }
+        self.clean_up_after_exit().await;
         Ok(done)
     }
 
@@ -394,7 +416,7 @@ impl Executor for ProcessExecutor {
 
     async fn remove(&mut self) -> Result<(), TaskFailure> {
         if let Some(cgroup) = &self.cgroup {
-            cgroup.remove();
+            let _ = cgroup.remove();
         }
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
