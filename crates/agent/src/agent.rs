@@ -164,7 +164,7 @@ impl Agent {
     /// removals; after the full set, kills leftovers no task claimed.
     async fn apply(&mut self, message: SessionMessage) {
         for task in message.tasks {
-            let desired = TaskState::try_from(task.desired_state).unwrap_or(TaskState::Shutdown);
+            let desired = task.desired();
             if let Some(runner) = self.runners.get(&task.id) {
                 runner.desired.send_replace(desired);
                 continue;
@@ -197,11 +197,7 @@ impl Agent {
         if self.finished.contains(&task.id) {
             return;
         }
-        let observed = task
-            .status
-            .as_ref()
-            .and_then(|s| TaskState::try_from(s.state).ok())
-            .unwrap_or(TaskState::Assigned);
+        let observed = task.observed();
         let leftover = self.leftovers.remove(&task.id);
         if observed.is_terminal() {
             if let Some(pgid) = leftover {

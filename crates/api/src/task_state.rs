@@ -6,6 +6,20 @@ use crate::{Task, TaskState, TaskStatus};
 pub const MAX_STATUS_HISTORY: usize = 16;
 
 impl Task {
+    /// The state the task was last reported in (NEW when it has none).
+    pub fn observed(&self) -> TaskState {
+        self.status
+            .as_ref()
+            .and_then(|s| TaskState::try_from(s.state).ok())
+            .unwrap_or(TaskState::New)
+    }
+
+    /// The state the orchestrator wants (SHUTDOWN for a value this build does
+    /// not know: never run what is not understood).
+    pub fn desired(&self) -> TaskState {
+        TaskState::try_from(self.desired_state).unwrap_or(TaskState::Shutdown)
+    }
+
     /// Moves the task to `next`, keeping the status it leaves in its
     /// history (bounded). Every writer of task status goes through here.
     pub fn advance_status(&mut self, next: TaskStatus) {

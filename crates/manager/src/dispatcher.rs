@@ -330,11 +330,7 @@ impl DispatcherService for Dispatcher {
                     let Some(mut task) = replica.store().view().task(&update.task_id) else {
                         return Ok(());
                     };
-                    let current = task
-                        .status
-                        .as_ref()
-                        .and_then(|s| TaskState::try_from(s.state).ok())
-                        .unwrap_or(TaskState::New);
+                    let current = task.observed();
                     // Only the node's own tasks, and only forward.
                     if task.node_id != node_id || !current.may_become(next) {
                         return Ok(());

@@ -47,19 +47,8 @@ fn create(task: Task) -> StoreAction {
     }
 }
 
-fn desired(task: &Task) -> TaskState {
-    TaskState::try_from(task.desired_state).unwrap_or(TaskState::Shutdown)
-}
-
-fn observed(task: &Task) -> TaskState {
-    task.status
-        .as_ref()
-        .and_then(|s| TaskState::try_from(s.state).ok())
-        .unwrap_or(TaskState::New)
-}
-
 fn occupies(task: &Task) -> bool {
-    matches!(desired(task), TaskState::Running | TaskState::Ready)
+    matches!(task.desired(), TaskState::Running | TaskState::Ready)
 }
 
 fn with_desired(task: &Task, state: TaskState) -> Task {
@@ -159,7 +148,7 @@ fn should_restart(service: &Service, history: &[&Task], ended: &Task, now_ms: i6
         ServiceMode::try_from(spec.mode),
         Ok(ServiceMode::ReplicatedJob | ServiceMode::GlobalJob)
     );
-    let state = observed(ended);
+    let state = ended.observed();
     let condition = restart_policy::Condition::try_from(policy.condition).unwrap_or_default();
     let wanted = match condition {
         _ if job && state == TaskState::Complete => false,
@@ -258,7 +247,7 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
                 actions.push(create(maker.task(place, TaskState::Running)));
                 continue;
             };
-            let state = observed(current);
+            let state = current.observed();
             if current.spec_version < service.spec_version && !state.is_terminal() {
                 // A plain replacement; rolling updates will grow from here.
                 actions.push(update(with_desired(current, TaskState::Shutdown)));
@@ -274,12 +263,12 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
                     };
                     actions.push(create(maker.task(place, next)));
                 }
-            } else if desired(current) == TaskState::Ready {
+            } else if current.desired() == TaskState::Ready {
                 // The delay follows from how the task it replaces ended.
                 let replaced = history
                     .iter()
                     .rfind(|t| created_at(t) <= created_at(current) && t.id != current.id)
-                    .map_or(TaskState::Failed, |t| observed(t));
+                    .map_or(TaskState::Failed, |t| t.observed());
                 let delay = restart_delay_ms(service, replaced) as i64;
                 let due = created_at(current) + delay;
                 if now_ms >= due {
@@ -299,7 +288,7 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
     let orphans: Vec<StoreAction> = view
         .tasks()
         .filter(|t| !services.contains_key(t.service_id.as_str()))
-        .filter(|t| desired(t) != TaskState::Remove)
+        .filter(|t| t.desired() != TaskState::Remove)
         .map(|t| update(with_desired(&t, TaskState::Remove)))
         .collect();
     for chunk in orphans.chunks(crate::MAX_ACTIONS_PER_PASS) {
@@ -318,7 +307,7 @@ fn choose_slots(by_place: &BTreeMap<Place, Vec<&Task>>, replicas: usize) -> Vec<
             Place::Slot(s) if history.iter().any(|t| occupies(t)) => {
                 let running = history
                     .iter()
-                    .any(|t| occupies(t) && observed(t) == TaskState::Running);
+                    .any(|t| occupies(t) && t.observed() == TaskState::Running);
                 Some((running, *s))
             }
             _ => None,

@@ -9,18 +9,11 @@ use std::collections::BTreeMap;
 use shoal_api::{store_action, StoreAction, Task, TaskState};
 use shoal_store::Tables;
 
-fn observed(t: &Task) -> TaskState {
-    t.status
-        .as_ref()
-        .and_then(|s| TaskState::try_from(s.state).ok())
-        .unwrap_or(TaskState::New)
-}
-
 /// A task is history once it no longer occupies its slot and can no longer
 /// run: it ended, or it never reached a node.
 fn finished(t: &Task) -> bool {
     let let_go = t.desired_state >= TaskState::Shutdown as i32;
-    let state = observed(t);
+    let state = t.observed();
     let_go && (state.is_terminal() || (state as i32) < TaskState::Assigned as i32)
 }
 

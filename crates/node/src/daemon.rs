@@ -169,39 +169,29 @@ fn start_convergence(
             }
         },
     ));
-    let chunked = |actions: Vec<StoreAction>| -> Vec<Vec<StoreAction>> {
-        actions
-            .chunks(shoal_manager::MAX_ACTIONS_PER_PASS)
-            .map(<[StoreAction]>::to_vec)
-            .collect()
-    };
-    set.spawn(reconciler::run(
-        "allocator",
-        Arc::clone(replica),
-        stop.clone(),
-        move |view, now| Pass {
-            transactions: chunked(allocator::decide(view, now)),
-            wake_at_ms: None,
-        },
-    ));
-    set.spawn(reconciler::run(
-        "scheduler",
-        Arc::clone(replica),
-        stop.clone(),
-        move |view, now| Pass {
-            transactions: chunked(scheduler::decide(view, now)),
-            wake_at_ms: None,
-        },
-    ));
-    set.spawn(reconciler::run(
-        "reaper",
-        Arc::clone(replica),
-        stop.clone(),
-        move |view, _| Pass {
-            transactions: chunked(reaper::decide(view)),
-            wake_at_ms: None,
-        },
-    ));
+    // The others decide a flat list of actions, proposed in bounded parts.
+    let simple: [(
+        &'static str,
+        fn(&shoal_store::Tables, i64) -> Vec<StoreAction>,
+    ); 3] = [
+        ("allocator", allocator::decide),
+        ("scheduler", scheduler::decide),
+        ("reaper", |view, _| reaper::decide(view)),
+    ];
+    for (name, decide) in simple {
+        set.spawn(reconciler::run(
+            name,
+            Arc::clone(replica),
+            stop.clone(),
+            move |view, now| Pass {
+                transactions: decide(view, now)
+                    .chunks(shoal_manager::MAX_ACTIONS_PER_PASS)
+                    .map(<[StoreAction]>::to_vec)
+                    .collect(),
+                wake_at_ms: None,
+            },
+        ));
+    }
 
     let dispatcher = shoal_manager::Dispatcher::new(Arc::clone(replica), stop.clone());
     set.spawn(dispatcher.monitor());
