@@ -141,6 +141,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     })
 }
 
+/// A reconciler's pure decision that yields a flat list of actions.
+type FlatDecision = fn(&shoal_store::Tables, i64) -> Vec<StoreAction>;
+
 /// Starts the leader's reconcilers, the dispatcher (on a unix socket in the
 /// state dir: until mutual TLS exists, never on a network address) and the
 /// local agent. All of them stop when `stop` turns true; task processes keep
@@ -170,10 +173,7 @@ fn start_convergence(
         },
     ));
     // The others decide a flat list of actions, proposed in bounded parts.
-    let simple: [(
-        &'static str,
-        fn(&shoal_store::Tables, i64) -> Vec<StoreAction>,
-    ); 3] = [
+    let simple: [(&'static str, FlatDecision); 3] = [
         ("allocator", allocator::decide),
         ("scheduler", scheduler::decide),
         ("reaper", |view, _| reaper::decide(view)),
