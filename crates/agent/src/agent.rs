@@ -26,12 +26,16 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
 use crate::process::{find_task_processes, kill_group, ProcessConfig, ProcessExecutor};
+use crate::task_db::TaskDb;
 use crate::task_runner::{TaskRunner, TaskUpdate};
 
 /// Reports sent in one status call at most.
 const MAX_REPORTS_PER_CALL: usize = 256;
 /// Reports queued from runners before they wait.
 const REPORT_QUEUE: usize = 1_024;
+/// Reports kept for a dispatcher that cannot be reached; past this, only
+/// the latest per task is kept (a forward jump is still a valid report).
+const MAX_UNSENT_REPORTS: usize = 16_384;
 const RECONNECT_MIN_MS: u64 = 100;
 const RECONNECT_MAX_MS: u64 = 5_000;
 /// A task's stop grace period when its spec sets none.
@@ -59,13 +63,13 @@ struct Agent {
     leftovers: HashMap<String, u32>,
     reports_tx: mpsc::Sender<TaskUpdate>,
     done_tx: mpsc::Sender<String>,
-    /// Reports not yet accepted by a dispatcher: the latest per task.
-    unsent: HashMap<String, TaskStatus>,
-    /// Tasks whose runner ended in this agent. A later message may still show
-    /// such a task running (the manager has not applied the final report
-    /// yet); it must not be taken for a process that died unwatched. Cleared
-    /// when the task leaves the node's assignments.
-    finished: std::collections::HashSet<String>,
+    /// Reports not yet accepted by a dispatcher, in the order made.
+    unsent: Vec<TaskUpdate>,
+    /// The last status of every task of this node, as recorded in `db`. A
+    /// task whose record is terminal is never run again here, and its final
+    /// report is made again if the manager has not applied it.
+    recorded: HashMap<String, TaskStatus>,
+    db: std::sync::Arc<TaskDb>,
 }
 
 fn now_ms() -> i64 {
@@ -76,7 +80,11 @@ fn now_ms() -> i64 {
 
 /// Runs the agent until `shutdown` turns true. Task processes keep running
 /// after it returns: the next agent adopts them.
-pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    config: AgentConfig,
+    db: std::sync::Arc<TaskDb>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (reports_tx, mut reports) = mpsc::channel(REPORT_QUEUE);
     let (done_tx, mut done) = mpsc::channel(REPORT_QUEUE);
     let leftovers = find_task_processes(&config.process.tasks_dir);
@@ -86,8 +94,12 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) {
         leftovers,
         reports_tx,
         done_tx,
-        unsent: HashMap::new(),
-        finished: Default::default(),
+        unsent: Vec::new(),
+        recorded: db.load().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the agent's task record is unreadable; starting without it");
+            HashMap::new()
+        }),
+        db,
     };
     let mut backoff = RECONNECT_MIN_MS;
     loop {
@@ -122,6 +134,9 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) {
         // The session: until it breaks or the agent stops.
         loop {
             tokio::select! {
+                // Reports first: a runner's last report is queued before its
+                // "done", and must be recorded before the runner is dropped.
+                biased;
                 _ = shutdown.changed() => return,
                 message = stream.message() => match message {
                     Ok(Some(m)) => {
@@ -138,10 +153,10 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) {
                     Ok(None) | Err(_) => break,
                 },
                 Some(update) = reports.recv() => {
-                    agent.unsent.insert(update.task_id, update.status);
-                    while agent.unsent.len() < MAX_REPORTS_PER_CALL {
+                    agent.queue(update);
+                    for _ in 1..MAX_REPORTS_PER_CALL {
                         let Ok(more) = reports.try_recv() else { break };
-                        agent.unsent.insert(more.task_id, more.status);
+                        agent.queue(more);
                     }
                     if !session_id.is_empty() && agent.flush(&mut client, &session_id).await.is_err() {
                         break;
@@ -160,6 +175,23 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) {
 }
 
 impl Agent {
+    /// Records a runner's report, then queues it for the dispatcher.
+    fn queue(&mut self, update: TaskUpdate) {
+        if let Err(e) = self.db.record(&update.task_id, &update.status) {
+            tracing::warn!(error = %e, "recording a task status failed");
+        }
+        self.recorded
+            .insert(update.task_id.clone(), update.status.clone());
+        self.unsent.push(update);
+        if self.unsent.len() > MAX_UNSENT_REPORTS {
+            let mut latest: HashMap<String, TaskUpdate> = HashMap::new();
+            for u in self.unsent.drain(..) {
+                latest.insert(u.task_id.clone(), u);
+            }
+            self.unsent = latest.into_values().collect();
+        }
+    }
+
     /// Follows one session message: new runners, desired-state changes,
     /// removals; after the full set, kills leftovers no task claimed.
     async fn apply(&mut self, message: SessionMessage) {
@@ -172,7 +204,10 @@ impl Agent {
             self.start_runner(task, desired).await;
         }
         for id in message.removed {
-            self.finished.remove(&id);
+            self.recorded.remove(&id);
+            if let Err(e) = self.db.forget(&id) {
+                tracing::warn!(error = %e, "forgetting a task failed");
+            }
             match self.runners.get_mut(&id) {
                 Some(runner) => {
                     runner.removed = true;
@@ -194,10 +229,22 @@ impl Agent {
     }
 
     async fn start_runner(&mut self, task: Task, desired: TaskState) {
-        if self.finished.contains(&task.id) {
+        let observed = task.observed();
+        if let Some(last) = self
+            .recorded
+            .get(&task.id)
+            .filter(|s| TaskState::try_from(s.state).is_ok_and(TaskState::is_terminal))
+        {
+            // It ended here already; the manager may not know yet.
+            if !observed.is_terminal() {
+                let update = TaskUpdate {
+                    task_id: task.id.clone(),
+                    status: last.clone(),
+                };
+                self.unsent.push(update);
+            }
             return;
         }
-        let observed = task.observed();
         let leftover = self.leftovers.remove(&task.id);
         if observed.is_terminal() {
             if let Some(pgid) = leftover {
@@ -231,7 +278,10 @@ impl Agent {
                     exit_code: -1,
                     ..Default::default()
                 };
-                self.unsent.insert(task.id.clone(), status);
+                self.queue(TaskUpdate {
+                    task_id: task.id.clone(),
+                    status,
+                });
                 return;
             }
             (leftover, false) => {
@@ -271,30 +321,23 @@ impl Agent {
         if let Some(runner) = self.runners.remove(task_id) {
             if runner.removed {
                 let _ = std::fs::remove_dir_all(self.config.process.tasks_dir.join(task_id));
-            } else {
-                self.finished.insert(task_id.to_string());
             }
         }
     }
 
-    /// Sends every unsent report; keeps them when the call fails.
+    /// Sends every unsent report, in order; keeps them when a call fails.
     async fn flush(
         &mut self,
         client: &mut DispatcherClient<Channel>,
         session_id: &str,
     ) -> Result<(), tonic::Status> {
         while !self.unsent.is_empty() {
-            let ids: Vec<String> = self
-                .unsent
-                .keys()
-                .take(MAX_REPORTS_PER_CALL)
-                .cloned()
-                .collect();
-            let updates = ids
+            let count = self.unsent.len().min(MAX_REPORTS_PER_CALL);
+            let updates = self.unsent[..count]
                 .iter()
-                .map(|id| TaskStatusUpdate {
-                    task_id: id.clone(),
-                    status: self.unsent.get(id).cloned(),
+                .map(|u| TaskStatusUpdate {
+                    task_id: u.task_id.clone(),
+                    status: Some(u.status.clone()),
                 })
                 .collect();
             let request = UpdateTaskStatusRequest {
@@ -303,9 +346,7 @@ impl Agent {
                 updates,
             };
             client.update_task_status(request).await?;
-            for id in ids {
-                self.unsent.remove(&id);
-            }
+            self.unsent.drain(..count);
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ mod agent;
 mod cgroup;
 mod executor;
 mod process;
+mod task_db;
 mod task_runner;
 
 pub use agent::{run, AgentConfig};
@@ -23,4 +24,5 @@ pub use executor::{Executor, ExitOutcome, TaskFailure};
 pub use process::{
     find_task_processes, kill_group, ProcessConfig, ProcessExecutor, TASK_DIR_ENV, TASK_ID_ENV,
 };
+pub use task_db::{TaskDb, TaskDbError};
 pub use task_runner::{next_step, Step, TaskRunner, TaskUpdate};

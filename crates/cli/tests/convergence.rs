@@ -296,7 +296,20 @@ fn logs_show_each_tasks_output_under_its_name_and_inspect_shows_the_status_histo
         .iter()
         .map(|s| s["state"].as_str().unwrap())
         .collect();
-    assert_eq!(&history[..3], ["NEW", "PENDING", "ASSIGNED"], "{history:?}");
+    // Every transition is recorded, in order.
+    assert_eq!(
+        history,
+        [
+            "NEW",
+            "PENDING",
+            "ASSIGNED",
+            "ACCEPTED",
+            "PREPARING",
+            "READY",
+            "STARTING"
+        ],
+        "{history:?}"
+    );
 }
 
 #[test]

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use shoal_api::dispatcher_server::Dispatcher as DispatcherService;
 use shoal_api::{
     node_status, store_action, HeartbeatRequest, HeartbeatResponse, Node, NodeRole, NodeStatus,
-    SessionMessage, SessionRequest, StoreAction, TaskState, Transaction, UpdateTaskStatusRequest,
-    UpdateTaskStatusResponse,
+    SessionMessage, SessionRequest, StoreAction, TaskState, TaskStatus, Transaction,
+    UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use shoal_raft::Replica;
 use tokio::sync::{mpsc, watch};
@@ -315,27 +315,43 @@ impl DispatcherService for Dispatcher {
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
         let req = request.into_inner();
         self.check_session(&req.node_id, &req.session_id)?;
-        let mut writes = Vec::new();
+        // Each task's reports, in the order the agent made them: one write
+        // per task applies them all, so none is lost to a race with another.
+        let mut by_task: Vec<(String, Vec<TaskStatus>)> = Vec::new();
         for update in req.updates {
+            let Some(status) = update.status else {
+                continue;
+            };
+            match by_task.iter_mut().find(|(id, _)| *id == update.task_id) {
+                Some((_, statuses)) => statuses.push(status),
+                None => by_task.push((update.task_id, vec![status])),
+            }
+        }
+        let mut writes = Vec::new();
+        for (task_id, statuses) in by_task {
             let replica = Arc::clone(&self.replica);
             let node_id = req.node_id.clone();
             writes.push(tokio::spawn(async move {
-                let Some(status) = update.status else {
-                    return Ok(());
-                };
-                let Ok(next) = TaskState::try_from(status.state) else {
-                    return Ok(());
-                };
                 for _ in 0..STATUS_WRITE_TRIES {
-                    let Some(mut task) = replica.store().view().task(&update.task_id) else {
+                    let Some(mut task) = replica.store().view().task(&task_id) else {
                         return Ok(());
                     };
-                    let current = task.observed();
-                    // Only the node's own tasks, and only forward.
-                    if task.node_id != node_id || !current.may_become(next) {
+                    // Only the node's own tasks.
+                    if task.node_id != node_id {
                         return Ok(());
                     }
-                    task.advance_status(status.clone());
+                    let mut moved = false;
+                    for status in &statuses {
+                        // Only forward: a stale or repeated report is dropped.
+                        let next = TaskState::try_from(status.state);
+                        if next.is_ok_and(|next| task.observed().may_become(next)) {
+                            task.advance_status(status.clone());
+                            moved = true;
+                        }
+                    }
+                    if !moved {
+                        return Ok(());
+                    }
                     let action = StoreAction {
                         kind: store_action::Kind::Update as i32,
                         target: Some(task.into()),

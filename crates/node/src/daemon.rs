@@ -28,6 +28,8 @@ const DEFAULT_TASK_HISTORY: i64 = 5;
 const DEFAULT_HEARTBEAT_MS: u64 = 5_000;
 /// The dispatcher's socket inside the state dir.
 const DISPATCHER_SOCKET: &str = "dispatcher.sock";
+/// The local agent's record of its tasks' last states.
+const AGENT_DB_FILE: &str = "agent.redb";
 /// Where the local agent keeps each task's directory (logs).
 pub const AGENT_TASKS_DIR: &str = "tasks";
 
@@ -52,6 +54,8 @@ pub enum DaemonError {
     Bootstrap { what: &'static str, message: String },
     #[error(transparent)]
     Transport(#[from] shoal_api::transport::TransportError),
+    #[error("the agent cannot start: {0}")]
+    Agent(String),
     #[error("serving {what} failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -218,7 +222,9 @@ fn start_convergence(
         dispatcher_socket,
         process,
     };
-    set.spawn(shoal_agent::run(agent, stop.clone()));
+    let db = shoal_agent::TaskDb::open(&state.path().join(AGENT_DB_FILE))
+        .map_err(|e| DaemonError::Agent(e.to_string()))?;
+    set.spawn(shoal_agent::run(agent, Arc::new(db), stop.clone()));
     Ok(set)
 }
 
