@@ -293,6 +293,12 @@ fn open_log(path: &Path) -> Result<std::fs::File, TaskFailure> {
 
 impl Executor for ProcessExecutor {
     async fn prepare(&mut self) -> Result<(), TaskFailure> {
+        if self.runtime.command.is_empty() && !self.runtime.image.is_empty() {
+            return Err(TaskFailure(format!(
+                "image {:?}: this node has no container executor; give the service a command to run it as a process",
+                self.runtime.image
+            )));
+        }
         let program = self
             .runtime
             .command

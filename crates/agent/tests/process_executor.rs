@@ -386,3 +386,15 @@ async fn memory_and_cpu_limits_put_the_task_in_its_own_cgroup() {
         "the task's cgroups outlived it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_without_a_command_is_rejected_naming_what_the_node_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = task("t1", &[], |r| r.image = "redis:7".into());
+    let mut run = start(tmp.path(), &t, TaskState::Running, WITHIN);
+    let rejected = run.until(TaskState::Rejected).await;
+    assert_eq!(
+        rejected.err,
+        "image \"redis:7\": this node has no container executor; give the service a command to run it as a process"
+    );
+}
