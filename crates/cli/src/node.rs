@@ -32,6 +32,15 @@ pub enum NodeCommand {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// Remove nodes: down ones, or live ones with --force (their tasks move).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// Remove a node that is not down.
+        #[arg(short, long)]
+        force: bool,
+    },
     /// Change a node's availability or labels.
     Update {
         node: String,
@@ -110,6 +119,18 @@ pub async fn run(mut client: Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 out.push(n.node.unwrap_or_default());
             }
             println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        NodeCommand::Rm { nodes, force } => {
+            for reference in nodes {
+                call!(
+                    client,
+                    remove_node(shoal_api::RemoveNodeRequest {
+                        reference: reference.clone(),
+                        force,
+                    })
+                )?;
+                println!("{reference}");
+            }
         }
         NodeCommand::Update {
             node,

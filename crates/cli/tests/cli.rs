@@ -490,6 +490,11 @@ fn invalid_input_is_refused_naming_the_field_and_nothing_is_written() {
             vec!["node", "inspect", "nosuch"],
             "node \"nosuch\" not found",
         ),
+        (
+            vec!["node", "rm", "self"],
+            "is the one this manager runs on and cannot be removed",
+        ),
+        (vec!["node", "rm", "nosuch"], "node \"nosuch\" not found"),
     ] {
         let err = d.fails(&args);
         assert!(

@@ -433,6 +433,37 @@ impl Control for ControlApi {
         Ok(Response::new(NodeResponse { node }))
     }
 
+    async fn remove_node(
+        &self,
+        request: Request<shoal_api::RemoveNodeRequest>,
+    ) -> ApiResult<RemoveResponse> {
+        let req = request.into_inner();
+        let node = match self.lookup(ObjectKind::Node, &req.reference)?.kind {
+            Some(object::Kind::Node(n)) => n,
+            _ => return Err(ApiError::Internal("lookup returned another kind".into()).into()),
+        };
+        if node.id == self.config.node_id {
+            return Err(ApiError::Refused(format!(
+                "node {} is the one this manager runs on and cannot be removed",
+                node.id
+            ))
+            .into());
+        }
+        let down = node.status.as_ref().map(|s| s.state)
+            == Some(shoal_api::node_status::State::Down as i32);
+        if !down && !req.force {
+            return Err(ApiError::Refused(format!(
+                "node {} is not down: drain it first, or use --force to remove a live node",
+                req.reference
+            ))
+            .into());
+        }
+        let id = node.id.clone();
+        self.commit(vec![action(store_action::Kind::Remove, node)])
+            .await?;
+        Ok(Response::new(RemoveResponse { id }))
+    }
+
     async fn create_network(
         &self,
         request: Request<CreateNetworkRequest>,

@@ -99,6 +99,7 @@ impl Dispatcher {
                     let message = format!("heartbeat missed for {} ms", ttl.as_millis());
                     let _ =
                         set_node_status(&replica, &node, node_status::State::Down, &message).await;
+                    orphan_tasks(&replica, &node).await;
                 }
             }
         }
@@ -115,6 +116,40 @@ impl Dispatcher {
                 "session expired or replaced; open a new session",
             )),
         }
+    }
+}
+
+/// Marks every live task of a node that went down ORPHANED: nobody can say
+/// how it is any more. The orchestrator replaces it elsewhere; if the node
+/// comes back, its agent finds the task terminal and stops it.
+async fn orphan_tasks(replica: &Replica, node_id: &str) {
+    let orphans: Vec<StoreAction> = replica
+        .store()
+        .view()
+        .tasks_of_node(node_id)
+        .filter(|t| t.observed().may_become(TaskState::Orphaned))
+        .map(|mut t| {
+            t.advance_status(TaskStatus {
+                timestamp_ms: crate::reconciler::now_ms(),
+                state: TaskState::Orphaned as i32,
+                message: "the node is down".into(),
+                ..Default::default()
+            });
+            StoreAction {
+                kind: store_action::Kind::Update as i32,
+                target: Some(t.into()),
+            }
+        })
+        .collect();
+    for part in orphans.chunks(crate::MAX_ACTIONS_PER_PASS) {
+        // A conflict means the agent reported in between: the next report
+        // or the orchestrator's pass settles it.
+        let _ = replica
+            .propose(Transaction {
+                actions: part.to_vec(),
+                timestamp_ms: 0,
+            })
+            .await;
     }
 }
 

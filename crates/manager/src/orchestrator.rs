@@ -70,6 +70,18 @@ fn eligible(node: &Node, constraints: &[Constraint]) -> bool {
     ready && active && constraints.iter().all(|c| c.matches(node))
 }
 
+/// Whether a node may keep a task it already runs: it exists, is not down,
+/// is not drained, and still satisfies the task's constraints. A paused node
+/// keeps its tasks; a node not yet ready (just registering) is given time.
+fn keeps_tasks(node: Option<&Node>, constraints: &[Constraint]) -> bool {
+    let Some(node) = node else { return false };
+    let down =
+        node.status.as_ref().map(|s| s.state) == Some(shoal_api::node_status::State::Down as i32);
+    let drained = node.spec.as_ref().map_or(0, |s| s.availability)
+        == shoal_api::node_spec::Availability::Drain as i32;
+    !down && !drained && constraints.iter().all(|c| c.matches(node))
+}
+
 /// Where a task sits: a slot number, or a node for global services.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Place {
@@ -149,6 +161,11 @@ fn should_restart(service: &Service, history: &[&Task], ended: &Task, now_ms: i6
         Ok(ServiceMode::ReplicatedJob | ServiceMode::GlobalJob)
     );
     let state = ended.observed();
+    if state == TaskState::Orphaned {
+        // Its node was lost: not the task's failure, so no policy stops
+        // its replacement.
+        return true;
+    }
     let condition = restart_policy::Condition::try_from(policy.condition).unwrap_or_default();
     let wanted = match condition {
         _ if job && state == TaskState::Complete => false,
@@ -196,26 +213,24 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
         for history in by_place.values_mut() {
             history.sort_by_key(|t| (created_at(t), t.id.clone()));
         }
+        let constraints: Vec<Constraint> = spec
+            .task
+            .as_ref()
+            .and_then(|t| t.placement.as_ref())
+            .map(|p| {
+                p.constraints
+                    .iter()
+                    .filter_map(|c| Constraint::parse(c).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
         // The places that should hold a task.
         let wanted: Vec<Place> = match mode {
-            ServiceMode::Global | ServiceMode::GlobalJob => {
-                let constraints: Vec<Constraint> = spec
-                    .task
-                    .as_ref()
-                    .and_then(|t| t.placement.as_ref())
-                    .map(|p| {
-                        p.constraints
-                            .iter()
-                            .filter_map(|c| Constraint::parse(c).ok())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                nodes
-                    .iter()
-                    .filter(|n| eligible(n, &constraints))
-                    .map(|n| Place::Node(n.id.clone()))
-                    .collect()
-            }
+            ServiceMode::Global | ServiceMode::GlobalJob => nodes
+                .iter()
+                .filter(|n| eligible(n, &constraints))
+                .map(|n| Place::Node(n.id.clone()))
+                .collect(),
             _ => {
                 let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
                 choose_slots(&by_place, replicas)
@@ -248,8 +263,13 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
                 continue;
             };
             let state = current.observed();
-            if current.spec_version < service.spec_version && !state.is_terminal() {
-                // A plain replacement; rolling updates will grow from here.
+            let stranded = matches!(place, Place::Slot(_))
+                && !state.is_terminal()
+                && !current.node_id.is_empty()
+                && !keeps_tasks(view.node(&current.node_id), &constraints);
+            if stranded || (current.spec_version < service.spec_version && !state.is_terminal()) {
+                // Moved off a node that cannot keep it, or a plain
+                // replacement of an old template (rolling updates grow here).
                 actions.push(update(with_desired(current, TaskState::Shutdown)));
                 actions.push(create(maker.task(place, TaskState::Running)));
             } else if state.is_terminal() {

@@ -10,11 +10,12 @@ use shoal_api::{store_action, StoreAction, Task, TaskState};
 use shoal_store::Tables;
 
 /// A task is history once it no longer occupies its slot and can no longer
-/// run: it ended, or it never reached a node.
-fn finished(t: &Task) -> bool {
+/// run: it ended, it never reached a node, or its node was removed.
+fn finished(view: &Tables, t: &Task) -> bool {
     let let_go = t.desired_state >= TaskState::Shutdown as i32;
     let state = t.observed();
-    let_go && (state.is_terminal() || (state as i32) < TaskState::Assigned as i32)
+    let node_gone = !t.node_id.is_empty() && view.node(&t.node_id).is_none();
+    let_go && (state.is_terminal() || (state as i32) < TaskState::Assigned as i32 || node_gone)
 }
 
 pub fn decide(view: &Tables) -> Vec<StoreAction> {
@@ -27,12 +28,12 @@ pub fn decide(view: &Tables) -> Vec<StoreAction> {
     let mut actions = Vec::new();
     for t in view.tasks() {
         if view.service(&t.service_id).is_none() {
-            if finished(&t) {
+            if finished(view, &t) {
                 actions.push(remove(t));
             }
             continue;
         }
-        if finished(&t) {
+        if finished(view, &t) {
             let node = if t.slot == 0 {
                 t.node_id.clone()
             } else {

@@ -226,3 +226,72 @@ async fn status_reports_only_move_a_task_forward_and_only_for_the_nodes_own_task
     );
     assert_eq!(state_of(&s.replica, "mine"), TaskState::Running as i32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_removed_once_down_or_with_force_and_never_the_managers_own() {
+    use shoal_api::control_server::Control;
+    use shoal_manager::{ControlApi, ControlConfig};
+    let mut s = setup(500).await;
+    let api = ControlApi::new(
+        Arc::clone(&s.replica),
+        ControlConfig {
+            node_id: "manager".into(),
+            tasks_dir: std::env::temp_dir(),
+        },
+    );
+    let request = SessionRequest {
+        node_id: "w1".into(),
+        description: Some(NodeDescription::default()),
+    };
+    let mut stream = s.client.session(request).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+    let remove = |force| {
+        tonic::Request::new(shoal_api::RemoveNodeRequest {
+            reference: "w1".into(),
+            force,
+        })
+    };
+
+    let refused = api
+        .remove_node(remove(false))
+        .await
+        .expect_err("a ready node needs --force");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("is not down"),
+        "{}",
+        refused.message()
+    );
+
+    // No heartbeats: it goes down, and then it can go.
+    let replica = Arc::clone(&s.replica);
+    wait_until("w1 down", || {
+        node_state(&replica, "w1") == Some(node_status::State::Down as i32)
+    })
+    .await;
+    api.remove_node(remove(false)).await.unwrap();
+    assert!(s.replica.store().view().node("w1").is_none());
+
+    propose(
+        &s.replica,
+        store_action::Kind::Create,
+        shoal_api::Node {
+            id: "manager".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let own = tonic::Request::new(shoal_api::RemoveNodeRequest {
+        reference: "manager".into(),
+        force: true,
+    });
+    let refused = api
+        .remove_node(own)
+        .await
+        .expect_err("the manager's own node stays");
+    assert!(
+        refused.message().contains("cannot be removed"),
+        "{}",
+        refused.message()
+    );
+}

@@ -607,3 +607,123 @@ fn a_rejected_task_is_retried_no_faster_than_once_a_second_and_unset_policy_wait
         Some(created + 5_000)
     );
 }
+
+/// Two nodes; a 2-replica service placed one task on each.
+fn placed_on_two_nodes(w: &mut World, restart: RestartPolicy) -> (Task, Task) {
+    w.create(
+        node(
+            "n1",
+            1 << 30,
+            node_spec::Availability::Active,
+            &[("zone", "a")],
+        ),
+        0,
+    );
+    w.create(
+        node(
+            "n2",
+            1 << 30,
+            node_spec::Availability::Active,
+            &[("zone", "a")],
+        ),
+        0,
+    );
+    let mut s = service(2, restart);
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().placement = Some(Placement {
+        constraints: vec!["node.labels.zone==a".into()],
+        ..Default::default()
+    });
+    w.create(s, 0);
+    w.orchestrate(10);
+    let actions = allocator::decide(&w.store.view(), 20);
+    w.apply(actions, 20);
+    let actions = scheduler::decide(&w.store.view(), 30);
+    w.apply(actions, 30);
+    for t in w.live() {
+        w.set_state(&t.id, TaskState::Running, 40);
+    }
+    let mut live = w.live();
+    live.sort_by_key(|t| t.node_id.clone());
+    (live.remove(0), live.remove(0))
+}
+
+fn change_node(w: &mut World, id: &str, f: impl FnOnce(&mut Node)) {
+    let mut n = w.store.view().node(id).unwrap().clone();
+    f(&mut n);
+    w.apply(
+        vec![StoreAction {
+            kind: store_action::Kind::Update as i32,
+            target: Some(n.into()),
+        }],
+        50,
+    );
+}
+
+#[test]
+fn tasks_move_off_a_drained_down_or_no_longer_matching_node_but_stay_on_a_paused_one() {
+    let changes: [(&str, fn(&mut Node), bool); 4] = [
+        (
+            "drain",
+            |n| n.spec.as_mut().unwrap().availability = node_spec::Availability::Drain as i32,
+            true,
+        ),
+        (
+            "down",
+            |n| n.status.as_mut().unwrap().state = node_status::State::Down as i32,
+            true,
+        ),
+        (
+            "label",
+            |n| {
+                n.spec
+                    .as_mut()
+                    .unwrap()
+                    .annotations
+                    .as_mut()
+                    .unwrap()
+                    .labels
+                    .insert("zone".into(), "b".into());
+            },
+            true,
+        ),
+        (
+            "pause",
+            |n| n.spec.as_mut().unwrap().availability = node_spec::Availability::Pause as i32,
+            false,
+        ),
+    ];
+    for (what, change, moves) in changes {
+        let mut w = World::new();
+        let (on_n1, on_n2) = placed_on_two_nodes(&mut w, any_restart());
+        assert_eq!(on_n1.node_id, "n1");
+        change_node(&mut w, "n1", change);
+        w.orchestrate(60);
+        let live_ids: Vec<String> = w.live().into_iter().map(|t| t.id).collect();
+        assert!(live_ids.contains(&on_n2.id), "{what}: the task on n2 stays");
+        assert_eq!(!live_ids.contains(&on_n1.id), moves, "{what}");
+        assert_eq!(slots(&w.live()), [1, 2], "{what}: the slot keeps a task");
+        if moves {
+            // The replacement goes to the node that can take it.
+            let actions = allocator::decide(&w.store.view(), 70);
+            w.apply(actions, 70);
+            let actions = scheduler::decide(&w.store.view(), 80);
+            w.apply(actions, 80);
+            let replacement = w.live().into_iter().find(|t| t.id != on_n2.id).unwrap();
+            assert_eq!(replacement.node_id, "n2", "{what}");
+        }
+    }
+}
+
+#[test]
+fn an_orphaned_task_is_replaced_whatever_the_restart_policy() {
+    let mut w = World::new();
+    let none = RestartPolicy {
+        condition: restart_policy::Condition::None as i32,
+        ..Default::default()
+    };
+    let (on_n1, _) = placed_on_two_nodes(&mut w, none);
+    w.set_state(&on_n1.id, TaskState::Orphaned, 50);
+    w.orchestrate(60);
+    assert!(!w.live().iter().any(|t| t.id == on_n1.id));
+    assert_eq!(w.live().len(), 2, "node loss is not the task's failure");
+}
