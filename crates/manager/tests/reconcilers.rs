@@ -647,6 +647,9 @@ fn placed_on_two_nodes(w: &mut World, restart: RestartPolicy) -> (Task, Task) {
     (live.remove(0), live.remove(0))
 }
 
+/// A change made to a node, as a test case.
+type NodeChange = fn(&mut Node);
+
 fn change_node(w: &mut World, id: &str, f: impl FnOnce(&mut Node)) {
     let mut n = w.store.view().node(id).unwrap().clone();
     f(&mut n);
@@ -661,7 +664,7 @@ fn change_node(w: &mut World, id: &str, f: impl FnOnce(&mut Node)) {
 
 #[test]
 fn tasks_move_off_a_drained_down_or_no_longer_matching_node_but_stay_on_a_paused_one() {
-    let changes: [(&str, fn(&mut Node), bool); 4] = [
+    let changes: [(&str, NodeChange, bool); 4] = [
         (
             "drain",
             |n| n.spec.as_mut().unwrap().availability = node_spec::Availability::Drain as i32,
