@@ -3,9 +3,11 @@
 //! Owns: task `node_id` and the PENDING → ASSIGNED move.
 //!
 //! Each pending task goes through the filters (node ready and active,
-//! resources, constraints, max replicas per node); among the nodes left, the
-//! one with the fewest tasks of the task's service wins, then the one with
-//! the fewest tasks overall. A task no node can take stays PENDING and says
+//! resources, constraints, max replicas per node); among the nodes left,
+//! nodes where the service failed several times in the last minutes go last,
+//! then placement preferences spread tasks evenly over each label's values
+//! (nested, in order), then the node with the fewest tasks of the service
+//! wins, then the one with the fewest tasks overall. A task no node can take stays PENDING and says
 //! why: `no suitable node (insufficient memory on 2 nodes; …)`. Tasks of
 //! global services arrive with their node chosen; the filters still apply.
 
@@ -44,6 +46,37 @@ fn holds_resources(task: &Task) -> bool {
         && !TaskState::try_from(state).is_ok_and(TaskState::is_terminal)
 }
 
+/// A node where a service failed this many times within
+/// `FAILURE_WINDOW_MS` goes after every other node for that service.
+const FAILURES_TO_AVOID: usize = 3;
+const FAILURE_WINDOW_MS: i64 = 5 * 60_000;
+
+/// The value a node has for a spread descriptor (`node.labels.zone`); nodes
+/// without the label form a group of their own.
+fn spread_value(node: &Node, descriptor: &str) -> String {
+    let key = descriptor
+        .strip_prefix("node.labels.")
+        .unwrap_or(descriptor);
+    node.spec
+        .as_ref()
+        .and_then(|s| s.annotations.as_ref())
+        .and_then(|a| a.labels.get(key).cloned())
+        .unwrap_or_default()
+}
+
+fn preferences(task: &Task) -> Vec<String> {
+    task.spec
+        .as_ref()
+        .and_then(|s| s.placement.as_ref())
+        .map(|p| {
+            p.preferences
+                .iter()
+                .map(|p| p.spread_descriptor.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Assignments for every pending task that fits somewhere, and explanations
 /// for the ones that do not (only when the explanation changed).
 pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
@@ -66,9 +99,31 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
             )
         })
         .collect();
+    let node_by_id: HashMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), *n)).collect();
+    // Tasks of a service per value of each spread descriptor it uses.
+    let mut spread: HashMap<(String, String, String), usize> = HashMap::new();
+    // Recent failures of a service per node.
+    let mut failures: HashMap<(String, String), usize> = HashMap::new();
     let mut pending = Vec::new();
     for t in view.tasks() {
+        let state = t.observed();
+        let stamp = t.status.as_ref().map_or(0, |s| s.timestamp_ms);
+        if matches!(state, TaskState::Failed | TaskState::Rejected)
+            && stamp >= now_ms - FAILURE_WINDOW_MS
+        {
+            *failures
+                .entry((t.service_id.clone(), t.node_id.clone()))
+                .or_default() += 1;
+        }
         if holds_resources(&t) {
+            if let Some(node) = node_by_id.get(t.node_id.as_str()) {
+                for descriptor in preferences(&t) {
+                    let value = spread_value(node, &descriptor);
+                    *spread
+                        .entry((t.service_id.clone(), descriptor, value))
+                        .or_default() += 1;
+                }
+            }
             if let Some(load) = loads.get_mut(&t.node_id) {
                 let (cpu, mem) = reservations(&t);
                 load.cpu_left -= cpu;
@@ -98,7 +153,8 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
             .filter_map(|c| Constraint::parse(c).ok())
             .collect();
         let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
-        let mut best: Option<(&Node, (usize, usize))> = None;
+        let prefs = preferences(&task);
+        let mut best: Option<(&Node, (bool, Vec<usize>, usize, usize))> = None;
         for node in &nodes {
             if !task.node_id.is_empty() && task.node_id != node.id {
                 continue;
@@ -132,11 +188,26 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
             match reason {
                 Some(r) => *rejected.entry(r).or_default() += 1,
                 None => {
+                    // Order: nodes where the service keeps failing last; then
+                    // the emptiest group of each spread preference, in order;
+                    // then fewest tasks of the service; then fewest tasks.
+                    let failing = failures
+                        .get(&(task.service_id.clone(), node.id.clone()))
+                        .is_some_and(|n| *n >= FAILURES_TO_AVOID);
+                    let groups = prefs
+                        .iter()
+                        .map(|d| {
+                            let key = (task.service_id.clone(), d.clone(), spread_value(node, d));
+                            spread.get(&key).copied().unwrap_or(0)
+                        })
+                        .collect();
                     let score = (
+                        failing,
+                        groups,
                         load.by_service.get(&task.service_id).copied().unwrap_or(0),
                         load.tasks,
                     );
-                    if best.is_none_or(|(_, s)| score < s) {
+                    if best.as_ref().is_none_or(|(_, s)| score < *s) {
                         best = Some((node, score));
                     }
                 }
@@ -144,6 +215,14 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
         }
         match best {
             Some((node, _)) => {
+                for descriptor in &prefs {
+                    let key = (
+                        task.service_id.clone(),
+                        descriptor.clone(),
+                        spread_value(node, descriptor),
+                    );
+                    *spread.entry(key).or_default() += 1;
+                }
                 let load = loads.get_mut(&node.id).expect("loads has every node");
                 load.cpu_left -= cpu;
                 load.memory_left -= mem;

@@ -730,3 +730,128 @@ fn an_orphaned_task_is_replaced_whatever_the_restart_policy() {
     assert!(!w.live().iter().any(|t| t.id == on_n1.id));
     assert_eq!(w.live().len(), 2, "node loss is not the task's failure");
 }
+
+/// Places every pending task of the world; returns tasks per node.
+fn schedule_all(w: &mut World, now_ms: i64) -> std::collections::BTreeMap<String, usize> {
+    w.orchestrate(now_ms);
+    let actions = allocator::decide(&w.store.view(), now_ms);
+    w.apply(actions, now_ms);
+    let actions = scheduler::decide(&w.store.view(), now_ms);
+    w.apply(actions, now_ms);
+    let mut per_node = std::collections::BTreeMap::new();
+    for t in w.live() {
+        *per_node.entry(t.node_id).or_insert(0) += 1;
+    }
+    per_node
+}
+
+#[test]
+fn placement_preferences_spread_tasks_evenly_over_a_labels_values_first() {
+    let mut w = World::new();
+    // Zone a has three nodes, zone b one: plain spread would put 3 of 4 in a.
+    for (id, zone) in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")] {
+        w.create(
+            node(
+                id,
+                1 << 30,
+                node_spec::Availability::Active,
+                &[("zone", zone)],
+            ),
+            0,
+        );
+    }
+    let mut s = service(4, any_restart());
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().placement = Some(Placement {
+        preferences: vec![shoal_api::PlacementPreference {
+            spread_descriptor: "node.labels.zone".into(),
+        }],
+        ..Default::default()
+    });
+    w.create(s, 0);
+    let per_node = schedule_all(&mut w, 10);
+    assert_eq!(
+        per_node.get("b1"),
+        Some(&2),
+        "half the tasks go to zone b: {per_node:?}"
+    );
+    let in_a: usize = ["a1", "a2", "a3"]
+        .iter()
+        .filter_map(|n| per_node.get(*n))
+        .sum();
+    assert_eq!(in_a, 2);
+}
+
+#[test]
+fn nodes_where_the_service_keeps_failing_go_last() {
+    let mut w = World::new();
+    w.create(
+        node("bad", 1 << 30, node_spec::Availability::Active, &[]),
+        0,
+    );
+    w.create(
+        node("good", 1 << 30, node_spec::Availability::Active, &[]),
+        0,
+    );
+    w.create(service(1, any_restart()), 0);
+    // Three recent failures of this service on "bad".
+    for i in 0..3 {
+        let failed = Task {
+            id: format!("old{i}"),
+            service_id: "svc".into(),
+            slot: 9,
+            node_id: "bad".into(),
+            desired_state: TaskState::Shutdown as i32,
+            status: Some(TaskStatus {
+                state: TaskState::Failed as i32,
+                timestamp_ms: 1_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        w.create(failed, 1_000);
+    }
+    let per_node = schedule_all(&mut w, 2_000);
+    assert_eq!(per_node.get("good"), Some(&1), "{per_node:?}");
+    // Long after, the failures no longer count: "bad" (emptier) is chosen.
+    let mut w2 = World::new();
+    w2.create(
+        node("bad", 1 << 30, node_spec::Availability::Active, &[]),
+        0,
+    );
+    w2.create(
+        node("good", 1 << 30, node_spec::Availability::Active, &[]),
+        0,
+    );
+    w2.create(service(1, any_restart()), 0);
+    for i in 0..3 {
+        let failed = Task {
+            id: format!("old{i}"),
+            service_id: "svc".into(),
+            slot: 9,
+            node_id: "bad".into(),
+            desired_state: TaskState::Shutdown as i32,
+            status: Some(TaskStatus {
+                state: TaskState::Failed as i32,
+                timestamp_ms: 1_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        w2.create(failed, 1_000);
+    }
+    let busy = Task {
+        id: "other".into(),
+        service_id: "elsewhere".into(),
+        node_id: "good".into(),
+        desired_state: TaskState::Running as i32,
+        status: Some(TaskStatus {
+            state: TaskState::Running as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    w2.create(busy, 0);
+    // Ten minutes later, outside the five-minute window.
+    let per_node = schedule_all(&mut w2, 1_000 + 10 * 60_000);
+    assert_eq!(per_node.get("bad"), Some(&1), "{per_node:?}");
+}
