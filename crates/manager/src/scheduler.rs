@@ -46,6 +46,11 @@ fn holds_resources(task: &Task) -> bool {
         && !TaskState::try_from(state).is_ok_and(TaskState::is_terminal)
 }
 
+/// How a candidate node ranks for a task, lowest first: recently failing,
+/// tasks of the service per spread group (one per preference), tasks of the
+/// service on the node, tasks on the node.
+type Score = (bool, Vec<usize>, usize, usize);
+
 /// A node where a service failed this many times within
 /// `FAILURE_WINDOW_MS` goes after every other node for that service.
 const FAILURES_TO_AVOID: usize = 3;
@@ -154,7 +159,7 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
             .collect();
         let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
         let prefs = preferences(&task);
-        let mut best: Option<(&Node, (bool, Vec<usize>, usize, usize))> = None;
+        let mut best: Option<(&Node, Score)> = None;
         for node in &nodes {
             if !task.node_id.is_empty() && task.node_id != node.id {
                 continue;
