@@ -781,19 +781,8 @@ fn placement_preferences_spread_tasks_evenly_over_a_labels_values_first() {
     assert_eq!(in_a, 2);
 }
 
-#[test]
-fn nodes_where_the_service_keeps_failing_go_last() {
-    let mut w = World::new();
-    w.create(
-        node("bad", 1 << 30, node_spec::Availability::Active, &[]),
-        0,
-    );
-    w.create(
-        node("good", 1 << 30, node_spec::Availability::Active, &[]),
-        0,
-    );
-    w.create(service(1, any_restart()), 0);
-    // Three recent failures of this service on "bad".
+/// Three failed tasks of the service on node "bad", at t = 1 s.
+fn three_failures_on_bad_at_1s(w: &mut World) {
     for i in 0..3 {
         let failed = Task {
             id: format!("old{i}"),
@@ -810,6 +799,22 @@ fn nodes_where_the_service_keeps_failing_go_last() {
         };
         w.create(failed, 1_000);
     }
+}
+
+#[test]
+fn nodes_where_the_service_keeps_failing_go_last() {
+    let mut w = World::new();
+    w.create(
+        node("bad", 1 << 30, node_spec::Availability::Active, &[]),
+        0,
+    );
+    w.create(
+        node("good", 1 << 30, node_spec::Availability::Active, &[]),
+        0,
+    );
+    w.create(service(1, any_restart()), 0);
+    // Three recent failures of this service on "bad".
+    three_failures_on_bad_at_1s(&mut w);
     let per_node = schedule_all(&mut w, 2_000);
     assert_eq!(per_node.get("good"), Some(&1), "{per_node:?}");
     // Long after, the failures no longer count: "bad" (emptier) is chosen.
@@ -823,22 +828,7 @@ fn nodes_where_the_service_keeps_failing_go_last() {
         0,
     );
     w2.create(service(1, any_restart()), 0);
-    for i in 0..3 {
-        let failed = Task {
-            id: format!("old{i}"),
-            service_id: "svc".into(),
-            slot: 9,
-            node_id: "bad".into(),
-            desired_state: TaskState::Shutdown as i32,
-            status: Some(TaskStatus {
-                state: TaskState::Failed as i32,
-                timestamp_ms: 1_000,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        w2.create(failed, 1_000);
-    }
+    three_failures_on_bad_at_1s(&mut w2);
     let busy = Task {
         id: "other".into(),
         service_id: "elsewhere".into(),
