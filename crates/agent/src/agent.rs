@@ -38,6 +38,8 @@ const REPORT_QUEUE: usize = 1_024;
 const MAX_UNSENT_REPORTS: usize = 16_384;
 const RECONNECT_MIN_MS: u64 = 100;
 const RECONNECT_MAX_MS: u64 = 5_000;
+/// Heartbeat period until the dispatcher says otherwise.
+const INITIAL_HEARTBEAT_MS: u64 = 5_000;
 /// A task's stop grace period when its spec sets none.
 const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
 
@@ -130,7 +132,8 @@ pub async fn run(
         };
         backoff = RECONNECT_MIN_MS;
         let mut session_id = String::new();
-        let mut heartbeat = tokio::time::interval(Duration::from_millis(DEFAULT_STOP_GRACE_MS));
+        // Replaced by the period the dispatcher sends in its first message.
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(INITIAL_HEARTBEAT_MS));
         // The session: until it breaks or the agent stops.
         loop {
             tokio::select! {
