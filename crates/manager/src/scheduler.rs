@@ -86,7 +86,8 @@ fn preferences(task: &Task) -> Vec<String> {
 /// for the ones that do not (only when the explanation changed).
 pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
     let nodes: Vec<&Node> = view.nodes().collect();
-    let mut loads: BTreeMap<String, Load> = nodes
+    // What each node has left, indexed like `nodes`.
+    let mut loads: Vec<Load> = nodes
         .iter()
         .map(|n| {
             let r = n
@@ -94,21 +95,23 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
                 .as_ref()
                 .and_then(|d| d.resources)
                 .unwrap_or_default();
-            (
-                n.id.clone(),
-                Load {
-                    cpu_left: r.nano_cpus,
-                    memory_left: r.memory_bytes,
-                    ..Default::default()
-                },
-            )
+            Load {
+                cpu_left: r.nano_cpus,
+                memory_left: r.memory_bytes,
+                ..Default::default()
+            }
         })
+        .collect();
+    let index_of: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
         .collect();
     let node_by_id: HashMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), *n)).collect();
     // Tasks of a service per value of each spread descriptor it uses.
     let mut spread: HashMap<(String, String, String), usize> = HashMap::new();
-    // Recent failures of a service per node.
-    let mut failures: HashMap<(String, String), usize> = HashMap::new();
+    // Recent failures per service, per node.
+    let mut failures: HashMap<String, HashMap<String, usize>> = HashMap::new();
     let mut pending = Vec::new();
     for t in view.tasks() {
         let state = t.observed();
@@ -117,7 +120,9 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
             && stamp >= now_ms - FAILURE_WINDOW_MS
         {
             *failures
-                .entry((t.service_id.clone(), t.node_id.clone()))
+                .entry(t.service_id.clone())
+                .or_default()
+                .entry(t.node_id.clone())
                 .or_default() += 1;
         }
         if holds_resources(&t) {
@@ -129,7 +134,7 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
                         .or_default() += 1;
                 }
             }
-            if let Some(load) = loads.get_mut(&t.node_id) {
+            if let Some(load) = index_of.get(t.node_id.as_str()).map(|i| &mut loads[*i]) {
                 let (cpu, mem) = reservations(&t);
                 load.cpu_left -= cpu;
                 load.memory_left -= mem;
@@ -159,12 +164,13 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
             .collect();
         let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
         let prefs = preferences(&task);
-        let mut best: Option<(&Node, Score)> = None;
-        for node in &nodes {
+        let service_failures = failures.get(&task.service_id);
+        let mut best: Option<(usize, Score)> = None;
+        for (index, node) in nodes.iter().enumerate() {
             if !task.node_id.is_empty() && task.node_id != node.id {
                 continue;
             }
-            let load = &loads[&node.id];
+            let load = &loads[index];
             let reason = if node.status.as_ref().map(|s| s.state)
                 != Some(node_status::State::Ready as i32)
             {
@@ -196,8 +202,8 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
                     // Order: nodes where the service keeps failing last; then
                     // the emptiest group of each spread preference, in order;
                     // then fewest tasks of the service; then fewest tasks.
-                    let failing = failures
-                        .get(&(task.service_id.clone(), node.id.clone()))
+                    let failing = service_failures
+                        .and_then(|f| f.get(&node.id))
                         .is_some_and(|n| *n >= FAILURES_TO_AVOID);
                     let groups = prefs
                         .iter()
@@ -213,13 +219,14 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
                         load.tasks,
                     );
                     if best.as_ref().is_none_or(|(_, s)| score < *s) {
-                        best = Some((node, score));
+                        best = Some((index, score));
                     }
                 }
             }
         }
         match best {
-            Some((node, _)) => {
+            Some((index, _)) => {
+                let node = nodes[index];
                 for descriptor in &prefs {
                     let key = (
                         task.service_id.clone(),
@@ -228,7 +235,7 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
                     );
                     *spread.entry(key).or_default() += 1;
                 }
-                let load = loads.get_mut(&node.id).expect("loads has every node");
+                let load = &mut loads[index];
                 load.cpu_left -= cpu;
                 load.memory_left -= mem;
                 load.tasks += 1;
