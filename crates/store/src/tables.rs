@@ -42,7 +42,9 @@ impl<T> Default for Table<T> {
 #[derive(Debug, Clone)]
 struct StoredTask {
     encoded: Box<[u8]>,
-    version: u64,
+    /// The task's meta, kept decoded: version checks and updates read it on
+    /// every write, and must not pay a decode for it.
+    meta: Meta,
     spec: Arc<TaskSpec>,
 }
 
@@ -51,7 +53,7 @@ impl StoredTask {
         debug_assert!(bare.spec.is_none());
         StoredTask {
             encoded: bare.encode_to_vec().into_boxed_slice(),
-            version: bare.meta.as_ref().map_or(0, |m| m.version),
+            meta: bare.meta.unwrap_or_default(),
             spec,
         }
     }
@@ -327,16 +329,16 @@ impl Tables {
         out
     }
 
-    /// The current version of an object, if it exists.
-    fn current_version(&self, kind: ObjectKind, id: &str) -> Option<u64> {
+    /// The current meta of an object, if it exists (read in place).
+    fn current_meta(&self, kind: ObjectKind, id: &str) -> Option<Meta> {
         let meta = match kind {
-            ObjectKind::Cluster => self.clusters.by_id.get(id)?.meta.as_ref(),
-            ObjectKind::Node => self.nodes.by_id.get(id)?.meta.as_ref(),
-            ObjectKind::Service => self.services.by_id.get(id)?.meta.as_ref(),
-            ObjectKind::Network => self.networks.by_id.get(id)?.meta.as_ref(),
-            ObjectKind::Task => return Some(self.tasks.by_id.get(id)?.version),
+            ObjectKind::Cluster => self.clusters.by_id.get(id)?.meta,
+            ObjectKind::Node => self.nodes.by_id.get(id)?.meta,
+            ObjectKind::Service => self.services.by_id.get(id)?.meta,
+            ObjectKind::Network => self.networks.by_id.get(id)?.meta,
+            ObjectKind::Task => Some(self.tasks.by_id.get(id)?.meta),
         };
-        Some(meta.map_or(0, |m| m.version))
+        Some(meta.unwrap_or_default())
     }
 
     fn name_owner(&self, kind: ObjectKind, name: &str) -> Option<&String> {
@@ -387,7 +389,7 @@ impl Tables {
                     "{kind} {id} is changed twice in one transaction"
                 )));
             }
-            let current = self.current_version(kind, id);
+            let current = self.current_meta(kind, id).map(|m| m.version);
             let expected = target.version();
             match action_kind {
                 store_action::Kind::Create => {
@@ -518,9 +520,8 @@ impl Tables {
             }
             store_action::Kind::Create => now_ms,
             store_action::Kind::Update => self
-                .get_object(kind, &id)
-                .and_then(|o| o.meta().map(|m| m.created_at_ms))
-                .unwrap_or(now_ms),
+                .current_meta(kind, &id)
+                .map_or(now_ms, |m| m.created_at_ms),
         };
         if let Some(meta) = target.meta_mut() {
             *meta = Meta {
@@ -560,16 +561,6 @@ impl Tables {
             object,
             version,
             timestamp_ms: now_ms,
-        })
-    }
-
-    fn get_object(&self, kind: ObjectKind, id: &str) -> Option<Object> {
-        Some(match kind {
-            ObjectKind::Cluster => self.clusters.by_id.get(id)?.clone().into(),
-            ObjectKind::Node => self.nodes.by_id.get(id)?.clone().into(),
-            ObjectKind::Service => self.services.by_id.get(id)?.clone().into(),
-            ObjectKind::Network => self.networks.by_id.get(id)?.clone().into(),
-            ObjectKind::Task => self.task(id)?.into(),
         })
     }
 
@@ -719,8 +710,10 @@ impl Tables {
             if t.spec.is_some() {
                 return Err(format!("task {id} keeps its own spec copy"));
             }
-            if t.meta.as_ref().map_or(0, |m| m.version) != stored.version {
-                return Err(format!("task {id}: stored version disagrees with its meta"));
+            if t.meta.unwrap_or_default() != stored.meta {
+                return Err(format!(
+                    "task {id}: stored meta disagrees with the encoded task"
+                ));
             }
             if !t.service_id.is_empty() {
                 by_service
