@@ -131,7 +131,10 @@ impl Node {
 macro_rules! into_object {
     ($($t:ident),*) => {
         $(impl From<$t> for Object {
-            fn from(o: $t) -> Object { Object { kind: Some(object::Kind::$t(o)) } }
+            fn from(o: $t) -> Object { Object { kind: Some(object::Kind::$t(Box::new(o))) } }
+        }
+        impl From<Box<$t>> for Object {
+            fn from(o: Box<$t>) -> Object { Object { kind: Some(object::Kind::$t(o)) } }
         })*
     };
 }

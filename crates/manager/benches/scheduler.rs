@@ -2,14 +2,19 @@
 //! benchmark 1): N ready nodes, T pending tasks each of its own service; time
 //! from the pending tasks being in the store until all T are ASSIGNED.
 //!
+//! Sizes are `NODESxTASKS`, with a suffix: `c` puts a constraint on every
+//! task that one node in three matches (`node.labels.tier==a`), `s` makes
+//! the tasks replicas of one service instead of one service each.
+//!
 //! `cargo bench -p shoal-manager --bench scheduler` (SHOAL_BENCH_SIZES, e.g.
-//! `1000x10000,5000x10000`, picks the sizes).
+//! `1000x10000,5000x100000c`, picks the sizes).
 
 use std::time::Instant;
 
 use shoal_api::{
     node_spec, node_status, store_action, Annotations, Batch, Node, NodeDescription, NodeSpec,
-    NodeStatus, Resources, StoreAction, Task, TaskSpec, TaskState, TaskStatus, Transaction,
+    NodeStatus, Placement, Resources, StoreAction, Task, TaskSpec, TaskState, TaskStatus,
+    Transaction,
 };
 use shoal_store::Store;
 
@@ -20,21 +25,23 @@ fn create(object: impl Into<shoal_api::Object>) -> StoreAction {
     }
 }
 
-fn run(nodes: usize, tasks: usize) {
+fn run(nodes: usize, tasks: usize, constrained: bool, one_service: bool) {
     let store = Store::new();
     let mut version = 0;
-    let mut apply = |actions: Vec<StoreAction>| {
-        for part in actions.chunks(10_000) {
+    let mut apply = |mut actions: Vec<StoreAction>| {
+        while !actions.is_empty() {
+            let rest = actions.split_off(actions.len().min(10_000));
             version += 1;
             store.apply(
                 version,
                 Batch {
                     transactions: vec![Transaction {
-                        actions: part.to_vec(),
+                        actions,
                         timestamp_ms: 0,
                     }],
                 },
             );
+            actions = rest;
         }
     };
     apply(
@@ -43,7 +50,11 @@ fn run(nodes: usize, tasks: usize) {
                 create(Node {
                     id: format!("n{i:06}"),
                     spec: Some(NodeSpec {
-                        annotations: Some(Annotations::default()),
+                        annotations: Some(Annotations {
+                            name: String::new(),
+                            labels: [("tier".to_string(), ["a", "b", "c"][i % 3].to_string())]
+                                .into(),
+                        }),
                         availability: node_spec::Availability::Active as i32,
                         ..Default::default()
                     }),
@@ -68,9 +79,19 @@ fn run(nodes: usize, tasks: usize) {
             .map(|i| {
                 create(Task {
                     id: format!("t{i:08}"),
-                    service_id: format!("s{i:08}"),
-                    slot: 1,
-                    spec: Some(TaskSpec::default()),
+                    service_id: if one_service {
+                        "s".to_string()
+                    } else {
+                        format!("s{i:08}")
+                    },
+                    slot: if one_service { i as u64 + 1 } else { 1 },
+                    spec: Some(TaskSpec {
+                        placement: constrained.then(|| Placement {
+                            constraints: vec!["node.labels.tier==a".into()],
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
                     desired_state: TaskState::Running as i32,
                     status: Some(TaskStatus {
                         state: TaskState::Pending as i32,
@@ -88,8 +109,13 @@ fn run(nodes: usize, tasks: usize) {
     apply(actions);
     let total = start.elapsed();
     assert_eq!(placed, tasks, "every task fits somewhere");
+    let shape = match (constrained, one_service) {
+        (true, _) => " (constraint matching 1 node in 3)",
+        (_, true) => " (one service)",
+        _ => "",
+    };
     println!(
-        "{nodes} nodes x {tasks} tasks: all ASSIGNED in {:.3} s ({:.0} placements/s; decision {:.3} s, applying {:.3} s)",
+        "{nodes} nodes x {tasks} tasks{shape}: all ASSIGNED in {:.3} s ({:.0} placements/s; decision {:.3} s, applying {:.3} s)",
         total.as_secs_f64(),
         tasks as f64 / total.as_secs_f64(),
         decided.as_secs_f64(),
@@ -98,15 +124,19 @@ fn run(nodes: usize, tasks: usize) {
 }
 
 fn main() {
-    let sizes = std::env::var("SHOAL_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000x10000,5000x10000,1000x100000".into());
+    let sizes = std::env::var("SHOAL_BENCH_SIZES").unwrap_or_else(|_| {
+        "1000x10000,1000x100000,100000x100000,5000x100000c,5000x100000s".into()
+    });
     for size in sizes.split(',') {
-        let Some((n, t)) = size.split_once('x') else {
+        let size = size.trim();
+        let constrained = size.ends_with('c');
+        let one_service = size.ends_with('s');
+        let Some((n, t)) = size.trim_end_matches(['c', 's']).split_once('x') else {
             continue;
         };
-        let (Ok(n), Ok(t)) = (n.trim().parse(), t.trim().parse()) else {
+        let (Ok(n), Ok(t)) = (n.parse(), t.parse()) else {
             continue;
         };
-        run(n, t);
+        run(n, t, constrained, one_service);
     }
 }

@@ -74,32 +74,36 @@ impl Constraint {
     /// Whether `node` satisfies the constraint. Values compare
     /// case-insensitively, except label values and ids.
     pub fn matches(&self, node: &Node) -> bool {
+        // Borrowed, not copied: the scheduler asks this for every candidate
+        // node of every task group.
         let description = node.description.as_ref();
-        let actual: Option<String> = match self.key.as_str() {
-            "node.id" => Some(node.id.clone()),
-            "node.hostname" => description.map(|d| d.hostname.clone()),
-            "node.role" => Some(
-                NodeRole::try_from(node.role)
+        let role;
+        let actual: Option<&str> = match self.key.as_str() {
+            "node.id" => Some(node.id.as_str()),
+            "node.hostname" => description.map(|d| d.hostname.as_str()),
+            "node.role" => {
+                role = NodeRole::try_from(node.role)
                     .unwrap_or(NodeRole::Worker)
-                    .as_str_name()
-                    .to_ascii_lowercase(),
-            ),
+                    .as_str_name();
+                Some(role)
+            }
             "node.platform.os" => description
                 .and_then(|d| d.platform.as_ref())
-                .map(|p| p.os.clone()),
+                .map(|p| p.os.as_str()),
             "node.platform.arch" => description
                 .and_then(|d| d.platform.as_ref())
-                .map(|p| p.architecture.clone()),
+                .map(|p| p.architecture.as_str()),
             key => key.strip_prefix("node.labels.").and_then(|label| {
                 node.spec
                     .as_ref()
                     .and_then(|s| s.annotations.as_ref())
-                    .and_then(|a| a.labels.get(label).cloned())
+                    .and_then(|a| a.labels.get(label))
+                    .map(String::as_str)
             }),
         };
-        let equal = match &actual {
+        let equal = match actual {
             Some(v) if self.key.starts_with("node.labels.") || self.key == "node.id" => {
-                *v == self.value
+                v == self.value
             }
             Some(v) => v.eq_ignore_ascii_case(&self.value),
             None => false,

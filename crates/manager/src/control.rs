@@ -103,7 +103,7 @@ impl ControlApi {
 
     fn service(&self, reference: &str) -> Result<Service, ApiError> {
         match self.lookup(ObjectKind::Service, reference)?.kind {
-            Some(object::Kind::Service(s)) => Ok(s),
+            Some(object::Kind::Service(s)) => Ok(*s),
             _ => Err(ApiError::Internal("lookup returned another kind".into())),
         }
     }
@@ -336,7 +336,7 @@ impl Control for ControlApi {
             .lookup(ObjectKind::Task, &request.into_inner().reference)?
             .kind
         {
-            Some(object::Kind::Task(task)) => Ok(Response::new(TaskResponse { task: Some(task) })),
+            Some(object::Kind::Task(task)) => Ok(Response::new(TaskResponse { task: Some(*task) })),
             _ => Err(ApiError::Internal("lookup returned another kind".into()).into()),
         }
     }
@@ -378,7 +378,7 @@ impl Control for ControlApi {
             .lookup(ObjectKind::Node, &request.into_inner().reference)?
             .kind
         {
-            Some(object::Kind::Node(node)) => Ok(Response::new(NodeResponse { node: Some(node) })),
+            Some(object::Kind::Node(node)) => Ok(Response::new(NodeResponse { node: Some(*node) })),
             _ => Err(ApiError::Internal("lookup returned another kind".into()).into()),
         }
     }
@@ -522,7 +522,7 @@ impl Control for ControlApi {
             .kind
         {
             Some(object::Kind::Network(n)) => {
-                Ok(Response::new(NetworkResponse { network: Some(n) }))
+                Ok(Response::new(NetworkResponse { network: Some(*n) }))
             }
             _ => Err(ApiError::Internal("lookup returned another kind".into()).into()),
         }

@@ -494,7 +494,7 @@ fn a_task_no_node_can_take_stays_pending_and_says_why() {
     assert_eq!(status.state, TaskState::Pending as i32);
     assert_eq!(
         status.err,
-        "no suitable node (constraint node.labels.zone==a not satisfied on 2 nodes; insufficient memory on 1 node)"
+        "no suitable node (insufficient memory on 2 nodes; constraint node.labels.zone==a not satisfied on 1 node)"
     );
     assert!(
         scheduler::decide(&w.store.view(), 40).is_empty(),

@@ -4,6 +4,7 @@
 //! give the same tables on every manager.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use prost::Message;
@@ -46,20 +47,15 @@ struct StoredTask {
     /// every write, and must not pay a decode for it.
     meta: Meta,
     spec: Arc<TaskSpec>,
+    /// Its keys in the service and node indexes (shared with them): an
+    /// update finds what to re-index without decoding the old task.
+    service: Option<Arc<str>>,
+    node: Option<Arc<str>>,
 }
 
 impl StoredTask {
-    fn new(bare: &Task, spec: Arc<TaskSpec>) -> StoredTask {
-        debug_assert!(bare.spec.is_none());
-        StoredTask {
-            encoded: bare.encode_to_vec().into_boxed_slice(),
-            meta: bare.meta.unwrap_or_default(),
-            spec,
-        }
-    }
-
-    /// The task without its spec. The bytes were encoded by `new` (or checked
-    /// when a snapshot was loaded), so decoding cannot fail.
+    /// The task without its spec. The bytes were encoded by `insert` (or
+    /// checked when a snapshot was loaded), so decoding cannot fail.
     fn bare(&self) -> Task {
         Task::decode(&*self.encoded).unwrap_or_default()
     }
@@ -71,11 +67,52 @@ impl StoredTask {
     }
 }
 
+/// Task ids per service or per node.
+type TaskIndex = HashMap<Arc<str>, BTreeSet<Arc<str>>>;
+
+/// Adds `id` under `key` (none for an empty key); returns the index's key.
+fn index_under(index: &mut TaskIndex, key: &str, id: &Arc<str>) -> Option<Arc<str>> {
+    if key.is_empty() {
+        return None;
+    }
+    if let Some(set) = index.get_mut(key) {
+        set.insert(Arc::clone(id));
+        return index.get_key_value(key).map(|(k, _)| Arc::clone(k));
+    }
+    let key: Arc<str> = Arc::from(key);
+    index.insert(Arc::clone(&key), BTreeSet::from([Arc::clone(id)]));
+    Some(key)
+}
+
+fn unindex(index: &mut TaskIndex, key: Option<&Arc<str>>, id: &str) {
+    let Some(key) = key else { return };
+    if let Some(set) = index.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// Moves `id` from `old` to `new` in `index`, unless they are the same key.
+fn reindex(
+    index: &mut TaskIndex,
+    old: Option<Arc<str>>,
+    new: &str,
+    id: &Arc<str>,
+) -> Option<Arc<str>> {
+    if old.as_deref().unwrap_or("") == new {
+        return old;
+    }
+    unindex(index, old.as_ref(), id);
+    index_under(index, new, id)
+}
+
 #[derive(Debug, Default, Clone)]
 struct TaskTable {
     by_id: BTreeMap<Arc<str>, StoredTask>,
-    by_service: HashMap<String, BTreeSet<Arc<str>>>,
-    by_node: HashMap<String, BTreeSet<Arc<str>>>,
+    by_service: TaskIndex,
+    by_node: TaskIndex,
     /// The last spec seen per service: a new task whose spec equals it shares it.
     spec_cache: HashMap<String, Arc<TaskSpec>>,
 }
@@ -92,41 +129,51 @@ impl TaskTable {
                 spec
             }
         };
-        let id: Arc<str> = Arc::from(task.id.as_str());
-        self.remove(&task.id);
-        self.index(&id, &task);
-        self.by_id.insert(id, StoredTask::new(&task, spec));
+        self.store(task, spec);
     }
 
-    fn index(&mut self, id: &Arc<str>, task: &Task) {
-        if !task.service_id.is_empty() {
-            self.by_service
-                .entry(task.service_id.clone())
-                .or_default()
-                .insert(Arc::clone(id));
+    /// Stores a task (without its spec) and indexes it.
+    fn store(&mut self, task: Task, spec: Arc<TaskSpec>) {
+        debug_assert!(task.spec.is_none());
+        let encoded = task.encode_to_vec().into_boxed_slice();
+        let meta = task.meta.unwrap_or_default();
+        // An update finds its task once and changes it in place: the table
+        // is searched by string compares, and it is the largest one.
+        let key = task.id.as_str();
+        let existing = self
+            .by_id
+            .range_mut::<str, _>((Bound::Included(key), Bound::Included(key)))
+            .next();
+        if let Some((id, stored)) = existing {
+            stored.service = reindex(
+                &mut self.by_service,
+                stored.service.take(),
+                &task.service_id,
+                id,
+            );
+            stored.node = reindex(&mut self.by_node, stored.node.take(), &task.node_id, id);
+            stored.encoded = encoded;
+            stored.meta = meta;
+            stored.spec = spec;
+            return;
         }
-        if !task.node_id.is_empty() {
-            self.by_node
-                .entry(task.node_id.clone())
-                .or_default()
-                .insert(Arc::clone(id));
-        }
+        let id: Arc<str> = Arc::from(key);
+        let service = index_under(&mut self.by_service, &task.service_id, &id);
+        let node = index_under(&mut self.by_node, &task.node_id, &id);
+        let stored = StoredTask {
+            encoded,
+            meta,
+            spec,
+            service,
+            node,
+        };
+        self.by_id.insert(id, stored);
     }
 
     fn remove(&mut self, id: &str) -> Option<StoredTask> {
-        let old = self.by_id.remove(id)?;
-        let bare = old.bare();
-        for (index, key) in [
-            (&mut self.by_service, &bare.service_id),
-            (&mut self.by_node, &bare.node_id),
-        ] {
-            if let Some(set) = index.get_mut(key) {
-                set.remove(id);
-                if set.is_empty() {
-                    index.remove(key);
-                }
-            }
-        }
+        let (_, old) = self.by_id.remove_entry(id)?;
+        unindex(&mut self.by_service, old.service.as_ref(), id);
+        unindex(&mut self.by_node, old.node.as_ref(), id);
         Some(old)
     }
 }
@@ -216,6 +263,12 @@ impl Tables {
     pub fn tasks(&self) -> impl Iterator<Item = Task> + '_ {
         self.tasks.by_id.values().map(StoredTask::to_task)
     }
+    /// Every task without its spec, with the spec it shares with the other
+    /// tasks made from the same one, in id order: for passes over every task
+    /// that must not pay for a copy of each spec.
+    pub fn tasks_sharing_specs(&self) -> impl Iterator<Item = (Task, &Arc<TaskSpec>)> + '_ {
+        self.tasks.by_id.values().map(|t| (t.bare(), &t.spec))
+    }
     /// The tasks of one service, through the service index.
     pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = Task> + 'a {
         self.task_index(&self.tasks.by_service, service_id)
@@ -226,7 +279,7 @@ impl Tables {
     }
     fn task_index<'a>(
         &'a self,
-        index: &'a HashMap<String, BTreeSet<Arc<str>>>,
+        index: &'a TaskIndex,
         key: &str,
     ) -> impl Iterator<Item = Task> + 'a {
         index
@@ -577,11 +630,11 @@ impl Tables {
         let id = object.id().to_string();
         let name = object.name().map(str::to_string);
         match object.kind {
-            Some(object::Kind::Cluster(o)) => put(&mut self.clusters, id, name, o),
-            Some(object::Kind::Node(o)) => put(&mut self.nodes, id, name, o),
-            Some(object::Kind::Service(o)) => put(&mut self.services, id, name, o),
-            Some(object::Kind::Network(o)) => put(&mut self.networks, id, name, o),
-            Some(object::Kind::Task(o)) => self.tasks.insert(o),
+            Some(object::Kind::Cluster(o)) => put(&mut self.clusters, id, name, *o),
+            Some(object::Kind::Node(o)) => put(&mut self.nodes, id, name, *o),
+            Some(object::Kind::Service(o)) => put(&mut self.services, id, name, *o),
+            Some(object::Kind::Network(o)) => put(&mut self.networks, id, name, *o),
+            Some(object::Kind::Task(o)) => self.tasks.insert(*o),
             None => {}
         }
     }
@@ -667,13 +720,11 @@ impl Tables {
                 ))
             })?;
             task.spec = None;
-            let id: Arc<str> = Arc::from(task.id.as_str());
-            tables.tasks.index(&id, &task);
             tables
                 .tasks
                 .spec_cache
                 .insert(task.service_id.clone(), Arc::clone(&spec));
-            tables.tasks.by_id.insert(id, StoredTask::new(&task, spec));
+            tables.tasks.store(task, spec);
         }
         Ok(tables)
     }
@@ -703,8 +754,8 @@ impl Tables {
         names(&self.nodes, "node")?;
         names(&self.services, "service")?;
         names(&self.networks, "network")?;
-        let mut by_service: HashMap<String, BTreeSet<Arc<str>>> = HashMap::new();
-        let mut by_node: HashMap<String, BTreeSet<Arc<str>>> = HashMap::new();
+        let mut by_service: TaskIndex = HashMap::new();
+        let mut by_node: TaskIndex = HashMap::new();
         for (id, stored) in &self.tasks.by_id {
             let t = Task::decode(&*stored.encoded).map_err(|e| format!("task {id}: {e}"))?;
             if t.spec.is_some() {
@@ -715,18 +766,15 @@ impl Tables {
                     "task {id}: stored meta disagrees with the encoded task"
                 ));
             }
-            if !t.service_id.is_empty() {
-                by_service
-                    .entry(t.service_id.clone())
-                    .or_default()
-                    .insert(id.clone());
+            if stored.service.as_deref().unwrap_or("") != t.service_id
+                || stored.node.as_deref().unwrap_or("") != t.node_id
+            {
+                return Err(format!(
+                    "task {id}: stored index keys disagree with the task"
+                ));
             }
-            if !t.node_id.is_empty() {
-                by_node
-                    .entry(t.node_id.clone())
-                    .or_default()
-                    .insert(id.clone());
-            }
+            index_under(&mut by_service, &t.service_id, id);
+            index_under(&mut by_node, &t.node_id, id);
         }
         if by_service != self.tasks.by_service {
             return Err("task service index disagrees with the table".into());
