@@ -132,7 +132,8 @@ pub struct ListFlags {
     /// Placement preference, spread=node.labels.KEY (repeatable, in order).
     #[arg(long = "placement-pref", value_name = "spread=LABEL")]
     pub placement_prefs: Vec<String>,
-    /// Publish a port, PUBLISHED:TARGET[/tcp|udp] (repeatable).
+    /// Publish a port, PUBLISHED:TARGET[/tcp|udp] or
+    /// published=P,target=T[,protocol=tcp|udp][,mode=ingress|host] (repeatable).
     #[arg(long = "publish", short = 'p', value_parser = parse::port, value_name = "PORT")]
     pub publish: Vec<PortConfig>,
     /// Attach to a network (repeatable).

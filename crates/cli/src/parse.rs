@@ -76,8 +76,12 @@ pub fn nano_cpus(text: &str) -> Result<i64, String> {
     Ok((value * 1e9).round() as i64)
 }
 
-/// `PUBLISHED:TARGET[/tcp|udp]`, or `TARGET[/proto]` alone.
+/// `PUBLISHED:TARGET[/tcp|udp]`, or `TARGET[/proto]` alone; or the long
+/// form `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]`.
 pub fn port(text: &str) -> Result<PortConfig, String> {
+    if text.contains('=') {
+        return long_port(text);
+    }
     let bad = |why: &str| format!("{text:?}: {why} (expected PUBLISHED:TARGET[/tcp|udp])");
     let (ports, protocol) = match text.split_once('/') {
         Some((p, "tcp")) => (p, port_config::Protocol::Tcp),
@@ -105,6 +109,47 @@ pub fn port(text: &str) -> Result<PortConfig, String> {
         published_port: published,
         publish_mode: port_config::PublishMode::Ingress as i32,
     })
+}
+
+fn long_port(text: &str) -> Result<PortConfig, String> {
+    let bad = |why: &str| {
+        format!(
+            "{text:?}: {why} (expected published=P,target=T[,protocol=tcp|udp][,mode=ingress|host])"
+        )
+    };
+    let number = |key: &str, p: &str| -> Result<u32, String> {
+        let n: u32 = p
+            .parse()
+            .map_err(|_| bad(&format!("{key} {p:?} is not a port number")))?;
+        if n == 0 || n > 65_535 {
+            return Err(bad(&format!("{key} port {n} is out of range 1-65535")));
+        }
+        Ok(n)
+    };
+    let mut port = PortConfig {
+        protocol: port_config::Protocol::Tcp as i32,
+        publish_mode: port_config::PublishMode::Ingress as i32,
+        ..Default::default()
+    };
+    for field in text.split(',') {
+        let (key, value) = field
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("{field:?} is not KEY=VALUE")))?;
+        match (key.trim(), value.trim()) {
+            ("published", v) => port.published_port = number("published", v)?,
+            ("target", v) => port.target_port = number("target", v)?,
+            ("protocol", "tcp") => port.protocol = port_config::Protocol::Tcp as i32,
+            ("protocol", "udp") => port.protocol = port_config::Protocol::Udp as i32,
+            ("mode", "ingress") => port.publish_mode = port_config::PublishMode::Ingress as i32,
+            ("mode", "host") => port.publish_mode = port_config::PublishMode::Host as i32,
+            ("protocol" | "mode", v) => return Err(bad(&format!("unknown {key} {v:?}"))),
+            (k, _) => return Err(bad(&format!("unknown key {k:?}"))),
+        }
+    }
+    if port.target_port == 0 {
+        return Err(bad("target is required"));
+    }
+    Ok(port)
 }
 
 /// `KEY=VALUE` with a non-empty key.
@@ -164,6 +209,23 @@ mod tests {
         assert_eq!(nano_cpus("2"), Ok(2_000_000_000));
         assert!(nano_cpus("-1").is_err());
         assert!(nano_cpus("half").is_err());
+    }
+
+    #[test]
+    fn ports_take_the_long_form_with_host_mode() {
+        let p = port("published=8080,target=80,mode=host,protocol=udp").unwrap();
+        assert_eq!((p.published_port, p.target_port), (8080, 80));
+        assert_eq!(p.publish_mode, port_config::PublishMode::Host as i32);
+        assert_eq!(p.protocol, port_config::Protocol::Udp as i32);
+        assert!(port("published=8080,target=80,mode=bridge")
+            .unwrap_err()
+            .contains("unknown mode \"bridge\""));
+        assert!(port("published=8080")
+            .unwrap_err()
+            .contains("target is required"));
+        assert!(port("published=8080,target=70000")
+            .unwrap_err()
+            .contains("target port 70000 is out of range"));
     }
 
     #[test]

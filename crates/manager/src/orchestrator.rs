@@ -14,7 +14,7 @@
 //! [`decide`] is pure: a store view and the time in, one transaction per
 //! service out, plus when to look again for delayed restarts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shoal_api::{
     restart_policy, store_action, Node, RestartPolicy, Service, ServiceMode, StoreAction, Task,
@@ -195,9 +195,64 @@ fn should_restart(service: &Service, history: &[&Task], ended: &Task, now_ms: i6
 }
 
 /// Decides the tasks of every service. `new_id` makes task ids (seeded in tests).
+/// Tasks that must leave their node because it no longer has the CPU or
+/// memory their reservations add up to (its agent reported less): the
+/// newest go first, until the rest fit.
+fn evicted_for_resources(view: &Tables) -> HashSet<String> {
+    let mut on_node: HashMap<&str, Vec<(i64, String, i64, i64)>> = HashMap::new();
+    let nodes: HashMap<&str, &Node> = view.nodes().map(|n| (n.id.as_str(), n)).collect();
+    for (t, spec) in view.tasks_sharing_specs() {
+        let state = t.observed();
+        if t.node_id.is_empty()
+            || state < TaskState::Assigned
+            || state.is_terminal()
+            || t.desired_state > TaskState::Running as i32
+        {
+            continue;
+        }
+        let r = spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.reservations)
+            .unwrap_or_default();
+        if r.nano_cpus == 0 && r.memory_bytes == 0 {
+            continue;
+        }
+        if let Some((id, _)) = nodes.get_key_value(t.node_id.as_str()) {
+            on_node.entry(id).or_default().push((
+                created_at(&t),
+                t.id,
+                r.nano_cpus,
+                r.memory_bytes,
+            ));
+        }
+    }
+    let mut evicted = HashSet::new();
+    for (node_id, mut tasks) in on_node {
+        let capacity = nodes
+            .get(node_id)
+            .and_then(|n| n.description.as_ref())
+            .and_then(|d| d.resources)
+            .unwrap_or_default();
+        let mut cpu: i64 = tasks.iter().map(|t| t.2).sum();
+        let mut memory: i64 = tasks.iter().map(|t| t.3).sum();
+        tasks.sort();
+        while cpu > capacity.nano_cpus || memory > capacity.memory_bytes {
+            let Some((_, id, c, m)) = tasks.pop() else {
+                break;
+            };
+            cpu -= c;
+            memory -= m;
+            evicted.insert(id);
+        }
+    }
+    evicted
+}
+
 pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -> Decision {
     let mut decision = Decision::default();
     let nodes: Vec<&Node> = view.nodes().collect();
+    let evicted = evicted_for_resources(view);
     for service in view.services() {
         let spec = service.spec.clone().unwrap_or_default();
         let mode = ServiceMode::try_from(spec.mode).unwrap_or(ServiceMode::Replicated);
@@ -266,7 +321,8 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
             let stranded = matches!(place, Place::Slot(_))
                 && !state.is_terminal()
                 && !current.node_id.is_empty()
-                && !keeps_tasks(view.node(&current.node_id), &constraints);
+                && (!keeps_tasks(view.node(&current.node_id), &constraints)
+                    || evicted.contains(&current.id));
             if stranded || (current.spec_version < service.spec_version && !state.is_terminal()) {
                 // Moved off a node that cannot keep it, or a plain
                 // replacement of an old template (rolling updates grow here).
@@ -306,10 +362,13 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
     // Tasks whose service is gone: let them go for the reaper to remove.
     let services: HashMap<&str, ()> = view.services().map(|s| (s.id.as_str(), ())).collect();
     let orphans: Vec<StoreAction> = view
-        .tasks()
-        .filter(|t| !services.contains_key(t.service_id.as_str()))
-        .filter(|t| t.desired() != TaskState::Remove)
-        .map(|t| update(with_desired(&t, TaskState::Remove)))
+        .tasks_sharing_specs()
+        .filter(|(t, _)| !services.contains_key(t.service_id.as_str()))
+        .filter(|(t, _)| t.desired() != TaskState::Remove)
+        .map(|(mut t, spec)| {
+            t.spec = Some((**spec).clone());
+            update(with_desired(&t, TaskState::Remove))
+        })
         .collect();
     for chunk in orphans.chunks(crate::MAX_ACTIONS_PER_PASS) {
         decision.transactions.push(chunk.to_vec());

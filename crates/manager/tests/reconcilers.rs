@@ -845,3 +845,89 @@ fn nodes_where_the_service_keeps_failing_go_last() {
     let per_node = schedule_all(&mut w2, 1_000 + 10 * 60_000);
     assert_eq!(per_node.get("bad"), Some(&1), "{per_node:?}");
 }
+
+#[test]
+fn the_allocator_gives_each_task_the_ports_its_service_publishes_in_host_mode() {
+    use shoal_api::{port_config, EndpointSpec, PortConfig};
+    let mut w = World::new();
+    let mut s = service(2, any_restart());
+    let port = |published, mode: port_config::PublishMode| PortConfig {
+        name: String::new(),
+        protocol: port_config::Protocol::Tcp as i32,
+        target_port: 80,
+        published_port: published,
+        publish_mode: mode as i32,
+    };
+    s.spec.as_mut().unwrap().endpoint = Some(EndpointSpec {
+        ports: vec![
+            port(8080, port_config::PublishMode::Host),
+            port(9090, port_config::PublishMode::Ingress),
+        ],
+    });
+    w.create(s, 0);
+    w.orchestrate(10);
+    let actions = allocator::decide(&w.store.view(), 20);
+    assert_eq!(actions.len(), 2);
+    w.apply(actions, 20);
+    for t in w.tasks() {
+        assert_eq!(t.observed(), TaskState::Pending);
+        let published: Vec<u32> = t
+            .endpoint
+            .unwrap()
+            .ports
+            .iter()
+            .map(|p| p.published_port)
+            .collect();
+        assert_eq!(published, vec![8080], "only host-mode ports");
+    }
+}
+
+#[test]
+fn tasks_move_off_a_node_whose_resources_shrink_below_their_reservations_newest_first() {
+    let mut w = World::new();
+    w.create(node("n1", 4 << 30, node_spec::Availability::Active, &[]), 0);
+    let mut s = service(3, any_restart());
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().resources = Some(ResourceRequirements {
+        limits: None,
+        reservations: Some(Resources {
+            nano_cpus: 0,
+            memory_bytes: 1 << 30,
+        }),
+    });
+    w.create(s, 0);
+    assert_eq!(schedule_all(&mut w, 10).get("n1"), Some(&3));
+    for t in w.live() {
+        w.set_state(&t.id, TaskState::Running, 20);
+    }
+    // Unchanged resources: nothing moves.
+    assert!(w.orchestrate(30).transactions.is_empty());
+    let mut by_age = w.live();
+    by_age.sort_by_key(|t| (t.meta.as_ref().unwrap().created_at_ms, t.id.clone()));
+    // The agent now reports 2 GiB: one task of 1 GiB must go, the newest.
+    change_node(&mut w, "n1", |n| {
+        n.description
+            .as_mut()
+            .unwrap()
+            .resources
+            .as_mut()
+            .unwrap()
+            .memory_bytes = 2 << 30;
+    });
+    w.orchestrate(60);
+    let shut: Vec<Task> = w
+        .tasks()
+        .into_iter()
+        .filter(|t| t.desired_state == TaskState::Shutdown as i32)
+        .collect();
+    assert_eq!(shut.len(), 1, "exactly one task leaves");
+    assert_eq!(shut[0].id, by_age[2].id);
+    let replacement = w
+        .live()
+        .into_iter()
+        .find(|t| t.slot == shut[0].slot)
+        .unwrap();
+    assert!(
+        replacement.node_id.is_empty(),
+        "the replacement is scheduled anew"
+    );
+}
