@@ -28,6 +28,8 @@ use tonic::{Request, Response, Status};
 
 /// A node is DOWN after this many heartbeat periods without one.
 pub const HEARTBEAT_TTL_PERIODS: u64 = 3;
+/// Longest pause between two looks for expired sessions.
+const MONITOR_TICK_MAX_MS: u64 = 200;
 /// Messages buffered per session stream.
 const SESSION_BUFFER: usize = 64;
 /// Tries of one status write against concurrent writers.
@@ -80,7 +82,9 @@ impl Dispatcher {
                 let period = heartbeat_period_ms(&replica);
                 tokio::select! {
                     _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(period / 2)) => {}
+                    // Checked often, so a dead node is seen DOWN well within
+                    // a second of its TTL whatever the period.
+                    _ = tokio::time::sleep(Duration::from_millis((period / 4).clamp(10, MONITOR_TICK_MAX_MS))) => {}
                 }
                 let ttl = Duration::from_millis(period * HEARTBEAT_TTL_PERIODS);
                 let expired: Vec<String> = {

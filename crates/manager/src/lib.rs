@@ -13,6 +13,7 @@ mod control;
 mod dispatcher;
 mod error;
 mod identity;
+pub mod leader;
 mod logs;
 pub mod orchestrator;
 pub mod reaper;

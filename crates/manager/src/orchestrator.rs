@@ -142,10 +142,14 @@ fn restart_policy(service: &Service) -> RestartPolicy {
         })
 }
 
-/// How long the replacement of a task that ended in `ended` waits.
+/// How long the replacement of a task that ended in `ended` waits. A task
+/// lost with its node did not fail: its replacement starts at once (the
+/// delay is there to slow a crash loop, and node loss is not one).
 fn restart_delay_ms(service: &Service, ended: TaskState) -> u64 {
     let delay = restart_policy(service).delay_ms;
-    if ended == TaskState::Rejected {
+    if ended == TaskState::Orphaned {
+        0
+    } else if ended == TaskState::Rejected {
         delay.max(MIN_REJECTED_RESTART_DELAY_MS)
     } else {
         delay
@@ -194,7 +198,6 @@ fn should_restart(service: &Service, history: &[&Task], ended: &Task, now_ms: i6
     restarts < policy.max_attempts
 }
 
-/// Decides the tasks of every service. `new_id` makes task ids (seeded in tests).
 /// Tasks that must leave their node because it no longer has the CPU or
 /// memory their reservations add up to (its agent reported less): the
 /// newest go first, until the rest fit.
@@ -249,6 +252,7 @@ fn evicted_for_resources(view: &Tables) -> HashSet<String> {
     evicted
 }
 
+/// Decides the tasks of every service. `new_id` makes task ids (seeded in tests).
 pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -> Decision {
     let mut decision = Decision::default();
     let nodes: Vec<&Node> = view.nodes().collect();

@@ -731,6 +731,25 @@ fn an_orphaned_task_is_replaced_whatever_the_restart_policy() {
     assert_eq!(w.live().len(), 2, "node loss is not the task's failure");
 }
 
+#[test]
+fn a_task_lost_with_its_node_is_replaced_without_the_restart_delay() {
+    let mut w = World::new();
+    let slow = RestartPolicy {
+        condition: restart_policy::Condition::Any as i32,
+        delay_ms: 60_000,
+        ..Default::default()
+    };
+    let (on_n1, _) = placed_on_two_nodes(&mut w, slow);
+    w.set_state(&on_n1.id, TaskState::Orphaned, 50);
+    w.orchestrate(60);
+    let replacement = w.live().into_iter().find(|t| t.slot == on_n1.slot).unwrap();
+    assert_eq!(
+        replacement.desired_state,
+        TaskState::Running as i32,
+        "not held READY for the 60 s delay"
+    );
+}
+
 /// Places every pending task of the world; returns tasks per node.
 fn schedule_all(w: &mut World, now_ms: i64) -> std::collections::BTreeMap<String, usize> {
     w.orchestrate(now_ms);

@@ -145,13 +145,10 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     })
 }
 
-/// A reconciler's pure decision that yields a flat list of actions.
-type FlatDecision = fn(&shoal_store::Tables, i64) -> Vec<StoreAction>;
-
-/// Starts the leader's reconcilers, the dispatcher (on a unix socket in the
-/// state dir: until mutual TLS exists, never on a network address) and the
-/// local agent. All of them stop when `stop` turns true; task processes keep
-/// running for the next start to adopt.
+/// Starts the leader's components (reconcilers and the dispatcher, on a unix
+/// socket in the state dir) and the local agent. All of them stop when
+/// `stop` turns true; task processes keep running for the next start to
+/// adopt.
 fn start_convergence(
     replica: &Arc<Replica>,
     state: &StateDir,
@@ -160,62 +157,8 @@ fn start_convergence(
     process: shoal_agent::ProcessConfig,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinSet<()>, DaemonError> {
-    use shoal_manager::reconciler::{self, Pass};
-    use shoal_manager::{allocator, orchestrator, reaper, scheduler};
-    let mut set = tokio::task::JoinSet::new();
-    let mut rng = StdRng::from_entropy();
-    set.spawn(reconciler::run(
-        "orchestrator",
-        Arc::clone(replica),
-        stop.clone(),
-        move |view, now| {
-            let decision = orchestrator::decide(view, now, &mut || new_object_id(&mut rng));
-            Pass {
-                transactions: decision.transactions,
-                wake_at_ms: decision.wake_at_ms,
-            }
-        },
-    ));
-    // The others decide a flat list of actions, proposed in bounded parts.
-    let simple: [(&'static str, FlatDecision); 3] = [
-        ("allocator", allocator::decide),
-        ("scheduler", scheduler::decide),
-        ("reaper", |view, _| reaper::decide(view)),
-    ];
-    for (name, decide) in simple {
-        set.spawn(reconciler::run(
-            name,
-            Arc::clone(replica),
-            stop.clone(),
-            move |view, now| Pass {
-                transactions: decide(view, now)
-                    .chunks(shoal_manager::MAX_ACTIONS_PER_PASS)
-                    .map(<[StoreAction]>::to_vec)
-                    .collect(),
-                wake_at_ms: None,
-            },
-        ));
-    }
-
-    let dispatcher = shoal_manager::Dispatcher::new(Arc::clone(replica), stop.clone());
-    set.spawn(dispatcher.monitor());
     let dispatcher_socket = state.path().join(DISPATCHER_SOCKET);
-    let incoming = shoal_api::transport::listen_unix(&dispatcher_socket)?;
-    let mut server_stop = stop.clone();
-    set.spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(shoal_api::dispatcher_server::DispatcherServer::new(
-                dispatcher,
-            ))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the dispatcher stopped serving");
-        }
-    });
-
+    let mut set = shoal_manager::leader::start(replica, &dispatcher_socket, stop)?;
     let agent = shoal_agent::AgentConfig {
         node_id: node_id.to_string(),
         description,

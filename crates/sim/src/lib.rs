@@ -1,0 +1,10 @@
+//! Shoal's cluster simulator: a real manager and thousands of simulated
+//! agents in one process, for multi-node tests and scale measurements.
+
+pub mod fake_executor;
+pub mod sim_agent;
+pub mod sim_cluster;
+
+pub use fake_executor::{FakeExecutor, Plan};
+pub use sim_agent::SimAgent;
+pub use sim_cluster::{SimCluster, SimConfig, SimError};

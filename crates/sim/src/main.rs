@@ -1,0 +1,197 @@
+//! `shoal-sim`: starts a manager and N simulated agents in one process,
+//! declares services through the control API, and prints how long the
+//! cluster takes to converge, how much memory it holds, and how long it takes
+//! to recover from losing a share of its nodes.
+//!
+//! `cargo run --release -p shoal-sim -- --nodes 1000 --replicas 100000`
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use shoal_api::{
+    Annotations, CreateServiceRequest, Runtime, ServiceMode, ServiceSpec, TaskSpec, TaskState,
+};
+use shoal_sim::{FakeExecutor, SimCluster, SimConfig};
+use shoal_store::Tables;
+
+#[derive(Debug, Parser)]
+#[command(name = "shoal-sim", about = "A Shoal cluster in one process, measured")]
+struct Args {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 1_000)]
+    nodes: usize,
+    /// Replicas in all, split evenly over the services.
+    #[arg(long, default_value_t = 100_000)]
+    replicas: usize,
+    /// Services to create.
+    #[arg(long, default_value_t = 1)]
+    services: usize,
+    /// Milliseconds from assignment to RUNNING.
+    #[arg(long, default_value_t = 10)]
+    start_delay_ms: u64,
+    /// Milliseconds a task runs before it ends (0: until stopped).
+    #[arg(long, default_value_t = 0)]
+    run_time_ms: u64,
+    /// Share of tasks that fail (0.0-1.0).
+    #[arg(long, default_value_t = 0.0)]
+    failure_rate: f64,
+    /// Heartbeat period; a node is DOWN after 3 missed.
+    #[arg(long, default_value_t = 1_000)]
+    heartbeat_ms: u64,
+    /// After converging, kill this percentage of the nodes and time the
+    /// recovery.
+    #[arg(long, default_value_t = 0)]
+    kill_percent: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Longest wait for any one phase, in seconds.
+    #[arg(long, default_value_t = 1_800)]
+    timeout_s: u64,
+}
+
+fn resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Running tasks whose desired state is RUNNING, on nodes outside `dead`.
+fn running(view: &Tables, dead: &HashSet<String>) -> usize {
+    view.tasks_sharing_specs()
+        .filter(|(t, _)| {
+            t.observed() == TaskState::Running
+                && t.desired_state == TaskState::Running as i32
+                && !dead.contains(&t.node_id)
+        })
+        .count()
+}
+
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    anyhow::ensure!(args.services > 0, "--services: must be at least 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.failure_rate),
+        "--failure-rate: must be between 0.0 and 1.0"
+    );
+    anyhow::ensure!(args.kill_percent <= 100, "--kill-percent: at most 100");
+    raise_open_files_limit();
+    let timeout = Duration::from_secs(args.timeout_s);
+    let base_mib = resident_mib().unwrap_or(0.0);
+
+    let started = Instant::now();
+    let mut sim = SimCluster::start(SimConfig {
+        nodes: args.nodes,
+        heartbeat_period_ms: args.heartbeat_ms,
+        executor: FakeExecutor {
+            start_delay: Duration::from_millis(args.start_delay_ms),
+            run_time: (args.run_time_ms > 0).then(|| Duration::from_millis(args.run_time_ms)),
+            failure_rate: args.failure_rate,
+        },
+        seed: args.seed,
+        ..Default::default()
+    })
+    .await
+    .context("starting the simulated cluster")?;
+    println!(
+        "{} nodes READY in {:.2} s",
+        args.nodes,
+        started.elapsed().as_secs_f64()
+    );
+    let idle_mib = resident_mib().unwrap_or(0.0);
+
+    let per_service = args.replicas / args.services;
+    let total = per_service * args.services;
+    let mut control = sim.control();
+    let created = Instant::now();
+    for s in 0..args.services {
+        let spec = ServiceSpec {
+            annotations: Some(Annotations {
+                name: format!("svc-{s:05}"),
+                labels: Default::default(),
+            }),
+            task: Some(TaskSpec {
+                runtime: Some(Runtime {
+                    command: vec!["simulated".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            mode: ServiceMode::Replicated as i32,
+            replicas: Some(per_service as i64),
+            ..Default::default()
+        };
+        control
+            .create_service(CreateServiceRequest { spec: Some(spec) })
+            .await
+            .with_context(|| format!("creating service svc-{s:05}"))?;
+    }
+    let no_dead = HashSet::new();
+    sim.wait_for("every replica RUNNING", timeout, |view| {
+        running(view, &no_dead) == total
+    })
+    .await?;
+    let took = created.elapsed().as_secs_f64();
+    println!(
+        "{} services x {} replicas: {} RUNNING {:.2} s after the first service create ({:.0} tasks/s)",
+        args.services,
+        per_service,
+        total,
+        took,
+        total as f64 / took
+    );
+    let full_mib = resident_mib().unwrap_or(0.0);
+    println!(
+        "resident memory: {full_mib:.0} MiB with {total} tasks running ({idle_mib:.0} MiB with the nodes idle, {base_mib:.0} MiB at start); agents and manager share the process"
+    );
+
+    if args.kill_percent > 0 {
+        let mut order: Vec<usize> = (0..sim.node_count()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(args.seed));
+        let victims: Vec<usize> = order[..sim.node_count() * args.kill_percent / 100].to_vec();
+        let dead: HashSet<String> = victims.iter().map(|i| sim.node_id(*i)).collect();
+        let lost = sim.view(|view| total - running(view, &dead));
+        let killed = Instant::now();
+        for i in &victims {
+            sim.kill(*i).await;
+        }
+        sim.wait_for("every lost task RUNNING elsewhere", timeout, |view| {
+            running(view, &dead) == total
+        })
+        .await?;
+        println!(
+            "killed {} nodes ({} tasks): all RUNNING elsewhere {:.2} s later (heartbeat TTL {:.1} s)",
+            victims.len(),
+            lost,
+            killed.elapsed().as_secs_f64(),
+            (args.heartbeat_ms * shoal_manager::HEARTBEAT_TTL_PERIODS) as f64 / 1000.0
+        );
+    }
+    sim.shutdown().await;
+    Ok(())
+}

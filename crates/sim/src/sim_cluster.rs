@@ -1,0 +1,339 @@
+//! A whole cluster in one process: a real manager (store, raft with its log
+//! fsynced in redb, the reconcilers, the dispatcher, the control API on a
+//! unix socket) and N [`SimAgent`]s that each hold a real dispatcher session.
+//!
+//! Nodes can be killed (the agent stops, as a crashed machine's would),
+//! cut off and reconnected (a partition: the agent keeps running its tasks),
+//! and polled through the store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_api::control_client::ControlClient;
+use shoal_api::control_server::ControlServer;
+use shoal_api::{
+    store_action, Annotations, Cluster, ClusterSpec, DispatcherConfig, NodeDescription,
+    OrchestrationConfig, Platform, Resources, StoreAction, Transaction,
+};
+use shoal_manager::{ControlApi, ControlConfig};
+use shoal_raft::{Replica, ReplicaConfig};
+use shoal_store::Tables;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use crate::fake_executor::FakeExecutor;
+use crate::sim_agent::{Running, SimAgent};
+
+/// Largest control API message, both ways.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How to build the simulated cluster.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub heartbeat_period_ms: u64,
+    pub executor: FakeExecutor,
+    pub seed: u64,
+    /// Each node's CPU, in nano-CPUs, and memory, in bytes.
+    pub node_nano_cpus: i64,
+    pub node_memory_bytes: i64,
+    /// Log entries between raft snapshots.
+    pub snapshot_interval_entries: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            nodes: 3,
+            heartbeat_period_ms: 1_000,
+            executor: FakeExecutor::default(),
+            seed: 1,
+            node_nano_cpus: 64_000_000_000,
+            node_memory_bytes: 256 << 30,
+            snapshot_interval_entries: 10_000,
+        }
+    }
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("the state directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Replica(#[from] shoal_raft::ReplicaError),
+    #[error(transparent)]
+    Transport(#[from] shoal_api::transport::TransportError),
+    #[error("recording the cluster: {0}")]
+    Bootstrap(String),
+    #[error("waited {waited:?} for {what}")]
+    Timeout { what: String, waited: Duration },
+}
+
+/// One simulated node.
+struct SimNode {
+    agent: SimAgent,
+    stop: Option<watch::Sender<bool>>,
+    connected: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The running cluster.
+pub struct SimCluster {
+    _dir: tempfile::TempDir,
+    control_socket: PathBuf,
+    replica: Arc<Replica>,
+    stop: watch::Sender<bool>,
+    manager: JoinSet<()>,
+    nodes: Vec<SimNode>,
+}
+
+fn node_id(i: usize) -> String {
+    format!("sim-node-{i:05}")
+}
+
+impl SimCluster {
+    /// Starts the manager and every agent; returns once every node is READY.
+    pub async fn start(config: SimConfig) -> Result<SimCluster, SimError> {
+        let dir = tempfile::Builder::new().prefix("shoal-sim-").tempdir()?;
+        let mut replica_config =
+            ReplicaConfig::new(dir.path().join("raft"), 1, "127.0.0.1:0".to_string());
+        replica_config.snapshot_interval_entries = config.snapshot_interval_entries;
+        std::fs::create_dir_all(&replica_config.dir)?;
+        let replica = Arc::new(Replica::open(replica_config, true).await?);
+        replica.wait_leader(Duration::from_secs(30)).await?;
+        record_cluster(&replica, config.heartbeat_period_ms).await?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let dispatcher_socket = dir.path().join("dispatcher.sock");
+        let mut manager = shoal_manager::leader::start(&replica, &dispatcher_socket, &stop_rx)?;
+        let control_socket = dir.path().join("shoal.sock");
+        let incoming = shoal_api::transport::listen_unix(&control_socket)?;
+        let control = ControlApi::new(
+            Arc::clone(&replica),
+            ControlConfig {
+                node_id: String::new(),
+                tasks_dir: dir.path().join("tasks"),
+            },
+        );
+        let mut server_stop = stop_rx.clone();
+        manager.spawn(async move {
+            let service = ControlServer::new(control)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = server_stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+
+        let mut cluster = SimCluster {
+            _dir: dir,
+            control_socket,
+            replica,
+            stop,
+            manager,
+            nodes: Vec::new(),
+        };
+        for i in 0..config.nodes {
+            let agent = SimAgent {
+                node_id: node_id(i),
+                description: NodeDescription {
+                    hostname: node_id(i),
+                    platform: Some(Platform {
+                        os: "linux".into(),
+                        architecture: "x86_64".into(),
+                    }),
+                    resources: Some(Resources {
+                        nano_cpus: config.node_nano_cpus,
+                        memory_bytes: config.node_memory_bytes,
+                    }),
+                    ..Default::default()
+                },
+                dispatcher_socket: dispatcher_socket.clone(),
+                executor: config.executor,
+                seed: config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+                running: Running::default(),
+            };
+            cluster.nodes.push(SimNode {
+                agent,
+                stop: None,
+                connected: watch::channel(true).0,
+                task: None,
+            });
+            cluster.boot(i);
+        }
+        let expected = config.nodes;
+        cluster
+            .wait_for("every node READY", Duration::from_secs(300), |view| {
+                view.nodes().filter(|n| is_ready(n)).count() == expected
+            })
+            .await?;
+        Ok(cluster)
+    }
+
+    fn boot(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let (stop, stop_rx) = watch::channel(false);
+        let _ = node.connected.send(true);
+        let agent = node.agent.clone();
+        agent
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        node.task = Some(tokio::spawn(agent.run(stop_rx, node.connected.subscribe())));
+        node.stop = Some(stop);
+    }
+
+    /// A client of the control API, as the CLI would use.
+    pub fn control(&self) -> ControlClient<Channel> {
+        ControlClient::new(shoal_api::transport::connect_unix(&self.control_socket))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
+    }
+
+    pub fn node_id(&self, i: usize) -> String {
+        node_id(i)
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Tasks node `i`'s agent runs right now: (service, slot, state).
+    pub fn running_on(&self, i: usize) -> Vec<(String, u64, shoal_api::TaskState)> {
+        let running = self.nodes[i]
+            .agent
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        running
+            .values()
+            .map(|(service, live)| (service.clone(), live.slot, live.state))
+            .collect()
+    }
+
+    /// Stops node `i`'s agent as a crash would: no goodbye, its tasks gone.
+    pub async fn kill(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(task) = node.task.take() {
+            let _ = task.await;
+        }
+        node.agent
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Starts node `i`'s agent again after [`SimCluster::kill`], with no
+    /// tasks.
+    pub fn restart(&mut self, i: usize) {
+        if self.nodes[i].task.is_none() {
+            self.boot(i);
+        }
+    }
+
+    /// Cuts node `i` off the manager (it keeps running its tasks) or joins
+    /// it again.
+    pub fn set_connected(&self, i: usize, connected: bool) {
+        let _ = self.nodes[i].connected.send(connected);
+    }
+
+    /// Polls the store until `done` holds; returns how long it took.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&Tables) -> bool,
+    ) -> Result<Duration, SimError> {
+        let start = Instant::now();
+        let mut changes = self.replica.store().watch();
+        loop {
+            changes.drain();
+            if done(&self.replica.store().view()) {
+                return Ok(start.elapsed());
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(SimError::Timeout {
+                    what: what.to_string(),
+                    waited: timeout,
+                });
+            }
+            // A change, or a look again after a while (time-based moves such
+            // as a node going DOWN change the store too, so this is a bound,
+            // not a poll interval anything depends on).
+            let _ =
+                tokio::time::timeout(left.min(Duration::from_millis(200)), changes.next()).await;
+        }
+    }
+
+    /// Reads the store.
+    pub fn view<T>(&self, f: impl FnOnce(&Tables) -> T) -> T {
+        f(&self.replica.store().view())
+    }
+
+    /// Stops every agent and the manager.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(stop) = self.nodes[i].stop.take() {
+                let _ = stop.send(true);
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(task) = node.task.take() {
+                let _ = task.await;
+            }
+        }
+        let _ = self.stop.send(true);
+        while self.manager.join_next().await.is_some() {}
+        self.replica.shutdown().await;
+    }
+}
+
+pub fn is_ready(node: &shoal_api::Node) -> bool {
+    node.status.as_ref().map(|s| s.state) == Some(shoal_api::node_status::State::Ready as i32)
+}
+
+async fn record_cluster(replica: &Replica, heartbeat_period_ms: u64) -> Result<(), SimError> {
+    let cluster = Cluster {
+        id: "sim-cluster".into(),
+        spec: Some(ClusterSpec {
+            annotations: Some(Annotations {
+                name: "default".into(),
+                labels: Default::default(),
+            }),
+            orchestration: Some(OrchestrationConfig {
+                task_history_retention_limit: 5,
+            }),
+            dispatcher: Some(DispatcherConfig {
+                heartbeat_period_ms,
+            }),
+        }),
+        ..Default::default()
+    };
+    replica
+        .propose(Transaction {
+            actions: vec![StoreAction {
+                kind: store_action::Kind::Create as i32,
+                target: Some(cluster.into()),
+            }],
+            timestamp_ms: 0,
+        })
+        .await
+        .map_err(|e| SimError::Bootstrap(e.to_string()))?;
+    Ok(())
+}
