@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use shoal_api::dispatcher_server::Dispatcher as DispatcherService;
 use shoal_api::{
-    node_status, store_action, HeartbeatRequest, HeartbeatResponse, Node, NodeRole, NodeStatus,
-    SessionMessage, SessionRequest, StoreAction, TaskState, TaskStatus, Transaction,
+    node_status, object, store_action, HeartbeatRequest, HeartbeatResponse, Node, NodeRole,
+    NodeStatus, SessionMessage, SessionRequest, StoreAction, TaskState, TaskStatus, Transaction,
     UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use shoal_raft::Replica;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -40,10 +40,16 @@ struct Session {
     last_seen: Instant,
 }
 
+/// Per node, what wakes its session's stream: one store watcher for all
+/// sessions rings only the nodes whose tasks a commit changed, so a commit
+/// costs the sessions it concerns, not every session.
+type Bells = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+
 /// The dispatcher service.
 pub struct Dispatcher {
     replica: Arc<Replica>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
+    bells: Bells,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -68,7 +74,55 @@ impl Dispatcher {
         Dispatcher {
             replica,
             sessions: Arc::default(),
+            bells: Arc::default(),
             shutdown,
+        }
+    }
+
+    /// Wakes the session of every node whose tasks a commit changed (all of
+    /// them when the cluster object changed, or when the watch lagged and
+    /// nobody can say what changed). Runs until shutdown.
+    pub fn fan_out(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let replica = Arc::clone(&self.replica);
+        let bells = Arc::clone(&self.bells);
+        let mut shutdown = self.shutdown.clone();
+        async move {
+            let ring_all = || {
+                for bell in bells.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                    bell.notify_one();
+                }
+            };
+            let mut changes = replica.store().watch();
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let event = tokio::select! {
+                    _ = shutdown.changed() => return,
+                    event = changes.next() => event,
+                };
+                match event {
+                    Ok(shoal_store::Event::Change { object, .. }) => match object.kind {
+                        Some(object::Kind::Task(task)) if !task.node_id.is_empty() => {
+                            let bell = bells
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get(&task.node_id)
+                                .cloned();
+                            if let Some(bell) = bell {
+                                bell.notify_one();
+                            }
+                        }
+                        Some(object::Kind::Cluster(_)) => ring_all(),
+                        _ => {}
+                    },
+                    Ok(shoal_store::Event::Commit { .. }) => {}
+                    Err(_) => {
+                        changes = replica.store().watch();
+                        ring_all();
+                    }
+                }
+            }
         }
     }
 
@@ -191,6 +245,74 @@ async fn set_node_status(
     Err(Status::unavailable("could not record the node's status"))
 }
 
+/// Streams a node's assignments to its session: the full set first, then
+/// what changed each time its bell rings, until the session ends.
+async fn stream_assignments(
+    replica: &Replica,
+    sessions: &Mutex<HashMap<String, Session>>,
+    node_id: &str,
+    session_id: &str,
+    bell: &Notify,
+    tx: &mpsc::Sender<Result<SessionMessage, Status>>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    let mut first = true;
+    loop {
+        let current = sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .is_some_and(|s| s.id == session_id);
+        if !current || *shutdown.borrow() {
+            return;
+        }
+        let (tasks, removed) = {
+            let view = replica.store().view();
+            let assigned: Vec<shoal_api::Task> = view.tasks_of_node(node_id).collect();
+            let ids: std::collections::HashSet<&str> =
+                assigned.iter().map(|t| t.id.as_str()).collect();
+            let removed: Vec<String> = sent
+                .keys()
+                .filter(|id| !ids.contains(id.as_str()))
+                .cloned()
+                .collect();
+            let changed: Vec<shoal_api::Task> = assigned
+                .into_iter()
+                .filter(|t| sent.get(&t.id) != Some(&t.meta.as_ref().map_or(0, |m| m.version)))
+                .collect();
+            (changed, removed)
+        };
+        if first || !tasks.is_empty() || !removed.is_empty() {
+            for id in &removed {
+                sent.remove(id);
+            }
+            for t in &tasks {
+                sent.insert(t.id.clone(), t.meta.as_ref().map_or(0, |m| m.version));
+            }
+            let message = SessionMessage {
+                node_id: node_id.to_string(),
+                session_id: session_id.to_string(),
+                heartbeat_period_ms: heartbeat_period_ms(replica),
+                tasks,
+                removed,
+                full: first,
+            };
+            first = false;
+            if tx.send(Ok(message)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tx.closed() => return,
+            _ = bell.notified() => {}
+            // The session may have been replaced or expired.
+            _ = tokio::time::sleep(Duration::from_millis(heartbeat_period_ms(replica))) => {}
+        }
+    }
+}
+
 type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -264,72 +386,29 @@ impl DispatcherService for Dispatcher {
                 },
             );
         let (tx, rx) = mpsc::channel(SESSION_BUFFER);
+        let bell = Arc::new(Notify::new());
+        self.bells
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.clone(), Arc::clone(&bell));
+        let bells = Arc::clone(&self.bells);
         let replica = Arc::clone(&self.replica);
         let sessions = Arc::clone(&self.sessions);
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            let mut changes = replica.store().watch();
-            let mut sent: HashMap<String, u64> = HashMap::new();
-            let mut first = true;
-            loop {
-                let current = sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&node_id)
-                    .is_some_and(|s| s.id == session_id);
-                if !current || *shutdown.borrow() {
-                    return;
-                }
-                changes.drain();
-                let (tasks, removed) = {
-                    let view = replica.store().view();
-                    let assigned: Vec<shoal_api::Task> = view.tasks_of_node(&node_id).collect();
-                    let ids: std::collections::HashSet<&str> =
-                        assigned.iter().map(|t| t.id.as_str()).collect();
-                    let removed: Vec<String> = sent
-                        .keys()
-                        .filter(|id| !ids.contains(id.as_str()))
-                        .cloned()
-                        .collect();
-                    let changed: Vec<shoal_api::Task> = assigned
-                        .into_iter()
-                        .filter(|t| {
-                            sent.get(&t.id) != Some(&t.meta.as_ref().map_or(0, |m| m.version))
-                        })
-                        .collect();
-                    (changed, removed)
-                };
-                if first || !tasks.is_empty() || !removed.is_empty() {
-                    for id in &removed {
-                        sent.remove(id);
-                    }
-                    for t in &tasks {
-                        sent.insert(t.id.clone(), t.meta.as_ref().map_or(0, |m| m.version));
-                    }
-                    let message = SessionMessage {
-                        node_id: node_id.clone(),
-                        session_id: session_id.clone(),
-                        heartbeat_period_ms: heartbeat_period_ms(&replica),
-                        tasks,
-                        removed,
-                        full: first,
-                    };
-                    first = false;
-                    if tx.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                }
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tx.closed() => return,
-                    next = changes.next() => {
-                        if next.is_err() {
-                            changes = replica.store().watch();
-                        }
-                    }
-                    // The session may have been replaced or expired.
-                    _ = tokio::time::sleep(Duration::from_millis(heartbeat_period_ms(&replica))) => {}
-                }
+            stream_assignments(
+                &replica,
+                &sessions,
+                &node_id,
+                &session_id,
+                &bell,
+                &tx,
+                &mut shutdown,
+            )
+            .await;
+            let mut bells = bells.lock().unwrap_or_else(|e| e.into_inner());
+            if bells.get(&node_id).is_some_and(|b| Arc::ptr_eq(b, &bell)) {
+                bells.remove(&node_id);
             }
         });
         Ok(Response::new(Box::pin(

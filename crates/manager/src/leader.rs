@@ -67,6 +67,7 @@ pub fn start(
     }
     let dispatcher = Dispatcher::new(Arc::clone(replica), stop.clone());
     set.spawn(dispatcher.monitor());
+    set.spawn(dispatcher.fan_out());
     let mut server_stop = stop.clone();
     set.spawn(async move {
         let served = tonic::transport::Server::builder()

@@ -302,8 +302,9 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
             new_id,
         };
         // Places that should be empty: let their tasks go.
+        let wanted_set: std::collections::BTreeSet<&Place> = wanted.iter().collect();
         for (place, history) in &by_place {
-            if !wanted.contains(place) {
+            if !wanted_set.contains(place) {
                 for t in history.iter().filter(|t| occupies(t)) {
                     actions.push(update(with_desired(t, TaskState::Shutdown)));
                 }
@@ -399,14 +400,11 @@ fn choose_slots(by_place: &BTreeMap<Place, Vec<&Task>>, replicas: usize) -> Vec<
     // Keep running tasks first, lower slots first.
     occupied.sort_by_key(|(running, slot)| (!running, *slot));
     occupied.truncate(replicas);
-    let mut slots: Vec<u64> = occupied.into_iter().map(|(_, s)| s).collect();
+    let mut slots: std::collections::BTreeSet<u64> = occupied.into_iter().map(|(_, s)| s).collect();
     let mut next = 1;
     while slots.len() < replicas {
-        if !slots.contains(&next) {
-            slots.push(next);
-        }
+        slots.insert(next);
         next += 1;
     }
-    slots.sort();
     slots.into_iter().map(Place::Slot).collect()
 }
