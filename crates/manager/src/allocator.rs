@@ -14,8 +14,8 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
     view.tasks_sharing_specs()
         .filter(|(t, _)| t.status.as_ref().map_or(0, |s| s.state) == TaskState::New as i32)
         .filter(|(t, _)| t.desired_state <= TaskState::Running as i32)
-        .map(|(mut t, spec)| {
-            t.spec = Some((**spec).clone());
+        .map(|(mut t, _)| {
+            // No spec: the store keeps the task's own.
             t.endpoint = host_ports(view, &t);
             pending(t, now_ms)
         })

@@ -451,7 +451,7 @@ impl DispatcherService for Dispatcher {
             let node_id = req.node_id.clone();
             writes.push(tokio::spawn(async move {
                 for _ in 0..STATUS_WRITE_TRIES {
-                    let Some(mut task) = replica.store().view().task(&task_id) else {
+                    let Some(mut task) = replica.store().view().task_without_spec(&task_id) else {
                         return Ok(());
                     };
                     // Only the node's own tasks.

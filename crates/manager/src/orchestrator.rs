@@ -260,7 +260,12 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
     for service in view.services() {
         let spec = service.spec.clone().unwrap_or_default();
         let mode = ServiceMode::try_from(spec.mode).unwrap_or(ServiceMode::Replicated);
-        let tasks: Vec<Task> = view.tasks_of_service(&service.id).collect();
+        // Without their specs: the updates below change only desired state,
+        // and the store keeps the spec of a task updated without one.
+        let tasks: Vec<Task> = view
+            .tasks_of_service_sharing_specs(&service.id)
+            .map(|(t, _)| t)
+            .collect();
         let mut by_place: BTreeMap<Place, Vec<&Task>> = BTreeMap::new();
         for t in &tasks {
             let place = match mode {
@@ -370,10 +375,7 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
         .tasks_sharing_specs()
         .filter(|(t, _)| !services.contains_key(t.service_id.as_str()))
         .filter(|(t, _)| t.desired() != TaskState::Remove)
-        .map(|(mut t, spec)| {
-            t.spec = Some((**spec).clone());
-            update(with_desired(&t, TaskState::Remove))
-        })
+        .map(|(t, _)| update(with_desired(&t, TaskState::Remove)))
         .collect();
     for chunk in orphans.chunks(crate::MAX_ACTIONS_PER_PASS) {
         decision.transactions.push(chunk.to_vec());

@@ -26,7 +26,8 @@ pub fn decide(view: &Tables) -> Vec<StoreAction> {
         .map_or(5, |o| o.task_history_retention_limit.max(0) as usize);
     let mut by_place: BTreeMap<(String, u64, String), Vec<Task>> = BTreeMap::new();
     let mut actions = Vec::new();
-    for t in view.tasks() {
+    // Removals name a task and its version; its spec is not needed.
+    for (t, _) in view.tasks_sharing_specs() {
         if view.service(&t.service_id).is_none() {
             if finished(view, &t) {
                 actions.push(remove(t));

@@ -121,7 +121,6 @@ fn spread_value<'a>(node: &'a Node, descriptor: &str) -> &'a str {
 /// Tasks that share a service and a spec version, so ask the same of a node.
 struct Group {
     service_id: String,
-    spec: Arc<TaskSpec>,
     cpu: i64,
     memory: i64,
     constraints: Vec<Constraint>,
@@ -163,7 +162,6 @@ impl Group {
                 .collect(),
             max_per_node: usize::try_from(placement.max_replicas_per_node).unwrap_or(usize::MAX),
             ports,
-            spec,
             lane: 0,
             tasks: Vec::new(),
         }
@@ -665,8 +663,8 @@ pub fn decide_with(view: &Tables, now_ms: i64, search: Search) -> Vec<StoreActio
                             h.push(Reverse(cluster.rank(&group, index)));
                         }
                     }
+                    // No spec: the store keeps the task's own.
                     task.node_id = cluster.nodes[index].id.clone();
-                    task.spec = Some((*group.spec).clone());
                     task.advance_status(TaskStatus {
                         timestamp_ms: now_ms,
                         state: TaskState::Assigned as i32,
@@ -697,7 +695,6 @@ pub fn decide_with(view: &Tables, now_ms: i64, search: Search) -> Vec<StoreActio
                     if status.err != why {
                         status.err = why;
                         status.timestamp_ms = now_ms;
-                        task.spec = Some((*group.spec).clone());
                         actions.push(StoreAction {
                             kind: store_action::Kind::Update as i32,
                             target: Some(task.into()),

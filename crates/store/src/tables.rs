@@ -119,6 +119,16 @@ struct TaskTable {
 
 impl TaskTable {
     fn insert(&mut self, mut task: Task) {
+        // A task's spec never changes once it is made: an update that
+        // carries none keeps the stored one, so writers that change only
+        // state need not copy (and the store need not compare) the spec.
+        if task.spec.is_none() {
+            if let Some(existing) = self.by_id.get(task.id.as_str()) {
+                let spec = Arc::clone(&existing.spec);
+                self.store(task, spec);
+                return;
+            }
+        }
         let spec = task.spec.take().unwrap_or_default();
         let spec = match self.spec_cache.get(&task.service_id) {
             Some(cached) if **cached == spec => Arc::clone(cached),
@@ -247,6 +257,11 @@ impl Tables {
     pub fn task(&self, id: &str) -> Option<Task> {
         self.tasks.by_id.get(id).map(StoredTask::to_task)
     }
+    /// The task without its spec: for writers that change only its state
+    /// (the store keeps the spec of a task updated without one).
+    pub fn task_without_spec(&self, id: &str) -> Option<Task> {
+        self.tasks.by_id.get(id).map(StoredTask::bare)
+    }
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.by_id.values()
     }
@@ -268,6 +283,19 @@ impl Tables {
     /// that must not pay for a copy of each spec.
     pub fn tasks_sharing_specs(&self) -> impl Iterator<Item = (Task, &Arc<TaskSpec>)> + '_ {
         self.tasks.by_id.values().map(|t| (t.bare(), &t.spec))
+    }
+    /// The tasks of one service without their specs, through the service
+    /// index (an update written without a spec keeps the stored one).
+    pub fn tasks_of_service_sharing_specs<'a>(
+        &'a self,
+        service_id: &str,
+    ) -> impl Iterator<Item = (Task, &'a Arc<TaskSpec>)> + 'a {
+        self.tasks
+            .by_service
+            .get(service_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.by_id.get(id).map(|t| (t.bare(), &t.spec)))
     }
     /// The tasks of one service, through the service index.
     pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = Task> + 'a {

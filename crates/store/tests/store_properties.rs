@@ -337,3 +337,49 @@ proptest! {
         prop_assert_eq!(rebuilt, expected);
     }
 }
+
+#[test]
+fn an_update_without_a_spec_keeps_the_tasks_spec() {
+    use shoal_api::{store_action, Batch, Runtime, StoreAction, Task, TaskSpec, Transaction};
+    let store = shoal_store::Store::new();
+    let spec = TaskSpec {
+        runtime: Some(Runtime {
+            command: vec!["sleep".into(), "1".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let write = |version: u64, kind: store_action::Kind, task: Task| {
+        let results = store.apply(
+            version,
+            Batch {
+                transactions: vec![Transaction {
+                    actions: vec![StoreAction {
+                        kind: kind as i32,
+                        target: Some(task.into()),
+                    }],
+                    timestamp_ms: 0,
+                }],
+            },
+        );
+        assert_eq!(results, vec![Ok(())]);
+    };
+    write(
+        1,
+        store_action::Kind::Create,
+        Task {
+            id: "t1".into(),
+            service_id: "s1".into(),
+            spec: Some(spec.clone()),
+            ..Default::default()
+        },
+    );
+    let mut bare = store.view().task_without_spec("t1").unwrap();
+    assert_eq!(bare.spec, None);
+    bare.node_id = "n1".into();
+    write(2, store_action::Kind::Update, bare);
+    let stored = store.view().task("t1").unwrap();
+    assert_eq!(stored.node_id, "n1");
+    assert_eq!(stored.spec, Some(spec));
+    store.view().check_invariants().unwrap();
+}
