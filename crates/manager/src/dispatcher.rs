@@ -153,12 +153,20 @@ impl Dispatcher {
                     }
                     gone
                 };
+                // Every dead node at once: their writes share raft entries,
+                // so losing 500 nodes costs about what losing one does.
+                let mut writes = tokio::task::JoinSet::new();
                 for node in expired {
+                    let replica = Arc::clone(&replica);
                     let message = format!("heartbeat missed for {} ms", ttl.as_millis());
-                    let _ =
-                        set_node_status(&replica, &node, node_status::State::Down, &message).await;
-                    orphan_tasks(&replica, &node).await;
+                    writes.spawn(async move {
+                        let _ =
+                            set_node_status(&replica, &node, node_status::State::Down, &message)
+                                .await;
+                        orphan_tasks(&replica, &node).await;
+                    });
                 }
+                while writes.join_next().await.is_some() {}
             }
         }
     }
@@ -181,33 +189,42 @@ impl Dispatcher {
 /// how it is any more. The orchestrator replaces it elsewhere; if the node
 /// comes back, its agent finds the task terminal and stops it.
 async fn orphan_tasks(replica: &Replica, node_id: &str) {
-    let orphans: Vec<StoreAction> = replica
-        .store()
-        .view()
-        .tasks_of_node(node_id)
-        .filter(|t| t.observed().may_become(TaskState::Orphaned))
-        .map(|mut t| {
-            t.advance_status(TaskStatus {
-                timestamp_ms: crate::reconciler::now_ms(),
-                state: TaskState::Orphaned as i32,
-                message: "the node is down".into(),
-                ..Default::default()
-            });
-            StoreAction {
-                kind: store_action::Kind::Update as i32,
-                target: Some(t.into()),
-            }
-        })
-        .collect();
-    for part in orphans.chunks(crate::MAX_ACTIONS_PER_PASS) {
-        // A conflict means the agent reported in between: the next report
-        // or the orchestrator's pass settles it.
-        let _ = replica
-            .propose(Transaction {
-                actions: part.to_vec(),
-                timestamp_ms: 0,
+    for _ in 0..STATUS_WRITE_TRIES {
+        let orphans: Vec<StoreAction> = replica
+            .store()
+            .view()
+            .tasks_of_node(node_id)
+            .filter(|t| t.observed().may_become(TaskState::Orphaned))
+            .map(|mut t| {
+                // No spec: the store keeps the task's own.
+                t.spec = None;
+                t.advance_status(TaskStatus {
+                    timestamp_ms: crate::reconciler::now_ms(),
+                    state: TaskState::Orphaned as i32,
+                    message: "the node is down".into(),
+                    ..Default::default()
+                });
+                StoreAction {
+                    kind: store_action::Kind::Update as i32,
+                    target: Some(t.into()),
+                }
             })
-            .await;
+            .collect();
+        let mut conflicted = false;
+        for part in orphans.chunks(crate::MAX_ACTIONS_PER_PASS) {
+            let written = replica
+                .propose(Transaction {
+                    actions: part.to_vec(),
+                    timestamp_ms: 0,
+                })
+                .await;
+            // A conflict means a report landed in between (a task ended):
+            // read again and orphan what is still live.
+            conflicted |= matches!(written, Err(shoal_raft::ProposeError::Txn(_)));
+        }
+        if !conflicted {
+            return;
+        }
     }
 }
 
