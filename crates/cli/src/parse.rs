@@ -89,15 +89,7 @@ pub fn port(text: &str) -> Result<PortConfig, String> {
         Some((_, other)) => return Err(bad(&format!("unknown protocol {other:?}"))),
         None => (text, port_config::Protocol::Tcp),
     };
-    let number = |p: &str| -> Result<u32, String> {
-        let n: u32 = p
-            .parse()
-            .map_err(|_| bad(&format!("{p:?} is not a port number")))?;
-        if n == 0 || n > 65_535 {
-            return Err(bad(&format!("port {n} is out of range 1-65535")));
-        }
-        Ok(n)
-    };
+    let number = |p: &str| port_number(p).map_err(|why| bad(&why));
     let (published, target) = match ports.split_once(':') {
         Some((p, t)) => (number(p)?, number(t)?),
         None => (0, number(ports)?),
@@ -111,21 +103,24 @@ pub fn port(text: &str) -> Result<PortConfig, String> {
     })
 }
 
+/// A port number in 1-65535, or why not.
+fn port_number(text: &str) -> Result<u32, String> {
+    let n: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a port number"))?;
+    if n == 0 || n > 65_535 {
+        return Err(format!("port {n} is out of range 1-65535"));
+    }
+    Ok(n)
+}
+
 fn long_port(text: &str) -> Result<PortConfig, String> {
     let bad = |why: &str| {
         format!(
             "{text:?}: {why} (expected published=P,target=T[,protocol=tcp|udp][,mode=ingress|host])"
         )
     };
-    let number = |key: &str, p: &str| -> Result<u32, String> {
-        let n: u32 = p
-            .parse()
-            .map_err(|_| bad(&format!("{key} {p:?} is not a port number")))?;
-        if n == 0 || n > 65_535 {
-            return Err(bad(&format!("{key} port {n} is out of range 1-65535")));
-        }
-        Ok(n)
-    };
+    let number = |key: &str, p: &str| port_number(p).map_err(|why| bad(&format!("{key} {why}")));
     let mut port = PortConfig {
         protocol: port_config::Protocol::Tcp as i32,
         publish_mode: port_config::PublishMode::Ingress as i32,

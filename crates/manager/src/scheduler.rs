@@ -236,28 +236,51 @@ impl<'a> Cluster<'a> {
     /// Counts a task that holds resources on its node.
     fn hold(&mut self, index: usize, task: &Task, spec: &TaskSpec) {
         let (cpu, memory) = reservations(spec);
+        let preferences = spec.placement.as_ref().map(|p| &p.preferences);
+        self.count(
+            index,
+            &task.service_id,
+            (cpu, memory),
+            &host_ports(task),
+            preferences
+                .into_iter()
+                .flatten()
+                .map(|p| p.spread_descriptor.as_str()),
+        );
+    }
+
+    /// Adds one task of `service_id` to node `index`: what it reserves, the
+    /// host ports it publishes, its place in the service's spread groups.
+    fn count<'d>(
+        &mut self,
+        index: usize,
+        service_id: &str,
+        (cpu, memory): (i64, i64),
+        ports: &[HostPort],
+        preferences: impl Iterator<Item = &'d str>,
+    ) {
         let load = &mut self.loads[index];
         load.cpu_left -= cpu;
         load.memory_left -= memory;
         load.tasks += 1;
-        let ports = host_ports(task);
         if !ports.is_empty() {
-            load.ports.get_or_insert_default().extend(ports);
+            load.ports
+                .get_or_insert_default()
+                .extend(ports.iter().copied());
         }
         *self
             .placed
-            .entry(task.service_id.clone())
+            .entry(service_id.to_string())
             .or_default()
             .entry(index)
             .or_default() += 1;
-        let preferences = spec.placement.as_ref().map(|p| &p.preferences);
-        for p in preferences.into_iter().flatten() {
-            let value = spread_value(self.nodes[index], &p.spread_descriptor);
+        for d in preferences {
+            let value = spread_value(self.nodes[index], d).to_string();
             *self
                 .spread
-                .entry(task.service_id.clone())
+                .entry(service_id.to_string())
                 .or_default()
-                .entry((p.spread_descriptor.clone(), value.to_string()))
+                .entry((d.to_string(), value))
                 .or_default() += 1;
         }
     }
@@ -308,38 +331,22 @@ impl<'a> Cluster<'a> {
 
     /// Places one task of `group` on node `index`.
     fn place(&mut self, index: usize, group: &Group) {
-        let load = &mut self.loads[index];
         if self.schedulable[index] {
+            let tasks = self.loads[index].tasks;
             for lane in &mut self.lanes {
                 if lane.members.as_ref().is_none_or(|m| m[index]) {
-                    lane.order.remove(&(load.tasks, index));
-                    lane.order.insert((load.tasks + 1, index));
+                    lane.order.remove(&(tasks, index));
+                    lane.order.insert((tasks + 1, index));
                 }
             }
         }
-        load.cpu_left -= group.cpu;
-        load.memory_left -= group.memory;
-        load.tasks += 1;
-        if !group.ports.is_empty() {
-            load.ports
-                .get_or_insert_default()
-                .extend(group.ports.iter().copied());
-        }
-        *self
-            .placed
-            .entry(group.service_id.clone())
-            .or_default()
-            .entry(index)
-            .or_default() += 1;
-        for d in &group.preferences {
-            let value = spread_value(self.nodes[index], d).to_string();
-            *self
-                .spread
-                .entry(group.service_id.clone())
-                .or_default()
-                .entry((d.clone(), value))
-                .or_default() += 1;
-        }
+        self.count(
+            index,
+            &group.service_id,
+            (group.cpu, group.memory),
+            &group.ports,
+            group.preferences.iter().map(String::as_str),
+        );
     }
 
     fn placed_on(&self, group: &Group, index: usize) -> usize {
