@@ -6,20 +6,69 @@
 //!
 //! Owns: task `networks`, service and task `endpoint`; the NEW → PENDING move.
 
-use shoal_api::{port_config, store_action, Endpoint, StoreAction, Task, TaskState, TaskStatus};
-use shoal_store::Tables;
+use std::collections::BTreeSet;
+
+use shoal_api::{
+    object, port_config, store_action, Endpoint, StoreAction, Task, TaskState, TaskStatus,
+};
+use shoal_store::{Event, Tables};
+
+use crate::reconciler::{Pass, Reconciler};
 
 /// One action per task that is NEW and still wanted.
 pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
-    view.tasks_sharing_specs()
-        .filter(|(t, _)| t.status.as_ref().map_or(0, |s| s.state) == TaskState::New as i32)
-        .filter(|(t, _)| t.desired_state <= TaskState::Running as i32)
-        .map(|(mut t, _)| {
+    Allocator::default().allocate(view, now_ms, true)
+}
+
+fn wanted_new(t: &Task) -> bool {
+    t.status.as_ref().map_or(0, |s| s.state) == TaskState::New as i32
+        && t.desired_state <= TaskState::Running as i32
+}
+
+/// The allocator between passes: the tasks that were NEW when last changed.
+#[derive(Debug, Default)]
+pub struct Allocator {
+    new: BTreeSet<String>,
+}
+
+impl Allocator {
+    fn allocate(&mut self, view: &Tables, now_ms: i64, full: bool) -> Vec<StoreAction> {
+        let prepare = |mut t: Task| {
             // No spec: the store keeps the task's own.
             t.endpoint = host_ports(view, &t);
             pending(t, now_ms)
-        })
-        .collect()
+        };
+        let new = std::mem::take(&mut self.new);
+        if full {
+            return view
+                .tasks_sharing_specs()
+                .map(|(t, _)| t)
+                .filter(wanted_new)
+                .map(prepare)
+                .collect();
+        }
+        new.iter()
+            .filter_map(|id| view.task_without_spec(id))
+            .filter(wanted_new)
+            .map(prepare)
+            .collect()
+    }
+}
+
+impl Reconciler for Allocator {
+    fn observe(&mut self, _: &Tables, event: &Event) {
+        if let Event::Change { object, .. } = event {
+            if let Some(object::Kind::Task(t)) = &object.kind {
+                if wanted_new(t) {
+                    self.new.insert(t.id.clone());
+                }
+            }
+        }
+    }
+
+    fn decide(&mut self, view: &Tables, now_ms: i64, full: bool) -> Pass {
+        Pass::chunked(self.allocate(view, now_ms, full))
+    }
 }
 
 /// The ports the task's service publishes on the node itself.

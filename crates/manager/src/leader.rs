@@ -11,16 +11,16 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use shoal_api::transport::TransportError;
-use shoal_api::StoreAction;
 use shoal_raft::Replica;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::reconciler::{self, Pass};
-use crate::{allocator, orchestrator, reaper, scheduler, Dispatcher};
-
-/// A reconciler's pure decision that yields a flat list of actions.
-type FlatDecision = fn(&shoal_store::Tables, i64) -> Vec<StoreAction>;
+use crate::allocator::Allocator;
+use crate::orchestrator::Orchestrator;
+use crate::reaper::Reaper;
+use crate::reconciler;
+use crate::scheduler::{Scheduler, Search};
+use crate::Dispatcher;
 
 /// Starts the reconcilers and serves the dispatcher on a unix socket at
 /// `dispatcher_socket` (until mutual TLS exists, never on a network
@@ -33,38 +33,31 @@ pub fn start(
     let incoming = shoal_api::transport::listen_unix(dispatcher_socket)?;
     let mut set = JoinSet::new();
     let mut rng = StdRng::from_entropy();
+    let new_id = move || crate::new_object_id(&mut rng);
     set.spawn(reconciler::run(
         "orchestrator",
         Arc::clone(replica),
         stop.clone(),
-        move |view, now| {
-            let decision = orchestrator::decide(view, now, &mut || crate::new_object_id(&mut rng));
-            Pass {
-                transactions: decision.transactions,
-                wake_at_ms: decision.wake_at_ms,
-            }
-        },
+        Orchestrator::new(new_id),
     ));
-    // The others decide a flat list of actions, proposed in bounded parts.
-    let simple: [(&'static str, FlatDecision); 3] = [
-        ("allocator", allocator::decide),
-        ("scheduler", scheduler::decide),
-        ("reaper", |view, _| reaper::decide(view)),
-    ];
-    for (name, decide) in simple {
-        set.spawn(reconciler::run(
-            name,
-            Arc::clone(replica),
-            stop.clone(),
-            move |view, now| Pass {
-                transactions: decide(view, now)
-                    .chunks(crate::MAX_ACTIONS_PER_PASS)
-                    .map(<[StoreAction]>::to_vec)
-                    .collect(),
-                wake_at_ms: None,
-            },
-        ));
-    }
+    set.spawn(reconciler::run(
+        "allocator",
+        Arc::clone(replica),
+        stop.clone(),
+        Allocator::default(),
+    ));
+    set.spawn(reconciler::run(
+        "scheduler",
+        Arc::clone(replica),
+        stop.clone(),
+        Scheduler::new(Search::Auto),
+    ));
+    set.spawn(reconciler::run(
+        "reaper",
+        Arc::clone(replica),
+        stop.clone(),
+        Reaper::default(),
+    ));
     let dispatcher = Dispatcher::new(Arc::clone(replica), stop.clone());
     set.spawn(dispatcher.monitor());
     set.spawn(dispatcher.fan_out());

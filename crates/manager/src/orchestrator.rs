@@ -14,15 +14,16 @@
 //! [`decide`] is pure: a store view and the time in, one transaction per
 //! service out, plus when to look again for delayed restarts.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use shoal_api::{
-    restart_policy, store_action, Node, RestartPolicy, Service, ServiceMode, StoreAction, Task,
-    TaskState, TaskStatus,
+    object, restart_policy, store_action, watch_event, Node, RestartPolicy, Service, ServiceMode,
+    StoreAction, Task, TaskState, TaskStatus,
 };
-use shoal_store::Tables;
+use shoal_store::{Event, Tables};
 
 use crate::constraint::Constraint;
+use crate::reconciler::{pack, Pass, Reconciler};
 
 /// What one pass decided.
 #[derive(Debug, Default, PartialEq)]
@@ -258,129 +259,261 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
     let nodes: Vec<&Node> = view.nodes().collect();
     let evicted = evicted_for_resources(view);
     for service in view.services() {
-        let spec = service.spec.clone().unwrap_or_default();
-        let mode = ServiceMode::try_from(spec.mode).unwrap_or(ServiceMode::Replicated);
-        // Without their specs: the updates below change only desired state,
-        // and the store keeps the spec of a task updated without one.
-        let tasks: Vec<Task> = view
-            .tasks_of_service_sharing_specs(&service.id)
-            .map(|(t, _)| t)
-            .collect();
-        let mut by_place: BTreeMap<Place, Vec<&Task>> = BTreeMap::new();
-        for t in &tasks {
-            let place = match mode {
-                ServiceMode::Global | ServiceMode::GlobalJob => Place::Node(t.node_id.clone()),
-                _ => Place::Slot(t.slot),
-            };
-            by_place.entry(place).or_default().push(t);
-        }
-        for history in by_place.values_mut() {
-            history.sort_by_key(|t| (created_at(t), t.id.clone()));
-        }
-        let constraints: Vec<Constraint> = spec
-            .task
-            .as_ref()
-            .and_then(|t| t.placement.as_ref())
-            .map(|p| {
-                p.constraints
-                    .iter()
-                    .filter_map(|c| Constraint::parse(c).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        // The places that should hold a task.
-        let wanted: Vec<Place> = match mode {
-            ServiceMode::Global | ServiceMode::GlobalJob => nodes
-                .iter()
-                .filter(|n| eligible(n, &constraints))
-                .map(|n| Place::Node(n.id.clone()))
-                .collect(),
-            _ => {
-                let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
-                choose_slots(&by_place, replicas)
-            }
-        };
-        let mut actions = Vec::new();
-        let mut maker = Maker {
-            service,
-            now_ms,
-            new_id,
-        };
-        // Places that should be empty: let their tasks go.
-        let wanted_set: std::collections::BTreeSet<&Place> = wanted.iter().collect();
-        for (place, history) in &by_place {
-            if !wanted_set.contains(place) {
-                for t in history.iter().filter(|t| occupies(t)) {
-                    actions.push(update(with_desired(t, TaskState::Shutdown)));
-                }
-            }
-        }
-        for place in &wanted {
-            let history = by_place.get(place).cloned().unwrap_or_default();
-            let mut live: Vec<&Task> = history.iter().copied().filter(|t| occupies(t)).collect();
-            // At most one live task per place: keep the newest.
-            while live.len() > 1 {
-                let extra = live.remove(0);
-                actions.push(update(with_desired(extra, TaskState::Shutdown)));
-            }
-            let Some(current) = live.first() else {
-                actions.push(create(maker.task(place, TaskState::Running)));
-                continue;
-            };
-            let state = current.observed();
-            let stranded = matches!(place, Place::Slot(_))
-                && !state.is_terminal()
-                && !current.node_id.is_empty()
-                && (!keeps_tasks(view.node(&current.node_id), &constraints)
-                    || evicted.contains(&current.id));
-            if stranded || (current.spec_version < service.spec_version && !state.is_terminal()) {
-                // Moved off a node that cannot keep it, or a plain
-                // replacement of an old template (rolling updates grow here).
-                actions.push(update(with_desired(current, TaskState::Shutdown)));
-                actions.push(create(maker.task(place, TaskState::Running)));
-            } else if state.is_terminal() {
-                if should_restart(service, &history, current, now_ms) {
-                    let delay = restart_delay_ms(service, state);
-                    actions.push(update(with_desired(current, TaskState::Shutdown)));
-                    let next = if delay == 0 {
-                        TaskState::Running
-                    } else {
-                        TaskState::Ready
-                    };
-                    actions.push(create(maker.task(place, next)));
-                }
-            } else if current.desired() == TaskState::Ready {
-                // The delay follows from how the task it replaces ended.
-                let replaced = history
-                    .iter()
-                    .rfind(|t| created_at(t) <= created_at(current) && t.id != current.id)
-                    .map_or(TaskState::Failed, |t| t.observed());
-                let delay = restart_delay_ms(service, replaced) as i64;
-                let due = created_at(current) + delay;
-                if now_ms >= due {
-                    actions.push(update(with_desired(current, TaskState::Running)));
-                } else {
-                    decision.wake_at_ms =
-                        Some(decision.wake_at_ms.map_or(due, |w: i64| w.min(due)));
-                }
-            }
-        }
-        if !actions.is_empty() {
-            decision.transactions.push(actions);
+        let (groups, due) = reconcile(view, service, &nodes, &evicted, now_ms, new_id);
+        decision.transactions.extend(pack(groups));
+        if let Some(due) = due {
+            decision.wake_at_ms = Some(decision.wake_at_ms.map_or(due, |w: i64| w.min(due)));
         }
     }
     // Tasks whose service is gone: let them go for the reaper to remove.
-    let services: HashMap<&str, ()> = view.services().map(|s| (s.id.as_str(), ())).collect();
+    let services: HashSet<&str> = view.services().map(|s| s.id.as_str()).collect();
     let orphans: Vec<StoreAction> = view
         .tasks_sharing_specs()
-        .filter(|(t, _)| !services.contains_key(t.service_id.as_str()))
+        .filter(|(t, _)| !services.contains(t.service_id.as_str()))
         .filter(|(t, _)| t.desired() != TaskState::Remove)
         .map(|(t, _)| update(with_desired(&t, TaskState::Remove)))
         .collect();
-    for chunk in orphans.chunks(crate::MAX_ACTIONS_PER_PASS) {
-        decision.transactions.push(chunk.to_vec());
-    }
     decision
+        .transactions
+        .extend(pack(orphans.into_iter().map(|a| vec![a])));
+    decision
+}
+
+/// The orchestrator between passes: which services to look at again.
+///
+/// A service is looked at again when it changed, when one of its occupying
+/// tasks ended or sits on a node that cannot keep it, and when a delayed
+/// restart of it is due. Any node change makes the next pass a full one: a
+/// node going down, drained, relabelled or shrunk concerns every service.
+pub struct Orchestrator<F> {
+    new_id: F,
+    dirty: BTreeSet<String>,
+    /// When each service's delayed restart is due.
+    delayed: HashMap<String, i64>,
+    rebuild: bool,
+}
+
+impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
+    pub fn new(new_id: F) -> Self {
+        Orchestrator {
+            new_id,
+            dirty: BTreeSet::new(),
+            delayed: HashMap::new(),
+            rebuild: false,
+        }
+    }
+
+    /// What one pass decides: over every service when `full`, else over
+    /// those noted since the last pass.
+    pub fn orchestrate(&mut self, view: &Tables, now_ms: i64, full: bool) -> Decision {
+        let dirty = std::mem::take(&mut self.dirty);
+        if full || std::mem::take(&mut self.rebuild) {
+            let decision = decide(view, now_ms, &mut self.new_id);
+            self.delayed.clear();
+            // Which service is waiting is not kept by the full pass: look at
+            // every service again when the earliest delay is due.
+            if let Some(due) = decision.wake_at_ms {
+                for s in view.services() {
+                    self.delayed.insert(s.id.clone(), due);
+                }
+            }
+            return decision;
+        }
+        let mut services = dirty;
+        self.delayed.retain(|id, due| {
+            if *due <= now_ms {
+                services.insert(id.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let mut decision = Decision::default();
+        let nodes: Vec<&Node> = view.nodes().collect();
+        // Evictions follow from node changes, which make passes full.
+        let evicted = HashSet::new();
+        for id in services {
+            self.delayed.remove(&id);
+            let Some(service) = view.service(&id) else {
+                let orphans: Vec<StoreAction> = view
+                    .tasks_of_service_sharing_specs(&id)
+                    .filter(|(t, _)| t.desired() != TaskState::Remove)
+                    .map(|(t, _)| update(with_desired(&t, TaskState::Remove)))
+                    .collect();
+                decision
+                    .transactions
+                    .extend(pack(orphans.into_iter().map(|a| vec![a])));
+                continue;
+            };
+            let (groups, due) =
+                reconcile(view, service, &nodes, &evicted, now_ms, &mut self.new_id);
+            decision.transactions.extend(pack(groups));
+            if let Some(due) = due {
+                self.delayed.insert(id, due);
+            }
+        }
+        decision.wake_at_ms = self.delayed.values().min().copied();
+        decision
+    }
+}
+
+impl<F: FnMut() -> String + Send + 'static> Reconciler for Orchestrator<F> {
+    fn observe(&mut self, view: &Tables, event: &Event) {
+        let Event::Change { action, object, .. } = event else {
+            return;
+        };
+        match &object.kind {
+            Some(object::Kind::Node(_)) => self.rebuild = true,
+            Some(object::Kind::Service(s)) => {
+                self.dirty.insert(s.id.clone());
+            }
+            Some(object::Kind::Task(t)) if *action != watch_event::Action::Remove => {
+                let ended = occupies(t) && t.observed().is_terminal();
+                let stranded = occupies(t)
+                    && !t.node_id.is_empty()
+                    && !keeps_tasks(view.node(&t.node_id), &[]);
+                let unowned = view.service(&t.service_id).is_none();
+                if ended || stranded || unowned {
+                    self.dirty.insert(t.service_id.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn decide(&mut self, view: &Tables, now_ms: i64, full: bool) -> Pass {
+        let decision = self.orchestrate(view, now_ms, full);
+        Pass {
+            transactions: decision.transactions,
+            wake_at_ms: decision.wake_at_ms,
+        }
+    }
+}
+
+/// The actions one service needs, and when its earliest delayed restart is
+/// due.
+fn reconcile(
+    view: &Tables,
+    service: &Service,
+    nodes: &[&Node],
+    evicted: &HashSet<String>,
+    now_ms: i64,
+    new_id: &mut impl FnMut() -> String,
+) -> (Vec<Vec<StoreAction>>, Option<i64>) {
+    let mut wake_at_ms: Option<i64> = None;
+    let spec = service.spec.clone().unwrap_or_default();
+    let mode = ServiceMode::try_from(spec.mode).unwrap_or(ServiceMode::Replicated);
+    // Without their specs: the updates below change only desired state,
+    // and the store keeps the spec of a task updated without one.
+    let tasks: Vec<Task> = view
+        .tasks_of_service_sharing_specs(&service.id)
+        .map(|(t, _)| t)
+        .collect();
+    let mut by_place: BTreeMap<Place, Vec<&Task>> = BTreeMap::new();
+    for t in &tasks {
+        let place = match mode {
+            ServiceMode::Global | ServiceMode::GlobalJob => Place::Node(t.node_id.clone()),
+            _ => Place::Slot(t.slot),
+        };
+        by_place.entry(place).or_default().push(t);
+    }
+    for history in by_place.values_mut() {
+        history.sort_by_key(|t| (created_at(t), t.id.clone()));
+    }
+    let constraints: Vec<Constraint> = spec
+        .task
+        .as_ref()
+        .and_then(|t| t.placement.as_ref())
+        .map(|p| {
+            p.constraints
+                .iter()
+                .filter_map(|c| Constraint::parse(c).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // The places that should hold a task.
+    let wanted: Vec<Place> = match mode {
+        ServiceMode::Global | ServiceMode::GlobalJob => nodes
+            .iter()
+            .filter(|n| eligible(n, &constraints))
+            .map(|n| Place::Node(n.id.clone()))
+            .collect(),
+        _ => {
+            let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
+            choose_slots(&by_place, replicas)
+        }
+    };
+    // One group per place: a task let go and its replacement commit together.
+    let mut groups: Vec<Vec<StoreAction>> = Vec::new();
+    let mut maker = Maker {
+        service,
+        now_ms,
+        new_id,
+    };
+    // Places that should be empty: let their tasks go.
+    let wanted_set: std::collections::BTreeSet<&Place> = wanted.iter().collect();
+    for (place, history) in &by_place {
+        if !wanted_set.contains(place) {
+            for t in history.iter().filter(|t| occupies(t)) {
+                groups.push(vec![update(with_desired(t, TaskState::Shutdown))]);
+            }
+        }
+    }
+    for place in &wanted {
+        let mut actions = Vec::new();
+        let history = by_place.get(place).cloned().unwrap_or_default();
+        let mut live: Vec<&Task> = history.iter().copied().filter(|t| occupies(t)).collect();
+        // At most one live task per place: keep the newest.
+        while live.len() > 1 {
+            let extra = live.remove(0);
+            actions.push(update(with_desired(extra, TaskState::Shutdown)));
+        }
+        let Some(current) = live.first() else {
+            actions.push(create(maker.task(place, TaskState::Running)));
+            groups.push(actions);
+            continue;
+        };
+        let state = current.observed();
+        let stranded = matches!(place, Place::Slot(_))
+            && !state.is_terminal()
+            && !current.node_id.is_empty()
+            && (!keeps_tasks(view.node(&current.node_id), &constraints)
+                || evicted.contains(&current.id));
+        if stranded || (current.spec_version < service.spec_version && !state.is_terminal()) {
+            // Moved off a node that cannot keep it, or a plain
+            // replacement of an old template (rolling updates grow here).
+            actions.push(update(with_desired(current, TaskState::Shutdown)));
+            actions.push(create(maker.task(place, TaskState::Running)));
+        } else if state.is_terminal() {
+            if should_restart(service, &history, current, now_ms) {
+                let delay = restart_delay_ms(service, state);
+                actions.push(update(with_desired(current, TaskState::Shutdown)));
+                let next = if delay == 0 {
+                    TaskState::Running
+                } else {
+                    TaskState::Ready
+                };
+                actions.push(create(maker.task(place, next)));
+            }
+        } else if current.desired() == TaskState::Ready {
+            // The delay follows from how the task it replaces ended.
+            let replaced = history
+                .iter()
+                .rfind(|t| created_at(t) <= created_at(current) && t.id != current.id)
+                .map_or(TaskState::Failed, |t| t.observed());
+            let delay = restart_delay_ms(service, replaced) as i64;
+            let due = created_at(current) + delay;
+            if now_ms >= due {
+                actions.push(update(with_desired(current, TaskState::Running)));
+            } else {
+                wake_at_ms = Some(wake_at_ms.map_or(due, |w: i64| w.min(due)));
+            }
+        }
+        if !actions.is_empty() {
+            groups.push(actions);
+        }
+    }
+    (groups, wake_at_ms)
 }
 
 /// Which slots a replicated service keeps: the occupied ones, dropping first

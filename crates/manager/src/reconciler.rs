@@ -1,19 +1,25 @@
 //! The thin loop around each pure decision (STYLE.md habit 1): read a view,
 //! decide, propose, wait for the next change.
 //!
-//! Level-triggered: every pass decides from a fresh view, never from an
-//! event's payload, so coalescing or losing events loses nothing. A pass runs
-//! on start, after every commit, and when a decision asked to be woken (a
-//! delayed restart). A proposal that fails (a conflict with another writer,
-//! raft unavailable) is retried by the next pass, after a backoff when every
-//! proposal of a pass failed: never dropped with a log line.
+//! Level-triggered, with a memory: a reconciler is told each committed
+//! change (`observe`) and then decides from the store view (`decide`), so a
+//! pass looks again only at what changed instead of every task. The changes
+//! it is told are exactly those up to the view it decides from: the view is
+//! taken first (writers wait while it is held, and hand their changes to the
+//! watch before letting it go), then the queued changes are drained. A pass
+//! decides from everything (`full`) on start, after the watch lagged, after
+//! any proposal failed (what the reconciler expected to see did not
+//! happen), and at least every [`FULL_PASS_MS`] as a safety net. A proposal
+//! that fails (a conflict with another writer, raft unavailable) is retried
+//! by that full pass, after a backoff when every proposal of a pass failed:
+//! never dropped with a log line.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shoal_api::{StoreAction, Transaction};
 use shoal_raft::Replica;
-use shoal_store::Tables;
+use shoal_store::{Event, Tables};
 use tokio::sync::watch;
 
 /// Backoff after a pass whose every proposal failed.
@@ -22,11 +28,65 @@ const RETRY_MAX_MS: u64 = 2_000;
 /// Without any change, a pass still runs this often (a missed wake-up costs
 /// at most this much).
 const IDLE_PASS_MS: u64 = 10_000;
+/// A pass decides from everything at least this often, whatever happened.
+pub const FULL_PASS_MS: u64 = 30_000;
 
 /// A pass's outcome: transactions to propose and when to look again.
+#[derive(Debug, Default)]
 pub struct Pass {
     pub transactions: Vec<Vec<StoreAction>>,
     pub wake_at_ms: Option<i64>,
+}
+
+impl Pass {
+    /// A flat list of actions, proposed in bounded transactions.
+    pub fn chunked(actions: Vec<StoreAction>) -> Pass {
+        Pass {
+            transactions: pack(actions.into_iter().map(|a| vec![a])),
+            wake_at_ms: None,
+        }
+    }
+}
+
+/// A transaction a reconciler proposes holds at most this many bytes: well
+/// under a raft entry's limit, so one never fails for its size.
+pub const MAX_TRANSACTION_BYTES: usize = shoal_raft::MAX_ENTRY_BYTES / 4;
+
+/// Packs groups of actions (each group must commit together) into as few
+/// transactions as the bounds allow: at most
+/// [`crate::MAX_ACTIONS_PER_PASS`] actions and [`MAX_TRANSACTION_BYTES`]
+/// bytes each, unless one group alone is larger.
+pub fn pack(groups: impl IntoIterator<Item = Vec<StoreAction>>) -> Vec<Vec<StoreAction>> {
+    use prost::Message;
+    let mut out: Vec<Vec<StoreAction>> = Vec::new();
+    let mut current: Vec<StoreAction> = Vec::new();
+    let mut bytes = 0;
+    for group in groups {
+        let size: usize = group.iter().map(Message::encoded_len).sum();
+        let full = current.len() + group.len() > crate::MAX_ACTIONS_PER_PASS
+            || bytes + size > MAX_TRANSACTION_BYTES;
+        if full && !current.is_empty() {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.extend(group);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// A decision over the store that is told what changed since its last pass.
+pub trait Reconciler: Send + 'static {
+    /// Notes one committed change. `view` is the view the next pass decides
+    /// from (it may already hold later changes of the same object).
+    fn observe(&mut self, view: &Tables, event: &Event);
+
+    /// Decides from `view`: from every object when `full` (forgetting what
+    /// `observe` noted), else from what `observe` noted since the last pass.
+    fn decide(&mut self, view: &Tables, now_ms: i64, full: bool) -> Pass;
 }
 
 pub fn now_ms() -> i64 {
@@ -35,23 +95,40 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs `decide` until `shutdown` turns true.
+/// Runs `reconciler` until `shutdown` turns true.
 pub async fn run(
     name: &'static str,
     replica: Arc<Replica>,
     mut shutdown: watch::Receiver<bool>,
-    mut decide: impl FnMut(&Tables, i64) -> Pass + Send,
+    mut reconciler: impl Reconciler,
 ) {
     let mut changes = replica.store().watch();
     let mut backoff_ms = RETRY_MIN_MS;
+    let mut full = true;
+    let mut last_full = Instant::now();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        changes.drain();
+        if last_full.elapsed() >= Duration::from_millis(FULL_PASS_MS) {
+            full = true;
+        }
         let pass = {
             let view = replica.store().view();
-            decide(&view, now_ms())
+            let in_step = changes.drain_with(|e| {
+                if !full {
+                    reconciler.observe(&view, e);
+                }
+            });
+            if !in_step {
+                // Changes were lost: a new watch starts at this view.
+                changes = replica.store().watch();
+                full = true;
+            }
+            if full {
+                last_full = Instant::now();
+            }
+            reconciler.decide(&view, now_ms(), std::mem::take(&mut full))
         };
         let mut failed = 0;
         let total = pass.transactions.len();
@@ -69,8 +146,11 @@ pub async fn run(
         for result in join_all(proposals).await {
             if let Err(e) = result {
                 failed += 1;
-                tracing::debug!(reconciler = name, error = %e, "proposal failed; the next pass retries");
+                tracing::debug!(reconciler = name, error = %e, "proposal failed; a full pass retries");
             }
+        }
+        if failed > 0 {
+            full = true;
         }
         if total > 0 && failed == total {
             tokio::select! {
@@ -90,10 +170,10 @@ pub async fn run(
         });
         tokio::select! {
             _ = shutdown.changed() => return,
-            next = changes.next() => {
+            next = changes.changed() => {
                 if next.is_err() {
-                    // Lagged or closed: a fresh subscription, and a full pass.
                     changes = replica.store().watch();
+                    full = true;
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}

@@ -25,17 +25,18 @@
 //! test compares them).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
 use shoal_api::{
-    node_spec, node_status, port_config, store_action, Node, StoreAction, Task, TaskSpec,
-    TaskState, TaskStatus,
+    node_spec, node_status, object, port_config, store_action, watch_event, Node, StoreAction,
+    Task, TaskSpec, TaskState, TaskStatus,
 };
-use shoal_store::Tables;
+use shoal_store::{Event, Tables};
 
 use crate::constraint::Constraint;
+use crate::reconciler::{Pass, Reconciler};
 
 /// A node where a service failed this many times within
 /// `FAILURE_WINDOW_MS` goes after every other node for that service.
@@ -57,8 +58,10 @@ struct Load {
     cpu_left: i64,
     memory_left: i64,
     tasks: usize,
-    /// Host ports its tasks publish; most nodes have none.
-    ports: Option<HashSet<HostPort>>,
+    /// Host ports its tasks publish, with how many publish each (two
+    /// should never, but the count keeps a removal exact); most nodes have
+    /// none.
+    ports: Option<HashMap<HostPort, usize>>,
 }
 
 /// Why a node cannot take a task, in filter order (the explanation lists
@@ -168,12 +171,56 @@ impl Group {
     }
 }
 
-/// The cluster as the scheduler sees it during one pass: every node's load,
-/// the nodes that can take tasks ordered by load, and per service where its
-/// tasks are and where it failed.
-struct Cluster<'a> {
-    nodes: Vec<&'a Node>,
-    index_of: HashMap<&'a str, usize>,
+/// What a task that holds resources on a node counts there, kept so that
+/// its change or removal can be taken back exactly.
+#[derive(Debug, Clone, PartialEq)]
+struct Hold {
+    index: usize,
+    service_id: String,
+    cpu: i64,
+    memory: i64,
+    ports: Vec<HostPort>,
+    preferences: Vec<String>,
+}
+
+impl Hold {
+    fn of(index: usize, task: &Task, spec: &TaskSpec) -> Hold {
+        let (cpu, memory) = reservations(spec);
+        Hold {
+            index,
+            service_id: task.service_id.clone(),
+            cpu,
+            memory,
+            ports: host_ports(task),
+            preferences: spec
+                .placement
+                .as_ref()
+                .map(|p| {
+                    p.preferences
+                        .iter()
+                        .map(|p| p.spread_descriptor.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A recent failure of a service on a node.
+#[derive(Debug, Clone)]
+struct Failure {
+    service_id: String,
+    index: usize,
+    at_ms: i64,
+}
+
+/// The cluster as the scheduler sees it: every node's load, the nodes that
+/// can take tasks ordered by load, and per service where its tasks are and
+/// where it failed. Kept between passes and changed task by task; made
+/// anew from the store when nodes change.
+struct Cluster {
+    nodes: Vec<Node>,
+    index_of: HashMap<String, usize>,
     loads: Vec<Load>,
     schedulable: Vec<bool>,
     /// Ready, active nodes ordered by (tasks, index): lane 0 holds all of
@@ -183,16 +230,23 @@ struct Cluster<'a> {
     lane_of: HashMap<Vec<String>, usize>,
     /// Per service: node index → its tasks there.
     placed: HashMap<String, HashMap<usize, usize>>,
-    /// Per service: node index → recent failures there (after the scan of
-    /// tasks, only where there were `FAILURES_TO_AVOID` or more).
+    /// Per service: node index → recent failures there.
+    failure_counts: HashMap<String, HashMap<usize, usize>>,
+    /// The same, only where there were `FAILURES_TO_AVOID` or more.
     failures: HashMap<String, HashMap<usize, usize>>,
     /// Tasks of a service per (descriptor, value).
     spread: HashMap<String, HashMap<(String, String), usize>>,
+    /// What each task that holds resources counts, by task id.
+    held: HashMap<String, Hold>,
+    /// Recent failures by task id, and the same ordered by time so they
+    /// can be let go when they leave the window.
+    failed: HashMap<String, Failure>,
+    failed_by_time: BTreeSet<(i64, String)>,
 }
 
-impl<'a> Cluster<'a> {
-    fn new(view: &'a Tables) -> Cluster<'a> {
-        let nodes: Vec<&Node> = view.nodes().collect();
+impl Cluster {
+    fn new(view: &Tables) -> Cluster {
+        let nodes: Vec<Node> = view.nodes().cloned().collect();
         let loads = nodes
             .iter()
             .map(|n| {
@@ -220,7 +274,7 @@ impl<'a> Cluster<'a> {
             index_of: nodes
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (n.id.as_str(), i))
+                .map(|(i, n)| (n.id.clone(), i))
                 .collect(),
             nodes,
             loads,
@@ -228,61 +282,147 @@ impl<'a> Cluster<'a> {
             lanes: Vec::new(),
             lane_of: HashMap::new(),
             placed: HashMap::new(),
+            failure_counts: HashMap::new(),
             failures: HashMap::new(),
             spread: HashMap::new(),
+            held: HashMap::new(),
+            failed: HashMap::new(),
+            failed_by_time: BTreeSet::new(),
         }
     }
 
-    /// Counts a task that holds resources on its node.
-    fn hold(&mut self, index: usize, task: &Task, spec: &TaskSpec) {
-        let (cpu, memory) = reservations(spec);
-        let preferences = spec.placement.as_ref().map(|p| &p.preferences);
-        self.count(
-            index,
-            &task.service_id,
-            (cpu, memory),
-            &host_ports(task),
-            preferences
-                .into_iter()
-                .flatten()
-                .map(|p| p.spread_descriptor.as_str()),
-        );
+    /// Counts what a task holds on its node (by task id, replacing what it
+    /// held before). Returns whether anything was freed.
+    fn set_hold(&mut self, task_id: &str, hold: Option<Hold>) -> bool {
+        let old = self.held.remove(task_id);
+        if old == hold {
+            if let Some(h) = old {
+                self.held.insert(task_id.to_string(), h);
+            }
+            return false;
+        }
+        let freed = old.is_some();
+        if let Some(old) = old {
+            self.count(&old, false);
+        }
+        if let Some(hold) = hold {
+            self.count(&hold, true);
+            self.held.insert(task_id.to_string(), hold);
+        }
+        freed
     }
 
-    /// Adds one task of `service_id` to node `index`: what it reserves, the
-    /// host ports it publishes, its place in the service's spread groups.
-    fn count<'d>(
-        &mut self,
-        index: usize,
-        service_id: &str,
-        (cpu, memory): (i64, i64),
-        ports: &[HostPort],
-        preferences: impl Iterator<Item = &'d str>,
-    ) {
+    /// Adds (or takes back) one task's hold on its node: what it reserves,
+    /// the host ports it publishes, its place in its service's spread
+    /// groups, and the node's place in the load order.
+    fn count(&mut self, hold: &Hold, add: bool) {
+        let index = hold.index;
+        let tasks = self.loads[index].tasks;
+        let after = if add {
+            tasks + 1
+        } else {
+            tasks.saturating_sub(1)
+        };
+        if self.schedulable[index] {
+            for lane in &mut self.lanes {
+                if lane.members.as_ref().is_none_or(|m| m[index]) {
+                    lane.order.remove(&(tasks, index));
+                    lane.order.insert((after, index));
+                }
+            }
+        }
+        let sign = if add { 1 } else { -1 };
         let load = &mut self.loads[index];
-        load.cpu_left -= cpu;
-        load.memory_left -= memory;
-        load.tasks += 1;
-        if !ports.is_empty() {
-            load.ports
-                .get_or_insert_default()
-                .extend(ports.iter().copied());
+        load.cpu_left -= sign * hold.cpu;
+        load.memory_left -= sign * hold.memory;
+        load.tasks = after;
+        if !hold.ports.is_empty() {
+            let ports = load.ports.get_or_insert_default();
+            for p in &hold.ports {
+                bump(ports, *p, add);
+            }
+            if ports.is_empty() {
+                load.ports = None;
+            }
         }
-        *self
-            .placed
-            .entry(service_id.to_string())
-            .or_default()
-            .entry(index)
-            .or_default() += 1;
-        for d in preferences {
-            let value = spread_value(self.nodes[index], d).to_string();
-            *self
-                .spread
-                .entry(service_id.to_string())
-                .or_default()
-                .entry((d.to_string(), value))
-                .or_default() += 1;
+        bump_nested(&mut self.placed, &hold.service_id, index, add);
+        for d in &hold.preferences {
+            let value = spread_value(&self.nodes[index], d).to_string();
+            bump_nested(&mut self.spread, &hold.service_id, (d.clone(), value), add);
         }
+    }
+
+    /// Notes (or forgets) a recent failure of a task.
+    fn set_failure(&mut self, task_id: &str, failure: Option<Failure>) {
+        if self.failed.contains_key(task_id) == failure.is_some() {
+            return;
+        }
+        let (f, add) = match failure {
+            Some(f) => {
+                self.failed_by_time.insert((f.at_ms, task_id.to_string()));
+                self.failed.insert(task_id.to_string(), f.clone());
+                (f, true)
+            }
+            None => match self.failed.remove(task_id) {
+                Some(f) => {
+                    self.failed_by_time.remove(&(f.at_ms, task_id.to_string()));
+                    (f, false)
+                }
+                None => return,
+            },
+        };
+        bump_nested(&mut self.failure_counts, &f.service_id, f.index, add);
+        let n = self
+            .failure_counts
+            .get(&f.service_id)
+            .and_then(|c| c.get(&f.index))
+            .copied()
+            .unwrap_or(0);
+        let avoid = self.failures.entry(f.service_id.clone()).or_default();
+        if n >= FAILURES_TO_AVOID {
+            avoid.insert(f.index, n);
+        } else {
+            avoid.remove(&f.index);
+        }
+        if avoid.is_empty() {
+            self.failures.remove(&f.service_id);
+        }
+    }
+
+    /// Forgets failures older than the window.
+    fn expire_failures(&mut self, now_ms: i64) {
+        while let Some((at, id)) = self.failed_by_time.first().cloned() {
+            if at >= now_ms - FAILURE_WINDOW_MS {
+                break;
+            }
+            self.set_failure(&id, None);
+        }
+    }
+
+    /// Brings what one task counts up to date with the store; returns
+    /// whether it freed anything on a node.
+    fn refresh(&mut self, task_id: &str, task: Option<(&Task, &TaskSpec)>, now_ms: i64) -> bool {
+        let hold = task.and_then(|(t, spec)| {
+            if !holds_resources(t) {
+                return None;
+            }
+            let index = *self.index_of.get(t.node_id.as_str())?;
+            Some(Hold::of(index, t, spec))
+        });
+        let failure = task.and_then(|(t, _)| {
+            let stamp = t.status.as_ref().map_or(0, |s| s.timestamp_ms);
+            let failed = matches!(t.observed(), TaskState::Failed | TaskState::Rejected);
+            if !failed || stamp < now_ms - FAILURE_WINDOW_MS {
+                return None;
+            }
+            Some(Failure {
+                service_id: t.service_id.clone(),
+                index: *self.index_of.get(t.node_id.as_str())?,
+                at_ms: stamp,
+            })
+        });
+        self.set_failure(task_id, failure);
+        self.set_hold(task_id, hold)
     }
 
     fn order_by_load(&mut self) {
@@ -294,6 +434,7 @@ impl<'a> Cluster<'a> {
             members: None,
             order,
         }];
+        self.lane_of.clear();
     }
 
     /// The lane of nodes that satisfy `group`'s constraints, made on first
@@ -330,23 +471,16 @@ impl<'a> Cluster<'a> {
     }
 
     /// Places one task of `group` on node `index`.
-    fn place(&mut self, index: usize, group: &Group) {
-        if self.schedulable[index] {
-            let tasks = self.loads[index].tasks;
-            for lane in &mut self.lanes {
-                if lane.members.as_ref().is_none_or(|m| m[index]) {
-                    lane.order.remove(&(tasks, index));
-                    lane.order.insert((tasks + 1, index));
-                }
-            }
-        }
-        self.count(
+    fn place(&mut self, task_id: &str, index: usize, group: &Group) {
+        let hold = Hold {
             index,
-            &group.service_id,
-            (group.cpu, group.memory),
-            &group.ports,
-            group.preferences.iter().map(String::as_str),
-        );
+            service_id: group.service_id.clone(),
+            cpu: group.cpu,
+            memory: group.memory,
+            ports: group.ports.clone(),
+            preferences: group.preferences.clone(),
+        };
+        self.set_hold(task_id, Some(hold));
     }
 
     fn placed_on(&self, group: &Group, index: usize) -> usize {
@@ -366,7 +500,7 @@ impl<'a> Cluster<'a> {
 
     /// The first filter node `index` fails for a task of `group`.
     fn reject(&self, group: &Group, index: usize) -> Option<Reason> {
-        let node = self.nodes[index];
+        let node = &self.nodes[index];
         let load = &self.loads[index];
         if !self.schedulable[index] {
             return Some(
@@ -387,7 +521,7 @@ impl<'a> Cluster<'a> {
             return Some(Reason::Constraint(i));
         }
         if let Some(ports) = &load.ports {
-            if let Some(p) = group.ports.iter().find(|p| ports.contains(p)) {
+            if let Some(p) = group.ports.iter().find(|p| ports.contains_key(p)) {
                 return Some(Reason::Port(*p));
             }
         }
@@ -456,7 +590,7 @@ impl<'a> Cluster<'a> {
                     .preferences
                     .iter()
                     .map(|d| {
-                        let value = spread_value(self.nodes[*i], d);
+                        let value = spread_value(&self.nodes[*i], d);
                         counts
                             .and_then(|c| c.get(&(d.clone(), value.to_string())))
                             .copied()
@@ -539,6 +673,43 @@ pub enum Search {
     Heap,
 }
 
+/// Adds one to (or takes one from) a count, dropping it at zero: a key's
+/// presence means "some" to the walk.
+fn bump<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K, add: bool) {
+    if add {
+        *counts.entry(key).or_default() += 1;
+    } else if let Some(n) = counts.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&key);
+        }
+    }
+}
+
+fn bump_nested<K: std::hash::Hash + Eq>(
+    counts: &mut HashMap<String, HashMap<K, usize>>,
+    outer: &str,
+    key: K,
+    add: bool,
+) {
+    if add {
+        bump(counts.entry(outer.to_string()).or_default(), key, true);
+    } else if let Some(inner) = counts.get_mut(outer) {
+        bump(inner, key, false);
+        if inner.is_empty() {
+            counts.remove(outer);
+        }
+    }
+}
+
+fn is_pending(t: &Task) -> bool {
+    t.observed() == TaskState::Pending && t.desired_state <= TaskState::Running as i32
+}
+
+fn is_failure(t: &Task) -> bool {
+    matches!(t.observed(), TaskState::Failed | TaskState::Rejected)
+}
+
 /// Assignments for every pending task that fits somewhere, and explanations
 /// for the ones that do not (only when the explanation changed).
 pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
@@ -547,57 +718,162 @@ pub fn decide(view: &Tables, now_ms: i64) -> Vec<StoreAction> {
 
 /// [`decide`], with the search chosen.
 pub fn decide_with(view: &Tables, now_ms: i64, search: Search) -> Vec<StoreAction> {
-    let mut cluster = Cluster::new(view);
+    Scheduler::new(search).schedule(view, now_ms, true)
+}
+
+/// The scheduler between passes: the cluster as it counted it, and which
+/// tasks to look at.
+///
+/// A pending task is tried when it becomes pending; one that found no node
+/// waits until something frees room on a node (a task stops holding
+/// resources) or nodes change, since loads only grow otherwise and it
+/// could not fit anywhere then either. Any node change makes the next pass
+/// a full one.
+pub struct Scheduler {
+    search: Search,
+    cluster: Option<Cluster>,
+    /// Tasks whose change may matter, since the last pass.
+    changed: BTreeSet<String>,
+    /// Pending tasks not tried yet.
+    fresh: BTreeSet<String>,
+    /// Pending tasks that found no node, tried again when room frees.
+    waiting: BTreeSet<String>,
+}
+
+impl Scheduler {
+    pub fn new(search: Search) -> Scheduler {
+        Scheduler {
+            search,
+            cluster: None,
+            changed: BTreeSet::new(),
+            fresh: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+        }
+    }
+
+    /// What one pass decides: from every task when `full`, else from the
+    /// tasks noted since the last pass.
+    pub fn schedule(&mut self, view: &Tables, now_ms: i64, full: bool) -> Vec<StoreAction> {
+        let changed = std::mem::take(&mut self.changed);
+        let (mut cluster, retry) = match self.cluster.take() {
+            Some(mut cluster) if !full => {
+                let mut freed = false;
+                for id in &changed {
+                    let task = view.task_sharing_spec(id);
+                    let current = task.as_ref().map(|(t, spec)| (t, spec.as_ref()));
+                    freed |= cluster.refresh(id, current, now_ms);
+                    self.waiting.remove(id);
+                    self.fresh.remove(id);
+                    if task.as_ref().is_some_and(|(t, _)| is_pending(t)) {
+                        self.fresh.insert(id.clone());
+                    }
+                }
+                cluster.expire_failures(now_ms);
+                (cluster, freed)
+            }
+            _ => {
+                let mut cluster = Cluster::new(view);
+                self.fresh.clear();
+                self.waiting.clear();
+                for (task, spec) in view.tasks_sharing_specs() {
+                    cluster.refresh(&task.id, Some((&task, spec)), now_ms);
+                    if is_pending(&task) {
+                        self.fresh.insert(task.id);
+                    }
+                }
+                cluster.order_by_load();
+                (cluster, true)
+            }
+        };
+        let mut candidates = std::mem::take(&mut self.fresh);
+        if retry {
+            candidates.append(&mut self.waiting);
+        }
+        let (actions, unplaced) = place_pending(
+            &mut cluster,
+            candidates
+                .iter()
+                .filter_map(|id| view.task_sharing_spec(id))
+                .filter(|(t, _)| is_pending(t)),
+            now_ms,
+            self.search,
+        );
+        self.waiting.extend(unplaced);
+        self.cluster = Some(cluster);
+        actions
+    }
+}
+
+impl Reconciler for Scheduler {
+    fn observe(&mut self, _: &Tables, event: &Event) {
+        let Event::Change { action, object, .. } = event else {
+            return;
+        };
+        match &object.kind {
+            Some(object::Kind::Node(_)) => self.cluster = None,
+            Some(object::Kind::Task(t)) => {
+                if let (Some(cluster), true) =
+                    (&self.cluster, *action != watch_event::Action::Remove)
+                {
+                    // Most changes move a task along without changing what
+                    // it holds (ASSIGNED → RUNNING on the same node).
+                    let same_hold = cluster
+                        .held
+                        .get(&t.id)
+                        .is_some_and(|h| cluster.nodes[h.index].id == t.node_id);
+                    let held = cluster.held.contains_key(&t.id);
+                    let holds = holds_resources(t);
+                    let quiet = !is_pending(t)
+                        && !is_failure(t)
+                        && !self.waiting.contains(&t.id)
+                        && ((holds && same_hold) || (!holds && !held));
+                    if quiet {
+                        return;
+                    }
+                }
+                self.changed.insert(t.id.clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn decide(&mut self, view: &Tables, now_ms: i64, full: bool) -> Pass {
+        Pass::chunked(self.schedule(view, now_ms, full))
+    }
+}
+
+/// Places `pending` tasks on `cluster`: assignments for those that fit,
+/// explanations for the others (only when it changed), and the ids of
+/// those that did not fit.
+fn place_pending<'s>(
+    cluster: &mut Cluster,
+    pending: impl Iterator<Item = (Task, &'s Arc<TaskSpec>)>,
+    now_ms: i64,
+    search: Search,
+) -> (Vec<StoreAction>, Vec<String>) {
     // Pending tasks by (service, spec version), and those whose node is
     // chosen already (global services) each on its own.
     let mut groups: Vec<Group> = Vec::new();
     let mut group_of: HashMap<(String, u64), usize> = HashMap::new();
     let mut fixed: Vec<Group> = Vec::new();
-    for (task, spec) in view.tasks_sharing_specs() {
-        let state = task.observed();
-        let stamp = task.status.as_ref().map_or(0, |s| s.timestamp_ms);
-        if matches!(state, TaskState::Failed | TaskState::Rejected)
-            && stamp >= now_ms - FAILURE_WINDOW_MS
-        {
-            if let Some(i) = cluster.index_of.get(task.node_id.as_str()) {
-                *cluster
-                    .failures
-                    .entry(task.service_id.clone())
-                    .or_default()
-                    .entry(*i)
-                    .or_default() += 1;
-            }
+    for (task, spec) in pending {
+        if !task.node_id.is_empty() {
+            let mut g = Group::new(task.service_id.clone(), Arc::clone(spec), host_ports(&task));
+            g.tasks.push(Box::new(task));
+            fixed.push(g);
+            continue;
         }
-        if holds_resources(&task) {
-            if let Some(i) = cluster.index_of.get(task.node_id.as_str()).copied() {
-                cluster.hold(i, &task, spec);
-            }
-        } else if state == TaskState::Pending && task.desired_state <= TaskState::Running as i32 {
-            if !task.node_id.is_empty() {
-                let mut g =
-                    Group::new(task.service_id.clone(), Arc::clone(spec), host_ports(&task));
-                g.tasks.push(Box::new(task));
-                fixed.push(g);
-                continue;
-            }
-            let key = (task.service_id.clone(), task.spec_version);
-            let index = *group_of.entry(key).or_insert_with(|| {
-                groups.push(Group::new(
-                    task.service_id.clone(),
-                    Arc::clone(spec),
-                    host_ports(&task),
-                ));
-                groups.len() - 1
-            });
-            groups[index].tasks.push(Box::new(task));
-        }
+        let key = (task.service_id.clone(), task.spec_version);
+        let index = *group_of.entry(key).or_insert_with(|| {
+            groups.push(Group::new(
+                task.service_id.clone(),
+                Arc::clone(spec),
+                host_ports(&task),
+            ));
+            groups.len() - 1
+        });
+        groups[index].tasks.push(Box::new(task));
     }
-    // Only nodes the service keeps failing on rank differently.
-    for f in cluster.failures.values_mut() {
-        f.retain(|_, n| *n >= FAILURES_TO_AVOID);
-    }
-    cluster.failures.retain(|_, f| !f.is_empty());
-    cluster.order_by_load();
     // Older tasks first, so a burst is placed in creation order; a group
     // goes in the order of its oldest task.
     let age = |t: &Task| (t.meta.as_ref().map_or(0, |m| m.created_at_ms), t.slot);
@@ -610,6 +886,7 @@ pub fn decide_with(view: &Tables, now_ms: i64, search: Search) -> Vec<StoreActio
     // Reserved up front: an action holds a whole task, and growing the list
     // by doubling copies every one of them again.
     let mut actions = Vec::with_capacity(order.iter().map(|g| g.tasks.len()).sum());
+    let mut unplaced = Vec::new();
     for mut group in order {
         group.lane = cluster.lane(&group);
         let tasks = std::mem::take(&mut group.tasks);
@@ -664,7 +941,7 @@ pub fn decide_with(view: &Tables, now_ms: i64, search: Search) -> Vec<StoreActio
             };
             match choice {
                 Some(index) => {
-                    cluster.place(index, &group);
+                    cluster.place(&task.id, index, &group);
                     if let Some(h) = heap.as_mut() {
                         if cluster.reject(&group, index).is_none() {
                             h.push(Reverse(cluster.rank(&group, index)));
@@ -698,6 +975,7 @@ pub fn decide_with(view: &Tables, now_ms: i64, search: Search) -> Vec<StoreActio
                             why
                         }
                     };
+                    unplaced.push(task.id.clone());
                     let status = task.status.get_or_insert_with(Default::default);
                     if status.err != why {
                         status.err = why;
@@ -711,5 +989,5 @@ pub fn decide_with(view: &Tables, now_ms: i64, search: Search) -> Vec<StoreActio
             }
         }
     }
-    actions
+    (actions, unplaced)
 }

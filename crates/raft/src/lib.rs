@@ -24,7 +24,7 @@ mod types;
 
 pub use log_store::LogStore;
 pub use network::{Network, RaftService};
-pub use proposer::{ProposeError, Proposer, ProposerConfig};
+pub use proposer::{ProposeError, Proposer, ProposerConfig, MAX_ENTRY_BYTES};
 pub use replica::{OnCreate, Replica, ReplicaConfig, ReplicaError};
 pub use state_machine::StateMachine;
 pub use types::{Applied, Proposal, TypeConfig};

@@ -70,6 +70,7 @@ impl Store {
         WatchStream {
             rx: self.events.subscribe(),
             pending: Default::default(),
+            held: None,
         }
     }
 

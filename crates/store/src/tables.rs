@@ -262,6 +262,11 @@ impl Tables {
     pub fn task_without_spec(&self, id: &str) -> Option<Task> {
         self.tasks.by_id.get(id).map(StoredTask::bare)
     }
+    /// The task without its spec, with the spec it shares with the other
+    /// tasks made from the same one.
+    pub fn task_sharing_spec(&self, id: &str) -> Option<(Task, &Arc<TaskSpec>)> {
+        self.tasks.by_id.get(id).map(|t| (t.bare(), &t.spec))
+    }
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.by_id.values()
     }

@@ -62,6 +62,8 @@ impl Event {
 pub struct WatchStream {
     pub(crate) rx: broadcast::Receiver<Arc<Vec<Event>>>,
     pub(crate) pending: std::collections::VecDeque<Event>,
+    /// An entry [`WatchStream::changed`] received and nobody took yet.
+    pub(crate) held: Option<Arc<Vec<Event>>>,
 }
 
 /// Why a watch ended.
@@ -79,6 +81,7 @@ impl WatchStream {
     /// reconciles from a fresh view loses nothing either way.
     pub fn drain(&mut self) -> bool {
         self.pending.clear();
+        self.held = None;
         loop {
             match self.rx.try_recv() {
                 Ok(_) => continue,
@@ -88,11 +91,57 @@ impl WatchStream {
         }
     }
 
+    /// Hands every event already queued to `f`, in commit order, without
+    /// waiting and without copying them. Returns false when the watcher
+    /// lagged (some were lost) or the store closed: the caller must then
+    /// start from a fresh view.
+    ///
+    /// Called while holding a view, it hands over exactly the changes up to
+    /// that view's version: writers wait for the view, and send their
+    /// changes before they let it go.
+    pub fn drain_with(&mut self, mut f: impl FnMut(&Event)) -> bool {
+        for e in self.pending.drain(..) {
+            f(&e);
+        }
+        if let Some(entry) = self.held.take() {
+            entry.iter().for_each(&mut f);
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(entry) => entry.iter().for_each(&mut f),
+                Err(broadcast::error::TryRecvError::Empty) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Waits until a change is queued, without taking it from the queue.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a change it received stays queued.
+    pub async fn changed(&mut self) -> Result<(), WatchError> {
+        if !self.pending.is_empty() || self.held.is_some() {
+            return Ok(());
+        }
+        match self.rx.recv().await {
+            Ok(entry) => {
+                self.held = Some(entry);
+                Ok(())
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => Err(WatchError::Lagged),
+            Err(broadcast::error::RecvError::Closed) => Err(WatchError::Closed),
+        }
+    }
+
     /// The next event, in commit order.
     pub async fn next(&mut self) -> Result<Event, WatchError> {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Ok(e);
+            }
+            if let Some(entry) = self.held.take() {
+                self.pending.extend(entry.iter().cloned());
+                continue;
             }
             match self.rx.recv().await {
                 Ok(entry) => self.pending.extend(entry.iter().cloned()),
