@@ -273,7 +273,11 @@ async fn stream_assignments(
     tx: &mpsc::Sender<Result<SessionMessage, Status>>,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    let mut sent: HashMap<String, u64> = HashMap::new();
+    // What the agent was sent of each task: the version seen last, and the
+    // desired state. A task is sent again only when its desired state
+    // changed: the agent acts on nothing else, and most changes are the
+    // agent's own status reports coming back.
+    let mut sent: HashMap<String, (u64, i32)> = HashMap::new();
     let mut first = true;
     loop {
         let current = sessions
@@ -286,26 +290,35 @@ async fn stream_assignments(
         }
         let (tasks, removed) = {
             let view = replica.store().view();
-            let assigned: Vec<shoal_api::Task> = view.tasks_of_node(node_id).collect();
-            let ids: std::collections::HashSet<&str> =
-                assigned.iter().map(|t| t.id.as_str()).collect();
+            let mut ids = std::collections::HashSet::new();
+            let mut tasks = Vec::new();
+            for (id, version) in view.task_versions_of_node(node_id) {
+                ids.insert(id);
+                let seen = sent.get_mut(id);
+                if seen.as_ref().is_some_and(|(v, _)| *v == version) {
+                    continue;
+                }
+                let Some(bare) = view.task_without_spec(id) else {
+                    continue;
+                };
+                match seen {
+                    Some(seen) if seen.1 == bare.desired_state => seen.0 = version,
+                    _ => {
+                        sent.insert(id.to_string(), (version, bare.desired_state));
+                        tasks.extend(view.task(id));
+                    }
+                }
+            }
             let removed: Vec<String> = sent
                 .keys()
                 .filter(|id| !ids.contains(id.as_str()))
                 .cloned()
                 .collect();
-            let changed: Vec<shoal_api::Task> = assigned
-                .into_iter()
-                .filter(|t| sent.get(&t.id) != Some(&t.meta.as_ref().map_or(0, |m| m.version)))
-                .collect();
-            (changed, removed)
+            (tasks, removed)
         };
         if first || !tasks.is_empty() || !removed.is_empty() {
             for id in &removed {
                 sent.remove(id);
-            }
-            for t in &tasks {
-                sent.insert(t.id.clone(), t.meta.as_ref().map_or(0, |m| m.version));
             }
             let message = SessionMessage {
                 node_id: node_id.to_string(),

@@ -111,6 +111,7 @@ pub async fn run(
             return;
         }
         if last_full.elapsed() >= Duration::from_millis(FULL_PASS_MS) {
+            tracing::debug!(reconciler = name, "a full pass is due");
             full = true;
         }
         let pass = {
@@ -122,13 +123,24 @@ pub async fn run(
             });
             if !in_step {
                 // Changes were lost: a new watch starts at this view.
+                tracing::debug!(reconciler = name, "the watch lagged; a full pass");
                 changes = replica.store().watch();
                 full = true;
             }
             if full {
                 last_full = Instant::now();
             }
-            reconciler.decide(&view, now_ms(), std::mem::take(&mut full))
+            let started = Instant::now();
+            let pass = reconciler.decide(&view, now_ms(), full);
+            tracing::debug!(
+                reconciler = name,
+                full,
+                took_ms = started.elapsed().as_millis() as u64,
+                transactions = pass.transactions.len(),
+                "pass"
+            );
+            full = false;
+            pass
         };
         let mut failed = 0;
         let total = pass.transactions.len();

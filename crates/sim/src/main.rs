@@ -13,10 +13,9 @@ use clap::Parser;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use shoal_api::{
-    Annotations, CreateServiceRequest, Runtime, ServiceMode, ServiceSpec, TaskSpec, TaskState,
+    Annotations, CreateServiceRequest, Runtime, ServiceMode, ServiceSpec, Task, TaskSpec, TaskState,
 };
 use shoal_sim::{FakeExecutor, SimCluster, SimConfig};
-use shoal_store::Tables;
 
 #[derive(Debug, Parser)]
 #[command(name = "shoal-sim", about = "A Shoal cluster in one process, measured")]
@@ -61,14 +60,12 @@ fn resident_mib() -> Option<f64> {
 }
 
 /// Running tasks whose desired state is RUNNING, on nodes outside `dead`.
-fn running(view: &Tables, dead: &HashSet<String>) -> usize {
-    view.tasks_sharing_specs()
-        .filter(|(t, _)| {
-            t.observed() == TaskState::Running
-                && t.desired_state == TaskState::Running as i32
-                && !dead.contains(&t.node_id)
-        })
-        .count()
+/// Whether a task counts as running: RUNNING, wanted so, and on a node
+/// that is alive.
+fn running(t: &Task, dead: &HashSet<String>) -> bool {
+    t.observed() == TaskState::Running
+        && t.desired_state == TaskState::Running as i32
+        && !dead.contains(&t.node_id)
 }
 
 fn raise_open_files_limit() {
@@ -152,8 +149,8 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("creating service svc-{s:05}"))?;
     }
     let no_dead = HashSet::new();
-    sim.wait_for("every replica RUNNING", timeout, |view| {
-        running(view, &no_dead) == total
+    sim.wait_for_tasks("every replica RUNNING", timeout, total, |t| {
+        running(t, &no_dead)
     })
     .await?;
     let took = created.elapsed().as_secs_f64();
@@ -175,13 +172,17 @@ async fn main() -> anyhow::Result<()> {
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(args.seed));
         let victims: Vec<usize> = order[..sim.node_count() * args.kill_percent / 100].to_vec();
         let dead: HashSet<String> = victims.iter().map(|i| sim.node_id(*i)).collect();
-        let lost = sim.view(|view| total - running(view, &dead));
+        let lost = sim.view(|view| {
+            view.tasks_sharing_specs()
+                .filter(|(t, _)| running(t, &HashSet::new()) && dead.contains(&t.node_id))
+                .count()
+        });
         let killed = Instant::now();
         for i in &victims {
             sim.kill(*i).await;
         }
-        sim.wait_for("every lost task RUNNING elsewhere", timeout, |view| {
-            running(view, &dead) == total
+        sim.wait_for_tasks("every lost task RUNNING elsewhere", timeout, total, |t| {
+            running(t, &dead)
         })
         .await?;
         println!(

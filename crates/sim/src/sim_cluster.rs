@@ -6,6 +6,7 @@
 //! cut off and reconnected (a partition: the agent keeps running its tasks),
 //! and polled through the store.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,12 +14,12 @@ use std::time::{Duration, Instant};
 use shoal_api::control_client::ControlClient;
 use shoal_api::control_server::ControlServer;
 use shoal_api::{
-    store_action, Annotations, Cluster, ClusterSpec, DispatcherConfig, NodeDescription,
-    OrchestrationConfig, Platform, Resources, StoreAction, Transaction,
+    object, store_action, watch_event, Annotations, Cluster, ClusterSpec, DispatcherConfig,
+    NodeDescription, OrchestrationConfig, Platform, Resources, StoreAction, Task, Transaction,
 };
 use shoal_manager::{ControlApi, ControlConfig};
 use shoal_raft::{Replica, ReplicaConfig};
-use shoal_store::Tables;
+use shoal_store::{Event, Tables, WatchStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
@@ -279,6 +280,61 @@ impl SimCluster {
             let _ =
                 tokio::time::timeout(left.min(Duration::from_millis(200)), changes.next()).await;
         }
+    }
+
+    /// Waits until exactly `target` tasks satisfy `counts`; returns how long
+    /// it took. Follows the store's changes task by task instead of reading
+    /// every task after each commit, so the waiting does not slow the
+    /// cluster it measures.
+    pub async fn wait_for_tasks(
+        &self,
+        what: &str,
+        timeout: Duration,
+        target: usize,
+        counts: impl Fn(&Task) -> bool,
+    ) -> Result<Duration, SimError> {
+        let start = Instant::now();
+        let (mut matching, mut changes) = self.tasks_matching(&counts);
+        loop {
+            if matching.len() == target {
+                return Ok(start.elapsed());
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(SimError::Timeout {
+                    what: what.to_string(),
+                    waited: timeout,
+                });
+            }
+            let Ok(next) = tokio::time::timeout(left, changes.next()).await else {
+                continue;
+            };
+            match next {
+                Ok(Event::Change { action, object, .. }) => {
+                    if let Some(object::Kind::Task(t)) = object.kind {
+                        if action != watch_event::Action::Remove && counts(&t) {
+                            matching.insert(t.id);
+                        } else {
+                            matching.remove(&t.id);
+                        }
+                    }
+                }
+                Ok(Event::Commit { .. }) => {}
+                Err(_) => (matching, changes) = self.tasks_matching(&counts),
+            }
+        }
+    }
+
+    /// The tasks that satisfy `counts` now, and every change after.
+    fn tasks_matching(&self, counts: impl Fn(&Task) -> bool) -> (HashSet<String>, WatchStream) {
+        let view = self.replica.store().view();
+        let changes = self.replica.store().watch();
+        let matching = view
+            .tasks_sharing_specs()
+            .filter(|(t, _)| counts(t))
+            .map(|(t, _)| t.id)
+            .collect();
+        (matching, changes)
     }
 
     /// Reads the store.

@@ -310,6 +310,22 @@ impl Tables {
     pub fn tasks_of_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = Task> + 'a {
         self.task_index(&self.tasks.by_node, node_id)
     }
+    /// The ids and versions of the tasks assigned to one node, without
+    /// decoding any: for a reader that only wants what changed.
+    pub fn task_versions_of_node<'a>(
+        &'a self,
+        node_id: &str,
+    ) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+        self.tasks
+            .by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let t = self.tasks.by_id.get(id)?;
+                Some((&**id, t.meta.version))
+            })
+    }
     fn task_index<'a>(
         &'a self,
         index: &'a TaskIndex,
