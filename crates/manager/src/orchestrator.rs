@@ -372,8 +372,12 @@ impl<F: FnMut() -> String + Send + 'static> Reconciler for Orchestrator<F> {
                 let stranded = occupies(t)
                     && !t.node_id.is_empty()
                     && !keeps_tasks(view.node(&t.node_id), &[]);
-                let unowned = view.service(&t.service_id).is_none();
-                if ended || stranded || unowned {
+                // A replacement waiting out its restart delay: its service
+                // is looked at again, which notes when the delay is due.
+                let delayed = t.desired() == TaskState::Ready;
+                let unowned =
+                    t.desired() != TaskState::Remove && view.service(&t.service_id).is_none();
+                if ended || stranded || delayed || unowned {
                     self.dirty.insert(t.service_id.clone());
                 }
             }
