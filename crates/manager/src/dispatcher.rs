@@ -10,16 +10,16 @@
 //! are applied one transaction per task (group commit packs them), and a
 //! report that would move a task backwards is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_api::dispatcher_server::Dispatcher as DispatcherService;
 use shoal_api::{
-    node_status, object, store_action, HeartbeatRequest, HeartbeatResponse, Node, NodeRole,
-    NodeStatus, SessionMessage, SessionRequest, StoreAction, TaskState, TaskStatus, Transaction,
-    UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+    node_status, object, store_action, watch_event, HeartbeatRequest, HeartbeatResponse, Node,
+    NodeRole, NodeStatus, SessionMessage, SessionRequest, StoreAction, TaskState, TaskStatus,
+    Transaction, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use shoal_raft::Replica;
 use tokio::sync::{mpsc, watch, Notify};
@@ -40,16 +40,47 @@ struct Session {
     last_seen: Instant,
 }
 
-/// Per node, what wakes its session's stream: one store watcher for all
-/// sessions rings only the nodes whose tasks a commit changed, so a commit
-/// costs the sessions it concerns, not every session.
-type Bells = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+/// What one node's session stream is told by the store watcher: which of
+/// its tasks changed (or that it must look at all of them), and a bell.
+#[derive(Default)]
+struct Inbox {
+    bell: Notify,
+    changed: Mutex<Changed>,
+}
+
+#[derive(Default)]
+struct Changed {
+    everything: bool,
+    tasks: HashSet<String>,
+}
+
+impl Inbox {
+    fn post(&self, task_id: Option<&str>) {
+        let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+        match task_id {
+            Some(id) => {
+                changed.tasks.insert(id.to_string());
+            }
+            None => changed.everything = true,
+        }
+        self.bell.notify_one();
+    }
+
+    fn take(&self) -> Changed {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Per node, its session stream's inbox: one store watcher for all sessions
+/// tells each only of its own tasks' changes, so a commit costs the
+/// sessions it concerns, and each only for the tasks it changed.
+type Inboxes = Arc<Mutex<HashMap<String, Arc<Inbox>>>>;
 
 /// The dispatcher service.
 pub struct Dispatcher {
     replica: Arc<Replica>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
-    bells: Bells,
+    inboxes: Inboxes,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -74,54 +105,82 @@ impl Dispatcher {
         Dispatcher {
             replica,
             sessions: Arc::default(),
-            bells: Arc::default(),
+            inboxes: Arc::default(),
             shutdown,
         }
     }
 
-    /// Wakes the session of every node whose tasks a commit changed (all of
-    /// them when the cluster object changed, or when the watch lagged and
-    /// nobody can say what changed). Runs until shutdown.
+    /// Wakes the session of every node whose tasks a commit changed in a
+    /// way its agent acts on: a task assigned, removed, or given another
+    /// desired state (all of them when the cluster object changed, or when
+    /// the watch lagged and nobody can say what changed). Status reports,
+    /// most of the changes, are the agents' own and wake nobody. Runs until
+    /// shutdown.
     pub fn fan_out(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let replica = Arc::clone(&self.replica);
-        let bells = Arc::clone(&self.bells);
+        let inboxes = Arc::clone(&self.inboxes);
         let mut shutdown = self.shutdown.clone();
         async move {
-            let ring_all = || {
-                for bell in bells.lock().unwrap_or_else(|e| e.into_inner()).values() {
-                    bell.notify_one();
+            let post = |changes: &mut Vec<(String, String)>, all: bool| {
+                let inboxes = inboxes.lock().unwrap_or_else(|e| e.into_inner());
+                if all {
+                    inboxes.values().for_each(|i| i.post(None));
+                } else {
+                    for (node, task) in changes.iter() {
+                        if let Some(inbox) = inboxes.get(node) {
+                            inbox.post(Some(task));
+                        }
+                    }
                 }
+                changes.clear();
             };
+            // What each assigned task's agent was last woken for: its node
+            // and desired state.
+            let mut known: HashMap<String, (String, i32)> = HashMap::new();
             let mut changes = replica.store().watch();
+            let mut nodes = Vec::new();
             loop {
                 if *shutdown.borrow() {
                     return;
                 }
-                let event = tokio::select! {
+                let changed = tokio::select! {
                     _ = shutdown.changed() => return,
-                    event = changes.next() => event,
+                    changed = changes.changed() => changed,
                 };
-                match event {
-                    Ok(shoal_store::Event::Change { object, .. }) => match object.kind {
-                        Some(object::Kind::Task(task)) if !task.node_id.is_empty() => {
-                            let bell = bells
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .get(&task.node_id)
-                                .cloned();
-                            if let Some(bell) = bell {
-                                bell.notify_one();
+                let mut all = false;
+                let in_step = changed.is_ok()
+                    && changes.drain_with(|event| {
+                        let shoal_store::Event::Change { action, object, .. } = event else {
+                            return;
+                        };
+                        match &object.kind {
+                            Some(object::Kind::Task(task)) => {
+                                let before = if *action == watch_event::Action::Remove {
+                                    known.remove(&task.id)
+                                } else if task.node_id.is_empty() {
+                                    return;
+                                } else {
+                                    let now = (task.node_id.clone(), task.desired_state);
+                                    match known.get(&task.id) {
+                                        Some(was) if *was == now => return,
+                                        _ => known.insert(task.id.clone(), now),
+                                    }
+                                };
+                                nodes.extend(before.map(|(n, _)| (n, task.id.clone())));
+                                if !task.node_id.is_empty() {
+                                    nodes.push((task.node_id.clone(), task.id.clone()));
+                                }
                             }
+                            Some(object::Kind::Cluster(_)) => all = true,
+                            _ => {}
                         }
-                        Some(object::Kind::Cluster(_)) => ring_all(),
-                        _ => {}
-                    },
-                    Ok(shoal_store::Event::Commit { .. }) => {}
-                    Err(_) => {
-                        changes = replica.store().watch();
-                        ring_all();
-                    }
+                    });
+                if !in_step {
+                    changes = replica.store().watch();
+                    known.clear();
+                    all = true;
                 }
+                post(&mut nodes, all);
             }
         }
     }
@@ -263,21 +322,20 @@ async fn set_node_status(
 }
 
 /// Streams a node's assignments to its session: the full set first, then
-/// what changed each time its bell rings, until the session ends.
+/// what changed of the tasks its inbox names, until the session ends.
 async fn stream_assignments(
     replica: &Replica,
     sessions: &Mutex<HashMap<String, Session>>,
     node_id: &str,
     session_id: &str,
-    bell: &Notify,
+    inbox: &Inbox,
     tx: &mpsc::Sender<Result<SessionMessage, Status>>,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    // What the agent was sent of each task: the version seen last, and the
-    // desired state. A task is sent again only when its desired state
-    // changed: the agent acts on nothing else, and most changes are the
-    // agent's own status reports coming back.
-    let mut sent: HashMap<String, (u64, i32)> = HashMap::new();
+    // The desired state the agent was sent of each task. A task is sent
+    // again only when its desired state changed: the agent acts on nothing
+    // else, and most changes are the agent's own status reports coming back.
+    let mut sent: HashMap<String, i32> = HashMap::new();
     let mut first = true;
     loop {
         let current = sessions
@@ -288,38 +346,44 @@ async fn stream_assignments(
         if !current || *shutdown.borrow() {
             return;
         }
+        let changed = inbox.take();
         let (tasks, removed) = {
             let view = replica.store().view();
-            let mut ids = std::collections::HashSet::new();
+            let ids: Vec<String> = if first || changed.everything {
+                // Every task it has, and every task it was sent (gone ones
+                // are removals).
+                let mut ids: HashSet<String> = view
+                    .task_versions_of_node(node_id)
+                    .map(|(id, _)| id.to_string())
+                    .collect();
+                ids.extend(sent.keys().cloned());
+                ids.into_iter().collect()
+            } else {
+                changed.tasks.into_iter().collect()
+            };
             let mut tasks = Vec::new();
-            for (id, version) in view.task_versions_of_node(node_id) {
-                ids.insert(id);
-                let seen = sent.get_mut(id);
-                if seen.as_ref().is_some_and(|(v, _)| *v == version) {
-                    continue;
-                }
-                let Some(bare) = view.task_without_spec(id) else {
-                    continue;
-                };
-                match seen {
-                    Some(seen) if seen.1 == bare.desired_state => seen.0 = version,
-                    _ => {
-                        sent.insert(id.to_string(), (version, bare.desired_state));
-                        tasks.extend(view.task(id));
+            let mut removed = Vec::new();
+            for id in ids {
+                let desired = view
+                    .task_without_spec(&id)
+                    .filter(|t| t.node_id == node_id)
+                    .map(|t| t.desired_state);
+                match desired {
+                    None => {
+                        if sent.remove(&id).is_some() {
+                            removed.push(id);
+                        }
+                    }
+                    Some(desired) if sent.get(&id) == Some(&desired) => {}
+                    Some(desired) => {
+                        tasks.extend(view.task(&id));
+                        sent.insert(id, desired);
                     }
                 }
             }
-            let removed: Vec<String> = sent
-                .keys()
-                .filter(|id| !ids.contains(id.as_str()))
-                .cloned()
-                .collect();
             (tasks, removed)
         };
         if first || !tasks.is_empty() || !removed.is_empty() {
-            for id in &removed {
-                sent.remove(id);
-            }
             let message = SessionMessage {
                 node_id: node_id.to_string(),
                 session_id: session_id.to_string(),
@@ -336,9 +400,12 @@ async fn stream_assignments(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tx.closed() => return,
-            _ = bell.notified() => {}
-            // The session may have been replaced or expired.
-            _ = tokio::time::sleep(Duration::from_millis(heartbeat_period_ms(replica))) => {}
+            _ = inbox.bell.notified() => {}
+            // The session may have been replaced or expired; and once a
+            // period every task is looked at, whatever the inbox says.
+            _ = tokio::time::sleep(Duration::from_millis(heartbeat_period_ms(replica))) => {
+                inbox.post(None);
+            }
         }
     }
 }
@@ -416,12 +483,12 @@ impl DispatcherService for Dispatcher {
                 },
             );
         let (tx, rx) = mpsc::channel(SESSION_BUFFER);
-        let bell = Arc::new(Notify::new());
-        self.bells
+        let inbox = Arc::new(Inbox::default());
+        self.inboxes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(node_id.clone(), Arc::clone(&bell));
-        let bells = Arc::clone(&self.bells);
+            .insert(node_id.clone(), Arc::clone(&inbox));
+        let inboxes = Arc::clone(&self.inboxes);
         let replica = Arc::clone(&self.replica);
         let sessions = Arc::clone(&self.sessions);
         let mut shutdown = self.shutdown.clone();
@@ -431,14 +498,17 @@ impl DispatcherService for Dispatcher {
                 &sessions,
                 &node_id,
                 &session_id,
-                &bell,
+                &inbox,
                 &tx,
                 &mut shutdown,
             )
             .await;
-            let mut bells = bells.lock().unwrap_or_else(|e| e.into_inner());
-            if bells.get(&node_id).is_some_and(|b| Arc::ptr_eq(b, &bell)) {
-                bells.remove(&node_id);
+            let mut inboxes = inboxes.lock().unwrap_or_else(|e| e.into_inner());
+            if inboxes
+                .get(&node_id)
+                .is_some_and(|i| Arc::ptr_eq(i, &inbox))
+            {
+                inboxes.remove(&node_id);
             }
         });
         Ok(Response::new(Box::pin(

@@ -44,6 +44,7 @@ async fn setup(heartbeat_period_ms: u64) -> Setup {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let dispatcher = Dispatcher::new(Arc::clone(&replica), stopped.clone());
     tokio::spawn(dispatcher.monitor());
+    tokio::spawn(dispatcher.fan_out());
     let socket = tmp.path().join("dispatcher.sock");
     let incoming = shoal_api::transport::listen_unix(&socket).unwrap();
     tokio::spawn(
@@ -225,6 +226,80 @@ async fn status_reports_only_move_a_task_forward_and_only_for_the_nodes_own_task
         tonic::Code::NotFound
     );
     assert_eq!(state_of(&s.replica, "mine"), TaskState::Running as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_hears_at_once_of_assignments_and_desired_state_changes_but_not_of_its_own_reports(
+) {
+    // A heartbeat period far longer than the test: nothing arrives through
+    // the periodic look at every task, only through the store watcher.
+    let mut s = setup(600_000).await;
+    let request = SessionRequest {
+        node_id: "n1".into(),
+        description: Some(NodeDescription::default()),
+    };
+    let mut stream = s.client.session(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.tasks.is_empty());
+    let mut task = Task {
+        id: "t1".into(),
+        node_id: "n1".into(),
+        desired_state: TaskState::Running as i32,
+        status: Some(TaskStatus {
+            state: TaskState::Assigned as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    propose(&s.replica, store_action::Kind::Create, task.clone()).await;
+    let assigned = tokio::time::timeout(WITHIN, stream.message())
+        .await
+        .expect("the assignment arrives without waiting for a heartbeat period")
+        .unwrap()
+        .unwrap();
+    assert_eq!(assigned.tasks.len(), 1);
+    assert_eq!(assigned.tasks[0].desired_state, TaskState::Running as i32);
+
+    // The agent's own report changes the task but is not sent back ...
+    s.client
+        .update_task_status(UpdateTaskStatusRequest {
+            node_id: "n1".into(),
+            session_id: first.session_id.clone(),
+            updates: vec![TaskStatusUpdate {
+                task_id: "t1".into(),
+                status: Some(TaskStatus {
+                    state: TaskState::Running as i32,
+                    ..Default::default()
+                }),
+            }],
+        })
+        .await
+        .unwrap();
+    // ... so the next message is the desired state change that follows it.
+    task = s.replica.store().view().task("t1").unwrap();
+    task.desired_state = TaskState::Shutdown as i32;
+    propose(&s.replica, store_action::Kind::Update, task.clone()).await;
+    let stop = tokio::time::timeout(WITHIN, stream.message())
+        .await
+        .expect("the desired state change arrives at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stop.tasks.len(), 1);
+    assert_eq!(stop.tasks[0].desired_state, TaskState::Shutdown as i32);
+    assert_eq!(
+        stop.tasks[0].status.as_ref().unwrap().state,
+        TaskState::Running as i32
+    );
+
+    // Removed from the store: the session says so.
+    task = s.replica.store().view().task("t1").unwrap();
+    propose(&s.replica, store_action::Kind::Remove, task).await;
+    let removed = tokio::time::timeout(WITHIN, stream.message())
+        .await
+        .expect("the removal arrives at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.removed, ["t1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

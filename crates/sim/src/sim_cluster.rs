@@ -306,21 +306,24 @@ impl SimCluster {
                     waited: timeout,
                 });
             }
-            let Ok(next) = tokio::time::timeout(left, changes.next()).await else {
+            let Ok(next) = tokio::time::timeout(left, changes.changed()).await else {
                 continue;
             };
-            match next {
-                Ok(Event::Change { action, object, .. }) => {
-                    if let Some(object::Kind::Task(t)) = object.kind {
-                        if action != watch_event::Action::Remove && counts(&t) {
-                            matching.insert(t.id);
-                        } else {
-                            matching.remove(&t.id);
+            // Read in place: copying every change would slow what is measured.
+            let in_step = next.is_ok()
+                && changes.drain_with(|event| {
+                    if let Event::Change { action, object, .. } = event {
+                        if let Some(object::Kind::Task(t)) = &object.kind {
+                            if *action != watch_event::Action::Remove && counts(t) {
+                                matching.insert(t.id.clone());
+                            } else {
+                                matching.remove(&t.id);
+                            }
                         }
                     }
-                }
-                Ok(Event::Commit { .. }) => {}
-                Err(_) => (matching, changes) = self.tasks_matching(&counts),
+                });
+            if !in_step {
+                (matching, changes) = self.tasks_matching(&counts);
             }
         }
     }
