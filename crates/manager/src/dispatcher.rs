@@ -218,12 +218,7 @@ impl Dispatcher {
                 for node in expired {
                     let replica = Arc::clone(&replica);
                     let message = format!("heartbeat missed for {} ms", ttl.as_millis());
-                    writes.spawn(async move {
-                        let _ =
-                            set_node_status(&replica, &node, node_status::State::Down, &message)
-                                .await;
-                        orphan_tasks(&replica, &node).await;
-                    });
+                    writes.spawn(async move { mark_down(&replica, &node, &message).await });
                 }
                 while writes.join_next().await.is_some() {}
             }
@@ -244,81 +239,65 @@ impl Dispatcher {
     }
 }
 
-/// Marks every live task of a node that went down ORPHANED: nobody can say
-/// how it is any more. The orchestrator replaces it elsewhere; if the node
-/// comes back, its agent finds the task terminal and stops it.
-async fn orphan_tasks(replica: &Replica, node_id: &str) {
+/// Marks a node whose heartbeats stopped DOWN and every live task of it
+/// ORPHANED (nobody can say how they are any more), in one transaction:
+/// the orchestrator never sees the node down with tasks still live on it,
+/// so it replaces them once, without racing this write. If the node comes
+/// back, its agent finds the tasks terminal and stops them.
+async fn mark_down(replica: &Replica, node_id: &str, message: &str) {
     for _ in 0..STATUS_WRITE_TRIES {
-        let orphans: Vec<StoreAction> = replica
-            .store()
-            .view()
-            .tasks_of_node(node_id)
-            .filter(|t| t.observed().may_become(TaskState::Orphaned))
-            .map(|mut t| {
-                // No spec: the store keeps the task's own.
-                t.spec = None;
-                t.advance_status(TaskStatus {
-                    timestamp_ms: crate::reconciler::now_ms(),
-                    state: TaskState::Orphaned as i32,
-                    message: "the node is down".into(),
-                    ..Default::default()
-                });
-                StoreAction {
-                    kind: store_action::Kind::Update as i32,
-                    target: Some(t.into()),
-                }
-            })
-            .collect();
+        let (node, orphans) = {
+            let view = replica.store().view();
+            let Some(mut node) = view.node(node_id).cloned() else {
+                return;
+            };
+            let status = node.status.get_or_insert_with(NodeStatus::default);
+            let down = status.state != node_status::State::Down as i32;
+            status.state = node_status::State::Down as i32;
+            status.message = message.to_string();
+            let orphans: Vec<StoreAction> = view
+                .task_versions_of_node(node_id)
+                .filter_map(|(id, _)| view.task_without_spec(id))
+                .filter(|t| t.observed().may_become(TaskState::Orphaned))
+                .map(|mut t| {
+                    // No spec: the store keeps the task's own.
+                    t.advance_status(TaskStatus {
+                        timestamp_ms: crate::reconciler::now_ms(),
+                        state: TaskState::Orphaned as i32,
+                        message: "the node is down".into(),
+                        ..Default::default()
+                    });
+                    StoreAction {
+                        kind: store_action::Kind::Update as i32,
+                        target: Some(t.into()),
+                    }
+                })
+                .collect();
+            let node = down.then(|| StoreAction {
+                kind: store_action::Kind::Update as i32,
+                target: Some(node.into()),
+            });
+            (node, orphans)
+        };
+        // The node goes with the first part; a node with more tasks than
+        // one transaction holds has the rest follow.
+        let parts = crate::reconciler::pack(node.into_iter().chain(orphans).map(|a| vec![a]));
         let mut conflicted = false;
-        for part in orphans.chunks(crate::MAX_ACTIONS_PER_PASS) {
+        for part in parts {
             let written = replica
                 .propose(Transaction {
-                    actions: part.to_vec(),
+                    actions: part,
                     timestamp_ms: 0,
                 })
                 .await;
             // A conflict means a report landed in between (a task ended):
             // read again and orphan what is still live.
-            conflicted |= matches!(written, Err(shoal_raft::ProposeError::Txn(_)));
+            conflicted |= written.is_err();
         }
         if !conflicted {
             return;
         }
     }
-}
-
-async fn set_node_status(
-    replica: &Replica,
-    node_id: &str,
-    state: node_status::State,
-    message: &str,
-) -> Result<(), Status> {
-    for _ in 0..STATUS_WRITE_TRIES {
-        let Some(mut node) = replica.store().view().node(node_id).cloned() else {
-            return Ok(());
-        };
-        let status = node.status.get_or_insert_with(NodeStatus::default);
-        if status.state == state as i32 && status.message == message {
-            return Ok(());
-        }
-        status.state = state as i32;
-        status.message = message.to_string();
-        let action = StoreAction {
-            kind: store_action::Kind::Update as i32,
-            target: Some(node.into()),
-        };
-        if replica
-            .propose(Transaction {
-                actions: vec![action],
-                timestamp_ms: 0,
-            })
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-    }
-    Err(Status::unavailable("could not record the node's status"))
 }
 
 /// Streams a node's assignments to its session: the full set first, then

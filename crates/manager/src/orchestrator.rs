@@ -282,14 +282,25 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
 /// The orchestrator between passes: which services to look at again.
 ///
 /// A service is looked at again when it changed, when one of its occupying
-/// tasks ended or sits on a node that cannot keep it, and when a delayed
-/// restart of it is due. Any node change makes the next pass a full one: a
-/// node going down, drained, relabelled or shrunk concerns every service.
+/// tasks ended or sits on a node that cannot keep it, when a delayed
+/// restart of it is due, and when a node it has tasks on changed (global
+/// services: when any node changed). A node whose resources changed makes
+/// the next pass a full one: which tasks must leave it is worked out over
+/// every node.
 pub struct Orchestrator<F> {
     new_id: F,
+    /// Services to look at as a whole.
     dirty: BTreeSet<String>,
-    /// When each service's delayed restart is due.
-    delayed: HashMap<String, i64>,
+    /// Slots of replicated services to look at, alone.
+    dirty_slots: BTreeMap<String, BTreeSet<u64>>,
+    /// Replicated services' task ids by slot, kept from the changes seen,
+    /// so a slot can be looked at without reading its service's every task.
+    slots: HashMap<String, HashMap<u64, BTreeSet<String>>>,
+    /// When each delayed restart is due, by service and slot (0: the
+    /// service as a whole).
+    delayed: HashMap<(String, u64), i64>,
+    /// What each node offered when last seen.
+    offered: HashMap<String, Option<shoal_api::Resources>>,
     rebuild: bool,
 }
 
@@ -298,42 +309,95 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
         Orchestrator {
             new_id,
             dirty: BTreeSet::new(),
+            dirty_slots: BTreeMap::new(),
+            slots: HashMap::new(),
             delayed: HashMap::new(),
+            offered: HashMap::new(),
             rebuild: false,
         }
     }
 
+    /// Notes that a task's place needs a look: its slot, or its whole
+    /// service when it has none (global services).
+    fn mark(&mut self, t: &Task) {
+        if t.slot > 0 {
+            self.dirty_slots
+                .entry(t.service_id.clone())
+                .or_default()
+                .insert(t.slot);
+        } else {
+            self.dirty.insert(t.service_id.clone());
+        }
+    }
+
     /// What one pass decides: over every service when `full`, else over
-    /// those noted since the last pass.
+    /// the services and slots noted since the last pass.
     pub fn orchestrate(&mut self, view: &Tables, now_ms: i64, full: bool) -> Decision {
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut services = std::mem::take(&mut self.dirty);
+        let mut slots = std::mem::take(&mut self.dirty_slots);
         if full || std::mem::take(&mut self.rebuild) {
+            self.offered = view
+                .nodes()
+                .map(|n| {
+                    (
+                        n.id.clone(),
+                        n.description.as_ref().and_then(|d| d.resources),
+                    )
+                })
+                .collect();
+            self.slots.clear();
+            for (t, _) in view.tasks_sharing_specs() {
+                if t.slot > 0 {
+                    self.slots
+                        .entry(t.service_id)
+                        .or_default()
+                        .entry(t.slot)
+                        .or_default()
+                        .insert(t.id);
+                }
+            }
             let decision = decide(view, now_ms, &mut self.new_id);
             self.delayed.clear();
             // Which service is waiting is not kept by the full pass: look at
             // every service again when the earliest delay is due.
             if let Some(due) = decision.wake_at_ms {
                 for s in view.services() {
-                    self.delayed.insert(s.id.clone(), due);
+                    self.delayed.insert((s.id.clone(), 0), due);
                 }
             }
             return decision;
         }
-        let mut services = dirty;
-        self.delayed.retain(|id, due| {
-            if *due <= now_ms {
-                services.insert(id.clone());
-                false
-            } else {
-                true
+        self.delayed.retain(|(id, slot), due| {
+            if *due > now_ms {
+                return true;
             }
+            if *slot == 0 {
+                services.insert(id.clone());
+            } else {
+                slots.entry(id.clone()).or_default().insert(*slot);
+            }
+            false
         });
         let mut decision = Decision::default();
+        // Slots alone first: a slot whose service needs a look as a whole
+        // joins it.
+        for (id, dirty) in slots {
+            if services.contains(&id) {
+                continue;
+            }
+            match self.reconcile_slots(view, &id, &dirty, now_ms) {
+                Some(transactions) => decision.transactions.extend(transactions),
+                None => {
+                    services.insert(id);
+                }
+            }
+        }
         let nodes: Vec<&Node> = view.nodes().collect();
-        // Evictions follow from node changes, which make passes full.
+        // Evictions follow from changes of what nodes offer, which make
+        // passes full.
         let evicted = HashSet::new();
         for id in services {
-            self.delayed.remove(&id);
+            self.delayed.retain(|(s, _), _| *s != id);
             let Some(service) = view.service(&id) else {
                 let orphans: Vec<StoreAction> = view
                     .tasks_of_service_sharing_specs(&id)
@@ -349,12 +413,95 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
                 reconcile(view, service, &nodes, &evicted, now_ms, &mut self.new_id);
             decision.transactions.extend(pack(groups));
             if let Some(due) = due {
-                self.delayed.insert(id, due);
+                self.delayed.insert((id, 0), due);
             }
         }
         decision.wake_at_ms = self.delayed.values().min().copied();
         decision
     }
+
+    /// The actions some slots of a replicated service need, looked at
+    /// alone. `None` when the service must be looked at as a whole: it is
+    /// gone or not replicated, or a slot has no task occupying it (which
+    /// slots are wanted is a decision over the whole service).
+    fn reconcile_slots(
+        &mut self,
+        view: &Tables,
+        service_id: &str,
+        dirty: &BTreeSet<u64>,
+        now_ms: i64,
+    ) -> Option<Vec<Vec<StoreAction>>> {
+        let service = view.service(service_id)?;
+        let spec = service.spec.clone().unwrap_or_default();
+        if !matches!(
+            ServiceMode::try_from(spec.mode),
+            Ok(ServiceMode::Replicated | ServiceMode::ReplicatedJob)
+        ) {
+            return None;
+        }
+        let constraints = constraints_of(&spec);
+        let known = self.slots.get(service_id);
+        let mut groups = Vec::new();
+        let mut delayed = Vec::new();
+        let mut maker = Maker {
+            service,
+            now_ms,
+            new_id: &mut self.new_id,
+        };
+        // Every slot's tasks first: one without an occupying task sends the
+        // whole service to be looked at, before any id is made.
+        let mut places = Vec::with_capacity(dirty.len());
+        for slot in dirty {
+            let tasks: Vec<Task> = known
+                .and_then(|k| k.get(slot))
+                .into_iter()
+                .flatten()
+                .filter_map(|id| view.task_without_spec(id))
+                .collect();
+            if !tasks.iter().any(occupies) {
+                return None;
+            }
+            places.push((*slot, tasks));
+        }
+        for (slot, tasks) in &places {
+            let mut history: Vec<&Task> = tasks.iter().collect();
+            history.sort_by(|a, b| (created_at(a), &a.id).cmp(&(created_at(b), &b.id)));
+            let place = Place::Slot(*slot);
+            let (actions, due) = place_actions(
+                view,
+                &constraints,
+                &HashSet::new(),
+                &place,
+                &history,
+                &mut maker,
+            );
+            if !actions.is_empty() {
+                groups.push(actions);
+            }
+            if let Some(due) = due {
+                delayed.push((*slot, due));
+            }
+        }
+        for (slot, due) in delayed {
+            self.delayed.insert((service_id.to_string(), slot), due);
+        }
+        Some(pack(groups))
+    }
+}
+
+/// The constraints of a service's tasks (validated when the spec was
+/// written; one that does not parse constrains nothing).
+fn constraints_of(spec: &shoal_api::ServiceSpec) -> Vec<Constraint> {
+    spec.task
+        .as_ref()
+        .and_then(|t| t.placement.as_ref())
+        .map(|p| {
+            p.constraints
+                .iter()
+                .filter_map(|c| Constraint::parse(c).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl<F: FnMut() -> String + Send + 'static> Reconciler for Orchestrator<F> {
@@ -363,11 +510,55 @@ impl<F: FnMut() -> String + Send + 'static> Reconciler for Orchestrator<F> {
             return;
         };
         match &object.kind {
-            Some(object::Kind::Node(_)) => self.rebuild = true,
+            Some(object::Kind::Node(node)) => {
+                // What a node offers changed: which tasks it must give up
+                // is worked out over every node, in a full pass.
+                let offered = node.description.as_ref().and_then(|d| d.resources);
+                let known = self.offered.insert(node.id.clone(), offered);
+                if *action == watch_event::Action::Remove {
+                    self.offered.remove(&node.id);
+                } else if known != Some(offered) {
+                    self.rebuild = true;
+                    return;
+                }
+                // Otherwise only the places of its tasks, and the global
+                // services, which may gain or lose a task there.
+                for (id, _) in view.task_versions_of_node(&node.id) {
+                    if let Some(t) = view.task_without_spec(id) {
+                        self.mark(&t);
+                    }
+                }
+                for s in view.services() {
+                    let mode = s.spec.as_ref().map_or(0, |s| s.mode);
+                    if mode == ServiceMode::Global as i32 || mode == ServiceMode::GlobalJob as i32 {
+                        self.dirty.insert(s.id.clone());
+                    }
+                }
+            }
             Some(object::Kind::Service(s)) => {
                 self.dirty.insert(s.id.clone());
             }
-            Some(object::Kind::Task(t)) if *action != watch_event::Action::Remove => {
+            Some(object::Kind::Task(t)) if *action == watch_event::Action::Remove => {
+                if let Some(ids) = self
+                    .slots
+                    .get_mut(&t.service_id)
+                    .and_then(|s| s.get_mut(&t.slot))
+                {
+                    ids.remove(&t.id);
+                }
+            }
+            Some(object::Kind::Task(t)) => {
+                if t.slot > 0 {
+                    let ids = self
+                        .slots
+                        .entry(t.service_id.clone())
+                        .or_default()
+                        .entry(t.slot)
+                        .or_default();
+                    if !ids.contains(&t.id) {
+                        ids.insert(t.id.clone());
+                    }
+                }
                 let ended = occupies(t) && t.observed().is_terminal();
                 let stranded = occupies(t)
                     && !t.node_id.is_empty()
@@ -377,8 +568,10 @@ impl<F: FnMut() -> String + Send + 'static> Reconciler for Orchestrator<F> {
                 let delayed = t.desired() == TaskState::Ready;
                 let unowned =
                     t.desired() != TaskState::Remove && view.service(&t.service_id).is_none();
-                if ended || stranded || delayed || unowned {
+                if unowned {
                     self.dirty.insert(t.service_id.clone());
+                } else if ended || stranded || delayed {
+                    self.mark(t);
                 }
             }
             _ => {}
@@ -422,19 +615,9 @@ fn reconcile(
         by_place.entry(place).or_default().push(t);
     }
     for history in by_place.values_mut() {
-        history.sort_by_key(|t| (created_at(t), t.id.clone()));
+        history.sort_by(|a, b| (created_at(a), &a.id).cmp(&(created_at(b), &b.id)));
     }
-    let constraints: Vec<Constraint> = spec
-        .task
-        .as_ref()
-        .and_then(|t| t.placement.as_ref())
-        .map(|p| {
-            p.constraints
-                .iter()
-                .filter_map(|c| Constraint::parse(c).ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let constraints = constraints_of(&spec);
     // The places that should hold a task.
     let wanted: Vec<Place> = match mode {
         ServiceMode::Global | ServiceMode::GlobalJob => nodes
@@ -464,60 +647,78 @@ fn reconcile(
         }
     }
     for place in &wanted {
-        let mut actions = Vec::new();
-        let history = by_place.get(place).cloned().unwrap_or_default();
-        let mut live: Vec<&Task> = history.iter().copied().filter(|t| occupies(t)).collect();
-        // At most one live task per place: keep the newest.
-        while live.len() > 1 {
-            let extra = live.remove(0);
-            actions.push(update(with_desired(extra, TaskState::Shutdown)));
-        }
-        let Some(current) = live.first() else {
-            actions.push(create(maker.task(place, TaskState::Running)));
-            groups.push(actions);
-            continue;
-        };
-        let state = current.observed();
-        let stranded = matches!(place, Place::Slot(_))
-            && !state.is_terminal()
-            && !current.node_id.is_empty()
-            && (!keeps_tasks(view.node(&current.node_id), &constraints)
-                || evicted.contains(&current.id));
-        if stranded || (current.spec_version < service.spec_version && !state.is_terminal()) {
-            // Moved off a node that cannot keep it, or a plain
-            // replacement of an old template (rolling updates grow here).
-            actions.push(update(with_desired(current, TaskState::Shutdown)));
-            actions.push(create(maker.task(place, TaskState::Running)));
-        } else if state.is_terminal() {
-            if should_restart(service, &history, current, now_ms) {
-                let delay = restart_delay_ms(service, state);
-                actions.push(update(with_desired(current, TaskState::Shutdown)));
-                let next = if delay == 0 {
-                    TaskState::Running
-                } else {
-                    TaskState::Ready
-                };
-                actions.push(create(maker.task(place, next)));
-            }
-        } else if current.desired() == TaskState::Ready {
-            // The delay follows from how the task it replaces ended.
-            let replaced = history
-                .iter()
-                .rfind(|t| created_at(t) <= created_at(current) && t.id != current.id)
-                .map_or(TaskState::Failed, |t| t.observed());
-            let delay = restart_delay_ms(service, replaced) as i64;
-            let due = created_at(current) + delay;
-            if now_ms >= due {
-                actions.push(update(with_desired(current, TaskState::Running)));
-            } else {
-                wake_at_ms = Some(wake_at_ms.map_or(due, |w: i64| w.min(due)));
-            }
-        }
+        let history: &[&Task] = by_place.get(place).map_or(&[], Vec::as_slice);
+        let (actions, due) = place_actions(view, &constraints, evicted, place, history, &mut maker);
         if !actions.is_empty() {
             groups.push(actions);
         }
+        if let Some(due) = due {
+            wake_at_ms = Some(wake_at_ms.map_or(due, |w: i64| w.min(due)));
+        }
     }
     (groups, wake_at_ms)
+}
+
+/// The actions one wanted place of a service needs (its tasks in
+/// `history`, oldest first), and when its delayed restart is due.
+fn place_actions<F: FnMut() -> String>(
+    view: &Tables,
+    constraints: &[Constraint],
+    evicted: &HashSet<String>,
+    place: &Place,
+    history: &[&Task],
+    maker: &mut Maker<'_, F>,
+) -> (Vec<StoreAction>, Option<i64>) {
+    let service = maker.service;
+    let now_ms = maker.now_ms;
+    let mut actions = Vec::new();
+    let mut live: Vec<&Task> = history.iter().copied().filter(|t| occupies(t)).collect();
+    // At most one live task per place: keep the newest.
+    while live.len() > 1 {
+        let extra = live.remove(0);
+        actions.push(update(with_desired(extra, TaskState::Shutdown)));
+    }
+    let Some(current) = live.first() else {
+        actions.push(create(maker.task(place, TaskState::Running)));
+        return (actions, None);
+    };
+    let state = current.observed();
+    let stranded = matches!(place, Place::Slot(_))
+        && !state.is_terminal()
+        && !current.node_id.is_empty()
+        && (!keeps_tasks(view.node(&current.node_id), constraints)
+            || evicted.contains(&current.id));
+    if stranded || (current.spec_version < service.spec_version && !state.is_terminal()) {
+        // Moved off a node that cannot keep it, or a plain
+        // replacement of an old template (rolling updates grow here).
+        actions.push(update(with_desired(current, TaskState::Shutdown)));
+        actions.push(create(maker.task(place, TaskState::Running)));
+    } else if state.is_terminal() {
+        if should_restart(service, history, current, now_ms) {
+            let delay = restart_delay_ms(service, state);
+            actions.push(update(with_desired(current, TaskState::Shutdown)));
+            let next = if delay == 0 {
+                TaskState::Running
+            } else {
+                TaskState::Ready
+            };
+            actions.push(create(maker.task(place, next)));
+        }
+    } else if current.desired() == TaskState::Ready {
+        // The delay follows from how the task it replaces ended.
+        let replaced = history
+            .iter()
+            .rfind(|t| created_at(t) <= created_at(current) && t.id != current.id)
+            .map_or(TaskState::Failed, |t| t.observed());
+        let delay = restart_delay_ms(service, replaced) as i64;
+        let due = created_at(current) + delay;
+        if now_ms >= due {
+            actions.push(update(with_desired(current, TaskState::Running)));
+        } else {
+            return (actions, Some(due));
+        }
+    }
+    (actions, None)
 }
 
 /// Which slots a replicated service keeps: the occupied ones, dropping first

@@ -425,6 +425,45 @@ impl Cluster {
         self.set_hold(task_id, hold)
     }
 
+    /// Takes a node's new status or availability in place, when nothing
+    /// the cluster counted from it (labels, resources, description)
+    /// changed. `None`: the cluster must be made anew; else whether the
+    /// node can now take tasks and could not before.
+    fn update_node(&mut self, node: &Node) -> Option<bool> {
+        let i = *self.index_of.get(&node.id)?;
+        let counted = |n: &Node| {
+            let mut n = n.clone();
+            n.meta = None;
+            n.status = None;
+            if let Some(spec) = n.spec.as_mut() {
+                spec.availability = 0;
+            }
+            n
+        };
+        if counted(&self.nodes[i]) != counted(node) {
+            return None;
+        }
+        let was = self.schedulable[i];
+        let now = node.status.as_ref().map(|s| s.state) == Some(node_status::State::Ready as i32)
+            && node.spec.as_ref().map_or(0, |s| s.availability)
+                == node_spec::Availability::Active as i32;
+        self.nodes[i] = node.clone();
+        if was != now {
+            let key = (self.loads[i].tasks, i);
+            for lane in &mut self.lanes {
+                if lane.members.as_ref().is_none_or(|m| m[i]) {
+                    if now {
+                        lane.order.insert(key);
+                    } else {
+                        lane.order.remove(&key);
+                    }
+                }
+            }
+            self.schedulable[i] = now;
+        }
+        Some(now && !was)
+    }
+
     fn order_by_load(&mut self) {
         let order = (0..self.nodes.len())
             .filter(|i| self.schedulable[*i])
@@ -726,9 +765,10 @@ pub fn decide_with(view: &Tables, now_ms: i64, search: Search) -> Vec<StoreActio
 ///
 /// A pending task is tried when it becomes pending; one that found no node
 /// waits until something frees room on a node (a task stops holding
-/// resources) or nodes change, since loads only grow otherwise and it
-/// could not fit anywhere then either. Any node change makes the next pass
-/// a full one.
+/// resources) or a node opens (ready and active again), since loads only
+/// grow otherwise and it could not fit anywhere then either. A node going
+/// down, drained or paused is taken in place; any other node change makes
+/// the cluster anew from the store at the next pass.
 pub struct Scheduler {
     search: Search,
     cluster: Option<Cluster>,
@@ -738,6 +778,8 @@ pub struct Scheduler {
     fresh: BTreeSet<String>,
     /// Pending tasks that found no node, tried again when room frees.
     waiting: BTreeSet<String>,
+    /// A node opened to new tasks since the last pass.
+    room: bool,
 }
 
 impl Scheduler {
@@ -748,6 +790,7 @@ impl Scheduler {
             changed: BTreeSet::new(),
             fresh: BTreeSet::new(),
             waiting: BTreeSet::new(),
+            room: false,
         }
     }
 
@@ -755,6 +798,7 @@ impl Scheduler {
     /// tasks noted since the last pass.
     pub fn schedule(&mut self, view: &Tables, now_ms: i64, full: bool) -> Vec<StoreAction> {
         let changed = std::mem::take(&mut self.changed);
+        let room = std::mem::take(&mut self.room);
         let (mut cluster, retry) = match self.cluster.take() {
             Some(mut cluster) if !full => {
                 let mut freed = false;
@@ -769,7 +813,7 @@ impl Scheduler {
                     }
                 }
                 cluster.expire_failures(now_ms);
-                (cluster, freed)
+                (cluster, freed || room)
             }
             _ => {
                 let mut cluster = Cluster::new(view);
@@ -810,7 +854,18 @@ impl Reconciler for Scheduler {
             return;
         };
         match &object.kind {
-            Some(object::Kind::Node(_)) => self.cluster = None,
+            Some(object::Kind::Node(node)) => {
+                // A node going down, drained or paused (or back) is taken in
+                // place; anything else makes the cluster anew.
+                let updated = match (&mut self.cluster, action) {
+                    (Some(cluster), watch_event::Action::Update) => cluster.update_node(node),
+                    _ => None,
+                };
+                match updated {
+                    None => self.cluster = None,
+                    Some(opened) => self.room |= opened,
+                }
+            }
             Some(object::Kind::Task(t)) => {
                 if let (Some(cluster), true) =
                     (&self.cluster, *action != watch_event::Action::Remove)

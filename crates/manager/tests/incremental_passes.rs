@@ -107,7 +107,13 @@ fn comparable(actions: &[StoreAction]) -> Vec<String> {
             Some(object::Kind::Task(t)) => format!(
                 "{:?} {} of {} slot {} on {:?}: desired {:?}, {:?} ({} spec bytes)",
                 store_action::Kind::try_from(a.kind),
-                t.id,
+                // A new task's id is made up, in whatever order its pass
+                // visits places.
+                if a.kind == store_action::Kind::Create as i32 {
+                    "(new)"
+                } else {
+                    t.id.as_str()
+                },
                 t.service_id,
                 t.slot,
                 t.node_id,
