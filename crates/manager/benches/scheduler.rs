@@ -1,6 +1,8 @@
 //! The scheduler alone, on the in-memory store without raft (issue #4,
 //! benchmark 1): N ready nodes, T pending tasks each of its own service; time
-//! from the pending tasks being in the store until all T are ASSIGNED.
+//! from the pending tasks being in the store until all T are ASSIGNED: the
+//! scheduler, which has seen the nodes, is told the tasks' changes, decides,
+//! and its actions are applied to the store.
 //!
 //! Sizes are `NODESxTASKS`, with a suffix: `c` puts a constraint on every
 //! task that one node in three matches (`node.labels.tier==a`), `s` makes
@@ -16,6 +18,8 @@ use shoal_api::{
     NodeStatus, Placement, Resources, StoreAction, Task, TaskSpec, TaskState, TaskStatus,
     Transaction,
 };
+use shoal_manager::reconciler::Reconciler;
+use shoal_manager::scheduler::{Scheduler, Search};
 use shoal_store::Store;
 
 fn create(object: impl Into<shoal_api::Object>) -> StoreAction {
@@ -74,6 +78,11 @@ fn run(nodes: usize, tasks: usize, constrained: bool, one_service: bool) {
             })
             .collect(),
     );
+    // The scheduler as it runs in a manager: it has seen the nodes (a full
+    // pass), and is told the tasks' changes.
+    let mut scheduler = Scheduler::new(Search::Auto);
+    let mut changes = store.watch();
+    let _ = scheduler.decide(&store.view(), 0, true);
     apply(
         (0..tasks)
             .map(|i| {
@@ -103,7 +112,16 @@ fn run(nodes: usize, tasks: usize, constrained: bool, one_service: bool) {
             .collect(),
     );
     let start = Instant::now();
-    let actions = shoal_manager::scheduler::decide(&store.view(), 0);
+    let actions: Vec<StoreAction> = {
+        let view = store.view();
+        assert!(changes.drain_with(|e| scheduler.observe(&view, e)));
+        scheduler
+            .decide(&view, 0, false)
+            .transactions
+            .into_iter()
+            .flatten()
+            .collect()
+    };
     let decided = start.elapsed();
     let placed = actions.len();
     apply(actions);

@@ -294,13 +294,10 @@ impl Cluster {
     /// Counts what a task holds on its node (by task id, replacing what it
     /// held before). Returns whether anything was freed.
     fn set_hold(&mut self, task_id: &str, hold: Option<Hold>) -> bool {
-        let old = self.held.remove(task_id);
-        if old == hold {
-            if let Some(h) = old {
-                self.held.insert(task_id.to_string(), h);
-            }
+        if self.held.get(task_id) == hold.as_ref() {
             return false;
         }
+        let old = self.held.remove(task_id);
         let freed = old.is_some();
         if let Some(old) = old {
             self.count(&old, false);
@@ -732,7 +729,12 @@ fn bump_nested<K: std::hash::Hash + Eq>(
     add: bool,
 ) {
     if add {
-        bump(counts.entry(outer.to_string()).or_default(), key, true);
+        match counts.get_mut(outer) {
+            Some(inner) => bump(inner, key, true),
+            None => {
+                counts.insert(outer.to_string(), HashMap::from([(key, 1)]));
+            }
+        }
     } else if let Some(inner) = counts.get_mut(outer) {
         bump(inner, key, false);
         if inner.is_empty() {
@@ -774,8 +776,6 @@ pub struct Scheduler {
     cluster: Option<Cluster>,
     /// Tasks whose change may matter, since the last pass.
     changed: BTreeSet<String>,
-    /// Pending tasks not tried yet.
-    fresh: BTreeSet<String>,
     /// Pending tasks that found no node, tried again when room frees.
     waiting: BTreeSet<String>,
     /// A node opened to new tasks since the last pass.
@@ -788,7 +788,6 @@ impl Scheduler {
             search,
             cluster: None,
             changed: BTreeSet::new(),
-            fresh: BTreeSet::new(),
             waiting: BTreeSet::new(),
             room: false,
         }
@@ -799,51 +798,51 @@ impl Scheduler {
     pub fn schedule(&mut self, view: &Tables, now_ms: i64, full: bool) -> Vec<StoreAction> {
         let changed = std::mem::take(&mut self.changed);
         let room = std::mem::take(&mut self.room);
-        let (mut cluster, retry) = match self.cluster.take() {
+        let (actions, unplaced) = match self.cluster.take() {
             Some(mut cluster) if !full => {
                 let mut freed = false;
+                let mut pending = Vec::new();
                 for id in &changed {
                     let task = view.task_sharing_spec(id);
                     let current = task.as_ref().map(|(t, spec)| (t, spec.as_ref()));
                     freed |= cluster.refresh(id, current, now_ms);
                     self.waiting.remove(id);
-                    self.fresh.remove(id);
-                    if task.as_ref().is_some_and(|(t, _)| is_pending(t)) {
-                        self.fresh.insert(id.clone());
+                    if let Some((t, spec)) = task.filter(|(t, _)| is_pending(t)) {
+                        pending.push((t, spec));
                     }
                 }
                 cluster.expire_failures(now_ms);
-                (cluster, freed || room)
+                if freed || room {
+                    let waiting = std::mem::take(&mut self.waiting);
+                    pending.extend(
+                        waiting
+                            .iter()
+                            .filter_map(|id| view.task_sharing_spec(id))
+                            .filter(|(t, _)| is_pending(t)),
+                    );
+                }
+                let placed = place_pending(&mut cluster, pending.into_iter(), now_ms, self.search);
+                self.cluster = Some(cluster);
+                placed
             }
             _ => {
                 let mut cluster = Cluster::new(view);
-                self.fresh.clear();
                 self.waiting.clear();
+                let mut pending = Vec::new();
                 for (task, spec) in view.tasks_sharing_specs() {
-                    cluster.refresh(&task.id, Some((&task, spec)), now_ms);
                     if is_pending(&task) {
-                        self.fresh.insert(task.id);
+                        pending.push((task, spec));
+                    } else if holds_resources(&task) || is_failure(&task) {
+                        cluster.refresh(&task.id, Some((&task, spec)), now_ms);
                     }
                 }
                 cluster.order_by_load();
-                (cluster, true)
+                let placed = place_pending(&mut cluster, pending.into_iter(), now_ms, self.search);
+                self.cluster = Some(cluster);
+                placed
             }
         };
-        let mut candidates = std::mem::take(&mut self.fresh);
-        if retry {
-            candidates.append(&mut self.waiting);
-        }
-        let (actions, unplaced) = place_pending(
-            &mut cluster,
-            candidates
-                .iter()
-                .filter_map(|id| view.task_sharing_spec(id))
-                .filter(|(t, _)| is_pending(t)),
-            now_ms,
-            self.search,
-        );
         self.waiting.extend(unplaced);
-        self.cluster = Some(cluster);
         actions
     }
 }
@@ -931,12 +930,23 @@ fn place_pending<'s>(
     }
     // Older tasks first, so a burst is placed in creation order; a group
     // goes in the order of its oldest task.
-    let age = |t: &Task| (t.meta.as_ref().map_or(0, |m| m.created_at_ms), t.slot);
+    // The id settles ties, so the order does not depend on the order the
+    // tasks came in (a pass over every task, or over what changed).
+    fn age(t: &Task) -> (i64, u64, &str) {
+        (
+            t.meta.as_ref().map_or(0, |m| m.created_at_ms),
+            t.slot,
+            t.id.as_str(),
+        )
+    }
     for g in groups.iter_mut().chain(fixed.iter_mut()) {
-        g.tasks.sort_by_key(|t| age(t));
+        g.tasks.sort_by(|a, b| age(a).cmp(&age(b)));
     }
     let mut order: Vec<Group> = groups.into_iter().chain(fixed).collect();
-    order.sort_by_key(|g| g.tasks.first().map(|t| age(t)));
+    fn first(g: &Group) -> Option<(i64, u64, &str)> {
+        g.tasks.first().map(|t| age(t))
+    }
+    order.sort_by(|a, b| first(a).cmp(&first(b)));
 
     // Reserved up front: an action holds a whole task, and growing the list
     // by doubling copies every one of them again.
