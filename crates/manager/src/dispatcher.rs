@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,13 +83,14 @@ pub struct Dispatcher {
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     inboxes: Inboxes,
     shutdown: watch::Receiver<bool>,
+    /// The cluster's heartbeat period, kept by the store watcher: a
+    /// heartbeat is answered without waiting for the store, which a long
+    /// write can hold (a heartbeat that waits is a node marked down).
+    period_ms: Arc<AtomicU64>,
 }
 
-fn heartbeat_period_ms(replica: &Replica) -> u64 {
-    replica
-        .store()
-        .view()
-        .cluster()
+fn period_of(cluster: Option<&shoal_api::Cluster>) -> u64 {
+    cluster
         .and_then(|c| c.spec.as_ref())
         .and_then(|s| s.dispatcher)
         .map_or(5_000, |d| d.heartbeat_period_ms.max(1))
@@ -102,7 +104,9 @@ fn random_id() -> String {
 impl Dispatcher {
     /// The service, and the monitor that marks silent nodes DOWN (run it).
     pub fn new(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) -> Dispatcher {
+        let period_ms = Arc::new(AtomicU64::new(period_of(replica.store().view().cluster())));
         Dispatcher {
+            period_ms,
             replica,
             sessions: Arc::default(),
             inboxes: Arc::default(),
@@ -119,6 +123,7 @@ impl Dispatcher {
     pub fn fan_out(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let replica = Arc::clone(&self.replica);
         let inboxes = Arc::clone(&self.inboxes);
+        let period_ms = Arc::clone(&self.period_ms);
         let mut shutdown = self.shutdown.clone();
         async move {
             let post = |changes: &mut Vec<(String, String)>, all: bool| {
@@ -171,7 +176,10 @@ impl Dispatcher {
                                     nodes.push((task.node_id.clone(), task.id.clone()));
                                 }
                             }
-                            Some(object::Kind::Cluster(_)) => all = true,
+                            Some(object::Kind::Cluster(cluster)) => {
+                                period_ms.store(period_of(Some(cluster)), Ordering::Relaxed);
+                                all = true;
+                            }
                             _ => {}
                         }
                     });
@@ -189,10 +197,11 @@ impl Dispatcher {
     pub fn monitor(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let replica = Arc::clone(&self.replica);
         let sessions = Arc::clone(&self.sessions);
+        let period_ms = Arc::clone(&self.period_ms);
         let mut shutdown = self.shutdown.clone();
         async move {
             loop {
-                let period = heartbeat_period_ms(&replica);
+                let period = period_ms.load(Ordering::Relaxed);
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     // Checked often, so a dead node is seen DOWN well within
@@ -245,6 +254,7 @@ impl Dispatcher {
 /// so it replaces them once, without racing this write. If the node comes
 /// back, its agent finds the tasks terminal and stops them.
 async fn mark_down(replica: &Replica, node_id: &str, message: &str) {
+    tracing::info!(node = node_id, "{message}: the node is down");
     for _ in 0..STATUS_WRITE_TRIES {
         let (node, orphans) = {
             let view = replica.store().view();
@@ -302,8 +312,12 @@ async fn mark_down(replica: &Replica, node_id: &str, message: &str) {
 
 /// Streams a node's assignments to its session: the full set first, then
 /// what changed of the tasks its inbox names, until the session ends.
+// Each is a separate piece of the dispatcher the stream reads; bundling
+// them would only name the bundle.
+#[allow(clippy::too_many_arguments)]
 async fn stream_assignments(
     replica: &Replica,
+    period_ms: &AtomicU64,
     sessions: &Mutex<HashMap<String, Session>>,
     node_id: &str,
     session_id: &str,
@@ -311,10 +325,11 @@ async fn stream_assignments(
     tx: &mpsc::Sender<Result<SessionMessage, Status>>,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    // The desired state the agent was sent of each task. A task is sent
-    // again only when its desired state changed: the agent acts on nothing
-    // else, and most changes are the agent's own status reports coming back.
-    let mut sent: HashMap<String, i32> = HashMap::new();
+    // What the agent was sent of each task: the version last looked at,
+    // and the desired state. A task is sent again only when its desired
+    // state changed: the agent acts on nothing else, and most changes are
+    // the agent's own status reports coming back.
+    let mut sent: HashMap<String, (u64, i32)> = HashMap::new();
     let mut first = true;
     loop {
         let current = sessions
@@ -328,35 +343,42 @@ async fn stream_assignments(
         let changed = inbox.take();
         let (tasks, removed) = {
             let view = replica.store().view();
-            let ids: Vec<String> = if first || changed.everything {
+            // Each task to look at, with its version when known without
+            // decoding it (a task whose version did not move is skipped).
+            let ids: Vec<(String, Option<u64>)> = if first || changed.everything {
                 // Every task it has, and every task it was sent (gone ones
                 // are removals).
-                let mut ids: HashSet<String> = view
+                let mut ids: HashMap<String, Option<u64>> = view
                     .task_versions_of_node(node_id)
-                    .map(|(id, _)| id.to_string())
+                    .map(|(id, version)| (id.to_string(), Some(version)))
                     .collect();
-                ids.extend(sent.keys().cloned());
+                for id in sent.keys() {
+                    ids.entry(id.clone()).or_insert(None);
+                }
                 ids.into_iter().collect()
             } else {
-                changed.tasks.into_iter().collect()
+                changed.tasks.into_iter().map(|id| (id, None)).collect()
             };
             let mut tasks = Vec::new();
             let mut removed = Vec::new();
-            for id in ids {
-                let desired = view
-                    .task_without_spec(&id)
-                    .filter(|t| t.node_id == node_id)
-                    .map(|t| t.desired_state);
-                match desired {
+            for (id, version) in ids {
+                let seen = sent.get(&id).copied();
+                if version.is_some() && version == seen.map(|(v, _)| v) {
+                    continue;
+                }
+                let bare = view.task_without_spec(&id).filter(|t| t.node_id == node_id);
+                match bare {
                     None => {
                         if sent.remove(&id).is_some() {
                             removed.push(id);
                         }
                     }
-                    Some(desired) if sent.get(&id) == Some(&desired) => {}
-                    Some(desired) => {
-                        tasks.extend(view.task(&id));
-                        sent.insert(id, desired);
+                    Some(t) => {
+                        let version = t.meta.as_ref().map_or(0, |m| m.version);
+                        if seen.map(|(_, d)| d) != Some(t.desired_state) {
+                            tasks.extend(view.task(&id));
+                        }
+                        sent.insert(id, (version, t.desired_state));
                     }
                 }
             }
@@ -366,7 +388,7 @@ async fn stream_assignments(
             let message = SessionMessage {
                 node_id: node_id.to_string(),
                 session_id: session_id.to_string(),
-                heartbeat_period_ms: heartbeat_period_ms(replica),
+                heartbeat_period_ms: period_ms.load(Ordering::Relaxed),
                 tasks,
                 removed,
                 full: first,
@@ -382,7 +404,7 @@ async fn stream_assignments(
             _ = inbox.bell.notified() => {}
             // The session may have been replaced or expired; and once a
             // period every task is looked at, whatever the inbox says.
-            _ = tokio::time::sleep(Duration::from_millis(heartbeat_period_ms(replica))) => {
+            _ = tokio::time::sleep(Duration::from_millis(period_ms.load(Ordering::Relaxed))) => {
                 inbox.post(None);
             }
         }
@@ -469,11 +491,13 @@ impl DispatcherService for Dispatcher {
             .insert(node_id.clone(), Arc::clone(&inbox));
         let inboxes = Arc::clone(&self.inboxes);
         let replica = Arc::clone(&self.replica);
+        let period_ms = Arc::clone(&self.period_ms);
         let sessions = Arc::clone(&self.sessions);
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             stream_assignments(
                 &replica,
+                &period_ms,
                 &sessions,
                 &node_id,
                 &session_id,
@@ -502,7 +526,7 @@ impl DispatcherService for Dispatcher {
         let req = request.into_inner();
         self.check_session(&req.node_id, &req.session_id)?;
         Ok(Response::new(HeartbeatResponse {
-            period_ms: heartbeat_period_ms(&self.replica),
+            period_ms: self.period_ms.load(Ordering::Relaxed),
         }))
     }
 
