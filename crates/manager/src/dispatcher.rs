@@ -143,6 +143,12 @@ impl Dispatcher {
             // and desired state.
             let mut known: HashMap<String, (String, i32)> = HashMap::new();
             let mut changes = replica.store().watch();
+            // Read after the watch starts: a change made before it began is
+            // in the store, one made after comes as an event.
+            period_ms.store(
+                period_of(replica.store().view().cluster()),
+                Ordering::Relaxed,
+            );
             let mut nodes = Vec::new();
             loop {
                 if *shutdown.borrow() {
