@@ -265,18 +265,23 @@ pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -
             decision.wake_at_ms = Some(decision.wake_at_ms.map_or(due, |w: i64| w.min(due)));
         }
     }
-    // Tasks whose service is gone: let them go for the reaper to remove.
     let services: HashSet<&str> = view.services().map(|s| s.id.as_str()).collect();
-    let orphans: Vec<StoreAction> = view
-        .tasks_sharing_specs()
-        .filter(|(t, _)| !services.contains(t.service_id.as_str()))
-        .filter(|(t, _)| t.desired() != TaskState::Remove)
-        .map(|(t, _)| update(with_desired(&t, TaskState::Remove)))
-        .collect();
+    decision.transactions.extend(let_go(
+        view.tasks_sharing_specs()
+            .map(|(t, _)| t)
+            .filter(|t| !services.contains(t.service_id.as_str())),
+    ));
     decision
-        .transactions
-        .extend(pack(orphans.into_iter().map(|a| vec![a])));
-    decision
+}
+
+/// Tasks whose service is gone: let go (desired REMOVE) for the reaper to
+/// remove once they stopped.
+fn let_go(tasks: impl Iterator<Item = Task>) -> Vec<Vec<StoreAction>> {
+    pack(
+        tasks
+            .filter(|t| t.desired() != TaskState::Remove)
+            .map(|t| vec![update(with_desired(&t, TaskState::Remove))]),
+    )
 }
 
 /// The orchestrator between passes: which services to look at again.
@@ -399,14 +404,9 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
         for id in services {
             self.delayed.retain(|(s, _), _| *s != id);
             let Some(service) = view.service(&id) else {
-                let orphans: Vec<StoreAction> = view
-                    .tasks_of_service_sharing_specs(&id)
-                    .filter(|(t, _)| t.desired() != TaskState::Remove)
-                    .map(|(t, _)| update(with_desired(&t, TaskState::Remove)))
-                    .collect();
-                decision
-                    .transactions
-                    .extend(pack(orphans.into_iter().map(|a| vec![a])));
+                decision.transactions.extend(let_go(
+                    view.tasks_of_service_sharing_specs(&id).map(|(t, _)| t),
+                ));
                 continue;
             };
             let (groups, due) =
