@@ -267,13 +267,7 @@ impl SimCluster {
             if done(&self.replica.store().view()) {
                 return Ok(start.elapsed());
             }
-            let left = timeout.saturating_sub(start.elapsed());
-            if left.is_zero() {
-                return Err(SimError::Timeout {
-                    what: what.to_string(),
-                    waited: timeout,
-                });
-            }
+            let left = time_left(what, timeout, start)?;
             // A change, or a look again after a while (time-based moves such
             // as a node going DOWN change the store too, so this is a bound,
             // not a poll interval anything depends on).
@@ -299,13 +293,7 @@ impl SimCluster {
             if matching.len() == target {
                 return Ok(start.elapsed());
             }
-            let left = timeout.saturating_sub(start.elapsed());
-            if left.is_zero() {
-                return Err(SimError::Timeout {
-                    what: what.to_string(),
-                    waited: timeout,
-                });
-            }
+            let left = time_left(what, timeout, start)?;
             let Ok(next) = tokio::time::timeout(left, changes.changed()).await else {
                 continue;
             };
@@ -395,4 +383,16 @@ async fn record_cluster(replica: &Replica, heartbeat_period_ms: u64) -> Result<(
         .await
         .map_err(|e| SimError::Bootstrap(e.to_string()))?;
     Ok(())
+}
+
+/// What is left of `timeout` since `start`, or the timeout error for `what`.
+fn time_left(what: &str, timeout: Duration, start: Instant) -> Result<Duration, SimError> {
+    let left = timeout.saturating_sub(start.elapsed());
+    if left.is_zero() {
+        return Err(SimError::Timeout {
+            what: what.to_string(),
+            waited: timeout,
+        });
+    }
+    Ok(left)
 }
