@@ -19,12 +19,13 @@ use std::time::Duration;
 
 use shoal_api::dispatcher_client::DispatcherClient;
 use shoal_api::{
-    HeartbeatRequest, NodeDescription, SessionMessage, SessionRequest, Task, TaskState, TaskStatus,
-    TaskStatusUpdate, UpdateTaskStatusRequest,
+    NodeDescription, SessionMessage, SessionRequest, Task, TaskState, TaskStatus, TaskStatusUpdate,
+    UpdateTaskStatusRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
+use crate::heartbeat::Heartbeat;
 use crate::process::{find_task_processes, kill_group, ProcessConfig, ProcessExecutor};
 use crate::task_db::TaskDb;
 use crate::task_runner::{TaskRunner, TaskUpdate};
@@ -38,8 +39,6 @@ const REPORT_QUEUE: usize = 1_024;
 const MAX_UNSENT_REPORTS: usize = 16_384;
 const RECONNECT_MIN_MS: u64 = 100;
 const RECONNECT_MAX_MS: u64 = 5_000;
-/// Heartbeat period until the dispatcher says otherwise.
-const INITIAL_HEARTBEAT_MS: u64 = 5_000;
 /// A task's stop grace period when its spec sets none.
 const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
 
@@ -132,8 +131,8 @@ pub async fn run(
         };
         backoff = RECONNECT_MIN_MS;
         let mut session_id = String::new();
-        // Replaced by the period the dispatcher sends in its first message.
-        let mut heartbeat = tokio::time::interval(Duration::from_millis(INITIAL_HEARTBEAT_MS));
+        // Started with the period the dispatcher sends in its first message.
+        let mut heartbeat: Option<Heartbeat> = None;
         // The session: until it breaks or the agent stops.
         loop {
             tokio::select! {
@@ -145,11 +144,19 @@ pub async fn run(
                     Ok(Some(m)) => {
                         if session_id != m.session_id {
                             session_id = m.session_id.clone();
-                            heartbeat = tokio::time::interval(Duration::from_millis(m.heartbeat_period_ms.max(1)));
-                            heartbeat.tick().await;
+                            heartbeat = Some(Heartbeat::start(
+                                client.clone(),
+                                agent.config.node_id.clone(),
+                                session_id.clone(),
+                                m.heartbeat_period_ms,
+                            ));
                         }
                         agent.apply(m).await;
-                        if agent.flush(&mut client, &session_id).await.is_err() {
+                        let sent = tokio::select! {
+                            _ = shutdown.changed() => return,
+                            sent = Heartbeat::unless_lost(&mut heartbeat, agent.flush(&mut client, &session_id)) => sent,
+                        };
+                        if !matches!(sent, Some(Ok(()))) {
                             break;
                         }
                     }
@@ -161,17 +168,19 @@ pub async fn run(
                         let Ok(more) = reports.try_recv() else { break };
                         agent.queue(more);
                     }
-                    if !session_id.is_empty() && agent.flush(&mut client, &session_id).await.is_err() {
+                    if session_id.is_empty() {
+                        continue;
+                    }
+                    let sent = tokio::select! {
+                        _ = shutdown.changed() => return,
+                        sent = Heartbeat::unless_lost(&mut heartbeat, agent.flush(&mut client, &session_id)) => sent,
+                    };
+                    if !matches!(sent, Some(Ok(()))) {
                         break;
                     }
                 }
                 Some(task_id) = done.recv() => agent.finished(&task_id),
-                _ = heartbeat.tick(), if !session_id.is_empty() => {
-                    let beat = HeartbeatRequest { node_id: agent.config.node_id.clone(), session_id: session_id.clone() };
-                    if client.heartbeat(beat).await.is_err() {
-                        break;
-                    }
-                }
+                _ = Heartbeat::lost_once_started(&mut heartbeat) => break,
             }
         }
     }

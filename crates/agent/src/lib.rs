@@ -14,6 +14,7 @@
 mod agent;
 mod cgroup;
 mod executor;
+mod heartbeat;
 mod process;
 mod task_db;
 mod task_runner;
@@ -21,6 +22,7 @@ mod task_runner;
 pub use agent::{run, AgentConfig};
 pub use cgroup::Cgroups;
 pub use executor::{Executor, ExitOutcome, TaskFailure};
+pub use heartbeat::Heartbeat;
 pub use process::{
     find_task_processes, kill_group, ProcessConfig, ProcessExecutor, TASK_DIR_ENV, TASK_ID_ENV,
 };

@@ -6,9 +6,9 @@
 //! An agent opens a session with its description; the dispatcher records
 //! the node READY and streams the tasks assigned to it: the full set first,
 //! then what changed after each commit. Heartbeats keep the session; a node
-//! silent for `HEARTBEAT_TTL_PERIODS` periods is marked DOWN. Status reports
-//! are applied one transaction per task (group commit packs them), and a
-//! report that would move a task backwards is dropped.
+//! silent for `HEARTBEAT_TTL_PERIODS` periods is marked DOWN. The status
+//! reports of one call are applied in one transaction, and a report that
+//! would move a task backwards is dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -263,7 +263,7 @@ async fn mark_down(replica: &Replica, node_id: &str, message: &str) {
     tracing::info!(node = node_id, "{message}: the node is down");
     for _ in 0..STATUS_WRITE_TRIES {
         let (node, orphans) = {
-            let view = replica.store().view();
+            let view = replica.store().read().await;
             let Some(mut node) = view.node(node_id).cloned() else {
                 return;
             };
@@ -348,7 +348,7 @@ async fn stream_assignments(
         }
         let changed = inbox.take();
         let (tasks, removed) = {
-            let view = replica.store().view();
+            let view = replica.store().read().await;
             // Each task to look at, with its version when known without
             // decoding it (a task whose version did not move is skipped).
             let ids: Vec<(String, Option<u64>)> = if first || changed.everything {
@@ -436,7 +436,7 @@ impl DispatcherService for Dispatcher {
         // Record the node: created on first contact, refreshed after.
         let mut recorded = false;
         for _ in 0..STATUS_WRITE_TRIES {
-            let existing = self.replica.store().view().node(&node_id).cloned();
+            let existing = self.replica.store().read().await.node(&node_id).cloned();
             let (kind, mut node) = match existing {
                 Some(n) => (store_action::Kind::Update, n),
                 None => (
@@ -554,21 +554,24 @@ impl DispatcherService for Dispatcher {
                 None => by_task.push((update.task_id, vec![status])),
             }
         }
-        let mut writes = Vec::new();
-        for (task_id, statuses) in by_task {
-            let replica = Arc::clone(&self.replica);
-            let node_id = req.node_id.clone();
-            writes.push(tokio::spawn(async move {
-                for _ in 0..STATUS_WRITE_TRIES {
-                    let Some(mut task) = replica.store().view().task_without_spec(&task_id) else {
-                        return Ok(());
-                    };
+        // The reports of one call go in as few transactions as the bounds
+        // allow (one, for any agent's call), not one per task: a spawned
+        // write per task queued thousands of tasks on the runtime, and
+        // everything else, heartbeats included, waited behind them. A
+        // transaction refused because another writer moved one of its tasks
+        // first is read again and retried, with only the tasks still named.
+        let mut pending = by_task;
+        for _ in 0..STATUS_WRITE_TRIES {
+            let parts = {
+                let view = self.replica.store().read().await;
+                let actions = pending.iter().filter_map(|(task_id, statuses)| {
+                    let mut task = view.task_without_spec(task_id)?;
                     // Only the node's own tasks.
-                    if task.node_id != node_id {
-                        return Ok(());
+                    if task.node_id != req.node_id {
+                        return None;
                     }
                     let mut moved = false;
-                    for status in &statuses {
+                    for status in statuses {
                         // Only forward: a stale or repeated report is dropped.
                         let next = TaskState::try_from(status.state);
                         if next.is_ok_and(|next| task.observed().may_become(next)) {
@@ -576,33 +579,43 @@ impl DispatcherService for Dispatcher {
                             moved = true;
                         }
                     }
-                    if !moved {
-                        return Ok(());
-                    }
-                    let action = StoreAction {
-                        kind: store_action::Kind::Update as i32,
-                        target: Some(task.into()),
-                    };
-                    match replica
-                        .propose(Transaction {
-                            actions: vec![action],
-                            timestamp_ms: 0,
-                        })
-                        .await
-                    {
-                        Ok(_) => return Ok(()),
-                        Err(shoal_raft::ProposeError::Txn(_)) => continue,
-                        Err(e) => return Err(Status::unavailable(e.to_string())),
-                    }
+                    moved.then(|| {
+                        vec![StoreAction {
+                            kind: store_action::Kind::Update as i32,
+                            target: Some(task.into()),
+                        }]
+                    })
+                });
+                crate::reconciler::pack(actions)
+            };
+            // In turn: an agent's call fits one part, so this waits for one
+            // commit; a larger call has no claim to more at once.
+            let mut conflicted: HashSet<String> = HashSet::new();
+            for actions in parts {
+                let ids: Vec<String> = actions
+                    .iter()
+                    .filter_map(|a| a.target.as_ref().map(|o| o.id().to_string()))
+                    .collect();
+                let written = self
+                    .replica
+                    .propose(Transaction {
+                        actions,
+                        timestamp_ms: 0,
+                    })
+                    .await;
+                match written {
+                    Ok(_) => {}
+                    Err(shoal_raft::ProposeError::Txn(_)) => conflicted.extend(ids),
+                    Err(e) => return Err(Status::unavailable(e.to_string())),
                 }
-                Err(Status::aborted(
-                    "task status kept changing; report it again",
-                ))
-            }));
+            }
+            pending.retain(|(id, _)| conflicted.contains(id));
+            if pending.is_empty() {
+                return Ok(Response::new(UpdateTaskStatusResponse {}));
+            }
         }
-        for w in writes {
-            w.await.map_err(|e| Status::internal(e.to_string()))??;
-        }
-        Ok(Response::new(UpdateTaskStatusResponse {}))
+        Err(Status::aborted(
+            "task status kept changing; report it again",
+        ))
     }
 }

@@ -114,7 +114,7 @@ pub async fn run(
             tracing::debug!(reconciler = name, "a full pass is due");
             full = true;
         }
-        let pass = {
+        let pass = shoal_raft::long_work(|| {
             let view = replica.store().view();
             let in_step = changes.drain_with(|e| {
                 if !full {
@@ -141,7 +141,7 @@ pub async fn run(
             );
             full = false;
             pass
-        };
+        });
         let mut failed = 0;
         let total = pass.transactions.len();
         let proposals = pass.transactions.into_iter().map(|actions| {

@@ -229,6 +229,86 @@ async fn status_reports_only_move_a_task_forward_and_only_for_the_nodes_own_task
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_applies_every_report_it_carries_even_beyond_one_transaction() {
+    let mut s = setup(600_000).await;
+    let request = SessionRequest {
+        node_id: "n1".into(),
+        description: Some(NodeDescription::default()),
+    };
+    let mut stream = s.client.session(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    // More tasks than one transaction of the dispatcher holds.
+    let count = shoal_manager::MAX_ACTIONS_PER_PASS * 2 + 500;
+    let ids: Vec<String> = (0..count).map(|i| format!("t{i:05}")).collect();
+    for chunk in ids.chunks(500) {
+        let actions = chunk
+            .iter()
+            .map(|id| StoreAction {
+                kind: store_action::Kind::Create as i32,
+                target: Some(
+                    Task {
+                        id: id.clone(),
+                        node_id: "n1".into(),
+                        desired_state: TaskState::Running as i32,
+                        status: Some(TaskStatus {
+                            state: TaskState::Assigned as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }
+                    .into(),
+                ),
+            })
+            .collect();
+        s.replica
+            .propose(Transaction {
+                actions,
+                timestamp_ms: 0,
+            })
+            .await
+            .unwrap();
+    }
+    // Each task reported twice, in order, the other node's task in between.
+    let status = |state: TaskState| {
+        Some(TaskStatus {
+            state: state as i32,
+            ..Default::default()
+        })
+    };
+    let mut updates = Vec::new();
+    for id in &ids {
+        updates.push(TaskStatusUpdate {
+            task_id: id.clone(),
+            status: status(TaskState::Accepted),
+        });
+    }
+    updates.push(TaskStatusUpdate {
+        task_id: "not-here".into(),
+        status: status(TaskState::Running),
+    });
+    for id in &ids {
+        updates.push(TaskStatusUpdate {
+            task_id: id.clone(),
+            status: status(TaskState::Running),
+        });
+    }
+    s.client
+        .update_task_status(UpdateTaskStatusRequest {
+            node_id: "n1".into(),
+            session_id: first.session_id.clone(),
+            updates,
+        })
+        .await
+        .unwrap();
+    let view = s.replica.store().view();
+    for id in &ids {
+        let task = view.task_without_spec(id).unwrap();
+        assert_eq!(task.observed(), TaskState::Running, "{id}");
+    }
+    assert!(view.task_without_spec("not-here").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_hears_at_once_of_assignments_and_desired_state_changes_but_not_of_its_own_reports(
 ) {
     // A heartbeat period far longer than the test: nothing arrives through

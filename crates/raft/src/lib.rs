@@ -16,6 +16,7 @@
 
 mod codec;
 mod log_store;
+mod long_work;
 mod network;
 mod proposer;
 mod replica;
@@ -23,6 +24,7 @@ mod state_machine;
 mod types;
 
 pub use log_store::LogStore;
+pub use long_work::long_work;
 pub use network::{Network, RaftService};
 pub use proposer::{ProposeError, Proposer, ProposerConfig, MAX_ENTRY_BYTES};
 pub use replica::{OnCreate, Replica, ReplicaConfig, ReplicaError};

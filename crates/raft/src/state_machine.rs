@@ -180,7 +180,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(proposal) => {
                     let batch = Batch::decode(proposal.batch.as_slice())
                         .map_err(|e| StorageIOError::apply(entry.log_id, any(e)))?;
-                    let results = self.store.apply(index, batch);
+                    let results = crate::long_work(|| self.store.apply(index, batch));
                     out.push(Applied { results });
                 }
                 EntryPayload::Membership(m) => {

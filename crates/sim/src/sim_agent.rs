@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use shoal_agent::Heartbeat;
 use shoal_api::dispatcher_client::DispatcherClient;
 use shoal_api::{
-    HeartbeatRequest, NodeDescription, SessionMessage, SessionRequest, TaskState, TaskStatus,
-    TaskStatusUpdate, UpdateTaskStatusRequest,
+    NodeDescription, SessionMessage, SessionRequest, TaskState, TaskStatus, TaskStatusUpdate,
+    UpdateTaskStatusRequest,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -294,7 +295,7 @@ impl SimAgent {
             };
             backoff = RECONNECT_MIN_MS;
             let mut session_id = String::new();
-            let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
+            let mut heartbeat: Option<Heartbeat> = None;
             loop {
                 let next_timer = state.timers.first_key_value().map(|((at, _), _)| *at);
                 tokio::select! {
@@ -308,8 +309,12 @@ impl SimAgent {
                         Ok(Some(m)) => {
                             if session_id != m.session_id {
                                 session_id = m.session_id.clone();
-                                heartbeat = tokio::time::interval(Duration::from_millis(m.heartbeat_period_ms.max(1)));
-                                heartbeat.tick().await;
+                                heartbeat = Some(Heartbeat::start(
+                                    client.clone(),
+                                    state.agent.node_id.clone(),
+                                    session_id.clone(),
+                                    m.heartbeat_period_ms,
+                                ));
                             }
                             state.apply(m);
                         }
@@ -318,14 +323,16 @@ impl SimAgent {
                     _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
                         state.fire_due();
                     }
-                    _ = heartbeat.tick(), if !session_id.is_empty() => {
-                        let beat = HeartbeatRequest { node_id: state.agent.node_id.clone(), session_id: session_id.clone() };
-                        if client.heartbeat(beat).await.is_err() {
-                            break;
-                        }
-                    }
+                    _ = Heartbeat::lost_once_started(&mut heartbeat) => break,
                 }
-                if !session_id.is_empty() && state.flush(&mut client, &session_id).await.is_err() {
+                if session_id.is_empty() {
+                    continue;
+                }
+                let sent = tokio::select! {
+                    _ = shutdown.changed() => return,
+                    sent = Heartbeat::unless_lost(&mut heartbeat, state.flush(&mut client, &session_id)) => sent,
+                };
+                if !matches!(sent, Some(Ok(()))) {
                     break;
                 }
             }

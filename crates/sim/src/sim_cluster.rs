@@ -2,6 +2,11 @@
 //! fsynced in redb, the reconcilers, the dispatcher, the control API on a
 //! unix socket) and N [`SimAgent`]s that each hold a real dispatcher session.
 //!
+//! The agents run on a tokio runtime of their own, as real agents run in
+//! processes of their own: a manager busy with 100,000 tasks then delays
+//! its own work, not the agents' timers and heartbeats, and the operating
+//! system shares the cores between the two.
+//!
 //! Nodes can be killed (the agent stops, as a crashed machine's would),
 //! cut off and reconnected (a partition: the agent keeps running its tasks),
 //! and polled through the store.
@@ -26,6 +31,9 @@ use tonic::transport::Channel;
 
 use crate::fake_executor::FakeExecutor;
 use crate::sim_agent::{Running, SimAgent};
+
+/// Worker threads of the agents' runtime.
+const AGENT_WORKER_THREADS: usize = 2;
 
 /// Largest control API message, both ways.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -89,6 +97,36 @@ pub struct SimCluster {
     stop: watch::Sender<bool>,
     manager: JoinSet<()>,
     nodes: Vec<SimNode>,
+    agents: AgentRuntime,
+}
+
+/// The agents' runtime. A runtime cannot be dropped from async code, so it
+/// is let go in the background; by then every agent has stopped.
+struct AgentRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl AgentRuntime {
+    fn start() -> Result<AgentRuntime, std::io::Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(AGENT_WORKER_THREADS)
+            .thread_name("sim-agents")
+            .enable_all()
+            .build()?;
+        Ok(AgentRuntime {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for AgentRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 fn node_id(i: usize) -> String {
@@ -139,6 +177,7 @@ impl SimCluster {
             stop,
             manager,
             nodes: Vec::new(),
+            agents: AgentRuntime::start()?,
         };
         for i in 0..config.nodes {
             let agent = SimAgent {
@@ -187,7 +226,8 @@ impl SimCluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        node.task = Some(tokio::spawn(agent.run(stop_rx, node.connected.subscribe())));
+        let run = agent.run(stop_rx, node.connected.subscribe());
+        node.task = Some(self.agents.handle.spawn(run));
         node.stop = Some(stop);
     }
 

@@ -1,6 +1,6 @@
 //! The store handle shared by every component of a manager.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, TryLockError};
 
 use shoal_api::{Batch, Object, StoreSnapshot};
 use tokio::sync::broadcast;
@@ -12,6 +12,11 @@ use crate::watch::{Event, WatchStream, WATCH_QUEUE_ENTRIES};
 /// A consistent read-only view of every table. Writes wait while a view is
 /// held, so take it in a synchronous block and drop it before any `.await`.
 pub type View<'a> = RwLockReadGuard<'a, Tables>;
+
+/// Pauses of an async reader while the lock is taken: short first (most
+/// writes take well under a millisecond), never long enough to matter.
+const READ_PAUSE_MIN_US: u64 = 100;
+const READ_PAUSE_MAX_US: u64 = 5_000;
 
 /// The tables plus the watch channel.
 pub struct Store {
@@ -37,6 +42,31 @@ impl Store {
     /// A consistent snapshot of every table.
     pub fn view(&self) -> View<'_> {
         self.tables.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The view, for a task on an async runtime: it never blocks the worker
+    /// thread. A blocking read waits while a writer waits, and a writer
+    /// waits for the longest reader (a reconciler's pass over every task):
+    /// a handler blocked there holds its whole worker, and the heartbeats
+    /// queued behind it. This one steps aside until the lock is free.
+    pub async fn read(&self) -> View<'_> {
+        let mut pause_us = READ_PAUSE_MIN_US;
+        loop {
+            if let Some(view) = self.try_view() {
+                return view;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(pause_us)).await;
+            pause_us = (pause_us * 2).min(READ_PAUSE_MAX_US);
+        }
+    }
+
+    /// The view if no writer holds or waits for the lock, else `None`.
+    pub fn try_view(&self) -> Option<View<'_>> {
+        match self.tables.try_read() {
+            Ok(view) => Some(view),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// The raft index of the last entry applied.

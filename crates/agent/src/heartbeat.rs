@@ -1,0 +1,103 @@
+//! A session's heartbeats, sent from a task of their own.
+//!
+//! Why their own task: a status report is answered once the manager has
+//! committed it, which takes seconds when the manager is loaded. Sent from
+//! the same loop, a heartbeat waited behind that answer, the node missed its
+//! TTL while alive, and the manager replaced every task of it: the more
+//! loaded the manager, the more nodes it lost, the more work it made itself.
+//! A heartbeat now never waits for anything but the previous heartbeat.
+
+use std::time::Duration;
+
+use shoal_api::dispatcher_client::DispatcherClient;
+use shoal_api::HeartbeatRequest;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A heartbeat unanswered for this many periods ends the session: by then
+/// the dispatcher has counted the node down, and a new session is the way
+/// back.
+const ANSWER_WITHIN_PERIODS: u32 = 3;
+
+/// The heartbeats of one session; they stop when this is dropped.
+pub struct Heartbeat {
+    /// True until a heartbeat is refused, fails or goes unanswered.
+    alive: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Heartbeat {
+    /// Sends a heartbeat every `period_ms` (then every period the dispatcher
+    /// answers with), the first one period from now.
+    pub fn start(
+        mut client: DispatcherClient<Channel>,
+        node_id: String,
+        session_id: String,
+        period_ms: u64,
+    ) -> Heartbeat {
+        let (alive_tx, alive) = watch::channel(true);
+        let task = tokio::spawn(async move {
+            let mut period = Duration::from_millis(period_ms.max(1));
+            loop {
+                tokio::time::sleep(period).await;
+                let beat = HeartbeatRequest {
+                    node_id: node_id.clone(),
+                    session_id: session_id.clone(),
+                };
+                let answer =
+                    tokio::time::timeout(period * ANSWER_WITHIN_PERIODS, client.heartbeat(beat))
+                        .await;
+                match answer {
+                    Ok(Ok(r)) => {
+                        period = Duration::from_millis(r.into_inner().period_ms.max(1));
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "heartbeat refused; the session is over");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::debug!("heartbeat unanswered; the session is over");
+                        break;
+                    }
+                }
+            }
+            let _ = alive_tx.send(false);
+        });
+        Heartbeat { alive, task }
+    }
+
+    /// Resolves once the session is lost to its heartbeats; at once if it
+    /// already is.
+    pub async fn lost(&mut self) {
+        // An error means the task is gone, which also ends the session.
+        let _ = self.alive.wait_for(|alive| !*alive).await;
+    }
+
+    /// Runs `call` (another call of the session) unless the session is lost
+    /// first: a call the dispatcher never answers must not hold the agent
+    /// once its heartbeats have given the session up.
+    pub async fn unless_lost<F: std::future::Future>(
+        beat: &mut Option<Heartbeat>,
+        call: F,
+    ) -> Option<F::Output> {
+        tokio::select! {
+            out = call => Some(out),
+            _ = Heartbeat::lost_once_started(beat) => None,
+        }
+    }
+
+    /// [`Heartbeat::lost`] once started; never before.
+    pub async fn lost_once_started(beat: &mut Option<Heartbeat>) {
+        match beat {
+            Some(beat) => beat.lost().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,153 @@
+//! The agent against a dispatcher that never answers a status report (a
+//! manager too loaded to commit it): its heartbeats must go on, or the
+//! manager would count a live node down.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_agent::{AgentConfig, ProcessConfig, TaskDb};
+use shoal_api::dispatcher_server::{Dispatcher, DispatcherServer};
+use shoal_api::{
+    HeartbeatRequest, HeartbeatResponse, NodeDescription, Runtime, SessionMessage, SessionRequest,
+    Task, TaskSpec, TaskState, TaskStatus, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+const WITHIN: Duration = Duration::from_secs(60);
+const PERIOD_MS: u64 = 100;
+
+type SessionSender = mpsc::Sender<Result<SessionMessage, Status>>;
+
+/// A dispatcher whose status reports hang: it counts heartbeats and the
+/// reports it was sent.
+#[derive(Clone, Default)]
+struct HangingDispatcher {
+    heartbeats: Arc<AtomicUsize>,
+    reports: Arc<AtomicUsize>,
+    /// Keeps each session's stream open.
+    streams: Arc<std::sync::Mutex<Vec<SessionSender>>>,
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Dispatcher for HangingDispatcher {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<SessionRequest>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let node_id = request.into_inner().node_id;
+        let (tx, rx) = mpsc::channel(4);
+        // One task that ends at once: its reports are what hangs.
+        let task = Task {
+            id: "t1".into(),
+            node_id: node_id.clone(),
+            desired_state: TaskState::Running as i32,
+            spec: Some(TaskSpec {
+                runtime: Some(Runtime {
+                    command: vec!["true".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: Some(TaskStatus {
+                state: TaskState::Assigned as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let first = SessionMessage {
+            node_id,
+            session_id: "s1".into(),
+            heartbeat_period_ms: PERIOD_MS,
+            tasks: vec![task],
+            removed: vec![],
+            full: true,
+        };
+        tx.send(Ok(first))
+            .await
+            .map_err(|_| Status::internal("gone"))?;
+        self.streams.lock().unwrap().push(tx.clone());
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn heartbeat(
+        &self,
+        _request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.heartbeats.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(HeartbeatResponse {
+            period_ms: PERIOD_MS,
+        }))
+    }
+
+    async fn update_task_status(
+        &self,
+        _request: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        self.reports.fetch_add(1, Ordering::SeqCst);
+        std::future::pending().await
+    }
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WITHIN;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {WITHIN:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_go_on_while_a_status_report_waits_for_its_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("dispatcher.sock");
+    let incoming = shoal_api::transport::listen_unix(&socket).unwrap();
+    let dispatcher = HangingDispatcher::default();
+    let heartbeats = Arc::clone(&dispatcher.heartbeats);
+    let reports = Arc::clone(&dispatcher.reports);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DispatcherServer::new(dispatcher))
+            .serve_with_incoming(incoming),
+    );
+    let db = Arc::new(TaskDb::open(&tmp.path().join("agent.redb")).unwrap());
+    let config = AgentConfig {
+        node_id: "n1".into(),
+        description: NodeDescription::default(),
+        dispatcher_socket: socket,
+        process: ProcessConfig::new(tmp.path().join("tasks")),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let agent = tokio::spawn(shoal_agent::run(config, db, stopped));
+
+    wait_until("the agent reports its task", || {
+        reports.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    // The report never gets an answer; heartbeats must keep coming.
+    let before = heartbeats.load(Ordering::SeqCst);
+    wait_until("five more heartbeats with a report unanswered", || {
+        heartbeats.load(Ordering::SeqCst) >= before + 5
+    })
+    .await;
+    assert_eq!(
+        reports.load(Ordering::SeqCst),
+        1,
+        "a report unanswered is not sent again on the same session"
+    );
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(WITHIN, agent)
+        .await
+        .expect("the agent stops")
+        .unwrap();
+}
