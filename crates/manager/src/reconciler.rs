@@ -155,11 +155,20 @@ pub async fn run(
                     .await
             }
         });
+        let proposed = Instant::now();
         for result in join_all(proposals).await {
             if let Err(e) = result {
                 failed += 1;
                 tracing::debug!(reconciler = name, error = %e, "proposal failed; a full pass retries");
             }
+        }
+        if total > 0 {
+            tracing::debug!(
+                reconciler = name,
+                took_ms = proposed.elapsed().as_millis() as u64,
+                failed,
+                "committed"
+            );
         }
         if failed > 0 {
             full = true;
