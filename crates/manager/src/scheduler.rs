@@ -25,7 +25,7 @@
 //! test compares them).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -49,8 +49,29 @@ const WALK_COST: usize = 8;
 /// Constraint sets that get nodes ordered by load of their own, at most.
 const MAX_LANES: usize = 64;
 
+/// The scheduler's maps hash with Fx: SipHash was a sixth of a placement's
+/// cost, and every key here (ids the manager made, node indexes, host
+/// ports) is counted, never chosen to collide.
+type HashMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
+
 /// A host port: protocol and published number.
 type HostPort = (i32, u32);
+
+/// A service id, shared by everything the cluster counts per service (a
+/// string per placement was a third of a placement's cost).
+type ServiceId = Arc<str>;
+
+fn preferences_of(spec: &TaskSpec) -> Arc<[String]> {
+    spec.placement
+        .as_ref()
+        .map(|p| {
+            p.preferences
+                .iter()
+                .map(|p| p.spread_descriptor.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// What a node has left, and how many tasks it runs.
 #[derive(Debug, Default, Clone)]
@@ -123,13 +144,15 @@ fn spread_value<'a>(node: &'a Node, descriptor: &str) -> &'a str {
 
 /// Tasks that share a service and a spec version, so ask the same of a node.
 struct Group {
-    service_id: String,
+    service_id: ServiceId,
+    spec_version: u64,
+    spec: Arc<TaskSpec>,
     cpu: i64,
     memory: i64,
     constraints: Vec<Constraint>,
-    preferences: Vec<String>,
+    preferences: Arc<[String]>,
     max_per_node: usize,
-    ports: Vec<HostPort>,
+    ports: Arc<[HostPort]>,
     /// The lane of nodes to search ([`Cluster::lane`]).
     lane: usize,
     /// Boxed: a task is large (moving 100,000 of them as the list grows
@@ -146,28 +169,37 @@ struct Lane {
 }
 
 impl Group {
-    fn new(service_id: String, spec: Arc<TaskSpec>, ports: Vec<HostPort>) -> Group {
+    /// The group of `task`, whose service id is `service_id`.
+    fn new(service_id: ServiceId, task: &Task, spec: Arc<TaskSpec>) -> Group {
         let (cpu, memory) = reservations(&spec);
-        let placement = spec.placement.clone().unwrap_or_default();
+        let placement = spec.placement.as_ref();
         Group {
             service_id,
+            spec_version: task.spec_version,
             cpu,
             memory,
             constraints: placement
-                .constraints
-                .iter()
+                .into_iter()
+                .flat_map(|p| &p.constraints)
                 .filter_map(|c| Constraint::parse(c).ok())
                 .collect(),
-            preferences: placement
-                .preferences
-                .iter()
-                .map(|p| p.spread_descriptor.clone())
-                .collect(),
-            max_per_node: usize::try_from(placement.max_replicas_per_node).unwrap_or(usize::MAX),
-            ports,
+            preferences: preferences_of(&spec),
+            max_per_node: placement.map_or(usize::MAX, |p| {
+                usize::try_from(p.max_replicas_per_node).unwrap_or(usize::MAX)
+            }),
+            ports: host_ports(task).into(),
             lane: 0,
             tasks: Vec::new(),
+            spec,
         }
+    }
+
+    /// The constraints as written in the spec: the key of its lane.
+    fn constraint_key(&self) -> &[String] {
+        self.spec
+            .placement
+            .as_ref()
+            .map_or(&[], |p| p.constraints.as_slice())
     }
 }
 
@@ -176,11 +208,11 @@ impl Group {
 #[derive(Debug, Clone, PartialEq)]
 struct Hold {
     index: usize,
-    service_id: String,
+    service_id: ServiceId,
     cpu: i64,
     memory: i64,
-    ports: Vec<HostPort>,
-    preferences: Vec<String>,
+    ports: Arc<[HostPort]>,
+    preferences: Arc<[String]>,
 }
 
 impl Hold {
@@ -188,20 +220,11 @@ impl Hold {
         let (cpu, memory) = reservations(spec);
         Hold {
             index,
-            service_id: task.service_id.clone(),
+            service_id: task.service_id.as_str().into(),
             cpu,
             memory,
-            ports: host_ports(task),
-            preferences: spec
-                .placement
-                .as_ref()
-                .map(|p| {
-                    p.preferences
-                        .iter()
-                        .map(|p| p.spread_descriptor.clone())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            ports: host_ports(task).into(),
+            preferences: preferences_of(spec),
         }
     }
 }
@@ -209,7 +232,7 @@ impl Hold {
 /// A recent failure of a service on a node.
 #[derive(Debug, Clone)]
 struct Failure {
-    service_id: String,
+    service_id: ServiceId,
     index: usize,
     at_ms: i64,
 }
@@ -229,13 +252,13 @@ struct Cluster {
     lanes: Vec<Lane>,
     lane_of: HashMap<Vec<String>, usize>,
     /// Per service: node index → its tasks there.
-    placed: HashMap<String, HashMap<usize, usize>>,
+    placed: HashMap<ServiceId, HashMap<usize, usize>>,
     /// Per service: node index → recent failures there.
-    failure_counts: HashMap<String, HashMap<usize, usize>>,
+    failure_counts: HashMap<ServiceId, HashMap<usize, usize>>,
     /// The same, only where there were `FAILURES_TO_AVOID` or more.
-    failures: HashMap<String, HashMap<usize, usize>>,
+    failures: HashMap<ServiceId, HashMap<usize, usize>>,
     /// Tasks of a service per (descriptor, value).
-    spread: HashMap<String, HashMap<(String, String), usize>>,
+    spread: HashMap<ServiceId, HashMap<(String, String), usize>>,
     /// What each task that holds resources counts, by task id.
     held: HashMap<String, Hold>,
     /// Recent failures by task id, and the same ordered by time so they
@@ -280,13 +303,13 @@ impl Cluster {
             loads,
             schedulable,
             lanes: Vec::new(),
-            lane_of: HashMap::new(),
-            placed: HashMap::new(),
-            failure_counts: HashMap::new(),
-            failures: HashMap::new(),
-            spread: HashMap::new(),
-            held: HashMap::new(),
-            failed: HashMap::new(),
+            lane_of: HashMap::default(),
+            placed: HashMap::default(),
+            failure_counts: HashMap::default(),
+            failures: HashMap::default(),
+            spread: HashMap::default(),
+            held: HashMap::default(),
+            failed: HashMap::default(),
             failed_by_time: BTreeSet::new(),
         }
     }
@@ -335,7 +358,7 @@ impl Cluster {
         load.tasks = after;
         if !hold.ports.is_empty() {
             let ports = load.ports.get_or_insert_default();
-            for p in &hold.ports {
+            for p in hold.ports.iter() {
                 bump(ports, *p, add);
             }
             if ports.is_empty() {
@@ -343,7 +366,7 @@ impl Cluster {
             }
         }
         bump_nested(&mut self.placed, &hold.service_id, index, add);
-        for d in &hold.preferences {
+        for d in hold.preferences.iter() {
             let value = spread_value(&self.nodes[index], d).to_string();
             bump_nested(&mut self.spread, &hold.service_id, (d.clone(), value), add);
         }
@@ -375,7 +398,7 @@ impl Cluster {
             .and_then(|c| c.get(&f.index))
             .copied()
             .unwrap_or(0);
-        let avoid = self.failures.entry(f.service_id.clone()).or_default();
+        let avoid = self.failures.entry(Arc::clone(&f.service_id)).or_default();
         if n >= FAILURES_TO_AVOID {
             avoid.insert(f.index, n);
         } else {
@@ -413,7 +436,7 @@ impl Cluster {
                 return None;
             }
             Some(Failure {
-                service_id: t.service_id.clone(),
+                service_id: t.service_id.as_str().into(),
                 index: *self.index_of.get(t.node_id.as_str())?,
                 at_ms: stamp,
             })
@@ -479,9 +502,10 @@ impl Cluster {
         if group.constraints.is_empty() {
             return 0;
         }
-        let mut key: Vec<String> = group.constraints.iter().map(|c| c.to_string()).collect();
-        key.sort();
-        if let Some(lane) = self.lane_of.get(&key) {
+        // Keyed by the constraints as written: the same set written in
+        // another order only gets a lane of its own.
+        let key = group.constraint_key();
+        if let Some(lane) = self.lane_of.get(key) {
             return *lane;
         }
         if self.lanes.len() >= MAX_LANES {
@@ -502,7 +526,7 @@ impl Cluster {
             members: Some(members),
             order,
         });
-        self.lane_of.insert(key, self.lanes.len() - 1);
+        self.lane_of.insert(key.to_vec(), self.lanes.len() - 1);
         self.lanes.len() - 1
     }
 
@@ -510,11 +534,11 @@ impl Cluster {
     fn place(&mut self, task_id: &str, index: usize, group: &Group) {
         let hold = Hold {
             index,
-            service_id: group.service_id.clone(),
+            service_id: Arc::clone(&group.service_id),
             cpu: group.cpu,
             memory: group.memory,
-            ports: group.ports.clone(),
-            preferences: group.preferences.clone(),
+            ports: Arc::clone(&group.ports),
+            preferences: Arc::clone(&group.preferences),
         };
         self.set_hold(task_id, Some(hold));
     }
@@ -723,8 +747,8 @@ fn bump<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K, add: bo
 }
 
 fn bump_nested<K: std::hash::Hash + Eq>(
-    counts: &mut HashMap<String, HashMap<K, usize>>,
-    outer: &str,
+    counts: &mut HashMap<ServiceId, HashMap<K, usize>>,
+    outer: &ServiceId,
     key: K,
     add: bool,
 ) {
@@ -732,7 +756,7 @@ fn bump_nested<K: std::hash::Hash + Eq>(
         match counts.get_mut(outer) {
             Some(inner) => bump(inner, key, true),
             None => {
-                counts.insert(outer.to_string(), HashMap::from([(key, 1)]));
+                counts.insert(Arc::clone(outer), [(key, 1)].into_iter().collect());
             }
         }
     } else if let Some(inner) = counts.get_mut(outer) {
@@ -801,7 +825,9 @@ impl Scheduler {
         let (actions, unplaced) = match self.cluster.take() {
             Some(mut cluster) if !full => {
                 let mut freed = false;
-                let mut pending = Vec::new();
+                // Sized up front: a task is large, and regrowing the list
+                // copied every one again.
+                let mut pending = Vec::with_capacity(changed.len());
                 for id in &changed {
                     let task = view.task_sharing_spec(id);
                     let current = task.as_ref().map(|(t, spec)| (t, spec.as_ref()));
@@ -908,24 +934,32 @@ fn place_pending<'s>(
     // Pending tasks by (service, spec version), and those whose node is
     // chosen already (global services) each on its own.
     let mut groups: Vec<Group> = Vec::new();
-    let mut group_of: HashMap<(String, u64), usize> = HashMap::new();
+    let mut group_of: HashMap<(ServiceId, u64), usize> = HashMap::default();
     let mut fixed: Vec<Group> = Vec::new();
     for (task, spec) in pending {
         if !task.node_id.is_empty() {
-            let mut g = Group::new(task.service_id.clone(), Arc::clone(spec), host_ports(&task));
+            let mut g = Group::new(task.service_id.as_str().into(), &task, Arc::clone(spec));
             g.tasks.push(Box::new(task));
             fixed.push(g);
             continue;
         }
-        let key = (task.service_id.clone(), task.spec_version);
-        let index = *group_of.entry(key).or_insert_with(|| {
-            groups.push(Group::new(
-                task.service_id.clone(),
-                Arc::clone(spec),
-                host_ports(&task),
-            ));
-            groups.len() - 1
+        // Most tasks come after one of their own group.
+        let last = groups.len().checked_sub(1).filter(|i| {
+            let g = &groups[*i];
+            *g.service_id == *task.service_id && g.spec_version == task.spec_version
         });
+        let index = match last {
+            Some(index) => index,
+            None => {
+                let service: ServiceId = task.service_id.as_str().into();
+                *group_of
+                    .entry((Arc::clone(&service), task.spec_version))
+                    .or_insert_with(|| {
+                        groups.push(Group::new(service, &task, Arc::clone(spec)));
+                        groups.len() - 1
+                    })
+            }
+        };
         groups[index].tasks.push(Box::new(task));
     }
     // Older tasks first, so a burst is placed in creation order; a group
@@ -951,6 +985,7 @@ fn place_pending<'s>(
     // Reserved up front: an action holds a whole task, and growing the list
     // by doubling copies every one of them again.
     let mut actions = Vec::with_capacity(order.iter().map(|g| g.tasks.len()).sum());
+    cluster.held.reserve(actions.capacity());
     let mut unplaced = Vec::new();
     for mut group in order {
         group.lane = cluster.lane(&group);
