@@ -53,6 +53,13 @@ pub struct LogStore {
     db: Arc<Database>,
 }
 
+/// redb's page cache for the log, at most. Its default (1 GiB) kept the
+/// pages of every entry written until it was full: at 100,000 tasks that
+/// was most of the manager's resident memory. The log is appended and read
+/// back once, right after, for applying; the cache needs to hold a few
+/// entries in flight, not the log.
+const LOG_CACHE_BYTES: usize = 64 << 20;
+
 fn io_err(e: impl std::error::Error + 'static) -> AnyError {
     AnyError::new(&e)
 }
@@ -63,10 +70,12 @@ impl LogStore {
     /// error: a state dir is never silently reset.
     pub fn open(path: &Path, create: bool) -> Result<LogStore, OpenError> {
         let shown = path.display().to_string();
+        let mut builder = Database::builder();
+        builder.set_cache_size(LOG_CACHE_BYTES);
         let db = if create {
-            Database::create(path)
+            builder.create(path)
         } else {
-            Database::open(path)
+            builder.open(path)
         }
         .map_err(|source| OpenError::Database {
             path: shown.clone(),

@@ -7,4 +7,4 @@ pub mod sim_cluster;
 
 pub use fake_executor::{FakeExecutor, Plan};
 pub use sim_agent::SimAgent;
-pub use sim_cluster::{SimCluster, SimConfig, SimError};
+pub use sim_cluster::{node_id, SimCluster, SimConfig, SimError};

@@ -50,6 +50,126 @@ struct Args {
     /// Longest wait for any one phase, in seconds.
     #[arg(long, default_value_t = 1_800)]
     timeout_s: u64,
+    /// Run the agents in a child process instead of this one, so the
+    /// resident memory printed is the manager's alone.
+    #[arg(long)]
+    agents_process: bool,
+    /// Be that child: run the agents against the dispatcher at this socket
+    /// until stdin closes; a line `kill I` kills node I.
+    #[arg(long, hide = true, value_name = "SOCKET")]
+    agents_for: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    fn config(&self, nodes: usize) -> SimConfig {
+        SimConfig {
+            nodes,
+            heartbeat_period_ms: self.heartbeat_ms,
+            executor: FakeExecutor {
+                start_delay: Duration::from_millis(self.start_delay_ms),
+                run_time: (self.run_time_ms > 0).then(|| Duration::from_millis(self.run_time_ms)),
+                failure_rate: self.failure_rate,
+            },
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+}
+
+/// The agents of the cluster, here or in a child process.
+enum Agents {
+    Here,
+    Child {
+        child: Box<tokio::process::Child>,
+        commands: tokio::process::ChildStdin,
+    },
+}
+
+impl Agents {
+    /// Starts the child that runs `args.nodes` agents against `sim`.
+    fn spawn_child(args: &Args, sim: &SimCluster) -> anyhow::Result<Agents> {
+        let exe = std::env::current_exe().context("finding this program to run the agents")?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("--agents-for")
+            .arg(sim.dispatcher_socket())
+            .args(["--nodes", &args.nodes.to_string()])
+            .args(["--seed", &args.seed.to_string()])
+            .args(["--start-delay-ms", &args.start_delay_ms.to_string()])
+            .args(["--run-time-ms", &args.run_time_ms.to_string()])
+            .args(["--failure-rate", &args.failure_rate.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the agents' process")?;
+        let commands = child
+            .stdin
+            .take()
+            .context("the agents' process has no stdin")?;
+        Ok(Agents::Child {
+            child: Box::new(child),
+            commands,
+        })
+    }
+
+    async fn kill(&mut self, sim: &mut SimCluster, i: usize) -> anyhow::Result<()> {
+        match self {
+            Agents::Here => sim.kill(i).await,
+            Agents::Child { commands, .. } => {
+                use tokio::io::AsyncWriteExt;
+                commands
+                    .write_all(format!("kill {i}\n").as_bytes())
+                    .await
+                    .context("telling the agents' process to kill a node")?;
+                commands.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(self) {
+        if let Agents::Child {
+            mut child,
+            commands,
+        } = self
+        {
+            // Its stdin closing is the child's signal to stop.
+            drop(commands);
+            let _ = child.wait().await;
+        }
+    }
+}
+
+/// The child's side of `--agents-process`: every agent on this process's
+/// runtime until stdin closes.
+async fn run_agents(args: &Args, socket: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let config = args.config(args.nodes);
+    let mut agents = Vec::with_capacity(args.nodes);
+    for i in 0..args.nodes {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (connected, connected_rx) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(config.agent(i, socket).run(stopped, connected_rx));
+        agents.push(Some((stop, connected, task)));
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let victim = line
+            .strip_prefix("kill ")
+            .and_then(|i| i.trim().parse::<usize>().ok())
+            .with_context(|| format!("unknown command {line:?}; expected `kill I`"))?;
+        let agent = agents
+            .get_mut(victim)
+            .with_context(|| format!("kill {victim}: there are {} nodes", args.nodes))?;
+        if let Some((stop, _, task)) = agent.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+    }
+    for (stop, _, task) in agents.into_iter().flatten() {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
+    Ok(())
 }
 
 fn resident_mib() -> Option<f64> {
@@ -66,6 +186,17 @@ fn running(t: &Task, dead: &HashSet<String>) -> bool {
     t.observed() == TaskState::Running
         && t.desired_state == TaskState::Running as i32
         && !dead.contains(&t.node_id)
+}
+
+/// Resident memory after glibc's malloc hands its free pages back to the
+/// system: what is in use, without what the peak of the run left behind
+/// in malloc's arenas.
+fn trimmed_resident_mib() -> Option<f64> {
+    // SAFETY: malloc_trim only releases memory malloc holds unused.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    resident_mib()
 }
 
 fn raise_open_files_limit() {
@@ -98,23 +229,29 @@ async fn main() -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.kill_percent <= 100, "--kill-percent: at most 100");
     raise_open_files_limit();
+    if let Some(socket) = &args.agents_for {
+        return run_agents(&args, socket).await;
+    }
     let timeout = Duration::from_secs(args.timeout_s);
     let base_mib = resident_mib().unwrap_or(0.0);
 
     let started = Instant::now();
-    let mut sim = SimCluster::start(SimConfig {
-        nodes: args.nodes,
-        heartbeat_period_ms: args.heartbeat_ms,
-        executor: FakeExecutor {
-            start_delay: Duration::from_millis(args.start_delay_ms),
-            run_time: (args.run_time_ms > 0).then(|| Duration::from_millis(args.run_time_ms)),
-            failure_rate: args.failure_rate,
-        },
-        seed: args.seed,
-        ..Default::default()
-    })
-    .await
-    .context("starting the simulated cluster")?;
+    let here = if args.agents_process { 0 } else { args.nodes };
+    let mut sim = SimCluster::start(args.config(here))
+        .await
+        .context("starting the simulated cluster")?;
+    let mut agents = Agents::Here;
+    if args.agents_process {
+        agents = Agents::spawn_child(&args, &sim)?;
+        let expected = args.nodes;
+        sim.wait_for("every node READY", timeout, |view| {
+            view.nodes()
+                .filter(|n| shoal_sim::sim_cluster::is_ready(n))
+                .count()
+                == expected
+        })
+        .await?;
+    }
     println!(
         "{} nodes READY in {:.2} s",
         args.nodes,
@@ -163,15 +300,21 @@ async fn main() -> anyhow::Result<()> {
         total as f64 / took
     );
     let full_mib = resident_mib().unwrap_or(0.0);
+    let held_mib = trimmed_resident_mib().unwrap_or(0.0);
+    let whose = if args.agents_process {
+        "the manager alone: the agents run in a child process"
+    } else {
+        "agents and manager share the process"
+    };
     println!(
-        "resident memory: {full_mib:.0} MiB with {total} tasks running ({idle_mib:.0} MiB with the nodes idle, {base_mib:.0} MiB at start); agents and manager share the process"
+        "resident memory: {full_mib:.0} MiB with {total} tasks running, {held_mib:.0} MiB once malloc returned its free pages ({idle_mib:.0} MiB with the nodes idle, {base_mib:.0} MiB at start); {whose}"
     );
 
     if args.kill_percent > 0 {
-        let mut order: Vec<usize> = (0..sim.node_count()).collect();
+        let mut order: Vec<usize> = (0..args.nodes).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(args.seed));
-        let victims: Vec<usize> = order[..sim.node_count() * args.kill_percent / 100].to_vec();
-        let dead: HashSet<String> = victims.iter().map(|i| sim.node_id(*i)).collect();
+        let victims: Vec<usize> = order[..args.nodes * args.kill_percent / 100].to_vec();
+        let dead: HashSet<String> = victims.iter().map(|i| shoal_sim::node_id(*i)).collect();
         let lost = sim.view(|view| {
             view.tasks_sharing_specs()
                 .filter(|(t, _)| running(t, &HashSet::new()) && dead.contains(&t.node_id))
@@ -179,7 +322,7 @@ async fn main() -> anyhow::Result<()> {
         });
         let killed = Instant::now();
         for i in &victims {
-            sim.kill(*i).await;
+            agents.kill(&mut sim, *i).await?;
         }
         sim.wait_for_tasks("every lost task RUNNING elsewhere", timeout, total, |t| {
             running(t, &dead)
@@ -193,6 +336,7 @@ async fn main() -> anyhow::Result<()> {
             (args.heartbeat_ms * shoal_manager::HEARTBEAT_TTL_PERIODS) as f64 / 1000.0
         );
     }
+    agents.stop().await;
     sim.shutdown().await;
     Ok(())
 }

@@ -52,6 +52,32 @@ pub struct SimConfig {
     pub snapshot_interval_entries: u64,
 }
 
+impl SimConfig {
+    /// The agent of node `i` of this cluster, whose dispatcher listens on
+    /// `dispatcher_socket`.
+    pub fn agent(&self, i: usize, dispatcher_socket: &Path) -> SimAgent {
+        SimAgent {
+            node_id: node_id(i),
+            description: NodeDescription {
+                hostname: node_id(i),
+                platform: Some(Platform {
+                    os: "linux".into(),
+                    architecture: "x86_64".into(),
+                }),
+                resources: Some(Resources {
+                    nano_cpus: self.node_nano_cpus,
+                    memory_bytes: self.node_memory_bytes,
+                }),
+                ..Default::default()
+            },
+            dispatcher_socket: dispatcher_socket.to_path_buf(),
+            executor: self.executor,
+            seed: self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+            running: Running::default(),
+        }
+    }
+}
+
 impl Default for SimConfig {
     fn default() -> SimConfig {
         SimConfig {
@@ -93,6 +119,7 @@ struct SimNode {
 pub struct SimCluster {
     _dir: tempfile::TempDir,
     control_socket: PathBuf,
+    dispatcher_socket: PathBuf,
     replica: Arc<Replica>,
     stop: watch::Sender<bool>,
     manager: JoinSet<()>,
@@ -129,7 +156,8 @@ impl Drop for AgentRuntime {
     }
 }
 
-fn node_id(i: usize) -> String {
+/// The id of simulated node `i`.
+pub fn node_id(i: usize) -> String {
     format!("sim-node-{i:05}")
 }
 
@@ -173,6 +201,7 @@ impl SimCluster {
         let mut cluster = SimCluster {
             _dir: dir,
             control_socket,
+            dispatcher_socket,
             replica,
             stop,
             manager,
@@ -180,25 +209,7 @@ impl SimCluster {
             agents: AgentRuntime::start()?,
         };
         for i in 0..config.nodes {
-            let agent = SimAgent {
-                node_id: node_id(i),
-                description: NodeDescription {
-                    hostname: node_id(i),
-                    platform: Some(Platform {
-                        os: "linux".into(),
-                        architecture: "x86_64".into(),
-                    }),
-                    resources: Some(Resources {
-                        nano_cpus: config.node_nano_cpus,
-                        memory_bytes: config.node_memory_bytes,
-                    }),
-                    ..Default::default()
-                },
-                dispatcher_socket: dispatcher_socket.clone(),
-                executor: config.executor,
-                seed: config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
-                running: Running::default(),
-            };
+            let agent = config.agent(i, &cluster.dispatcher_socket);
             cluster.nodes.push(SimNode {
                 agent,
                 stop: None,
@@ -240,6 +251,12 @@ impl SimCluster {
 
     pub fn control_socket(&self) -> &Path {
         &self.control_socket
+    }
+
+    /// Where the dispatcher listens: agents outside this cluster (another
+    /// process) connect here.
+    pub fn dispatcher_socket(&self) -> &Path {
+        &self.dispatcher_socket
     }
 
     pub fn node_id(&self, i: usize) -> String {
