@@ -78,8 +78,11 @@ impl ControlApi {
         new_object_id(&mut *rng)
     }
 
+    /// The store's view, for a handler: taking it may wait behind a writer
+    /// that waits for a long reader (a reconciler's pass), so the wait runs
+    /// off the worker's queue and other requests (heartbeats) go on.
     fn view(&self) -> View<'_> {
-        self.replica.store().view()
+        shoal_raft::long_work(|| self.replica.store().view())
     }
 
     async fn commit(&self, actions: Vec<StoreAction>) -> Result<u64, ApiError> {
