@@ -825,8 +825,8 @@ impl Scheduler {
         let (actions, unplaced) = match self.cluster.take() {
             Some(mut cluster) if !full => {
                 let mut freed = false;
-                // Sized up front: a task is large, and regrowing the list
-                // copied every one again.
+                // Boxed as they are read (a task is large, and the list
+                // would move each again as it grows, then into its group).
                 let mut pending = Vec::with_capacity(changed.len());
                 for id in &changed {
                     let task = view.task_sharing_spec(id);
@@ -834,7 +834,7 @@ impl Scheduler {
                     freed |= cluster.refresh(id, current, now_ms);
                     self.waiting.remove(id);
                     if let Some((t, spec)) = task.filter(|(t, _)| is_pending(t)) {
-                        pending.push((t, spec));
+                        pending.push((Box::new(t), spec));
                     }
                 }
                 cluster.expire_failures(now_ms);
@@ -844,7 +844,8 @@ impl Scheduler {
                         waiting
                             .iter()
                             .filter_map(|id| view.task_sharing_spec(id))
-                            .filter(|(t, _)| is_pending(t)),
+                            .filter(|(t, _)| is_pending(t))
+                            .map(|(t, spec)| (Box::new(t), spec)),
                     );
                 }
                 let placed = place_pending(&mut cluster, pending.into_iter(), now_ms, self.search);
@@ -857,7 +858,7 @@ impl Scheduler {
                 let mut pending = Vec::new();
                 for (task, spec) in view.tasks_sharing_specs() {
                     if is_pending(&task) {
-                        pending.push((task, spec));
+                        pending.push((Box::new(task), spec));
                     } else if holds_resources(&task) || is_failure(&task) {
                         cluster.refresh(&task.id, Some((&task, spec)), now_ms);
                     }
@@ -927,7 +928,7 @@ impl Reconciler for Scheduler {
 /// those that did not fit.
 fn place_pending<'s>(
     cluster: &mut Cluster,
-    pending: impl Iterator<Item = (Task, &'s Arc<TaskSpec>)>,
+    pending: impl Iterator<Item = (Box<Task>, &'s Arc<TaskSpec>)>,
     now_ms: i64,
     search: Search,
 ) -> (Vec<StoreAction>, Vec<String>) {
@@ -939,7 +940,7 @@ fn place_pending<'s>(
     for (task, spec) in pending {
         if !task.node_id.is_empty() {
             let mut g = Group::new(task.service_id.as_str().into(), &task, Arc::clone(spec));
-            g.tasks.push(Box::new(task));
+            g.tasks.push(task);
             fixed.push(g);
             continue;
         }
@@ -960,7 +961,7 @@ fn place_pending<'s>(
                     })
             }
         };
-        groups[index].tasks.push(Box::new(task));
+        groups[index].tasks.push(task);
     }
     // Older tasks first, so a burst is placed in creation order; a group
     // goes in the order of its oldest task.
