@@ -25,7 +25,7 @@ use shoal_api::{
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use crate::heartbeat::Heartbeat;
+use crate::heartbeat::{Heartbeat, SessionCall};
 use crate::process::{find_task_processes, kill_group, ProcessConfig, ProcessExecutor};
 use crate::task_db::TaskDb;
 use crate::task_runner::{TaskRunner, TaskUpdate};
@@ -152,12 +152,11 @@ pub async fn run(
                             ));
                         }
                         agent.apply(m).await;
-                        let sent = tokio::select! {
-                            _ = shutdown.changed() => return,
-                            sent = Heartbeat::unless_lost(&mut heartbeat, agent.flush(&mut client, &session_id)) => sent,
-                        };
-                        if !matches!(sent, Some(Ok(()))) {
-                            break;
+                        let sent = Heartbeat::call(&mut heartbeat, &mut shutdown, agent.flush(&mut client, &session_id));
+                        match sent.await {
+                            SessionCall::Done(Ok(())) => {}
+                            SessionCall::Stopping => return,
+                            SessionCall::Done(Err(_)) | SessionCall::Lost => break,
                         }
                     }
                     Ok(None) | Err(_) => break,
@@ -171,12 +170,11 @@ pub async fn run(
                     if session_id.is_empty() {
                         continue;
                     }
-                    let sent = tokio::select! {
-                        _ = shutdown.changed() => return,
-                        sent = Heartbeat::unless_lost(&mut heartbeat, agent.flush(&mut client, &session_id)) => sent,
-                    };
-                    if !matches!(sent, Some(Ok(()))) {
-                        break;
+                    let sent = Heartbeat::call(&mut heartbeat, &mut shutdown, agent.flush(&mut client, &session_id));
+                    match sent.await {
+                        SessionCall::Done(Ok(())) => {}
+                        SessionCall::Stopping => return,
+                        SessionCall::Done(Err(_)) | SessionCall::Lost => break,
                     }
                 }
                 Some(task_id) = done.recv() => agent.finished(&task_id),

@@ -22,7 +22,7 @@ mod task_runner;
 pub use agent::{run, AgentConfig};
 pub use cgroup::Cgroups;
 pub use executor::{Executor, ExitOutcome, TaskFailure};
-pub use heartbeat::Heartbeat;
+pub use heartbeat::{Heartbeat, SessionCall};
 pub use process::{
     find_task_processes, kill_group, ProcessConfig, ProcessExecutor, TASK_DIR_ENV, TASK_ID_ENV,
 };

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use shoal_agent::Heartbeat;
+use shoal_agent::{Heartbeat, SessionCall};
 use shoal_api::dispatcher_client::DispatcherClient;
 use shoal_api::{
     NodeDescription, SessionMessage, SessionRequest, TaskState, TaskStatus, TaskStatusUpdate,
@@ -328,12 +328,15 @@ impl SimAgent {
                 if session_id.is_empty() {
                     continue;
                 }
-                let sent = tokio::select! {
-                    _ = shutdown.changed() => return,
-                    sent = Heartbeat::unless_lost(&mut heartbeat, state.flush(&mut client, &session_id)) => sent,
-                };
-                if !matches!(sent, Some(Ok(()))) {
-                    break;
+                let sent = Heartbeat::call(
+                    &mut heartbeat,
+                    &mut shutdown,
+                    state.flush(&mut client, &session_id),
+                );
+                match sent.await {
+                    SessionCall::Done(Ok(())) => {}
+                    SessionCall::Stopping => return,
+                    SessionCall::Done(Err(_)) | SessionCall::Lost => break,
                 }
             }
             // Cut off: timers keep their due times; what fires meanwhile is

@@ -2,10 +2,31 @@
 
 use std::process::Command;
 
+/// Runs the binary with `args`; it must succeed and print every line of
+/// `expected`.
+fn run_and_expect(args: &[&str], expected: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_shoal-sim"))
+        .args(args)
+        .output()
+        .expect("shoal-sim runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for expected in expected {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing in:\n{stdout}"
+        );
+    }
+}
+
 #[test]
 fn shoal_sim_converges_kills_nodes_and_prints_every_figure() {
-    let output = Command::new(env!("CARGO_BIN_EXE_shoal-sim"))
-        .args([
+    run_and_expect(
+        &[
             "--nodes",
             "20",
             "--replicas",
@@ -18,32 +39,20 @@ fn shoal_sim_converges_kills_nodes_and_prints_every_figure() {
             "300",
             "--timeout-s",
             "120",
-        ])
-        .output()
-        .expect("shoal-sim runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
+        ],
+        &[
+            "20 nodes READY in",
+            "2 services x 100 replicas: 200 RUNNING",
+            "resident memory:",
+            "killed 2 nodes",
+        ],
     );
-    for expected in [
-        "20 nodes READY in",
-        "2 services x 100 replicas: 200 RUNNING",
-        "resident memory:",
-        "killed 2 nodes",
-    ] {
-        assert!(
-            stdout.contains(expected),
-            "{expected:?} missing in:\n{stdout}"
-        );
-    }
 }
 
 #[test]
 fn shoal_sim_with_the_agents_in_a_child_process_measures_the_manager_alone() {
-    let output = Command::new(env!("CARGO_BIN_EXE_shoal-sim"))
-        .args([
+    run_and_expect(
+        &[
             "--nodes",
             "20",
             "--replicas",
@@ -55,28 +64,16 @@ fn shoal_sim_with_the_agents_in_a_child_process_measures_the_manager_alone() {
             "--timeout-s",
             "120",
             "--agents-process",
-        ])
-        .output()
-        .expect("shoal-sim runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
+        ],
+        &[
+            "20 nodes READY in",
+            "1 services x 200 replicas: 200 RUNNING",
+            "the manager alone: the agents run in a child process",
+            // The child killed the nodes it was told to, and the manager
+            // replaced their tasks.
+            "killed 2 nodes",
+        ],
     );
-    for expected in [
-        "20 nodes READY in",
-        "1 services x 200 replicas: 200 RUNNING",
-        "the manager alone: the agents run in a child process",
-        // The child killed the nodes it was told to, and the manager
-        // replaced their tasks.
-        "killed 2 nodes",
-    ] {
-        assert!(
-            stdout.contains(expected),
-            "{expected:?} missing in:\n{stdout}"
-        );
-    }
 }
 
 #[test]
