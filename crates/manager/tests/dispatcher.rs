@@ -9,8 +9,8 @@ use shoal_api::dispatcher_client::DispatcherClient;
 use shoal_api::dispatcher_server::DispatcherServer;
 use shoal_api::{
     node_status, store_action, Cluster, ClusterSpec, DispatcherConfig, HeartbeatRequest,
-    NodeDescription, SessionRequest, StoreAction, Task, TaskState, TaskStatus, TaskStatusUpdate,
-    Transaction, UpdateTaskStatusRequest,
+    NodeDescription, SessionMessage, SessionRequest, StoreAction, Task, TaskState, TaskStatus,
+    TaskStatusUpdate, Transaction, UpdateTaskStatusRequest,
 };
 use shoal_manager::Dispatcher;
 use shoal_raft::{Replica, ReplicaConfig};
@@ -87,6 +87,20 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Opens a session for `node_id`; returns its stream and first message.
+async fn open_session(
+    client: &mut DispatcherClient<Channel>,
+    node_id: &str,
+) -> (tonic::Streaming<SessionMessage>, SessionMessage) {
+    let request = SessionRequest {
+        node_id: node_id.into(),
+        description: Some(NodeDescription::default()),
+    };
+    let mut stream = client.session(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    (stream, first)
+}
+
 fn node_state(replica: &Replica, id: &str) -> Option<i32> {
     replica
         .store()
@@ -156,12 +170,7 @@ async fn a_session_registers_the_node_and_a_node_that_stops_heartbeating_is_down
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_only_move_a_task_forward_and_only_for_the_nodes_own_tasks() {
     let mut s = setup(5_000).await;
-    let request = SessionRequest {
-        node_id: "n1".into(),
-        description: Some(NodeDescription::default()),
-    };
-    let mut stream = s.client.session(request).await.unwrap().into_inner();
-    let first = stream.message().await.unwrap().unwrap();
+    let (mut stream, first) = open_session(&mut s.client, "n1").await;
     for (id, node) in [("mine", "n1"), ("theirs", "n2")] {
         let task = Task {
             id: id.into(),
@@ -231,12 +240,7 @@ async fn status_reports_only_move_a_task_forward_and_only_for_the_nodes_own_task
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_call_applies_every_report_it_carries_even_beyond_one_transaction() {
     let mut s = setup(600_000).await;
-    let request = SessionRequest {
-        node_id: "n1".into(),
-        description: Some(NodeDescription::default()),
-    };
-    let mut stream = s.client.session(request).await.unwrap().into_inner();
-    let first = stream.message().await.unwrap().unwrap();
+    let (_stream, first) = open_session(&mut s.client, "n1").await;
     // More tasks than one transaction of the dispatcher holds.
     let count = shoal_manager::MAX_ACTIONS_PER_PASS * 2 + 500;
     let ids: Vec<String> = (0..count).map(|i| format!("t{i:05}")).collect();
@@ -314,12 +318,7 @@ async fn a_session_hears_at_once_of_assignments_and_desired_state_changes_but_no
     // A heartbeat period far longer than the test: nothing arrives through
     // the periodic look at every task, only through the store watcher.
     let mut s = setup(600_000).await;
-    let request = SessionRequest {
-        node_id: "n1".into(),
-        description: Some(NodeDescription::default()),
-    };
-    let mut stream = s.client.session(request).await.unwrap().into_inner();
-    let first = stream.message().await.unwrap().unwrap();
+    let (mut stream, first) = open_session(&mut s.client, "n1").await;
     assert!(first.tasks.is_empty());
     let mut task = Task {
         id: "t1".into(),
@@ -394,12 +393,7 @@ async fn a_node_is_removed_once_down_or_with_force_and_never_the_managers_own() 
             tasks_dir: std::env::temp_dir(),
         },
     );
-    let request = SessionRequest {
-        node_id: "w1".into(),
-        description: Some(NodeDescription::default()),
-    };
-    let mut stream = s.client.session(request).await.unwrap().into_inner();
-    stream.message().await.unwrap().unwrap();
+    let (_stream, _) = open_session(&mut s.client, "w1").await;
     let remove = |force| {
         tonic::Request::new(shoal_api::RemoveNodeRequest {
             reference: "w1".into(),
