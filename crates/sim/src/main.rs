@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use shoal_api::{
     Annotations, CreateServiceRequest, Runtime, ServiceMode, ServiceSpec, Task, TaskSpec, TaskState,
 };
-use shoal_sim::{FakeExecutor, SimCluster, SimConfig};
+use shoal_sim::{FakeExecutor, SimCluster, SimConfig, SimNodes};
 
 #[derive(Debug, Parser)]
 #[command(name = "shoal-sim", about = "A Shoal cluster in one process, measured")]
@@ -143,32 +143,22 @@ impl Agents {
 /// runtime until stdin closes.
 async fn run_agents(args: &Args, socket: &std::path::Path) -> anyhow::Result<()> {
     use tokio::io::AsyncBufReadExt;
-    let config = args.config(args.nodes);
-    let mut agents = Vec::with_capacity(args.nodes);
-    for i in 0..args.nodes {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let (connected, connected_rx) = tokio::sync::watch::channel(true);
-        let task = tokio::spawn(config.agent(i, socket).run(stopped, connected_rx));
-        agents.push(Some((stop, connected, task)));
-    }
+    let mut nodes =
+        SimNodes::start(&args.config(args.nodes), socket).context("starting the agents")?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let victim = line
             .strip_prefix("kill ")
             .and_then(|i| i.trim().parse::<usize>().ok())
             .with_context(|| format!("unknown command {line:?}; expected `kill I`"))?;
-        let agent = agents
-            .get_mut(victim)
-            .with_context(|| format!("kill {victim}: there are {} nodes", args.nodes))?;
-        if let Some((stop, _, task)) = agent.take() {
-            let _ = stop.send(true);
-            let _ = task.await;
-        }
+        anyhow::ensure!(
+            victim < nodes.len(),
+            "kill {victim}: there are {} nodes",
+            nodes.len()
+        );
+        nodes.kill(victim).await;
     }
-    for (stop, _, task) in agents.into_iter().flatten() {
-        let _ = stop.send(true);
-        let _ = task.await;
-    }
+    nodes.stop().await;
     Ok(())
 }
 

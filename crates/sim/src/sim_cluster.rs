@@ -2,14 +2,9 @@
 //! fsynced in redb, the reconcilers, the dispatcher, the control API on a
 //! unix socket) and N [`SimAgent`]s that each hold a real dispatcher session.
 //!
-//! The agents run on a tokio runtime of their own, as real agents run in
-//! processes of their own: a manager busy with 100,000 tasks then delays
-//! its own work, not the agents' timers and heartbeats, and the operating
-//! system shares the cores between the two.
-//!
-//! Nodes can be killed (the agent stops, as a crashed machine's would),
-//! cut off and reconnected (a partition: the agent keeps running its tasks),
-//! and polled through the store.
+//! The agents run on a tokio runtime of their own ([`SimNodes`]). Nodes can
+//! be killed, restarted, cut off and reconnected, and the cluster polled
+//! through the store.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -31,9 +26,7 @@ use tonic::transport::Channel;
 
 use crate::fake_executor::FakeExecutor;
 use crate::sim_agent::{Running, SimAgent};
-
-/// Worker threads of the agents' runtime.
-const AGENT_WORKER_THREADS: usize = 2;
+use crate::sim_nodes::SimNodes;
 
 /// Largest control API message, both ways.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -107,14 +100,6 @@ pub enum SimError {
     Timeout { what: String, waited: Duration },
 }
 
-/// One simulated node.
-struct SimNode {
-    agent: SimAgent,
-    stop: Option<watch::Sender<bool>>,
-    connected: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
 /// The running cluster.
 pub struct SimCluster {
     _dir: tempfile::TempDir,
@@ -123,37 +108,7 @@ pub struct SimCluster {
     replica: Arc<Replica>,
     stop: watch::Sender<bool>,
     manager: JoinSet<()>,
-    nodes: Vec<SimNode>,
-    agents: AgentRuntime,
-}
-
-/// The agents' runtime. A runtime cannot be dropped from async code, so it
-/// is let go in the background; by then every agent has stopped.
-struct AgentRuntime {
-    runtime: Option<tokio::runtime::Runtime>,
-    handle: tokio::runtime::Handle,
-}
-
-impl AgentRuntime {
-    fn start() -> Result<AgentRuntime, std::io::Error> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(AGENT_WORKER_THREADS)
-            .thread_name("sim-agents")
-            .enable_all()
-            .build()?;
-        Ok(AgentRuntime {
-            handle: runtime.handle().clone(),
-            runtime: Some(runtime),
-        })
-    }
-}
-
-impl Drop for AgentRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
+    nodes: SimNodes,
 }
 
 /// The id of simulated node `i`.
@@ -198,26 +153,16 @@ impl SimCluster {
                 .await;
         });
 
-        let mut cluster = SimCluster {
+        let nodes = SimNodes::start(&config, &dispatcher_socket)?;
+        let cluster = SimCluster {
             _dir: dir,
             control_socket,
             dispatcher_socket,
             replica,
             stop,
             manager,
-            nodes: Vec::new(),
-            agents: AgentRuntime::start()?,
+            nodes,
         };
-        for i in 0..config.nodes {
-            let agent = config.agent(i, &cluster.dispatcher_socket);
-            cluster.nodes.push(SimNode {
-                agent,
-                stop: None,
-                connected: watch::channel(true).0,
-                task: None,
-            });
-            cluster.boot(i);
-        }
         let expected = config.nodes;
         cluster
             .wait_for("every node READY", Duration::from_secs(300), |view| {
@@ -225,21 +170,6 @@ impl SimCluster {
             })
             .await?;
         Ok(cluster)
-    }
-
-    fn boot(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        let (stop, stop_rx) = watch::channel(false);
-        let _ = node.connected.send(true);
-        let agent = node.agent.clone();
-        agent
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let run = agent.run(stop_rx, node.connected.subscribe());
-        node.task = Some(self.agents.handle.spawn(run));
-        node.stop = Some(stop);
     }
 
     /// A client of the control API, as the CLI would use.
@@ -269,45 +199,24 @@ impl SimCluster {
 
     /// Tasks node `i`'s agent runs right now: (service, slot, state).
     pub fn running_on(&self, i: usize) -> Vec<(String, u64, shoal_api::TaskState)> {
-        let running = self.nodes[i]
-            .agent
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        running
-            .values()
-            .map(|(service, live)| (service.clone(), live.slot, live.state))
-            .collect()
+        self.nodes.running_on(i)
     }
 
     /// Stops node `i`'s agent as a crash would: no goodbye, its tasks gone.
     pub async fn kill(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        if let Some(stop) = node.stop.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(task) = node.task.take() {
-            let _ = task.await;
-        }
-        node.agent
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.nodes.kill(i).await;
     }
 
     /// Starts node `i`'s agent again after [`SimCluster::kill`], with no
     /// tasks.
     pub fn restart(&mut self, i: usize) {
-        if self.nodes[i].task.is_none() {
-            self.boot(i);
-        }
+        self.nodes.restart(i);
     }
 
     /// Cuts node `i` off the manager (it keeps running its tasks) or joins
     /// it again.
     pub fn set_connected(&self, i: usize, connected: bool) {
-        let _ = self.nodes[i].connected.send(connected);
+        self.nodes.set_connected(i, connected);
     }
 
     /// Polls the store until `done` holds; returns how long it took.
@@ -392,16 +301,7 @@ impl SimCluster {
 
     /// Stops every agent and the manager.
     pub async fn shutdown(mut self) {
-        for i in 0..self.nodes.len() {
-            if let Some(stop) = self.nodes[i].stop.take() {
-                let _ = stop.send(true);
-            }
-        }
-        for node in &mut self.nodes {
-            if let Some(task) = node.task.take() {
-                let _ = task.await;
-            }
-        }
+        self.nodes.stop().await;
         let _ = self.stop.send(true);
         while self.manager.join_next().await.is_some() {}
         self.replica.shutdown().await;
