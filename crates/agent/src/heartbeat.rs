@@ -79,7 +79,7 @@ impl Heartbeat {
 
     /// Resolves once the session is lost to its heartbeats; at once if it
     /// already is.
-    pub async fn lost(&mut self) {
+    async fn lost(&mut self) {
         // An error means the task is gone, which also ends the session.
         let _ = self.alive.wait_for(|alive| !*alive).await;
     }

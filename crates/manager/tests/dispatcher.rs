@@ -87,6 +87,20 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A task ASSIGNED to `node_id`, to run.
+fn assigned(id: impl Into<String>, node_id: impl Into<String>) -> Task {
+    Task {
+        id: id.into(),
+        node_id: node_id.into(),
+        desired_state: TaskState::Running as i32,
+        status: Some(TaskStatus {
+            state: TaskState::Assigned as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Opens a session for `node_id`; returns its stream and first message.
 async fn open_session(
     client: &mut DispatcherClient<Channel>,
@@ -172,16 +186,7 @@ async fn status_reports_only_move_a_task_forward_and_only_for_the_nodes_own_task
     let mut s = setup(5_000).await;
     let (mut stream, first) = open_session(&mut s.client, "n1").await;
     for (id, node) in [("mine", "n1"), ("theirs", "n2")] {
-        let task = Task {
-            id: id.into(),
-            node_id: node.into(),
-            desired_state: TaskState::Running as i32,
-            status: Some(TaskStatus {
-                state: TaskState::Assigned as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let task = assigned(id, node);
         propose(&s.replica, store_action::Kind::Create, task).await;
     }
     // The assignment stream delivers the node's own task, not the other one.
@@ -249,19 +254,7 @@ async fn one_call_applies_every_report_it_carries_even_beyond_one_transaction() 
             .iter()
             .map(|id| StoreAction {
                 kind: store_action::Kind::Create as i32,
-                target: Some(
-                    Task {
-                        id: id.clone(),
-                        node_id: "n1".into(),
-                        desired_state: TaskState::Running as i32,
-                        status: Some(TaskStatus {
-                            state: TaskState::Assigned as i32,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }
-                    .into(),
-                ),
+                target: Some(assigned(id.clone(), "n1").into()),
             })
             .collect();
         s.replica
@@ -320,16 +313,7 @@ async fn a_session_hears_at_once_of_assignments_and_desired_state_changes_but_no
     let mut s = setup(600_000).await;
     let (mut stream, first) = open_session(&mut s.client, "n1").await;
     assert!(first.tasks.is_empty());
-    let mut task = Task {
-        id: "t1".into(),
-        node_id: "n1".into(),
-        desired_state: TaskState::Running as i32,
-        status: Some(TaskStatus {
-            state: TaskState::Assigned as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut task = assigned("t1", "n1");
     propose(&s.replica, store_action::Kind::Create, task.clone()).await;
     let assigned = tokio::time::timeout(WITHIN, stream.message())
         .await
