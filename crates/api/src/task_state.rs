@@ -24,6 +24,10 @@ impl Task {
     /// history (bounded). Every writer of task status goes through here.
     pub fn advance_status(&mut self, next: TaskStatus) {
         if let Some(previous) = self.status.take() {
+            // Exactly one more: a task is written once and dropped, and a
+            // doubling list would give each of 100,000 assignments room
+            // for four statuses it never holds.
+            self.history.reserve_exact(1);
             self.history.push(previous);
             if self.history.len() > MAX_STATUS_HISTORY {
                 let extra = self.history.len() - MAX_STATUS_HISTORY;

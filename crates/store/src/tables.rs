@@ -3,7 +3,7 @@
 //! Everything here is deterministic: the same batches applied in the same order
 //! give the same tables on every manager.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -15,6 +15,13 @@ use shoal_api::{
 
 use crate::error::{LookupError, TxnError};
 use crate::watch::Event;
+
+/// The store's maps hash with Fx: every key is an id or name it indexes,
+/// hashed on every write, and SipHash was most of an index update. Nothing
+/// reads these maps in iteration order, so the hash cannot leak into what
+/// the store returns.
+type HashMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
+type HashSet<K> = std::collections::HashSet<K, rustc_hash::FxBuildHasher>;
 
 /// A table of one named kind: objects by id, and the unique-name index.
 #[derive(Debug, Clone)]
@@ -28,7 +35,7 @@ impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
             by_id: BTreeMap::new(),
-            by_name: HashMap::new(),
+            by_name: HashMap::default(),
         }
     }
 }
@@ -118,64 +125,65 @@ struct TaskTable {
 }
 
 impl TaskTable {
-    fn insert(&mut self, mut task: Task) {
-        // A task's spec never changes once it is made: an update that
-        // carries none keeps the stored one, so writers that change only
-        // state need not copy (and the store need not compare) the spec.
-        if task.spec.is_none() {
-            if let Some(existing) = self.by_id.get(task.id.as_str()) {
-                let spec = Arc::clone(&existing.spec);
-                self.store(task, spec);
-                return;
-            }
-        }
-        let spec = task.spec.take().unwrap_or_default();
-        let spec = match self.spec_cache.get(&task.service_id) {
-            Some(cached) if **cached == spec => Arc::clone(cached),
-            _ => {
-                let spec = Arc::new(spec);
-                self.spec_cache
-                    .insert(task.service_id.clone(), Arc::clone(&spec));
-                spec
-            }
-        };
-        self.store(task, spec);
-    }
-
-    /// Stores a task (without its spec) and indexes it.
-    fn store(&mut self, task: Task, spec: Arc<TaskSpec>) {
-        debug_assert!(task.spec.is_none());
-        let encoded = task.encode_to_vec().into_boxed_slice();
-        let meta = task.meta.unwrap_or_default();
-        // An update finds its task once and changes it in place: the table
-        // is searched by string compares, and it is the largest one.
+    /// Writes a task committed at `version`, at `now_ms`, and returns a copy
+    /// of it as written when `copy` (for the watch). Its meta is made here:
+    /// created when first written, updated now. The stored task is found
+    /// once: this is the largest table, searched by string compares, and an
+    /// update changes it in place.
+    fn write(&mut self, mut task: Task, version: u64, now_ms: i64, copy: bool) -> Option<Task> {
         let key = task.id.as_str();
         let existing = self
             .by_id
             .range_mut::<str, _>((Bound::Included(key), Bound::Included(key)))
             .next();
-        if let Some((id, stored)) = existing {
-            stored.service = reindex(
-                &mut self.by_service,
-                stored.service.take(),
+        task.meta = Some(Meta {
+            version,
+            created_at_ms: existing
+                .as_ref()
+                .map_or(now_ms, |(_, stored)| stored.meta.created_at_ms),
+            updated_at_ms: now_ms,
+        });
+        let written = copy.then(|| task.clone());
+        // A task's spec never changes once it is made: an update that
+        // carries none keeps the stored one, so writers that change only
+        // state need not copy (and the store need not compare) the spec.
+        let spec = match (task.spec.take(), &existing) {
+            (None, Some((_, stored))) => Arc::clone(&stored.spec),
+            (spec, _) => share_spec(
+                &mut self.spec_cache,
                 &task.service_id,
-                id,
-            );
-            stored.node = reindex(&mut self.by_node, stored.node.take(), &task.node_id, id);
-            stored.encoded = encoded;
-            stored.meta = meta;
-            stored.spec = spec;
-            return;
+                spec.unwrap_or_default(),
+            ),
+        };
+        match existing {
+            Some((id, stored)) => {
+                stored.service = reindex(
+                    &mut self.by_service,
+                    stored.service.take(),
+                    &task.service_id,
+                    id,
+                );
+                stored.node = reindex(&mut self.by_node, stored.node.take(), &task.node_id, id);
+                stored.encoded = task.encode_to_vec().into_boxed_slice();
+                stored.meta = task.meta.unwrap_or_default();
+                stored.spec = spec;
+            }
+            None => self.insert_new(task, spec),
         }
-        let id: Arc<str> = Arc::from(key);
-        let service = index_under(&mut self.by_service, &task.service_id, &id);
-        let node = index_under(&mut self.by_node, &task.node_id, &id);
+        written
+    }
+
+    /// Stores and indexes a task (without its spec) that is not in the
+    /// table yet.
+    fn insert_new(&mut self, task: Task, spec: Arc<TaskSpec>) {
+        debug_assert!(task.spec.is_none());
+        let id: Arc<str> = Arc::from(task.id.as_str());
         let stored = StoredTask {
-            encoded,
-            meta,
+            encoded: task.encode_to_vec().into_boxed_slice(),
+            meta: task.meta.unwrap_or_default(),
+            service: index_under(&mut self.by_service, &task.service_id, &id),
+            node: index_under(&mut self.by_node, &task.node_id, &id),
             spec,
-            service,
-            node,
         };
         self.by_id.insert(id, stored);
     }
@@ -185,6 +193,23 @@ impl TaskTable {
         unindex(&mut self.by_service, old.service.as_ref(), id);
         unindex(&mut self.by_node, old.node.as_ref(), id);
         Some(old)
+    }
+}
+
+/// The spec a new task of `service_id` keeps: the last one seen for that
+/// service when it is equal, so the tasks made from one spec share it.
+fn share_spec(
+    cache: &mut HashMap<String, Arc<TaskSpec>>,
+    service_id: &str,
+    spec: TaskSpec,
+) -> Arc<TaskSpec> {
+    match cache.get(service_id) {
+        Some(cached) if **cached == spec => Arc::clone(cached),
+        _ => {
+            let spec = Arc::new(spec);
+            cache.insert(service_id.to_string(), Arc::clone(&spec));
+            spec
+        }
     }
 }
 
@@ -469,9 +494,10 @@ impl Tables {
     /// changing anything.
     fn check(&self, txn: &Transaction) -> Result<(), TxnError> {
         // Names taken and released earlier in the same transaction.
-        let mut claimed: HashSet<(ObjectKind, String)> = HashSet::new();
-        let mut released: HashSet<(ObjectKind, String)> = HashSet::new();
-        let mut touched: HashSet<(ObjectKind, &str)> = HashSet::new();
+        let mut claimed: HashSet<(ObjectKind, String)> = HashSet::default();
+        let mut released: HashSet<(ObjectKind, String)> = HashSet::default();
+        let mut touched: HashSet<(ObjectKind, &str)> = HashSet::default();
+        touched.reserve(txn.actions.len());
         for action in &txn.actions {
             let target = action
                 .target
@@ -605,10 +631,15 @@ impl Tables {
         action: StoreAction,
         want_event: bool,
     ) -> Option<Event> {
-        let mut target = action.target?;
+        let target = action.target?;
         let kind = target.kind()?;
         let id = target.id().to_string();
         let action_kind = store_action::Kind::try_from(action.kind).ok()?;
+        let change = if action_kind == store_action::Kind::Create {
+            watch_event::Action::Create
+        } else {
+            watch_event::Action::Update
+        };
         let created_at = match action_kind {
             store_action::Kind::Check => return None,
             store_action::Kind::Remove => {
@@ -620,11 +651,24 @@ impl Tables {
                     timestamp_ms: now_ms,
                 });
             }
+            _ if kind == ObjectKind::Task => {
+                let Some(object::Kind::Task(task)) = target.kind else {
+                    return None;
+                };
+                let written = self.tasks.write(*task, version, now_ms, want_event)?;
+                return Some(Event::Change {
+                    action: change,
+                    object: written.into(),
+                    version,
+                    timestamp_ms: now_ms,
+                });
+            }
             store_action::Kind::Create => now_ms,
             store_action::Kind::Update => self
                 .current_meta(kind, &id)
                 .map_or(now_ms, |m| m.created_at_ms),
         };
+        let mut target = target;
         if let Some(meta) = target.meta_mut() {
             *meta = Meta {
                 version,
@@ -653,13 +697,8 @@ impl Tables {
         }
         let event_object = want_event.then(|| target.clone());
         self.insert(target);
-        let action = if action_kind == store_action::Kind::Create {
-            watch_event::Action::Create
-        } else {
-            watch_event::Action::Update
-        };
         event_object.map(|object| Event::Change {
-            action,
+            action: change,
             object,
             version,
             timestamp_ms: now_ms,
@@ -683,7 +722,12 @@ impl Tables {
             Some(object::Kind::Node(o)) => put(&mut self.nodes, id, name, *o),
             Some(object::Kind::Service(o)) => put(&mut self.services, id, name, *o),
             Some(object::Kind::Network(o)) => put(&mut self.networks, id, name, *o),
-            Some(object::Kind::Task(o)) => self.tasks.insert(*o),
+            // Tasks have their own paths: `TaskTable::write` when applied
+            // (their meta is made there, with one search of the table) and
+            // `insert_new` when restored.
+            Some(object::Kind::Task(_)) => {
+                debug_assert!(false, "tasks are not written through Tables::insert")
+            }
             None => {}
         }
     }
@@ -711,7 +755,7 @@ impl Tables {
 
     /// The whole store as one message. Tasks refer to a shared spec list.
     pub fn to_snapshot(&self) -> StoreSnapshot {
-        let mut spec_index: HashMap<*const TaskSpec, u32> = HashMap::new();
+        let mut spec_index: HashMap<*const TaskSpec, u32> = HashMap::default();
         let mut task_specs = Vec::new();
         let mut tasks = Vec::with_capacity(self.tasks.by_id.len());
         for stored in self.tasks.by_id.values() {
@@ -773,7 +817,7 @@ impl Tables {
                 .tasks
                 .spec_cache
                 .insert(task.service_id.clone(), Arc::clone(&spec));
-            tables.tasks.store(task, spec);
+            tables.tasks.insert_new(task, spec);
         }
         Ok(tables)
     }
@@ -782,7 +826,7 @@ impl Tables {
     /// debug builds; cost is linear in the store's size.
     pub fn check_invariants(&self) -> Result<(), String> {
         fn names<T: Clone + Into<Object>>(table: &Table<T>, kind: &str) -> Result<(), String> {
-            let mut expected = HashMap::new();
+            let mut expected = HashMap::default();
             for (id, o) in &table.by_id {
                 let o: Object = o.clone().into();
                 if o.id() != id {
@@ -803,8 +847,8 @@ impl Tables {
         names(&self.nodes, "node")?;
         names(&self.services, "service")?;
         names(&self.networks, "network")?;
-        let mut by_service: TaskIndex = HashMap::new();
-        let mut by_node: TaskIndex = HashMap::new();
+        let mut by_service: TaskIndex = HashMap::default();
+        let mut by_node: TaskIndex = HashMap::default();
         for (id, stored) in &self.tasks.by_id {
             let t = Task::decode(&*stored.encoded).map_err(|e| format!("task {id}: {e}"))?;
             if t.spec.is_some() {

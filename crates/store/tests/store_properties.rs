@@ -383,3 +383,66 @@ fn an_update_without_a_spec_keeps_the_tasks_spec() {
     assert_eq!(stored.spec, Some(spec));
     store.view().check_invariants().unwrap();
 }
+
+#[test]
+fn a_tasks_meta_keeps_its_creation_time_and_its_watch_event_carries_the_stored_meta() {
+    use shoal_api::Meta;
+    let store = Store::new();
+    let mut changes = store.watch();
+    let write = |version: u64, kind: store_action::Kind, task: Task, at_ms: i64| {
+        let results = store.apply(
+            version,
+            Batch {
+                transactions: vec![Transaction {
+                    actions: vec![StoreAction {
+                        kind: kind as i32,
+                        target: Some(task.into()),
+                    }],
+                    timestamp_ms: at_ms,
+                }],
+            },
+        );
+        assert_eq!(results, vec![Ok(())]);
+    };
+    let task = Task {
+        id: "t1".into(),
+        service_id: "s1".into(),
+        spec: Some(TaskSpec::default()),
+        ..Default::default()
+    };
+    write(3, store_action::Kind::Create, task, 1_000);
+    let mut stored = store.view().task_without_spec("t1").unwrap();
+    let created = Meta {
+        version: 3,
+        created_at_ms: 1_000,
+        updated_at_ms: 1_000,
+    };
+    assert_eq!(stored.meta, Some(created));
+    stored.node_id = "n1".into();
+    write(5, store_action::Kind::Update, stored, 2_500);
+    let updated = Meta {
+        version: 5,
+        created_at_ms: 1_000,
+        updated_at_ms: 2_500,
+    };
+    assert_eq!(store.view().task("t1").unwrap().meta, Some(updated));
+    let mut seen = Vec::new();
+    changes.drain_with(|event| {
+        if let Event::Change {
+            action, object: o, ..
+        } = event
+        {
+            if let Some(shoal_api::object::Kind::Task(t)) = &o.kind {
+                seen.push((*action, t.meta, t.node_id.clone()));
+            }
+        }
+    });
+    assert_eq!(
+        seen,
+        vec![
+            (watch_event::Action::Create, Some(created), String::new()),
+            (watch_event::Action::Update, Some(updated), "n1".to_string()),
+        ]
+    );
+    store.view().check_invariants().unwrap();
+}
