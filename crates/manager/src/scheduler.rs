@@ -27,7 +27,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use shoal_api::{
     node_spec, node_status, object, port_config, store_action, watch_event, Node, StoreAction,
@@ -61,16 +61,22 @@ type HostPort = (i32, u32);
 /// string per placement was a third of a placement's cost).
 type ServiceId = Arc<str>;
 
+/// One empty list of each kind, shared: most tasks publish no host port,
+/// have no spread preference and no constraint, and a group is made per
+/// service (an empty `Arc` slice is still an allocation).
+static NO_PORTS: LazyLock<Arc<[HostPort]>> = LazyLock::new(|| Arc::from([]));
+static NO_PREFERENCES: LazyLock<Arc<[String]>> = LazyLock::new(|| Arc::from([]));
+static NO_CONSTRAINTS: LazyLock<Arc<[Constraint]>> = LazyLock::new(|| Arc::from([]));
+
 fn preferences_of(spec: &TaskSpec) -> Arc<[String]> {
-    spec.placement
-        .as_ref()
-        .map(|p| {
-            p.preferences
-                .iter()
-                .map(|p| p.spread_descriptor.clone())
-                .collect()
-        })
-        .unwrap_or_default()
+    match spec.placement.as_ref() {
+        Some(p) if !p.preferences.is_empty() => p
+            .preferences
+            .iter()
+            .map(|p| p.spread_descriptor.clone())
+            .collect(),
+        _ => Arc::clone(&NO_PREFERENCES),
+    }
 }
 
 /// What a node has left, and how many tasks it runs.
@@ -114,19 +120,14 @@ fn holds_resources(task: &Task) -> bool {
         && !TaskState::try_from(state).is_ok_and(TaskState::is_terminal)
 }
 
-fn host_ports(task: &Task) -> Vec<HostPort> {
-    task.endpoint
-        .as_ref()
-        .map(|e| {
-            e.ports
-                .iter()
-                .filter(|p| {
-                    p.publish_mode == port_config::PublishMode::Host as i32 && p.published_port > 0
-                })
-                .map(|p| (p.protocol, p.published_port))
-                .collect()
-        })
-        .unwrap_or_default()
+fn host_ports(task: &Task) -> Arc<[HostPort]> {
+    let published = task.endpoint.iter().flat_map(|e| &e.ports).filter(|p| {
+        p.publish_mode == port_config::PublishMode::Host as i32 && p.published_port > 0
+    });
+    if published.clone().next().is_none() {
+        return Arc::clone(&NO_PORTS);
+    }
+    published.map(|p| (p.protocol, p.published_port)).collect()
 }
 
 /// The value a node has for a spread descriptor (`node.labels.zone`); nodes
@@ -142,6 +143,13 @@ fn spread_value<'a>(node: &'a Node, descriptor: &str) -> &'a str {
         .map_or("", String::as_str)
 }
 
+/// The constraints as written in a spec: the key of their lane.
+fn constraint_key(spec: &TaskSpec) -> &[String] {
+    spec.placement
+        .as_ref()
+        .map_or(&[], |p| p.constraints.as_slice())
+}
+
 /// Tasks that share a service and a spec version, so ask the same of a node.
 struct Group {
     service_id: ServiceId,
@@ -149,7 +157,9 @@ struct Group {
     spec: Arc<TaskSpec>,
     cpu: i64,
     memory: i64,
-    constraints: Vec<Constraint>,
+    /// Parsed with its lane ([`Cluster::lane`]): groups that share a set of
+    /// constraints share one parse of it.
+    constraints: Arc<[Constraint]>,
     preferences: Arc<[String]>,
     max_per_node: usize,
     ports: Arc<[HostPort]>,
@@ -162,8 +172,9 @@ struct Group {
 }
 
 /// Ready, active nodes ordered by load; `members` says which nodes the lane
-/// holds (all when `None`).
+/// holds (all when `None`), those that satisfy `constraints`.
 struct Lane {
+    constraints: Arc<[Constraint]>,
     members: Option<Vec<bool>>,
     order: BTreeSet<(usize, usize)>,
 }
@@ -178,28 +189,16 @@ impl Group {
             spec_version: task.spec_version,
             cpu,
             memory,
-            constraints: placement
-                .into_iter()
-                .flat_map(|p| &p.constraints)
-                .filter_map(|c| Constraint::parse(c).ok())
-                .collect(),
+            constraints: Arc::clone(&NO_CONSTRAINTS),
             preferences: preferences_of(&spec),
             max_per_node: placement.map_or(usize::MAX, |p| {
                 usize::try_from(p.max_replicas_per_node).unwrap_or(usize::MAX)
             }),
-            ports: host_ports(task).into(),
+            ports: host_ports(task),
             lane: 0,
             tasks: Vec::new(),
             spec,
         }
-    }
-
-    /// The constraints as written in the spec: the key of its lane.
-    fn constraint_key(&self) -> &[String] {
-        self.spec
-            .placement
-            .as_ref()
-            .map_or(&[], |p| p.constraints.as_slice())
     }
 }
 
@@ -223,7 +222,7 @@ impl Hold {
             service_id: task.service_id.as_str().into(),
             cpu,
             memory,
-            ports: host_ports(task).into(),
+            ports: host_ports(task),
             preferences: preferences_of(spec),
         }
     }
@@ -490,31 +489,43 @@ impl Cluster {
             .map(|i| (self.loads[i].tasks, i))
             .collect();
         self.lanes = vec![Lane {
+            constraints: Arc::clone(&NO_CONSTRAINTS),
             members: None,
             order,
         }];
         self.lane_of.clear();
     }
 
-    /// The lane of nodes that satisfy `group`'s constraints, made on first
-    /// use; the lane of all nodes when there are none or lanes ran out.
-    fn lane(&mut self, group: &Group) -> usize {
-        if group.constraints.is_empty() {
-            return 0;
+    /// Parses `group`'s constraints and finds the lane of nodes that
+    /// satisfy them, made on first use; the lane of all nodes when there
+    /// are none or lanes ran out.
+    fn lane(&mut self, group: &mut Group) {
+        let spec = Arc::clone(&group.spec);
+        let key = constraint_key(&spec);
+        if key.is_empty() {
+            return;
         }
         // Keyed by the constraints as written: the same set written in
         // another order only gets a lane of its own.
-        let key = group.constraint_key();
         if let Some(lane) = self.lane_of.get(key) {
-            return *lane;
+            group.lane = *lane;
+            group.constraints = Arc::clone(&self.lanes[*lane].constraints);
+            return;
         }
-        if self.lanes.len() >= MAX_LANES {
-            return 0;
+        // The control API refuses a constraint that does not parse; one
+        // that got in anyway constrains nothing.
+        let constraints: Arc<[Constraint]> = key
+            .iter()
+            .filter_map(|c| Constraint::parse(c).ok())
+            .collect();
+        group.constraints = Arc::clone(&constraints);
+        if constraints.is_empty() || self.lanes.len() >= MAX_LANES {
+            return;
         }
         let members: Vec<bool> = self
             .nodes
             .iter()
-            .map(|n| group.constraints.iter().all(|c| c.matches(n)))
+            .map(|n| constraints.iter().all(|c| c.matches(n)))
             .collect();
         let order = self.lanes[0]
             .order
@@ -522,12 +533,13 @@ impl Cluster {
             .filter(|(_, i)| members[*i])
             .copied()
             .collect();
+        self.lane_of.insert(key.to_vec(), self.lanes.len());
         self.lanes.push(Lane {
+            constraints,
             members: Some(members),
             order,
         });
-        self.lane_of.insert(key.to_vec(), self.lanes.len() - 1);
-        self.lanes.len() - 1
+        group.lane = self.lanes.len() - 1;
     }
 
     /// Places one task of `group` on node `index`.
@@ -989,7 +1001,7 @@ fn place_pending<'s>(
     cluster.held.reserve(actions.capacity());
     let mut unplaced = Vec::new();
     for mut group in order {
-        group.lane = cluster.lane(&group);
+        cluster.lane(&mut group);
         let tasks = std::mem::take(&mut group.tasks);
         let count = tasks.len();
         let fixed_node = tasks
