@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use shoal_api::dispatcher_client::DispatcherClient;
 use shoal_api::HeartbeatRequest;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 /// A heartbeat unanswered for this many periods ends the session: by then
@@ -39,7 +40,7 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Sends a heartbeat every `period_ms` (then every period the dispatcher
-    /// answers with), the first one period from now.
+    /// answers with), the first one period from now, all on one stream.
     pub fn start(
         mut client: DispatcherClient<Channel>,
         node_id: String,
@@ -49,18 +50,44 @@ impl Heartbeat {
         let (alive_tx, alive) = watch::channel(true);
         let task = tokio::spawn(async move {
             let mut period = Duration::from_millis(period_ms.max(1));
+            let (beats, outbound) = mpsc::channel(1);
+            let answers = tokio::time::timeout(
+                period * ANSWER_WITHIN_PERIODS,
+                client.heartbeat(ReceiverStream::new(outbound)),
+            )
+            .await;
+            let mut answers = match answers {
+                Ok(Ok(answers)) => answers.into_inner(),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "heartbeats refused; the session is over");
+                    let _ = alive_tx.send(false);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("heartbeats unanswered; the session is over");
+                    let _ = alive_tx.send(false);
+                    return;
+                }
+            };
             loop {
                 tokio::time::sleep(period).await;
                 let beat = HeartbeatRequest {
                     node_id: node_id.clone(),
                     session_id: session_id.clone(),
                 };
+                if beats.send(beat).await.is_err() {
+                    tracing::debug!("heartbeat stream closed; the session is over");
+                    break;
+                }
                 let answer =
-                    tokio::time::timeout(period * ANSWER_WITHIN_PERIODS, client.heartbeat(beat))
-                        .await;
+                    tokio::time::timeout(period * ANSWER_WITHIN_PERIODS, answers.message()).await;
                 match answer {
-                    Ok(Ok(r)) => {
-                        period = Duration::from_millis(r.into_inner().period_ms.max(1));
+                    Ok(Ok(Some(r))) => {
+                        period = Duration::from_millis(r.period_ms.max(1));
+                    }
+                    Ok(Ok(None)) => {
+                        tracing::debug!("heartbeat stream ended; the session is over");
+                        break;
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "heartbeat refused; the session is over");

@@ -15,7 +15,7 @@ use shoal_api::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 const WITHIN: Duration = Duration::from_secs(60);
 const PERIOD_MS: u64 = 100;
@@ -33,10 +33,12 @@ struct HangingDispatcher {
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionMessage, Status>> + Send>>;
+type HeartbeatStream = Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Dispatcher for HangingDispatcher {
     type SessionStream = SessionStream;
+    type HeartbeatStream = HeartbeatStream;
 
     async fn session(
         &self,
@@ -81,12 +83,25 @@ impl Dispatcher for HangingDispatcher {
 
     async fn heartbeat(
         &self,
-        _request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatResponse>, Status> {
-        self.heartbeats.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(HeartbeatResponse {
-            period_ms: PERIOD_MS,
-        }))
+        request: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<HeartbeatStream>, Status> {
+        let mut beats = request.into_inner();
+        let (tx, rx) = mpsc::channel(1);
+        let heartbeats = Arc::clone(&self.heartbeats);
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = beats.message().await {
+                heartbeats.fetch_add(1, Ordering::SeqCst);
+                let answer = HeartbeatResponse {
+                    period_ms: PERIOD_MS,
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn update_task_status(

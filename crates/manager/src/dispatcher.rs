@@ -5,7 +5,8 @@
 //!
 //! An agent opens a session with its description; the dispatcher records
 //! the node READY and streams the tasks assigned to it: the full set first,
-//! then what changed after each commit. Heartbeats keep the session; a node
+//! then what changed after each commit. Heartbeats, on one stream per
+//! session, keep the session; a node
 //! silent for `HEARTBEAT_TTL_PERIODS` periods is marked DOWN. The status
 //! reports of one call are applied in one transaction, and a report that
 //! would move a task backwards is dropped.
@@ -25,7 +26,7 @@ use shoal_api::{
 use shoal_raft::Replica;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// A node is DOWN after this many heartbeat periods without one.
 pub const HEARTBEAT_TTL_PERIODS: u64 = 3;
@@ -243,16 +244,26 @@ impl Dispatcher {
     }
 
     fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        match sessions.get_mut(node_id) {
-            Some(s) if s.id == session_id => {
-                s.last_seen = Instant::now();
-                Ok(())
-            }
-            _ => Err(Status::not_found(
-                "session expired or replaced; open a new session",
-            )),
+        check_session(&self.sessions, node_id, session_id)
+    }
+}
+
+/// Refreshes a session on a sign of life from its agent; refuses a session
+/// that expired or was replaced.
+fn check_session(
+    sessions: &Mutex<HashMap<String, Session>>,
+    node_id: &str,
+    session_id: &str,
+) -> Result<(), Status> {
+    let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
+    match sessions.get_mut(node_id) {
+        Some(s) if s.id == session_id => {
+            s.last_seen = Instant::now();
+            Ok(())
         }
+        _ => Err(Status::not_found(
+            "session expired or replaced; open a new session",
+        )),
     }
 }
 
@@ -420,10 +431,12 @@ async fn stream_assignments(
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionMessage, Status>> + Send>>;
+type HeartbeatStream = Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl DispatcherService for Dispatcher {
     type SessionStream = SessionStream;
+    type HeartbeatStream = HeartbeatStream;
 
     async fn session(
         &self,
@@ -529,13 +542,41 @@ impl DispatcherService for Dispatcher {
 
     async fn heartbeat(
         &self,
-        request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatResponse>, Status> {
-        let req = request.into_inner();
-        self.check_session(&req.node_id, &req.session_id)?;
-        Ok(Response::new(HeartbeatResponse {
-            period_ms: self.period_ms.load(Ordering::Relaxed),
-        }))
+        request: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<HeartbeatStream>, Status> {
+        let mut beats = request.into_inner();
+        // One answer in flight is enough: an agent sends its next beat a
+        // period after the last answer.
+        let (tx, rx) = mpsc::channel(1);
+        let sessions = Arc::clone(&self.sessions);
+        let period_ms = Arc::clone(&self.period_ms);
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let beat = tokio::select! {
+                    _ = shutdown.changed() => return,
+                    beat = beats.message() => beat,
+                };
+                let answer = match beat {
+                    Ok(Some(beat)) => check_session(&sessions, &beat.node_id, &beat.session_id)
+                        .map(|()| HeartbeatResponse {
+                            period_ms: period_ms.load(Ordering::Relaxed),
+                        }),
+                    // The agent closed its end, or its connection is gone.
+                    Ok(None) | Err(_) => return,
+                };
+                let refused = answer.is_err();
+                if tx.send(answer).await.is_err() || refused {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn update_task_status(

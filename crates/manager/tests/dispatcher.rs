@@ -151,14 +151,24 @@ async fn a_session_registers_the_node_and_a_node_that_stops_heartbeating_is_down
         Some(node_status::State::Ready as i32)
     );
 
-    // Heartbeats keep the session for several TTLs.
+    // Heartbeats, all on one stream, keep the session for several TTLs;
+    // each is answered with the period.
     let beat = HeartbeatRequest {
         node_id: first.node_id.clone(),
         session_id: first.session_id.clone(),
     };
+    let (beats, outbound) = tokio::sync::mpsc::channel(1);
+    let mut answers = s
+        .client
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await
+        .unwrap()
+        .into_inner();
     let until = Instant::now() + Duration::from_millis(2_000);
     while Instant::now() < until {
-        s.client.heartbeat(beat.clone()).await.unwrap();
+        beats.send(beat.clone()).await.unwrap();
+        let answer = answers.message().await.unwrap().unwrap();
+        assert_eq!(answer.period_ms, 500);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
@@ -166,18 +176,32 @@ async fn a_session_registers_the_node_and_a_node_that_stops_heartbeating_is_down
         Some(node_status::State::Ready as i32)
     );
 
-    // Silence: the node goes DOWN, and its old session is refused.
+    // Silence: the node goes DOWN, and its old session is refused, on the
+    // stream it kept open, which then ends, and on a new one.
     let replica = Arc::clone(&s.replica);
     let id = first.node_id.clone();
     wait_until("node down", || {
         node_state(&replica, &id) == Some(node_status::State::Down as i32)
     })
     .await;
-    let refused = s
-        .client
-        .heartbeat(beat)
+    beats.send(beat.clone()).await.unwrap();
+    let refused = answers
+        .message()
         .await
         .expect_err("an expired session is refused");
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    let (beats, outbound) = tokio::sync::mpsc::channel(1);
+    let mut answers = s
+        .client
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await
+        .unwrap()
+        .into_inner();
+    beats.send(beat).await.unwrap();
+    let refused = answers
+        .message()
+        .await
+        .expect_err("an expired session is refused on a new stream too");
     assert_eq!(refused.code(), tonic::Code::NotFound);
 }
 
