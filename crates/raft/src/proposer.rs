@@ -189,8 +189,18 @@ async fn propose_entry(raft: &Raft, waiting: Vec<Waiting>) {
         transactions.push(w.txn);
         answers.push(w.done);
     }
+    let txns = transactions.len();
     let batch = Batch { transactions }.encode_to_vec();
-    match raft.client_write(Proposal { batch }).await {
+    let bytes = batch.len();
+    let started = std::time::Instant::now();
+    let written = raft.client_write(Proposal { batch }).await;
+    tracing::debug!(
+        txns,
+        bytes,
+        took_ms = started.elapsed().as_millis() as u64,
+        "entry written"
+    );
+    match written {
         Ok(written) => {
             let index = written.log_id.index;
             let mut results = written.data.results.into_iter();

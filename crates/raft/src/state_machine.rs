@@ -180,7 +180,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(proposal) => {
                     let batch = Batch::decode(proposal.batch.as_slice())
                         .map_err(|e| StorageIOError::apply(entry.log_id, any(e)))?;
+                    let txns = batch.transactions.len();
+                    let started = std::time::Instant::now();
                     let results = crate::long_work(|| self.store.apply(index, batch));
+                    tracing::debug!(
+                        index,
+                        txns,
+                        bytes = proposal.batch.len(),
+                        took_us = started.elapsed().as_micros() as u64,
+                        "applied"
+                    );
                     out.push(Applied { results });
                 }
                 EntryPayload::Membership(m) => {
