@@ -39,8 +39,8 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Sends a heartbeat every `period_ms` (then every period the dispatcher
-    /// answers with), the first one period from now, all on one stream.
+    /// Sends a heartbeat at once and then every `period_ms` (then every
+    /// period the dispatcher answers with), all on one stream.
     pub fn start(
         mut client: DispatcherClient<Channel>,
         node_id: String,
@@ -50,7 +50,16 @@ impl Heartbeat {
         let (alive_tx, alive) = watch::channel(true);
         let task = tokio::spawn(async move {
             let mut period = Duration::from_millis(period_ms.max(1));
+            let beat = || HeartbeatRequest {
+                node_id: node_id.clone(),
+                session_id: session_id.clone(),
+            };
             let (beats, outbound) = mpsc::channel(1);
+            // The first beat goes out with the stream's opening, not a
+            // period after it: the session's TTL runs from its start, and on
+            // a loaded manager opening the stream alone can take a good part
+            // of it.
+            let _ = beats.try_send(beat());
             let answers = tokio::time::timeout(
                 period * ANSWER_WITHIN_PERIODS,
                 client.heartbeat(ReceiverStream::new(outbound)),
@@ -70,15 +79,6 @@ impl Heartbeat {
                 }
             };
             loop {
-                tokio::time::sleep(period).await;
-                let beat = HeartbeatRequest {
-                    node_id: node_id.clone(),
-                    session_id: session_id.clone(),
-                };
-                if beats.send(beat).await.is_err() {
-                    tracing::debug!("heartbeat stream closed; the session is over");
-                    break;
-                }
                 let answer =
                     tokio::time::timeout(period * ANSWER_WITHIN_PERIODS, answers.message()).await;
                 match answer {
@@ -97,6 +97,11 @@ impl Heartbeat {
                         tracing::debug!("heartbeat unanswered; the session is over");
                         break;
                     }
+                }
+                tokio::time::sleep(period).await;
+                if beats.send(beat()).await.is_err() {
+                    tracing::debug!("heartbeat stream closed; the session is over");
+                    break;
                 }
             }
             let _ = alive_tx.send(false);

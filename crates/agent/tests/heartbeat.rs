@@ -26,6 +26,8 @@ type SessionSender = mpsc::Sender<Result<SessionMessage, Status>>;
 /// reports it was sent.
 #[derive(Clone, Default)]
 struct HangingDispatcher {
+    /// The heartbeat period it gives agents.
+    period_ms: u64,
     heartbeats: Arc<AtomicUsize>,
     reports: Arc<AtomicUsize>,
     /// Keeps each session's stream open.
@@ -67,7 +69,7 @@ impl Dispatcher for HangingDispatcher {
         let first = SessionMessage {
             node_id,
             session_id: "s1".into(),
-            heartbeat_period_ms: PERIOD_MS,
+            heartbeat_period_ms: self.period_ms,
             tasks: vec![task],
             removed: vec![],
             full: true,
@@ -88,12 +90,11 @@ impl Dispatcher for HangingDispatcher {
         let mut beats = request.into_inner();
         let (tx, rx) = mpsc::channel(1);
         let heartbeats = Arc::clone(&self.heartbeats);
+        let period_ms = self.period_ms;
         tokio::spawn(async move {
             while let Ok(Some(_)) = beats.message().await {
                 heartbeats.fetch_add(1, Ordering::SeqCst);
-                let answer = HeartbeatResponse {
-                    period_ms: PERIOD_MS,
-                };
+                let answer = HeartbeatResponse { period_ms };
                 if tx.send(Ok(answer)).await.is_err() {
                     return;
                 }
@@ -121,14 +122,18 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeats_go_on_while_a_status_report_waits_for_its_answer() {
+/// Serves `dispatcher` on a unix socket and starts the real agent against
+/// it; returns its directory, its stop switch and its task.
+async fn start_agent(
+    dispatcher: HangingDispatcher,
+) -> (
+    tempfile::TempDir,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("dispatcher.sock");
     let incoming = shoal_api::transport::listen_unix(&socket).unwrap();
-    let dispatcher = HangingDispatcher::default();
-    let heartbeats = Arc::clone(&dispatcher.heartbeats);
-    let reports = Arc::clone(&dispatcher.reports);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(DispatcherServer::new(dispatcher))
@@ -143,6 +148,19 @@ async fn heartbeats_go_on_while_a_status_report_waits_for_its_answer() {
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(shoal_agent::run(config, db, stopped));
+
+    (tmp, stop, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_go_on_while_a_status_report_waits_for_its_answer() {
+    let dispatcher = HangingDispatcher {
+        period_ms: PERIOD_MS,
+        ..Default::default()
+    };
+    let heartbeats = Arc::clone(&dispatcher.heartbeats);
+    let reports = Arc::clone(&dispatcher.reports);
+    let (_tmp, stop, agent) = start_agent(dispatcher).await;
 
     wait_until("the agent reports its task", || {
         reports.load(Ordering::SeqCst) > 0
@@ -160,6 +178,23 @@ async fn heartbeats_go_on_while_a_status_report_waits_for_its_answer() {
         "a report unanswered is not sent again on the same session"
     );
 
+    stop.send(true).unwrap();
+    tokio::time::timeout(WITHIN, agent)
+        .await
+        .expect("the agent stops")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_heartbeat_goes_out_when_the_session_opens_not_a_period_later() {
+    // A period far longer than the wait: only a beat sent at once arrives.
+    let dispatcher = HangingDispatcher {
+        period_ms: 3_600_000,
+        ..Default::default()
+    };
+    let heartbeats = Arc::clone(&dispatcher.heartbeats);
+    let (_tmp, stop, agent) = start_agent(dispatcher).await;
+    wait_until("a heartbeat", || heartbeats.load(Ordering::SeqCst) > 0).await;
     stop.send(true).unwrap();
     tokio::time::timeout(WITHIN, agent)
         .await
