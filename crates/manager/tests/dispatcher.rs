@@ -115,6 +115,22 @@ async fn open_session(
     (stream, first)
 }
 
+/// Opens a heartbeat stream: where to send beats, and their answers.
+async fn open_heartbeats(
+    client: &mut DispatcherClient<Channel>,
+) -> (
+    tokio::sync::mpsc::Sender<HeartbeatRequest>,
+    tonic::Streaming<shoal_api::HeartbeatResponse>,
+) {
+    let (beats, outbound) = tokio::sync::mpsc::channel(1);
+    let answers = client
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await
+        .unwrap()
+        .into_inner();
+    (beats, answers)
+}
+
 fn node_state(replica: &Replica, id: &str) -> Option<i32> {
     replica
         .store()
@@ -157,13 +173,7 @@ async fn a_session_registers_the_node_and_a_node_that_stops_heartbeating_is_down
         node_id: first.node_id.clone(),
         session_id: first.session_id.clone(),
     };
-    let (beats, outbound) = tokio::sync::mpsc::channel(1);
-    let mut answers = s
-        .client
-        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(outbound))
-        .await
-        .unwrap()
-        .into_inner();
+    let (beats, mut answers) = open_heartbeats(&mut s.client).await;
     let until = Instant::now() + Duration::from_millis(2_000);
     while Instant::now() < until {
         beats.send(beat.clone()).await.unwrap();
@@ -190,13 +200,7 @@ async fn a_session_registers_the_node_and_a_node_that_stops_heartbeating_is_down
         .await
         .expect_err("an expired session is refused");
     assert_eq!(refused.code(), tonic::Code::NotFound);
-    let (beats, outbound) = tokio::sync::mpsc::channel(1);
-    let mut answers = s
-        .client
-        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(outbound))
-        .await
-        .unwrap()
-        .into_inner();
+    let (beats, mut answers) = open_heartbeats(&mut s.client).await;
     beats.send(beat).await.unwrap();
     let refused = answers
         .message()

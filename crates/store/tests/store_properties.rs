@@ -338,10 +338,28 @@ proptest! {
     }
 }
 
+/// Applies one task write, committed at `version` at `at_ms`, and checks
+/// that it was accepted.
+fn write_task(store: &Store, version: u64, kind: store_action::Kind, task: Task, at_ms: i64) {
+    let results = store.apply(
+        version,
+        Batch {
+            transactions: vec![Transaction {
+                actions: vec![StoreAction {
+                    kind: kind as i32,
+                    target: Some(task.into()),
+                }],
+                timestamp_ms: at_ms,
+            }],
+        },
+    );
+    assert_eq!(results, vec![Ok(())]);
+}
+
 #[test]
 fn an_update_without_a_spec_keeps_the_tasks_spec() {
-    use shoal_api::{store_action, Batch, Runtime, StoreAction, Task, TaskSpec, Transaction};
-    let store = shoal_store::Store::new();
+    use shoal_api::Runtime;
+    let store = Store::new();
     let spec = TaskSpec {
         runtime: Some(Runtime {
             command: vec!["sleep".into(), "1".into()],
@@ -349,21 +367,7 @@ fn an_update_without_a_spec_keeps_the_tasks_spec() {
         }),
         ..Default::default()
     };
-    let write = |version: u64, kind: store_action::Kind, task: Task| {
-        let results = store.apply(
-            version,
-            Batch {
-                transactions: vec![Transaction {
-                    actions: vec![StoreAction {
-                        kind: kind as i32,
-                        target: Some(task.into()),
-                    }],
-                    timestamp_ms: 0,
-                }],
-            },
-        );
-        assert_eq!(results, vec![Ok(())]);
-    };
+    let write = |version, kind, task| write_task(&store, version, kind, task, 0);
     write(
         1,
         store_action::Kind::Create,
@@ -389,21 +393,7 @@ fn a_tasks_meta_keeps_its_creation_time_and_its_watch_event_carries_the_stored_m
     use shoal_api::Meta;
     let store = Store::new();
     let mut changes = store.watch();
-    let write = |version: u64, kind: store_action::Kind, task: Task, at_ms: i64| {
-        let results = store.apply(
-            version,
-            Batch {
-                transactions: vec![Transaction {
-                    actions: vec![StoreAction {
-                        kind: kind as i32,
-                        target: Some(task.into()),
-                    }],
-                    timestamp_ms: at_ms,
-                }],
-            },
-        );
-        assert_eq!(results, vec![Ok(())]);
-    };
+    let write = |version, kind, task, at_ms| write_task(&store, version, kind, task, at_ms);
     let task = Task {
         id: "t1".into(),
         service_id: "s1".into(),
