@@ -42,68 +42,14 @@ impl Heartbeat {
     /// Sends a heartbeat at once and then every `period_ms` (then every
     /// period the dispatcher answers with), all on one stream.
     pub fn start(
-        mut client: DispatcherClient<Channel>,
+        client: DispatcherClient<Channel>,
         node_id: String,
         session_id: String,
         period_ms: u64,
     ) -> Heartbeat {
         let (alive_tx, alive) = watch::channel(true);
         let task = tokio::spawn(async move {
-            let mut period = Duration::from_millis(period_ms.max(1));
-            let beat = || HeartbeatRequest {
-                node_id: node_id.clone(),
-                session_id: session_id.clone(),
-            };
-            let (beats, outbound) = mpsc::channel(1);
-            // The first beat goes out with the stream's opening, not a
-            // period after it: the session's TTL runs from its start, and on
-            // a loaded manager opening the stream alone can take a good part
-            // of it.
-            let _ = beats.try_send(beat());
-            let answers = tokio::time::timeout(
-                period * ANSWER_WITHIN_PERIODS,
-                client.heartbeat(ReceiverStream::new(outbound)),
-            )
-            .await;
-            let mut answers = match answers {
-                Ok(Ok(answers)) => answers.into_inner(),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "heartbeats refused; the session is over");
-                    let _ = alive_tx.send(false);
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("heartbeats unanswered; the session is over");
-                    let _ = alive_tx.send(false);
-                    return;
-                }
-            };
-            loop {
-                let answer =
-                    tokio::time::timeout(period * ANSWER_WITHIN_PERIODS, answers.message()).await;
-                match answer {
-                    Ok(Ok(Some(r))) => {
-                        period = Duration::from_millis(r.period_ms.max(1));
-                    }
-                    Ok(Ok(None)) => {
-                        tracing::debug!("heartbeat stream ended; the session is over");
-                        break;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "heartbeat refused; the session is over");
-                        break;
-                    }
-                    Err(_) => {
-                        tracing::debug!("heartbeat unanswered; the session is over");
-                        break;
-                    }
-                }
-                tokio::time::sleep(period).await;
-                if beats.send(beat()).await.is_err() {
-                    tracing::debug!("heartbeat stream closed; the session is over");
-                    break;
-                }
-            }
+            beat_until_lost(client, node_id, session_id, period_ms).await;
             let _ = alive_tx.send(false);
         });
         Heartbeat { alive, task }
@@ -137,6 +83,65 @@ impl Heartbeat {
         match beat {
             Some(beat) => beat.lost().await,
             None => std::future::pending().await,
+        }
+    }
+}
+
+/// Sends the beats of one session until one is refused or unanswered, or
+/// the stream ends; returns then, the session being lost.
+async fn beat_until_lost(
+    mut client: DispatcherClient<Channel>,
+    node_id: String,
+    session_id: String,
+    period_ms: u64,
+) {
+    let mut period = Duration::from_millis(period_ms.max(1));
+    let beat = || HeartbeatRequest {
+        node_id: node_id.clone(),
+        session_id: session_id.clone(),
+    };
+    let (beats, outbound) = mpsc::channel(1);
+    // The first beat goes out with the stream's opening, not a period after
+    // it: the session's TTL runs from its start, and on a loaded manager
+    // opening the stream alone can take a good part of it.
+    let _ = beats.try_send(beat());
+    let opened = tokio::time::timeout(
+        period * ANSWER_WITHIN_PERIODS,
+        client.heartbeat(ReceiverStream::new(outbound)),
+    )
+    .await;
+    let mut answers = match opened {
+        Ok(Ok(answers)) => answers.into_inner(),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "heartbeats refused; the session is over");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("heartbeats unanswered; the session is over");
+            return;
+        }
+    };
+    loop {
+        let answer = tokio::time::timeout(period * ANSWER_WITHIN_PERIODS, answers.message()).await;
+        match answer {
+            Ok(Ok(Some(r))) => period = Duration::from_millis(r.period_ms.max(1)),
+            Ok(Ok(None)) => {
+                tracing::debug!("heartbeat stream ended; the session is over");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "heartbeat refused; the session is over");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("heartbeat unanswered; the session is over");
+                return;
+            }
+        }
+        tokio::time::sleep(period).await;
+        if beats.send(beat()).await.is_err() {
+            tracing::debug!("heartbeat stream closed; the session is over");
+            return;
         }
     }
 }

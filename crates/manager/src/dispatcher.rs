@@ -6,10 +6,10 @@
 //! An agent opens a session with its description; the dispatcher records
 //! the node READY and streams the tasks assigned to it: the full set first,
 //! then what changed after each commit. Heartbeats, on one stream per
-//! session, keep the session; a node
-//! silent for `HEARTBEAT_TTL_PERIODS` periods is marked DOWN. The status
-//! reports of one call are applied in one transaction, and a report that
-//! would move a task backwards is dropped.
+//! session, keep the session; a node silent for `HEARTBEAT_TTL_PERIODS`
+//! periods is marked DOWN. The status reports of one call are applied in
+//! one transaction, and a report that would move a task backwards is
+//! dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -241,10 +241,6 @@ impl Dispatcher {
                 while writes.join_next().await.is_some() {}
             }
         }
-    }
-
-    fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
-        check_session(&self.sessions, node_id, session_id)
     }
 }
 
@@ -597,7 +593,7 @@ impl DispatcherService for Dispatcher {
         request: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
         let req = request.into_inner();
-        self.check_session(&req.node_id, &req.session_id)?;
+        check_session(&self.sessions, &req.node_id, &req.session_id)?;
         // Each task's reports, in the order the agent made them: one write
         // per task applies them all, so none is lost to a race with another.
         let mut by_task: Vec<(String, Vec<TaskStatus>)> = Vec::new();
