@@ -18,6 +18,14 @@ mod parse;
 mod service;
 mod task;
 
+/// mimalloc instead of glibc's malloc. The daemon allocates and frees from
+/// many threads at once (a connection task per agent, the raft apply, the
+/// reconcilers' passes); in perf of the simulator at 5,000 nodes, glibc's
+/// malloc and free (arena locks, consolidating free chunks) were a quarter
+/// of the CPU. BENCHMARKS.md has the figures before and after.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal",
@@ -131,6 +139,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
+            // mimalloc asks for transparent huge pages for its arenas; a
+            // fault that has to assemble one stalls the thread, and the
+            // scheduler's large passes ran at half speed in one run of two.
+            // Not fatal: a kernel without the flag keeps its own policy.
+            if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+                tracing::debug!("transparent huge pages stay as the kernel sets them: {e}");
+            }
             shoal_node::run(shoal_node::DaemonConfig {
                 state_dir,
                 socket: cli.socket,

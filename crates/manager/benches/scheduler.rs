@@ -22,6 +22,11 @@ use shoal_manager::reconciler::Reconciler;
 use shoal_manager::scheduler::{Scheduler, Search};
 use shoal_store::Store;
 
+/// The allocator and page policy `shoal daemon` runs with, so the figure is
+/// the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn create(object: impl Into<shoal_api::Object>) -> StoreAction {
     StoreAction {
         kind: store_action::Kind::Create as i32,
@@ -142,6 +147,7 @@ fn run(nodes: usize, tasks: usize, constrained: bool, one_service: bool) {
 }
 
 fn main() {
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let sizes = std::env::var("SHOAL_BENCH_SIZES").unwrap_or_else(|_| {
         "1000x10000,1000x100000,100000x100000,5000x100000c,5000x100000s".into()
     });

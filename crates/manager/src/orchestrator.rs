@@ -300,7 +300,7 @@ pub struct Orchestrator<F> {
     dirty_slots: BTreeMap<String, BTreeSet<u64>>,
     /// Replicated services' task ids by slot, kept from the changes seen,
     /// so a slot can be looked at without reading its service's every task.
-    slots: HashMap<String, HashMap<u64, BTreeSet<String>>>,
+    slots: Slots,
     /// When each delayed restart is due, by service and slot (0: the
     /// service as a whole).
     delayed: HashMap<(String, u64), i64>,
@@ -315,7 +315,7 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
             new_id,
             dirty: BTreeSet::new(),
             dirty_slots: BTreeMap::new(),
-            slots: HashMap::new(),
+            slots: Slots::default(),
             delayed: HashMap::new(),
             offered: HashMap::new(),
             rebuild: false,
@@ -489,6 +489,24 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
     }
 }
 
+/// Replicated services' task ids by slot. Looked up on every task change
+/// the orchestrator observes, under the store's read lock: hashed with Fx.
+type Slots = rustc_hash::FxHashMap<String, rustc_hash::FxHashMap<u64, BTreeSet<String>>>;
+
+/// Notes `t` under its service's slot; copies its ids only when new there.
+fn note_slot(slots: &mut Slots, t: &Task) {
+    if let Some(service) = slots.get_mut(t.service_id.as_str()) {
+        let ids = service.entry(t.slot).or_default();
+        if !ids.contains(&t.id) {
+            ids.insert(t.id.clone());
+        }
+        return;
+    }
+    let mut service = rustc_hash::FxHashMap::default();
+    service.insert(t.slot, BTreeSet::from([t.id.clone()]));
+    slots.insert(t.service_id.clone(), service);
+}
+
 /// The constraints of a service's tasks (validated when the spec was
 /// written; one that does not parse constrains nothing).
 fn constraints_of(spec: &shoal_api::ServiceSpec) -> Vec<Constraint> {
@@ -549,15 +567,7 @@ impl<F: FnMut() -> String + Send + 'static> Reconciler for Orchestrator<F> {
             }
             Some(object::Kind::Task(t)) => {
                 if t.slot > 0 {
-                    let ids = self
-                        .slots
-                        .entry(t.service_id.clone())
-                        .or_default()
-                        .entry(t.slot)
-                        .or_default();
-                    if !ids.contains(&t.id) {
-                        ids.insert(t.id.clone());
-                    }
+                    note_slot(&mut self.slots, t);
                 }
                 let ended = occupies(t) && t.observed().is_terminal();
                 let stranded = occupies(t)

@@ -116,7 +116,10 @@ pub async fn run(
         }
         let pass = shoal_raft::long_work(|| {
             let view = replica.store().view();
+            let held = Instant::now();
+            let mut observed = 0usize;
             let in_step = changes.drain_with(|e| {
+                observed += 1;
                 if !full {
                     reconciler.observe(&view, e);
                 }
@@ -131,10 +134,13 @@ pub async fn run(
                 last_full = Instant::now();
             }
             let started = Instant::now();
+            let observe_ms = held.elapsed().as_millis() as u64;
             let pass = reconciler.decide(&view, now_ms(), full);
             tracing::debug!(
                 reconciler = name,
                 full,
+                observed,
+                observe_ms,
                 took_ms = started.elapsed().as_millis() as u64,
                 transactions = pass.transactions.len(),
                 "pass"

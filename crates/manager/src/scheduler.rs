@@ -910,11 +910,9 @@ impl Reconciler for Scheduler {
                 {
                     // Most changes move a task along without changing what
                     // it holds (ASSIGNED → RUNNING on the same node).
-                    let same_hold = cluster
-                        .held
-                        .get(&t.id)
-                        .is_some_and(|h| cluster.nodes[h.index].id == t.node_id);
-                    let held = cluster.held.contains_key(&t.id);
+                    let hold = cluster.held.get(&t.id);
+                    let same_hold = hold.is_some_and(|h| cluster.nodes[h.index].id == t.node_id);
+                    let held = hold.is_some();
                     let holds = holds_resources(t);
                     let quiet = !is_pending(t)
                         && !is_failure(t)

@@ -256,9 +256,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| (e.log_id.index, encode_entry(&e)))
             .collect();
+        let (count, bytes) = (
+            encoded.len(),
+            encoded.iter().map(|(_, e)| e.len()).sum::<usize>(),
+        );
+        let started = std::time::Instant::now();
         let written = self
             .blocking(move |this| this.write_entries(encoded))
             .await?;
+        tracing::debug!(
+            entries = count,
+            bytes,
+            took_us = started.elapsed().as_micros() as u64,
+            "log written"
+        );
         match written {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

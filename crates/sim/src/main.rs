@@ -17,6 +17,11 @@ use shoal_api::{
 };
 use shoal_sim::{FakeExecutor, SimCluster, SimConfig, SimNodes};
 
+/// The allocator the `shoal` binary runs with (see there), so the figures
+/// printed here are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "shoal-sim", about = "A Shoal cluster in one process, measured")]
 struct Args {
@@ -178,17 +183,6 @@ fn running(t: &Task, dead: &HashSet<String>) -> bool {
         && !dead.contains(&t.node_id)
 }
 
-/// Resident memory after glibc's malloc hands its free pages back to the
-/// system: what is in use, without what the peak of the run left behind
-/// in malloc's arenas.
-fn trimmed_resident_mib() -> Option<f64> {
-    // SAFETY: malloc_trim only releases memory malloc holds unused.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    resident_mib()
-}
-
 fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -211,6 +205,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // As `shoal daemon` runs (see there).
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::debug!("transparent huge pages stay as the kernel sets them: {e}");
+    }
     let args = Args::parse();
     anyhow::ensure!(args.services > 0, "--services: must be at least 1");
     anyhow::ensure!(
@@ -290,14 +288,13 @@ async fn main() -> anyhow::Result<()> {
         total as f64 / took
     );
     let full_mib = resident_mib().unwrap_or(0.0);
-    let held_mib = trimmed_resident_mib().unwrap_or(0.0);
     let whose = if args.agents_process {
         "the manager alone: the agents run in a child process"
     } else {
         "agents and manager share the process"
     };
     println!(
-        "resident memory: {full_mib:.0} MiB with {total} tasks running, {held_mib:.0} MiB once malloc returned its free pages ({idle_mib:.0} MiB with the nodes idle, {base_mib:.0} MiB at start); {whose}"
+        "resident memory: {full_mib:.0} MiB with {total} tasks running ({idle_mib:.0} MiB with the nodes idle, {base_mib:.0} MiB at start); {whose}"
     );
 
     if args.kill_percent > 0 {
