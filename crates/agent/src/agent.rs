@@ -9,9 +9,10 @@
 //! # Restarts
 //! Task processes outlive the agent (their output goes to files, they are not
 //! killed on exit). A new agent finds them again through their environment
-//! ([`find_task_processes`]): a process of a task still assigned and running
-//! is adopted; any other is killed. So a restart neither duplicates nor
-//! loses a workload, and leaves nothing behind.
+//! ([`find_task_processes`]): a process of a task still assigned and desired
+//! running is adopted, and reported RUNNING if the manager never heard it
+//! started; any other is killed ([`Resume`]). So a restart neither
+//! duplicates nor loses a workload, and leaves nothing behind.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -50,6 +51,53 @@ pub struct AgentConfig {
     /// The dispatcher's unix socket.
     pub dispatcher_socket: PathBuf,
     pub process: ProcessConfig,
+}
+
+/// What a new runner does with a task the dispatcher hands it, given what an
+/// earlier agent left: the pure decision behind adoption after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// It ended here already: the recorded final status is reported again if
+    /// the manager does not have a terminal one.
+    ReportRecorded,
+    /// Terminal at the manager: a leftover process of it is killed.
+    Drop,
+    /// Its process still runs: the runner takes it over at RUNNING, and
+    /// reports RUNNING when the manager has an earlier state (the earlier
+    /// agent started it and died before its report was committed).
+    Adopt { report_running: bool },
+    /// It was started and nothing of it runs: it ended while no agent
+    /// watched, and is reported failed.
+    Lost,
+    /// Run it from the manager's state; a leftover process of it, which
+    /// must not run (the task is no longer desired running), is killed.
+    Run,
+}
+
+impl Resume {
+    pub fn decide(
+        observed: TaskState,
+        desired: TaskState,
+        recorded_terminal: bool,
+        leftover: bool,
+    ) -> Resume {
+        let started = observed as i32 >= TaskState::Starting as i32;
+        if recorded_terminal {
+            Resume::ReportRecorded
+        } else if observed.is_terminal() {
+            Resume::Drop
+        } else if leftover && (started || desired == TaskState::Running) {
+            // A process exists only once a start was under way, and a task
+            // starts at most once: the leftover is this task's one start.
+            Resume::Adopt {
+                report_running: observed != TaskState::Running,
+            }
+        } else if started {
+            Resume::Lost
+        } else {
+            Resume::Run
+        }
+    }
 }
 
 struct Runner {
@@ -240,46 +288,51 @@ impl Agent {
 
     async fn start_runner(&mut self, task: Task, desired: TaskState) {
         let observed = task.observed();
-        if let Some(last) = self
+        let recorded = self
             .recorded
             .get(&task.id)
             .filter(|s| TaskState::try_from(s.state).is_ok_and(TaskState::is_terminal))
-        {
-            // It ended here already; the manager may not know yet.
-            if !observed.is_terminal() {
-                let update = TaskUpdate {
-                    task_id: task.id.clone(),
-                    status: last.clone(),
-                };
-                self.unsent.push(update);
-            }
-            return;
-        }
+            .cloned();
         let leftover = self.leftovers.remove(&task.id);
-        if observed.is_terminal() {
-            if let Some(pgid) = leftover {
-                kill_group(pgid);
+        let resume = Resume::decide(observed, desired, recorded.is_some(), leftover.is_some());
+        let (executor, from) = match (resume, leftover) {
+            (Resume::ReportRecorded, leftover) => {
+                if let Some(pgid) = leftover {
+                    kill_group(pgid);
+                }
+                if let Some(last) = recorded.filter(|_| !observed.is_terminal()) {
+                    self.unsent.push(TaskUpdate {
+                        task_id: task.id.clone(),
+                        status: last,
+                    });
+                }
+                return;
             }
-            return;
-        }
-        let grace_ms = task
-            .spec
-            .as_ref()
-            .and_then(|s| s.runtime.as_ref())
-            .map_or(0, |r| r.stop_grace_period_ms);
-        let grace = Duration::from_millis(if grace_ms == 0 {
-            DEFAULT_STOP_GRACE_MS
-        } else {
-            grace_ms
-        });
-        let (executor, from) = match (leftover, observed as i32 >= TaskState::Starting as i32) {
-            (Some(pgid), true) => (
-                ProcessExecutor::adopt(&self.config.process, &task, pgid),
-                TaskState::Running,
-            ),
-            (None, true) => {
-                // It was started, and nothing of it runs any more: it ended
-                // while no agent watched.
+            (Resume::Drop, leftover) => {
+                if let Some(pgid) = leftover {
+                    kill_group(pgid);
+                }
+                return;
+            }
+            (Resume::Adopt { report_running }, Some(pgid)) => {
+                if report_running {
+                    self.queue(TaskUpdate {
+                        task_id: task.id.clone(),
+                        status: TaskStatus {
+                            timestamp_ms: now_ms(),
+                            state: TaskState::Running as i32,
+                            message: "started".into(),
+                            pid: pgid,
+                            ..Default::default()
+                        },
+                    });
+                }
+                (
+                    ProcessExecutor::adopt(&self.config.process, &task, pgid),
+                    TaskState::Running,
+                )
+            }
+            (Resume::Lost, _) | (Resume::Adopt { .. }, None) => {
                 let status = TaskStatus {
                     timestamp_ms: now_ms(),
                     state: TaskState::Failed as i32,
@@ -294,15 +347,23 @@ impl Agent {
                 });
                 return;
             }
-            (leftover, false) => {
-                // Not started as far as the manager knows: a process of it
-                // can only be a start that was never reported.
+            (Resume::Run, leftover) => {
                 if let Some(pgid) = leftover {
                     kill_group(pgid);
                 }
                 (ProcessExecutor::new(&self.config.process, &task), observed)
             }
         };
+        let grace_ms = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime.as_ref())
+            .map_or(0, |r| r.stop_grace_period_ms);
+        let grace = Duration::from_millis(if grace_ms == 0 {
+            DEFAULT_STOP_GRACE_MS
+        } else {
+            grace_ms
+        });
         let (desired_tx, desired_rx) = watch::channel(desired);
         let runner = TaskRunner::new(
             task.id.clone(),
@@ -359,5 +420,66 @@ impl Agent {
             self.unsent.drain(..count);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskState::*;
+
+    const STATES: [TaskState; 14] = [
+        New, Pending, Assigned, Accepted, Preparing, Ready, Starting, Running, Complete, Shutdown,
+        Failed, Rejected, Remove, Orphaned,
+    ];
+
+    /// Every combination a restart can meet, checked against the rules that
+    /// keep a workload running exactly once.
+    #[test]
+    fn a_restart_never_starts_a_started_task_again_nor_kills_a_wanted_workload() {
+        for observed in STATES {
+            for desired in STATES {
+                for recorded_terminal in [false, true] {
+                    for leftover in [false, true] {
+                        let resume = Resume::decide(observed, desired, recorded_terminal, leftover);
+                        let case = format!(
+                            "{observed:?} desired {desired:?} recorded terminal {recorded_terminal} leftover {leftover}: {resume:?}"
+                        );
+                        let started = observed as i32 >= Starting as i32;
+                        if recorded_terminal {
+                            assert_eq!(resume, Resume::ReportRecorded, "{case}");
+                            continue;
+                        }
+                        if observed.is_terminal() {
+                            assert_eq!(resume, Resume::Drop, "{case}");
+                            continue;
+                        }
+                        // Started once already: never run again.
+                        if started {
+                            assert_ne!(resume, Resume::Run, "{case}");
+                        }
+                        // Only a process that exists is adopted.
+                        if matches!(resume, Resume::Adopt { .. }) {
+                            assert!(leftover, "{case}");
+                        }
+                        // A workload still wanted is never killed.
+                        let wanted_leftover = leftover && desired == Running;
+                        if wanted_leftover {
+                            assert!(matches!(resume, Resume::Adopt { .. }), "{case}");
+                        }
+                        // The manager hears RUNNING unless it has it.
+                        if let Resume::Adopt { report_running } = resume {
+                            assert_eq!(report_running, observed != Running, "{case}");
+                        }
+                        if started && !leftover {
+                            assert_eq!(resume, Resume::Lost, "{case}");
+                        }
+                        if !started && !wanted_leftover {
+                            assert_eq!(resume, Resume::Run, "{case}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -19,7 +19,7 @@ mod process;
 mod task_db;
 mod task_runner;
 
-pub use agent::{run, AgentConfig};
+pub use agent::{run, AgentConfig, Resume};
 pub use cgroup::Cgroups;
 pub use executor::{Executor, ExitOutcome, TaskFailure};
 pub use heartbeat::{Heartbeat, SessionCall};

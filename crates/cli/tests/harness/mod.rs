@@ -14,6 +14,9 @@ pub const READY_WITHIN: Duration = Duration::from_secs(90);
 pub struct Daemon {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// The daemon's stderr, kept across restarts on the same state dir: a
+    /// file, so a chatty daemon never blocks on a pipe nobody reads.
+    pub log: PathBuf,
     child: Option<Child>,
 }
 
@@ -28,17 +31,31 @@ impl Daemon {
     /// Starts a daemon without waiting.
     pub fn spawn(state_dir: &Path) -> Daemon {
         let socket = state_dir.join("shoal.sock");
+        let mut log = state_dir.as_os_str().to_owned();
+        log.push(".daemon.log");
+        let log = PathBuf::from(log);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("the daemon's log opens");
         let child = Command::new(BIN)
             .args(["daemon", "--state-dir"])
             .arg(state_dir)
+            // Enough to follow a failed test's daemon through its log.
+            .env(
+                "SHOAL_LOG",
+                std::env::var("SHOAL_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("daemon starts");
         Daemon {
             state_dir: state_dir.to_path_buf(),
             socket,
+            log,
             child: Some(child),
         }
     }
@@ -48,11 +65,8 @@ impl Daemon {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    let out = self.child.take().unwrap().wait_with_output().unwrap();
-                    panic!(
-                        "daemon exited with {status}: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
+                    self.child = None;
+                    panic!("daemon exited with {status}: {}", self.log_text());
                 }
             }
             if self.shoal(&["version"]).status.success() {
@@ -119,15 +133,20 @@ impl Daemon {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
+        if let Some(mut child) = self.child.take() {
             let _ = nix_kill(child.id(), libc::SIGTERM);
-            let out = child.wait_with_output().unwrap();
+            let status = child.wait().unwrap();
             assert!(
-                out.status.success(),
+                status.success(),
                 "daemon stopped uncleanly: {}",
-                String::from_utf8_lossy(&out.stderr)
+                self.log_text()
             );
         }
+    }
+
+    /// What the daemon has written to stderr so far, over all its restarts.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -141,6 +160,13 @@ impl Drop for Daemon {
     /// a test's must not outlive the test.
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log {} ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
         for pgid in shoal_agent::find_task_processes(&self.state_dir.join("tasks")).into_values() {
             shoal_agent::kill_group(pgid);
         }
