@@ -2,9 +2,11 @@
 //!
 //! It opens a session with the node's description, runs one [`TaskRunner`]
 //! per assigned task, passes desired-state changes to the runners, reports
-//! their status in batches, and keeps the session with heartbeats. A lost
-//! session is reopened with backoff; reports made meanwhile are kept (the
-//! latest per task) and sent on the next session.
+//! their status in batches ([`Reports`]: one call in flight beside the
+//! session loop, so an assignment never waits for a report's commit), and
+//! keeps the session with heartbeats. A lost session is reopened with
+//! backoff; reports made meanwhile are kept (past a bound, the latest per
+//! task) and sent on the next session.
 //!
 //! # Restarts
 //! Task processes outlive the agent (their output goes to files, they are not
@@ -21,13 +23,12 @@ use std::time::Duration;
 use shoal_api::dispatcher_client::DispatcherClient;
 use shoal_api::{
     NodeDescription, SessionMessage, SessionRequest, Task, TaskState, TaskStatus, TaskStatusUpdate,
-    UpdateTaskStatusRequest,
 };
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 
-use crate::heartbeat::{Heartbeat, SessionCall};
+use crate::heartbeat::Heartbeat;
 use crate::process::{find_task_processes, kill_group, ProcessConfig, ProcessExecutor};
+use crate::reports::Reports;
 use crate::task_db::TaskDb;
 use crate::task_runner::{TaskRunner, TaskUpdate};
 
@@ -113,7 +114,7 @@ struct Agent {
     reports_tx: mpsc::Sender<TaskUpdate>,
     done_tx: mpsc::Sender<String>,
     /// Reports not yet accepted by a dispatcher, in the order made.
-    unsent: Vec<TaskUpdate>,
+    reports: Reports,
     /// The last status of every task of this node, as recorded in `db`. A
     /// task whose record is terminal is never run again here, and its final
     /// report is made again if the manager has not applied it.
@@ -134,7 +135,7 @@ pub async fn run(
     db: std::sync::Arc<TaskDb>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (reports_tx, mut reports) = mpsc::channel(REPORT_QUEUE);
+    let (reports_tx, mut updates) = mpsc::channel(REPORT_QUEUE);
     let (done_tx, mut done) = mpsc::channel(REPORT_QUEUE);
     let leftovers = find_task_processes(&config.process.tasks_dir);
     let mut agent = Agent {
@@ -143,7 +144,7 @@ pub async fn run(
         leftovers,
         reports_tx,
         done_tx,
-        unsent: Vec::new(),
+        reports: Reports::new(MAX_REPORTS_PER_CALL, MAX_UNSENT_REPORTS),
         recorded: db.load().unwrap_or_else(|e| {
             tracing::error!(error = %e, "the agent's task record is unreadable; starting without it");
             HashMap::new()
@@ -181,7 +182,9 @@ pub async fn run(
         let mut session_id = String::new();
         // Started with the period the dispatcher sends in its first message.
         let mut heartbeat: Option<Heartbeat> = None;
-        // The session: until it breaks or the agent stops.
+        // The session: until it breaks or the agent stops. Reports go out
+        // one call at a time beside it (`Reports`): an assignment never
+        // waits for a report's commit.
         loop {
             tokio::select! {
                 // Reports first: a runner's last report is queued before its
@@ -200,35 +203,32 @@ pub async fn run(
                             ));
                         }
                         agent.apply(m).await;
-                        let sent = Heartbeat::call(&mut heartbeat, &mut shutdown, agent.flush(&mut client, &session_id));
-                        match sent.await {
-                            SessionCall::Done(Ok(())) => {}
-                            SessionCall::Stopping => return,
-                            SessionCall::Done(Err(_)) | SessionCall::Lost => break,
-                        }
                     }
                     Ok(None) | Err(_) => break,
                 },
-                Some(update) = reports.recv() => {
+                Some(update) = updates.recv() => {
                     agent.queue(update);
                     for _ in 1..MAX_REPORTS_PER_CALL {
-                        let Ok(more) = reports.try_recv() else { break };
+                        let Ok(more) = updates.try_recv() else { break };
                         agent.queue(more);
-                    }
-                    if session_id.is_empty() {
-                        continue;
-                    }
-                    let sent = Heartbeat::call(&mut heartbeat, &mut shutdown, agent.flush(&mut client, &session_id));
-                    match sent.await {
-                        SessionCall::Done(Ok(())) => {}
-                        SessionCall::Stopping => return,
-                        SessionCall::Done(Err(_)) | SessionCall::Lost => break,
                     }
                 }
                 Some(task_id) = done.recv() => agent.finished(&task_id),
+                answered = agent.reports.answered() => {
+                    if let Err(e) = answered {
+                        tracing::debug!(error = %e, "a status report failed; a new session sends it again");
+                        break;
+                    }
+                }
                 _ = Heartbeat::lost_once_started(&mut heartbeat) => break,
             }
+            if !session_id.is_empty() {
+                agent
+                    .reports
+                    .send(&client, &agent.config.node_id, &session_id);
+            }
         }
+        agent.reports.abandon();
     }
 }
 
@@ -240,14 +240,10 @@ impl Agent {
         }
         self.recorded
             .insert(update.task_id.clone(), update.status.clone());
-        self.unsent.push(update);
-        if self.unsent.len() > MAX_UNSENT_REPORTS {
-            let mut latest: HashMap<String, TaskUpdate> = HashMap::new();
-            for u in self.unsent.drain(..) {
-                latest.insert(u.task_id.clone(), u);
-            }
-            self.unsent = latest.into_values().collect();
-        }
+        self.reports.push(TaskStatusUpdate {
+            task_id: update.task_id,
+            status: Some(update.status),
+        });
     }
 
     /// Follows one session message: new runners, desired-state changes,
@@ -301,9 +297,9 @@ impl Agent {
                     kill_group(pgid);
                 }
                 if let Some(last) = recorded.filter(|_| !observed.is_terminal()) {
-                    self.unsent.push(TaskUpdate {
+                    self.reports.push(TaskStatusUpdate {
                         task_id: task.id.clone(),
-                        status: last,
+                        status: Some(last),
                     });
                 }
                 return;
@@ -394,32 +390,6 @@ impl Agent {
                 let _ = std::fs::remove_dir_all(self.config.process.tasks_dir.join(task_id));
             }
         }
-    }
-
-    /// Sends every unsent report, in order; keeps them when a call fails.
-    async fn flush(
-        &mut self,
-        client: &mut DispatcherClient<Channel>,
-        session_id: &str,
-    ) -> Result<(), tonic::Status> {
-        while !self.unsent.is_empty() {
-            let count = self.unsent.len().min(MAX_REPORTS_PER_CALL);
-            let updates = self.unsent[..count]
-                .iter()
-                .map(|u| TaskStatusUpdate {
-                    task_id: u.task_id.clone(),
-                    status: Some(u.status.clone()),
-                })
-                .collect();
-            let request = UpdateTaskStatusRequest {
-                node_id: self.config.node_id.clone(),
-                session_id: session_id.to_string(),
-                updates,
-            };
-            client.update_task_status(request).await?;
-            self.unsent.drain(..count);
-        }
-        Ok(())
     }
 }
 

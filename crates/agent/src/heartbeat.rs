@@ -21,16 +21,6 @@ use tonic::transport::Channel;
 /// back.
 const ANSWER_WITHIN_PERIODS: u32 = 3;
 
-/// How a call made with [`Heartbeat::call`] ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SessionCall<T> {
-    Done(T),
-    /// The session's heartbeats stopped: open a new session.
-    Lost,
-    /// The agent is told to stop.
-    Stopping,
-}
-
 /// The heartbeats of one session; they stop when this is dropped.
 pub struct Heartbeat {
     /// True until a heartbeat is refused, fails or goes unanswered.
@@ -60,22 +50,6 @@ impl Heartbeat {
     async fn lost(&mut self) {
         // An error means the task is gone, which also ends the session.
         let _ = self.alive.wait_for(|alive| !*alive).await;
-    }
-
-    /// Runs `call` (another call of the session, such as a status report)
-    /// until it returns, the session is lost to its heartbeats, or the
-    /// agent is told to stop: a call the dispatcher never answers must not
-    /// hold the agent once its session or its life is over.
-    pub async fn call<F: std::future::Future>(
-        beat: &mut Option<Heartbeat>,
-        shutdown: &mut watch::Receiver<bool>,
-        call: F,
-    ) -> SessionCall<F::Output> {
-        tokio::select! {
-            out = call => SessionCall::Done(out),
-            _ = Heartbeat::lost_once_started(beat) => SessionCall::Lost,
-            _ = shutdown.changed() => SessionCall::Stopping,
-        }
     }
 
     /// [`Heartbeat::lost`] once started; never before.

@@ -16,15 +16,17 @@ mod cgroup;
 mod executor;
 mod heartbeat;
 mod process;
+mod reports;
 mod task_db;
 mod task_runner;
 
 pub use agent::{run, AgentConfig, Resume};
 pub use cgroup::Cgroups;
 pub use executor::{Executor, ExitOutcome, TaskFailure};
-pub use heartbeat::{Heartbeat, SessionCall};
+pub use heartbeat::Heartbeat;
 pub use process::{
     find_task_processes, kill_group, ProcessConfig, ProcessExecutor, TASK_DIR_ENV, TASK_ID_ENV,
 };
+pub use reports::Reports;
 pub use task_db::{TaskDb, TaskDbError};
 pub use task_runner::{next_step, Step, TaskRunner, TaskUpdate};

@@ -1,6 +1,7 @@
 //! The agent against a dispatcher that never answers a status report (a
 //! manager too loaded to commit it): its heartbeats must go on, or the
-//! manager would count a live node down.
+//! manager would count a live node down, and so must its assignments, or a
+//! task placed on the node would wait for another task's report.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -183,6 +184,70 @@ async fn heartbeats_go_on_while_a_status_report_waits_for_its_answer() {
         .await
         .expect("the agent stops")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_starts_while_a_status_report_waits_for_its_answer() {
+    let dispatcher = HangingDispatcher {
+        period_ms: PERIOD_MS,
+        ..Default::default()
+    };
+    let reports = Arc::clone(&dispatcher.reports);
+    let streams = Arc::clone(&dispatcher.streams);
+    let (tmp, stop, agent) = start_agent(dispatcher).await;
+    wait_until("the agent reports its first task", || {
+        reports.load(Ordering::SeqCst) > 0
+    })
+    .await;
+
+    // A second task arrives on the session while that report hangs.
+    let session = streams.lock().unwrap()[0].clone();
+    let task = Task {
+        id: "t2".into(),
+        node_id: "n1".into(),
+        desired_state: TaskState::Running as i32,
+        spec: Some(TaskSpec {
+            runtime: Some(Runtime {
+                command: vec!["sleep".into(), "300".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: Some(TaskStatus {
+            state: TaskState::Assigned as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let message = SessionMessage {
+        node_id: "n1".into(),
+        session_id: "s1".into(),
+        heartbeat_period_ms: PERIOD_MS,
+        tasks: vec![task],
+        removed: vec![],
+        full: false,
+    };
+    session.send(Ok(message)).await.unwrap();
+    let tasks_dir = tmp.path().join("tasks");
+    wait_until("the second task's process runs", || {
+        shoal_agent::find_task_processes(&tasks_dir).contains_key("t2")
+    })
+    .await;
+    assert_eq!(
+        reports.load(Ordering::SeqCst),
+        1,
+        "one report call in flight at a time: the second task's reports wait behind it"
+    );
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(WITHIN, agent)
+        .await
+        .expect("the agent stops")
+        .unwrap();
+    // Task processes outlive their agent by design: end this one here.
+    for (_, pgid) in shoal_agent::find_task_processes(&tasks_dir) {
+        shoal_agent::kill_group(pgid);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,15 +18,13 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use shoal_agent::{Heartbeat, SessionCall};
+use shoal_agent::{Heartbeat, Reports};
 use shoal_api::dispatcher_client::DispatcherClient;
 use shoal_api::{
     NodeDescription, SessionMessage, SessionRequest, TaskState, TaskStatus, TaskStatusUpdate,
-    UpdateTaskStatusRequest,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::fake_executor::FakeExecutor;
 
@@ -34,6 +32,9 @@ const RECONNECT_MIN_MS: u64 = 50;
 const RECONNECT_MAX_MS: u64 = 2_000;
 /// Reports sent in one status call at most.
 const MAX_REPORTS_PER_CALL: usize = 512;
+/// Reports kept while the manager is out of reach; past this, only the
+/// latest of each task.
+const MAX_UNSENT_REPORTS: usize = 16_384;
 
 /// A task as this agent runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +67,7 @@ struct State {
     sequence: u64,
     /// The task's desired state as last sent, and what was last reported.
     tasks: HashMap<String, (TaskState, TaskState)>,
-    unsent: Vec<TaskStatusUpdate>,
+    reports: Reports,
 }
 
 fn now_ms() -> i64 {
@@ -92,7 +93,7 @@ impl State {
                 live.state = state;
             }
         }
-        self.unsent.push(TaskStatusUpdate {
+        self.reports.push(TaskStatusUpdate {
             task_id: task_id.to_string(),
             status: Some(TaskStatus {
                 timestamp_ms: now_ms(),
@@ -220,26 +221,6 @@ impl State {
             }
         }
     }
-
-    async fn flush(
-        &mut self,
-        client: &mut DispatcherClient<Channel>,
-        session_id: &str,
-    ) -> Result<(), tonic::Status> {
-        while !self.unsent.is_empty() {
-            let count = self.unsent.len().min(MAX_REPORTS_PER_CALL);
-            let updates = self.unsent[..count].to_vec();
-            client
-                .update_task_status(UpdateTaskStatusRequest {
-                    node_id: self.agent.node_id.clone(),
-                    session_id: session_id.to_string(),
-                    updates,
-                })
-                .await?;
-            self.unsent.drain(..count);
-        }
-        Ok(())
-    }
 }
 
 impl SimAgent {
@@ -257,7 +238,7 @@ impl SimAgent {
             timers: BTreeMap::new(),
             sequence: 0,
             tasks: HashMap::new(),
-            unsent: Vec::new(),
+            reports: Reports::new(MAX_REPORTS_PER_CALL, MAX_UNSENT_REPORTS),
         };
         let mut backoff = RECONNECT_MIN_MS;
         loop {
@@ -323,22 +304,20 @@ impl SimAgent {
                     _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
                         state.fire_due();
                     }
+                    answered = state.reports.answered() => {
+                        if answered.is_err() {
+                            break;
+                        }
+                    }
                     _ = Heartbeat::lost_once_started(&mut heartbeat) => break,
                 }
-                if session_id.is_empty() {
-                    continue;
-                }
-                let sent = Heartbeat::call(
-                    &mut heartbeat,
-                    &mut shutdown,
-                    state.flush(&mut client, &session_id),
-                );
-                match sent.await {
-                    SessionCall::Done(Ok(())) => {}
-                    SessionCall::Stopping => return,
-                    SessionCall::Done(Err(_)) | SessionCall::Lost => break,
+                if !session_id.is_empty() {
+                    state
+                        .reports
+                        .send(&client, &state.agent.node_id, &session_id);
                 }
             }
+            state.reports.abandon();
             // Cut off: timers keep their due times; what fires meanwhile is
             // reported on the next session.
         }
