@@ -307,6 +307,7 @@ async fn main() -> anyhow::Result<()> {
                 .filter(|(t, _)| running(t, &HashSet::new()) && dead.contains(&t.node_id))
                 .count()
         });
+        tracing::info!(nodes = victims.len(), "killing nodes");
         let killed = Instant::now();
         for i in &victims {
             agents.kill(&mut sim, *i).await?;
