@@ -50,23 +50,7 @@ impl Dispatcher for HangingDispatcher {
         let node_id = request.into_inner().node_id;
         let (tx, rx) = mpsc::channel(4);
         // One task that ends at once: its reports are what hangs.
-        let task = Task {
-            id: "t1".into(),
-            node_id: node_id.clone(),
-            desired_state: TaskState::Running as i32,
-            spec: Some(TaskSpec {
-                runtime: Some(Runtime {
-                    command: vec!["true".into()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            status: Some(TaskStatus {
-                state: TaskState::Assigned as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let task = assigned("t1", &node_id, &["true"]);
         let first = SessionMessage {
             node_id,
             session_id: "s1".into(),
@@ -113,6 +97,36 @@ impl Dispatcher for HangingDispatcher {
         self.reports.fetch_add(1, Ordering::SeqCst);
         std::future::pending().await
     }
+}
+
+/// A task assigned to `node_id`, wanted running `command`.
+fn assigned(id: &str, node_id: &str, command: &[&str]) -> Task {
+    Task {
+        id: id.into(),
+        node_id: node_id.into(),
+        desired_state: TaskState::Running as i32,
+        spec: Some(TaskSpec {
+            runtime: Some(Runtime {
+                command: command.iter().map(|c| c.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: Some(TaskStatus {
+            state: TaskState::Assigned as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Tells the agent to stop and waits until it has.
+async fn stop_agent(stop: tokio::sync::watch::Sender<bool>, agent: tokio::task::JoinHandle<()>) {
+    stop.send(true).unwrap();
+    tokio::time::timeout(WITHIN, agent)
+        .await
+        .expect("the agent stops")
+        .unwrap();
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -179,11 +193,7 @@ async fn heartbeats_go_on_while_a_status_report_waits_for_its_answer() {
         "a report unanswered is not sent again on the same session"
     );
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(WITHIN, agent)
-        .await
-        .expect("the agent stops")
-        .unwrap();
+    stop_agent(stop, agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,28 +212,11 @@ async fn an_assignment_starts_while_a_status_report_waits_for_its_answer() {
 
     // A second task arrives on the session while that report hangs.
     let session = streams.lock().unwrap()[0].clone();
-    let task = Task {
-        id: "t2".into(),
-        node_id: "n1".into(),
-        desired_state: TaskState::Running as i32,
-        spec: Some(TaskSpec {
-            runtime: Some(Runtime {
-                command: vec!["sleep".into(), "300".into()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        status: Some(TaskStatus {
-            state: TaskState::Assigned as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let message = SessionMessage {
         node_id: "n1".into(),
         session_id: "s1".into(),
         heartbeat_period_ms: PERIOD_MS,
-        tasks: vec![task],
+        tasks: vec![assigned("t2", "n1", &["sleep", "300"])],
         removed: vec![],
         full: false,
     };
@@ -239,11 +232,7 @@ async fn an_assignment_starts_while_a_status_report_waits_for_its_answer() {
         "one report call in flight at a time: the second task's reports wait behind it"
     );
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(WITHIN, agent)
-        .await
-        .expect("the agent stops")
-        .unwrap();
+    stop_agent(stop, agent).await;
     // Task processes outlive their agent by design: end this one here.
     for (_, pgid) in shoal_agent::find_task_processes(&tasks_dir) {
         shoal_agent::kill_group(pgid);
@@ -260,9 +249,5 @@ async fn the_first_heartbeat_goes_out_when_the_session_opens_not_a_period_later(
     let heartbeats = Arc::clone(&dispatcher.heartbeats);
     let (_tmp, stop, agent) = start_agent(dispatcher).await;
     wait_until("a heartbeat", || heartbeats.load(Ordering::SeqCst) > 0).await;
-    stop.send(true).unwrap();
-    tokio::time::timeout(WITHIN, agent)
-        .await
-        .expect("the agent stops")
-        .unwrap();
+    stop_agent(stop, agent).await;
 }
