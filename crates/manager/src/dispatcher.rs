@@ -209,10 +209,20 @@ impl Dispatcher {
         let period_ms = Arc::clone(&self.period_ms);
         let mut shutdown = self.shutdown.clone();
         async move {
+            // DOWN writes still committing. The loop never waits for them:
+            // a node that expires while others' writes commit (50-130 ms
+            // each on a loaded manager) is marked at its own TTL, not after
+            // theirs. Bounded by the sessions, each expiring once.
+            let mut writes = tokio::task::JoinSet::new();
             loop {
                 let period = period_ms.load(Ordering::Relaxed);
                 tokio::select! {
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => {
+                        // Their sessions are gone already: a node whose
+                        // write was dropped here would stay READY.
+                        while writes.join_next().await.is_some() {}
+                        return;
+                    }
                     // Checked often, so a dead node is seen DOWN within
                     // 50 ms of its TTL whatever the period.
                     _ = tokio::time::sleep(Duration::from_millis((period / 4).clamp(10, MONITOR_TICK_MAX_MS))) => {}
@@ -230,15 +240,14 @@ impl Dispatcher {
                     }
                     gone
                 };
+                while writes.try_join_next().is_some() {}
                 // Every dead node at once: their writes share raft entries,
                 // so losing 500 nodes costs about what losing one does.
-                let mut writes = tokio::task::JoinSet::new();
                 for node in expired {
                     let replica = Arc::clone(&replica);
                     let message = format!("heartbeat missed for {} ms", ttl.as_millis());
                     writes.spawn(async move { mark_down(&replica, &node, &message).await });
                 }
-                while writes.join_next().await.is_some() {}
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The dispatcher over its real gRPC socket, with a replica on disk: node
 //! registration, heartbeats and their TTL, status reports that only move
-//! forward and only for the node's own tasks.
+//! forward and only for the node's own tasks, and a monitor that expires each
+//! node at its own TTL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -455,4 +456,58 @@ async fn a_node_is_removed_once_down_or_with_force_and_never_the_managers_own() 
         "{}",
         refused.message()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_expires_at_its_own_ttl_while_another_nodes_down_write_waits_to_commit() {
+    // Period 100 ms, TTL 300 ms.
+    let mut s = setup(100).await;
+    let (_a_stream, _a) = open_session(&mut s.client, "a").await;
+    let (_b_stream, b) = open_session(&mut s.client, "b").await;
+    let b_beat = HeartbeatRequest {
+        node_id: "b".into(),
+        session_id: b.session_id.clone(),
+    };
+    let (b_beats, mut b_answers) = open_heartbeats(&mut s.client).await;
+
+    // Phase 1: while a thread holds a view, no write can be applied. "a" is
+    // silent: it expires and its DOWN write waits; "b" keeps beating for
+    // several TTLs past that.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (taken, view_taken) = tokio::sync::oneshot::channel();
+    let replica = Arc::clone(&s.replica);
+    let holder = std::thread::spawn(move || {
+        let _view = replica.store().view();
+        let _ = taken.send(());
+        let _ = released.recv();
+    });
+    view_taken.await.unwrap();
+    let until = Instant::now() + Duration::from_millis(2_000);
+    while Instant::now() < until {
+        b_beats.send(b_beat.clone()).await.unwrap();
+        b_answers.message().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Phase 2: "b" falls silent. Ten TTLs later its session must be over,
+    // although "a"'s write still cannot commit: the monitor does not wait
+    // for one node's write before it looks at the others.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    b_beats.send(b_beat).await.unwrap();
+    let refused = b_answers
+        .message()
+        .await
+        .expect_err("b expired while a's DOWN write was waiting");
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+
+    // Phase 3: writes apply again; both nodes end DOWN.
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let replica = Arc::clone(&s.replica);
+    wait_until("both nodes down", || {
+        ["a", "b"]
+            .iter()
+            .all(|id| node_state(&replica, id) == Some(node_status::State::Down as i32))
+    })
+    .await;
 }
