@@ -659,7 +659,7 @@ impl DispatcherService for Dispatcher {
                     .collect();
                 let written = self
                     .replica
-                    .propose(Transaction {
+                    .propose_report(Transaction {
                         actions,
                         timestamp_ms: 0,
                     })

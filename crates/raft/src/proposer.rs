@@ -7,6 +7,14 @@
 //! transaction, drains whatever else waits (up to the entry limits), proposes
 //! them as one [`Batch`], and answers each writer with its own result. Under
 //! load, batches grow by themselves; a lone writer pays one fsync, no timer.
+//!
+//! Two lanes: agents' status reports ([`Proposer::propose_report`]) wait in
+//! their own queue, and each entry takes every other transaction first. A
+//! decision (a reconciler's pass, a node marked down, a user's change)
+//! moves thousands of tasks on; behind the reports of thousands of agents it
+//! waited several entries, at every step of a chain of them. Order holds
+//! within a lane; across lanes the writers are concurrent anyway, and each
+//! transaction's preconditions are checked when it is applied.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -42,7 +50,10 @@ pub struct ProposerConfig {
 impl Default for ProposerConfig {
     fn default() -> Self {
         ProposerConfig {
-            max_txns_per_entry: 4_096,
+            // Small enough that a decision arriving behind a flood of
+            // reports waits for short entries; a 64-writer load forms
+            // entries of 64.
+            max_txns_per_entry: 256,
             max_entry_bytes: MAX_ENTRY_BYTES,
             queue_txns: 16_384,
             max_actions_per_txn: 1_000,
@@ -77,6 +88,7 @@ struct Waiting {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Waiting>,
+    reports: mpsc::Sender<Waiting>,
     config: ProposerConfig,
 }
 
@@ -90,8 +102,13 @@ impl Proposer {
     /// Starts the proposing task. It ends when every handle is dropped.
     pub fn start(raft: Raft, config: ProposerConfig) -> Proposer {
         let (tx, rx) = mpsc::channel(config.queue_txns);
-        tokio::spawn(run(raft, rx, config.clone()));
-        Proposer { tx, config }
+        let (reports, reports_rx) = mpsc::channel(config.queue_txns);
+        tokio::spawn(run(raft, Lanes { rx, reports_rx }, config.clone()));
+        Proposer {
+            tx,
+            reports,
+            config,
+        }
     }
 
     /// Proposes one transaction and waits until it is committed and applied.
@@ -101,7 +118,24 @@ impl Proposer {
     /// # Cancel safety
     /// Dropping the future does not withdraw the transaction: it may still be
     /// committed. Callers that must know re-read the store.
-    pub async fn propose(&self, mut txn: Transaction) -> Result<u64, ProposeError> {
+    pub async fn propose(&self, txn: Transaction) -> Result<u64, ProposeError> {
+        self.submit(&self.tx, txn).await
+    }
+
+    /// As [`Proposer::propose`], in the lane of agents' status reports:
+    /// every other transaction waiting goes into the next entry first.
+    ///
+    /// # Cancel safety
+    /// As [`Proposer::propose`].
+    pub async fn propose_report(&self, txn: Transaction) -> Result<u64, ProposeError> {
+        self.submit(&self.reports, txn).await
+    }
+
+    async fn submit(
+        &self,
+        lane: &mpsc::Sender<Waiting>,
+        mut txn: Transaction,
+    ) -> Result<u64, ProposeError> {
         txn.timestamp_ms = now_ms();
         let bytes = txn.encoded_len();
         if bytes > self.config.max_entry_bytes {
@@ -111,8 +145,7 @@ impl Proposer {
             });
         }
         let (done, answer) = oneshot::channel();
-        self.tx
-            .send(Waiting { txn, bytes, done })
+        lane.send(Waiting { txn, bytes, done })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
         answer.await.map_err(|_| ProposeError::ShuttingDown)?
@@ -140,11 +173,37 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Waiting>, config: ProposerConfig) {
+/// The two queues, read in order of precedence.
+struct Lanes {
+    rx: mpsc::Receiver<Waiting>,
+    reports_rx: mpsc::Receiver<Waiting>,
+}
+
+impl Lanes {
+    /// The next transaction to wait for; `None` once every handle is gone.
+    async fn recv(&mut self) -> Option<Waiting> {
+        tokio::select! {
+            biased;
+            first = self.rx.recv() => first,
+            Some(report) = self.reports_rx.recv() => Some(report),
+        }
+    }
+
+    /// The next transaction already waiting, if any.
+    fn try_recv(&mut self) -> Option<Waiting> {
+        self.rx
+            .try_recv()
+            .or_else(|_| self.reports_rx.try_recv())
+            .ok()
+    }
+}
+
+async fn run(raft: Raft, mut rx: Lanes, config: ProposerConfig) {
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(
         config.max_entries_in_flight.max(1),
     ));
-    // Shutdown: the loop ends when every Proposer handle is gone.
+    // Shutdown: the loop ends when every Proposer handle is gone (both
+    // lanes' senders live in each handle, so they close together).
     while let Some(first) = rx.recv().await {
         // Wait for a free slot before draining, so the entry takes every
         // transaction that arrived while the others were in flight.
@@ -154,7 +213,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Waiting>, config: ProposerConfig
         let mut bytes = first.bytes;
         let mut waiting = vec![first];
         while waiting.len() < config.max_txns_per_entry {
-            let Ok(next) = rx.try_recv() else { break };
+            let Some(next) = rx.try_recv() else { break };
             if bytes + next.bytes > config.max_entry_bytes {
                 // The entry is full: send it, and start the next with `next`.
                 spawn_entry(&raft, std::mem::take(&mut waiting), permit);

@@ -180,6 +180,11 @@ impl Replica {
         self.proposer.propose(txn).await
     }
 
+    /// Proposes agents' status reports; see [`Proposer::propose_report`].
+    pub async fn propose_report(&self, txn: Transaction) -> Result<u64, ProposeError> {
+        self.proposer.propose_report(txn).await
+    }
+
     /// The raft handle, for the raft gRPC service and metrics.
     pub fn raft(&self) -> &Raft {
         &self.raft

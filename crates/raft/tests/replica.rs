@@ -280,3 +280,76 @@ async fn a_large_change_is_split_into_bounded_transactions() {
         .collect();
     assert_eq!(versions.len(), 3, "{versions:?}");
 }
+
+type Proposal =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, ProposeError>> + Send>>;
+
+/// Polls each proposal once, in order: each is then queued in its lane.
+async fn queue_in_order(proposals: &mut [Proposal]) {
+    std::future::poll_fn(|cx| {
+        for p in proposals.iter_mut() {
+            // Applies are held: a proposal cannot finish yet.
+            assert!(
+                p.as_mut().poll(cx).is_pending(),
+                "a proposal finished early"
+            );
+        }
+        std::task::Poll::Ready(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decision_goes_into_the_next_entry_ahead_of_waiting_status_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(tmp.path());
+    config.proposer.max_txns_per_entry = 10;
+    config.proposer.max_entries_in_flight = 2;
+    let replica = Arc::new(open_with(config, true).await);
+
+    // Phase 1: while a thread holds a view no entry can be applied, so the
+    // two in flight stay there and everything after them waits.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (taken, view_taken) = tokio::sync::oneshot::channel();
+    let holder = {
+        let replica = Arc::clone(&replica);
+        std::thread::spawn(move || {
+            let _view = replica.store().view();
+            let _ = taken.send(());
+            let _ = released.recv();
+        })
+    };
+    view_taken.await.unwrap();
+
+    // Phase 2: 100 agents' reports queue, then one decision.
+    let mut reports: Vec<Proposal> = (0..100)
+        .map(|i| {
+            let replica = Arc::clone(&replica);
+            let report = txn(store_action::Kind::Create, network(&format!("r{i:03}"), 0));
+            Box::pin(async move { replica.propose_report(report).await }) as Proposal
+        })
+        .collect();
+    queue_in_order(&mut reports).await;
+    let mut decision: Vec<Proposal> = vec![{
+        let replica = Arc::clone(&replica);
+        let decision = txn(store_action::Kind::Create, network("decision", 0));
+        Box::pin(async move { replica.propose(decision).await })
+    }];
+    queue_in_order(&mut decision).await;
+
+    // Phase 3: applies resume. Only the reports already in the two entries
+    // in flight (10 each at most) may be applied before the decision.
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let decided_at = decision.pop().unwrap().await.unwrap();
+    let mut before = 0;
+    for report in reports {
+        if report.await.unwrap() < decided_at {
+            before += 1;
+        }
+    }
+    assert!(
+        before <= 20,
+        "{before} of the 100 reports queued before the decision were applied before it"
+    );
+}
