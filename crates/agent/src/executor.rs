@@ -29,8 +29,10 @@ impl ExitOutcome {
 /// The life of one task's workload.
 ///
 /// # Cancel safety
-/// `wait` is cancel safe: dropping it leaves the workload running, and a
-/// later `wait` or `shutdown` still finds it.
+/// `wait` is cancel safe: dropping it at any point (the task runner does
+/// whenever the desired state changes) leaves nothing half-done: a later
+/// `wait` or `shutdown` still finds the workload, its exit code and
+/// whatever clean-up its end still needs.
 pub trait Executor: Send + 'static {
     /// Everything short of starting: resolve the program, create the task's
     /// directory. A failure here makes the task REJECTED.
@@ -40,8 +42,17 @@ pub trait Executor: Send + 'static {
     /// Wait for the workload to end.
     fn wait(&mut self) -> impl Future<Output = Result<ExitOutcome, TaskFailure>> + Send;
     /// Ask the workload to stop (SIGTERM), then force it after `grace`.
-    fn shutdown(&mut self, grace: Duration)
-        -> impl Future<Output = Result<(), TaskFailure>> + Send;
+    /// Returns how it ended when it had already ended on its own before it
+    /// was asked (its exit code must not be lost to a stop that came after),
+    /// `None` when the stop ended it.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe; it is always run to the end. A `wait` dropped before
+    /// it leaves nothing that makes it return early.
+    fn shutdown(
+        &mut self,
+        grace: Duration,
+    ) -> impl Future<Output = Result<Option<ExitOutcome>, TaskFailure>> + Send;
     /// Remove whatever the task left behind (its directory, logs).
     fn remove(&mut self) -> impl Future<Output = Result<(), TaskFailure>> + Send;
     /// Periodic upkeep while the workload runs (log rotation).

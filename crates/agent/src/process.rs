@@ -392,20 +392,33 @@ impl Executor for ProcessExecutor {
             self.exited = Some(done.clone());
             return Ok(done);
         };
+        // Cancel safe: tokio's `Child::wait` keeps the status once reaped,
+        // and the exit is recorded only after the clean-up, so a wait dropped
+        // during the clean-up runs it again next time instead of skipping it.
         let status = child
             .wait()
             .await
             .map_err(|e| TaskFailure(format!("waiting for the process: {e}")))?;
         let done = outcome(status);
-        self.exited = Some(done.clone());
         self.clean_up_after_exit().await;
+        self.exited = Some(done.clone());
         Ok(done)
     }
 
-    async fn shutdown(&mut self, grace: Duration) -> Result<(), TaskFailure> {
-        let (Some(pid), None) = (self.pid, &self.exited) else {
-            return Ok(());
+    async fn shutdown(&mut self, grace: Duration) -> Result<Option<ExitOutcome>, TaskFailure> {
+        if let Some(done) = &self.exited {
+            return Ok(Some(done.clone()));
+        }
+        let Some(pid) = self.pid else {
+            return Ok(None);
         };
+        let ended_on_its_own = match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+            None => !group_alive(pid),
+        };
+        if ended_on_its_own {
+            return self.wait().await.map(Some);
+        }
         let group = Pid::from_raw(pid as i32);
         // ESRCH: the group is already gone, which is what we want.
         let _ = killpg(group, Signal::SIGTERM);
@@ -417,7 +430,7 @@ impl Executor for ProcessExecutor {
         if group_alive(pid) {
             let _ = killpg(group, Signal::SIGKILL);
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn remove(&mut self) -> Result<(), TaskFailure> {

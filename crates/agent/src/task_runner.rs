@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use shoal_api::{TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
 
-use crate::executor::Executor;
+use crate::executor::{Executor, ExitOutcome, TaskFailure};
 
 /// What to do next for a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,28 +186,39 @@ impl<E: Executor> TaskRunner<E> {
                         }
                         outcome = self.executor.wait() => outcome,
                     };
-                    match outcome {
-                        Ok(exit) if exit.success() => {
-                            self.report(TaskState::Complete, "finished", String::new(), 0)
-                                .await
-                        }
-                        Ok(exit) => {
-                            self.report(TaskState::Failed, "failed", exit.message, exit.exit_code)
-                                .await
-                        }
-                        Err(e) => self.report(TaskState::Failed, "failed", e.0, 0).await,
-                    }
+                    self.report_exit(outcome).await;
                 }
                 Step::Shutdown => self.shutdown().await,
             }
         }
     }
 
+    /// Reports how the workload ended on its own.
+    async fn report_exit(&mut self, outcome: Result<ExitOutcome, TaskFailure>) {
+        match outcome {
+            Ok(exit) if exit.success() => {
+                self.report(TaskState::Complete, "finished", String::new(), 0)
+                    .await
+            }
+            Ok(exit) => {
+                self.report(TaskState::Failed, "failed", exit.message, exit.exit_code)
+                    .await
+            }
+            Err(e) => self.report(TaskState::Failed, "failed", e.0, 0).await,
+        }
+    }
+
     async fn shutdown(&mut self) {
         if self.observed as i32 >= TaskState::Starting as i32 {
-            if let Err(e) = self.executor.shutdown(self.stop_grace).await {
-                self.report(TaskState::Shutdown, "shutdown", e.0, 0).await;
-                return;
+            match self.executor.shutdown(self.stop_grace).await {
+                // It ended before the stop reached it: that end is the
+                // task's outcome, exit code included.
+                Ok(Some(exit)) => return self.report_exit(Ok(exit)).await,
+                Ok(None) => {}
+                Err(e) => {
+                    self.report(TaskState::Shutdown, "shutdown", e.0, 0).await;
+                    return;
+                }
             }
         }
         self.report(TaskState::Shutdown, "shutdown", String::new(), 0)

@@ -398,3 +398,96 @@ async fn an_image_without_a_command_is_rejected_naming_what_the_node_lacks() {
         "image \"redis:7\": this node has no container executor; give the service a command to run it as a process"
     );
 }
+
+/// Waits until the process `pid` has ended (a zombie, or gone).
+async fn until_ended(pid: u32) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .unwrap_or("Z");
+        if state == "Z" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_comes_after_the_task_ended_keeps_its_exit_code_and_kills_its_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The main process exits 3 and leaves a child in its group.
+    let t = task("t1", &["sh", "-c", "sleep 300 & exit 3"], |_| {});
+    let config = ProcessConfig::new(tmp.path().to_path_buf());
+    let mut executor = ProcessExecutor::new(&config, &t);
+    executor.prepare().await.unwrap();
+    let pid = executor.start().await.unwrap();
+    until_ended(pid).await;
+    let outcome = executor.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        outcome.map(|o| o.exit_code),
+        Some(3),
+        "the exit code was lost to the stop"
+    );
+    let deadline = Instant::now() + WITHIN;
+    while !live_members_of_group(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the rest of the process group outlived the task: {:?}",
+            live_members_of_group(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_dropped_at_any_point_still_cleans_up_and_keeps_the_exit_code() {
+    let cgroups = shoal_agent::Cgroups::detect();
+    if let Some(warning) = cgroups.warning() {
+        eprintln!("SKIPPED: this host cannot create cgroups: {warning}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let id = format!("dropped-wait-{}", std::process::id());
+    let mut t = task(&id, &["sh", "-c", "sleep 300 & exit 3"], |_| {});
+    t.spec.as_mut().unwrap().resources = Some(shoal_api::ResourceRequirements {
+        limits: Some(shoal_api::Resources {
+            nano_cpus: 0,
+            memory_bytes: 64 << 20,
+        }),
+        reservations: None,
+    });
+    let config = ProcessConfig::new(tmp.path().to_path_buf());
+    let mut executor = ProcessExecutor::new(&config, &t);
+    executor.prepare().await.unwrap();
+    let dirs = executor.cgroup_dirs();
+    assert!(!dirs.is_empty());
+    let pid = executor.start().await.unwrap();
+    until_ended(pid).await;
+    // Drop the wait at its first pause each time, as the task runner does
+    // whenever the desired state changes, until one runs to the end.
+    let deadline = Instant::now() + WITHIN;
+    let outcome = loop {
+        match tokio::time::timeout(Duration::from_millis(1), executor.wait()).await {
+            Ok(outcome) => break outcome.unwrap(),
+            Err(_) => assert!(Instant::now() < deadline, "wait never finished"),
+        }
+    };
+    assert_eq!(outcome.exit_code, 3);
+    assert_eq!(
+        executor
+            .shutdown(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .map(|o| o.exit_code),
+        Some(3)
+    );
+    assert!(
+        dirs.iter().all(|d| !d.exists()),
+        "the task's cgroup outlived it: {dirs:?}"
+    );
+    assert!(live_members_of_group(pid).is_empty());
+}

@@ -18,6 +18,16 @@ pub enum ClusterCommand {
         /// How often agents report to their manager (e.g. 5s).
         #[arg(long, value_parser = crate::parse::duration_ms, value_name = "DURATION")]
         dispatcher_heartbeat: Option<u64>,
+        /// Replicas one replicated service may ask for (default 100000).
+        #[arg(long, value_name = "N")]
+        max_replicas_per_service: Option<u64>,
+        /// Replicas all replicated services may ask for together (default 1000000).
+        #[arg(long, value_name = "N")]
+        max_replicas_total: Option<u64>,
+        /// Tasks the orchestrator creates in one pass (default 10000): a larger
+        /// service converges over several passes while the cluster keeps answering.
+        #[arg(long, value_name = "N")]
+        max_new_tasks_per_pass: Option<u64>,
     },
 }
 
@@ -32,12 +42,25 @@ pub async fn run(mut client: Client, cmd: ClusterCommand) -> anyhow::Result<()> 
         ClusterCommand::Update {
             task_history_limit,
             dispatcher_heartbeat,
+            max_replicas_per_service,
+            max_replicas_total,
+            max_new_tasks_per_pass,
         } => {
             let mut spec = cluster.spec.clone().unwrap_or_default();
+            let orchestration = spec
+                .orchestration
+                .get_or_insert_with(OrchestrationConfig::default);
             if let Some(limit) = task_history_limit {
-                spec.orchestration
-                    .get_or_insert_with(OrchestrationConfig::default)
-                    .task_history_retention_limit = limit;
+                orchestration.task_history_retention_limit = limit;
+            }
+            if let Some(n) = max_replicas_per_service {
+                orchestration.max_replicas_per_service = n;
+            }
+            if let Some(n) = max_replicas_total {
+                orchestration.max_replicas_total = n;
+            }
+            if let Some(n) = max_new_tasks_per_pass {
+                orchestration.max_new_tasks_per_pass = n;
             }
             if let Some(ms) = dispatcher_heartbeat {
                 spec.dispatcher

@@ -71,6 +71,12 @@ pub async fn run(mut client: Client, args: EventsArgs) -> anyhow::Result<()> {
             Format::Table if action == watch_event::Action::Commit => {
                 println!("commit version={}", event.version);
             }
+            Format::Table if action == watch_event::Action::Reset => {
+                println!(
+                    "reset version={} (the store was replaced by a raft snapshot: list again)",
+                    event.version
+                );
+            }
             Format::Table => {
                 let name = if name.is_empty() {
                     String::new()

@@ -6,30 +6,11 @@ mod harness;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use harness::{json_lines, Daemon, READY_WITHIN};
+use harness::{json_lines, replicas, wait_until, Daemon, READY_WITHIN};
 
 /// The live task processes of this daemon, by task id.
 fn processes(d: &Daemon) -> HashMap<String, u32> {
     shoal_agent::find_task_processes(&d.state_dir.join("tasks"))
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + READY_WITHIN;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "not within {READY_WITHIN:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn replicas(d: &Daemon, service: &str) -> String {
-    json_lines(&d.ok(&["service", "ls", "--format", "json"]))
-        .into_iter()
-        .find(|s| s["name"] == service)
-        .map(|s| s["replicas"].as_str().unwrap().to_string())
-        .unwrap_or_default()
 }
 
 fn tasks(d: &Daemon, service: &str) -> Vec<serde_json::Value> {

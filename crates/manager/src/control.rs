@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
 use crate::identity::new_object_id;
+use crate::limits::Limits;
 use crate::validate::{
     parse_subnet, subnets_overlap, validate_cluster_spec, validate_network_spec,
     validate_node_spec, validate_service_spec, InvalidSpec,
@@ -230,6 +231,9 @@ impl Control for ControlApi {
                 .map(|a| a.name.clone())
                 .unwrap_or_default();
             self.name_taken(&view, ObjectKind::Service, &name)?;
+            Limits::of(view.cluster())
+                .check_service(&view, &spec, None)
+                .map_err(ApiError::from)?;
             let mut actions = self.resolve_networks(&view, &mut spec)?;
             let service = Service {
                 id: id.clone(),
@@ -285,6 +289,9 @@ impl Control for ControlApi {
                 })
                 .into());
             }
+            Limits::of(view.cluster())
+                .check_service(&view, &spec, Some(&current.id))
+                .map_err(ApiError::from)?;
             let mut actions = self.resolve_networks(&view, &mut spec)?;
             let mut service = current.clone();
             if old_spec != spec {

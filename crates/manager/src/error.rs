@@ -34,6 +34,9 @@ impl From<ApiError> for Status {
                 TxnError::Conflict { .. } => Code::Aborted,
                 TxnError::AlreadyExists { .. } | TxnError::NameInUse { .. } => Code::AlreadyExists,
                 TxnError::Invalid(_) => Code::InvalidArgument,
+                TxnError::MissingReference { .. } | TxnError::InUse { .. } => {
+                    Code::FailedPrecondition
+                }
             },
             ApiError::Propose(ProposeError::TooLarge { .. }) => Code::InvalidArgument,
             ApiError::Propose(_) => Code::Unavailable,

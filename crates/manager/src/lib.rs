@@ -8,12 +8,14 @@
 //! in its own module, talking to the others only through the store.
 
 pub mod allocator;
+mod backoff;
 mod constraint;
 mod control;
 mod dispatcher;
 mod error;
 mod identity;
 pub mod leader;
+mod limits;
 mod logs;
 pub mod orchestrator;
 pub mod reaper;
@@ -29,6 +31,10 @@ pub use control::{ControlApi, ControlConfig};
 pub use dispatcher::{Dispatcher, HEARTBEAT_TTL_PERIODS};
 pub use error::ApiError;
 pub use identity::new_object_id;
+pub use limits::{
+    Limits, DEFAULT_MAX_NEW_TASKS_PER_PASS, DEFAULT_MAX_REPLICAS_PER_SERVICE,
+    DEFAULT_MAX_REPLICAS_TOTAL,
+};
 pub use validate::{
     validate_cluster_spec, validate_network_spec, validate_node_spec, validate_service_spec,
     InvalidSpec,

@@ -32,6 +32,9 @@ pub struct Decision {
     pub transactions: Vec<Vec<StoreAction>>,
     /// The earliest time a delayed restart is due, if any is waiting.
     pub wake_at_ms: Option<i64>,
+    /// Services that need more new tasks than the pass could create
+    /// (`max_new_tasks_per_pass`): the next pass goes on with them.
+    pub unfinished: Vec<String>,
 }
 
 fn update(task: Task) -> StoreAction {
@@ -90,15 +93,31 @@ enum Place {
     Node(String),
 }
 
-/// Makes new tasks for one service.
+/// Makes new tasks for one service, within what is left of the pass's
+/// budget of new tasks.
 struct Maker<'a, F: FnMut() -> String> {
     service: &'a Service,
     now_ms: i64,
     new_id: &'a mut F,
+    /// New tasks this pass may still create (all services together).
+    budget: &'a mut u64,
+    /// The service needed a task the budget could not pay for.
+    starved: bool,
 }
 
 impl<F: FnMut() -> String> Maker<'_, F> {
+    /// Whether a task may be created now; when not, the service is noted
+    /// as unfinished and the place is left as it is for the next pass.
+    fn may_create(&mut self) -> bool {
+        if *self.budget == 0 {
+            self.starved = true;
+        }
+        *self.budget > 0
+    }
+
     fn task(&mut self, place: &Place, desired: TaskState) -> Task {
+        debug_assert!(*self.budget > 0, "a task made past the pass's budget");
+        *self.budget = self.budget.saturating_sub(1);
         let (slot, node_id) = match place {
             Place::Slot(s) => (*s, String::new()),
             Place::Node(n) => (0, n.clone()),
@@ -253,16 +272,25 @@ fn evicted_for_resources(view: &Tables) -> HashSet<String> {
     evicted
 }
 
+/// The new tasks one pass may create, as the cluster sets it.
+fn pass_budget(view: &Tables) -> u64 {
+    crate::Limits::of(view.cluster()).max_new_tasks_per_pass
+}
+
 /// Decides the tasks of every service. `new_id` makes task ids (seeded in tests).
 pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -> Decision {
     let mut decision = Decision::default();
     let nodes: Vec<&Node> = view.nodes().collect();
     let evicted = evicted_for_resources(view);
+    let mut budget = pass_budget(view);
     for service in view.services() {
-        let (groups, due) = reconcile(view, service, &nodes, &evicted, now_ms, new_id);
-        decision.transactions.extend(pack(groups));
-        if let Some(due) = due {
+        let outcome = reconcile(view, service, &nodes, &evicted, now_ms, new_id, &mut budget);
+        decision.transactions.extend(pack(outcome.groups));
+        if let Some(due) = outcome.wake_at_ms {
             decision.wake_at_ms = Some(decision.wake_at_ms.map_or(due, |w: i64| w.min(due)));
+        }
+        if outcome.starved {
+            decision.unfinished.push(service.id.clone());
         }
     }
     let services: HashSet<&str> = view.services().map(|s| s.id.as_str()).collect();
@@ -362,6 +390,7 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
                 }
             }
             let decision = decide(view, now_ms, &mut self.new_id);
+            self.dirty.extend(decision.unfinished.iter().cloned());
             self.delayed.clear();
             // Which service is waiting is not kept by the full pass: look at
             // every service again when the earliest delay is due.
@@ -384,13 +413,14 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
             false
         });
         let mut decision = Decision::default();
+        let mut budget = pass_budget(view);
         // Slots alone first: a slot whose service needs a look as a whole
         // joins it.
         for (id, dirty) in slots {
             if services.contains(&id) {
                 continue;
             }
-            match self.reconcile_slots(view, &id, &dirty, now_ms) {
+            match self.reconcile_slots(view, &id, &dirty, now_ms, &mut budget) {
                 Some(transactions) => decision.transactions.extend(transactions),
                 None => {
                     services.insert(id);
@@ -409,13 +439,26 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
                 ));
                 continue;
             };
-            let (groups, due) =
-                reconcile(view, service, &nodes, &evicted, now_ms, &mut self.new_id);
-            decision.transactions.extend(pack(groups));
-            if let Some(due) = due {
+            let outcome = reconcile(
+                view,
+                service,
+                &nodes,
+                &evicted,
+                now_ms,
+                &mut self.new_id,
+                &mut budget,
+            );
+            decision.transactions.extend(pack(outcome.groups));
+            if outcome.starved {
+                decision.unfinished.push(id.clone());
+            }
+            if let Some(due) = outcome.wake_at_ms {
                 self.delayed.insert((id, 0), due);
             }
         }
+        // Services the budget ran out for: the next pass goes on with them
+        // (the loop makes it at once, as this one wrote).
+        self.dirty.extend(decision.unfinished.iter().cloned());
         decision.wake_at_ms = self.delayed.values().min().copied();
         decision
     }
@@ -430,6 +473,7 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
         service_id: &str,
         dirty: &BTreeSet<u64>,
         now_ms: i64,
+        budget: &mut u64,
     ) -> Option<Vec<Vec<StoreAction>>> {
         let service = view.service(service_id)?;
         let spec = service.spec.clone().unwrap_or_default();
@@ -447,6 +491,8 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
             service,
             now_ms,
             new_id: &mut self.new_id,
+            budget,
+            starved: false,
         };
         // Every slot's tasks first: one without an occupying task sends the
         // whole service to be looked at, before any id is made.
@@ -481,6 +527,9 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
             if let Some(due) = due {
                 delayed.push((*slot, due));
             }
+        }
+        if maker.starved {
+            self.dirty.insert(service_id.to_string());
         }
         for (slot, due) in delayed {
             self.delayed.insert((service_id.to_string(), slot), due);
@@ -597,8 +646,17 @@ impl<F: FnMut() -> String + Send + 'static> Reconciler for Orchestrator<F> {
     }
 }
 
+/// What one service needs.
+struct ServiceOutcome {
+    groups: Vec<Vec<StoreAction>>,
+    /// When its earliest delayed restart is due.
+    wake_at_ms: Option<i64>,
+    /// It needs more new tasks than the pass's budget had left.
+    starved: bool,
+}
+
 /// The actions one service needs, and when its earliest delayed restart is
-/// due.
+/// due. At most `budget` new tasks are made (and taken from it).
 fn reconcile(
     view: &Tables,
     service: &Service,
@@ -606,7 +664,8 @@ fn reconcile(
     evicted: &HashSet<String>,
     now_ms: i64,
     new_id: &mut impl FnMut() -> String,
-) -> (Vec<Vec<StoreAction>>, Option<i64>) {
+    budget: &mut u64,
+) -> ServiceOutcome {
     let mut wake_at_ms: Option<i64> = None;
     let spec = service.spec.clone().unwrap_or_default();
     let mode = ServiceMode::try_from(spec.mode).unwrap_or(ServiceMode::Replicated);
@@ -637,15 +696,20 @@ fn reconcile(
             .collect(),
         _ => {
             let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
-            choose_slots(&by_place, replicas)
+            choose_slots(&by_place, replicas, *budget as usize)
         }
     };
+    // Fewer places than asked for: the budget bounded the new slots.
+    let mut starved = matches!(mode, ServiceMode::Replicated | ServiceMode::ReplicatedJob)
+        && wanted.len() < spec.replicas.unwrap_or(1).max(0) as usize;
     // One group per place: a task let go and its replacement commit together.
     let mut groups: Vec<Vec<StoreAction>> = Vec::new();
     let mut maker = Maker {
         service,
         now_ms,
         new_id,
+        budget,
+        starved: false,
     };
     // Places that should be empty: let their tasks go.
     let wanted_set: std::collections::BTreeSet<&Place> = wanted.iter().collect();
@@ -666,7 +730,12 @@ fn reconcile(
             wake_at_ms = Some(wake_at_ms.map_or(due, |w: i64| w.min(due)));
         }
     }
-    (groups, wake_at_ms)
+    starved |= maker.starved;
+    ServiceOutcome {
+        groups,
+        wake_at_ms,
+        starved,
+    }
 }
 
 /// The actions one wanted place of a service needs (its tasks in
@@ -689,7 +758,9 @@ fn place_actions<F: FnMut() -> String>(
         actions.push(update(with_desired(extra, TaskState::Shutdown)));
     }
     let Some(current) = live.first() else {
-        actions.push(create(maker.task(place, TaskState::Running)));
+        if maker.may_create() {
+            actions.push(create(maker.task(place, TaskState::Running)));
+        }
         return (actions, None);
     };
     let state = current.observed();
@@ -698,13 +769,21 @@ fn place_actions<F: FnMut() -> String>(
         && !current.node_id.is_empty()
         && (!keeps_tasks(view.node(&current.node_id), constraints)
             || evicted.contains(&current.id));
-    if stranded || (current.spec_version < service.spec_version && !state.is_terminal()) {
+    let replace = stranded || (current.spec_version < service.spec_version && !state.is_terminal());
+    let restart =
+        !replace && state.is_terminal() && should_restart(service, history, current, now_ms);
+    if (replace || restart) && !maker.may_create() {
+        // A task let go and its replacement commit together: both wait
+        // for a pass with budget left.
+        return (actions, None);
+    }
+    if replace {
         // Moved off a node that cannot keep it, or a plain
         // replacement of an old template (rolling updates grow here).
         actions.push(update(with_desired(current, TaskState::Shutdown)));
         actions.push(create(maker.task(place, TaskState::Running)));
     } else if state.is_terminal() {
-        if should_restart(service, history, current, now_ms) {
+        if restart {
             let delay = restart_delay_ms(service, state);
             actions.push(update(with_desired(current, TaskState::Shutdown)));
             let next = if delay == 0 {
@@ -733,8 +812,14 @@ fn place_actions<F: FnMut() -> String>(
 
 /// Which slots a replicated service keeps: the occupied ones, dropping first
 /// those whose task is not running, then the highest; then the lowest free
-/// numbers until there are `replicas`.
-fn choose_slots(by_place: &BTreeMap<Place, Vec<&Task>>, replicas: usize) -> Vec<Place> {
+/// numbers until there are `replicas`, at most `max_new` of them (the
+/// pass's budget: a service of millions never makes millions of slots in
+/// one pass).
+fn choose_slots(
+    by_place: &BTreeMap<Place, Vec<&Task>>,
+    replicas: usize,
+    max_new: usize,
+) -> Vec<Place> {
     let mut occupied: Vec<(bool, u64)> = by_place
         .iter()
         .filter_map(|(place, history)| match place {
@@ -751,8 +836,9 @@ fn choose_slots(by_place: &BTreeMap<Place, Vec<&Task>>, replicas: usize) -> Vec<
     occupied.sort_by_key(|(running, slot)| (!running, *slot));
     occupied.truncate(replicas);
     let mut slots: std::collections::BTreeSet<u64> = occupied.into_iter().map(|(_, s)| s).collect();
+    let wanted = replicas.min(slots.len().saturating_add(max_new));
     let mut next = 1;
-    while slots.len() < replicas {
+    while slots.len() < wanted {
         slots.insert(next);
         next += 1;
     }

@@ -22,6 +22,8 @@ use shoal_raft::Replica;
 use shoal_store::{Event, Tables};
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
+
 /// Backoff after a pass whose every proposal failed.
 const RETRY_MIN_MS: u64 = 50;
 const RETRY_MAX_MS: u64 = 2_000;
@@ -103,7 +105,7 @@ pub async fn run(
     mut reconciler: impl Reconciler,
 ) {
     let mut changes = replica.store().watch();
-    let mut backoff_ms = RETRY_MIN_MS;
+    let mut backoff = Backoff::new(RETRY_MIN_MS, RETRY_MAX_MS);
     let mut full = true;
     let mut last_full = Instant::now();
     loop {
@@ -182,12 +184,11 @@ pub async fn run(
         if total > 0 && failed == total {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+                _ = tokio::time::sleep(backoff.next_pause()) => {}
             }
-            backoff_ms = (backoff_ms * 2).min(RETRY_MAX_MS);
             continue;
         }
-        backoff_ms = RETRY_MIN_MS;
+        backoff.reset();
         if total > 0 {
             // Our own writes changed the store: look again at once.
             continue;

@@ -385,12 +385,41 @@ pub fn subnets_overlap(a: (std::net::Ipv4Addr, u8), b: (std::net::Ipv4Addr, u8))
 }
 
 /// Checks a cluster spec.
+/// The largest `max_new_tasks_per_pass` a cluster may set.
+const MAX_NEW_TASKS_PER_PASS_CEILING: u64 = 100_000;
+/// The largest replica limits a cluster may set: about what a manager of
+/// 24 GiB holds in tasks with their history.
+const MAX_REPLICAS_CEILING: u64 = 10_000_000;
+
 pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), InvalidSpec> {
     if let Some(o) = &spec.orchestration {
         if o.task_history_retention_limit < 0 {
             return Err(invalid(
                 "task_history_limit",
                 format!("must be 0 or more, got {}", o.task_history_retention_limit),
+            ));
+        }
+        // Past these a single pass, or a single service, is again the
+        // unbounded work the limits exist to prevent.
+        if o.max_new_tasks_per_pass > MAX_NEW_TASKS_PER_PASS_CEILING {
+            return Err(invalid(
+                "max_new_tasks_per_pass",
+                format!(
+                    "must be at most {MAX_NEW_TASKS_PER_PASS_CEILING}, got {}",
+                    o.max_new_tasks_per_pass
+                ),
+            ));
+        }
+        if o.max_replicas_per_service > MAX_REPLICAS_CEILING
+            || o.max_replicas_total > MAX_REPLICAS_CEILING
+        {
+            return Err(invalid(
+                if o.max_replicas_per_service > MAX_REPLICAS_CEILING {
+                    "max_replicas_per_service"
+                } else {
+                    "max_replicas_total"
+                },
+                format!("must be at most {MAX_REPLICAS_CEILING}"),
             ));
         }
     }
@@ -567,6 +596,7 @@ mod tests {
         let spec = ClusterSpec {
             orchestration: Some(shoal_api::OrchestrationConfig {
                 task_history_retention_limit: -1,
+                ..Default::default()
             }),
             ..Default::default()
         };

@@ -27,6 +27,12 @@ struct Setup {
 }
 
 async fn setup(heartbeat_period_ms: u64) -> Setup {
+    setup_with_nodes(heartbeat_period_ms, Vec::new()).await
+}
+
+/// A dispatcher that starts over a store already recording `nodes` (as a
+/// restarted manager's does).
+async fn setup_with_nodes(heartbeat_period_ms: u64, nodes: Vec<shoal_api::Node>) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let config = ReplicaConfig::new(tmp.path().join("raft"), 1, "127.0.0.1:0".into());
     let replica = Arc::new(Replica::open(config, true).await.unwrap());
@@ -42,6 +48,9 @@ async fn setup(heartbeat_period_ms: u64) -> Setup {
         ..Default::default()
     };
     propose(&replica, store_action::Kind::Create, cluster).await;
+    for node in nodes {
+        propose(&replica, store_action::Kind::Create, node).await;
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let dispatcher = Dispatcher::new(Arc::clone(&replica), stopped.clone());
     tokio::spawn(dispatcher.monitor());
@@ -510,4 +519,42 @@ async fn a_node_expires_at_its_own_ttl_while_another_nodes_down_write_waits_to_c
             .all(|id| node_state(&replica, id) == Some(node_status::State::Down as i32))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_recorded_ready_that_never_opens_a_session_is_marked_down_after_a_grace() {
+    let recorded = |id: &str| shoal_api::Node {
+        id: id.into(),
+        status: Some(shoal_api::NodeStatus {
+            state: node_status::State::Ready as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Period 100 ms: TTL 300 ms, start-up grace 600 ms.
+    let mut s = setup_with_nodes(100, vec![recorded("ghost"), recorded("back")]).await;
+    // "back" reconnects within its grace and keeps beating; "ghost" never
+    // comes back.
+    let (_stream, back) = open_session(&mut s.client, "back").await;
+    let beat = HeartbeatRequest {
+        node_id: "back".into(),
+        session_id: back.session_id.clone(),
+    };
+    let (beats, mut answers) = open_heartbeats(&mut s.client).await;
+    let replica = Arc::clone(&s.replica);
+    let deadline = Instant::now() + WITHIN;
+    while node_state(&replica, "ghost") != Some(node_status::State::Down as i32) {
+        assert!(
+            Instant::now() < deadline,
+            "a node that never opened a session stayed READY"
+        );
+        beats.send(beat.clone()).await.unwrap();
+        answers.message().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        node_state(&replica, "back"),
+        Some(node_status::State::Ready as i32),
+        "a node that came back within its grace was marked down"
+    );
 }

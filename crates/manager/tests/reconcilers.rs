@@ -510,6 +510,7 @@ fn reaper_keeps_the_history_limit_per_slot_and_clears_removed_services() {
         spec: Some(ClusterSpec {
             orchestration: Some(OrchestrationConfig {
                 task_history_retention_limit: 2,
+                ..Default::default()
             }),
             ..Default::default()
         }),
@@ -949,4 +950,46 @@ fn tasks_move_off_a_node_whose_resources_shrink_below_their_reservations_newest_
         replacement.node_id.is_empty(),
         "the replacement is scheduled anew"
     );
+}
+
+#[test]
+fn a_service_larger_than_one_pass_converges_in_passes_of_the_clusters_budget() {
+    let mut w = World::new();
+    let cluster = Cluster {
+        id: "c".into(),
+        spec: Some(ClusterSpec {
+            orchestration: Some(OrchestrationConfig {
+                max_new_tasks_per_pass: 4,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    w.create(cluster, 0);
+    w.create(service(10, any_restart()), 0);
+    // A pass over everything makes at most 4 tasks and says the service is
+    // not done.
+    let decision = w.orchestrate(0);
+    assert_eq!(w.live().len(), 4);
+    assert_eq!(decision.unfinished, vec!["svc".to_string()]);
+    // The orchestrator between passes goes on with it, 4 at a time, without
+    // being told of any change, and stops at 10 with every slot once.
+    let mut ids = 100;
+    let mut orchestrator = orchestrator::Orchestrator::new(move || {
+        ids += 1;
+        format!("task{ids:03}")
+    });
+    let mut made = Vec::new();
+    for full in [true, false, false] {
+        let decision = orchestrator.orchestrate(&w.store.view(), 0, full);
+        made.push(decision.transactions.iter().map(Vec::len).sum::<usize>());
+        for txn in &decision.transactions {
+            w.apply(txn.clone(), 0);
+        }
+    }
+    assert_eq!(made, vec![4, 2, 0]);
+    let mut slots: Vec<u64> = w.live().iter().map(|t| t.slot).collect();
+    slots.sort();
+    assert_eq!(slots, (1..=10).collect::<Vec<u64>>());
 }

@@ -229,6 +229,9 @@ async fn bootstrap(
                     }),
                     orchestration: Some(OrchestrationConfig {
                         task_history_retention_limit: DEFAULT_TASK_HISTORY,
+                        max_replicas_per_service: shoal_manager::DEFAULT_MAX_REPLICAS_PER_SERVICE,
+                        max_replicas_total: shoal_manager::DEFAULT_MAX_REPLICAS_TOTAL,
+                        max_new_tasks_per_pass: shoal_manager::DEFAULT_MAX_NEW_TASKS_PER_PASS,
                     }),
                     dispatcher: Some(DispatcherConfig {
                         heartbeat_period_ms: DEFAULT_HEARTBEAT_MS,

@@ -322,6 +322,7 @@ async fn record_cluster(replica: &Replica, heartbeat_period_ms: u64) -> Result<(
             }),
             orchestration: Some(OrchestrationConfig {
                 task_history_retention_limit: 5,
+                ..Default::default()
             }),
             dispatcher: Some(DispatcherConfig {
                 heartbeat_period_ms,

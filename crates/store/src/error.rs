@@ -24,6 +24,20 @@ pub enum TxnError {
         name: String,
         id: String,
     },
+    #[error("{kind} {id} refers to {target_kind} {target}, which does not exist")]
+    MissingReference {
+        kind: String,
+        id: String,
+        target_kind: String,
+        target: String,
+    },
+    #[error("{kind} {id} is in use by {by_kind} {by}")]
+    InUse {
+        kind: String,
+        id: String,
+        by_kind: String,
+        by: String,
+    },
     #[error("invalid store action: {0}")]
     Invalid(String),
 }

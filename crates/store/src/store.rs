@@ -117,10 +117,17 @@ impl Store {
         self.view().to_snapshot()
     }
 
-    /// Replaces every table with a snapshot's content.
+    /// Replaces every table with a snapshot's content. Watchers get
+    /// [`Event::Reset`] before the write lock is released, so one that takes
+    /// a view after it sees the new tables, and one that decided from the
+    /// old ones learns that they are gone.
     pub fn restore(&self, snapshot: StoreSnapshot) -> Result<(), TxnError> {
         let tables = Tables::from_snapshot(snapshot)?;
-        *self.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
+        let mut current = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        let version = tables.version();
+        *current = tables;
+        // An error only means nobody listens.
+        let _ = self.events.send(Arc::new(vec![Event::Reset { version }]));
         Ok(())
     }
 }

@@ -256,6 +256,17 @@ impl Named for Node {
     }
 }
 
+/// The ids of the networks a service's tasks attach to.
+fn service_networks(service: &Service) -> impl Iterator<Item = &str> {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task.as_ref())
+        .into_iter()
+        .flat_map(|t| t.networks.iter())
+        .map(|n| n.target.as_str())
+}
+
 fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
@@ -581,6 +592,81 @@ impl Tables {
                     }
                 }
                 store_action::Kind::Check => {}
+            }
+        }
+        self.check_references(txn)
+    }
+
+    /// References between objects, checked in log order when the entry is
+    /// applied (DESIGN.md §3): a service may only name networks that exist,
+    /// and a network may only go when no service names it. Checking them
+    /// only before proposing would let a `network rm` and a `service create`
+    /// that each saw the other's old world both commit.
+    fn check_references(&self, txn: &Transaction) -> Result<(), TxnError> {
+        let kind_of = |a: &StoreAction| store_action::Kind::try_from(a.kind).ok();
+        let removed = |kind: ObjectKind| -> HashSet<&str> {
+            txn.actions
+                .iter()
+                .filter(|a| kind_of(a) == Some(store_action::Kind::Remove))
+                .filter_map(|a| a.target.as_ref())
+                .filter(|t| t.kind() == Some(kind))
+                .map(|t| t.id())
+                .collect()
+        };
+        let removed_networks = removed(ObjectKind::Network);
+        let created_networks: HashSet<&str> = txn
+            .actions
+            .iter()
+            .filter(|a| kind_of(a) == Some(store_action::Kind::Create))
+            .filter_map(|a| a.target.as_ref())
+            .filter(|t| t.kind() == Some(ObjectKind::Network))
+            .map(|t| t.id())
+            .collect();
+        let mut written_services: HashSet<&str> = removed(ObjectKind::Service);
+        for action in &txn.actions {
+            let writes = matches!(
+                kind_of(action),
+                Some(store_action::Kind::Create | store_action::Kind::Update)
+            );
+            let Some(Object {
+                kind: Some(object::Kind::Service(service)),
+            }) = action.target.as_ref()
+            else {
+                continue;
+            };
+            if !writes {
+                continue;
+            }
+            written_services.insert(service.id.as_str());
+            for network in service_networks(service) {
+                let exists = (self.networks.by_id.contains_key(network)
+                    || created_networks.contains(network))
+                    && !removed_networks.contains(network);
+                if !exists {
+                    return Err(TxnError::MissingReference {
+                        kind: "service".into(),
+                        id: service.id.clone(),
+                        target_kind: "network".into(),
+                        target: network.to_string(),
+                    });
+                }
+            }
+        }
+        if removed_networks.is_empty() {
+            return Ok(());
+        }
+        for service in self.services.by_id.values() {
+            if written_services.contains(service.id.as_str()) {
+                continue;
+            }
+            if let Some(network) = service_networks(service).find(|n| removed_networks.contains(n))
+            {
+                return Err(TxnError::InUse {
+                    kind: "network".into(),
+                    id: network.to_string(),
+                    by_kind: "service".into(),
+                    by: service.unique_name().unwrap_or(&service.id).to_string(),
+                });
             }
         }
         Ok(())

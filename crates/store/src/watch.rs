@@ -1,5 +1,6 @@
 //! What watchers receive: each change of a committed entry, then a commit
-//! marker, in log order.
+//! marker, in log order; and a reset when the store is replaced whole by a
+//! raft snapshot, after which a watcher must read everything again.
 
 use std::sync::Arc;
 
@@ -27,6 +28,9 @@ pub enum Event {
     },
     /// Every change of the entry at raft index `version` has been sent.
     Commit { version: u64 },
+    /// The tables were replaced whole (a raft snapshot installed) at
+    /// `version`: what a watcher built from earlier events is stale.
+    Reset { version: u64 },
 }
 
 impl Event {
@@ -46,6 +50,12 @@ impl Event {
             },
             Event::Commit { version } => WatchEvent {
                 action: watch_event::Action::Commit as i32,
+                object: None,
+                version: *version,
+                timestamp_ms: 0,
+            },
+            Event::Reset { version } => WatchEvent {
+                action: watch_event::Action::Reset as i32,
                 object: None,
                 version: *version,
                 timestamp_ms: 0,
@@ -93,23 +103,30 @@ impl WatchStream {
 
     /// Hands every event already queued to `f`, in commit order, without
     /// waiting and without copying them. Returns false when the watcher
-    /// lagged (some were lost) or the store closed: the caller must then
-    /// start from a fresh view.
+    /// lagged (some were lost), the store was reset (a snapshot installed:
+    /// nothing after the reset is handed over) or the store closed: the
+    /// caller must then start from a fresh view.
     ///
     /// Called while holding a view, it hands over exactly the changes up to
     /// that view's version: writers wait for the view, and send their
     /// changes before they let it go.
     pub fn drain_with(&mut self, mut f: impl FnMut(&Event)) -> bool {
+        let mut in_step = true;
+        let mut hand = |e: &Event| match e {
+            Event::Reset { .. } => in_step = false,
+            _ if in_step => f(e),
+            _ => {}
+        };
         for e in self.pending.drain(..) {
-            f(&e);
+            hand(&e);
         }
         if let Some(entry) = self.held.take() {
-            entry.iter().for_each(&mut f);
+            entry.iter().for_each(&mut hand);
         }
         loop {
             match self.rx.try_recv() {
-                Ok(entry) => entry.iter().for_each(&mut f),
-                Err(broadcast::error::TryRecvError::Empty) => return true,
+                Ok(entry) => entry.iter().for_each(&mut hand),
+                Err(broadcast::error::TryRecvError::Empty) => return in_step,
                 Err(_) => return false,
             }
         }

@@ -329,6 +329,7 @@ proptest! {
                             rebuilt.insert(object.id().to_string(), object);
                         }
                     }
+                    Event::Reset { .. } => panic!("no snapshot was installed"),
                 }
             }
         });

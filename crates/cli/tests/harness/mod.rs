@@ -190,3 +190,24 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect()
 }
+
+/// Polls `done` until it holds, failing after [`READY_WITHIN`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY_WITHIN;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "not within {READY_WITHIN:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A service's REPLICAS column in `service ls` (`3/3`), empty if absent.
+pub fn replicas(d: &Daemon, service: &str) -> String {
+    json_lines(&d.ok(&["service", "ls", "--format", "json"]))
+        .into_iter()
+        .find(|s| s["name"] == service)
+        .map(|s| s["replicas"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
