@@ -41,6 +41,15 @@ pub enum ServiceCommand {
         /// Keep printing as the tasks write.
         #[arg(short, long)]
         follow: bool,
+        /// Only the last N lines of each task's stdout and stderr (or `all`).
+        #[arg(short = 'n', long, value_parser = parse_tail, default_value = "all", value_name = "N")]
+        tail: Tail,
+        /// Prefix lines with the task's name only, not its id.
+        #[arg(long)]
+        no_task_ids: bool,
+        /// Print the lines alone, without any prefix.
+        #[arg(long)]
+        raw: bool,
     },
     /// List the tasks of a service.
     Ps {
@@ -203,11 +212,18 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                 println!("{reference}");
             }
         }
-        ServiceCommand::Logs { service, follow } => {
+        ServiceCommand::Logs {
+            service,
+            follow,
+            tail,
+            no_task_ids,
+            raw,
+        } => {
             let request = shoal_api::LogsRequest {
                 service,
                 task: String::new(),
                 follow,
+                tail: tail.0,
             };
             let mut stream = match client.api().logs(request).await {
                 Ok(r) => r.into_inner(),
@@ -220,16 +236,24 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                     Ok(None) => break,
                     Err(status) => return Err(client.error(status)),
                 };
-                let prefix = format!("{}.{}", line.task_name, crate::output::short(&line.task_id));
+                let prefix = if raw {
+                    String::new()
+                } else if no_task_ids {
+                    format!("{:<24} | ", line.task_name)
+                } else {
+                    let name =
+                        format!("{}.{}", line.task_name, crate::output::short(&line.task_id));
+                    format!("{name:<24} | ")
+                };
                 let mut text = line.line;
                 text.push(b'\n');
                 let result = if line.stream == "stderr" {
                     let mut err = std::io::stderr().lock();
-                    err.write_all(format!("{prefix:<24} | ").as_bytes())
+                    err.write_all(prefix.as_bytes())
                         .and_then(|_| err.write_all(&text))
                 } else {
                     let mut out = std::io::stdout().lock();
-                    out.write_all(format!("{prefix:<24} | ").as_bytes())
+                    out.write_all(prefix.as_bytes())
                         .and_then(|_| out.write_all(&text))
                 };
                 // A closed pipe (`| head`) ends the command quietly.
@@ -297,4 +321,17 @@ fn mode_name(mode: i32) -> String {
     ServiceMode::try_from(mode)
         .map(|m| m.as_str_name().to_ascii_lowercase().replace('_', "-"))
         .unwrap_or_else(|_| mode.to_string())
+}
+
+/// `--tail`: a number of lines, or `all`.
+#[derive(Debug, Clone, Copy)]
+pub struct Tail(Option<u64>);
+
+fn parse_tail(text: &str) -> Result<Tail, String> {
+    if text == "all" {
+        return Ok(Tail(None));
+    }
+    text.parse::<u64>()
+        .map(|n| Tail(Some(n)))
+        .map_err(|_| format!("{text:?}: must be a number of lines or `all`"))
 }

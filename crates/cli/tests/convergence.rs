@@ -335,3 +335,52 @@ fn logs_follow_prints_what_tasks_write_as_they_write_it() {
     let _ = follow.kill();
     let _ = follow.wait();
 }
+
+#[test]
+fn logs_of_any_size_end_with_the_newest_line_and_take_tail_raw_and_no_task_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    // About 2.3 MB: larger than one read of the log.
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "big",
+        "--restart-condition",
+        "none",
+        "--",
+        "seq",
+        "1",
+        "300000",
+    ]);
+    wait_until("the task finished", || {
+        tasks(&d, "big").iter().any(|t| {
+            t["current_state"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Complete")
+        })
+    });
+    let raw = d.ok(&["service", "logs", "--raw", "big"]);
+    let lines: Vec<&str> = raw.lines().collect();
+    assert_eq!(lines.len(), 300_000, "not the whole log");
+    assert_eq!(lines.first(), Some(&"1"));
+    assert_eq!(lines.last(), Some(&"300000"), "the newest line is missing");
+
+    let tail = d.ok(&["service", "logs", "--tail", "3", "big"]);
+    let ends: Vec<&str> = tail
+        .lines()
+        .map(|l| l.rsplit("| ").next().unwrap())
+        .collect();
+    assert_eq!(ends, ["299998", "299999", "300000"]);
+    assert!(tail.lines().all(|l| l.starts_with("big.1.")), "{tail}");
+
+    let short = d.ok(&["service", "logs", "-n", "1", "--no-task-ids", "big"]);
+    assert_eq!(
+        short.split_whitespace().collect::<Vec<_>>(),
+        ["big.1", "|", "300000"]
+    );
+
+    let err = d.fails(&["service", "logs", "--tail", "many", "big"]);
+    assert!(err.contains("must be a number of lines or `all`"), "{err}");
+}

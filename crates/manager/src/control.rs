@@ -713,7 +713,10 @@ impl Control for ControlApi {
             self.config.tasks_dir.clone(),
             self.config.node_id.clone(),
             selector,
-            req.follow,
+            crate::logs::Reading {
+                follow: req.follow,
+                tail: req.tail,
+            },
             tx,
         ));
         Ok(Response::new(Box::pin(

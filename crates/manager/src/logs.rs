@@ -1,15 +1,18 @@
 //! Task logs, read from the local agent's task directories.
 //!
 //! Every task's stdout and stderr are files in its directory on the node that
-//! ran it. This manager serves the tasks of its own node; a line is sent once
-//! it is complete (ends with a newline), except at the end of a non-follow
-//! read, where a trailing partial line is sent as it is. With `follow`, the
-//! files are read again every `FOLLOW_POLL_MS` until the client goes away,
-//! and tasks that appear later (a replacement) join the stream.
+//! ran it. This manager serves the tasks of its own node. A read starts at the
+//! beginning of each file, or with `tail` at its last lines, and runs to the
+//! end the file had when the read began, whatever its size: the newest line
+//! is always shown. A line is sent once it is complete (ends with a newline),
+//! except at the end of a non-follow read, where a trailing partial line is
+//! sent as it is. With `follow`, the files are read again every
+//! `FOLLOW_POLL_MS` until the client goes away, and tasks that appear later
+//! (a replacement) join the stream.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +22,13 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 const FOLLOW_POLL_MS: u64 = 250;
-/// A log larger than this is read from its last this-many bytes.
-const MAX_BACKLOG_BYTES: u64 = 4 << 20;
 /// Bytes read from one file per pass, so one chatty task cannot starve others.
 const MAX_READ_BYTES: u64 = 1 << 20;
+/// A line longer than this is sent in pieces of this size: a task that
+/// writes without newlines cannot make the manager buffer without bound.
+const MAX_LINE_BYTES: usize = 256 << 10;
+/// Bytes scanned backwards per read when looking for the last lines.
+const TAIL_SCAN_BYTES: u64 = 64 << 10;
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
 /// Which tasks to read.
@@ -35,6 +41,15 @@ struct Cursor {
     name: String,
     offset: Option<u64>,
     partial: Vec<u8>,
+}
+
+/// What to read of each file.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    /// Keep reading what is written after the end.
+    pub follow: bool,
+    /// Start at the last this-many lines (all when `None`).
+    pub tail: Option<u64>,
 }
 
 fn task_name(store: &Store, task: &Task) -> String {
@@ -63,7 +78,7 @@ pub async fn stream(
     tasks_dir: PathBuf,
     node_id: String,
     selector: Selector,
-    follow: bool,
+    reading: Reading,
     tx: mpsc::Sender<Result<LogLine, Status>>,
 ) {
     let mut cursors: BTreeMap<(u64, i64, String, &'static str), Cursor> = BTreeMap::new();
@@ -89,19 +104,28 @@ pub async fn stream(
         }
         for ((_, _, task_id, stream), cursor) in cursors.iter_mut() {
             let path = tasks_dir.join(task_id).join(format!("{stream}.log"));
-            for line in read_new_lines(&path, cursor, !follow) {
-                let message = LogLine {
-                    task_id: task_id.clone(),
-                    task_name: cursor.name.clone(),
-                    stream: stream.to_string(),
-                    line,
-                };
-                if tx.send(Ok(message)).await.is_err() {
-                    return;
+            // Following, one chunk per file per pass; otherwise each file to
+            // the end it had when the read began.
+            let end = (!reading.follow).then(|| file_len(&path));
+            loop {
+                let (lines, more) = read_new_lines(&path, cursor, reading, end);
+                for line in lines {
+                    let message = LogLine {
+                        task_id: task_id.clone(),
+                        task_name: cursor.name.clone(),
+                        stream: stream.to_string(),
+                        line,
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                if reading.follow || !more {
+                    break;
                 }
             }
         }
-        if !follow {
+        if !reading.follow {
             return;
         }
         tokio::select! {
@@ -111,37 +135,152 @@ pub async fn stream(
     }
 }
 
-/// The complete lines added to `path` since the cursor, and with `flush` a
-/// trailing partial one. A file that shrank was rotated: read it from the
-/// start.
-fn read_new_lines(path: &std::path::Path, cursor: &mut Cursor, flush: bool) -> Vec<Vec<u8>> {
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Where the last `lines` lines of the file begin (a trailing partial line
+/// counts as one). Reads backwards in bounded chunks, so it costs what the
+/// lines take, not what the file holds.
+fn tail_offset(file: &mut std::fs::File, len: u64, lines: u64) -> u64 {
+    if lines == 0 {
+        return len;
+    }
+    let mut end = len;
+    let mut newlines = 0u64;
+    // A final newline ends the last line; it does not start one.
+    let mut skip_final = true;
+    let mut buf = vec![0u8; TAIL_SCAN_BYTES as usize];
+    while end > 0 {
+        let start = end.saturating_sub(TAIL_SCAN_BYTES);
+        let chunk = &mut buf[..(end - start) as usize];
+        if file.seek(SeekFrom::Start(start)).is_err() || file.read_exact(chunk).is_err() {
+            return 0;
+        }
+        for (i, b) in chunk.iter().enumerate().rev() {
+            if *b != b'\n' {
+                skip_final = false;
+                continue;
+            }
+            if skip_final {
+                skip_final = false;
+                continue;
+            }
+            newlines += 1;
+            if newlines == lines {
+                return start + i as u64 + 1;
+            }
+        }
+        end = start;
+    }
+    0
+}
+
+/// The complete lines added to `path` since the cursor, and whether more
+/// is left to read (below `end`, when given). The last read of a
+/// non-follow read also sends a trailing partial line. A file that shrank
+/// was rotated: read it from the start.
+fn read_new_lines(
+    path: &Path,
+    cursor: &mut Cursor,
+    reading: Reading,
+    end: Option<u64>,
+) -> (Vec<Vec<u8>>, bool) {
     let Ok(mut file) = std::fs::File::open(path) else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
-    let len = file.metadata().map_or(0, |m| m.len());
+    let len = end.unwrap_or_else(|| file.metadata().map_or(0, |m| m.len()));
     let offset = match cursor.offset {
-        None => len.saturating_sub(MAX_BACKLOG_BYTES),
-        Some(o) if o > len => {
+        None => match reading.tail {
+            None => 0,
+            Some(n) => tail_offset(&mut file, len, n),
+        },
+        Some(o) if o > file.metadata().map_or(0, |m| m.len()) => {
             cursor.partial.clear();
             0
         }
         Some(o) => o,
     };
+    let want = MAX_READ_BYTES.min(len.saturating_sub(offset));
     let mut buf = Vec::new();
-    if file.seek(SeekFrom::Start(offset)).is_ok() {
-        let _ = file.take(MAX_READ_BYTES).read_to_end(&mut buf);
+    if want > 0 && file.seek(SeekFrom::Start(offset)).is_ok() {
+        let _ = file.take(want).read_to_end(&mut buf);
     }
     cursor.offset = Some(offset + buf.len() as u64);
+    let more = !buf.is_empty() && offset + (buf.len() as u64) < len;
     cursor.partial.extend_from_slice(&buf);
+    // Each line is copied out once and what was consumed is dropped once:
+    // splitting the buffer per line would copy its rest for every line.
     let mut lines = Vec::new();
-    while let Some(end) = cursor.partial.iter().position(|b| *b == b'\n') {
-        let rest = cursor.partial.split_off(end + 1);
-        let mut line = std::mem::replace(&mut cursor.partial, rest);
-        line.pop();
-        lines.push(line);
+    let mut start = 0;
+    while let Some(len) = cursor.partial[start..].iter().position(|b| *b == b'\n') {
+        lines.push(cursor.partial[start..start + len].to_vec());
+        start += len + 1;
     }
-    if flush && !cursor.partial.is_empty() {
+    while cursor.partial.len() - start > MAX_LINE_BYTES {
+        lines.push(cursor.partial[start..start + MAX_LINE_BYTES].to_vec());
+        start += MAX_LINE_BYTES;
+    }
+    cursor.partial.drain(..start);
+    if !reading.follow && !more && !cursor.partial.is_empty() {
         lines.push(std::mem::take(&mut cursor.partial));
     }
-    lines
+    (lines, more)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(text: &str, n: u64) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, text).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let at = tail_offset(&mut f, text.len() as u64, n);
+        text[at as usize..].to_string()
+    }
+
+    #[test]
+    fn tail_starts_at_the_last_lines_whatever_the_file_ends_with() {
+        assert_eq!(tail_of("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail_of("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail_of("a\nb\nc\n", 10), "a\nb\nc\n");
+        assert_eq!(tail_of("a\nb\n", 0), "");
+        assert_eq!(tail_of("", 3), "");
+        // Across the backward scan's chunks.
+        let long: String = (0..50_000).map(|i| format!("{i}\n")).collect();
+        assert_eq!(tail_of(&long, 2), "49998\n49999\n");
+    }
+
+    #[test]
+    fn a_read_without_follow_runs_to_the_end_and_splits_endless_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut text: String = (0..400_000).map(|i| format!("{i}\n")).collect();
+        text.push_str(&"x".repeat(MAX_LINE_BYTES + 10));
+        std::fs::write(&path, &text).unwrap();
+        let mut cursor = Cursor {
+            name: String::new(),
+            offset: None,
+            partial: Vec::new(),
+        };
+        let reading = Reading {
+            follow: false,
+            tail: None,
+        };
+        let end = Some(file_len(&path));
+        let mut lines = Vec::new();
+        loop {
+            let (got, more) = read_new_lines(&path, &mut cursor, reading, end);
+            lines.extend(got);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(lines.len(), 400_002);
+        assert_eq!(lines[399_999], b"399999");
+        assert_eq!(lines[400_000].len(), MAX_LINE_BYTES);
+        assert_eq!(lines[400_001].len(), 10);
+    }
 }

@@ -56,6 +56,8 @@ pub enum DaemonError {
     Transport(#[from] shoal_api::transport::TransportError),
     #[error("the agent cannot start: {0}")]
     Agent(String),
+    #[error("raft stopped and can write no more ({0}); fix the cause (free disk space in the state dir) and start the daemon again: every acknowledged write is in its log")]
+    RaftFailed(String),
     #[error("serving {what} failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -128,17 +130,30 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             let _ = stop.wait_for(|s| *s).await;
         });
     tokio::pin!(control_server);
+    let mut raft_failed = None;
     let served = tokio::select! {
         _ = &mut shutdown => {
             let _ = stop_tx.send(true);
             control_server.await
         }
         served = &mut control_server => served,
+        reason = replica.failed() => {
+            // Nothing can be written any more: stop everything and exit
+            // non-zero, so a supervisor restarts the daemon (which recovers
+            // every acknowledged write from the log) once the cause is gone.
+            tracing::error!(%reason, "raft stopped; the daemon exits");
+            raft_failed = Some(reason);
+            let _ = stop_tx.send(true);
+            control_server.await
+        }
     };
     let _ = stop_tx.send(true);
     while background.join_next().await.is_some() {}
     replica.shutdown().await;
     let _ = std::fs::remove_file(&socket);
+    if let Some(reason) = raft_failed {
+        return Err(DaemonError::RaftFailed(reason));
+    }
     served.map_err(|e| DaemonError::Serve {
         what: "the control API",
         message: e.to_string(),

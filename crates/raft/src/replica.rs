@@ -199,6 +199,30 @@ impl Replica {
             .map_err(|e| ReplicaError::Raft(e.to_string()))
     }
 
+    /// Resolves, with the reason, when raft stopped on its own: a storage
+    /// error (a full disk, a failed fsync) ends openraft's core, and the
+    /// replica can never write again. The process must then end
+    /// (DESIGN.md §4: never a live daemon that can no longer write). Never
+    /// resolves after [`Replica::shutdown`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only watches raft's metrics.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let state = metrics.borrow_and_update().running_state.clone();
+            match state {
+                Ok(()) => {}
+                Err(openraft::error::Fatal::Stopped) => break,
+                Err(fatal) => return fatal.to_string(),
+            }
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+        std::future::pending().await
+    }
+
     /// Stops raft; pending proposals fail with `ShuttingDown`.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
