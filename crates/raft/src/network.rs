@@ -1,8 +1,17 @@
 //! Raft's RPCs between managers, over gRPC through the transport module.
 //!
 //! [`Network`] is the client openraft uses to reach a peer; [`RaftService`] is
-//! the server half that hands incoming RPCs to the local raft. Payloads are
-//! openraft's own request and response types as JSON.
+//! the server half that hands incoming RPCs to the local raft. The small part
+//! of each message is openraft's own type as JSON; log entries go in the
+//! log's binary form ([`crate::codec`]) and snapshot chunks as raw bytes, so
+//! a message is about the size of what it carries (JSON made every byte a
+//! number in an array, 3.5 times the size).
+//!
+//! An AppendEntries carries at most [`MAX_APPEND_BYTES`] of entries (at least
+//! one entry, each at most [`crate::MAX_ENTRY_BYTES`]): what does not fit is
+//! left for the next message and openraft is told of the part that was sent
+//! (`PartialSuccess`), so a follower far behind catches up over entries of
+//! any allowed size.
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -48,10 +57,33 @@ pub struct PeerClient {
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, E>>;
 
+/// Bytes of entries one AppendEntries carries at most: twice the largest
+/// entry, well under the message cap of the server.
+pub const MAX_APPEND_BYTES: usize = crate::proposer::MAX_ENTRY_BYTES * 2;
+/// Largest raft message a server accepts.
+const MAX_MESSAGE_BYTES: usize = crate::proposer::MAX_ENTRY_BYTES * 4;
+
+/// The message for `header` (JSON) with its bulk beside it.
+fn message<T: Serialize, E>(
+    header: &T,
+    entries: Vec<Vec<u8>>,
+    data: Vec<u8>,
+) -> RpcResult<RaftMessage, E>
+where
+    E: std::error::Error,
+{
+    let payload =
+        serde_json::to_vec(header).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    Ok(RaftMessage {
+        payload,
+        entries,
+        data,
+    })
+}
+
 impl PeerClient {
-    async fn call<Req, Resp, E>(&mut self, rpc: &'static str, req: &Req) -> RpcResult<Resp, E>
+    async fn call<Resp, E>(&mut self, rpc: &'static str, msg: RaftMessage) -> RpcResult<Resp, E>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -59,9 +91,6 @@ impl PeerClient {
             .client
             .as_mut()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(e.clone()))))?;
-        let payload =
-            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let msg = RaftMessage { payload };
         let reply = match rpc {
             "append" => client.append_entries(msg).await,
             "vote" => client.vote(msg).await,
@@ -80,18 +109,29 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
-        self.call("append", &rpc).await
+        let (entries, last_sent) = encode_entries(std::mem::take(&mut rpc.entries));
+        let msg = message(&rpc, entries, Vec::new())?;
+        let response: AppendEntriesResponse<u64> = self.call("append", msg).await?;
+        Ok(match (response, last_sent) {
+            // Only part was sent: that part is what the follower has.
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (response, _) => response,
+        })
     }
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
-        self.call("snapshot", &rpc).await
+        let data = std::mem::take(&mut rpc.data);
+        let msg = message(&rpc, Vec::new(), data)?;
+        self.call("snapshot", msg).await
     }
 
     async fn vote(
@@ -99,8 +139,31 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<u64>,
         _option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, RaftError<u64>> {
-        self.call("vote", &rpc).await
+        let msg = message(&rpc, Vec::new(), Vec::new())?;
+        self.call("vote", msg).await
     }
+}
+
+/// The entries in their binary form, as many as fit [`MAX_APPEND_BYTES`]
+/// (at least one), and the id of the last one sent when some were left out.
+fn encode_entries(
+    entries: Vec<openraft::Entry<TypeConfig>>,
+) -> (Vec<Vec<u8>>, Option<openraft::LogId<u64>>) {
+    let total = entries.len();
+    let mut out = Vec::with_capacity(total);
+    let mut bytes = 0;
+    let mut last = None;
+    for entry in entries {
+        let encoded = crate::codec::encode_entry(&entry);
+        if !out.is_empty() && bytes + encoded.len() > MAX_APPEND_BYTES {
+            break;
+        }
+        bytes += encoded.len();
+        last = Some(entry.log_id);
+        out.push(encoded);
+    }
+    let partial = out.len() < total;
+    (out, last.filter(|_| partial))
 }
 
 /// The gRPC server half: hands peers' RPCs to the local raft.
@@ -111,18 +174,23 @@ pub struct RaftService {
 impl RaftService {
     pub fn new(raft: Raft) -> raft_server::RaftServer<RaftService> {
         raft_server::RaftServer::new(RaftService { raft })
-            .max_decoding_message_size(crate::proposer::MAX_ENTRY_BYTES * 4)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 }
 
-fn decode<T: DeserializeOwned>(msg: tonic::Request<RaftMessage>) -> Result<T, tonic::Status> {
-    serde_json::from_slice(&msg.into_inner().payload)
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, tonic::Status> {
+    serde_json::from_slice(payload)
         .map_err(|e| tonic::Status::invalid_argument(format!("raft message: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
     serde_json::to_vec(value)
-        .map(|payload| tonic::Response::new(RaftMessage { payload }))
+        .map(|payload| {
+            tonic::Response::new(RaftMessage {
+                payload,
+                ..Default::default()
+            })
+        })
         .map_err(|e| tonic::Status::internal(format!("raft reply: {e}")))
 }
 
@@ -132,7 +200,14 @@ impl raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
-        let req: AppendEntriesRequest<TypeConfig> = decode(request)?;
+        let msg = request.into_inner();
+        let mut req: AppendEntriesRequest<TypeConfig> = decode(&msg.payload)?;
+        req.entries = msg
+            .entries
+            .iter()
+            .map(|bytes| crate::codec::decode_entry(bytes))
+            .collect::<Result<_, _>>()
+            .map_err(|e| tonic::Status::invalid_argument(format!("raft entry: {e}")))?;
         encode(&self.raft.append_entries(req).await)
     }
 
@@ -140,7 +215,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
-        let req: VoteRequest<u64> = decode(request)?;
+        let req: VoteRequest<u64> = decode(&request.into_inner().payload)?;
         encode(&self.raft.vote(req).await)
     }
 
@@ -148,7 +223,9 @@ impl raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
-        let req: InstallSnapshotRequest<TypeConfig> = decode(request)?;
+        let msg = request.into_inner();
+        let mut req: InstallSnapshotRequest<TypeConfig> = decode(&msg.payload)?;
+        req.data = msg.data;
         encode(&self.raft.install_snapshot(req).await)
     }
 }
