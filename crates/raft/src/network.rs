@@ -63,27 +63,17 @@ pub const MAX_APPEND_BYTES: usize = crate::proposer::MAX_ENTRY_BYTES * 2;
 /// Largest raft message a server accepts.
 const MAX_MESSAGE_BYTES: usize = crate::proposer::MAX_ENTRY_BYTES * 4;
 
-/// The message for `header` (JSON) with its bulk beside it.
-fn message<T: Serialize, E>(
-    header: &T,
-    entries: Vec<Vec<u8>>,
-    data: Vec<u8>,
-) -> RpcResult<RaftMessage, E>
-where
-    E: std::error::Error,
-{
-    let payload =
-        serde_json::to_vec(header).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-    Ok(RaftMessage {
-        payload,
-        entries,
-        data,
-    })
-}
-
 impl PeerClient {
-    async fn call<Resp, E>(&mut self, rpc: &'static str, msg: RaftMessage) -> RpcResult<Resp, E>
+    /// Sends `header` (as JSON) with its bulk beside it.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: &'static str,
+        header: &Req,
+        entries: Vec<Vec<u8>>,
+        data: Vec<u8>,
+    ) -> RpcResult<Resp, E>
     where
+        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -91,6 +81,13 @@ impl PeerClient {
             .client
             .as_mut()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(e.clone()))))?;
+        let payload =
+            serde_json::to_vec(header).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let msg = RaftMessage {
+            payload,
+            entries,
+            data,
+        };
         let reply = match rpc {
             "append" => client.append_entries(msg).await,
             "vote" => client.vote(msg).await,
@@ -113,8 +110,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
         let (entries, last_sent) = encode_entries(std::mem::take(&mut rpc.entries));
-        let msg = message(&rpc, entries, Vec::new())?;
-        let response: AppendEntriesResponse<u64> = self.call("append", msg).await?;
+        let response: AppendEntriesResponse<u64> =
+            self.call("append", &rpc, entries, Vec::new()).await?;
         Ok(match (response, last_sent) {
             // Only part was sent: that part is what the follower has.
             (AppendEntriesResponse::Success, Some(last)) => {
@@ -130,8 +127,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
         let data = std::mem::take(&mut rpc.data);
-        let msg = message(&rpc, Vec::new(), data)?;
-        self.call("snapshot", msg).await
+        self.call("snapshot", &rpc, Vec::new(), data).await
     }
 
     async fn vote(
@@ -139,8 +135,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<u64>,
         _option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, RaftError<u64>> {
-        let msg = message(&rpc, Vec::new(), Vec::new())?;
-        self.call("vote", msg).await
+        self.call("vote", &rpc, Vec::new(), Vec::new()).await
     }
 }
 
