@@ -118,12 +118,16 @@ fn main() {
         .await
         .unwrap();
         loop {
-            let list = api
+            let mut pages = api
                 .list_services(ListRequest::default())
                 .await
                 .unwrap()
                 .into_inner();
-            if list.services.iter().any(|s| s.running_tasks == 100) {
+            let mut running = false;
+            while let Some(page) = pages.message().await.unwrap() {
+                running |= page.services.iter().any(|s| s.running_tasks == 100);
+            }
+            if running {
                 break;
             }
             assert!(

@@ -66,3 +66,35 @@ macro_rules! call {
         }
     }};
 }
+
+/// Every page of a streamed list call, their items in order:
+/// `list_all!(client, list_nodes(request), nodes)`.
+#[macro_export]
+macro_rules! list_all {
+    ($client:expr, $method:ident($req:expr), $field:ident) => {{
+        let mut items = Vec::new();
+        $crate::each_page!($client, $method($req), page => items.extend(page.$field))
+            .map(|()| items)
+    }};
+}
+
+/// Runs `body` on each page of a streamed list call as it arrives:
+/// `each_page!(client, list_services(request), page => { … })`.
+#[macro_export]
+macro_rules! each_page {
+    ($client:expr, $method:ident($req:expr), $page:ident => $body:expr) => {{
+        match $client.api().$method($req).await {
+            Ok(r) => {
+                let mut stream = r.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some($page)) => $body,
+                        Ok(None) => break Ok::<(), anyhow::Error>(()),
+                        Err(status) => break Err($client.error(status)),
+                    }
+                }
+            }
+            Err(status) => Err($client.error(status)),
+        }
+    }};
+}

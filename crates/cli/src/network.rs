@@ -5,9 +5,9 @@ use shoal_api::{
     Annotations, CreateNetworkRequest, GetRequest, ListRequest, NetworkSpec, RemoveRequest,
 };
 
-use crate::call;
 use crate::client::Client;
 use crate::output::{Format, Listing};
+use crate::{call, list_all};
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
@@ -72,7 +72,7 @@ pub async fn run(mut client: Client, cmd: NetworkCommand) -> anyhow::Result<()> 
             println!("{}", created.network.unwrap_or_default().id);
         }
         NetworkCommand::Ls { quiet, format } => {
-            let networks = call!(client, list_networks(ListRequest::default()))?.networks;
+            let networks = list_all!(client, list_networks(ListRequest::default()), networks)?;
             let mut listing = Listing::new(vec!["ID", "NAME", "DRIVER", "SUBNET"]);
             for n in networks {
                 let spec = n.spec.clone().unwrap_or_default();

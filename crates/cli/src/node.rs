@@ -6,9 +6,9 @@ use shoal_api::{
     UpdateNodeRequest,
 };
 
-use crate::call;
 use crate::client::Client;
 use crate::output::{Format, Listing};
+use crate::{call, list_all};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Availability {
@@ -68,7 +68,7 @@ pub async fn run(mut client: Client, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::Ls { quiet, format } => {
             let me = client.version().await?.node_id;
-            let nodes = call!(client, list_nodes(ListRequest::default()))?.nodes;
+            let nodes = list_all!(client, list_nodes(ListRequest::default()), nodes)?;
             let mut listing = Listing::new(vec![
                 "ID",
                 "HOSTNAME",

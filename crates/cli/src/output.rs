@@ -43,6 +43,12 @@ impl Listing {
         self.rows.push(row);
     }
 
+    /// Forgets the rows (after they were printed).
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.ids.clear();
+    }
+
     pub fn render(&self, quiet: bool, format: Format) -> String {
         let mut out = String::new();
         if quiet {

@@ -6,11 +6,11 @@ use shoal_api::{
     ServiceMode, ServiceSpec, UpdateServiceRequest,
 };
 
-use crate::call;
 use crate::client::Client;
 use crate::flags::{apply_mode, ListFlags, Mode, RemoveFlags, SpecFlags};
 use crate::output::{Format, Listing};
 use crate::task::{print_tasks, TaskListArgs};
+use crate::{call, each_page, list_all};
 
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
@@ -124,30 +124,38 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             println!("{}", service.id);
         }
         ServiceCommand::Ls(args) => {
-            let list = call!(
-                client,
-                list_services(ListRequest {
-                    name_prefixes: args.filters
-                })
-            )?;
             let mut listing =
                 Listing::new(vec!["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "COMMAND"]);
-            for summary in list.services {
-                let service = summary.service.unwrap_or_default();
-                let spec = service.spec.clone().unwrap_or_default();
-                let runtime = runtime_of(&spec);
-                listing.push(
-                    &service.id,
-                    vec![
-                        name_of(&service),
-                        mode_name(spec.mode),
-                        format!("{}/{}", summary.running_tasks, summary.desired_tasks),
-                        runtime.image.clone(),
-                        runtime.command.join(" "),
-                    ],
-                );
+            // IDs and JSON lines print page by page as they arrive; a table
+            // needs every row to align its columns.
+            let streaming = args.quiet || args.format == Format::Json;
+            let request = ListRequest {
+                name_prefixes: args.filters,
+            };
+            each_page!(client, list_services(request), page => {
+                for summary in page.services {
+                    let service = summary.service.unwrap_or_default();
+                    let spec = service.spec.clone().unwrap_or_default();
+                    let runtime = runtime_of(&spec);
+                    listing.push(
+                        &service.id,
+                        vec![
+                            name_of(&service),
+                            mode_name(spec.mode),
+                            format!("{}/{}", summary.running_tasks, summary.desired_tasks),
+                            runtime.image.clone(),
+                            runtime.command.join(" "),
+                        ],
+                    );
+                }
+                if streaming {
+                    print!("{}", listing.render(args.quiet, args.format));
+                    listing.clear();
+                }
+            })?;
+            if !streaming {
+                print!("{}", listing.render(args.quiet, args.format));
             }
-            print!("{}", listing.render(args.quiet, args.format));
         }
         ServiceCommand::Inspect { services } => {
             let mut out = Vec::new();
@@ -162,7 +170,7 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             let mut spec = current.spec.clone().unwrap_or_default();
             args.spec.apply(&mut spec);
             args.lists.apply(&mut spec, true);
-            let networks = call!(client, list_networks(ListRequest::default()))?.networks;
+            let networks = list_all!(client, list_networks(ListRequest::default()), networks)?;
             let resolve = |reference: &str| -> String {
                 networks
                     .iter()
@@ -264,7 +272,7 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
         }
         ServiceCommand::Ps { service, list } => {
             let request = list.request(Some(service))?;
-            let tasks = call!(client, list_tasks(request))?.tasks;
+            let tasks = list_all!(client, list_tasks(request), tasks)?;
             print_tasks(&mut client, tasks, &list).await?;
         }
     }

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use clap::{Args, Subcommand, ValueEnum};
 use shoal_api::{GetRequest, ListRequest, ListTasksRequest, Task, TaskState};
 
-use crate::call;
 use crate::client::Client;
 use crate::output::{ago, Format, Listing};
+use crate::{call, list_all};
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -81,17 +81,17 @@ pub async fn print_tasks(
     mut tasks: Vec<Task>,
     args: &TaskListArgs,
 ) -> anyhow::Result<()> {
-    let services: HashMap<String, String> = call!(client, list_services(ListRequest::default()))?
-        .services
-        .into_iter()
-        .filter_map(|s| s.service)
-        .map(|s| (s.id.clone(), crate::service::name_of(&s)))
-        .collect();
-    let nodes: HashMap<String, String> = call!(client, list_nodes(ListRequest::default()))?
-        .nodes
-        .into_iter()
-        .map(|n| (n.id.clone(), n.name().unwrap_or(&n.id).to_string()))
-        .collect();
+    let services: HashMap<String, String> =
+        list_all!(client, list_services(ListRequest::default()), services)?
+            .into_iter()
+            .filter_map(|s| s.service)
+            .map(|s| (s.id.clone(), crate::service::name_of(&s)))
+            .collect();
+    let nodes: HashMap<String, String> =
+        list_all!(client, list_nodes(ListRequest::default()), nodes)?
+            .into_iter()
+            .map(|n| (n.id.clone(), n.name().unwrap_or(&n.id).to_string()))
+            .collect();
     tasks.sort_by_key(|t| {
         let created = t.meta.as_ref().map_or(0, |m| m.created_at_ms);
         (
@@ -149,7 +149,7 @@ pub async fn run(mut client: Client, cmd: TaskCommand) -> anyhow::Result<()> {
     match cmd {
         TaskCommand::Ls { service, list } => {
             let request = list.request(service)?;
-            let tasks = call!(client, list_tasks(request))?.tasks;
+            let tasks = list_all!(client, list_tasks(request), tasks)?;
             print_tasks(&mut client, tasks, &list).await
         }
         TaskCommand::Inspect { tasks } => {

@@ -110,3 +110,72 @@ fn a_service_larger_than_one_pass_converges_and_the_api_keeps_answering() {
     d.ok(&["service", "rm", "big"]);
     d.ok(&["service", "rm", "small"]);
 }
+
+#[test]
+fn lists_larger_than_one_message_are_listed_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    // 300 services of 60 KB of labels: 18 MB, more than one 16 MiB message.
+    let label = format!("blob={}", "x".repeat(60 << 10));
+    for i in 0..300 {
+        d.ok(&[
+            "service",
+            "create",
+            "--name",
+            &format!("s{i}"),
+            "--label",
+            &label,
+            "--replicas",
+            "0",
+            "--",
+            "sleep",
+            "1000",
+        ]);
+    }
+    assert_eq!(d.ok(&["service", "ls", "-q"]).lines().count(), 300);
+    assert_eq!(
+        d.ok(&["service", "ls", "--format", "json"]).lines().count(),
+        300
+    );
+    // The table: a header and every row.
+    assert_eq!(d.ok(&["service", "ls"]).lines().count(), 301);
+}
+
+#[test]
+fn a_label_of_20_mb_is_refused_naming_the_field_and_the_limit() {
+    // 20 MB cannot be one command-line argument (Linux caps one at 128 KiB):
+    // the request goes through the API as another client would send it.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        let channel = shoal_api::transport::connect_unix(&d.socket);
+        let mut api = shoal_api::control_client::ControlClient::new(channel);
+        let spec = shoal_api::ServiceSpec {
+            annotations: Some(shoal_api::Annotations {
+                name: "fat".into(),
+                labels: [("blob".to_string(), "x".repeat(20 << 20))].into(),
+            }),
+            task: Some(shoal_api::TaskSpec {
+                runtime: Some(shoal_api::Runtime {
+                    command: vec!["sleep".into(), "1000".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        api.create_service(shoal_api::CreateServiceRequest { spec: Some(spec) })
+            .await
+            .expect_err("a 20 MB label was accepted")
+    });
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "labels: the labels take 20971524 bytes; at most 262144 are allowed"
+    );
+    assert_eq!(d.ok(&["service", "ls", "-q"]).trim(), "");
+}

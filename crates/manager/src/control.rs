@@ -201,6 +201,39 @@ fn matches_prefixes(prefixes: &[String], id: &str, name: Option<&str>) -> bool {
             .any(|p| id.starts_with(p.as_str()) || name.is_some_and(|n| n.starts_with(p.as_str())))
 }
 
+/// A list answer: a stream of pages.
+type PageStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Encoded bytes of one page of a list at most (unless one object alone is
+/// larger): well under the 16 MiB a message may carry.
+const MAX_PAGE_BYTES: usize = 4 << 20;
+
+/// Cuts `items` into pages of at most [`MAX_PAGE_BYTES`] (at least one item
+/// each; one empty page for an empty list, so a client always gets an
+/// answer) and streams them.
+fn pages<T, R>(items: Vec<T>, wrap: fn(Vec<T>) -> R) -> Response<PageStream<R>>
+where
+    T: prost::Message,
+    R: Send + 'static,
+{
+    let mut out: Vec<Result<R, Status>> = Vec::new();
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let size = item.encoded_len();
+        if !page.is_empty() && bytes + size > MAX_PAGE_BYTES {
+            out.push(Ok(wrap(std::mem::take(&mut page))));
+            bytes = 0;
+        }
+        bytes += size;
+        page.push(item);
+    }
+    if !page.is_empty() || out.is_empty() {
+        out.push(Ok(wrap(page)));
+    }
+    Response::new(Box::pin(tokio_stream::iter(out)))
+}
+
 /// Fills in what a user may leave out.
 fn with_service_defaults(mut spec: ServiceSpec) -> ServiceSpec {
     let replicated = matches!(
@@ -320,10 +353,12 @@ impl Control for ControlApi {
         Ok(Response::new(RemoveResponse { id }))
     }
 
+    type ListServicesStream = PageStream<ListServicesResponse>;
+
     async fn list_services(
         &self,
         request: Request<ListRequest>,
-    ) -> ApiResult<ListServicesResponse> {
+    ) -> ApiResult<Self::ListServicesStream> {
         let prefixes = request.into_inner().name_prefixes;
         let view = self.view();
         let services = view
@@ -338,7 +373,9 @@ impl Control for ControlApi {
             })
             .map(|s| Self::summarize(&view, s))
             .collect();
-        Ok(Response::new(ListServicesResponse { services }))
+        Ok(pages(services, |services| ListServicesResponse {
+            services,
+        }))
     }
 
     async fn get_task(&self, request: Request<GetRequest>) -> ApiResult<TaskResponse> {
@@ -351,7 +388,12 @@ impl Control for ControlApi {
         }
     }
 
-    async fn list_tasks(&self, request: Request<ListTasksRequest>) -> ApiResult<ListTasksResponse> {
+    type ListTasksStream = PageStream<ListTasksResponse>;
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> ApiResult<Self::ListTasksStream> {
         let req = request.into_inner();
         let service_id = if req.service.is_empty() {
             None
@@ -380,7 +422,7 @@ impl Control for ControlApi {
                 req.desired_states.is_empty() || req.desired_states.contains(&t.desired_state)
             })
             .collect();
-        Ok(Response::new(ListTasksResponse { tasks }))
+        Ok(pages(tasks, |tasks| ListTasksResponse { tasks }))
     }
 
     async fn get_node(&self, request: Request<GetRequest>) -> ApiResult<NodeResponse> {
@@ -393,7 +435,9 @@ impl Control for ControlApi {
         }
     }
 
-    async fn list_nodes(&self, request: Request<ListRequest>) -> ApiResult<ListNodesResponse> {
+    type ListNodesStream = PageStream<ListNodesResponse>;
+
+    async fn list_nodes(&self, request: Request<ListRequest>) -> ApiResult<Self::ListNodesStream> {
         let prefixes = request.into_inner().name_prefixes;
         let nodes = self
             .view()
@@ -401,7 +445,7 @@ impl Control for ControlApi {
             .filter(|n| matches_prefixes(&prefixes, &n.id, n.name()))
             .cloned()
             .collect();
-        Ok(Response::new(ListNodesResponse { nodes }))
+        Ok(pages(nodes, |nodes| ListNodesResponse { nodes }))
     }
 
     async fn update_node(&self, request: Request<UpdateNodeRequest>) -> ApiResult<NodeResponse> {
@@ -538,10 +582,12 @@ impl Control for ControlApi {
         }
     }
 
+    type ListNetworksStream = PageStream<ListNetworksResponse>;
+
     async fn list_networks(
         &self,
         request: Request<ListRequest>,
-    ) -> ApiResult<ListNetworksResponse> {
+    ) -> ApiResult<Self::ListNetworksStream> {
         let prefixes = request.into_inner().name_prefixes;
         let networks = self
             .view()
@@ -556,7 +602,9 @@ impl Control for ControlApi {
             })
             .cloned()
             .collect();
-        Ok(Response::new(ListNetworksResponse { networks }))
+        Ok(pages(networks, |networks| ListNetworksResponse {
+            networks,
+        }))
     }
 
     async fn remove_network(&self, request: Request<RemoveRequest>) -> ApiResult<RemoveResponse> {

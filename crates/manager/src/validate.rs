@@ -56,11 +56,30 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
+/// The labels of one object take at most this many bytes (keys and values):
+/// objects are copied into every list and watch event, and one object must
+/// stay far below the 16 MiB a message carries.
+pub const MAX_LABEL_BYTES: usize = 256 << 10;
+/// A service spec takes at most this many bytes encoded (its labels, env,
+/// command …): every task carries a copy of its template.
+pub const MAX_SERVICE_SPEC_BYTES: usize = 1 << 20;
+
 fn validate_labels(field: &str, annotations: &Annotations) -> Result<(), InvalidSpec> {
     for key in annotations.labels.keys() {
         if key.trim().is_empty() {
             return Err(invalid(field, "a label key must not be empty"));
         }
+    }
+    let bytes: usize = annotations
+        .labels
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if bytes > MAX_LABEL_BYTES {
+        return Err(invalid(
+            field,
+            format!("the labels take {bytes} bytes; at most {MAX_LABEL_BYTES} are allowed"),
+        ));
     }
     Ok(())
 }
@@ -75,6 +94,13 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Result<(), InvalidSpec> {
     let annotations = spec.annotations.clone().unwrap_or_default();
     validate_name("name", &annotations.name)?;
     validate_labels("labels", &annotations)?;
+    let bytes = prost::Message::encoded_len(spec);
+    if bytes > MAX_SERVICE_SPEC_BYTES {
+        return Err(invalid(
+            "spec",
+            format!("the service spec takes {bytes} bytes encoded; at most {MAX_SERVICE_SPEC_BYTES} are allowed"),
+        ));
+    }
     let mode: ServiceMode = enum_value(
         "mode",
         spec.mode,

@@ -21,7 +21,10 @@ use crate::state_dir::{StateDir, StateDirError};
 
 /// How long the daemon waits to become leader of its own store at start.
 const LEADER_WAIT_MS: u64 = 30_000;
-/// Largest control API message, both ways.
+/// Largest control API request: larger than any valid one, so an oversized
+/// spec is refused by validation naming its field, not by the transport.
+const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Largest control API answer message (lists stream in smaller pages).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Finished tasks kept per slot unless the user says otherwise.
 const DEFAULT_TASK_HISTORY: i64 = 5;
@@ -115,7 +118,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         },
     );
     let service = ControlServer::new(control)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     eprintln!(
         "shoal daemon: node {} of cluster {} is ready; control socket {}",
