@@ -10,32 +10,29 @@
 pub mod allocator;
 mod backoff;
 mod constraint;
-mod control;
+pub mod controlapi;
 mod dispatcher;
-mod error;
 mod identity;
 pub mod leader;
 mod limits;
-mod logs;
 pub mod orchestrator;
 pub mod reaper;
 pub mod reconciler;
 pub mod scheduler;
-mod validate;
 
 /// Actions proposed in one transaction at most by a reconciler pass.
 pub const MAX_ACTIONS_PER_PASS: usize = 1_000;
 
 pub use constraint::{Constraint, ConstraintError, Operator};
-pub use control::{ControlApi, ControlConfig};
+pub use controlapi::ApiError;
+pub use controlapi::{
+    validate_cluster_spec, validate_network_spec, validate_node_spec, validate_service_spec,
+    InvalidSpec,
+};
+pub use controlapi::{ControlApi, ControlConfig};
 pub use dispatcher::{Dispatcher, HEARTBEAT_TTL_PERIODS};
-pub use error::ApiError;
 pub use identity::new_object_id;
 pub use limits::{
     Limits, DEFAULT_MAX_NEW_TASKS_PER_PASS, DEFAULT_MAX_REPLICAS_PER_SERVICE,
     DEFAULT_MAX_REPLICAS_TOTAL,
-};
-pub use validate::{
-    validate_cluster_spec, validate_network_spec, validate_node_spec, validate_service_spec,
-    InvalidSpec,
 };

@@ -10,7 +10,7 @@
 use shoal_api::{Cluster, ServiceMode, ServiceSpec};
 use shoal_store::Tables;
 
-use crate::validate::InvalidSpec;
+use crate::controlapi::InvalidSpec;
 
 /// Replicas one replicated service may ask for, by default.
 pub const DEFAULT_MAX_REPLICAS_PER_SERVICE: u64 = 100_000;

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use shoal_api::control_server::ControlServer;
 use shoal_api::{
     manager_status, node_status, store_action, Annotations, Cluster, ClusterSpec, DispatcherConfig,
     ManagerStatus, Node, NodeRole, NodeSpec, NodeStatus, Object, OrchestrationConfig, StoreAction,
     Transaction,
 };
+use shoal_manager::controlapi::grpc::GrpcControl;
 use shoal_manager::{new_object_id, ControlApi, ControlConfig};
 use shoal_raft::{Replica, ReplicaConfig};
 
@@ -117,9 +117,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             tasks_dir: state.path().join(AGENT_TASKS_DIR),
         },
     );
-    let service = ControlServer::new(control)
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = GrpcControl::server(Arc::new(control), MAX_REQUEST_BYTES, MAX_MESSAGE_BYTES);
     eprintln!(
         "shoal daemon: node {} of cluster {} is ready; control socket {}",
         marker.node_id,

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_api::control_client::ControlClient;
-use shoal_api::control_server::ControlServer;
 use shoal_api::{
     object, store_action, watch_event, Annotations, Cluster, ClusterSpec, DispatcherConfig,
     NodeDescription, OrchestrationConfig, Platform, Resources, StoreAction, Task, Transaction,
 };
+use shoal_manager::controlapi::grpc::GrpcControl;
 use shoal_manager::{ControlApi, ControlConfig};
 use shoal_raft::{Replica, ReplicaConfig};
 use shoal_store::{Event, Tables, WatchStream};
@@ -142,9 +142,8 @@ impl SimCluster {
         );
         let mut server_stop = stop_rx.clone();
         manager.spawn(async move {
-            let service = ControlServer::new(control)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let service =
+                GrpcControl::server(Arc::new(control), MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES);
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async move {

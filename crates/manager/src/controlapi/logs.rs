@@ -19,7 +19,9 @@ use std::time::Duration;
 use shoal_api::{LogLine, Task};
 use shoal_store::Store;
 use tokio::sync::mpsc;
-use tonic::Status;
+
+use super::{ApiError, ControlApi, EventStream, InvalidSpec, ReceiverStream, STREAM_BUFFER};
+use shoal_api::ObjectKind;
 
 const FOLLOW_POLL_MS: u64 = 250;
 /// Bytes read from one file per pass, so one chatty task cannot starve others.
@@ -79,7 +81,7 @@ pub async fn stream(
     node_id: String,
     selector: Selector,
     reading: Reading,
-    tx: mpsc::Sender<Result<LogLine, Status>>,
+    tx: mpsc::Sender<Result<LogLine, ApiError>>,
 ) {
     let mut cursors: BTreeMap<(u64, i64, String, &'static str), Cursor> = BTreeMap::new();
     loop {
@@ -226,6 +228,39 @@ fn read_new_lines(
         lines.push(std::mem::take(&mut cursor.partial));
     }
     (lines, more)
+}
+
+impl ControlApi {
+    pub async fn logs(
+        &self,
+        req: shoal_api::LogsRequest,
+    ) -> Result<EventStream<shoal_api::LogLine>, ApiError> {
+        let selector = match (req.service.is_empty(), req.task.is_empty()) {
+            (false, true) => Selector::Service(self.service(&req.service)?.id),
+            (true, false) => {
+                Selector::Task(self.lookup(ObjectKind::Task, &req.task)?.id().to_string())
+            }
+            _ => {
+                return Err(ApiError::from(InvalidSpec {
+                    field: "logs".into(),
+                    rule: "name one service or one task".into(),
+                }))
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(stream(
+            Arc::clone(self.replica.store()),
+            self.config.tasks_dir.clone(),
+            self.config.node_id.clone(),
+            selector,
+            Reading {
+                follow: req.follow,
+                tail: req.tail,
+            },
+            tx,
+        ));
+        Ok(ReceiverStream::new(rx))
+    }
 }
 
 #[cfg(test)]

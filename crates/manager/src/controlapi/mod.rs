@@ -1,0 +1,249 @@
+//! The control API: what `shoal` (the CLI) talks to (DESIGN.md §3).
+//!
+//! Owns: every object's `spec` (and a service's `previous_spec`). Nothing else.
+//!
+//! Each write reads a consistent view, validates, builds one transaction whose
+//! actions carry the versions it read (plus CHECK actions for the objects it
+//! relied on, such as a service's networks), and proposes it. The store
+//! re-checks those versions when the entry is applied, so two writers never
+//! silently overwrite each other and a spec that passed validation cannot be
+//! applied against a world that changed under it.
+//!
+//! [`ControlApi`] is the transport-free core: plain requests in, plain
+//! answers or an [`ApiError`] out, one file per kind of object. The gRPC
+//! server is a thin adapter over it ([`grpc`]); another API (HTTP) would be
+//! another adapter, not a copy of the handlers.
+
+mod cluster;
+mod error;
+pub mod grpc;
+mod logs;
+mod network;
+mod node;
+mod service;
+mod task;
+mod validate;
+mod watch;
+
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use shoal_api::{
+    object, store_action, Object, ObjectKind, Service, ServiceMode, ServiceSpec, ServiceSummary,
+    StoreAction, Task, TaskState, Transaction,
+};
+use shoal_raft::Replica;
+use shoal_store::View;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use error::ApiError;
+pub use validate::{
+    validate_cluster_spec, validate_network_spec, validate_node_spec, validate_service_spec,
+    InvalidSpec, MAX_LABEL_BYTES, MAX_SERVICE_SPEC_BYTES,
+};
+
+use crate::identity::new_object_id;
+
+/// Events or lines a stream buffers before its sender waits for the client.
+const STREAM_BUFFER: usize = 1_024;
+
+/// A stream of answers (watch events, log lines).
+pub type EventStream<T> = ReceiverStream<Result<T, ApiError>>;
+
+/// What the control API needs to know about the node it runs on.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The node id `self` refers to.
+    pub node_id: String,
+    /// Where this node's agent keeps task directories (their logs).
+    pub tasks_dir: std::path::PathBuf,
+}
+
+/// The control API, free of any transport.
+pub struct ControlApi {
+    replica: Arc<Replica>,
+    config: ControlConfig,
+    rng: Mutex<StdRng>,
+}
+
+pub(crate) fn action(kind: store_action::Kind, target: impl Into<Object>) -> StoreAction {
+    StoreAction {
+        kind: kind as i32,
+        target: Some(target.into()),
+    }
+}
+
+impl ControlApi {
+    pub fn new(replica: Arc<Replica>, config: ControlConfig) -> ControlApi {
+        ControlApi {
+            replica,
+            config,
+            rng: Mutex::new(StdRng::from_entropy()),
+        }
+    }
+
+    fn new_id(&self) -> String {
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        new_object_id(&mut *rng)
+    }
+
+    /// The store's view, for a handler: taking it may wait behind a writer
+    /// that waits for a long reader (a reconciler's pass), so the wait runs
+    /// off the worker's queue and other requests (heartbeats) go on.
+    fn view(&self) -> View<'_> {
+        shoal_raft::long_work(|| self.replica.store().view())
+    }
+
+    async fn commit(&self, actions: Vec<StoreAction>) -> Result<u64, ApiError> {
+        Ok(self
+            .replica
+            .propose(Transaction {
+                actions,
+                timestamp_ms: 0,
+            })
+            .await?)
+    }
+
+    fn lookup(&self, kind: ObjectKind, reference: &str) -> Result<Object, ApiError> {
+        let reference = if kind == ObjectKind::Node && reference == "self" {
+            self.config.node_id.as_str()
+        } else {
+            reference
+        };
+        Ok(self.view().lookup(kind, reference)?)
+    }
+
+    fn service(&self, reference: &str) -> Result<Service, ApiError> {
+        match self.lookup(ObjectKind::Service, reference)?.kind {
+            Some(object::Kind::Service(s)) => Ok(*s),
+            _ => Err(ApiError::Internal("lookup returned another kind".into())),
+        }
+    }
+
+    /// Resolves the spec's network references (names or ids) to ids, and
+    /// returns CHECK actions pinning each network's version.
+    fn resolve_networks(
+        &self,
+        view: &View<'_>,
+        spec: &mut ServiceSpec,
+    ) -> Result<Vec<StoreAction>, ApiError> {
+        let mut checks = Vec::new();
+        let Some(task) = spec.task.as_mut() else {
+            return Ok(checks);
+        };
+        for (i, attachment) in task.networks.iter_mut().enumerate() {
+            let network = match view.lookup(ObjectKind::Network, &attachment.target) {
+                Ok(Object {
+                    kind: Some(object::Kind::Network(n)),
+                }) => n,
+                _ => {
+                    return Err(InvalidSpec {
+                        field: format!("network[{i}]"),
+                        rule: format!("network {:?} does not exist", attachment.target),
+                    }
+                    .into())
+                }
+            };
+            attachment.target = network.id.clone();
+            checks.push(action(store_action::Kind::Check, network));
+        }
+        Ok(checks)
+    }
+
+    fn name_taken(&self, view: &View<'_>, kind: ObjectKind, name: &str) -> Result<(), ApiError> {
+        let owner = match kind {
+            ObjectKind::Service => view.service_by_name(name).map(|s| s.id.clone()),
+            ObjectKind::Network => view.network_by_name(name).map(|n| n.id.clone()),
+            _ => None,
+        };
+        match owner {
+            Some(id) => Err(ApiError::Propose(shoal_raft::ProposeError::Txn(
+                shoal_store::TxnError::NameInUse {
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                    id,
+                },
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn read_service(&self, id: &str) -> Result<Service, ApiError> {
+        self.view()
+            .service(id)
+            .cloned()
+            .ok_or_else(|| ApiError::Internal(format!("service {id} vanished after its write")))
+    }
+
+    fn summarize(view: &View<'_>, service: &Service) -> ServiceSummary {
+        let tasks: Vec<Task> = view.tasks_of_service(&service.id).collect();
+        let running = tasks
+            .iter()
+            .filter(|t| {
+                t.desired_state == TaskState::Running as i32
+                    && t.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32)
+            })
+            .count() as u64;
+        let spec = service.spec.clone().unwrap_or_default();
+        let desired = match ServiceMode::try_from(spec.mode) {
+            Ok(ServiceMode::Replicated | ServiceMode::ReplicatedJob) => {
+                spec.replicas.unwrap_or(1).max(0) as u64
+            }
+            _ => tasks
+                .iter()
+                .filter(|t| t.desired_state == TaskState::Running as i32)
+                .count() as u64,
+        };
+        ServiceSummary {
+            service: Some(service.clone()),
+            running_tasks: running,
+            desired_tasks: desired,
+        }
+    }
+}
+
+pub(crate) fn matches_prefixes(prefixes: &[String], id: &str, name: Option<&str>) -> bool {
+    prefixes.is_empty()
+        || prefixes
+            .iter()
+            .any(|p| id.starts_with(p.as_str()) || name.is_some_and(|n| n.starts_with(p.as_str())))
+}
+
+/// Encoded bytes of one page of a list at most (unless one object alone is
+/// larger): well under the 16 MiB a message may carry.
+const MAX_PAGE_BYTES: usize = 4 << 20;
+
+/// Cuts `items` into pages of at most [`MAX_PAGE_BYTES`] (at least one item
+/// each; one empty page for an empty list, so a client always gets an
+/// answer).
+pub(crate) fn pages<T: prost::Message, R>(items: Vec<T>, wrap: fn(Vec<T>) -> R) -> Vec<R> {
+    let mut out = Vec::new();
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let size = item.encoded_len();
+        if !page.is_empty() && bytes + size > MAX_PAGE_BYTES {
+            out.push(wrap(std::mem::take(&mut page)));
+            bytes = 0;
+        }
+        bytes += size;
+        page.push(item);
+    }
+    if !page.is_empty() || out.is_empty() {
+        out.push(wrap(page));
+    }
+    out
+}
+
+/// Fills in what a user may leave out.
+pub(crate) fn with_service_defaults(mut spec: ServiceSpec) -> ServiceSpec {
+    let replicated = matches!(
+        ServiceMode::try_from(spec.mode),
+        Ok(ServiceMode::Replicated | ServiceMode::ReplicatedJob)
+    );
+    if replicated && spec.replicas.is_none() {
+        spec.replicas = Some(1);
+    }
+    spec
+}

@@ -1,0 +1,96 @@
+//! The nodes: read, list, update (availability, labels, role) and remove.
+
+use shoal_api::{
+    GetRequest, ListNodesResponse, ListRequest, NodeResponse, NodeRole, RemoveResponse,
+    UpdateNodeRequest,
+};
+
+use super::*;
+
+impl ControlApi {
+    pub async fn get_node(&self, request: GetRequest) -> Result<NodeResponse, ApiError> {
+        match self.lookup(ObjectKind::Node, &request.reference)?.kind {
+            Some(object::Kind::Node(node)) => Ok(NodeResponse { node: Some(*node) }),
+            _ => Err(ApiError::Internal("lookup returned another kind".into())),
+        }
+    }
+
+    pub async fn list_nodes(
+        &self,
+        request: ListRequest,
+    ) -> Result<Vec<ListNodesResponse>, ApiError> {
+        let prefixes = request.name_prefixes;
+        let nodes = self
+            .view()
+            .nodes()
+            .filter(|n| matches_prefixes(&prefixes, &n.id, n.name()))
+            .cloned()
+            .collect();
+        Ok(pages(nodes, |nodes| ListNodesResponse { nodes }))
+    }
+
+    pub async fn update_node(&self, req: UpdateNodeRequest) -> Result<NodeResponse, ApiError> {
+        let spec = req.spec.unwrap_or_default();
+        validate_node_spec(&spec).map_err(ApiError::from)?;
+        let node = {
+            let view = self.view();
+            let mut node = view.node(&req.node_id).cloned().ok_or_else(|| {
+                ApiError::Lookup(shoal_store::LookupError::NotFound {
+                    kind: "node".into(),
+                    reference: req.node_id.clone(),
+                })
+            })?;
+            let managers = view
+                .nodes()
+                .filter(|n| n.role == NodeRole::Manager as i32)
+                .count();
+            if node.role == NodeRole::Manager as i32
+                && spec.desired_role == NodeRole::Worker as i32
+                && managers <= 1
+            {
+                return Err(ApiError::Refused(format!(
+                    "node {} is the last manager of the cluster and cannot be demoted",
+                    node.id
+                )));
+            }
+            node.spec = Some(spec);
+            if let Some(meta) = node.meta.as_mut() {
+                meta.version = req.version;
+            }
+            node
+        };
+        let id = node.id.clone();
+        self.commit(vec![action(store_action::Kind::Update, node)])
+            .await?;
+        let node = self.view().node(&id).cloned();
+        Ok(NodeResponse { node })
+    }
+
+    pub async fn remove_node(
+        &self,
+        req: shoal_api::RemoveNodeRequest,
+    ) -> Result<RemoveResponse, ApiError> {
+        let node = match self.lookup(ObjectKind::Node, &req.reference)?.kind {
+            Some(object::Kind::Node(n)) => n,
+            _ => return Err(ApiError::Internal("lookup returned another kind".into())),
+        };
+        if node.id == self.config.node_id {
+            return Err(ApiError::Refused(format!(
+                "node {} is the one this manager runs on and cannot be removed",
+                node.id
+            )));
+        }
+        let down = node.status.as_ref().map(|s| s.state)
+            == Some(shoal_api::node_status::State::Down as i32);
+        if !down && !req.force {
+            return Err(ApiError::Refused(format!(
+                "node {} is not down: drain it first, or use --force to remove a live node",
+                req.reference
+            )));
+        }
+        let id = node.id.clone();
+        self.commit(vec![action(store_action::Kind::Remove, node)])
+            .await?;
+        Ok(RemoveResponse { id })
+    }
+}

@@ -1,0 +1,137 @@
+//! The services: create, read, update (a scale is an update), remove and list.
+
+use crate::limits::Limits;
+use shoal_api::{
+    CreateServiceRequest, GetRequest, ListRequest, ListServicesResponse, RemoveRequest,
+    RemoveResponse, ServiceResponse, UpdateServiceRequest,
+};
+
+use super::*;
+
+impl ControlApi {
+    pub async fn create_service(
+        &self,
+        request: CreateServiceRequest,
+    ) -> Result<ServiceResponse, ApiError> {
+        let spec = request.spec.unwrap_or_default();
+        validate_service_spec(&spec).map_err(ApiError::from)?;
+        let mut spec = with_service_defaults(spec);
+        let id = self.new_id();
+        let actions = {
+            let view = self.view();
+            let name = spec
+                .annotations
+                .as_ref()
+                .map(|a| a.name.clone())
+                .unwrap_or_default();
+            self.name_taken(&view, ObjectKind::Service, &name)?;
+            Limits::of(view.cluster())
+                .check_service(&view, &spec, None)
+                .map_err(ApiError::from)?;
+            let mut actions = self.resolve_networks(&view, &mut spec)?;
+            let service = Service {
+                id: id.clone(),
+                spec: Some(spec),
+                ..Default::default()
+            };
+            actions.push(action(store_action::Kind::Create, service));
+            actions
+        };
+        self.commit(actions).await?;
+        Ok(ServiceResponse {
+            service: Some(self.read_service(&id)?),
+        })
+    }
+
+    pub async fn get_service(&self, request: GetRequest) -> Result<ServiceResponse, ApiError> {
+        let service = self.service(&request.reference)?;
+        Ok(ServiceResponse {
+            service: Some(service),
+        })
+    }
+
+    pub async fn update_service(
+        &self,
+        req: UpdateServiceRequest,
+    ) -> Result<ServiceResponse, ApiError> {
+        let spec = req.spec.unwrap_or_default();
+        validate_service_spec(&spec).map_err(ApiError::from)?;
+        let mut spec = with_service_defaults(spec);
+        let actions = {
+            let view = self.view();
+            let current = view.service(&req.service_id).cloned().ok_or_else(|| {
+                ApiError::Lookup(shoal_store::LookupError::NotFound {
+                    kind: "service".into(),
+                    reference: req.service_id.clone(),
+                })
+            })?;
+            let old_spec = current.spec.clone().unwrap_or_default();
+            if old_spec.mode != spec.mode {
+                let name = |m: i32| {
+                    ServiceMode::try_from(m)
+                        .map(|m| m.as_str_name().to_ascii_lowercase())
+                        .unwrap_or_default()
+                };
+                return Err(ApiError::from(InvalidSpec {
+                    field: "mode".into(),
+                    rule: format!(
+                        "a service's mode cannot change ({} to {}); remove the service and create it again",
+                        name(old_spec.mode),
+                        name(spec.mode)
+                    ),
+                }));
+            }
+            Limits::of(view.cluster())
+                .check_service(&view, &spec, Some(&current.id))
+                .map_err(ApiError::from)?;
+            let mut actions = self.resolve_networks(&view, &mut spec)?;
+            let mut service = current.clone();
+            if old_spec != spec {
+                service.previous_spec = Some(old_spec);
+            }
+            service.spec = Some(spec);
+            // The version the client read, not the one we see now: a change
+            // in between must fail as a conflict.
+            if let Some(meta) = service.meta.as_mut() {
+                meta.version = req.version;
+            }
+            actions.push(action(store_action::Kind::Update, service));
+            actions
+        };
+        self.commit(actions).await?;
+        Ok(ServiceResponse {
+            service: Some(self.read_service(&req.service_id)?),
+        })
+    }
+
+    pub async fn remove_service(&self, request: RemoveRequest) -> Result<RemoveResponse, ApiError> {
+        let service = self.service(&request.reference)?;
+        let id = service.id.clone();
+        self.commit(vec![action(store_action::Kind::Remove, service)])
+            .await?;
+        Ok(RemoveResponse { id })
+    }
+
+    pub async fn list_services(
+        &self,
+        request: ListRequest,
+    ) -> Result<Vec<ListServicesResponse>, ApiError> {
+        let prefixes = request.name_prefixes;
+        let view = self.view();
+        let services = view
+            .services()
+            .filter(|s| {
+                let name = s
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.annotations.as_ref())
+                    .map(|a| a.name.as_str());
+                matches_prefixes(&prefixes, &s.id, name)
+            })
+            .map(|s| Self::summarize(&view, s))
+            .collect();
+        Ok(pages(services, |services| ListServicesResponse {
+            services,
+        }))
+    }
+}
