@@ -1,0 +1,253 @@
+//! Which node hears of which change: one store watcher for every session
+//! posts each change to the inbox of the node it concerns, and each node's
+//! session stream sends its agent the full set of its tasks first, then what
+//! changed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_api::{object, watch_event, SessionMessage};
+use shoal_raft::Replica;
+use tokio::sync::{mpsc, watch, Notify};
+use tonic::Status;
+
+use super::*;
+
+/// What one node's session stream is told by the store watcher: which of
+/// its tasks changed (or that it must look at all of them), and a bell.
+#[derive(Default)]
+pub(super) struct Inbox {
+    bell: Notify,
+    changed: Mutex<Changed>,
+}
+
+#[derive(Default)]
+pub(super) struct Changed {
+    everything: bool,
+    tasks: HashSet<String>,
+}
+
+impl Inbox {
+    fn post(&self, task_id: Option<&str>) {
+        let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+        match task_id {
+            Some(id) => {
+                changed.tasks.insert(id.to_string());
+            }
+            None => changed.everything = true,
+        }
+        self.bell.notify_one();
+    }
+
+    fn take(&self) -> Changed {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Per node, its session stream's inbox: one store watcher for all sessions
+/// tells each only of its own tasks' changes, so a commit costs the
+/// sessions it concerns, and each only for the tasks it changed.
+pub(super) type Inboxes = Arc<Mutex<HashMap<String, Arc<Inbox>>>>;
+
+impl Dispatcher {
+    /// Wakes the session of every node whose tasks a commit changed in a
+    /// way its agent acts on: a task assigned, removed, or given another
+    /// desired state (all of them when the cluster object changed, or when
+    /// the watch lagged and nobody can say what changed). Status reports,
+    /// most of the changes, are the agents' own and wake nobody. Runs until
+    /// shutdown.
+    pub fn fan_out(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let replica = Arc::clone(&self.replica);
+        let inboxes = Arc::clone(&self.inboxes);
+        let period_ms = Arc::clone(&self.period_ms);
+        let mut shutdown = self.shutdown.clone();
+        async move {
+            let post = |changes: &mut Vec<(String, String)>, all: bool| {
+                let inboxes = inboxes.lock().unwrap_or_else(|e| e.into_inner());
+                if all {
+                    inboxes.values().for_each(|i| i.post(None));
+                } else {
+                    for (node, task) in changes.iter() {
+                        if let Some(inbox) = inboxes.get(node) {
+                            inbox.post(Some(task));
+                        }
+                    }
+                }
+                changes.clear();
+            };
+            // What each assigned task's agent was last woken for: its node
+            // and desired state.
+            let mut known: HashMap<String, (String, i32)> = HashMap::new();
+            let mut changes = replica.store().watch();
+            // Read after the watch starts: a change made before it began is
+            // in the store, one made after comes as an event.
+            period_ms.store(
+                period_of(replica.store().view().cluster()),
+                Ordering::Relaxed,
+            );
+            let mut nodes = Vec::new();
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let changed = tokio::select! {
+                    _ = shutdown.changed() => return,
+                    changed = changes.changed() => changed,
+                };
+                let mut all = false;
+                let in_step = changed.is_ok()
+                    && changes.drain_with(|event| {
+                        let shoal_store::Event::Change { action, object, .. } = event else {
+                            return;
+                        };
+                        match &object.kind {
+                            Some(object::Kind::Task(task)) => {
+                                let before = if *action == watch_event::Action::Remove {
+                                    known.remove(&task.id)
+                                } else if task.node_id.is_empty() {
+                                    return;
+                                } else {
+                                    let now = (task.node_id.clone(), task.desired_state);
+                                    match known.get(&task.id) {
+                                        Some(was) if *was == now => return,
+                                        _ => known.insert(task.id.clone(), now),
+                                    }
+                                };
+                                nodes.extend(before.map(|(n, _)| (n, task.id.clone())));
+                                if !task.node_id.is_empty() {
+                                    nodes.push((task.node_id.clone(), task.id.clone()));
+                                }
+                            }
+                            Some(object::Kind::Cluster(cluster)) => {
+                                period_ms.store(period_of(Some(cluster)), Ordering::Relaxed);
+                                all = true;
+                            }
+                            _ => {}
+                        }
+                    });
+                if !in_step {
+                    changes = replica.store().watch();
+                    known.clear();
+                    all = true;
+                }
+                post(&mut nodes, all);
+            }
+        }
+    }
+}
+
+/// Streams a node's assignments to its session: the full set first, then
+/// what changed of the tasks its inbox names, until the session ends.
+// Each is a separate piece of the dispatcher the stream reads; bundling
+// them would only name the bundle.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn stream_assignments(
+    replica: &Replica,
+    period_ms: &AtomicU64,
+    sessions: &Mutex<HashMap<String, Session>>,
+    node_id: &str,
+    session_id: &str,
+    inbox: &Inbox,
+    tx: &mpsc::Sender<Result<SessionMessage, Status>>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    // What the agent was sent of each task: the version last looked at,
+    // and the desired state. A task is sent again only when its desired
+    // state changed: the agent acts on nothing else, and most changes are
+    // the agent's own status reports coming back.
+    let mut sent: HashMap<String, (u64, i32)> = HashMap::new();
+    let mut first = true;
+    let mut last_full = Instant::now();
+    loop {
+        let current = sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .is_some_and(|s| s.id == session_id);
+        if !current || *shutdown.borrow() {
+            return;
+        }
+        let changed = inbox.take();
+        let everything = first || changed.everything;
+        if everything {
+            last_full = Instant::now();
+        }
+        let (tasks, removed) = if !everything && changed.tasks.is_empty() {
+            // Woken by the clock alone: nothing to look at.
+            (Vec::new(), Vec::new())
+        } else {
+            let view = replica.store().read().await;
+            // Each task to look at, with its version when known without
+            // decoding it (a task whose version did not move is skipped).
+            let ids: Vec<(String, Option<u64>)> = if everything {
+                // Every task it has, and every task it was sent (gone ones
+                // are removals).
+                let mut ids: HashMap<String, Option<u64>> = view
+                    .task_versions_of_node(node_id)
+                    .map(|(id, version)| (id.to_string(), Some(version)))
+                    .collect();
+                for id in sent.keys() {
+                    ids.entry(id.clone()).or_insert(None);
+                }
+                ids.into_iter().collect()
+            } else {
+                changed.tasks.into_iter().map(|id| (id, None)).collect()
+            };
+            let mut tasks = Vec::new();
+            let mut removed = Vec::new();
+            for (id, version) in ids {
+                let seen = sent.get(&id).copied();
+                if version.is_some() && version == seen.map(|(v, _)| v) {
+                    continue;
+                }
+                let bare = view.task_without_spec(&id).filter(|t| t.node_id == node_id);
+                match bare {
+                    None => {
+                        if sent.remove(&id).is_some() {
+                            removed.push(id);
+                        }
+                    }
+                    Some(t) => {
+                        let version = t.meta.as_ref().map_or(0, |m| m.version);
+                        if seen.map(|(_, d)| d) != Some(t.desired_state) {
+                            tasks.extend(view.task(&id));
+                        }
+                        sent.insert(id, (version, t.desired_state));
+                    }
+                }
+            }
+            (tasks, removed)
+        };
+        if first || !tasks.is_empty() || !removed.is_empty() {
+            let message = SessionMessage {
+                node_id: node_id.to_string(),
+                session_id: session_id.to_string(),
+                heartbeat_period_ms: period_ms.load(Ordering::Relaxed),
+                tasks,
+                removed,
+                full: first,
+            };
+            first = false;
+            if tx.send(Ok(message)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tx.closed() => return,
+            _ = inbox.bell.notified() => {}
+            // Once a period: the session may have been replaced or expired.
+            // And as a safety net, as often as the reconcilers make a full
+            // pass, every task is looked at whatever the inbox says (once a
+            // period, at 5,000 nodes and 1 s, that was most of the
+            // dispatcher's work).
+            _ = tokio::time::sleep(Duration::from_millis(period_ms.load(Ordering::Relaxed))) => {
+                if last_full.elapsed() >= Duration::from_millis(crate::reconciler::FULL_PASS_MS) {
+                    inbox.post(None);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The dispatcher: the manager's end of every agent's session (DESIGN.md §3).
+//!
+//! Owns: node `status` (and a node's description, which its agent reports),
+//! and task `status` from ASSIGNED onwards as agents report it.
+//!
+//! An agent opens a session with its description; the dispatcher records
+//! the node READY and streams the tasks assigned to it: the full set first,
+//! then what changed after each commit. Heartbeats, on one stream per
+//! session, keep the session; a node silent for `HEARTBEAT_TTL_PERIODS`
+//! periods is marked DOWN. The status reports of one call are applied in
+//! one transaction, and a report that would move a task backwards is
+//! dropped.
+//!
+//! The parts: [`session`] records a node and opens its session;
+//! [`assignments`] streams each node its tasks; [`heartbeat`] keeps sessions
+//! and marks silent nodes DOWN; [`status`] applies the agents' reports.
+
+mod assignments;
+mod heartbeat;
+mod session;
+mod status;
+
+use assignments::{stream_assignments, Inbox, Inboxes};
+use heartbeat::check_session;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use shoal_api::dispatcher_server::Dispatcher as DispatcherService;
+use shoal_api::{
+    HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse,
+};
+use shoal_raft::Replica;
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// A node is DOWN after this many heartbeat periods without one.
+pub const HEARTBEAT_TTL_PERIODS: u64 = 3;
+/// Longest pause between two looks for expired sessions: part of the time
+/// from a node's death to its tasks running elsewhere, and a look costs
+/// about 10 µs per thousand sessions.
+const MONITOR_TICK_MAX_MS: u64 = 50;
+/// Messages buffered per session stream.
+const SESSION_BUFFER: usize = 64;
+/// Tries of one status write against concurrent writers.
+const STATUS_WRITE_TRIES: usize = 5;
+
+struct Session {
+    id: String,
+    last_seen: Instant,
+}
+
+/// The dispatcher service.
+pub struct Dispatcher {
+    replica: Arc<Replica>,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    inboxes: Inboxes,
+    shutdown: watch::Receiver<bool>,
+    /// The cluster's heartbeat period, kept by the store watcher: a
+    /// heartbeat is answered without waiting for the store, which a long
+    /// write can hold (a heartbeat that waits is a node marked down).
+    period_ms: Arc<AtomicU64>,
+}
+
+fn period_of(cluster: Option<&shoal_api::Cluster>) -> u64 {
+    cluster
+        .and_then(|c| c.spec.as_ref())
+        .and_then(|s| s.dispatcher)
+        .map_or(5_000, |d| d.heartbeat_period_ms.max(1))
+}
+
+fn random_id() -> String {
+    use rand::SeedableRng;
+    crate::identity::new_object_id(&mut rand::rngs::StdRng::from_entropy())
+}
+
+impl Dispatcher {
+    /// The service, and the monitor that marks silent nodes DOWN (run it).
+    pub fn new(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) -> Dispatcher {
+        let period_ms = Arc::new(AtomicU64::new(period_of(replica.store().view().cluster())));
+        Dispatcher {
+            period_ms,
+            replica,
+            sessions: Arc::default(),
+            inboxes: Arc::default(),
+            shutdown,
+        }
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionMessage, Status>> + Send>>;
+type HeartbeatStream = Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DispatcherService for Dispatcher {
+    type SessionStream = SessionStream;
+    type HeartbeatStream = HeartbeatStream;
+
+    async fn session(
+        &self,
+        request: Request<SessionRequest>,
+    ) -> Result<Response<SessionStream>, Status> {
+        self.open_session(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<HeartbeatStream>, Status> {
+        Ok(Response::new(self.answer_heartbeats(request.into_inner())))
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        self.apply_reports(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

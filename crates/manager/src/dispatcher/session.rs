@@ -1,0 +1,112 @@
+//! Opening a session: the node is recorded READY (created on first contact)
+//! and its assignment stream starts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use shoal_api::{
+    node_status, store_action, Node, NodeRole, NodeStatus, SessionRequest, StoreAction, Transaction,
+};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::*;
+
+impl Dispatcher {
+    /// Records the node and starts streaming its assignments.
+    pub(super) async fn open_session(&self, req: SessionRequest) -> Result<SessionStream, Status> {
+        let node_id = if req.node_id.is_empty() {
+            random_id()
+        } else {
+            req.node_id.clone()
+        };
+        // Record the node: created on first contact, refreshed after.
+        let mut recorded = false;
+        for _ in 0..STATUS_WRITE_TRIES {
+            let existing = self.replica.store().read().await.node(&node_id).cloned();
+            let (kind, mut node) = match existing {
+                Some(n) => (store_action::Kind::Update, n),
+                None => (
+                    store_action::Kind::Create,
+                    Node {
+                        id: node_id.clone(),
+                        role: NodeRole::Worker as i32,
+                        ..Default::default()
+                    },
+                ),
+            };
+            node.description = req.description.clone();
+            node.status = Some(NodeStatus {
+                state: node_status::State::Ready as i32,
+                message: String::new(),
+                addr: node
+                    .status
+                    .as_ref()
+                    .map(|s| s.addr.clone())
+                    .unwrap_or_default(),
+            });
+            let action = StoreAction {
+                kind: kind as i32,
+                target: Some(node.into()),
+            };
+            if self
+                .replica
+                .propose(Transaction {
+                    actions: vec![action],
+                    timestamp_ms: 0,
+                })
+                .await
+                .is_ok()
+            {
+                recorded = true;
+                break;
+            }
+        }
+        if !recorded {
+            return Err(Status::unavailable("could not record the node; retry"));
+        }
+        let session_id = random_id();
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                node_id.clone(),
+                Session {
+                    id: session_id.clone(),
+                    last_seen: Instant::now(),
+                },
+            );
+        let (tx, rx) = mpsc::channel(SESSION_BUFFER);
+        let inbox = Arc::new(Inbox::default());
+        self.inboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.clone(), Arc::clone(&inbox));
+        let inboxes = Arc::clone(&self.inboxes);
+        let replica = Arc::clone(&self.replica);
+        let period_ms = Arc::clone(&self.period_ms);
+        let sessions = Arc::clone(&self.sessions);
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            stream_assignments(
+                &replica,
+                &period_ms,
+                &sessions,
+                &node_id,
+                &session_id,
+                &inbox,
+                &tx,
+                &mut shutdown,
+            )
+            .await;
+            let mut inboxes = inboxes.lock().unwrap_or_else(|e| e.into_inner());
+            if inboxes
+                .get(&node_id)
+                .is_some_and(|i| Arc::ptr_eq(i, &inbox))
+            {
+                inboxes.remove(&node_id);
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
