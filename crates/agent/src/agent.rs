@@ -16,6 +16,7 @@
 //! started; any other is killed ([`Resume`]). So a restart neither
 //! duplicates nor loses a workload, and leaves nothing behind.
 
+use shoal_api::clock::now_ms;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -120,12 +121,6 @@ struct Agent {
     /// report is made again if the manager has not applied it.
     recorded: HashMap<String, TaskStatus>,
     db: std::sync::Arc<TaskDb>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs the agent until `shutdown` turns true. Task processes keep running

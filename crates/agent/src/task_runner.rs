@@ -7,7 +7,8 @@
 //! state only moves forward and never past what is desired: a task desired
 //! READY (a delayed restart) waits there until it is let go.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use shoal_api::clock::now_ms;
+use std::time::Duration;
 
 use shoal_api::{TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
@@ -72,12 +73,6 @@ pub struct TaskRunner<E: Executor> {
     desired: watch::Receiver<TaskState>,
     updates: mpsc::Sender<TaskUpdate>,
     stop_grace: Duration,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl<E: Executor> TaskRunner<E> {

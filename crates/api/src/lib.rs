@@ -12,6 +12,7 @@ mod pb {
 }
 pub use pb::*;
 
+pub mod clock;
 pub mod enum_name;
 mod object_kind;
 mod task_state;

@@ -101,9 +101,7 @@ pub async fn print_tasks(
             -created,
         )
     });
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = shoal_api::clock::now_ms();
     let mut listing = Listing::new(vec![
         "ID",
         "NAME",

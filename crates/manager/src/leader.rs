@@ -9,15 +9,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use shoal_api::transport::TransportError;
 use shoal_raft::Replica;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::allocator::Allocator;
+use crate::orchestrator::task_reaper::Reaper;
 use crate::orchestrator::Orchestrator;
-use crate::reaper::Reaper;
 use crate::reconciler;
 use crate::scheduler::{Scheduler, Search};
 use crate::Dispatcher;
@@ -29,11 +29,15 @@ pub fn start(
     replica: &Arc<Replica>,
     dispatcher_socket: &Path,
     stop: &watch::Receiver<bool>,
+    rng: &mut StdRng,
 ) -> Result<JoinSet<()>, TransportError> {
     let incoming = shoal_api::transport::listen_unix(dispatcher_socket)?;
     let mut set = JoinSet::new();
-    let mut rng = StdRng::from_entropy();
-    let new_id = move || crate::new_object_id(&mut rng);
+    // Each component draws from a generator seeded from `rng`: the same seed
+    // gives the same ids, whatever order the components run in.
+    let mut task_ids = StdRng::seed_from_u64(rng.gen());
+    let dispatcher_ids = StdRng::seed_from_u64(rng.gen());
+    let new_id = move || crate::new_object_id(&mut task_ids);
     set.spawn(reconciler::run(
         "orchestrator",
         Arc::clone(replica),
@@ -58,7 +62,7 @@ pub fn start(
         stop.clone(),
         Reaper::default(),
     ));
-    let dispatcher = Dispatcher::new(Arc::clone(replica), stop.clone());
+    let dispatcher = Dispatcher::new(Arc::clone(replica), stop.clone(), dispatcher_ids);
     set.spawn(dispatcher.monitor());
     set.spawn(dispatcher.fan_out());
     let mut server_stop = stop.clone();

@@ -8,7 +8,6 @@
 //! in its own module, talking to the others only through the store.
 
 pub mod allocator;
-mod backoff;
 mod constraint;
 pub mod controlapi;
 mod dispatcher;
@@ -16,7 +15,6 @@ mod identity;
 pub mod leader;
 mod limits;
 pub mod orchestrator;
-pub mod reaper;
 pub mod reconciler;
 pub mod scheduler;
 

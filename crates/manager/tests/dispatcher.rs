@@ -52,7 +52,11 @@ async fn setup_with_nodes(heartbeat_period_ms: u64, nodes: Vec<shoal_api::Node>)
         propose(&replica, store_action::Kind::Create, node).await;
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let dispatcher = Dispatcher::new(Arc::clone(&replica), stopped.clone());
+    let dispatcher = Dispatcher::new(
+        Arc::clone(&replica),
+        stopped.clone(),
+        rand::SeedableRng::seed_from_u64(7),
+    );
     tokio::spawn(dispatcher.monitor());
     tokio::spawn(dispatcher.fan_out());
     let socket = tmp.path().join("dispatcher.sock");
@@ -413,6 +417,7 @@ async fn a_node_is_removed_once_down_or_with_force_and_never_the_managers_own() 
             node_id: "manager".into(),
             tasks_dir: std::env::temp_dir(),
         },
+        rand::SeedableRng::seed_from_u64(7),
     );
     let (_stream, _) = open_session(&mut s.client, "w1").await;
     let remove = |force| shoal_api::RemoveNodeRequest {

@@ -19,8 +19,8 @@ use shoal_api::{
     TaskState, TaskStatus, Transaction,
 };
 use shoal_manager::allocator::Allocator;
+use shoal_manager::orchestrator::task_reaper::Reaper;
 use shoal_manager::orchestrator::Orchestrator;
-use shoal_manager::reaper::Reaper;
 use shoal_manager::reconciler::Reconciler;
 use shoal_manager::scheduler::{Scheduler, Search};
 use shoal_store::{Store, WatchStream};

@@ -7,7 +7,8 @@ use shoal_api::{
     ResourceRequirements, Resources, RestartPolicy, Runtime, Service, ServiceMode, ServiceSpec,
     StoreAction, Task, TaskSpec, TaskState, TaskStatus, Transaction,
 };
-use shoal_manager::{allocator, orchestrator, reaper, scheduler};
+use shoal_manager::orchestrator::task_reaper;
+use shoal_manager::{allocator, orchestrator, scheduler};
 use shoal_store::Store;
 
 /// A store the test writes directly, one transaction per call.
@@ -527,7 +528,7 @@ fn reaper_keeps_the_history_limit_per_slot_and_clears_removed_services() {
         w.orchestrate(now);
     }
     assert_eq!(w.tasks().len(), 6);
-    let reaped = reaper::decide(&w.store.view());
+    let reaped = task_reaper::decide(&w.store.view());
     assert_eq!(reaped.len(), 3, "5 finished, 2 kept");
     w.apply(reaped, now);
     assert_eq!(w.tasks().len(), 3);
@@ -547,7 +548,7 @@ fn reaper_keeps_the_history_limit_per_slot_and_clears_removed_services() {
         .tasks()
         .iter()
         .all(|t| t.desired_state == TaskState::Remove as i32));
-    let actions = reaper::decide(&w.store.view());
+    let actions = task_reaper::decide(&w.store.view());
     w.apply(actions, now + 20);
     assert_eq!(
         w.tasks().len(),
@@ -555,7 +556,7 @@ fn reaper_keeps_the_history_limit_per_slot_and_clears_removed_services() {
         "only the running task waits for its stop"
     );
     w.set_state(&live.id, TaskState::Shutdown, now + 30);
-    let actions = reaper::decide(&w.store.view());
+    let actions = task_reaper::decide(&w.store.view());
     w.apply(actions, now + 40);
     assert!(w.tasks().is_empty());
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use shoal_api::{
     manager_status, node_status, store_action, Annotations, Cluster, ClusterSpec, DispatcherConfig,
     ManagerStatus, Node, NodeRole, NodeSpec, NodeStatus, Object, OrchestrationConfig, StoreAction,
@@ -67,7 +67,12 @@ pub enum DaemonError {
 
 /// Runs the daemon until a shutdown signal.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
-    let mut rng = StdRng::from_entropy();
+    // The one draw from the OS: every id and every jitter of this run comes
+    // from generators seeded from it (DESIGN.md §4), so the log's seed
+    // names the run.
+    let seed: u64 = rand::random();
+    tracing::info!(seed, "the daemon's random choices come from this seed");
+    let mut rng = StdRng::seed_from_u64(seed);
     let state = StateDir::open(&config.state_dir, || {
         (new_object_id(&mut rng), new_object_id(&mut rng))
     })?;
@@ -106,6 +111,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         description,
         process,
         &stop_rx,
+        &mut rng,
     )?;
 
     let socket = config.socket.clone().unwrap_or_else(|| state.socket_path());
@@ -116,6 +122,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             node_id: marker.node_id.clone(),
             tasks_dir: state.path().join(AGENT_TASKS_DIR),
         },
+        StdRng::seed_from_u64(rng.gen()),
     );
     let service = GrpcControl::server(Arc::new(control), MAX_REQUEST_BYTES, MAX_MESSAGE_BYTES);
     eprintln!(
@@ -172,9 +179,10 @@ fn start_convergence(
     description: shoal_api::NodeDescription,
     process: shoal_agent::ProcessConfig,
     stop: &tokio::sync::watch::Receiver<bool>,
+    rng: &mut StdRng,
 ) -> Result<tokio::task::JoinSet<()>, DaemonError> {
     let dispatcher_socket = state.path().join(DISPATCHER_SOCKET);
-    let mut set = shoal_manager::leader::start(replica, &dispatcher_socket, stop)?;
+    let mut set = shoal_manager::leader::start(replica, &dispatcher_socket, stop, rng)?;
     let agent = shoal_agent::AgentConfig {
         node_id: node_id.to_string(),
         description,

@@ -73,7 +73,11 @@ async fn a_recorded_end_that_was_never_reported_is_reported_with_its_exit_code()
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let socket = tmp.path().join("dispatcher.sock");
     let incoming = shoal_api::transport::listen_unix(&socket).unwrap();
-    let dispatcher = Dispatcher::new(Arc::clone(&replica), stopped.clone());
+    let dispatcher = Dispatcher::new(
+        Arc::clone(&replica),
+        stopped.clone(),
+        rand::SeedableRng::seed_from_u64(7),
+    );
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(DispatcherServer::new(dispatcher))

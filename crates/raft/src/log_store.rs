@@ -260,7 +260,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encoded.len(),
             encoded.iter().map(|(_, e)| e.len()).sum::<usize>(),
         );
-        let started = std::time::Instant::now();
+        let started = shoal_api::clock::Instant::now();
         let written = self
             .blocking(move |this| this.write_entries(encoded))
             .await?;

@@ -16,7 +16,7 @@
 //! within a lane; across lanes the writers are concurrent anyway, and each
 //! transaction's preconditions are checked when it is applied.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use shoal_api::clock::now_ms;
 
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
@@ -90,12 +90,6 @@ pub struct Proposer {
     tx: mpsc::Sender<Waiting>,
     reports: mpsc::Sender<Waiting>,
     config: ProposerConfig,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Proposer {
@@ -251,7 +245,7 @@ async fn propose_entry(raft: &Raft, waiting: Vec<Waiting>) {
     let txns = transactions.len();
     let batch = Batch { transactions }.encode_to_vec();
     let bytes = batch.len();
-    let started = std::time::Instant::now();
+    let started = shoal_api::clock::Instant::now();
     let written = raft.client_write(Proposal { batch }).await;
     tracing::debug!(
         txns,

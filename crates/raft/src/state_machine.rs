@@ -181,7 +181,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let batch = Batch::decode(proposal.batch.as_slice())
                         .map_err(|e| StorageIOError::apply(entry.log_id, any(e)))?;
                     let txns = batch.transactions.len();
-                    let started = std::time::Instant::now();
+                    let started = shoal_api::clock::Instant::now();
                     let results = crate::long_work(|| self.store.apply(index, batch));
                     tracing::debug!(
                         index,

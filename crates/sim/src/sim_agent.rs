@@ -11,6 +11,7 @@
 //! What the agent believes runs is shared ([`SimAgent::running`]), so tests
 //! can check that a slot never has two live tasks across the cluster.
 
+use shoal_api::clock::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -68,12 +69,6 @@ struct State {
     /// The task's desired state as last sent, and what was last reported.
     tasks: HashMap<String, (TaskState, TaskState)>,
     reports: Reports,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl State {

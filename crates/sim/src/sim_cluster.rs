@@ -6,6 +6,7 @@
 //! be killed, restarted, cut off and reconnected, and the cluster polled
 //! through the store.
 
+use rand::SeedableRng;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -130,7 +131,10 @@ impl SimCluster {
 
         let (stop, stop_rx) = watch::channel(false);
         let dispatcher_socket = dir.path().join("dispatcher.sock");
-        let mut manager = shoal_manager::leader::start(&replica, &dispatcher_socket, &stop_rx)?;
+        // Every id the manager makes comes from the run's seed.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+        let mut manager =
+            shoal_manager::leader::start(&replica, &dispatcher_socket, &stop_rx, &mut rng)?;
         let control_socket = dir.path().join("shoal.sock");
         let incoming = shoal_api::transport::listen_unix(&control_socket)?;
         let control = ControlApi::new(
@@ -139,6 +143,7 @@ impl SimCluster {
                 node_id: String::new(),
                 tasks_dir: dir.path().join("tasks"),
             },
+            rand::rngs::StdRng::seed_from_u64(rand::Rng::gen(&mut rng)),
         );
         let mut server_stop = stop_rx.clone();
         manager.spawn(async move {

@@ -28,7 +28,6 @@ mod watch;
 use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 use shoal_api::{
     object, store_action, Object, ObjectKind, Service, ServiceMode, ServiceSpec, ServiceSummary,
     StoreAction, Task, TaskState, Transaction,
@@ -75,11 +74,12 @@ pub(crate) fn action(kind: store_action::Kind, target: impl Into<Object>) -> Sto
 }
 
 impl ControlApi {
-    pub fn new(replica: Arc<Replica>, config: ControlConfig) -> ControlApi {
+    /// The control API over `replica`; object ids come from `ids`.
+    pub fn new(replica: Arc<Replica>, config: ControlConfig, ids: StdRng) -> ControlApi {
         ControlApi {
             replica,
             config,
-            rng: Mutex::new(StdRng::from_entropy()),
+            rng: Mutex::new(ids),
         }
     }
 

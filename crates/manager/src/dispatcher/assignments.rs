@@ -6,7 +6,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shoal_api::clock::Instant;
 
 use shoal_api::{object, watch_event, SessionMessage};
 use shoal_raft::Replica;

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shoal_api::clock::Instant;
 
 use shoal_api::{
     node_status, store_action, HeartbeatRequest, HeartbeatResponse, NodeStatus, StoreAction,
@@ -14,7 +16,7 @@ use shoal_raft::Replica;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use crate::backoff::{retry_until_done, Backoff, Retried};
+use crate::reconciler::backoff::{retry_until_done, Backoff, Retried};
 
 use super::*;
 
@@ -233,7 +235,7 @@ async fn write_down(replica: &Replica, node_id: &str, message: &str) -> bool {
             .map(|mut t| {
                 // No spec: the store keeps the task's own.
                 t.advance_status(TaskStatus {
-                    timestamp_ms: crate::reconciler::now_ms(),
+                    timestamp_ms: shoal_api::clock::now_ms(),
                     state: TaskState::Orphaned as i32,
                     message: "the node is down".into(),
                     ..Default::default()

@@ -23,11 +23,11 @@ mod status;
 use assignments::{stream_assignments, Inbox, Inboxes};
 use heartbeat::check_session;
 
+use shoal_api::clock::Instant;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use shoal_api::dispatcher_server::Dispatcher as DispatcherService;
 use shoal_api::{
@@ -65,6 +65,8 @@ pub struct Dispatcher {
     /// heartbeat is answered without waiting for the store, which a long
     /// write can hold (a heartbeat that waits is a node marked down).
     period_ms: Arc<AtomicU64>,
+    /// Where node and session ids come from.
+    ids: Mutex<rand::rngs::StdRng>,
 }
 
 fn period_of(cluster: Option<&shoal_api::Cluster>) -> u64 {
@@ -74,16 +76,23 @@ fn period_of(cluster: Option<&shoal_api::Cluster>) -> u64 {
         .map_or(5_000, |d| d.heartbeat_period_ms.max(1))
 }
 
-fn random_id() -> String {
-    use rand::SeedableRng;
-    crate::identity::new_object_id(&mut rand::rngs::StdRng::from_entropy())
-}
-
 impl Dispatcher {
+    /// A new random id (node or session).
+    fn new_id(&self) -> String {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        crate::identity::new_object_id(&mut *ids)
+    }
+
     /// The service, and the monitor that marks silent nodes DOWN (run it).
-    pub fn new(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) -> Dispatcher {
+    /// Node and session ids come from `ids` (seeded: a simulation replays).
+    pub fn new(
+        replica: Arc<Replica>,
+        shutdown: watch::Receiver<bool>,
+        ids: rand::rngs::StdRng,
+    ) -> Dispatcher {
         let period_ms = Arc::new(AtomicU64::new(period_of(replica.store().view().cluster())));
         Dispatcher {
+            ids: Mutex::new(ids),
             period_ms,
             replica,
             sessions: Arc::default(),

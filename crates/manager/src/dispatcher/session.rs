@@ -1,8 +1,8 @@
 //! Opening a session: the node is recorded READY (created on first contact)
 //! and its assignment stream starts.
 
+use shoal_api::clock::Instant;
 use std::sync::Arc;
-use std::time::Instant;
 
 use shoal_api::{
     node_status, store_action, Node, NodeRole, NodeStatus, SessionRequest, StoreAction, Transaction,
@@ -16,7 +16,7 @@ impl Dispatcher {
     /// Records the node and starts streaming its assignments.
     pub(super) async fn open_session(&self, req: SessionRequest) -> Result<SessionStream, Status> {
         let node_id = if req.node_id.is_empty() {
-            random_id()
+            self.new_id()
         } else {
             req.node_id.clone()
         };
@@ -65,7 +65,7 @@ impl Dispatcher {
         if !recorded {
             return Err(Status::unavailable("could not record the node; retry"));
         }
-        let session_id = random_id();
+        let session_id = self.new_id();
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())

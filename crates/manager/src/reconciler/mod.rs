@@ -14,15 +14,20 @@
 //! by that full pass, after a backoff when every proposal of a pass failed:
 //! never dropped with a log line.
 
+pub(crate) mod backoff;
+
+use shoal_api::clock::now_ms;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use shoal_api::clock::Instant;
 
 use shoal_api::{StoreAction, Transaction};
 use shoal_raft::Replica;
 use shoal_store::{Event, Tables};
 use tokio::sync::watch;
 
-use crate::backoff::Backoff;
+use backoff::Backoff;
 
 /// Backoff after a pass whose every proposal failed.
 const RETRY_MIN_MS: u64 = 50;
@@ -89,12 +94,6 @@ pub trait Reconciler: Send + 'static {
     /// Decides from `view`: from every object when `full` (forgetting what
     /// `observe` noted), else from what `observe` noted since the last pass.
     fn decide(&mut self, view: &Tables, now_ms: i64, full: bool) -> Pass;
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs `reconciler` until `shutdown` turns true.

@@ -1,0 +1,302 @@
+//! The decision for one service: which places should hold a task, and
+//! what each place needs (a new task, a replacement, a restart, or to be
+//! let go), within the pass's budget of new tasks.
+
+use std::collections::{BTreeMap, HashSet};
+
+use shoal_api::{
+    store_action, Node, Service, ServiceMode, StoreAction, Task, TaskState, TaskStatus,
+};
+use shoal_store::Tables;
+
+use crate::constraint::Constraint;
+use crate::reconciler::pack;
+
+use super::*;
+
+pub(super) fn update(task: Task) -> StoreAction {
+    StoreAction {
+        kind: store_action::Kind::Update as i32,
+        target: Some(task.into()),
+    }
+}
+
+pub(super) fn create(task: Task) -> StoreAction {
+    StoreAction {
+        kind: store_action::Kind::Create as i32,
+        target: Some(task.into()),
+    }
+}
+
+pub(super) fn occupies(task: &Task) -> bool {
+    matches!(task.desired(), TaskState::Running | TaskState::Ready)
+}
+
+pub(super) fn with_desired(task: &Task, state: TaskState) -> Task {
+    let mut t = task.clone();
+    t.desired_state = state as i32;
+    t
+}
+
+pub(super) fn created_at(task: &Task) -> i64 {
+    task.meta.as_ref().map_or(0, |m| m.created_at_ms)
+}
+
+/// Where a task sits: a slot number, or a node for global services.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Place {
+    Slot(u64),
+    Node(String),
+}
+
+/// Makes new tasks for one service, within what is left of the pass's
+/// budget of new tasks.
+pub(super) struct Maker<'a, F: FnMut() -> String> {
+    pub(super) service: &'a Service,
+    pub(super) now_ms: i64,
+    pub(super) new_id: &'a mut F,
+    /// New tasks this pass may still create (all services together).
+    pub(super) budget: &'a mut u64,
+    /// The service needed a task the budget could not pay for.
+    pub(super) starved: bool,
+}
+
+impl<F: FnMut() -> String> Maker<'_, F> {
+    /// Whether a task may be created now; when not, the service is noted
+    /// as unfinished and the place is left as it is for the next pass.
+    pub(super) fn may_create(&mut self) -> bool {
+        if *self.budget == 0 {
+            self.starved = true;
+        }
+        *self.budget > 0
+    }
+
+    pub(super) fn task(&mut self, place: &Place, desired: TaskState) -> Task {
+        debug_assert!(*self.budget > 0, "a task made past the pass's budget");
+        *self.budget = self.budget.saturating_sub(1);
+        let (slot, node_id) = match place {
+            Place::Slot(s) => (*s, String::new()),
+            Place::Node(n) => (0, n.clone()),
+        };
+        Task {
+            id: (self.new_id)(),
+            spec: self.service.spec.as_ref().and_then(|s| s.task.clone()),
+            spec_version: self.service.spec_version,
+            service_id: self.service.id.clone(),
+            slot,
+            node_id,
+            desired_state: desired as i32,
+            status: Some(TaskStatus {
+                timestamp_ms: self.now_ms,
+                state: TaskState::New as i32,
+                message: "created".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// The new tasks one pass may create, as the cluster sets it.
+pub(super) fn pass_budget(view: &Tables) -> u64 {
+    crate::Limits::of(view.cluster()).max_new_tasks_per_pass
+}
+
+/// Decides the tasks of every service. `new_id` makes task ids (seeded in tests).
+pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -> Decision {
+    let mut decision = Decision::default();
+    let nodes: Vec<&Node> = view.nodes().collect();
+    let evicted = evicted_for_resources(view);
+    let mut budget = pass_budget(view);
+    for service in view.services() {
+        let outcome = reconcile(view, service, &nodes, &evicted, now_ms, new_id, &mut budget);
+        decision.transactions.extend(pack(outcome.groups));
+        if let Some(due) = outcome.wake_at_ms {
+            decision.wake_at_ms = Some(decision.wake_at_ms.map_or(due, |w: i64| w.min(due)));
+        }
+        if outcome.starved {
+            decision.unfinished.push(service.id.clone());
+        }
+    }
+    let services: HashSet<&str> = view.services().map(|s| s.id.as_str()).collect();
+    decision.transactions.extend(let_go(
+        view.tasks_sharing_specs()
+            .map(|(t, _)| t)
+            .filter(|t| !services.contains(t.service_id.as_str())),
+    ));
+    decision
+}
+
+/// Tasks whose service is gone: let go (desired REMOVE) for the reaper to
+/// remove once they stopped.
+pub(super) fn let_go(tasks: impl Iterator<Item = Task>) -> Vec<Vec<StoreAction>> {
+    pack(
+        tasks
+            .filter(|t| t.desired() != TaskState::Remove)
+            .map(|t| vec![update(with_desired(&t, TaskState::Remove))]),
+    )
+}
+
+/// What one service needs.
+pub(super) struct ServiceOutcome {
+    pub(super) groups: Vec<Vec<StoreAction>>,
+    /// When its earliest delayed restart is due.
+    pub(super) wake_at_ms: Option<i64>,
+    /// It needs more new tasks than the pass's budget had left.
+    pub(super) starved: bool,
+}
+
+/// The actions one service needs, and when its earliest delayed restart is
+/// due. At most `budget` new tasks are made (and taken from it).
+pub(super) fn reconcile(
+    view: &Tables,
+    service: &Service,
+    nodes: &[&Node],
+    evicted: &HashSet<String>,
+    now_ms: i64,
+    new_id: &mut impl FnMut() -> String,
+    budget: &mut u64,
+) -> ServiceOutcome {
+    let mut wake_at_ms: Option<i64> = None;
+    let spec = service.spec.clone().unwrap_or_default();
+    let mode = ServiceMode::try_from(spec.mode).unwrap_or(ServiceMode::Replicated);
+    // Without their specs: the updates below change only desired state,
+    // and the store keeps the spec of a task updated without one.
+    let tasks: Vec<Task> = view
+        .tasks_of_service_sharing_specs(&service.id)
+        .map(|(t, _)| t)
+        .collect();
+    let mut by_place: BTreeMap<Place, Vec<&Task>> = BTreeMap::new();
+    for t in &tasks {
+        let place = match mode {
+            ServiceMode::Global | ServiceMode::GlobalJob => Place::Node(t.node_id.clone()),
+            _ => Place::Slot(t.slot),
+        };
+        by_place.entry(place).or_default().push(t);
+    }
+    for history in by_place.values_mut() {
+        history.sort_by(|a, b| (created_at(a), &a.id).cmp(&(created_at(b), &b.id)));
+    }
+    let constraints = constraints_of(&spec);
+    // The places that should hold a task.
+    let wanted: Vec<Place> = match mode {
+        ServiceMode::Global | ServiceMode::GlobalJob => nodes
+            .iter()
+            .filter(|n| eligible(n, &constraints))
+            .map(|n| Place::Node(n.id.clone()))
+            .collect(),
+        _ => {
+            let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
+            choose_slots(&by_place, replicas, *budget as usize)
+        }
+    };
+    // Fewer places than asked for: the budget bounded the new slots.
+    let mut starved = matches!(mode, ServiceMode::Replicated | ServiceMode::ReplicatedJob)
+        && wanted.len() < spec.replicas.unwrap_or(1).max(0) as usize;
+    // One group per place: a task let go and its replacement commit together.
+    let mut groups: Vec<Vec<StoreAction>> = Vec::new();
+    let mut maker = Maker {
+        service,
+        now_ms,
+        new_id,
+        budget,
+        starved: false,
+    };
+    // Places that should be empty: let their tasks go.
+    let wanted_set: std::collections::BTreeSet<&Place> = wanted.iter().collect();
+    for (place, history) in &by_place {
+        if !wanted_set.contains(place) {
+            for t in history.iter().filter(|t| occupies(t)) {
+                groups.push(vec![update(with_desired(t, TaskState::Shutdown))]);
+            }
+        }
+    }
+    for place in &wanted {
+        let history: &[&Task] = by_place.get(place).map_or(&[], Vec::as_slice);
+        let (actions, due) = place_actions(view, &constraints, evicted, place, history, &mut maker);
+        if !actions.is_empty() {
+            groups.push(actions);
+        }
+        if let Some(due) = due {
+            wake_at_ms = Some(wake_at_ms.map_or(due, |w: i64| w.min(due)));
+        }
+    }
+    starved |= maker.starved;
+    ServiceOutcome {
+        groups,
+        wake_at_ms,
+        starved,
+    }
+}
+
+/// The actions one wanted place of a service needs (its tasks in
+/// `history`, oldest first), and when its delayed restart is due.
+pub(super) fn place_actions<F: FnMut() -> String>(
+    view: &Tables,
+    constraints: &[Constraint],
+    evicted: &HashSet<String>,
+    place: &Place,
+    history: &[&Task],
+    maker: &mut Maker<'_, F>,
+) -> (Vec<StoreAction>, Option<i64>) {
+    let service = maker.service;
+    let now_ms = maker.now_ms;
+    let mut actions = Vec::new();
+    let mut live: Vec<&Task> = history.iter().copied().filter(|t| occupies(t)).collect();
+    // At most one live task per place: keep the newest.
+    while live.len() > 1 {
+        let extra = live.remove(0);
+        actions.push(update(with_desired(extra, TaskState::Shutdown)));
+    }
+    let Some(current) = live.first() else {
+        if maker.may_create() {
+            actions.push(create(maker.task(place, TaskState::Running)));
+        }
+        return (actions, None);
+    };
+    let state = current.observed();
+    let stranded = matches!(place, Place::Slot(_))
+        && !state.is_terminal()
+        && !current.node_id.is_empty()
+        && (!keeps_tasks(view.node(&current.node_id), constraints)
+            || evicted.contains(&current.id));
+    let replace = stranded || (current.spec_version < service.spec_version && !state.is_terminal());
+    let restart =
+        !replace && state.is_terminal() && should_restart(service, history, current, now_ms);
+    if (replace || restart) && !maker.may_create() {
+        // A task let go and its replacement commit together: both wait
+        // for a pass with budget left.
+        return (actions, None);
+    }
+    if replace {
+        // Moved off a node that cannot keep it, or a plain
+        // replacement of an old template (rolling updates grow here).
+        actions.push(update(with_desired(current, TaskState::Shutdown)));
+        actions.push(create(maker.task(place, TaskState::Running)));
+    } else if state.is_terminal() {
+        if restart {
+            let delay = restart_delay_ms(service, state);
+            actions.push(update(with_desired(current, TaskState::Shutdown)));
+            let next = if delay == 0 {
+                TaskState::Running
+            } else {
+                TaskState::Ready
+            };
+            actions.push(create(maker.task(place, next)));
+        }
+    } else if current.desired() == TaskState::Ready {
+        // The delay follows from how the task it replaces ended.
+        let replaced = history
+            .iter()
+            .rfind(|t| created_at(t) <= created_at(current) && t.id != current.id)
+            .map_or(TaskState::Failed, |t| t.observed());
+        let delay = restart_delay_ms(service, replaced) as i64;
+        let due = created_at(current) + delay;
+        if now_ms >= due {
+            actions.push(update(with_desired(current, TaskState::Running)));
+        } else {
+            return (actions, Some(due));
+        }
+    }
+    (actions, None)
+}
