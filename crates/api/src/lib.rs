@@ -14,6 +14,7 @@ pub use pb::*;
 
 pub mod clock;
 pub mod enum_name;
+mod node_state;
 mod object_kind;
 mod task_state;
 pub use task_state::MAX_STATUS_HISTORY;

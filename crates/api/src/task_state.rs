@@ -20,9 +20,22 @@ impl Task {
         TaskState::try_from(self.desired_state).unwrap_or(TaskState::Shutdown)
     }
 
-    /// Moves the task to `next`, keeping the status it leaves in its
-    /// history (bounded). Every writer of task status goes through here.
-    pub fn advance_status(&mut self, next: TaskStatus) {
+    /// Moves the task to `next` if that is a forward move
+    /// ([`TaskState::may_become`]), keeping the status it leaves in its
+    /// history (bounded); returns whether it moved. Every writer of task
+    /// status goes through here, so no component can move a task backwards
+    /// or out of a terminal state.
+    #[must_use = "a backward move is refused: say what happens then"]
+    pub fn advance_status(&mut self, next: TaskStatus) -> bool {
+        let forward =
+            TaskState::try_from(next.state).is_ok_and(|state| self.observed().may_become(state));
+        if forward {
+            self.push_status(next);
+        }
+        forward
+    }
+
+    fn push_status(&mut self, next: TaskStatus) {
         if let Some(previous) = self.status.take() {
             // Exactly one more: a task is written once and dropped, and a
             // doubling list would give each of 100,000 assignments room
@@ -91,7 +104,7 @@ mod tests {
     fn status_history_keeps_the_latest_sixteen_oldest_first() {
         let mut task = Task::default();
         for state in 0..20 {
-            task.advance_status(TaskStatus {
+            task.push_status(TaskStatus {
                 exit_code: state,
                 ..Default::default()
             });
@@ -99,6 +112,34 @@ mod tests {
         assert_eq!(task.status.as_ref().unwrap().exit_code, 19);
         let kept: Vec<i32> = task.history.iter().map(|s| s.exit_code).collect();
         assert_eq!(kept, (3..19).collect::<Vec<i32>>());
+    }
+
+    #[test]
+    fn status_only_ever_moves_forward_whoever_writes_it() {
+        let mut task = Task::default();
+        let to = |state: TaskState| TaskStatus {
+            state: state as i32,
+            ..Default::default()
+        };
+        assert!(task.advance_status(to(TaskState::Pending)));
+        assert!(task.advance_status(to(TaskState::Running)));
+        assert!(!task.advance_status(to(TaskState::Assigned)), "backwards");
+        assert!(!task.advance_status(to(TaskState::Running)), "in place");
+        assert!(task.advance_status(to(TaskState::Failed)));
+        assert!(
+            !task.advance_status(to(TaskState::Orphaned)),
+            "out of a terminal state"
+        );
+        let unknown = TaskStatus {
+            state: 9_999,
+            ..Default::default()
+        };
+        assert!(
+            !task.advance_status(unknown),
+            "a state this build does not know"
+        );
+        assert_eq!(task.observed(), TaskState::Failed);
+        assert_eq!(task.history.len(), 2);
     }
 
     #[test]

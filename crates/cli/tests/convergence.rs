@@ -4,9 +4,9 @@
 mod harness;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use harness::{json_lines, replicas, wait_until, Daemon, READY_WITHIN};
+use harness::{after_an_orchestrator_pass, json_lines, replicas, wait_until, Daemon, READY_WITHIN};
 
 /// The live task processes of this daemon, by task id.
 fn processes(d: &Daemon) -> HashMap<String, u32> {
@@ -140,8 +140,8 @@ fn a_clean_exit_under_on_failure_is_complete_and_not_replaced() {
             .first()
             .is_some_and(|t| t["current_state"].as_str().unwrap().starts_with("Complete"))
     });
-    // The next passes must not add a task: give them time, then look.
-    std::thread::sleep(Duration::from_millis(500));
+    // A pass that saw the completion must not have added a task.
+    after_an_orchestrator_pass(&d);
     assert_eq!(tasks(&d, "job").len(), 1);
 }
 
@@ -174,7 +174,7 @@ fn a_missing_program_is_rejected_with_the_os_error_and_restarts_stop_at_max_atte
                 == "exec \"no-such-program-xyz\": executable file not found in $PATH"),
         "{t:?}"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    after_an_orchestrator_pass(&d);
     assert_eq!(tasks(&d, "bad").len(), 3, "restarts went past max attempts");
 }
 

@@ -93,12 +93,13 @@ fn host_ports(view: &Tables, task: &Task) -> Option<Endpoint> {
 }
 
 fn pending(mut task: Task, now_ms: i64) -> StoreAction {
-    task.advance_status(TaskStatus {
+    let moved = task.advance_status(TaskStatus {
         timestamp_ms: now_ms,
         state: TaskState::Pending as i32,
         message: "pending task scheduling".into(),
         ..Default::default()
     });
+    debug_assert!(moved, "only NEW tasks are allocated");
     StoreAction {
         kind: store_action::Kind::Update as i32,
         target: Some(task.into()),

@@ -313,11 +313,11 @@ impl World {
                         .filter(|t| !t.observed().is_terminal())
                         .map(|mut t| {
                             t.spec = None;
-                            t.advance_status(TaskStatus {
+                            assert!(t.advance_status(TaskStatus {
                                 state: TaskState::Orphaned as i32,
                                 timestamp_ms: self.now_ms,
                                 ..Default::default()
-                            });
+                            }));
                             action(store_action::Kind::Update, t)
                         })
                         .collect();
@@ -360,11 +360,11 @@ impl World {
                     return Ok(());
                 }
                 t.spec = None;
-                t.advance_status(TaskStatus {
+                assert!(t.advance_status(TaskStatus {
                     state: next as i32,
                     timestamp_ms: self.now_ms,
                     ..Default::default()
-                });
+                }));
                 self.apply(vec![action(store_action::Kind::Update, t)]);
             }
             Op::Tick(ms) => self.now_ms += ms,

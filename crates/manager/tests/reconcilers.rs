@@ -332,6 +332,34 @@ fn a_delayed_restart_waits_in_ready_then_is_let_go() {
 }
 
 #[test]
+fn a_replacement_rejected_during_its_delay_is_replaced_only_when_the_delay_is_over() {
+    let mut w = World::new();
+    let no_delay = RestartPolicy {
+        condition: 0,
+        delay_ms: 0,
+        ..Default::default()
+    };
+    w.create(service(1, no_delay), 0);
+    w.orchestrate(1_000);
+    let first = w.live().remove(0);
+    // A missing program: rejected at once, replaced after at least 1 s.
+    w.set_state(&first.id, TaskState::Rejected, 1_000);
+    w.orchestrate(1_000);
+    let second = w.live().remove(0);
+    assert_eq!(second.desired_state, TaskState::Ready as i32);
+    let created = second.meta.as_ref().unwrap().created_at_ms;
+    // Its preparation fails too, long before its delay is over: no third
+    // task yet, and the pass says when to look again.
+    w.set_state(&second.id, TaskState::Rejected, created + 10);
+    let waiting = w.orchestrate(created + 10);
+    assert!(waiting.transactions.is_empty(), "a broken spec spun");
+    assert_eq!(waiting.wake_at_ms, Some(created + 1_000));
+    assert_eq!(w.tasks().len(), 2);
+    w.orchestrate(created + 1_000);
+    assert_eq!(w.tasks().len(), 3);
+}
+
+#[test]
 fn max_attempts_within_the_window_are_respected() {
     let mut w = World::new();
     let policy = RestartPolicy {

@@ -217,6 +217,24 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Returns once the orchestrator has made a pass over a store that holds
+/// everything committed before this call: it creates a marker service and
+/// waits for its task, which a pass can only make after it has seen every
+/// earlier change (changes are observed in commit order). What a test
+/// expects *not* to happen has then had its chance.
+pub fn after_an_orchestrator_pass(d: &Daemon) {
+    static MARKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!(
+        "pass-marker-{}",
+        MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    d.ok(&["service", "create", "--name", &name, "--", "sleep", "1000"]);
+    wait_until("the orchestrator's marker task", || {
+        !d.ok(&["service", "ps", "-q", &name]).trim().is_empty()
+    });
+    d.ok(&["service", "rm", &name]);
+}
+
 /// A service's REPLICAS column in `service ls` (`3/3`), empty if absent.
 pub fn replicas(d: &Daemon, service: &str) -> String {
     json_lines(&d.ok(&["service", "ls", "--format", "json"]))

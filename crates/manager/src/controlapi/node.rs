@@ -80,9 +80,7 @@ impl ControlApi {
                 node.id
             )));
         }
-        let down = node.status.as_ref().map(|s| s.state)
-            == Some(shoal_api::node_status::State::Down as i32);
-        if !down && !req.force {
+        if !node.is_down() && !req.force {
             return Err(ApiError::Refused(format!(
                 "node {} is not down: drain it first, or use --force to remove a live node",
                 req.reference

@@ -133,7 +133,7 @@ fn expect_recorded_nodes(
         .store()
         .view()
         .nodes()
-        .filter(|n| n.status.as_ref().map(|s| s.state) != Some(node_status::State::Down as i32))
+        .filter(|n| !n.is_down())
         .map(|n| n.id.clone())
         .collect();
     let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -231,19 +231,19 @@ async fn write_down(replica: &Replica, node_id: &str, message: &str) -> bool {
         let orphans: Vec<StoreAction> = view
             .task_versions_of_node(node_id)
             .filter_map(|(id, _)| view.task_without_spec(id))
-            .filter(|t| t.observed().may_become(TaskState::Orphaned))
-            .map(|mut t| {
-                // No spec: the store keeps the task's own.
-                t.advance_status(TaskStatus {
+            .filter_map(|mut t| {
+                // No spec: the store keeps the task's own. A task already
+                // terminal stays as it ended.
+                let orphaned = t.advance_status(TaskStatus {
                     timestamp_ms: shoal_api::clock::now_ms(),
                     state: TaskState::Orphaned as i32,
                     message: "the node is down".into(),
                     ..Default::default()
                 });
-                StoreAction {
+                orphaned.then(|| StoreAction {
                     kind: store_action::Kind::Update as i32,
                     target: Some(t.into()),
-                }
+                })
             })
             .collect();
         let node = down.then(|| StoreAction {

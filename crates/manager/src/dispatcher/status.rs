@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use shoal_api::{
-    store_action, StoreAction, TaskState, TaskStatus, Transaction, UpdateTaskStatusRequest,
+    store_action, StoreAction, TaskStatus, Transaction, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse,
 };
 use tonic::Status;
@@ -49,11 +49,7 @@ impl Dispatcher {
                     let mut moved = false;
                     for status in statuses {
                         // Only forward: a stale or repeated report is dropped.
-                        let next = TaskState::try_from(status.state);
-                        if next.is_ok_and(|next| task.observed().may_become(next)) {
-                            task.advance_status(status.clone());
-                            moved = true;
-                        }
+                        moved |= task.advance_status(status.clone());
                     }
                     moved.then(|| {
                         vec![StoreAction {

@@ -16,11 +16,8 @@ use super::*;
 /// keeps its tasks; a node not yet ready (just registering) is given time.
 pub(super) fn keeps_tasks(node: Option<&Node>, constraints: &[Constraint]) -> bool {
     let Some(node) = node else { return false };
-    let down =
-        node.status.as_ref().map(|s| s.state) == Some(shoal_api::node_status::State::Down as i32);
-    let drained = node.spec.as_ref().map_or(0, |s| s.availability)
-        == shoal_api::node_spec::Availability::Drain as i32;
-    !down && !drained && constraints.iter().all(|c| c.matches(node))
+    let drained = node.availability() == shoal_api::node_spec::Availability::Drain;
+    !node.is_down() && !drained && constraints.iter().all(|c| c.matches(node))
 }
 
 /// Tasks that must leave their node because it no longer has the CPU or

@@ -276,6 +276,14 @@ pub(super) fn place_actions<F: FnMut() -> String>(
     } else if state.is_terminal() {
         if restart {
             let delay = restart_delay_ms(service, state);
+            // A replacement that ended while it still waited out its delay
+            // (its preparation failed: a missing program is rejected at
+            // once) is replaced when that delay is over, not at once:
+            // otherwise a broken spec spins at the speed of a pass.
+            let due = created_at(current) + delay as i64;
+            if current.desired() == TaskState::Ready && now_ms < due {
+                return (actions, Some(due));
+            }
             actions.push(update(with_desired(current, TaskState::Shutdown)));
             let next = if delay == 0 {
                 TaskState::Running

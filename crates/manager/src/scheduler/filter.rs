@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use shoal_api::{node_status, port_config};
+use shoal_api::port_config;
 
 use super::*;
 
@@ -34,13 +34,11 @@ impl NodeSet {
         let node = &self.nodes[index];
         let load = &self.loads[index];
         if !self.schedulable[index] {
-            return Some(
-                if node.status.as_ref().map(|s| s.state) != Some(node_status::State::Ready as i32) {
-                    Reason::NotReady
-                } else {
-                    Reason::NotActive
-                },
-            );
+            return Some(if !node.is_ready() {
+                Reason::NotReady
+            } else {
+                Reason::NotActive
+            });
         }
         if group.memory > load.memory_left {
             return Some(Reason::Memory);

@@ -385,12 +385,13 @@ fn place_pending<'s>(
                     }
                     // No spec: the store keeps the task's own.
                     task.node_id = cluster.nodes[index].id.clone();
-                    task.advance_status(TaskStatus {
+                    let moved = task.advance_status(TaskStatus {
                         timestamp_ms: now_ms,
                         state: TaskState::Assigned as i32,
                         message: "scheduler assigned task to node".into(),
                         ..Default::default()
                     });
+                    debug_assert!(moved, "only PENDING tasks are placed");
                     actions.push(StoreAction {
                         kind: store_action::Kind::Update as i32,
                         target: Some(task.into()),

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use shoal_api::{node_spec, node_status, Node, Task, TaskSpec, TaskState};
+use shoal_api::{Node, Task, TaskSpec, TaskState};
 use shoal_store::Tables;
 
 use crate::constraint::Constraint;
@@ -60,14 +60,7 @@ impl NodeSet {
                 }
             })
             .collect();
-        let schedulable: Vec<bool> = nodes
-            .iter()
-            .map(|n| {
-                n.status.as_ref().map(|s| s.state) == Some(node_status::State::Ready as i32)
-                    && n.spec.as_ref().map_or(0, |s| s.availability)
-                        == node_spec::Availability::Active as i32
-            })
-            .collect();
+        let schedulable: Vec<bool> = nodes.iter().map(Node::takes_new_tasks).collect();
         NodeSet {
             index_of: nodes
                 .iter()
@@ -244,9 +237,7 @@ impl NodeSet {
             return None;
         }
         let was = self.schedulable[i];
-        let now = node.status.as_ref().map(|s| s.state) == Some(node_status::State::Ready as i32)
-            && node.spec.as_ref().map_or(0, |s| s.availability)
-                == node_spec::Availability::Active as i32;
+        let now = node.takes_new_tasks();
         self.nodes[i] = node.clone();
         if was != now {
             let key = (self.loads[i].tasks, i);
