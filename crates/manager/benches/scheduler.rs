@@ -119,7 +119,7 @@ fn run(nodes: usize, tasks: usize, constrained: bool, one_service: bool) {
     let start = Instant::now();
     let actions: Vec<StoreAction> = {
         let view = store.view();
-        assert!(changes.drain_with(|e| scheduler.observe(&view, e)));
+        assert!(changes.drain_with(view.version(), |e| scheduler.observe(&view, e)));
         scheduler
             .decide(&view, 0, false)
             .transactions

@@ -476,14 +476,14 @@ async fn a_node_expires_at_its_own_ttl_while_another_nodes_down_write_waits_to_c
     };
     let (b_beats, mut b_answers) = open_heartbeats(&mut s.client).await;
 
-    // Phase 1: while a thread holds a view, no write can be applied. "a" is
+    // Phase 1: while a thread holds commits back, no write can be applied. "a" is
     // silent: it expires and its DOWN write waits; "b" keeps beating for
     // several TTLs past that.
     let (release, released) = std::sync::mpsc::channel::<()>();
     let (taken, view_taken) = tokio::sync::oneshot::channel();
     let replica = Arc::clone(&s.replica);
     let holder = std::thread::spawn(move || {
-        let _view = replica.store().view();
+        let _held = replica.store().hold_commits();
         let _ = taken.send(());
         let _ = released.recv();
     });

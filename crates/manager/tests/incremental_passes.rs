@@ -419,7 +419,9 @@ fn decide<R: Reconciler>(
 ) -> shoal_manager::reconciler::Pass {
     let view = store.view();
     let reconciler = &mut r.reconciler;
-    assert!(r.changes.drain_with(|e| reconciler.observe(&view, e)));
+    assert!(r
+        .changes
+        .drain_with(view.version(), |e| reconciler.observe(&view, e)));
     r.reconciler.decide(&view, now_ms, false)
 }
 
@@ -448,13 +450,13 @@ impl World {
     fn pass_full(&mut self) {
         let now = self.now_ms;
         let view = self.store.view();
-        let _ = self.orchestrator.changes.drain_with(|_| {});
+        let _ = self.orchestrator.changes.drain_with(u64::MAX, |_| {});
         let _ = self.orchestrator.reconciler.decide(&view, now, true);
-        let _ = self.allocator.changes.drain_with(|_| {});
+        let _ = self.allocator.changes.drain_with(u64::MAX, |_| {});
         let _ = self.allocator.reconciler.decide(&view, now, true);
-        let _ = self.scheduler.changes.drain_with(|_| {});
+        let _ = self.scheduler.changes.drain_with(u64::MAX, |_| {});
         let _ = self.scheduler.reconciler.decide(&view, now, true);
-        let _ = self.reaper.changes.drain_with(|_| {});
+        let _ = self.reaper.changes.drain_with(u64::MAX, |_| {});
         let _ = self.reaper.reconciler.decide(&view, now, true);
     }
 }

@@ -307,14 +307,14 @@ async fn a_decision_goes_into_the_next_entry_ahead_of_waiting_status_reports() {
     config.proposer.max_entries_in_flight = 2;
     let replica = Arc::new(open_with(config, true).await);
 
-    // Phase 1: while a thread holds a view no entry can be applied, so the
+    // Phase 1: while a thread holds commits back no entry can be applied, so the
     // two in flight stay there and everything after them waits.
     let (release, released) = std::sync::mpsc::channel::<()>();
     let (taken, view_taken) = tokio::sync::oneshot::channel();
     let holder = {
         let replica = Arc::clone(&replica);
         std::thread::spawn(move || {
-            let _view = replica.store().view();
+            let _held = replica.store().hold_commits();
             let _ = taken.send(());
             let _ = released.recv();
         })

@@ -269,7 +269,7 @@ impl SimCluster {
             };
             // Read in place: copying every change would slow what is measured.
             let in_step = next.is_ok()
-                && changes.drain_with(|event| {
+                && changes.drain_with(u64::MAX, |event| {
                     if let Event::Change { action, object, .. } = event {
                         if let Some(object::Kind::Task(t)) = &object.kind {
                             if *action != watch_event::Action::Remove && counts(t) {

@@ -3,8 +3,6 @@
 //! Everything here is deterministic: the same batches applied in the same order
 //! give the same tables on every manager.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 use std::sync::Arc;
 
 use prost::Message;
@@ -16,26 +14,35 @@ use shoal_api::{
 use crate::error::{LookupError, TxnError};
 use crate::watch::Event;
 
-/// The store's maps hash with Fx: every key is an id or name it indexes,
+/// Maps that hash with Fx: every key is an id or name the store indexes,
 /// hashed on every write, and SipHash was most of an index update. Nothing
 /// reads these maps in iteration order, so the hash cannot leak into what
 /// the store returns.
 type HashMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
 type HashSet<K> = std::collections::HashSet<K, rustc_hash::FxBuildHasher>;
 
+/// The tables' own maps are persistent (imbl): a copy of [`Tables`] shares
+/// every node with the original and costs a handful of pointer copies, and a
+/// write copies only the path to what it changes. That is what lets a reader
+/// keep a view as long as it likes while commits go on (see [`crate::Store`]).
+type Ordered<K, V> = imbl::OrdMap<K, V>;
+type OrderedSet<K> = imbl::OrdSet<K>;
+type Hashed<K, V> =
+    imbl::GenericHashMap<K, V, rustc_hash::FxBuildHasher, imbl::shared_ptr::DefaultSharedPtr>;
+
 /// A table of one named kind: objects by id, and the unique-name index.
 #[derive(Debug, Clone)]
-struct Table<T> {
-    by_id: BTreeMap<String, T>,
+struct Table<T: Clone> {
+    by_id: Ordered<String, T>,
     /// Lower-cased name → id. Names compare case-insensitively, as DNS does.
-    by_name: HashMap<String, String>,
+    by_name: Hashed<String, String>,
 }
 
-impl<T> Default for Table<T> {
+impl<T: Clone> Default for Table<T> {
     fn default() -> Self {
         Table {
-            by_id: BTreeMap::new(),
-            by_name: HashMap::default(),
+            by_id: Ordered::new(),
+            by_name: Hashed::default(),
         }
     }
 }
@@ -49,7 +56,8 @@ impl<T> Default for Table<T> {
 /// target; a read pays about a microsecond to decode.
 #[derive(Debug, Clone)]
 struct StoredTask {
-    encoded: Box<[u8]>,
+    /// Shared, so copying a node of the persistent table copies no bytes.
+    encoded: Arc<[u8]>,
     /// The task's meta, kept decoded: version checks and updates read it on
     /// every write, and must not pay a decode for it.
     meta: Meta,
@@ -75,7 +83,7 @@ impl StoredTask {
 }
 
 /// Task ids per service or per node.
-type TaskIndex = HashMap<Arc<str>, BTreeSet<Arc<str>>>;
+type TaskIndex = Hashed<Arc<str>, OrderedSet<Arc<str>>>;
 
 /// Adds `id` under `key` (none for an empty key); returns the index's key.
 fn index_under(index: &mut TaskIndex, key: &str, id: &Arc<str>) -> Option<Arc<str>> {
@@ -87,7 +95,7 @@ fn index_under(index: &mut TaskIndex, key: &str, id: &Arc<str>) -> Option<Arc<st
         return index.get_key_value(key).map(|(k, _)| Arc::clone(k));
     }
     let key: Arc<str> = Arc::from(key);
-    index.insert(Arc::clone(&key), BTreeSet::from([Arc::clone(id)]));
+    index.insert(Arc::clone(&key), OrderedSet::unit(Arc::clone(id)));
     Some(key)
 }
 
@@ -117,11 +125,11 @@ fn reindex(
 
 #[derive(Debug, Default, Clone)]
 struct TaskTable {
-    by_id: BTreeMap<Arc<str>, StoredTask>,
+    by_id: Ordered<Arc<str>, StoredTask>,
     by_service: TaskIndex,
     by_node: TaskIndex,
     /// The last spec seen per service: a new task whose spec equals it shares it.
-    spec_cache: HashMap<String, Arc<TaskSpec>>,
+    spec_cache: Hashed<String, Arc<TaskSpec>>,
 }
 
 impl TaskTable {
@@ -132,10 +140,7 @@ impl TaskTable {
     /// update changes it in place.
     fn write(&mut self, mut task: Task, version: u64, now_ms: i64, copy: bool) -> Option<Task> {
         let key = task.id.as_str();
-        let existing = self
-            .by_id
-            .range_mut::<str, _>((Bound::Included(key), Bound::Included(key)))
-            .next();
+        let existing = self.by_id.get_key_value_mut(key);
         task.meta = Some(Meta {
             version,
             created_at_ms: existing
@@ -164,7 +169,7 @@ impl TaskTable {
                     id,
                 );
                 stored.node = reindex(&mut self.by_node, stored.node.take(), &task.node_id, id);
-                stored.encoded = task.encode_to_vec().into_boxed_slice();
+                stored.encoded = task.encode_to_vec().into();
                 stored.meta = task.meta.unwrap_or_default();
                 stored.spec = spec;
             }
@@ -179,7 +184,7 @@ impl TaskTable {
         debug_assert!(task.spec.is_none());
         let id: Arc<str> = Arc::from(task.id.as_str());
         let stored = StoredTask {
-            encoded: task.encode_to_vec().into_boxed_slice(),
+            encoded: task.encode_to_vec().into(),
             meta: task.meta.unwrap_or_default(),
             service: index_under(&mut self.by_service, &task.service_id, &id),
             node: index_under(&mut self.by_node, &task.node_id, &id),
@@ -189,7 +194,7 @@ impl TaskTable {
     }
 
     fn remove(&mut self, id: &str) -> Option<StoredTask> {
-        let (_, old) = self.by_id.remove_entry(id)?;
+        let (_, old) = self.by_id.remove_with_key(id)?;
         unindex(&mut self.by_service, old.service.as_ref(), id);
         unindex(&mut self.by_node, old.node.as_ref(), id);
         Some(old)
@@ -199,7 +204,7 @@ impl TaskTable {
 /// The spec a new task of `service_id` keeps: the last one seen for that
 /// service when it is equal, so the tasks made from one spec share it.
 fn share_spec(
-    cache: &mut HashMap<String, Arc<TaskSpec>>,
+    cache: &mut Hashed<String, Arc<TaskSpec>>,
     service_id: &str,
     spec: TaskSpec,
 ) -> Arc<TaskSpec> {
@@ -402,7 +407,7 @@ impl Tables {
             let ids = prefix_matches(
                 self.tasks
                     .by_id
-                    .range::<str, _>((
+                    .range::<_, str>((
                         std::ops::Bound::Included(reference),
                         std::ops::Bound::Unbounded,
                     ))
@@ -433,7 +438,7 @@ impl Tables {
             let ids = prefix_matches(
                 table
                     .by_id
-                    .range::<str, _>((
+                    .range::<_, str>((
                         std::ops::Bound::Included(reference),
                         std::ops::Bound::Unbounded,
                     ))
@@ -792,7 +797,7 @@ impl Tables {
     }
 
     fn insert(&mut self, object: Object) {
-        fn put<T: Named>(table: &mut Table<T>, id: String, name: Option<String>, o: T) {
+        fn put<T: Named + Clone>(table: &mut Table<T>, id: String, name: Option<String>, o: T) {
             if let Some(old_name) = table.by_id.get(&id).and_then(Named::unique_name) {
                 table.by_name.remove(&name_key(old_name));
             }
@@ -912,7 +917,7 @@ impl Tables {
     /// debug builds; cost is linear in the store's size.
     pub fn check_invariants(&self) -> Result<(), String> {
         fn names<T: Clone + Into<Object>>(table: &Table<T>, kind: &str) -> Result<(), String> {
-            let mut expected = HashMap::default();
+            let mut expected = Hashed::default();
             for (id, o) in &table.by_id {
                 let o: Object = o.clone().into();
                 if o.id() != id {
@@ -933,8 +938,8 @@ impl Tables {
         names(&self.nodes, "node")?;
         names(&self.services, "service")?;
         names(&self.networks, "network")?;
-        let mut by_service: TaskIndex = HashMap::default();
-        let mut by_node: TaskIndex = HashMap::default();
+        let mut by_service: TaskIndex = Hashed::default();
+        let mut by_node: TaskIndex = Hashed::default();
         for (id, stored) in &self.tasks.by_id {
             let t = Task::decode(&*stored.encoded).map_err(|e| format!("task {id}: {e}"))?;
             if t.spec.is_some() {

@@ -34,6 +34,15 @@ pub enum Event {
 }
 
 impl Event {
+    /// The raft index the event belongs to.
+    pub fn version(&self) -> u64 {
+        match self {
+            Event::Change { version, .. }
+            | Event::Commit { version }
+            | Event::Reset { version } => *version,
+        }
+    }
+
     /// The API form of the event.
     pub fn to_proto(&self) -> WatchEvent {
         match self {
@@ -70,10 +79,15 @@ impl Event {
 /// [`WatchStream::next`] is cancel safe: an event is only taken from the queue
 /// when it is returned.
 pub struct WatchStream {
-    pub(crate) rx: broadcast::Receiver<Arc<Vec<Event>>>,
-    pub(crate) pending: std::collections::VecDeque<Event>,
+    rx: broadcast::Receiver<Arc<Vec<Event>>>,
+    /// Events received and not handed over yet (beyond what a drain asked
+    /// for), in order.
+    pending: std::collections::VecDeque<Event>,
     /// An entry [`WatchStream::changed`] received and nobody took yet.
-    pub(crate) held: Option<Arc<Vec<Event>>>,
+    held: Option<Arc<Vec<Event>>>,
+    /// Events at or below this version are skipped: the view the watch was
+    /// started with already holds them (none for a plain watch).
+    after: Option<u64>,
 }
 
 /// Why a watch ended.
@@ -86,6 +100,15 @@ pub enum WatchError {
 }
 
 impl WatchStream {
+    pub(crate) fn new(rx: broadcast::Receiver<Arc<Vec<Event>>>, after: Option<u64>) -> WatchStream {
+        WatchStream {
+            rx,
+            pending: Default::default(),
+            held: None,
+            after,
+        }
+    }
+
     /// Drops every event already queued, without waiting. Returns false when
     /// the watcher lagged (some were lost) or the store closed: a caller that
     /// reconciles from a fresh view loses nothing either way.
@@ -101,35 +124,54 @@ impl WatchStream {
         }
     }
 
-    /// Hands every event already queued to `f`, in commit order, without
-    /// waiting and without copying them. Returns false when the watcher
-    /// lagged (some were lost), the store was reset (a snapshot installed:
-    /// nothing after the reset is handed over) or the store closed: the
-    /// caller must then start from a fresh view.
+    /// Hands every event already queued up to `version` (a view's) to `f`,
+    /// in commit order, without waiting; later ones stay queued for the next
+    /// drain. Returns false when the watcher lagged (some were lost), the
+    /// store was reset (a snapshot installed: nothing after the reset is
+    /// handed over) or the store closed: the caller must then start from a
+    /// fresh view.
     ///
-    /// Called while holding a view, it hands over exactly the changes up to
-    /// that view's version: writers wait for the view, and send their
-    /// changes before they let it go.
-    pub fn drain_with(&mut self, mut f: impl FnMut(&Event)) -> bool {
+    /// Called with the version of a view just taken, it hands over the
+    /// changes that view holds and earlier drains did not, except those
+    /// whose events are still on their way (the store publishes a view
+    /// before it sends its changes): those come with a later drain, and
+    /// their arrival wakes [`WatchStream::changed`].
+    pub fn drain_with(&mut self, version: u64, mut f: impl FnMut(&Event)) -> bool {
+        let after = self.after;
         let mut in_step = true;
-        let mut hand = |e: &Event| match e {
-            Event::Reset { .. } => in_step = false,
-            _ if in_step => f(e),
-            _ => {}
+        let mut beyond = false;
+        let mut later = std::collections::VecDeque::new();
+        let mut hand = |e: &Event| {
+            let v = e.version();
+            if after.is_some_and(|a| v <= a) {
+                return;
+            }
+            if beyond || v > version {
+                beyond = true;
+                later.push_back(e.clone());
+                return;
+            }
+            match e {
+                Event::Reset { .. } => in_step = false,
+                _ if in_step => f(e),
+                _ => {}
+            }
         };
-        for e in self.pending.drain(..) {
+        for e in std::mem::take(&mut self.pending) {
             hand(&e);
         }
         if let Some(entry) = self.held.take() {
             entry.iter().for_each(&mut hand);
         }
-        loop {
+        let open = loop {
             match self.rx.try_recv() {
                 Ok(entry) => entry.iter().for_each(&mut hand),
-                Err(broadcast::error::TryRecvError::Empty) => return in_step,
-                Err(_) => return false,
+                Err(broadcast::error::TryRecvError::Empty) => break true,
+                Err(_) => break false,
             }
-        }
+        };
+        self.pending = later;
+        in_step && open
     }
 
     /// Waits until a change is queued, without taking it from the queue.
@@ -154,6 +196,9 @@ impl WatchStream {
     pub async fn next(&mut self) -> Result<Event, WatchError> {
         loop {
             if let Some(e) = self.pending.pop_front() {
+                if self.after.is_some_and(|a| e.version() <= a) {
+                    continue;
+                }
                 return Ok(e);
             }
             if let Some(entry) = self.held.take() {

@@ -15,7 +15,7 @@ fn installing_a_snapshot_tells_every_watcher_to_read_again() {
     // with the store, so its next pass is a full one.
     let mut handed = 0;
     assert!(
-        !watcher.drain_with(|_| handed += 1),
+        !watcher.drain_with(store.version(), |_| handed += 1),
         "a watcher drained past a reset as if nothing happened"
     );
     assert_eq!(handed, 0);
@@ -26,7 +26,10 @@ fn installing_a_snapshot_tells_every_watcher_to_read_again() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(stream.next())
+        .block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(60), stream.next()).await
+        })
+        .expect("the reset never reached the watcher")
         .unwrap();
     assert_eq!(event, Event::Reset { version: 0 });
 }

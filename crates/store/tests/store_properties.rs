@@ -418,7 +418,7 @@ fn a_tasks_meta_keeps_its_creation_time_and_its_watch_event_carries_the_stored_m
     };
     assert_eq!(store.view().task("t1").unwrap().meta, Some(updated));
     let mut seen = Vec::new();
-    changes.drain_with(|event| {
+    changes.drain_with(u64::MAX, |event| {
         if let Event::Change {
             action, object: o, ..
         } = event

@@ -88,11 +88,9 @@ impl ControlApi {
         new_object_id(&mut *rng)
     }
 
-    /// The store's view, for a handler: taking it may wait behind a writer
-    /// that waits for a long reader (a reconciler's pass), so the wait runs
-    /// off the worker's queue and other requests (heartbeats) go on.
-    fn view(&self) -> View<'_> {
-        shoal_raft::long_work(|| self.replica.store().view())
+    /// The store's current view (O(1); never waits for a writer).
+    fn view(&self) -> View {
+        self.replica.store().view()
     }
 
     async fn commit(&self, actions: Vec<StoreAction>) -> Result<u64, ApiError> {
@@ -125,7 +123,7 @@ impl ControlApi {
     /// returns CHECK actions pinning each network's version.
     fn resolve_networks(
         &self,
-        view: &View<'_>,
+        view: &View,
         spec: &mut ServiceSpec,
     ) -> Result<Vec<StoreAction>, ApiError> {
         let mut checks = Vec::new();
@@ -151,7 +149,7 @@ impl ControlApi {
         Ok(checks)
     }
 
-    fn name_taken(&self, view: &View<'_>, kind: ObjectKind, name: &str) -> Result<(), ApiError> {
+    fn name_taken(&self, view: &View, kind: ObjectKind, name: &str) -> Result<(), ApiError> {
         let owner = match kind {
             ObjectKind::Service => view.service_by_name(name).map(|s| s.id.clone()),
             ObjectKind::Network => view.network_by_name(name).map(|n| n.id.clone()),
@@ -176,7 +174,7 @@ impl ControlApi {
             .ok_or_else(|| ApiError::Internal(format!("service {id} vanished after its write")))
     }
 
-    fn summarize(view: &View<'_>, service: &Service) -> ServiceSummary {
+    fn summarize(view: &View, service: &Service) -> ServiceSummary {
         let tasks: Vec<Task> = view.tasks_of_service(&service.id).collect();
         let running = tasks
             .iter()

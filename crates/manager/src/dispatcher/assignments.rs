@@ -100,7 +100,7 @@ impl Dispatcher {
                 };
                 let mut all = false;
                 let in_step = changed.is_ok()
-                    && changes.drain_with(|event| {
+                    && changes.drain_with(u64::MAX, |event| {
                         let shoal_store::Event::Change { action, object, .. } = event else {
                             return;
                         };
@@ -180,7 +180,7 @@ pub(super) async fn stream_assignments(
             // Woken by the clock alone: nothing to look at.
             (Vec::new(), Vec::new())
         } else {
-            let view = replica.store().read().await;
+            let view = replica.store().view();
             // Each task to look at, with its version when known without
             // decoding it (a task whose version did not move is skipped).
             let ids: Vec<(String, Option<u64>)> = if everything {

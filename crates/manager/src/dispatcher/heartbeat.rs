@@ -220,7 +220,7 @@ async fn mark_down(
 /// committed (or the node is gone).
 async fn write_down(replica: &Replica, node_id: &str, message: &str) -> bool {
     let (node, orphans) = {
-        let view = replica.store().read().await;
+        let view = replica.store().view();
         let Some(mut node) = view.node(node_id).cloned() else {
             return true;
         };

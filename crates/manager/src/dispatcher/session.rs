@@ -23,7 +23,7 @@ impl Dispatcher {
         // Record the node: created on first contact, refreshed after.
         let mut recorded = false;
         for _ in 0..STATUS_WRITE_TRIES {
-            let existing = self.replica.store().read().await.node(&node_id).cloned();
+            let existing = self.replica.store().view().node(&node_id).cloned();
             let (kind, mut node) = match existing {
                 Some(n) => (store_action::Kind::Update, n),
                 None => (

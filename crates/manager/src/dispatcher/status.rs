@@ -39,7 +39,7 @@ impl Dispatcher {
         let mut pending = by_task;
         for _ in 0..STATUS_WRITE_TRIES {
             let parts = {
-                let view = self.replica.store().read().await;
+                let view = self.replica.store().view();
                 let actions = pending.iter().filter_map(|(task_id, statuses)| {
                     let mut task = view.task_without_spec(task_id)?;
                     // Only the node's own tasks.

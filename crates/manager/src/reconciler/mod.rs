@@ -119,7 +119,7 @@ pub async fn run(
             let view = replica.store().view();
             let held = Instant::now();
             let mut observed = 0usize;
-            let in_step = changes.drain_with(|e| {
+            let in_step = changes.drain_with(view.version(), |e| {
                 observed += 1;
                 if !full {
                     reconciler.observe(&view, e);
