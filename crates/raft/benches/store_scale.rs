@@ -118,6 +118,86 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Apply latency while a client lists every task, over and over (the
+/// control API's `task ls`: a view, then every task decoded with its spec).
+/// DESIGN.md §3: no reader delays a commit.
+fn apply_while_listing(store: &std::sync::Arc<Store>, mut version: u64) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const APPLIES: usize = 2_000;
+    // One status update per apply, each of another task, made from the
+    // versions they have now (before the lister starts).
+    let updates: Vec<StoreAction> = store
+        .view()
+        .tasks_sharing_specs()
+        .take(APPLIES)
+        .map(|(mut t, _)| {
+            if let Some(status) = t.status.as_mut() {
+                status.message = "still running".into();
+            }
+            StoreAction {
+                kind: store_action::Kind::Update as i32,
+                target: Some(t.into()),
+            }
+        })
+        .collect();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let lists = std::sync::Arc::new(AtomicUsize::new(0));
+    let lister = {
+        let (store, stop, lists) = (
+            std::sync::Arc::clone(store),
+            std::sync::Arc::clone(&stop),
+            std::sync::Arc::clone(&lists),
+        );
+        std::thread::spawn(move || {
+            let mut listed_ms = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let view = store.view();
+                let n = view.tasks().count();
+                assert!(n > 0);
+                drop(view);
+                listed_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                lists.fetch_add(1, Ordering::Relaxed);
+            }
+            listed_ms
+        })
+    };
+    let mut times = Vec::with_capacity(APPLIES);
+    for action in updates {
+        version += 1;
+        let t = Instant::now();
+        let results = store.apply(
+            version,
+            Batch {
+                transactions: vec![Transaction {
+                    actions: vec![action],
+                    timestamp_ms: 0,
+                }],
+            },
+        );
+        times.push(t.elapsed());
+        assert_eq!(results, vec![Ok(())]);
+        // About a thousand applies a second, as a busy manager makes.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let listed_ms = lister.join().unwrap();
+    times.sort();
+    let pick = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    println!(
+        "apply while listing every task ({} lists of {:.0} ms median): p50 {:?}, p99 {:?}, max {:?}",
+        listed_ms.len(),
+        {
+            let mut l = listed_ms.clone();
+            l.sort_by(f64::total_cmp);
+            l.get(l.len() / 2).copied().unwrap_or(0.0)
+        },
+        pick(0.50),
+        pick(0.99),
+        times.last().unwrap()
+    );
+}
+
 fn main() {
     let services = env_usize("SHOAL_BENCH_SERVICES", 10_000);
     let per_service = env_usize("SHOAL_BENCH_TASKS_PER_SERVICE", 100);
@@ -128,7 +208,7 @@ fn main() {
     let snapshot_bytes;
     {
         let before = resident_bytes();
-        let store = Store::new();
+        let store = std::sync::Arc::new(Store::new());
         let mut version = 0;
         let mut all = actions(services, per_service).peekable();
         while all.peek().is_some() {
@@ -183,6 +263,8 @@ fn main() {
         restored.restore(decoded).unwrap();
         println!("restore snapshot: {:?}", t.elapsed());
         assert_eq!(restored.view().task_count(), total);
+        drop(restored);
+        apply_while_listing(&store, version);
     }
 
     // Phase 2: the same state through raft on disk, then a restart.
