@@ -67,7 +67,13 @@ pub struct ProcessExecutor {
     uid: Option<(u32, u32)>,
     child: Option<Child>,
     pid: Option<u32>,
+    /// How the process ended, once reaped, and then once cleaned up after.
+    reaped: Option<ExitOutcome>,
     exited: Option<ExitOutcome>,
+    /// Tries left to remove the task's cgroup: kept across waits, which the
+    /// task runner cancels (every housekeeping tick), so the bound holds
+    /// over all of them together.
+    cgroup_tries_left: u32,
     limits: shoal_api::Resources,
     cgroups: std::sync::Arc<Cgroups>,
     cgroup: Option<TaskCgroup>,
@@ -95,7 +101,9 @@ impl ProcessExecutor {
             uid: None,
             child: None,
             pid: None,
+            reaped: None,
             exited: None,
+            cgroup_tries_left: CGROUP_REMOVE_TRIES,
             limits,
             cgroups: std::sync::Arc::clone(&config.cgroups),
             cgroup: None,
@@ -114,17 +122,18 @@ impl ProcessExecutor {
     /// The task ended with its main process, as a container does: whatever
     /// of its process group is left is killed, and its cgroup is removed
     /// once the last of them has exited (bounded wait).
-    async fn clean_up_after_exit(&self) {
+    async fn clean_up_after_exit(&mut self) {
         if let Some(pid) = self.pid {
             if group_alive(pid) {
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
         if let Some(cgroup) = &self.cgroup {
-            for _ in 0..CGROUP_REMOVE_TRIES {
+            while self.cgroup_tries_left > 0 {
                 if cgroup.remove() {
                     return;
                 }
+                self.cgroup_tries_left -= 1;
                 tokio::time::sleep(Duration::from_millis(CGROUP_REMOVE_PAUSE_MS)).await;
             }
             tracing::warn!(task = %self.task_id, "the task's cgroup could not be removed: a process of it is still running");
@@ -392,14 +401,22 @@ impl Executor for ProcessExecutor {
             self.exited = Some(done.clone());
             return Ok(done);
         };
-        // Cancel safe: tokio's `Child::wait` keeps the status once reaped,
-        // and the exit is recorded only after the clean-up, so a wait dropped
-        // during the clean-up runs it again next time instead of skipping it.
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| TaskFailure(format!("waiting for the process: {e}")))?;
-        let done = outcome(status);
+        // Cancel safe: the status is kept once reaped, and the exit is
+        // recorded only after the clean-up, so a wait dropped during the
+        // clean-up goes on with it next time (its tries are counted across
+        // waits) instead of skipping it.
+        let done = match &self.reaped {
+            Some(done) => done.clone(),
+            None => {
+                let status = child
+                    .wait()
+                    .await
+                    .map_err(|e| TaskFailure(format!("waiting for the process: {e}")))?;
+                let done = outcome(status);
+                self.reaped = Some(done.clone());
+                done
+            }
+        };
         self.clean_up_after_exit().await;
         self.exited = Some(done.clone());
         Ok(done)

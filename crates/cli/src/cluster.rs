@@ -24,7 +24,7 @@ pub enum ClusterCommand {
         /// Replicas all replicated services may ask for together (default 1000000).
         #[arg(long, value_name = "N")]
         max_replicas_total: Option<u64>,
-        /// Tasks the orchestrator creates in one pass (default 10000): a larger
+        /// Tasks the orchestrator creates in one pass (default 100000): a larger
         /// service converges over several passes while the cluster keeps answering.
         #[arg(long, value_name = "N")]
         max_new_tasks_per_pass: Option<u64>,

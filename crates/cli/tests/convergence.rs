@@ -174,6 +174,21 @@ fn a_missing_program_is_rejected_with_the_os_error_and_restarts_stop_at_max_atte
                 == "exec \"no-such-program-xyz\": executable file not found in $PATH"),
         "{t:?}"
     );
+    // A fourth task would come once the last one's restart delay (at least
+    // 1 s for a rejected task) is over: wait past that, then for a pass.
+    let newest = t
+        .iter()
+        .map(|t| {
+            let id = t["id"].as_str().unwrap();
+            let inspected: serde_json::Value =
+                serde_json::from_str(&d.ok(&["task", "inspect", id])).unwrap();
+            inspected[0]["meta"]["created_at_ms"].as_i64().unwrap()
+        })
+        .max()
+        .unwrap();
+    wait_until("the last restart delay is over", || {
+        shoal_api::clock::now_ms() > newest + 1_500
+    });
     after_an_orchestrator_pass(&d);
     assert_eq!(tasks(&d, "bad").len(), 3, "restarts went past max attempts");
 }

@@ -32,7 +32,7 @@ fn ten_million_replicas_are_refused_naming_the_limit_and_nothing_is_written() {
     let o = &cluster["spec"]["orchestration"];
     assert_eq!(o["max_replicas_per_service"], 100_000);
     assert_eq!(o["max_replicas_total"], 1_000_000);
-    assert_eq!(o["max_new_tasks_per_pass"], 10_000);
+    assert_eq!(o["max_new_tasks_per_pass"], 100_000);
 
     // The total counts every replicated service, and an update is held to
     // it as a create is.
@@ -68,9 +68,9 @@ fn ten_million_replicas_are_refused_naming_the_limit_and_nothing_is_written() {
     let err = d.fails(&["service", "scale", "a=6"]);
     assert!(err.contains("max_replicas_total of 5"), "{err}");
     d.ok(&["service", "scale", "a=5"]);
-    let err = d.fails(&["cluster", "update", "--max-new-tasks-per-pass", "1000000"]);
+    let err = d.fails(&["cluster", "update", "--max-new-tasks-per-pass", "2000000"]);
     assert!(
-        err.contains("max_new_tasks_per_pass: must be at most 100000"),
+        err.contains("max_new_tasks_per_pass: must be at most 1000000"),
         "{err}"
     );
     d.ok(&["service", "rm", "a"]);

@@ -1,11 +1,20 @@
-//! Shoal's manager: the components that run on manager nodes.
+//! Shoal's manager: the components that run on manager nodes (DESIGN.md §3).
 //!
-//! Today this is the control API ([`ControlApi`]), the only writer of every
-//! object's `spec` (DESIGN.md §2). It validates what users declare, turns it
-//! into store transactions carrying the versions it read, and proposes them
-//! through raft; it never changes state itself. The reconcilers of DESIGN.md
-//! §3 (orchestrators, allocator, scheduler, dispatcher) join this crate, each
-//! in its own module, talking to the others only through the store.
+//! Every component is a reconciler over the store, and they talk to each
+//! other only through it. Each folder is one component; its module doc says
+//! what it reconciles or serves and which fields it owns (DESIGN.md §2):
+//!
+//! | module | what it is | owns |
+//! |---|---|---|
+//! | [`controlapi`] | the control API: a transport-free core, one file per kind of object, and the gRPC adapter ([`controlapi::grpc`]) | every `spec` |
+//! | [`orchestrator`] | replicated and global services and jobs, the restart supervisor, the constraint enforcer, the task reaper | task creation, `desired_state` |
+//! | [`allocator`] | host-published ports; NEW → PENDING | task `endpoint` |
+//! | [`scheduler`] | filters, search, batching; PENDING → ASSIGNED | task `node_id` |
+//! | `dispatcher` | agents' sessions, heartbeats, assignments, status reports | node `status`, task `status` |
+//! | [`reconciler`] | the loop every reconciler runs in: observe, decide, propose, with backoff | — |
+//! | [`leader`] | starts the leader-only components together (daemon and simulator alike) | — |
+//!
+//! [`Limits`] are the cluster's bounds on what one request may ask for.
 
 pub mod allocator;
 mod constraint;

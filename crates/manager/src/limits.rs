@@ -17,7 +17,7 @@ pub const DEFAULT_MAX_REPLICAS_PER_SERVICE: u64 = 100_000;
 /// Replicas of all replicated services together, by default.
 pub const DEFAULT_MAX_REPLICAS_TOTAL: u64 = 1_000_000;
 /// Tasks the orchestrator creates in one pass, by default.
-pub const DEFAULT_MAX_NEW_TASKS_PER_PASS: u64 = 10_000;
+pub const DEFAULT_MAX_NEW_TASKS_PER_PASS: u64 = 100_000;
 
 /// The limits in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -528,8 +528,9 @@ async fn a_node_recorded_ready_that_never_opens_a_session_is_marked_down_after_a
         }),
         ..Default::default()
     };
-    // Period 100 ms: TTL 300 ms, start-up grace 600 ms.
-    let mut s = setup_with_nodes(100, vec![recorded("ghost"), recorded("back")]).await;
+    // Period 1 s: TTL 3 s, start-up grace 6 s, for "back" to open its
+    // session on a loaded machine.
+    let mut s = setup_with_nodes(1_000, vec![recorded("ghost"), recorded("back")]).await;
     // "back" reconnects within its grace and keeps beating; "ghost" never
     // comes back.
     let (_stream, back) = open_session(&mut s.client, "back").await;

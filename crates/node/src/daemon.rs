@@ -26,6 +26,8 @@ const LEADER_WAIT_MS: u64 = 30_000;
 const MAX_REQUEST_BYTES: usize = 64 << 20;
 /// Largest control API answer message (lists stream in smaller pages).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// How long a stopping daemon waits for the control API's open calls.
+const CONTROL_DRAIN_MS: u64 = 5_000;
 /// Finished tasks kept per slot unless the user says otherwise.
 const DEFAULT_TASK_HISTORY: i64 = 5;
 const DEFAULT_HEARTBEAT_MS: u64 = 5_000;
@@ -139,10 +141,17 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         });
     tokio::pin!(control_server);
     let mut raft_failed = None;
+    // A graceful stop waits for the control API's open calls, but a watch
+    // (`shoal events`) or `logs -f` ends only when its client goes: bounded.
+    let drained = |server| async move {
+        tokio::time::timeout(Duration::from_millis(CONTROL_DRAIN_MS), server)
+            .await
+            .unwrap_or(Ok(()))
+    };
     let served = tokio::select! {
         _ = &mut shutdown => {
             let _ = stop_tx.send(true);
-            control_server.await
+            drained(&mut control_server).await
         }
         served = &mut control_server => served,
         reason = replica.failed() => {
@@ -152,7 +161,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             tracing::error!(%reason, "raft stopped; the daemon exits");
             raft_failed = Some(reason);
             let _ = stop_tx.send(true);
-            control_server.await
+            drained(&mut control_server).await
         }
     };
     let _ = stop_tx.send(true);

@@ -1,11 +1,10 @@
-//! Long synchronous work (applying a large entry, a reconciler's pass over
-//! 100,000 tasks) run from a task without stalling the tasks queued behind
-//! it on the same worker thread.
+//! Long synchronous work (a reconciler's pass over 100,000 tasks) run from
+//! a task without stalling the tasks queued behind it on the same worker
+//! thread.
 //!
-//! Why: a tokio worker busy for half a second runs nothing else. On a
-//! 2-core machine two such sections at once (a pass holding the store's
-//! read lock, the apply waiting for its write lock) left no worker free,
-//! and heartbeats went unanswered for seconds: live nodes were marked
+//! Why: a tokio worker busy for half a second runs nothing else, and on a
+//! 2-core machine two such sections at once leave no worker free:
+//! heartbeats went unanswered for seconds and live nodes were marked
 //! down. On a multi-threaded runtime the work runs in place and tokio
 //! moves the worker's other tasks to another thread; a current-thread
 //! runtime has no other thread to protect, so there it simply runs.

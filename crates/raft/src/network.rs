@@ -57,9 +57,11 @@ pub struct PeerClient {
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, E>>;
 
-/// Bytes of entries one AppendEntries carries at most: twice the largest
-/// entry, well under the message cap of the server.
-pub const MAX_APPEND_BYTES: usize = crate::proposer::MAX_ENTRY_BYTES * 2;
+/// Bytes of entries one AppendEntries carries at most (a larger entry goes
+/// alone): openraft gives an append its heartbeat interval to be written
+/// and fsynced on the follower, and a message of many MiB would miss that
+/// on a slow link or disk every time.
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
 /// Largest raft message a server accepts.
 const MAX_MESSAGE_BYTES: usize = crate::proposer::MAX_ENTRY_BYTES * 4;
 

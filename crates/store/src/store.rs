@@ -63,7 +63,7 @@ impl Store {
     /// Holds every commit back until the guard is dropped: the next apply
     /// waits for it. For tests and fault injection that need entries to
     /// stay in flight (readers cannot do that: a view never delays a
-    /// commit).
+    /// commit). New watches wait for it too.
     pub fn hold_commits(&self) -> std::sync::MutexGuard<'_, ()> {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -113,15 +113,21 @@ impl Store {
     }
 
     /// Every change from now on.
+    ///
+    /// Subscribed under the writer's lock: a commit under way decides
+    /// whether to build events before it publishes, and a watcher that
+    /// joined in between would miss that commit's changes.
     pub fn watch(&self) -> WatchStream {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         WatchStream::new(self.events.subscribe(), None)
     }
 
     /// Every object as it is now, the version they are at, and every change
     /// after that version: nothing missed, nothing repeated.
     pub fn view_and_watch(&self) -> (Vec<Object>, u64, WatchStream) {
-        // Subscribed first: every change the view lacks is then in the
-        // stream; the ones it already holds are skipped by version.
+        // Subscribed, and the view taken, between two commits: every change
+        // the view lacks is then in the stream (and none it holds).
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let rx = self.events.subscribe();
         let view = self.view();
         let version = view.version();

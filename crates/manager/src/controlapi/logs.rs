@@ -43,6 +43,8 @@ struct Cursor {
     name: String,
     offset: Option<u64>,
     partial: Vec<u8>,
+    /// Where the first read starts: the last this-many lines, or all.
+    tail: Option<u64>,
 }
 
 /// What to read of each file.
@@ -84,6 +86,9 @@ pub async fn stream(
     tx: mpsc::Sender<Result<LogLine, ApiError>>,
 ) {
     let mut cursors: BTreeMap<(u64, i64, String, &'static str), Cursor> = BTreeMap::new();
+    // `tail` applies to the tasks there when the read begins; a task that
+    // joins a follow later (a replacement) is shown from its first line.
+    let mut tail = reading.tail;
     loop {
         let tasks: Vec<Task> = {
             let view = store.view();
@@ -101,9 +106,11 @@ pub async fn stream(
                         name: task_name(&store, task),
                         offset: None,
                         partial: Vec::new(),
+                        tail,
                     });
             }
         }
+        tail = None;
         for ((_, _, task_id, stream), cursor) in cursors.iter_mut() {
             let path = tasks_dir.join(task_id).join(format!("{stream}.log"));
             // Following, one chunk per file per pass; otherwise each file to
@@ -193,7 +200,7 @@ fn read_new_lines(
     };
     let len = end.unwrap_or_else(|| file.metadata().map_or(0, |m| m.len()));
     let offset = match cursor.offset {
-        None => match reading.tail {
+        None => match cursor.tail {
             None => 0,
             Some(n) => tail_offset(&mut file, len, n),
         },
@@ -299,6 +306,7 @@ mod tests {
             name: String::new(),
             offset: None,
             partial: Vec::new(),
+            tail: None,
         };
         let reading = Reading {
             follow: false,

@@ -410,13 +410,13 @@ pub fn subnets_overlap(a: (std::net::Ipv4Addr, u8), b: (std::net::Ipv4Addr, u8))
     in_subnet(a.0, b.0, bits) || in_subnet(b.0, a.0, bits)
 }
 
-/// Checks a cluster spec.
 /// The largest `max_new_tasks_per_pass` a cluster may set.
-const MAX_NEW_TASKS_PER_PASS_CEILING: u64 = 100_000;
+const MAX_NEW_TASKS_PER_PASS_CEILING: u64 = 1_000_000;
 /// The largest replica limits a cluster may set: about what a manager of
 /// 24 GiB holds in tasks with their history.
 const MAX_REPLICAS_CEILING: u64 = 10_000_000;
 
+/// Checks a cluster spec.
 pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), InvalidSpec> {
     if let Some(o) = &spec.orchestration {
         if o.task_history_retention_limit < 0 {
@@ -445,7 +445,10 @@ pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), InvalidSpec> {
                 } else {
                     "max_replicas_total"
                 },
-                format!("must be at most {MAX_REPLICAS_CEILING}"),
+                format!(
+                    "must be at most {MAX_REPLICAS_CEILING}, got {}",
+                    o.max_replicas_per_service.max(o.max_replicas_total)
+                ),
             ));
         }
     }
@@ -615,6 +618,47 @@ mod tests {
         let c = parse_subnet("10.21.0.0/16").unwrap();
         assert!(subnets_overlap(a, b));
         assert!(!subnets_overlap(a, c));
+    }
+
+    #[test]
+    fn cluster_limits_beyond_their_ceiling_are_refused_naming_the_field() {
+        let with = |o: shoal_api::OrchestrationConfig| ClusterSpec {
+            orchestration: Some(o),
+            ..Default::default()
+        };
+        let e = validate_cluster_spec(&with(shoal_api::OrchestrationConfig {
+            max_replicas_total: MAX_REPLICAS_CEILING + 1,
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert_eq!(e.field, "max_replicas_total");
+        assert!(
+            e.rule.contains("must be at most 10000000, got 10000001"),
+            "{}",
+            e.rule
+        );
+        let e = validate_cluster_spec(&with(shoal_api::OrchestrationConfig {
+            max_new_tasks_per_pass: MAX_NEW_TASKS_PER_PASS_CEILING + 1,
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert_eq!(e.field, "max_new_tasks_per_pass");
+    }
+
+    #[test]
+    fn a_service_spec_over_its_size_limit_is_refused() {
+        let mut s = spec();
+        s.task
+            .as_mut()
+            .unwrap()
+            .runtime
+            .as_mut()
+            .unwrap()
+            .env
+            .push(format!("BIG={}", "x".repeat(MAX_SERVICE_SPEC_BYTES)));
+        let e = validate_service_spec(&s).unwrap_err();
+        assert_eq!(e.field, "spec");
+        assert!(e.rule.contains("at most 1048576 are allowed"), "{}", e.rule);
     }
 
     #[test]

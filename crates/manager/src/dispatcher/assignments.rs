@@ -167,7 +167,7 @@ pub(super) async fn stream_assignments(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(node_id)
-            .is_some_and(|s| s.id == session_id);
+            .is_some_and(|s| s.id.as_deref() == Some(session_id));
         if !current || *shutdown.borrow() {
             return;
         }

@@ -139,7 +139,7 @@ fn expect_recorded_nodes(
     let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
     for id in live {
         sessions.entry(id).or_insert_with(|| Session {
-            id: String::new(),
+            id: None,
             last_seen,
         });
     }
@@ -154,7 +154,7 @@ pub(super) fn check_session(
 ) -> Result<(), Status> {
     let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
     match sessions.get_mut(node_id) {
-        Some(s) if s.id == session_id => {
+        Some(s) if s.id.as_deref() == Some(session_id) => {
             s.last_seen = Instant::now();
             Ok(())
         }

@@ -51,7 +51,9 @@ const SESSION_BUFFER: usize = 64;
 const STATUS_WRITE_TRIES: usize = 5;
 
 struct Session {
-    id: String,
+    /// `None` for a node expected back after a restart (start-up grace):
+    /// no agent's session id matches it.
+    id: Option<String>,
     last_seen: Instant,
 }
 
@@ -61,9 +63,9 @@ pub struct Dispatcher {
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     inboxes: Inboxes,
     shutdown: watch::Receiver<bool>,
-    /// The cluster's heartbeat period, kept by the store watcher: a
-    /// heartbeat is answered without waiting for the store, which a long
-    /// write can hold (a heartbeat that waits is a node marked down).
+    /// The cluster's heartbeat period, kept by the store watcher (from the
+    /// cluster object's changes) so the monitor and every session read one
+    /// number instead of the cluster object each tick.
     period_ms: Arc<AtomicU64>,
     /// Where node and session ids come from.
     ids: Mutex<rand::rngs::StdRng>,

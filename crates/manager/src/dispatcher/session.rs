@@ -20,6 +20,20 @@ impl Dispatcher {
         } else {
             req.node_id.clone()
         };
+        // The session first, then the node's READY write: a DOWN write still
+        // retrying for an earlier session sees the node back (and stops)
+        // before it could read a view that already holds this READY.
+        let session_id = self.new_id();
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                node_id.clone(),
+                Session {
+                    id: Some(session_id.clone()),
+                    last_seen: Instant::now(),
+                },
+            );
         // Record the node: created on first contact, refreshed after.
         let mut recorded = false;
         for _ in 0..STATUS_WRITE_TRIES {
@@ -63,19 +77,15 @@ impl Dispatcher {
             }
         }
         if !recorded {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if sessions
+                .get(&node_id)
+                .is_some_and(|s| s.id.as_deref() == Some(session_id.as_str()))
+            {
+                sessions.remove(&node_id);
+            }
             return Err(Status::unavailable("could not record the node; retry"));
         }
-        let session_id = self.new_id();
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                node_id.clone(),
-                Session {
-                    id: session_id.clone(),
-                    last_seen: Instant::now(),
-                },
-            );
         let (tx, rx) = mpsc::channel(SESSION_BUFFER);
         let inbox = Arc::new(Inbox::default());
         self.inboxes

@@ -7,7 +7,7 @@ use shoal_api::{Task, TaskState};
 use super::*;
 
 /// Replicated services' task ids by slot. Looked up on every task change
-/// the orchestrator observes, under the store's read lock: hashed with Fx.
+/// the orchestrator observes: hashed with Fx.
 pub(super) type Slots = rustc_hash::FxHashMap<String, rustc_hash::FxHashMap<u64, BTreeSet<String>>>;
 
 /// Notes `t` under its service's slot; copies its ids only when new there.

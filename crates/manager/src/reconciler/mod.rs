@@ -4,9 +4,10 @@
 //! Level-triggered, with a memory: a reconciler is told each committed
 //! change (`observe`) and then decides from the store view (`decide`), so a
 //! pass looks again only at what changed instead of every task. The changes
-//! it is told are exactly those up to the view it decides from: the view is
-//! taken first (writers wait while it is held, and hand their changes to the
-//! watch before letting it go), then the queued changes are drained. A pass
+//! it is told are those up to the view it decides from that have reached
+//! its watch: the view is taken first, then the watch is drained up to the
+//! view's version. A change whose event is still on its way is told in the
+//! next pass, which its arrival starts. A pass
 //! decides from everything (`full`) on start, after the watch lagged, after
 //! any proposal failed (what the reconciler expected to see did not
 //! happen), and at least every [`FULL_PASS_MS`] as a safety net. A proposal
@@ -116,7 +117,7 @@ pub async fn run(
             full = true;
         }
         let pass = shoal_raft::long_work(|| {
-            let view = replica.store().view();
+            let mut view = replica.store().view();
             let held = Instant::now();
             let mut observed = 0usize;
             let in_step = changes.drain_with(view.version(), |e| {
@@ -126,9 +127,12 @@ pub async fn run(
                 }
             });
             if !in_step {
-                // Changes were lost: a new watch starts at this view.
+                // Changes were lost (or the store was reset): a new watch,
+                // then a new view, so every commit after that view reaches
+                // the new watch; the pass decides from everything.
                 tracing::debug!(reconciler = name, "the watch lagged; a full pass");
                 changes = replica.store().watch();
+                view = replica.store().view();
                 full = true;
             }
             if full {
