@@ -69,6 +69,26 @@ async fn converged(members: &BTreeMap<u64, Member>, ids: &[&str]) {
     }
 }
 
+/// Three listeners on free loopback ports, bound first so every replica
+/// knows every address: each one's stream and address, and the addresses.
+async fn bind_three() -> (
+    BTreeMap<u64, (tokio_stream::wrappers::TcpListenerStream, String)>,
+    BTreeMap<u64, String>,
+) {
+    let mut listeners = BTreeMap::new();
+    for id in 1..=3u64 {
+        let (incoming, addr) = shoal_api::transport::listen_tcp("127.0.0.1:0")
+            .await
+            .unwrap();
+        listeners.insert(id, (incoming, addr.to_string()));
+    }
+    let addrs = listeners
+        .iter()
+        .map(|(id, (_, a))| (*id, a.clone()))
+        .collect();
+    (listeners, addrs)
+}
+
 /// Opens replica `id` of a group of `addrs`; replica 1 bootstraps it.
 async fn open_member(
     dir: &std::path::Path,
@@ -106,17 +126,7 @@ fn serve(
 async fn entries_replicate_and_a_new_leader_keeps_every_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
     // Phase 1: bind three listeners first, so every replica knows every address.
-    let mut listeners = BTreeMap::new();
-    for id in 1..=3u64 {
-        let (incoming, addr) = shoal_api::transport::listen_tcp("127.0.0.1:0")
-            .await
-            .unwrap();
-        listeners.insert(id, (incoming, addr.to_string()));
-    }
-    let addrs: BTreeMap<u64, String> = listeners
-        .iter()
-        .map(|(id, (_, a))| (*id, a.clone()))
-        .collect();
+    let (listeners, addrs) = bind_three().await;
     let mut members = BTreeMap::new();
     for (id, (incoming, addr)) in listeners {
         let replica = open_member(tmp.path(), id, addr, &addrs).await;
@@ -204,17 +214,7 @@ fn large(id: &str) -> Transaction {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_far_behind_catches_up_over_maximum_size_entries() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut listeners = BTreeMap::new();
-    for id in 1..=3u64 {
-        let (incoming, addr) = shoal_api::transport::listen_tcp("127.0.0.1:0")
-            .await
-            .unwrap();
-        listeners.insert(id, (incoming, addr.to_string()));
-    }
-    let addrs: BTreeMap<u64, String> = listeners
-        .iter()
-        .map(|(id, (_, a))| (*id, a.clone()))
-        .collect();
+    let (listeners, addrs) = bind_three().await;
     // Phase 1: replicas 1 and 2 serve and make a quorum; replica 3 is open
     // but unreachable, so it falls behind.
     let mut members = BTreeMap::new();
