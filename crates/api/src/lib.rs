@@ -16,6 +16,7 @@ pub mod clock;
 pub mod enum_name;
 mod node_state;
 mod object_kind;
+mod service_mode;
 mod task_state;
 pub use task_state::MAX_STATUS_HISTORY;
 pub mod transport;

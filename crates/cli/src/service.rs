@@ -194,11 +194,7 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             for (name, replicas) in scales {
                 let current = get(&mut client, &name).await?;
                 let mut spec = current.spec.clone().unwrap_or_default();
-                let replicated = matches!(
-                    ServiceMode::try_from(spec.mode),
-                    Ok(ServiceMode::Replicated | ServiceMode::ReplicatedJob)
-                );
-                if !replicated {
+                if !spec.is_replicated() {
                     anyhow::bail!(
                         "{name}: scale works on replicated services only (this one is {})",
                         mode_name(spec.mode)

@@ -7,7 +7,7 @@
 //! limits but too large for one pass converges in bounded passes of at most
 //! `max_new_tasks_per_pass` new tasks.
 
-use shoal_api::{Cluster, ServiceMode, ServiceSpec};
+use shoal_api::{Cluster, ServiceSpec};
 use shoal_store::Tables;
 
 use crate::controlapi::InvalidSpec;
@@ -45,18 +45,10 @@ fn or_default(value: u64, default: u64) -> u64 {
     }
 }
 
-/// The replicas a spec asks for, when it is replicated (a global service's
-/// tasks are bounded by the nodes).
+/// The replicas a spec asks for (a global service's tasks are bounded by
+/// the nodes, not by these limits).
 fn replicas_of(spec: &ServiceSpec) -> u64 {
-    let replicated = matches!(
-        ServiceMode::try_from(spec.mode),
-        Ok(ServiceMode::Replicated | ServiceMode::ReplicatedJob)
-    );
-    if replicated {
-        spec.replicas.unwrap_or(1).max(0) as u64
-    } else {
-        0
-    }
+    spec.replicas_wanted().unwrap_or(0)
 }
 
 impl Limits {
@@ -121,7 +113,7 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api::{ClusterSpec, OrchestrationConfig};
+    use shoal_api::{ClusterSpec, OrchestrationConfig, ServiceMode};
 
     #[test]
     fn unset_limits_are_the_documented_defaults_and_set_ones_win() {

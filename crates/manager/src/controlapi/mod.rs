@@ -184,15 +184,12 @@ impl ControlApi {
             })
             .count() as u64;
         let spec = service.spec.clone().unwrap_or_default();
-        let desired = match ServiceMode::try_from(spec.mode) {
-            Ok(ServiceMode::Replicated | ServiceMode::ReplicatedJob) => {
-                spec.replicas.unwrap_or(1).max(0) as u64
-            }
-            _ => tasks
+        let desired = spec.replicas_wanted().unwrap_or_else(|| {
+            tasks
                 .iter()
                 .filter(|t| t.desired_state == TaskState::Running as i32)
-                .count() as u64,
-        };
+                .count() as u64
+        });
         ServiceSummary {
             service: Some(service.clone()),
             running_tasks: running,
@@ -236,11 +233,7 @@ pub(crate) fn pages<T: prost::Message, R>(items: Vec<T>, wrap: fn(Vec<T>) -> R) 
 
 /// Fills in what a user may leave out.
 pub(crate) fn with_service_defaults(mut spec: ServiceSpec) -> ServiceSpec {
-    let replicated = matches!(
-        ServiceMode::try_from(spec.mode),
-        Ok(ServiceMode::Replicated | ServiceMode::ReplicatedJob)
-    );
-    if replicated && spec.replicas.is_none() {
+    if spec.is_replicated() && spec.replicas.is_none() {
         spec.replicas = Some(1);
     }
     spec

@@ -221,10 +221,7 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
     ) -> Option<Vec<Vec<StoreAction>>> {
         let service = view.service(service_id)?;
         let spec = service.spec.clone().unwrap_or_default();
-        if !matches!(
-            ServiceMode::try_from(spec.mode),
-            Ok(ServiceMode::Replicated | ServiceMode::ReplicatedJob)
-        ) {
+        if !spec.is_replicated() {
             return None;
         }
         let constraints = constraints_of(&spec);

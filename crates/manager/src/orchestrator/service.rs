@@ -191,8 +191,9 @@ pub(super) fn reconcile(
         }
     };
     // Fewer places than asked for: the budget bounded the new slots.
-    let mut starved = matches!(mode, ServiceMode::Replicated | ServiceMode::ReplicatedJob)
-        && wanted.len() < spec.replicas.unwrap_or(1).max(0) as usize;
+    let mut starved = spec
+        .replicas_wanted()
+        .is_some_and(|replicas| (wanted.len() as u64) < replicas);
     // One group per place: a task let go and its replacement commit together.
     let mut groups: Vec<Vec<StoreAction>> = Vec::new();
     let mut maker = Maker {

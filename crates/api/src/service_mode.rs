@@ -1,0 +1,49 @@
+//! What a service's mode means for its replicas, in one place (the control
+//! API, the limits, the orchestrator and the CLI ask the same questions).
+
+use crate::{ServiceMode, ServiceSpec};
+
+impl ServiceSpec {
+    /// A replicated service or job: its tasks sit in slots 1..N.
+    pub fn is_replicated(&self) -> bool {
+        matches!(
+            ServiceMode::try_from(self.mode),
+            Ok(ServiceMode::Replicated | ServiceMode::ReplicatedJob)
+        )
+    }
+
+    /// The replicas a replicated service asks for (one when unset); `None`
+    /// for a global one, whose tasks follow the nodes.
+    pub fn replicas_wanted(&self) -> Option<u64> {
+        self.is_replicated()
+            .then(|| self.replicas.unwrap_or(1).max(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_replicated_modes_want_a_number_of_replicas() {
+        let spec = |mode: ServiceMode, replicas| ServiceSpec {
+            mode: mode as i32,
+            replicas,
+            ..Default::default()
+        };
+        assert_eq!(
+            spec(ServiceMode::Replicated, Some(3)).replicas_wanted(),
+            Some(3)
+        );
+        assert_eq!(
+            spec(ServiceMode::ReplicatedJob, None).replicas_wanted(),
+            Some(1)
+        );
+        assert_eq!(
+            spec(ServiceMode::Replicated, Some(-2)).replicas_wanted(),
+            Some(0)
+        );
+        assert_eq!(spec(ServiceMode::Global, Some(3)).replicas_wanted(), None);
+        assert_eq!(spec(ServiceMode::GlobalJob, None).replicas_wanted(), None);
+    }
+}
