@@ -8,17 +8,31 @@
 //! backoff; reports made meanwhile are kept (past a bound, the latest per
 //! task) and sent on the next session.
 //!
+//! What runs a task is the [`Driver`] the agent is built with (processes in
+//! the daemon, fakes in the simulator), where its record is kept a
+//! [`TaskRecord`], and how it reaches the dispatcher a [`Connector`]: the
+//! session, the runners and the restart rules below are the same code for
+//! every node of every kind.
+//!
 //! # Restarts
-//! Task processes outlive the agent (their output goes to files, they are not
-//! killed on exit). A new agent finds them again through their environment
-//! ([`find_task_processes`]): a process of a task still assigned and desired
+//! Workloads outlive the agent (a process's output goes to files, nothing is
+//! killed on exit). A new agent finds them again through its driver
+//! ([`Driver::leftovers`]): a workload of a task still assigned and desired
 //! running is adopted, and reported RUNNING if the manager never heard it
 //! started; any other is killed ([`Resume`]). So a restart neither
 //! duplicates nor loses a workload, and leaves nothing behind.
+//!
+//! # Sessions
+//! A session's first message is the node's full set of tasks. A runner
+//! whose task is not in it left the node while no session was open (it was
+//! removed meanwhile) and is stopped; a task the manager counts as ended
+//! (orphaned while the node was cut off) is stopped too, whatever its
+//! desired state says, since its replacement may already run elsewhere.
 
 use shoal_api::clock::now_ms;
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_api::dispatcher_client::DispatcherClient;
@@ -26,11 +40,12 @@ use shoal_api::{
     NodeDescription, SessionMessage, SessionRequest, Task, TaskState, TaskStatus, TaskStatusUpdate,
 };
 use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
 
+use crate::driver::Driver;
 use crate::heartbeat::Heartbeat;
-use crate::process::{find_task_processes, kill_group, ProcessConfig, ProcessExecutor};
 use crate::reports::Reports;
-use crate::task_db::TaskDb;
+use crate::task_db::TaskRecord;
 use crate::task_runner::{TaskRunner, TaskUpdate};
 
 /// Reports sent in one status call at most.
@@ -45,14 +60,48 @@ const RECONNECT_MAX_MS: u64 = 5_000;
 /// A task's stop grace period when its spec sets none.
 const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
 
+/// How the agent reaches the dispatcher: each session gets a new channel.
+#[derive(Clone)]
+pub struct Connector {
+    connect: Arc<dyn Fn() -> Channel + Send + Sync>,
+    shown: String,
+}
+
+impl Connector {
+    /// The dispatcher on a unix socket.
+    pub fn unix(path: &Path) -> Connector {
+        let path: PathBuf = path.to_path_buf();
+        Connector {
+            shown: path.display().to_string(),
+            connect: Arc::new(move || shoal_api::transport::connect_unix(&path)),
+        }
+    }
+
+    /// Channels made by `connect`; `shown` names where they lead.
+    pub fn new(shown: String, connect: impl Fn() -> Channel + Send + Sync + 'static) -> Connector {
+        Connector {
+            connect: Arc::new(connect),
+            shown,
+        }
+    }
+
+    fn channel(&self) -> Channel {
+        (self.connect)()
+    }
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connector({})", self.shown)
+    }
+}
+
 /// How the agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_id: String,
     pub description: NodeDescription,
-    /// The dispatcher's unix socket.
-    pub dispatcher_socket: PathBuf,
-    pub process: ProcessConfig,
+    pub dispatcher: Connector,
 }
 
 /// What a new runner does with a task the dispatcher hands it, given what an
@@ -105,10 +154,14 @@ impl Resume {
 struct Runner {
     desired: watch::Sender<TaskState>,
     removed: bool,
+    /// Aborted when the agent stops: the workload is left to the next
+    /// agent, not stopped.
+    task: tokio::task::AbortHandle,
 }
 
-struct Agent {
+struct Agent<D: Driver> {
     config: AgentConfig,
+    driver: Arc<D>,
     runners: HashMap<String, Runner>,
     /// Processes found at start that no runner has claimed yet.
     leftovers: HashMap<String, u32>,
@@ -120,21 +173,32 @@ struct Agent {
     /// task whose record is terminal is never run again here, and its final
     /// report is made again if the manager has not applied it.
     recorded: HashMap<String, TaskStatus>,
-    db: std::sync::Arc<TaskDb>,
+    db: Arc<dyn TaskRecord>,
 }
 
-/// Runs the agent until `shutdown` turns true. Task processes keep running
-/// after it returns: the next agent adopts them.
-pub async fn run(
+impl<D: Driver> Drop for Agent<D> {
+    fn drop(&mut self) {
+        for runner in self.runners.values() {
+            runner.task.abort();
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` turns true. Workloads keep running after
+/// it returns (its runners are dropped, not stopped): the next agent adopts
+/// them.
+pub async fn run<D: Driver>(
     config: AgentConfig,
-    db: std::sync::Arc<TaskDb>,
+    driver: Arc<D>,
+    db: Arc<dyn TaskRecord>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (reports_tx, mut updates) = mpsc::channel(REPORT_QUEUE);
     let (done_tx, mut done) = mpsc::channel(REPORT_QUEUE);
-    let leftovers = find_task_processes(&config.process.tasks_dir);
+    let leftovers = driver.leftovers();
     let mut agent = Agent {
         config,
+        driver,
         runners: HashMap::new(),
         leftovers,
         reports_tx,
@@ -151,7 +215,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let channel = shoal_api::transport::connect_unix(&agent.config.dispatcher_socket);
+        let channel = agent.config.dispatcher.channel();
         let mut client = DispatcherClient::new(channel);
         let request = SessionRequest {
             node_id: agent.config.node_id.clone(),
@@ -227,7 +291,7 @@ pub async fn run(
     }
 }
 
-impl Agent {
+impl<D: Driver> Agent<D> {
     /// Records a runner's report, then queues it for the dispatcher.
     fn queue(&mut self, update: TaskUpdate) {
         if let Err(e) = self.db.record(&update.task_id, &update.status) {
@@ -242,17 +306,34 @@ impl Agent {
     }
 
     /// Follows one session message: new runners, desired-state changes,
-    /// removals; after the full set, kills leftovers no task claimed.
+    /// removals; after the full set, stops runners of tasks it does not
+    /// hold and kills leftovers no task claimed.
     async fn apply(&mut self, message: SessionMessage) {
+        let mut removed = message.removed;
+        if message.full {
+            let listed: HashSet<&str> = message.tasks.iter().map(|t| t.id.as_str()).collect();
+            removed.extend(
+                self.runners
+                    .keys()
+                    .filter(|id| !listed.contains(id.as_str()))
+                    .cloned(),
+            );
+        }
         for task in message.tasks {
-            let desired = task.desired();
+            let desired = if task.observed().is_terminal() {
+                // Ended as far as the manager knows: whatever runs of it
+                // here must not run on beside its replacement.
+                task.desired().max(TaskState::Shutdown)
+            } else {
+                task.desired()
+            };
             if let Some(runner) = self.runners.get(&task.id) {
                 runner.desired.send_replace(desired);
                 continue;
             }
             self.start_runner(task, desired).await;
         }
-        for id in message.removed {
+        for id in removed {
             self.recorded.remove(&id);
             if let Err(e) = self.db.forget(&id) {
                 tracing::warn!(error = %e, "forgetting a task failed");
@@ -263,16 +344,16 @@ impl Agent {
                     runner.desired.send_replace(TaskState::Remove);
                 }
                 None => {
-                    if let Some(pgid) = self.leftovers.remove(&id) {
-                        kill_group(pgid);
+                    if let Some(handle) = self.leftovers.remove(&id) {
+                        self.driver.kill(&id, handle);
                     }
-                    let _ = std::fs::remove_dir_all(self.config.process.tasks_dir.join(&id));
+                    self.driver.clean_up(&id);
                 }
             }
         }
         if message.full {
-            for (_, pgid) in self.leftovers.drain() {
-                kill_group(pgid);
+            for (id, handle) in self.leftovers.drain() {
+                self.driver.kill(&id, handle);
             }
         }
     }
@@ -288,8 +369,8 @@ impl Agent {
         let resume = Resume::decide(observed, desired, recorded.is_some(), leftover.is_some());
         let (executor, from) = match (resume, leftover) {
             (Resume::ReportRecorded, leftover) => {
-                if let Some(pgid) = leftover {
-                    kill_group(pgid);
+                if let Some(handle) = leftover {
+                    self.driver.kill(&task.id, handle);
                 }
                 if let Some(last) = recorded.filter(|_| !observed.is_terminal()) {
                     self.reports.push(TaskStatusUpdate {
@@ -300,12 +381,12 @@ impl Agent {
                 return;
             }
             (Resume::Drop, leftover) => {
-                if let Some(pgid) = leftover {
-                    kill_group(pgid);
+                if let Some(handle) = leftover {
+                    self.driver.kill(&task.id, handle);
                 }
                 return;
             }
-            (Resume::Adopt { report_running }, Some(pgid)) => {
+            (Resume::Adopt { report_running }, Some(handle)) => {
                 if report_running {
                     self.queue(TaskUpdate {
                         task_id: task.id.clone(),
@@ -313,15 +394,12 @@ impl Agent {
                             timestamp_ms: now_ms(),
                             state: TaskState::Running as i32,
                             message: "started".into(),
-                            pid: pgid,
+                            pid: handle,
                             ..Default::default()
                         },
                     });
                 }
-                (
-                    ProcessExecutor::adopt(&self.config.process, &task, pgid),
-                    TaskState::Running,
-                )
+                (self.driver.adopt(&task, handle), TaskState::Running)
             }
             (Resume::Lost, _) | (Resume::Adopt { .. }, None) => {
                 let status = TaskStatus {
@@ -339,10 +417,10 @@ impl Agent {
                 return;
             }
             (Resume::Run, leftover) => {
-                if let Some(pgid) = leftover {
-                    kill_group(pgid);
+                if let Some(handle) = leftover {
+                    self.driver.kill(&task.id, handle);
                 }
-                (ProcessExecutor::new(&self.config.process, &task), observed)
+                (self.driver.executor(&task), observed)
             }
         };
         let grace_ms = task
@@ -366,7 +444,7 @@ impl Agent {
         );
         let done = self.done_tx.clone();
         let id = task.id.clone();
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             runner.run().await;
             let _ = done.send(id).await;
         });
@@ -375,6 +453,7 @@ impl Agent {
             Runner {
                 desired: desired_tx,
                 removed: false,
+                task: handle.abort_handle(),
             },
         );
     }
@@ -382,7 +461,7 @@ impl Agent {
     fn finished(&mut self, task_id: &str) {
         if let Some(runner) = self.runners.remove(task_id) {
             if runner.removed {
-                let _ = std::fs::remove_dir_all(self.config.process.tasks_dir.join(task_id));
+                self.driver.clean_up(task_id);
             }
         }
     }

@@ -9,10 +9,13 @@
 //! Owns: task `status` from ACCEPTED onwards (DESIGN.md §2), reported through
 //! the dispatcher; never `desired_state`, which only moves the other way.
 //!
-//! The agent's session with the dispatcher is [`run`].
+//! The agent's session with the dispatcher is [`run`]; what runs the tasks
+//! is the [`Driver`] it is given ([`ProcessDriver`] here, a fake one in the
+//! simulator).
 
 mod agent;
 mod cgroup;
+mod driver;
 mod executor;
 mod heartbeat;
 mod process;
@@ -20,13 +23,15 @@ mod reports;
 mod task_db;
 mod task_runner;
 
-pub use agent::{run, AgentConfig, Resume};
+pub use agent::{run, AgentConfig, Connector, Resume};
 pub use cgroup::Cgroups;
+pub use driver::Driver;
 pub use executor::{Executor, ExitOutcome, TaskFailure};
 pub use heartbeat::Heartbeat;
 pub use process::{
-    find_task_processes, kill_group, ProcessConfig, ProcessExecutor, TASK_DIR_ENV, TASK_ID_ENV,
+    find_task_processes, kill_group, ProcessConfig, ProcessDriver, ProcessExecutor, TASK_DIR_ENV,
+    TASK_ID_ENV,
 };
 pub use reports::Reports;
-pub use task_db::{TaskDb, TaskDbError};
+pub use task_db::{TaskDb, TaskDbError, TaskRecord};
 pub use task_runner::{next_step, Step, TaskRunner, TaskUpdate};

@@ -46,6 +46,38 @@ impl ProcessConfig {
     }
 }
 
+/// Runs every task of the node as a process ([`ProcessExecutor`]), each in
+/// `<tasks_dir>/<task id>/`; finds earlier agents' processes through
+/// /proc ([`find_task_processes`]).
+#[derive(Debug, Clone)]
+pub struct ProcessDriver {
+    pub config: ProcessConfig,
+}
+
+impl crate::driver::Driver for ProcessDriver {
+    type Executor = ProcessExecutor;
+
+    fn executor(&self, task: &Task) -> ProcessExecutor {
+        ProcessExecutor::new(&self.config, task)
+    }
+
+    fn adopt(&self, task: &Task, handle: u32) -> ProcessExecutor {
+        ProcessExecutor::adopt(&self.config, task, handle)
+    }
+
+    fn leftovers(&self) -> std::collections::HashMap<String, u32> {
+        find_task_processes(&self.config.tasks_dir)
+    }
+
+    fn kill(&self, _task_id: &str, handle: u32) {
+        kill_group(handle);
+    }
+
+    fn clean_up(&self, task_id: &str) {
+        let _ = std::fs::remove_dir_all(self.config.tasks_dir.join(task_id));
+    }
+}
+
 /// Set in every task's environment, so an agent that restarts finds the
 /// processes of its tasks again (see [`find_task_processes`]).
 pub const TASK_ID_ENV: &str = "SHOAL_TASK_ID";

@@ -27,7 +27,18 @@ pub struct TaskDbError {
     pub message: String,
 }
 
-/// The record; one per agent.
+/// Where an agent keeps its tasks' last states. [`TaskDb`] is the agent's
+/// on disk; the simulator keeps its agents' in memory.
+pub trait TaskRecord: Send + Sync + 'static {
+    /// Every recorded task's last status.
+    fn load(&self) -> Result<HashMap<String, TaskStatus>, TaskDbError>;
+    /// Records a task's newest status; durably when it is terminal.
+    fn record(&self, task_id: &str, status: &TaskStatus) -> Result<(), TaskDbError>;
+    /// Forgets a task that left this node.
+    fn forget(&self, task_id: &str) -> Result<(), TaskDbError>;
+}
+
+/// The record in a redb file; one per agent.
 pub struct TaskDb {
     db: Database,
     path: String,
@@ -54,9 +65,10 @@ impl TaskDb {
             message: e.to_string(),
         }
     }
+}
 
-    /// Every recorded task's last status.
-    pub fn load(&self) -> Result<HashMap<String, TaskStatus>, TaskDbError> {
+impl TaskRecord for TaskDb {
+    fn load(&self) -> Result<HashMap<String, TaskStatus>, TaskDbError> {
         let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
         let table = txn.open_table(TASKS).map_err(|e| self.fail(e))?;
         let mut out = HashMap::new();
@@ -71,8 +83,7 @@ impl TaskDb {
         Ok(out)
     }
 
-    /// Records a task's newest status; durably when it is terminal.
-    pub fn record(&self, task_id: &str, status: &TaskStatus) -> Result<(), TaskDbError> {
+    fn record(&self, task_id: &str, status: &TaskStatus) -> Result<(), TaskDbError> {
         let terminal = TaskState::try_from(status.state).is_ok_and(TaskState::is_terminal);
         let mut txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         if !terminal {
@@ -88,8 +99,7 @@ impl TaskDb {
         txn.commit().map_err(|e| self.fail(e))
     }
 
-    /// Forgets a task that left this node.
-    pub fn forget(&self, task_id: &str) -> Result<(), TaskDbError> {
+    fn forget(&self, task_id: &str) -> Result<(), TaskDbError> {
         let mut txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         txn.set_durability(Durability::None)
             .map_err(|e| self.fail(e))?;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_agent::{AgentConfig, ProcessConfig, TaskDb};
+use shoal_agent::{AgentConfig, Connector, ProcessConfig, ProcessDriver, TaskDb};
 use shoal_api::dispatcher_server::{Dispatcher, DispatcherServer};
 use shoal_api::{
     HeartbeatRequest, HeartbeatResponse, NodeDescription, Runtime, SessionMessage, SessionRequest,
@@ -158,11 +158,13 @@ async fn start_agent(
     let config = AgentConfig {
         node_id: "n1".into(),
         description: NodeDescription::default(),
-        dispatcher_socket: socket,
-        process: ProcessConfig::new(tmp.path().join("tasks")),
+        dispatcher: Connector::unix(&socket),
     };
+    let driver = Arc::new(ProcessDriver {
+        config: ProcessConfig::new(tmp.path().join("tasks")),
+    });
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let agent = tokio::spawn(shoal_agent::run(config, db, stopped));
+    let agent = tokio::spawn(shoal_agent::run(config, driver, db, stopped));
 
     (tmp, stop, agent)
 }

@@ -9,7 +9,9 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal_agent::{AgentConfig, ProcessConfig, TaskDb, TASK_DIR_ENV, TASK_ID_ENV};
+use shoal_agent::{
+    AgentConfig, Connector, ProcessConfig, ProcessDriver, TaskDb, TASK_DIR_ENV, TASK_ID_ENV,
+};
 use shoal_api::dispatcher_server::{Dispatcher, DispatcherServer};
 use shoal_api::{
     HeartbeatRequest, HeartbeatResponse, NodeDescription, Runtime, SessionMessage, SessionRequest,
@@ -179,11 +181,13 @@ async fn a_restarted_agent_adopts_each_started_workload_once_and_reports_it_runn
     let config = AgentConfig {
         node_id: "n1".into(),
         description: NodeDescription::default(),
-        dispatcher_socket: socket,
-        process: ProcessConfig::new(tasks_dir.clone()),
+        dispatcher: Connector::unix(&socket),
     };
+    let driver = Arc::new(ProcessDriver {
+        config: ProcessConfig::new(tasks_dir.clone()),
+    });
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let agent = tokio::spawn(shoal_agent::run(config, db, stopped));
+    let agent = tokio::spawn(shoal_agent::run(config, driver, db, stopped));
 
     let reported = |id: &str, state: TaskState| {
         reports

@@ -195,12 +195,12 @@ fn start_convergence(
     let agent = shoal_agent::AgentConfig {
         node_id: node_id.to_string(),
         description,
-        dispatcher_socket,
-        process,
+        dispatcher: shoal_agent::Connector::unix(&dispatcher_socket),
     };
     let db = shoal_agent::TaskDb::open(&state.path().join(AGENT_DB_FILE))
         .map_err(|e| DaemonError::Agent(e.to_string()))?;
-    set.spawn(shoal_agent::run(agent, Arc::new(db), stop.clone()));
+    let driver = Arc::new(shoal_agent::ProcessDriver { config: process });
+    set.spawn(shoal_agent::run(agent, driver, Arc::new(db), stop.clone()));
     Ok(set)
 }
 

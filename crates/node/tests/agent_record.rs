@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_agent::{AgentConfig, ProcessConfig, TaskDb};
+use shoal_agent::{AgentConfig, Connector, ProcessConfig, ProcessDriver, TaskDb, TaskRecord};
 use shoal_api::dispatcher_server::DispatcherServer;
 use shoal_api::{
     store_action, NodeDescription, Runtime, StoreAction, Task, TaskSpec, TaskState, TaskStatus,
@@ -86,10 +86,12 @@ async fn a_recorded_end_that_was_never_reported_is_reported_with_its_exit_code()
     let config = AgentConfig {
         node_id: "n1".into(),
         description: NodeDescription::default(),
-        dispatcher_socket: socket,
-        process: ProcessConfig::new(tmp.path().join("tasks")),
+        dispatcher: Connector::unix(&socket),
     };
-    tokio::spawn(shoal_agent::run(config, Arc::new(db), stopped));
+    let driver = Arc::new(ProcessDriver {
+        config: ProcessConfig::new(tmp.path().join("tasks")),
+    });
+    tokio::spawn(shoal_agent::run(config, driver, Arc::new(db), stopped));
 
     // Phase 3: the recorded end reaches the store; nothing was started.
     let deadline = Instant::now() + WITHIN;

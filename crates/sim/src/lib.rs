@@ -1,12 +1,16 @@
-//! Shoal's cluster simulator: a real manager and thousands of simulated
-//! agents in one process, for multi-node tests and scale measurements.
+//! Shoal's cluster simulator: a real manager and thousands of real agents in
+//! one process, their tasks run by a fake driver, for multi-node tests and
+//! scale measurements.
 
+pub mod fake_driver;
 pub mod fake_executor;
-pub mod sim_agent;
+pub mod memory_record;
+pub mod severable_link;
 pub mod sim_cluster;
 pub mod sim_nodes;
 
-pub use fake_executor::{FakeExecutor, Plan};
-pub use sim_agent::SimAgent;
+pub use fake_driver::FakeDriver;
+pub use fake_executor::{FakeExecutor, Machine, Plan, TaskBehaviour, Workload};
+pub use memory_record::MemoryRecord;
 pub use sim_cluster::{node_id, SimCluster, SimConfig, SimError};
 pub use sim_nodes::SimNodes;

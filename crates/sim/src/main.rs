@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use shoal_api::{
     Annotations, CreateServiceRequest, Runtime, ServiceMode, ServiceSpec, Task, TaskSpec, TaskState,
 };
-use shoal_sim::{FakeExecutor, SimCluster, SimConfig, SimNodes};
+use shoal_sim::{SimCluster, SimConfig, SimNodes, TaskBehaviour};
 
 /// The allocator the `shoal` binary runs with (see there), so the figures
 /// printed here are the product's.
@@ -70,7 +70,7 @@ impl Args {
         SimConfig {
             nodes,
             heartbeat_period_ms: self.heartbeat_ms,
-            executor: FakeExecutor {
+            tasks: TaskBehaviour {
                 start_delay: Duration::from_millis(self.start_delay_ms),
                 run_time: (self.run_time_ms > 0).then(|| Duration::from_millis(self.run_time_ms)),
                 failure_rate: self.failure_rate,

@@ -1,6 +1,7 @@
 //! A whole cluster in one process: a real manager (store, raft with its log
 //! fsynced in redb, the reconcilers, the dispatcher, the control API on a
-//! unix socket) and N [`SimAgent`]s that each hold a real dispatcher session.
+//! unix socket) and N real agents on fake drivers, each with a real
+//! dispatcher session.
 //!
 //! The agents run on a tokio runtime of their own ([`SimNodes`]). Nodes can
 //! be killed, restarted, cut off and reconnected, and the cluster polled
@@ -25,8 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::fake_executor::FakeExecutor;
-use crate::sim_agent::{Running, SimAgent};
+use crate::fake_executor::{Machine, TaskBehaviour};
 use crate::sim_nodes::SimNodes;
 
 /// Largest control API message, both ways.
@@ -37,7 +37,8 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub struct SimConfig {
     pub nodes: usize,
     pub heartbeat_period_ms: u64,
-    pub executor: FakeExecutor,
+    /// How every node's tasks behave.
+    pub tasks: TaskBehaviour,
     pub seed: u64,
     /// Each node's CPU, in nano-CPUs, and memory, in bytes.
     pub node_nano_cpus: i64,
@@ -47,10 +48,10 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The agent of node `i` of this cluster, whose dispatcher listens on
-    /// `dispatcher_socket`.
-    pub fn agent(&self, i: usize, dispatcher_socket: &Path) -> SimAgent {
-        SimAgent {
+    /// The agent of node `i` of this cluster, reaching the dispatcher
+    /// through `dispatcher`.
+    pub fn agent(&self, i: usize, dispatcher: shoal_agent::Connector) -> shoal_agent::AgentConfig {
+        shoal_agent::AgentConfig {
             node_id: node_id(i),
             description: NodeDescription {
                 hostname: node_id(i),
@@ -64,10 +65,20 @@ impl SimConfig {
                 }),
                 ..Default::default()
             },
-            dispatcher_socket: dispatcher_socket.to_path_buf(),
-            executor: self.executor,
-            seed: self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
-            running: Running::default(),
+            dispatcher,
+        }
+    }
+
+    /// The machine of node `i`: nothing runs on it yet; its own seed.
+    pub fn machine(&self, i: usize) -> Machine {
+        let seed = self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+        Machine {
+            behaviour: self.tasks,
+            workloads: Default::default(),
+            rng: Arc::new(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(
+                seed,
+            ))),
+            next_handle: Arc::new(std::sync::atomic::AtomicU32::new(1)),
         }
     }
 }
@@ -77,7 +88,7 @@ impl Default for SimConfig {
         SimConfig {
             nodes: 3,
             heartbeat_period_ms: 1_000,
-            executor: FakeExecutor::default(),
+            tasks: TaskBehaviour::default(),
             seed: 1,
             node_nano_cpus: 64_000_000_000,
             node_memory_bytes: 256 << 30,
@@ -201,18 +212,18 @@ impl SimCluster {
         self.nodes.len()
     }
 
-    /// Tasks node `i`'s agent runs right now: (service, slot, state).
-    pub fn running_on(&self, i: usize) -> Vec<(String, u64, shoal_api::TaskState)> {
+    /// The workloads node `i` runs right now: (service, slot).
+    pub fn running_on(&self, i: usize) -> Vec<(String, u64)> {
         self.nodes.running_on(i)
     }
 
-    /// Stops node `i`'s agent as a crash would: no goodbye, its tasks gone.
+    /// Stops node `i` as a crash would: no goodbye, its workloads gone.
     pub async fn kill(&mut self, i: usize) {
         self.nodes.kill(i).await;
     }
 
-    /// Starts node `i`'s agent again after [`SimCluster::kill`], with no
-    /// tasks.
+    /// Starts node `i`'s agent again after [`SimCluster::kill`]: nothing
+    /// runs on it, and its record says what ran before the crash.
     pub fn restart(&mut self, i: usize) {
         self.nodes.restart(i);
     }

@@ -1,7 +1,10 @@
-//! The simulated nodes: one [`SimAgent`] per node, on a tokio runtime of
-//! their own, that can be killed (the agent stops, as a crashed machine's
-//! would), restarted, and cut off from the manager and joined again (a
-//! partition: the agent keeps running its tasks).
+//! The simulated nodes: one real agent ([`shoal_agent::run`]) per node,
+//! built with the [`FakeDriver`], an in-memory task record and a link that
+//! can be cut ([`crate::severable_link`]), on a tokio runtime of their own.
+//! A node can be killed (the agent stops and its machine's workloads are
+//! gone, as when a machine crashes), restarted (a new agent on the same
+//! record), and cut off from the manager and joined again (a partition: the
+//! agent keeps running its tasks and reconnects on its own).
 //!
 //! Why a runtime of their own: real agents run in processes of their own.
 //! A manager busy with 100,000 tasks then delays its own work, not the
@@ -10,10 +13,13 @@
 //! `--agents-process` child holds the other side's.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use shoal_agent::AgentConfig;
 use tokio::sync::watch;
 
-use crate::sim_agent::SimAgent;
+use crate::fake_driver::FakeDriver;
+use crate::memory_record::MemoryRecord;
 use crate::sim_cluster::SimConfig;
 
 /// Worker threads of the agents' runtime.
@@ -21,9 +27,11 @@ const AGENT_WORKER_THREADS: usize = 2;
 
 /// One simulated node.
 struct SimNode {
-    agent: SimAgent,
+    config: AgentConfig,
+    driver: Arc<FakeDriver>,
+    record: Arc<MemoryRecord>,
     stop: Option<watch::Sender<bool>>,
-    connected: watch::Sender<bool>,
+    link: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -68,11 +76,23 @@ impl SimNodes {
     pub fn start(config: &SimConfig, dispatcher_socket: &Path) -> Result<SimNodes, std::io::Error> {
         let mut nodes = SimNodes {
             nodes: (0..config.nodes)
-                .map(|i| SimNode {
-                    agent: config.agent(i, dispatcher_socket),
-                    stop: None,
-                    connected: watch::channel(true).0,
-                    task: None,
+                .map(|i| {
+                    let (link, up) = watch::channel(true);
+                    let socket = dispatcher_socket.to_path_buf();
+                    let dispatcher =
+                        shoal_agent::Connector::new(socket.display().to_string(), move || {
+                            crate::severable_link::connect(socket.clone(), up.clone())
+                        });
+                    SimNode {
+                        config: config.agent(i, dispatcher),
+                        driver: Arc::new(FakeDriver {
+                            machine: config.machine(i),
+                        }),
+                        record: Arc::default(),
+                        stop: None,
+                        link,
+                        task: None,
+                    }
                 })
                 .collect(),
             runtime: AgentRuntime::start()?,
@@ -94,32 +114,31 @@ impl SimNodes {
     fn boot(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let (stop, stop_rx) = watch::channel(false);
-        let _ = node.connected.send(true);
-        let agent = node.agent.clone();
-        agent
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let run = agent.run(stop_rx, node.connected.subscribe());
+        node.link.send_replace(true);
+        let run = shoal_agent::run(
+            node.config.clone(),
+            Arc::clone(&node.driver),
+            Arc::clone(&node.record) as Arc<dyn shoal_agent::TaskRecord>,
+            stop_rx,
+        );
         node.task = Some(self.runtime.handle.spawn(run));
         node.stop = Some(stop);
     }
 
-    /// Tasks node `i`'s agent runs right now: (service, slot, state).
-    pub fn running_on(&self, i: usize) -> Vec<(String, u64, shoal_api::TaskState)> {
-        let running = self.nodes[i]
-            .agent
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        running
+    /// The workloads node `i` runs right now: (service, slot).
+    pub fn running_on(&self, i: usize) -> Vec<(String, u64)> {
+        let now = tokio::time::Instant::now();
+        self.nodes[i]
+            .driver
+            .machine
+            .workloads()
             .values()
-            .map(|(service, live)| (service.clone(), live.slot, live.state))
+            .filter(|w| w.runs(now))
+            .map(|w| (w.service_id.clone(), w.slot))
             .collect()
     }
 
-    /// Stops node `i`'s agent as a crash would: no goodbye, its tasks gone.
+    /// Stops node `i` as a crash would: no goodbye, its workloads gone.
     pub async fn kill(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         if let Some(stop) = node.stop.take() {
@@ -128,15 +147,11 @@ impl SimNodes {
         if let Some(task) = node.task.take() {
             let _ = task.await;
         }
-        node.agent
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        node.driver.machine.workloads().clear();
     }
 
-    /// Starts node `i`'s agent again after [`SimNodes::kill`], with no
-    /// tasks.
+    /// Starts node `i`'s agent again after [`SimNodes::kill`]: nothing runs
+    /// on it, and its record says what ran before the crash.
     pub fn restart(&mut self, i: usize) {
         if self.nodes[i].task.is_none() {
             self.boot(i);
@@ -146,7 +161,7 @@ impl SimNodes {
     /// Cuts node `i` off the manager (it keeps running its tasks) or joins
     /// it again.
     pub fn set_connected(&self, i: usize, connected: bool) {
-        let _ = self.nodes[i].connected.send(connected);
+        self.nodes[i].link.send_replace(connected);
     }
 
     /// Stops every agent: all are told at once, then each is waited for.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use shoal_api::{
     node_spec, node_status, Annotations, CreateServiceRequest, GetRequest, NodeSpec, Placement,
-    PlacementPreference, RemoveNodeRequest, Runtime, ServiceMode, ServiceSpec, TaskSpec, TaskState,
-    UpdateNodeRequest,
+    PlacementPreference, RemoveNodeRequest, RemoveRequest, Runtime, ServiceMode, ServiceSpec,
+    TaskSpec, TaskState, UpdateNodeRequest,
 };
 use shoal_sim::{SimCluster, SimConfig};
 use shoal_store::Tables;
@@ -285,7 +285,7 @@ async fn drain_moves_tasks_away_pause_keeps_them_and_active_takes_new_ones() {
 fn assert_one_live_task_per_slot(sim: &SimCluster, service: &str) {
     let mut slots: BTreeMap<u64, usize> = BTreeMap::new();
     for i in 0..sim.node_count() {
-        for (s, slot, _) in sim.running_on(i) {
+        for (s, slot) in sim.running_on(i) {
             if s == service {
                 *slots.entry(slot).or_insert(0) += 1;
             }
@@ -430,6 +430,56 @@ async fn a_global_service_runs_one_task_on_each_of_50_nodes_and_follows_them() {
     sim.wait_for("49 tasks", WAIT, |v| {
         let nodes = per_node(&running_nodes(v, &service));
         nodes.len() == 49 && nodes.contains_key(&back)
+    })
+    .await
+    .unwrap();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_removed_while_a_node_is_cut_off_stops_there_when_it_returns() {
+    let sim = cluster(3).await;
+    let service = create(
+        &sim,
+        spec(
+            "gone",
+            ServiceMode::Replicated,
+            Some(6),
+            Placement::default(),
+        ),
+    )
+    .await;
+    sim.wait_for("6 replicas RUNNING", WAIT, |v| {
+        running_nodes(v, &service).len() == 6
+    })
+    .await
+    .unwrap();
+    assert!(!sim.running_on(2).is_empty());
+    let n2 = sim.node_id(2);
+    sim.set_connected(2, false);
+    sim.wait_for("node 2 DOWN", WAIT, |v| {
+        v.node(&n2).and_then(|n| n.status.as_ref()).map(|s| s.state)
+            == Some(node_status::State::Down as i32)
+    })
+    .await
+    .unwrap();
+    sim.control()
+        .remove_service(RemoveRequest {
+            reference: service.clone(),
+        })
+        .await
+        .expect("the service is removed");
+    // Its tasks leave the store, those of the cut-off node included: the
+    // node's next session cannot name them as removed.
+    sim.wait_for("no task of the service left", WAIT, |v| {
+        v.tasks_of_service(&service).next().is_none()
+    })
+    .await
+    .unwrap();
+    assert!(!sim.running_on(2).is_empty(), "the cut-off node runs on");
+    sim.set_connected(2, true);
+    sim.wait_for("node 2 READY and running nothing", WAIT, |v| {
+        v.node(&n2).is_some_and(shoal_sim::sim_cluster::is_ready) && sim.running_on(2).is_empty()
     })
     .await
     .unwrap();

@@ -1,0 +1,44 @@
+//! The simulator's [`Driver`]: every task of a node becomes a
+//! [`FakeExecutor`] whose workload lives in the node's [`Machine`]. Leftover
+//! workloads are the machine's entries, so a restarted agent adopts what
+//! still "runs" exactly as the process driver adopts processes.
+
+use std::collections::HashMap;
+
+use shoal_agent::Driver;
+use shoal_api::Task;
+
+use crate::fake_executor::{FakeExecutor, Machine};
+
+/// The driver of one simulated node.
+pub struct FakeDriver {
+    pub machine: Machine,
+}
+
+impl Driver for FakeDriver {
+    type Executor = FakeExecutor;
+
+    fn executor(&self, task: &Task) -> FakeExecutor {
+        FakeExecutor::new(&self.machine, task)
+    }
+
+    fn adopt(&self, task: &Task, _handle: u32) -> FakeExecutor {
+        FakeExecutor::new(&self.machine, task)
+    }
+
+    fn leftovers(&self) -> HashMap<String, u32> {
+        self.machine
+            .workloads()
+            .iter()
+            .map(|(id, w)| (id.clone(), w.handle))
+            .collect()
+    }
+
+    fn kill(&self, task_id: &str, _handle: u32) {
+        self.machine.workloads().remove(task_id);
+    }
+
+    fn clean_up(&self, task_id: &str) {
+        self.machine.workloads().remove(task_id);
+    }
+}

@@ -1,0 +1,114 @@
+//! A unix-socket link to the dispatcher that can be cut: the simulator's
+//! partition. While the link is down no connection opens, and cutting it
+//! breaks the connections already open, so the agent loses its session and
+//! its heartbeats exactly as it would when the network between it and the
+//! manager fails, while its workloads run on.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A channel to the unix socket at `path` that works while `up` is true.
+pub fn connect(path: PathBuf, up: watch::Receiver<bool>) -> Channel {
+    Endpoint::from_static("http://shoal.local")
+        .connect_timeout(Duration::from_millis(
+            shoal_api::transport::CONNECT_TIMEOUT_MS,
+        ))
+        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            let up = up.clone();
+            async move {
+                if !*up.borrow() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "the simulated link is cut",
+                    ));
+                }
+                let stream = UnixStream::connect(path).await?;
+                Ok::<_, io::Error>(TokioIo::new(Severable::new(stream, up)))
+            }
+        }))
+}
+
+/// A connection that fails every read and write once its link is cut.
+struct Severable {
+    stream: UnixStream,
+    cut: Pin<Box<dyn Future<Output = ()> + Send>>,
+    severed: bool,
+}
+
+impl Severable {
+    fn new(stream: UnixStream, mut up: watch::Receiver<bool>) -> Severable {
+        Severable {
+            stream,
+            cut: Box::pin(async move {
+                if up.wait_for(|up| !*up).await.is_err() {
+                    // Nobody can cut it any more.
+                    std::future::pending::<()>().await;
+                }
+            }),
+            severed: false,
+        }
+    }
+
+    /// Whether the link is cut; registers for the cut otherwise.
+    fn severed(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.severed && self.cut.as_mut().poll(cx).is_ready() {
+            self.severed = true;
+        }
+        self.severed
+    }
+}
+
+fn broken() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the simulated link was cut")
+}
+
+impl AsyncRead for Severable {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.severed(cx) {
+            return Poll::Ready(Err(broken()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Severable {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.severed(cx) {
+            return Poll::Ready(Err(broken()));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.severed(cx) {
+            return Poll::Ready(Err(broken()));
+        }
+        Pin::new(&mut this.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
