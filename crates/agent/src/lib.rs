@@ -18,6 +18,7 @@ mod cgroup;
 mod driver;
 mod executor;
 mod heartbeat;
+mod log_pipe;
 mod process;
 mod reports;
 mod task_db;

@@ -2,10 +2,12 @@
 //! agent, in its own process group, with stdout and stderr in log files in the
 //! task's directory.
 //!
-//! The output goes straight to files (not through pipes), so a workload keeps
-//! running and logging when the agent itself restarts. Logs are rotated by
-//! size with copy-and-truncate: the files are opened for appending, so the
-//! process keeps writing at the new end.
+//! The output goes through a FIFO per stream that the agent copies into the
+//! log, each line stamped with its time ([`LogPipe`]); the process holds its
+//! FIFOs open both ways, so it keeps running when the agent restarts, and
+//! the next agent goes on copying. Logs are rotated by size with
+//! copy-and-truncate: the agent appends, so it keeps writing at the new
+//! end.
 //!
 //! Memory and CPU limits go through the task's own cgroup ([`Cgroups`]).
 
@@ -20,9 +22,12 @@ use tokio::process::{Child, Command};
 
 use crate::cgroup::{Cgroups, TaskCgroup};
 use crate::executor::{Executor, ExitOutcome, TaskFailure};
+use crate::log_pipe::LogPipe;
 
-const STDOUT_LOG: &str = "stdout.log";
-const STDERR_LOG: &str = "stderr.log";
+const STREAMS: [&str; 2] = ["stdout", "stderr"];
+/// After the task's processes are gone, how long what is left in its FIFOs
+/// may take to reach the logs.
+const LOG_DRAIN_MS: u64 = 5_000;
 
 /// Where tasks live, how big their logs grow, how limits are enforced.
 #[derive(Debug, Clone)]
@@ -109,6 +114,17 @@ pub struct ProcessExecutor {
     limits: shoal_api::Resources,
     cgroups: std::sync::Arc<Cgroups>,
     cgroup: Option<TaskCgroup>,
+    /// The copies from the task's FIFOs into its logs, while they run.
+    log_copies: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for ProcessExecutor {
+    fn drop(&mut self) {
+        // An agent that goes away leaves the FIFOs to the next one.
+        for copy in &self.log_copies {
+            copy.abort();
+        }
+    }
 }
 
 impl ProcessExecutor {
@@ -139,15 +155,53 @@ impl ProcessExecutor {
             limits,
             cgroups: std::sync::Arc::clone(&config.cgroups),
             cgroup: None,
+            log_copies: Vec::new(),
+        }
+    }
+
+    fn log_pipe(&self, stream: &str) -> LogPipe {
+        LogPipe {
+            fifo: self.dir.join(format!("{stream}.pipe")),
+            log: self.dir.join(format!("{stream}.log")),
+        }
+    }
+
+    /// Waits, within a bound, for what the task's FIFOs still hold to reach
+    /// its logs; its processes are gone, so each copy ends at the FIFO's end.
+    async fn drain_logs(&mut self) {
+        self.log_copies.retain(|c| !c.is_finished());
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(LOG_DRAIN_MS);
+        for copy in &mut self.log_copies {
+            if tokio::time::timeout_at(deadline, copy).await.is_err() {
+                // A process that left the group still holds the FIFO.
+                tracing::warn!(task = %self.task_id, "the task's output did not reach its log in time");
+            }
+        }
+        for copy in self.log_copies.drain(..) {
+            copy.abort();
         }
     }
 
     /// Takes over the still-running process group `pgid` of this task, left
     /// by an earlier agent. Its exit code cannot be known (it is not our
     /// child): an end is reported as a failure with that said.
+    ///
+    /// The copies of its output into its logs start again here.
     pub fn adopt(config: &ProcessConfig, task: &Task, pgid: u32) -> ProcessExecutor {
         let mut executor = ProcessExecutor::new(config, task);
         executor.pid = Some(pgid);
+        for stream in STREAMS {
+            let pipe = executor.log_pipe(stream);
+            if !pipe.exists() {
+                continue;
+            }
+            match pipe.copy() {
+                Ok(copy) => executor.log_copies.push(copy),
+                Err(e) => {
+                    tracing::warn!(task = %executor.task_id, error = %e, "the task's output cannot be copied to its log")
+                }
+            }
+        }
         executor
     }
 
@@ -195,8 +249,9 @@ impl ProcessExecutor {
 
     /// Copies a log over its size limit to `<name>.1` and truncates it.
     pub fn rotate_logs(&self) {
-        for name in [STDOUT_LOG, STDERR_LOG] {
-            let path = self.dir.join(name);
+        for stream in STREAMS {
+            let name = format!("{stream}.log");
+            let path = self.dir.join(&name);
             let too_big = std::fs::metadata(&path).is_ok_and(|m| m.len() > self.max_log_bytes);
             if too_big {
                 let rotated = self.dir.join(format!("{name}.1"));
@@ -324,14 +379,6 @@ fn outcome(status: std::process::ExitStatus) -> ExitOutcome {
     }
 }
 
-fn open_log(path: &Path) -> Result<std::fs::File, TaskFailure> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| TaskFailure(format!("log file {}: {e}", path.display())))
-}
-
 impl Executor for ProcessExecutor {
     async fn prepare(&mut self) -> Result<(), TaskFailure> {
         if self.runtime.command.is_empty() && !self.runtime.image.is_empty() {
@@ -378,6 +425,27 @@ impl Executor for ProcessExecutor {
             .program
             .clone()
             .ok_or_else(|| TaskFailure("start before prepare".into()))?;
+        let mut writers = Vec::new();
+        let mut copies = Vec::new();
+        for stream in STREAMS {
+            let pipe = self.log_pipe(stream);
+            let fail = |e: std::io::Error| TaskFailure(format!("log {}: {e}", pipe.fifo.display()));
+            writers.push(pipe.create().map_err(fail)?);
+            copies.push(pipe.copy().map_err(fail)?);
+        }
+        // Until the process runs, nobody writes: dropped copies end with
+        // this start if it fails.
+        let abort_copies = |copies: &[tokio::task::JoinHandle<()>]| {
+            for c in copies {
+                c.abort();
+            }
+        };
+        let stderr = writers.pop();
+        let stdout = writers.pop();
+        let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
+            abort_copies(&copies);
+            return Err(TaskFailure("the task's log pipes are missing".into()));
+        };
         let mut command = Command::new(&program);
         command
             .args(self.runtime.command.iter().skip(1))
@@ -388,8 +456,8 @@ impl Executor for ProcessExecutor {
             .env(TASK_ID_ENV, &self.task_id)
             .env(TASK_DIR_ENV, &self.dir)
             .stdin(std::process::Stdio::null())
-            .stdout(open_log(&self.dir.join(STDOUT_LOG))?)
-            .stderr(open_log(&self.dir.join(STDERR_LOG))?)
+            .stdout(stdout)
+            .stderr(stderr)
             // Its own process group: shutdown signals the whole tree.
             .process_group(0)
             .kill_on_drop(false);
@@ -403,9 +471,18 @@ impl Executor for ProcessExecutor {
                 command.pre_exec(move || cgroup.join_self());
             }
         }
-        let child = command
-            .spawn()
-            .map_err(|e| TaskFailure(format!("exec {:?}: {e}", program.display())))?;
+        let spawned = command.spawn();
+        // The agent keeps no writing end: a copy ends once the task's
+        // processes have all closed theirs.
+        drop(command);
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                abort_copies(&copies);
+                return Err(TaskFailure(format!("exec {:?}: {e}", program.display())));
+            }
+        };
+        self.log_copies = copies;
         let pid = child
             .id()
             .ok_or_else(|| TaskFailure("the process exited before it could be watched".into()))?;
@@ -425,6 +502,7 @@ impl Executor for ProcessExecutor {
             while group_alive(pid) {
                 tokio::time::sleep(Duration::from_millis(ADOPTED_POLL_MS)).await;
             }
+            self.drain_logs().await;
             let done = ExitOutcome {
                 exit_code: -1,
                 message: "the process ended after an agent restart; its exit status is unknown"
@@ -450,6 +528,7 @@ impl Executor for ProcessExecutor {
             }
         };
         self.clean_up_after_exit().await;
+        self.drain_logs().await;
         self.exited = Some(done.clone());
         Ok(done)
     }

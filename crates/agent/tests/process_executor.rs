@@ -10,6 +10,19 @@ use tokio::sync::{mpsc, watch};
 /// Generous: the CI machine is a loaded 2-core box.
 const WITHIN: Duration = Duration::from_secs(60);
 
+/// A log's text without the time stamp at the start of each line; panics
+/// on a line without one.
+fn log_text(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let mut text = Vec::new();
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        let (_, rest) = shoal_api::log_time::split_stamp(line)
+            .unwrap_or_else(|| panic!("a line without a stamp in {}: {line:?}", path.display()));
+        text.extend_from_slice(rest);
+    }
+    String::from_utf8(text).unwrap()
+}
+
 fn task(id: &str, command: &[&str], configure: impl FnOnce(&mut Runtime)) -> Task {
     let mut runtime = Runtime {
         command: command.iter().map(|s| s.to_string()).collect(),
@@ -106,14 +119,8 @@ async fn a_command_runs_to_completion_reporting_every_state_in_order_with_its_ou
         states,
         [Accepted, Preparing, Ready, Starting, Running, Complete]
     );
-    assert_eq!(
-        std::fs::read_to_string(tmp.path().join("t1/stdout.log")).unwrap(),
-        "hello\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(tmp.path().join("t1/stderr.log")).unwrap(),
-        "oops\n"
-    );
+    assert_eq!(log_text(&tmp.path().join("t1/stdout.log")), "hello\n");
+    assert_eq!(log_text(&tmp.path().join("t1/stderr.log")), "oops\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +206,7 @@ async fn shutdown_sends_sigterm_and_sigkill_after_the_grace_period() {
     // RUNNING means spawned; wait until the shell has set its trap.
     let log = tmp.path().join("t1/stdout.log");
     let deadline = Instant::now() + WITHIN;
-    while std::fs::read_to_string(&log).unwrap_or_default() != "ready\n" {
+    while log_text(&log) != "ready\n" {
         assert!(Instant::now() < deadline, "the script never got ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -290,7 +297,7 @@ async fn env_and_workdir_reach_the_process_and_nothing_else_of_the_agent_env() {
     );
     let mut run = start(tmp.path(), &t, TaskState::Running, WITHIN);
     run.until(TaskState::Complete).await;
-    let out = std::fs::read_to_string(tmp.path().join("t1/stdout.log")).unwrap();
+    let out = log_text(&tmp.path().join("t1/stdout.log"));
     let expected_dir = std::fs::canonicalize(work.path()).unwrap();
     assert_eq!(out, format!("A=1\nLEAK=\n{}\n", expected_dir.display()));
 }
@@ -306,12 +313,7 @@ async fn logs_over_the_size_limit_are_rotated_and_remove_cleans_up() {
     executor.start().await.unwrap();
     assert!(executor.wait().await.unwrap().success());
     executor.rotate_logs();
-    assert_eq!(
-        std::fs::metadata(tmp.path().join("t1/stdout.log.1"))
-            .unwrap()
-            .len(),
-        5_000
-    );
+    assert_eq!(log_text(&tmp.path().join("t1/stdout.log.1")).len(), 5_000);
     assert_eq!(
         std::fs::metadata(tmp.path().join("t1/stdout.log"))
             .unwrap()
@@ -352,10 +354,7 @@ async fn memory_and_cpu_limits_put_the_task_in_its_own_cgroup() {
     executor.start().await.unwrap();
     let log = tmp.path().join(&id).join("stdout.log");
     let deadline = Instant::now() + WITHIN;
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains(&id)
-    {
+    while !log_text(&log).contains(&id) {
         assert!(
             Instant::now() < deadline,
             "the task never reported its cgroup: {:?}",
@@ -490,4 +489,72 @@ async fn a_wait_dropped_at_any_point_still_cleans_up_and_keeps_the_exit_code() {
         "the task's cgroup outlived it: {dirs:?}"
     );
     assert!(live_members_of_group(pid).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_line_of_output_is_stamped_with_the_time_it_was_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = task(
+        "t1",
+        &["sh", "-c", "echo first; sleep 1.2; printf 'second\\nthird'"],
+        |_| {},
+    );
+    let before = shoal_api::clock::now_ns();
+    let mut run = start(tmp.path(), &t, TaskState::Running, WITHIN);
+    run.until(TaskState::Complete).await;
+    let after = shoal_api::clock::now_ns();
+    let log = std::fs::read(tmp.path().join("t1/stdout.log")).unwrap();
+    let lines: Vec<(i64, Vec<u8>)> = log
+        .split(|b| *b == b'\n')
+        .map(|l| {
+            let (at, text) = shoal_api::log_time::split_stamp(l).expect("every line is stamped");
+            (at, text.to_vec())
+        })
+        .collect();
+    let texts: Vec<&[u8]> = lines.iter().map(|(_, t)| t.as_slice()).collect();
+    assert_eq!(texts, [&b"first"[..], b"second", b"third"]);
+    assert!(
+        lines.iter().all(|(at, _)| (before..=after).contains(at)),
+        "{lines:?}"
+    );
+    // The sleep sits between the first line and the others.
+    assert!(lines[1].0 - lines[0].0 >= 1_000_000_000, "{lines:?}");
+    assert!(lines[1].0 <= lines[2].0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_written_while_no_agent_reads_reaches_the_log_once_a_new_one_adopts_the_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = ProcessConfig::new(tmp.path().to_path_buf());
+    // A line every 20 ms, numbered, for a while.
+    let t = task(
+        "t1",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 150 ]; do echo line-$i; i=$((i+1)); sleep 0.02; done",
+        ],
+        |_| {},
+    );
+    let mut first = ProcessExecutor::new(&config, &t);
+    first.prepare().await.unwrap();
+    let pid = first.start().await.unwrap();
+    let log = tmp.path().join("t1/stdout.log");
+    let deadline = Instant::now() + WITHIN;
+    while !log_text(&log).contains("line-5\n") {
+        assert!(Instant::now() < deadline, "no output reached the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The agent goes away: nobody reads the FIFO for a while; the process
+    // writes on.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut second = ProcessExecutor::adopt(&config, &t, pid);
+    let ended = second.wait().await.unwrap();
+    assert_eq!(
+        ended.exit_code, -1,
+        "an adopted process's status is unknown"
+    );
+    let expected: String = (0..150).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(log_text(&log), expected, "every line, once, in order");
 }

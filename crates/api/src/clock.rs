@@ -16,19 +16,26 @@ pub use tokio::time::Instant;
 /// The wall time at the first reading, and the runtime's instant then.
 static ORIGIN: OnceLock<(i64, Instant)> = OnceLock::new();
 
+/// The wall time at the first reading, in nanoseconds since the epoch.
 fn origin() -> (i64, Instant) {
     *ORIGIN.get_or_init(|| {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         (wall, Instant::now())
     })
 }
 
+/// Nanoseconds since the Unix epoch, on the runtime's clock.
+pub fn now_ns() -> i64 {
+    let (wall, at) = origin();
+    let since = Instant::now().saturating_duration_since(at).as_nanos();
+    wall.saturating_add(i64::try_from(since).unwrap_or(i64::MAX))
+}
+
 /// Milliseconds since the Unix epoch, on the runtime's clock.
 pub fn now_ms() -> i64 {
-    let (wall, at) = origin();
-    wall + Instant::now().saturating_duration_since(at).as_millis() as i64
+    now_ns() / 1_000_000
 }
 
 #[cfg(test)]

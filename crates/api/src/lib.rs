@@ -14,6 +14,7 @@ pub use pb::*;
 
 pub mod clock;
 pub mod enum_name;
+pub mod log_time;
 mod node_state;
 mod object_kind;
 mod service_mode;

@@ -50,6 +50,13 @@ pub enum ServiceCommand {
         /// Print the lines alone, without any prefix.
         #[arg(long)]
         raw: bool,
+        /// Only lines written since then: a duration ago (`10m`, `1h30m`),
+        /// an RFC 3339 time (`2026-12-01T10:00:00Z`) or Unix seconds.
+        #[arg(long, value_parser = parse_since, value_name = "WHEN")]
+        since: Option<i64>,
+        /// Print the time each line was written before it (RFC 3339, UTC).
+        #[arg(short, long)]
+        timestamps: bool,
     },
     /// List the tasks of a service.
     Ps {
@@ -222,12 +229,15 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             tail,
             no_task_ids,
             raw,
+            since,
+            timestamps,
         } => {
             let request = shoal_api::LogsRequest {
                 service,
                 task: String::new(),
                 follow,
                 tail: tail.0,
+                since_unix_nano: since.unwrap_or(0),
             };
             let mut stream = match client.api().logs(request).await {
                 Ok(r) => r.into_inner(),
@@ -240,7 +250,7 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                     Ok(None) => break,
                     Err(status) => return Err(client.error(status)),
                 };
-                let prefix = if raw {
+                let mut prefix = if raw {
                     String::new()
                 } else if no_task_ids {
                     format!("{:<24} | ", line.task_name)
@@ -249,6 +259,16 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                         format!("{}.{}", line.task_name, crate::output::short(&line.task_id));
                     format!("{name:<24} | ")
                 };
+                if timestamps {
+                    // A line whose log has no time gets a blank of the
+                    // same width, so the columns stay aligned.
+                    let stamp = if line.time_unix_nano == 0 {
+                        " ".repeat(shoal_api::log_time::STAMP_LEN)
+                    } else {
+                        shoal_api::log_time::format_stamp(line.time_unix_nano)
+                    };
+                    prefix = format!("{stamp} {prefix}");
+                }
                 let mut text = line.line;
                 text.push(b'\n');
                 let result = if line.stream == "stderr" {
@@ -325,6 +345,11 @@ fn mode_name(mode: i32) -> String {
     ServiceMode::try_from(mode)
         .map(|m| m.as_str_name().to_ascii_lowercase().replace('_', "-"))
         .unwrap_or_else(|_| mode.to_string())
+}
+
+/// `--since`: when, in nanoseconds since the epoch.
+fn parse_since(text: &str) -> Result<i64, String> {
+    shoal_api::log_time::parse_since(text, shoal_api::clock::now_ns())
 }
 
 /// `--tail`: a number of lines, or `all`.

@@ -399,3 +399,64 @@ fn logs_of_any_size_end_with_the_newest_line_and_take_tail_raw_and_no_task_ids()
     let err = d.fails(&["service", "logs", "--tail", "many", "big"]);
     assert!(err.contains("must be a number of lines or `all`"), "{err}");
 }
+
+#[test]
+fn logs_timestamps_show_when_each_line_was_written_and_since_keeps_the_later_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "clock",
+        "--",
+        "sh",
+        "-c",
+        "echo early; sleep 1.5; echo late; sleep 1000",
+    ]);
+    wait_until("both lines logged", || {
+        d.ok(&["service", "logs", "--raw", "clock"])
+            .contains("late")
+    });
+    let stamped = d.ok(&["service", "logs", "--timestamps", "--raw", "clock"]);
+    let lines: Vec<(i64, &str)> = stamped
+        .lines()
+        .map(|l| {
+            let (stamp, text) = l.split_once(' ').expect("a stamp, a space, the line");
+            let at = shoal_api::log_time::parse_rfc3339(stamp)
+                .unwrap_or_else(|| panic!("not an RFC 3339 time: {stamp:?}"));
+            (at, text)
+        })
+        .collect();
+    assert_eq!(
+        lines.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
+        ["early", "late"]
+    );
+    assert!(lines[1].0 - lines[0].0 >= 1_000_000_000, "{lines:?}");
+    // With the task's name too, the stamp comes first.
+    let named = d.ok(&["service", "logs", "-t", "--no-task-ids", "clock"]);
+    assert!(
+        named
+            .lines()
+            .all(|l| l.split(' ').nth(1) == Some("clock.1")),
+        "{named}"
+    );
+
+    let late_stamp = stamped.lines().nth(1).unwrap().split(' ').next().unwrap();
+    let since = d.ok(&["service", "logs", "--raw", "--since", late_stamp, "clock"]);
+    assert_eq!(since.lines().collect::<Vec<_>>(), ["late"]);
+    let hour = d.ok(&["service", "logs", "--raw", "--since", "1h", "clock"]);
+    assert_eq!(hour.lines().collect::<Vec<_>>(), ["early", "late"]);
+    let future = d.ok(&[
+        "service",
+        "logs",
+        "--raw",
+        "--since",
+        "2100-01-01T00:00:00Z",
+        "clock",
+    ]);
+    assert_eq!(future, "");
+
+    let err = d.fails(&["service", "logs", "--since", "yesterday", "clock"]);
+    assert!(err.contains("--since") && err.contains("RFC 3339"), "{err}");
+}

@@ -1,10 +1,12 @@
 //! Task logs, read from the local agent's task directories.
 //!
 //! Every task's stdout and stderr are files in its directory on the node that
-//! ran it. This manager serves the tasks of its own node. A read starts at the
-//! beginning of each file, or with `tail` at its last lines, and runs to the
-//! end the file had when the read began, whatever its size: the newest line
-//! is always shown. A line is sent once it is complete (ends with a newline),
+//! ran it, each line stamped by the agent with the time it was written
+//! ([`shoal_api::log_time`]). This manager serves the tasks of its own node.
+//! A read starts at the beginning of each file, or with `tail` at its last
+//! lines, keeps the lines written since `since`, and runs to the end the
+//! file had when the read began, whatever its size: the newest line is
+//! always shown. The stamp travels beside the line, not in it. A line is sent once it is complete (ends with a newline),
 //! except at the end of a non-follow read, where a trailing partial line is
 //! sent as it is. With `follow`, the files are read again every
 //! `FOLLOW_POLL_MS` until the client goes away, and tasks that appear later
@@ -43,6 +45,10 @@ struct Cursor {
     name: String,
     offset: Option<u64>,
     partial: Vec<u8>,
+    /// Whether `partial` starts a line of the file (and so its stamp).
+    line_start: bool,
+    /// The time of the line `partial` continues.
+    line_time: i64,
     /// Where the first read starts: the last this-many lines, or all.
     tail: Option<u64>,
 }
@@ -54,7 +60,14 @@ pub struct Reading {
     pub follow: bool,
     /// Start at the last this-many lines (all when `None`).
     pub tail: Option<u64>,
+    /// Only lines written at or after this time (ns since the epoch); 0:
+    /// all.
+    pub since_unix_nano: i64,
 }
+
+/// One line (or piece of an endless one) and when it was written (0: its
+/// log does not say).
+type Line = (i64, Vec<u8>);
 
 fn task_name(store: &Store, task: &Task) -> String {
     let view = store.view();
@@ -106,6 +119,8 @@ pub async fn stream(
                         name: task_name(&store, task),
                         offset: None,
                         partial: Vec::new(),
+                        line_start: true,
+                        line_time: 0,
                         tail,
                     });
             }
@@ -118,12 +133,16 @@ pub async fn stream(
             let end = (!reading.follow).then(|| file_len(&path));
             loop {
                 let (lines, more) = read_new_lines(&path, cursor, reading, end);
-                for line in lines {
+                for (time, line) in lines {
+                    if reading.since_unix_nano > 0 && time < reading.since_unix_nano {
+                        continue;
+                    }
                     let message = LogLine {
                         task_id: task_id.clone(),
                         task_name: cursor.name.clone(),
                         stream: stream.to_string(),
                         line,
+                        time_unix_nano: time,
                     };
                     if tx.send(Ok(message)).await.is_err() {
                         return;
@@ -194,7 +213,7 @@ fn read_new_lines(
     cursor: &mut Cursor,
     reading: Reading,
     end: Option<u64>,
-) -> (Vec<Vec<u8>>, bool) {
+) -> (Vec<Line>, bool) {
     let Ok(mut file) = std::fs::File::open(path) else {
         return (Vec::new(), false);
     };
@@ -206,6 +225,7 @@ fn read_new_lines(
         },
         Some(o) if o > file.metadata().map_or(0, |m| m.len()) => {
             cursor.partial.clear();
+            cursor.line_start = true;
             0
         }
         Some(o) => o,
@@ -223,18 +243,41 @@ fn read_new_lines(
     let mut lines = Vec::new();
     let mut start = 0;
     while let Some(len) = cursor.partial[start..].iter().position(|b| *b == b'\n') {
-        lines.push(cursor.partial[start..start + len].to_vec());
+        lines.push(cursor.piece(start, start + len, true));
         start += len + 1;
     }
     while cursor.partial.len() - start > MAX_LINE_BYTES {
-        lines.push(cursor.partial[start..start + MAX_LINE_BYTES].to_vec());
+        lines.push(cursor.piece(start, start + MAX_LINE_BYTES, false));
         start += MAX_LINE_BYTES;
     }
     cursor.partial.drain(..start);
     if !reading.follow && !more && !cursor.partial.is_empty() {
-        lines.push(std::mem::take(&mut cursor.partial));
+        let end = cursor.partial.len();
+        lines.push(cursor.piece(0, end, true));
+        cursor.partial.clear();
     }
     (lines, more)
+}
+
+impl Cursor {
+    /// `partial[from..to]` as a line with its time: its own stamp when it
+    /// starts a line of the file, else the time of the line it continues.
+    /// `ends` says whether the line ends with it.
+    fn piece(&mut self, from: usize, to: usize, ends: bool) -> Line {
+        let bytes = &self.partial[from..to];
+        let line = if self.line_start {
+            match shoal_api::log_time::split_stamp(bytes) {
+                Some((time, text)) => (time, text.to_vec()),
+                // A log written before lines were stamped.
+                None => (0, bytes.to_vec()),
+            }
+        } else {
+            (self.line_time, bytes.to_vec())
+        };
+        self.line_time = line.0;
+        self.line_start = ends;
+        line
+    }
 }
 
 impl ControlApi {
@@ -263,6 +306,7 @@ impl ControlApi {
             Reading {
                 follow: req.follow,
                 tail: req.tail,
+                since_unix_nano: req.since_unix_nano,
             },
             tx,
         ));
@@ -306,11 +350,14 @@ mod tests {
             name: String::new(),
             offset: None,
             partial: Vec::new(),
+            line_start: true,
+            line_time: 0,
             tail: None,
         };
         let reading = Reading {
             follow: false,
             tail: None,
+            since_unix_nano: 0,
         };
         let end = Some(file_len(&path));
         let mut lines = Vec::new();
@@ -322,8 +369,57 @@ mod tests {
             }
         }
         assert_eq!(lines.len(), 400_002);
-        assert_eq!(lines[399_999], b"399999");
-        assert_eq!(lines[400_000].len(), MAX_LINE_BYTES);
-        assert_eq!(lines[400_001].len(), 10);
+        assert_eq!(lines[399_999].1, b"399999");
+        assert_eq!(lines[400_000].1.len(), MAX_LINE_BYTES);
+        assert_eq!(lines[400_001].1.len(), 10);
+    }
+
+    #[test]
+    fn each_line_carries_its_stamp_beside_it_and_pieces_of_a_long_line_share_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let first = shoal_api::log_time::format_stamp(1_000);
+        let second = shoal_api::log_time::format_stamp(2_000);
+        // Longer than one read: it comes out in pieces.
+        let long = "y".repeat(MAX_READ_BYTES as usize + 5);
+        std::fs::write(
+            &path,
+            format!("{first} a\nunstamped\n{second} {long}\n{second} tail"),
+        )
+        .unwrap();
+        let mut cursor = Cursor {
+            name: String::new(),
+            offset: None,
+            partial: Vec::new(),
+            line_start: true,
+            line_time: 0,
+            tail: None,
+        };
+        let reading = Reading {
+            follow: false,
+            tail: None,
+            since_unix_nano: 0,
+        };
+        let end = Some(file_len(&path));
+        let mut lines = Vec::new();
+        loop {
+            let (got, more) = read_new_lines(&path, &mut cursor, reading, end);
+            lines.extend(got);
+            if !more {
+                break;
+            }
+        }
+        assert!(lines.len() > 4, "the long line came in pieces");
+        let (head, rest) = lines.split_at(2);
+        assert_eq!(head, [(1_000, b"a".to_vec()), (0, b"unstamped".to_vec())]);
+        let (last, pieces) = rest.split_last().unwrap();
+        assert_eq!(last, &(2_000, b"tail".to_vec()));
+        assert!(pieces.iter().all(|(t, _)| *t == 2_000));
+        let text: Vec<u8> = pieces.iter().flat_map(|(_, p)| p.clone()).collect();
+        assert_eq!(
+            text,
+            long.as_bytes(),
+            "the stamp is taken off the first piece only"
+        );
     }
 }

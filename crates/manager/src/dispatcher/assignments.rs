@@ -4,7 +4,6 @@
 //! changed.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,7 +62,6 @@ impl Dispatcher {
     pub fn fan_out(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let replica = Arc::clone(&self.replica);
         let inboxes = Arc::clone(&self.inboxes);
-        let period_ms = Arc::clone(&self.period_ms);
         let mut shutdown = self.shutdown.clone();
         async move {
             let post = |changes: &mut Vec<(String, String)>, all: bool| {
@@ -83,12 +81,6 @@ impl Dispatcher {
             // and desired state.
             let mut known: HashMap<String, (String, i32)> = HashMap::new();
             let mut changes = replica.store().watch();
-            // Read after the watch starts: a change made before it began is
-            // in the store, one made after comes as an event.
-            period_ms.store(
-                period_of(replica.store().view().cluster()),
-                Ordering::Relaxed,
-            );
             let mut nodes = Vec::new();
             loop {
                 if *shutdown.borrow() {
@@ -122,10 +114,7 @@ impl Dispatcher {
                                     nodes.push((task.node_id.clone(), task.id.clone()));
                                 }
                             }
-                            Some(object::Kind::Cluster(cluster)) => {
-                                period_ms.store(period_of(Some(cluster)), Ordering::Relaxed);
-                                all = true;
-                            }
+                            Some(object::Kind::Cluster(_)) => all = true,
                             _ => {}
                         }
                     });
@@ -147,7 +136,6 @@ impl Dispatcher {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream_assignments(
     replica: &Replica,
-    period_ms: &AtomicU64,
     sessions: &Mutex<HashMap<String, Session>>,
     node_id: &str,
     session_id: &str,
@@ -226,7 +214,7 @@ pub(super) async fn stream_assignments(
             let message = SessionMessage {
                 node_id: node_id.to_string(),
                 session_id: session_id.to_string(),
-                heartbeat_period_ms: period_ms.load(Ordering::Relaxed),
+                heartbeat_period_ms: period_ms(replica),
                 tasks,
                 removed,
                 full: first,
@@ -245,7 +233,7 @@ pub(super) async fn stream_assignments(
             // pass, every task is looked at whatever the inbox says (once a
             // period, at 5,000 nodes and 1 s, that was most of the
             // dispatcher's work).
-            _ = tokio::time::sleep(Duration::from_millis(period_ms.load(Ordering::Relaxed))) => {
+            _ = tokio::time::sleep(Duration::from_millis(period_ms(replica))) => {
                 if last_full.elapsed() >= Duration::from_millis(crate::reconciler::FULL_PASS_MS) {
                     inbox.post(None);
                 }

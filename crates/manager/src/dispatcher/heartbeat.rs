@@ -2,7 +2,6 @@
 //! marked DOWN (with their tasks ORPHANED), retried until it commits.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,17 +24,16 @@ impl Dispatcher {
     pub fn monitor(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let replica = Arc::clone(&self.replica);
         let sessions = Arc::clone(&self.sessions);
-        let period_ms = Arc::clone(&self.period_ms);
         let mut shutdown = self.shutdown.clone();
         async move {
-            expect_recorded_nodes(&replica, &sessions, period_ms.load(Ordering::Relaxed));
+            expect_recorded_nodes(&replica, &sessions, period_ms(&replica));
             // DOWN writes still committing. The loop never waits for them:
             // a node that expires while others' writes commit (50-130 ms
             // each on a loaded manager) is marked at its own TTL, not after
             // theirs. Bounded by the sessions, each expiring once.
             let mut writes = tokio::task::JoinSet::new();
             loop {
-                let period = period_ms.load(Ordering::Relaxed);
+                let period = period_ms(&replica);
                 tokio::select! {
                     _ = shutdown.changed() => {
                         // Their sessions are gone already: a node whose
@@ -86,7 +84,7 @@ impl Dispatcher {
         // period after the last answer.
         let (tx, rx) = mpsc::channel(1);
         let sessions = Arc::clone(&self.sessions);
-        let period_ms = Arc::clone(&self.period_ms);
+        let replica = Arc::clone(&self.replica);
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -100,7 +98,7 @@ impl Dispatcher {
                 let answer = match beat {
                     Ok(Some(beat)) => check_session(&sessions, &beat.node_id, &beat.session_id)
                         .map(|()| HeartbeatResponse {
-                            period_ms: period_ms.load(Ordering::Relaxed),
+                            period_ms: period_ms(&replica),
                         }),
                     // The agent closed its end, or its connection is gone.
                     Ok(None) | Err(_) => return,

@@ -26,7 +26,6 @@ use heartbeat::check_session;
 use shoal_api::clock::Instant;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use shoal_api::dispatcher_server::Dispatcher as DispatcherService;
@@ -63,16 +62,18 @@ pub struct Dispatcher {
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     inboxes: Inboxes,
     shutdown: watch::Receiver<bool>,
-    /// The cluster's heartbeat period, kept by the store watcher (from the
-    /// cluster object's changes) so the monitor and every session read one
-    /// number instead of the cluster object each tick.
-    period_ms: Arc<AtomicU64>,
     /// Where node and session ids come from.
     ids: Mutex<rand::rngs::StdRng>,
 }
 
-fn period_of(cluster: Option<&shoal_api::Cluster>) -> u64 {
-    cluster
+/// The cluster's heartbeat period now. Read from the store at every use: a
+/// view costs a pointer copy, so nothing keeps a copy in step with the
+/// cluster object.
+fn period_ms(replica: &Replica) -> u64 {
+    replica
+        .store()
+        .view()
+        .cluster()
         .and_then(|c| c.spec.as_ref())
         .and_then(|s| s.dispatcher)
         .map_or(5_000, |d| d.heartbeat_period_ms.max(1))
@@ -92,10 +93,8 @@ impl Dispatcher {
         shutdown: watch::Receiver<bool>,
         ids: rand::rngs::StdRng,
     ) -> Dispatcher {
-        let period_ms = Arc::new(AtomicU64::new(period_of(replica.store().view().cluster())));
         Dispatcher {
             ids: Mutex::new(ids),
-            period_ms,
             replica,
             sessions: Arc::default(),
             inboxes: Arc::default(),

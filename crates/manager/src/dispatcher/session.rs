@@ -94,13 +94,11 @@ impl Dispatcher {
             .insert(node_id.clone(), Arc::clone(&inbox));
         let inboxes = Arc::clone(&self.inboxes);
         let replica = Arc::clone(&self.replica);
-        let period_ms = Arc::clone(&self.period_ms);
         let sessions = Arc::clone(&self.sessions);
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             stream_assignments(
                 &replica,
-                &period_ms,
                 &sessions,
                 &node_id,
                 &session_id,
