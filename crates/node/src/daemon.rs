@@ -75,6 +75,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let seed: u64 = rand::random();
     tracing::info!(seed, "the daemon's random choices come from this seed");
     let mut rng = StdRng::seed_from_u64(seed);
+    shoal_raft::seed_elections(rand::Rng::gen(&mut rng));
     let state = StateDir::open(&config.state_dir, || {
         (new_object_id(&mut rng), new_object_id(&mut rng))
     })?;

@@ -20,6 +20,7 @@ mod long_work;
 mod network;
 mod proposer;
 mod replica;
+mod runtime;
 mod state_machine;
 mod types;
 
@@ -28,6 +29,7 @@ pub use long_work::long_work;
 pub use network::{Network, RaftService};
 pub use proposer::{ProposeError, Proposer, ProposerConfig, MAX_ENTRY_BYTES};
 pub use replica::{OnCreate, Replica, ReplicaConfig, ReplicaError};
+pub use runtime::{seed_elections, SeededRuntime};
 pub use state_machine::StateMachine;
 pub use types::{Applied, Proposal, TypeConfig};
 

@@ -131,6 +131,8 @@ pub fn node_id(i: usize) -> String {
 impl SimCluster {
     /// Starts the manager and every agent; returns once every node is READY.
     pub async fn start(config: SimConfig) -> Result<SimCluster, SimError> {
+        // Raft's election timeouts replay from the run's seed too.
+        shoal_raft::seed_elections(config.seed);
         let dir = tempfile::Builder::new().prefix("shoal-sim-").tempdir()?;
         let mut replica_config =
             ReplicaConfig::new(dir.path().join("raft"), 1, "127.0.0.1:0".to_string());

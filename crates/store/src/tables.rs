@@ -66,6 +66,10 @@ struct StoredTask {
     /// update finds what to re-index without decoding the old task.
     service: Option<Arc<str>>,
     node: Option<Arc<str>>,
+    /// Its slot, and whether it is PENDING: its keys in the slot and
+    /// pending indexes.
+    slot: u64,
+    pending: bool,
 }
 
 impl StoredTask {
@@ -123,11 +127,33 @@ fn reindex(
     index_under(index, new, id)
 }
 
+/// Task ids by (service, slot): one ordered set for all services, since
+/// most slots hold one or two tasks and a set per slot would cost more than
+/// its tasks.
+type SlotIndex = OrderedSet<(Arc<str>, u64, Arc<str>)>;
+
+fn is_pending(task: &Task) -> bool {
+    task.status.as_ref().map_or(0, |s| s.state) == shoal_api::TaskState::Pending as i32
+}
+
+/// The slot index's key of a task, if it has a slot.
+fn slot_key(
+    service: &Option<Arc<str>>,
+    slot: u64,
+    id: &Arc<str>,
+) -> Option<(Arc<str>, u64, Arc<str>)> {
+    let service = service.as_ref().filter(|_| slot > 0)?;
+    Some((Arc::clone(service), slot, Arc::clone(id)))
+}
+
 #[derive(Debug, Default, Clone)]
 struct TaskTable {
     by_id: Ordered<Arc<str>, StoredTask>,
     by_service: TaskIndex,
     by_node: TaskIndex,
+    by_slot: SlotIndex,
+    /// The ids of the tasks observed PENDING: what the scheduler places.
+    pending: OrderedSet<Arc<str>>,
     /// The last spec seen per service: a new task whose spec equals it shares it.
     spec_cache: Hashed<String, Arc<TaskSpec>>,
 }
@@ -162,6 +188,7 @@ impl TaskTable {
         };
         match existing {
             Some((id, stored)) => {
+                let old_slot = slot_key(&stored.service, stored.slot, id);
                 stored.service = reindex(
                     &mut self.by_service,
                     stored.service.take(),
@@ -169,6 +196,25 @@ impl TaskTable {
                     id,
                 );
                 stored.node = reindex(&mut self.by_node, stored.node.take(), &task.node_id, id);
+                stored.slot = task.slot;
+                let new_slot = slot_key(&stored.service, stored.slot, id);
+                if old_slot != new_slot {
+                    if let Some(old) = old_slot {
+                        self.by_slot.remove(&old);
+                    }
+                    if let Some(new) = new_slot {
+                        self.by_slot.insert(new);
+                    }
+                }
+                let pending = is_pending(&task);
+                if pending != stored.pending {
+                    stored.pending = pending;
+                    if pending {
+                        self.pending.insert(Arc::clone(id));
+                    } else {
+                        self.pending.remove(&**id);
+                    }
+                }
                 stored.encoded = task.encode_to_vec().into();
                 stored.meta = task.meta.unwrap_or_default();
                 stored.spec = spec;
@@ -188,13 +234,27 @@ impl TaskTable {
             meta: task.meta.unwrap_or_default(),
             service: index_under(&mut self.by_service, &task.service_id, &id),
             node: index_under(&mut self.by_node, &task.node_id, &id),
+            slot: task.slot,
+            pending: is_pending(&task),
             spec,
         };
+        if let Some(key) = slot_key(&stored.service, stored.slot, &id) {
+            self.by_slot.insert(key);
+        }
+        if stored.pending {
+            self.pending.insert(Arc::clone(&id));
+        }
         self.by_id.insert(id, stored);
     }
 
     fn remove(&mut self, id: &str) -> Option<StoredTask> {
-        let (_, old) = self.by_id.remove_with_key(id)?;
+        let (key, old) = self.by_id.remove_with_key(id)?;
+        if let Some(slot) = slot_key(&old.service, old.slot, &key) {
+            self.by_slot.remove(&slot);
+        }
+        if old.pending {
+            self.pending.remove(id);
+        }
         unindex(&mut self.by_service, old.service.as_ref(), id);
         unindex(&mut self.by_node, old.node.as_ref(), id);
         Some(old)
@@ -350,6 +410,28 @@ impl Tables {
     /// The tasks assigned to one node, through the node index.
     pub fn tasks_of_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = Task> + 'a {
         self.task_index(&self.tasks.by_node, node_id)
+    }
+    /// The ids of the tasks of one service's slot (replicated services),
+    /// in id order, through the slot index.
+    pub fn task_ids_in_slot<'a>(
+        &'a self,
+        service_id: &str,
+        slot: u64,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        let service: Arc<str> = Arc::from(service_id);
+        let empty: Arc<str> = Arc::from("");
+        let from = (Arc::clone(&service), slot, Arc::clone(&empty));
+        let to = (service, slot.saturating_add(1), empty);
+        self.tasks
+            .by_slot
+            .range(from..to)
+            .filter(move |(_, s, _)| *s == slot)
+            .map(|(_, _, id)| &**id)
+    }
+    /// The ids of the tasks observed PENDING, in id order, through the
+    /// pending index.
+    pub fn pending_task_ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.tasks.pending.iter().map(|id| &**id)
     }
     /// The ids and versions of the tasks assigned to one node, without
     /// decoding any: for a reader that only wants what changed.
@@ -940,6 +1022,8 @@ impl Tables {
         names(&self.networks, "network")?;
         let mut by_service: TaskIndex = Hashed::default();
         let mut by_node: TaskIndex = Hashed::default();
+        let mut by_slot = SlotIndex::new();
+        let mut pending = OrderedSet::new();
         for (id, stored) in &self.tasks.by_id {
             let t = Task::decode(&*stored.encoded).map_err(|e| format!("task {id}: {e}"))?;
             if t.spec.is_some() {
@@ -957,8 +1041,25 @@ impl Tables {
                     "task {id}: stored index keys disagree with the task"
                 ));
             }
-            index_under(&mut by_service, &t.service_id, id);
+            if stored.slot != t.slot || stored.pending != is_pending(&t) {
+                return Err(format!(
+                    "task {id}: stored slot or state disagrees with the task"
+                ));
+            }
+            let service = index_under(&mut by_service, &t.service_id, id);
             index_under(&mut by_node, &t.node_id, id);
+            if let Some(key) = slot_key(&service, t.slot, id) {
+                by_slot.insert(key);
+            }
+            if is_pending(&t) {
+                pending.insert(Arc::clone(id));
+            }
+        }
+        if by_slot != self.tasks.by_slot {
+            return Err("task slot index disagrees with the table".into());
+        }
+        if pending != self.tasks.pending {
+            return Err("task pending index disagrees with the table".into());
         }
         if by_service != self.tasks.by_service {
             return Err("task service index disagrees with the table".into());

@@ -437,3 +437,109 @@ fn a_tasks_meta_keeps_its_creation_time_and_its_watch_event_carries_the_stored_m
     );
     store.view().check_invariants().unwrap();
 }
+
+/// One write of a task: which, how, and what it holds afterwards.
+#[derive(Debug, Clone)]
+struct TaskOp {
+    kind: store_action::Kind,
+    task: usize,
+    service: usize,
+    slot: u64,
+    state: shoal_api::TaskState,
+}
+
+fn task_op() -> impl Strategy<Value = TaskOp> {
+    use shoal_api::TaskState;
+    (
+        prop_oneof![
+            Just(store_action::Kind::Create),
+            Just(store_action::Kind::Update),
+            Just(store_action::Kind::Update),
+            Just(store_action::Kind::Remove),
+        ],
+        0..6usize,
+        0..3usize,
+        0..4u64,
+        prop_oneof![
+            Just(TaskState::New),
+            Just(TaskState::Pending),
+            Just(TaskState::Assigned),
+            Just(TaskState::Running),
+        ],
+    )
+        .prop_map(|(kind, task, service, slot, state)| TaskOp {
+            kind,
+            task,
+            service,
+            slot,
+            state,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The slot and pending indexes name exactly the tasks a scan over
+    /// every task finds, whatever was created, moved or removed.
+    #[test]
+    fn the_slot_and_pending_indexes_agree_with_a_scan_of_every_task(
+        ops in prop::collection::vec(task_op(), 1..60)
+    ) {
+        let store = Store::new();
+        for (i, op) in ops.iter().enumerate() {
+            let id = format!("t{}", op.task);
+            let version = store
+                .view()
+                .task(&id)
+                .and_then(|t| t.meta)
+                .map_or(0, |m| m.version);
+            let task = Task {
+                id,
+                service_id: IDS[op.service].into(),
+                slot: op.slot,
+                meta: Some(shoal_api::Meta { version, ..Default::default() }),
+                status: Some(shoal_api::TaskStatus {
+                    state: op.state as i32,
+                    ..Default::default()
+                }),
+                spec: Some(TaskSpec::default()),
+                ..Default::default()
+            };
+            // Some writes are refused (a create of a task that exists): the
+            // indexes must hold either way.
+            let _ = store.apply(
+                i as u64 + 1,
+                Batch {
+                    transactions: vec![Transaction {
+                        actions: vec![StoreAction {
+                            kind: op.kind as i32,
+                            target: Some(task.into()),
+                        }],
+                        timestamp_ms: 0,
+                    }],
+                },
+            );
+            let view = store.view();
+            view.check_invariants().map_err(TestCaseError::fail)?;
+            let all: Vec<Task> = view.tasks().collect();
+            for service in IDS.iter().take(3) {
+                for slot in 0..4u64 {
+                    let indexed: Vec<&str> = view.task_ids_in_slot(service, slot).collect();
+                    let scanned: Vec<&str> = all
+                        .iter()
+                        .filter(|t| slot > 0 && t.service_id == *service && t.slot == slot)
+                        .map(|t| t.id.as_str())
+                        .collect();
+                    prop_assert_eq!(indexed, scanned, "{} slot {}", service, slot);
+                }
+            }
+            let pending: Vec<&str> = view.pending_task_ids().collect();
+            let scanned: Vec<&str> = all
+                .iter()
+                .filter(|t| t.observed() == shoal_api::TaskState::Pending)
+                .map(|t| t.id.as_str())
+                .collect();
+            prop_assert_eq!(pending, scanned);
+        }
+    }
+}

@@ -70,9 +70,6 @@ pub struct Orchestrator<F> {
     dirty: BTreeSet<String>,
     /// Slots of replicated services to look at, alone.
     dirty_slots: BTreeMap<String, BTreeSet<u64>>,
-    /// Replicated services' task ids by slot, kept from the changes seen,
-    /// so a slot can be looked at without reading its service's every task.
-    slots: Slots,
     /// When each delayed restart is due, by service and slot (0: the
     /// service as a whole).
     delayed: HashMap<(String, u64), i64>,
@@ -87,7 +84,6 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
             new_id,
             dirty: BTreeSet::new(),
             dirty_slots: BTreeMap::new(),
-            slots: Slots::default(),
             delayed: HashMap::new(),
             offered: HashMap::new(),
             rebuild: false,
@@ -122,17 +118,6 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
                     )
                 })
                 .collect();
-            self.slots.clear();
-            for (t, _) in view.tasks_sharing_specs() {
-                if t.slot > 0 {
-                    self.slots
-                        .entry(t.service_id)
-                        .or_default()
-                        .entry(t.slot)
-                        .or_default()
-                        .insert(t.id);
-                }
-            }
             let decision = decide(view, now_ms, &mut self.new_id);
             self.dirty.extend(decision.unfinished.iter().cloned());
             self.delayed.clear();
@@ -225,7 +210,6 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
             return None;
         }
         let constraints = constraints_of(&spec);
-        let known = self.slots.get(service_id);
         let mut groups = Vec::new();
         let mut delayed = Vec::new();
         let mut maker = Maker {
@@ -239,10 +223,10 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
         // whole service to be looked at, before any id is made.
         let mut places = Vec::with_capacity(dirty.len());
         for slot in dirty {
-            let tasks: Vec<Task> = known
-                .and_then(|k| k.get(slot))
-                .into_iter()
-                .flatten()
+            // Through the store's slot index: a slot is looked at without
+            // reading its service's every task.
+            let tasks: Vec<Task> = view
+                .task_ids_in_slot(service_id, *slot)
                 .filter_map(|id| view.task_without_spec(id))
                 .collect();
             if !tasks.iter().any(occupies) {
@@ -313,19 +297,8 @@ impl<F: FnMut() -> String + Send + 'static> Reconciler for Orchestrator<F> {
             Some(object::Kind::Service(s)) => {
                 self.dirty.insert(s.id.clone());
             }
-            Some(object::Kind::Task(t)) if *action == watch_event::Action::Remove => {
-                if let Some(ids) = self
-                    .slots
-                    .get_mut(&t.service_id)
-                    .and_then(|s| s.get_mut(&t.slot))
-                {
-                    ids.remove(&t.id);
-                }
-            }
+            Some(object::Kind::Task(_)) if *action == watch_event::Action::Remove => {}
             Some(object::Kind::Task(t)) => {
-                if t.slot > 0 {
-                    note_slot(&mut self.slots, t);
-                }
                 let ended = occupies(t) && t.observed().is_terminal();
                 let stranded = occupies(t)
                     && !t.node_id.is_empty()

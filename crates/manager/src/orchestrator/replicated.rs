@@ -1,28 +1,10 @@
 //! Replicated services and jobs: slots 1..N, one live task per slot.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use shoal_api::{Task, TaskState};
 
 use super::*;
-
-/// Replicated services' task ids by slot. Looked up on every task change
-/// the orchestrator observes: hashed with Fx.
-pub(super) type Slots = rustc_hash::FxHashMap<String, rustc_hash::FxHashMap<u64, BTreeSet<String>>>;
-
-/// Notes `t` under its service's slot; copies its ids only when new there.
-pub(super) fn note_slot(slots: &mut Slots, t: &Task) {
-    if let Some(service) = slots.get_mut(t.service_id.as_str()) {
-        let ids = service.entry(t.slot).or_default();
-        if !ids.contains(&t.id) {
-            ids.insert(t.id.clone());
-        }
-        return;
-    }
-    let mut service = rustc_hash::FxHashMap::default();
-    service.insert(t.slot, BTreeSet::from([t.id.clone()]));
-    slots.insert(t.service_id.clone(), service);
-}
 
 /// Which slots a replicated service keeps: the occupied ones, dropping first
 /// those whose task is not running, then the highest; then the lowest free

@@ -137,8 +137,6 @@ pub struct Scheduler {
     cluster: Option<NodeSet>,
     /// Tasks whose change may matter, since the last pass.
     changed: BTreeSet<String>,
-    /// Pending tasks that found no node, tried again when room frees.
-    waiting: BTreeSet<String>,
     /// A node opened to new tasks since the last pass.
     room: bool,
 }
@@ -149,7 +147,6 @@ impl Scheduler {
             search,
             cluster: None,
             changed: BTreeSet::new(),
-            waiting: BTreeSet::new(),
             room: false,
         }
     }
@@ -159,7 +156,7 @@ impl Scheduler {
     pub fn schedule(&mut self, view: &Tables, now_ms: i64, full: bool) -> Vec<StoreAction> {
         let changed = std::mem::take(&mut self.changed);
         let room = std::mem::take(&mut self.room);
-        let (actions, unplaced) = match self.cluster.take() {
+        let actions = match self.cluster.take() {
             Some(mut cluster) if !full => {
                 let mut freed = false;
                 // Boxed as they are read (a task is large, and the list
@@ -169,17 +166,19 @@ impl Scheduler {
                     let task = view.task_sharing_spec(id);
                     let current = task.as_ref().map(|(t, spec)| (t, spec.as_ref()));
                     freed |= cluster.refresh(id, current, now_ms);
-                    self.waiting.remove(id);
                     if let Some((t, spec)) = task.filter(|(t, _)| is_pending(t)) {
                         pending.push((Box::new(t), spec));
                     }
                 }
                 cluster.expire_failures(now_ms);
                 if freed || room {
-                    let waiting = std::mem::take(&mut self.waiting);
+                    // The pending tasks that found no node before, through
+                    // the store's pending index (each pass's assignments
+                    // are committed before the next, so every pending task
+                    // not changed since is one that waits).
                     pending.extend(
-                        waiting
-                            .iter()
+                        view.pending_task_ids()
+                            .filter(|id| !changed.contains(*id))
                             .filter_map(|id| view.task_sharing_spec(id))
                             .filter(|(t, _)| is_pending(t))
                             .map(|(t, spec)| (Box::new(t), spec)),
@@ -191,7 +190,6 @@ impl Scheduler {
             }
             _ => {
                 let mut cluster = NodeSet::new(view);
-                self.waiting.clear();
                 let mut pending = Vec::new();
                 for (task, spec) in view.tasks_sharing_specs() {
                     if is_pending(&task) {
@@ -206,7 +204,8 @@ impl Scheduler {
                 placed
             }
         };
-        self.waiting.extend(unplaced);
+        // What found no node stays PENDING in the store, where the next
+        // pass with room finds it.
         actions
     }
 }
@@ -241,7 +240,6 @@ impl Reconciler for Scheduler {
                     let holds = holds_resources(t);
                     let quiet = !is_pending(t)
                         && !is_failure(t)
-                        && !self.waiting.contains(&t.id)
                         && ((holds && same_hold) || (!holds && !held));
                     if quiet {
                         return;
@@ -266,7 +264,7 @@ fn place_pending<'s>(
     pending: impl Iterator<Item = (Box<Task>, &'s Arc<TaskSpec>)>,
     now_ms: i64,
     search: Search,
-) -> (Vec<StoreAction>, Vec<String>) {
+) -> Vec<StoreAction> {
     // Pending tasks by (service, spec version), and those whose node is
     // chosen already (global services) each on its own.
     let mut groups: Vec<Group> = Vec::new();
@@ -322,7 +320,6 @@ fn place_pending<'s>(
     // by doubling copies every one of them again.
     let mut actions = Vec::with_capacity(order.iter().map(|g| g.tasks.len()).sum());
     cluster.held.reserve(actions.capacity());
-    let mut unplaced = Vec::new();
     for mut group in order {
         cluster.lane(&mut group);
         let tasks = std::mem::take(&mut group.tasks);
@@ -412,7 +409,6 @@ fn place_pending<'s>(
                             why
                         }
                     };
-                    unplaced.push(task.id.clone());
                     let status = task.status.get_or_insert_with(Default::default);
                     if status.err != why {
                         status.err = why;
@@ -426,5 +422,5 @@ fn place_pending<'s>(
             }
         }
     }
-    (actions, unplaced)
+    actions
 }
