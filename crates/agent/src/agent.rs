@@ -15,8 +15,8 @@
 //! every node of every kind.
 //!
 //! # Restarts
-//! Workloads outlive the agent (a process's output goes to files, nothing is
-//! killed on exit). A new agent finds them again through its driver
+//! Workloads outlive the agent (a process keeps its output pipes open both
+//! ways, nothing is killed on exit). A new agent finds them again through its driver
 //! ([`Driver::leftovers`]): a workload of a task still assigned and desired
 //! running is adopted, and reported RUNNING if the manager never heard it
 //! started; any other is killed ([`Resume`]). So a restart neither

@@ -1,16 +1,23 @@
 //! A task's output on its way to its log file. The process writes into a
 //! FIFO in its task directory; the agent reads it and appends what it reads
-//! to the log, each line stamped with the time it was read
+//! to the log, each line stamped with the time the agent read it
 //! ([`shoal_api::log_time`]), which is what `service logs --timestamps` and
-//! `--since` read back.
+//! `--since` read back. A log past its size limit is renamed to `<log>.1`
+//! (one kept) and a new one begun; the copy is the log's only writer, so
+//! nothing written in between is lost.
 //!
 //! The process holds its end of the FIFO open for reading as well as
 //! writing, so it never sees a closed pipe: while no agent reads (an agent
 //! restart), its output waits in the pipe (1 MiB where the kernel allows
 //! it), and a process that fills it waits too, as a container does while
 //! dockerd restarts. The next agent opens the FIFO again and goes on where
-//! the last one stopped. What is read is written before the next read, so
-//! an agent that stops between two reads loses nothing.
+//! the last one stopped; lines that waited get the time they were read.
+//!
+//! What can be lost: output still in the pipe when the task's last process
+//! exits while no agent reads (the kernel drops a pipe's contents with its
+//! last open end), and the one read in flight when the agent is killed
+//! outright (an agent that stops on its own stops between a read and the
+//! next, and loses nothing).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,7 +26,7 @@ use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
 /// What one read takes from the FIFO at most.
-const READ_BYTES: usize = 64 << 10;
+const READ_BYTES: usize = 16 << 10;
 /// The pipe's buffer: what a process may write while no agent reads.
 const PIPE_BYTES: i32 = 1 << 20;
 
@@ -28,6 +35,8 @@ const PIPE_BYTES: i32 = 1 << 20;
 pub(crate) struct LogPipe {
     pub(crate) fifo: PathBuf,
     pub(crate) log: PathBuf,
+    /// A log past this many bytes is rotated.
+    pub(crate) max_log_bytes: u64,
 }
 
 impl LogPipe {
@@ -64,15 +73,12 @@ impl LogPipe {
     /// FIFO has closed it (the task's processes are gone).
     pub(crate) fn copy(&self) -> std::io::Result<JoinHandle<()>> {
         let mut fifo = tokio::net::unix::pipe::OpenOptions::new().open_receiver(&self.fifo)?;
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
+        let mut log = open_log(&self.log)?;
         let mut line_start = ends_a_line(&self.log);
-        let shown = self.log.display().to_string();
+        let pipe = self.clone();
         Ok(tokio::spawn(async move {
             let mut buf = vec![0u8; READ_BYTES];
-            let mut out = Vec::with_capacity(READ_BYTES * 2);
+            let mut out = Vec::new();
             let mut warned = false;
             loop {
                 let read = match fifo.read(&mut buf).await {
@@ -82,16 +88,40 @@ impl LogPipe {
                 let stamp = shoal_api::log_time::format_stamp(shoal_api::clock::now_ns());
                 out.clear();
                 stamp_lines(&buf[..read], &stamp, &mut line_start, &mut out);
-                if let Err(e) = log.write_all(&out) {
+                let written = log.write_all(&out).and_then(|()| {
+                    if log.metadata()?.len() > pipe.max_log_bytes {
+                        log = pipe.rotate()?;
+                        // The new log starts with a stamp, even mid-line.
+                        line_start = true;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = written {
                     // The output is dropped rather than the process held up.
                     if !warned {
-                        tracing::warn!(log = %shown, error = %e, "a task's output could not be written to its log");
+                        tracing::warn!(log = %pipe.log.display(), error = %e, "a task's output could not be written to its log");
                         warned = true;
                     }
                 }
             }
         }))
     }
+
+    /// Renames the log to `<log>.1` (replacing the one kept before) and
+    /// opens a new one.
+    fn rotate(&self) -> std::io::Result<std::fs::File> {
+        let mut kept = self.log.clone().into_os_string();
+        kept.push(".1");
+        std::fs::rename(&self.log, kept)?;
+        open_log(&self.log)
+    }
+}
+
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 /// Whether the log is empty or ends with a newline (the next byte starts a

@@ -1,13 +1,12 @@
 //! The process executor: runs a task's command as a child process of the
-//! agent, in its own process group, with stdout and stderr in log files in the
-//! task's directory.
+//! agent, in its own process group, its stdout and stderr kept in log files
+//! in the task's directory.
 //!
-//! The output goes through a FIFO per stream that the agent copies into the
-//! log, each line stamped with its time ([`LogPipe`]); the process holds its
-//! FIFOs open both ways, so it keeps running when the agent restarts, and
-//! the next agent goes on copying. Logs are rotated by size with
-//! copy-and-truncate: the agent appends, so it keeps writing at the new
-//! end.
+//! Its output goes through a FIFO per stream that the agent copies into the
+//! task's log files, each line stamped with the time it was read, and
+//! rotated by size ([`LogPipe`]); the process holds its FIFOs open both
+//! ways, so it keeps running when the agent restarts, and the next agent
+//! goes on copying.
 //!
 //! Memory and CPU limits go through the task's own cgroup ([`Cgroups`]).
 
@@ -116,6 +115,9 @@ pub struct ProcessExecutor {
     cgroup: Option<TaskCgroup>,
     /// The copies from the task's FIFOs into its logs, while they run.
     log_copies: Vec<tokio::task::JoinHandle<()>>,
+    /// Until when the copies may drain once the task ended: set once, so
+    /// the bound holds across waits the task runner cancels.
+    drain_deadline: Option<tokio::time::Instant>,
 }
 
 impl Drop for ProcessExecutor {
@@ -156,6 +158,7 @@ impl ProcessExecutor {
             cgroups: std::sync::Arc::clone(&config.cgroups),
             cgroup: None,
             log_copies: Vec::new(),
+            drain_deadline: None,
         }
     }
 
@@ -163,6 +166,7 @@ impl ProcessExecutor {
         LogPipe {
             fifo: self.dir.join(format!("{stream}.pipe")),
             log: self.dir.join(format!("{stream}.log")),
+            max_log_bytes: self.max_log_bytes,
         }
     }
 
@@ -170,7 +174,9 @@ impl ProcessExecutor {
     /// its logs; its processes are gone, so each copy ends at the FIFO's end.
     async fn drain_logs(&mut self) {
         self.log_copies.retain(|c| !c.is_finished());
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(LOG_DRAIN_MS);
+        let deadline = *self.drain_deadline.get_or_insert_with(|| {
+            tokio::time::Instant::now() + Duration::from_millis(LOG_DRAIN_MS)
+        });
         for copy in &mut self.log_copies {
             if tokio::time::timeout_at(deadline, copy).await.is_err() {
                 // A process that left the group still holds the FIFO.
@@ -247,8 +253,14 @@ impl ProcessExecutor {
         }
     }
 
-    /// Copies a log over its size limit to `<name>.1` and truncates it.
+    /// Copies a log over its size limit to `<name>.1` and truncates it:
+    /// for a process an agent adopted from before logs went through FIFOs,
+    /// which writes its log itself. Logs the agent copies are rotated as
+    /// they are written.
     pub fn rotate_logs(&self) {
+        if !self.log_copies.is_empty() {
+            return;
+        }
         for stream in STREAMS {
             let name = format!("{stream}.log");
             let path = self.dir.join(&name);

@@ -312,13 +312,18 @@ async fn logs_over_the_size_limit_are_rotated_and_remove_cleans_up() {
     executor.prepare().await.unwrap();
     executor.start().await.unwrap();
     assert!(executor.wait().await.unwrap().success());
-    executor.rotate_logs();
-    assert_eq!(log_text(&tmp.path().join("t1/stdout.log.1")).len(), 5_000);
-    assert_eq!(
+    // Rotated as it was written: nothing lost, the live log under the
+    // limit again.
+    let kept = log_text(&tmp.path().join("t1/stdout.log.1"));
+    let live = log_text(&tmp.path().join("t1/stdout.log"));
+    assert!(!kept.is_empty(), "the log was rotated");
+    assert_eq!(kept.len() + live.len(), 5_000, "nothing lost");
+    assert!(
         std::fs::metadata(tmp.path().join("t1/stdout.log"))
             .unwrap()
-            .len(),
-        0
+            .len()
+            <= 1_000,
+        "the live log is under its limit"
     );
     executor.remove().await.unwrap();
     assert!(!tmp.path().join("t1").exists());
@@ -557,4 +562,25 @@ async fn output_written_while_no_agent_reads_reaches_the_log_once_a_new_one_adop
     );
     let expected: String = (0..150).map(|i| format!("line-{i}\n")).collect();
     assert_eq!(log_text(&log), expected, "every line, once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_ends_when_its_main_process_does_even_if_an_escaped_child_holds_its_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The child leaves the process group (setsid) and keeps stdout open, so
+    // the copy of its output never sees the end of the pipe.
+    let t = task(
+        "t1",
+        &["sh", "-c", "setsid sleep 120 & echo started"],
+        |_| {},
+    );
+    let mut run = start(tmp.path(), &t, TaskState::Running, WITHIN);
+    // Housekeeping cancels the runner's wait every few seconds: the bound on
+    // draining the output must hold across those waits.
+    let done = run.until(TaskState::Complete).await;
+    assert_eq!(done.exit_code, 0);
+    assert_eq!(log_text(&tmp.path().join("t1/stdout.log")), "started\n");
+    for (_, pgid) in shoal_agent::find_task_processes(tmp.path()) {
+        shoal_agent::kill_group(pgid);
+    }
 }

@@ -182,16 +182,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| fail())
 }
 
+/// Reads Unix seconds with an optional fraction (`1796119200.5`) exactly,
+/// as nanoseconds.
+fn parse_unix_seconds(text: &str) -> Option<i64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) || fraction.len() > 9 {
+        return None;
+    }
+    let seconds: i64 = whole.parse().ok()?;
+    let nanos: i64 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<9}").parse().ok()?
+    };
+    seconds.checked_mul(NANOS_PER_SECOND)?.checked_add(nanos)
+}
+
 /// Reads `--since`: a duration before `now_ns` (`10m`), an RFC 3339 time,
 /// or Unix seconds (`1796119200`, `1796119200.5`).
 pub fn parse_since(text: &str, now_ns: i64) -> Result<i64, String> {
     if let Some(at) = parse_rfc3339(text) {
         return Ok(at);
     }
-    if let Ok(seconds) = text.parse::<f64>() {
-        if (0.0..9.2e9).contains(&seconds) {
-            return Ok((seconds * 1e9) as i64);
-        }
+    if let Some(at) = parse_unix_seconds(text) {
+        return Ok(at);
     }
     match parse_duration(text) {
         Ok(ago) => {
@@ -268,6 +283,11 @@ mod tests {
             Ok(now - 3_600 * NANOS_PER_SECOND)
         );
         assert_eq!(parse_since("1796119200", now), Ok(now));
+        assert_eq!(
+            parse_since("1796119200.123456789", now),
+            Ok(now + 123_456_789)
+        );
+        assert_eq!(parse_since("1796119200.5", now), Ok(now + 500_000_000));
         // A bare number is Unix seconds, not a duration.
         assert_eq!(parse_since("10", now), Ok(10 * NANOS_PER_SECOND));
         for bad in ["", "ten minutes", "10d", "5m3", "h", "nan"] {

@@ -1,7 +1,9 @@
 //! openraft's runtime: tokio's, except that the randomness openraft draws
 //! (its election timeouts) comes from a generator seeded by the daemon or
 //! the simulator ([`seed_elections`]), so a simulated run replays from its
-//! seed (DESIGN.md §4).
+//! seed (DESIGN.md §4). The generator is the process's (openraft asks for
+//! it without saying which replica asks): the draws replay when one
+//! cluster runs in the process, not when several share it and interleave.
 
 use std::future::Future;
 use std::sync::Mutex;

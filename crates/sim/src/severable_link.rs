@@ -17,24 +17,47 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// A channel to the unix socket at `path` that works while `up` is true.
-pub fn connect(path: PathBuf, up: watch::Receiver<bool>) -> Channel {
+/// The state of a link: whether it is up, and how often it was cut (a
+/// connection opened before a cut fails even if the link is up again by
+/// the time it is next used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub up: bool,
+    pub cuts: u64,
+}
+
+impl Link {
+    pub fn up() -> Link {
+        Link { up: true, cuts: 0 }
+    }
+
+    /// Sets the link up or down; a move to down counts as a cut.
+    pub fn set(&mut self, up: bool) {
+        if self.up && !up {
+            self.cuts += 1;
+        }
+        self.up = up;
+    }
+}
+
+/// A channel to the unix socket at `path` that works while the link is up.
+pub fn connect(path: PathBuf, link: watch::Receiver<Link>) -> Channel {
     Endpoint::from_static("http://shoal.local")
         .connect_timeout(Duration::from_millis(
             shoal_api::transport::CONNECT_TIMEOUT_MS,
         ))
         .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            let up = up.clone();
+            let link = link.clone();
             async move {
-                if !*up.borrow() {
+                if !link.borrow().up {
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionRefused,
                         "the simulated link is cut",
                     ));
                 }
                 let stream = UnixStream::connect(path).await?;
-                Ok::<_, io::Error>(TokioIo::new(Severable::new(stream, up)))
+                Ok::<_, io::Error>(TokioIo::new(Severable::new(stream, link)))
             }
         }))
 }
@@ -47,11 +70,12 @@ struct Severable {
 }
 
 impl Severable {
-    fn new(stream: UnixStream, mut up: watch::Receiver<bool>) -> Severable {
+    fn new(stream: UnixStream, mut link: watch::Receiver<Link>) -> Severable {
+        let opened = link.borrow().cuts;
         Severable {
             stream,
             cut: Box::pin(async move {
-                if up.wait_for(|up| !*up).await.is_err() {
+                if link.wait_for(|l| l.cuts != opened).await.is_err() {
                     // Nobody can cut it any more.
                     std::future::pending::<()>().await;
                 }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::fake_driver::FakeDriver;
 use crate::memory_record::MemoryRecord;
+use crate::severable_link::Link;
 use crate::sim_cluster::SimConfig;
 
 /// Worker threads of the agents' runtime.
@@ -31,7 +32,7 @@ struct SimNode {
     driver: Arc<FakeDriver>,
     record: Arc<MemoryRecord>,
     stop: Option<watch::Sender<bool>>,
-    link: watch::Sender<bool>,
+    link: watch::Sender<Link>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -77,7 +78,7 @@ impl SimNodes {
         let mut nodes = SimNodes {
             nodes: (0..config.nodes)
                 .map(|i| {
-                    let (link, up) = watch::channel(true);
+                    let (link, up) = watch::channel(Link::up());
                     let socket = dispatcher_socket.to_path_buf();
                     let dispatcher =
                         shoal_agent::Connector::new(socket.display().to_string(), move || {
@@ -114,7 +115,7 @@ impl SimNodes {
     fn boot(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let (stop, stop_rx) = watch::channel(false);
-        node.link.send_replace(true);
+        node.link.send_modify(|l| l.set(true));
         let run = shoal_agent::run(
             node.config.clone(),
             Arc::clone(&node.driver),
@@ -161,7 +162,7 @@ impl SimNodes {
     /// Cuts node `i` off the manager (it keeps running its tasks) or joins
     /// it again.
     pub fn set_connected(&self, i: usize, connected: bool) {
-        self.nodes[i].link.send_replace(connected);
+        self.nodes[i].link.send_modify(|l| l.set(connected));
     }
 
     /// Stops every agent: all are told at once, then each is waited for.

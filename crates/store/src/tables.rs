@@ -411,6 +411,22 @@ impl Tables {
     pub fn tasks_of_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = Task> + 'a {
         self.task_index(&self.tasks.by_node, node_id)
     }
+    /// Every task's id, in id order, without decoding any.
+    pub fn task_ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.tasks.by_id.keys().map(|id| &**id)
+    }
+    /// The ids of one service's tasks, through the service index.
+    pub fn task_ids_of_service<'a>(
+        &'a self,
+        service_id: &str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.tasks
+            .by_service
+            .get(service_id)
+            .into_iter()
+            .flatten()
+            .map(|id| &**id)
+    }
     /// The ids of the tasks of one service's slot (replicated services),
     /// in id order, through the slot index.
     pub fn task_ids_in_slot<'a>(
@@ -419,13 +435,11 @@ impl Tables {
         slot: u64,
     ) -> impl Iterator<Item = &'a str> + 'a {
         let service: Arc<str> = Arc::from(service_id);
-        let empty: Arc<str> = Arc::from("");
-        let from = (Arc::clone(&service), slot, Arc::clone(&empty));
-        let to = (service, slot.saturating_add(1), empty);
+        let from = (Arc::clone(&service), slot, Arc::from(""));
         self.tasks
             .by_slot
-            .range(from..to)
-            .filter(move |(_, s, _)| *s == slot)
+            .range(from..)
+            .take_while(move |(s, n, _)| *s == service && *n == slot)
             .map(|(_, _, id)| &**id)
     }
     /// The ids of the tasks observed PENDING, in id order, through the

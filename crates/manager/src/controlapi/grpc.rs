@@ -99,9 +99,7 @@ impl Control for GrpcControl {
         request: Request<ListRequest>,
     ) -> GrpcResult<Self::ListServicesStream> {
         let pages = self.core.list_services(request.into_inner()).await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            pages.into_iter().map(Ok),
-        ))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages.map(Ok)))))
     }
     async fn get_task(&self, request: Request<GetRequest>) -> GrpcResult<TaskResponse> {
         Ok(Response::new(
@@ -115,9 +113,7 @@ impl Control for GrpcControl {
         request: Request<ListTasksRequest>,
     ) -> GrpcResult<Self::ListTasksStream> {
         let pages = self.core.list_tasks(request.into_inner()).await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            pages.into_iter().map(Ok),
-        ))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages.map(Ok)))))
     }
     async fn get_node(&self, request: Request<GetRequest>) -> GrpcResult<NodeResponse> {
         Ok(Response::new(
@@ -128,9 +124,7 @@ impl Control for GrpcControl {
 
     async fn list_nodes(&self, request: Request<ListRequest>) -> GrpcResult<Self::ListNodesStream> {
         let pages = self.core.list_nodes(request.into_inner()).await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            pages.into_iter().map(Ok),
-        ))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages.map(Ok)))))
     }
     async fn update_node(&self, request: Request<UpdateNodeRequest>) -> GrpcResult<NodeResponse> {
         Ok(Response::new(
@@ -165,9 +159,7 @@ impl Control for GrpcControl {
         request: Request<ListRequest>,
     ) -> GrpcResult<Self::ListNetworksStream> {
         let pages = self.core.list_networks(request.into_inner()).await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            pages.into_iter().map(Ok),
-        ))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages.map(Ok)))))
     }
     async fn remove_network(&self, request: Request<RemoveRequest>) -> GrpcResult<RemoveResponse> {
         Ok(Response::new(

@@ -1,14 +1,15 @@
 //! Task logs, read from the local agent's task directories.
 //!
-//! Every task's stdout and stderr are files in its directory on the node that
-//! ran it, each line stamped by the agent with the time it was written
-//! ([`shoal_api::log_time`]). This manager serves the tasks of its own node.
-//! A read starts at the beginning of each file, or with `tail` at its last
-//! lines, keeps the lines written since `since`, and runs to the end the
-//! file had when the read began, whatever its size: the newest line is
-//! always shown. The stamp travels beside the line, not in it. A line is sent once it is complete (ends with a newline),
-//! except at the end of a non-follow read, where a trailing partial line is
-//! sent as it is. With `follow`, the files are read again every
+//! Every task's stdout and stderr are files in its directory on the node
+//! that ran it, each line stamped by the agent with the time it read it
+//! from the task ([`shoal_api::log_time`]). This manager serves the tasks
+//! of its own node. A read starts at the beginning of each file, or with
+//! `tail` at its last lines, keeps the lines stamped at or after `since`,
+//! and runs to the end the file had when the read began, whatever its
+//! size: the newest line is always shown. The stamp travels beside the
+//! line, not in it. A line is sent once it is complete (ends with a
+//! newline), except at the end of a non-follow read, where a trailing
+//! partial line is sent as it is. With `follow`, the files are read again every
 //! `FOLLOW_POLL_MS` until the client goes away, and tasks that appear later
 //! (a replacement) join the stream.
 

@@ -20,6 +20,7 @@ pub mod grpc;
 mod logs;
 mod network;
 mod node;
+mod pages;
 mod service;
 mod task;
 mod validate;
@@ -37,6 +38,7 @@ use shoal_store::View;
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use error::ApiError;
+pub use pages::Pages;
 pub use validate::{
     validate_cluster_spec, validate_network_spec, validate_node_spec, validate_service_spec,
     InvalidSpec, MAX_LABEL_BYTES, MAX_SERVICE_SPEC_BYTES,
@@ -174,7 +176,7 @@ impl ControlApi {
             .ok_or_else(|| ApiError::Internal(format!("service {id} vanished after its write")))
     }
 
-    fn summarize(view: &View, service: &Service) -> ServiceSummary {
+    fn summarize(view: &shoal_store::Tables, service: &Service) -> ServiceSummary {
         let tasks: Vec<Task> = view.tasks_of_service(&service.id).collect();
         let running = tasks
             .iter()
@@ -203,32 +205,6 @@ pub(crate) fn matches_prefixes(prefixes: &[String], id: &str, name: Option<&str>
         || prefixes
             .iter()
             .any(|p| id.starts_with(p.as_str()) || name.is_some_and(|n| n.starts_with(p.as_str())))
-}
-
-/// Encoded bytes of one page of a list at most (unless one object alone is
-/// larger): well under the 16 MiB a message may carry.
-const MAX_PAGE_BYTES: usize = 4 << 20;
-
-/// Cuts `items` into pages of at most [`MAX_PAGE_BYTES`] (at least one item
-/// each; one empty page for an empty list, so a client always gets an
-/// answer).
-pub(crate) fn pages<T: prost::Message, R>(items: Vec<T>, wrap: fn(Vec<T>) -> R) -> Vec<R> {
-    let mut out = Vec::new();
-    let mut page = Vec::new();
-    let mut bytes = 0;
-    for item in items {
-        let size = item.encoded_len();
-        if !page.is_empty() && bytes + size > MAX_PAGE_BYTES {
-            out.push(wrap(std::mem::take(&mut page)));
-            bytes = 0;
-        }
-        bytes += size;
-        page.push(item);
-    }
-    if !page.is_empty() || out.is_empty() {
-        out.push(wrap(page));
-    }
-    out
 }
 
 /// Fills in what a user may leave out.

@@ -70,10 +70,10 @@ impl ControlApi {
     pub async fn list_networks(
         &self,
         request: ListRequest,
-    ) -> Result<Vec<ListNetworksResponse>, ApiError> {
+    ) -> Result<Pages<shoal_api::Network, ListNetworksResponse>, ApiError> {
         let prefixes = request.name_prefixes;
-        let networks = self
-            .view()
+        let view = self.view();
+        let ids = view
             .networks()
             .filter(|n| {
                 let name = n
@@ -83,11 +83,14 @@ impl ControlApi {
                     .map(|a| a.name.as_str());
                 matches_prefixes(&prefixes, &n.id, name)
             })
-            .cloned()
+            .map(|n| n.id.clone())
             .collect();
-        Ok(pages(networks, |networks| ListNetworksResponse {
-            networks,
-        }))
+        Ok(Pages::new(
+            view,
+            ids,
+            |view, id| view.network(id).cloned(),
+            |networks| ListNetworksResponse { networks },
+        ))
     }
 
     pub async fn remove_network(&self, request: RemoveRequest) -> Result<RemoveResponse, ApiError> {

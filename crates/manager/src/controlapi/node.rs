@@ -18,15 +18,20 @@ impl ControlApi {
     pub async fn list_nodes(
         &self,
         request: ListRequest,
-    ) -> Result<Vec<ListNodesResponse>, ApiError> {
+    ) -> Result<Pages<shoal_api::Node, ListNodesResponse>, ApiError> {
         let prefixes = request.name_prefixes;
-        let nodes = self
-            .view()
+        let view = self.view();
+        let ids = view
             .nodes()
             .filter(|n| matches_prefixes(&prefixes, &n.id, n.name()))
-            .cloned()
+            .map(|n| n.id.clone())
             .collect();
-        Ok(pages(nodes, |nodes| ListNodesResponse { nodes }))
+        Ok(Pages::new(
+            view,
+            ids,
+            |view, id| view.node(id).cloned(),
+            |nodes| ListNodesResponse { nodes },
+        ))
     }
 
     pub async fn update_node(&self, req: UpdateNodeRequest) -> Result<NodeResponse, ApiError> {

@@ -115,10 +115,10 @@ impl ControlApi {
     pub async fn list_services(
         &self,
         request: ListRequest,
-    ) -> Result<Vec<ListServicesResponse>, ApiError> {
+    ) -> Result<Pages<shoal_api::ServiceSummary, ListServicesResponse>, ApiError> {
         let prefixes = request.name_prefixes;
         let view = self.view();
-        let services = view
+        let ids = view
             .services()
             .filter(|s| {
                 let name = s
@@ -128,10 +128,13 @@ impl ControlApi {
                     .map(|a| a.name.as_str());
                 matches_prefixes(&prefixes, &s.id, name)
             })
-            .map(|s| Self::summarize(&view, s))
+            .map(|s| s.id.clone())
             .collect();
-        Ok(pages(services, |services| ListServicesResponse {
-            services,
-        }))
+        Ok(Pages::new(
+            Arc::clone(&view),
+            ids,
+            |view, id| view.service(id).map(|s| Self::summarize(view, s)),
+            |services| ListServicesResponse { services },
+        ))
     }
 }

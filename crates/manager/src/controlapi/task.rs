@@ -15,7 +15,7 @@ impl ControlApi {
     pub async fn list_tasks(
         &self,
         req: ListTasksRequest,
-    ) -> Result<Vec<ListTasksResponse>, ApiError> {
+    ) -> Result<Pages<shoal_api::Task, ListTasksResponse>, ApiError> {
         let service_id = if req.service.is_empty() {
             None
         } else {
@@ -31,18 +31,26 @@ impl ControlApi {
             Some(self.lookup(ObjectKind::Node, &req.node)?.id().to_string())
         };
         let view = self.view();
-        let candidates: Vec<Task> = match (&service_id, &node_id) {
-            (Some(s), _) => view.tasks_of_service(s).collect(),
-            (None, Some(n)) => view.tasks_of_node(n).collect(),
-            (None, None) => view.tasks().collect(),
+        // Ids only, through the narrowest index: each task is decoded and
+        // copied when its page is made.
+        let ids: Vec<String> = match (&service_id, &node_id) {
+            (Some(s), _) => view.task_ids_of_service(s).map(str::to_string).collect(),
+            (None, Some(n)) => view
+                .task_versions_of_node(n)
+                .map(|(id, _)| id.to_string())
+                .collect(),
+            (None, None) => view.task_ids().map(str::to_string).collect(),
         };
-        let tasks = candidates
-            .into_iter()
-            .filter(|t| node_id.as_ref().is_none_or(|n| &t.node_id == n))
-            .filter(|t| {
-                req.desired_states.is_empty() || req.desired_states.contains(&t.desired_state)
-            })
-            .collect();
-        Ok(pages(tasks, |tasks| ListTasksResponse { tasks }))
+        let desired = req.desired_states;
+        Ok(Pages::new(
+            view,
+            ids,
+            move |view, id| {
+                view.task(id)
+                    .filter(|t| node_id.as_ref().is_none_or(|n| &t.node_id == n))
+                    .filter(|t| desired.is_empty() || desired.contains(&t.desired_state))
+            },
+            |tasks| ListTasksResponse { tasks },
+        ))
     }
 }

@@ -257,8 +257,8 @@ impl Reconciler for Scheduler {
 }
 
 /// Places `pending` tasks on `cluster`: assignments for those that fit,
-/// explanations for the others (only when it changed), and the ids of
-/// those that did not fit.
+/// and explanations for the others (only when it changed); those stay
+/// PENDING, where the store's pending index finds them again.
 fn place_pending<'s>(
     cluster: &mut NodeSet,
     pending: impl Iterator<Item = (Box<Task>, &'s Arc<TaskSpec>)>,
