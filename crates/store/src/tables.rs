@@ -86,72 +86,62 @@ impl StoredTask {
     }
 }
 
-/// Task ids per service or per node.
-type TaskIndex = Hashed<Arc<str>, OrderedSet<Arc<str>>>;
+/// Task ids per node; per service, (slot, id) pairs (slot 0 for tasks
+/// without one), so a slot's tasks are a range of their service's set and
+/// the slot index costs a number per task, not a second index.
+type TaskIndex<M = Arc<str>> = Hashed<Arc<str>, OrderedSet<M>>;
+type ServiceIndex = TaskIndex<(u64, Arc<str>)>;
 
-/// Adds `id` under `key` (none for an empty key); returns the index's key.
-fn index_under(index: &mut TaskIndex, key: &str, id: &Arc<str>) -> Option<Arc<str>> {
+/// Adds `member` under `key` (none for an empty key); returns the index's
+/// key.
+fn index_under<M: Ord + Clone>(index: &mut TaskIndex<M>, key: &str, member: M) -> Option<Arc<str>> {
     if key.is_empty() {
         return None;
     }
     if let Some(set) = index.get_mut(key) {
-        set.insert(Arc::clone(id));
+        set.insert(member);
         return index.get_key_value(key).map(|(k, _)| Arc::clone(k));
     }
     let key: Arc<str> = Arc::from(key);
-    index.insert(Arc::clone(&key), OrderedSet::unit(Arc::clone(id)));
+    index.insert(Arc::clone(&key), OrderedSet::unit(member));
     Some(key)
 }
 
-fn unindex(index: &mut TaskIndex, key: Option<&Arc<str>>, id: &str) {
+fn unindex<M: Ord + Clone>(index: &mut TaskIndex<M>, key: Option<&Arc<str>>, member: &M) {
     let Some(key) = key else { return };
     if let Some(set) = index.get_mut(key) {
-        set.remove(id);
+        set.remove(member);
         if set.is_empty() {
             index.remove(key);
         }
     }
 }
 
-/// Moves `id` from `old` to `new` in `index`, unless they are the same key.
-fn reindex(
-    index: &mut TaskIndex,
+/// Moves a member from `old` to `new` in `index`, unless neither the key
+/// nor the member changed.
+fn reindex<M: Ord + Clone>(
+    index: &mut TaskIndex<M>,
     old: Option<Arc<str>>,
+    old_member: &M,
     new: &str,
-    id: &Arc<str>,
+    new_member: M,
 ) -> Option<Arc<str>> {
-    if old.as_deref().unwrap_or("") == new {
+    if old.as_deref().unwrap_or("") == new && *old_member == new_member {
         return old;
     }
-    unindex(index, old.as_ref(), id);
-    index_under(index, new, id)
+    unindex(index, old.as_ref(), old_member);
+    index_under(index, new, new_member)
 }
-
-/// Task ids by (service, slot): one ordered set for all services, since
-/// most slots hold one or two tasks and a set per slot would cost more than
-/// its tasks.
-type SlotIndex = OrderedSet<(Arc<str>, u64, Arc<str>)>;
 
 fn is_pending(task: &Task) -> bool {
     task.status.as_ref().map_or(0, |s| s.state) == shoal_api::TaskState::Pending as i32
 }
 
-/// The slot index's key of a task, if it has a slot.
-fn slot_key(
-    service: &Option<Arc<str>>,
-    slot: u64,
-    id: &Arc<str>,
-) -> Option<(Arc<str>, u64, Arc<str>)> {
-    let service = service.as_ref().filter(|_| slot > 0)?;
-    Some((Arc::clone(service), slot, Arc::clone(id)))
-}
-
 #[derive(Debug, Default, Clone)]
 struct TaskTable {
     by_id: Ordered<Arc<str>, StoredTask>,
-    by_service: TaskIndex,
+    by_service: ServiceIndex,
     by_node: TaskIndex,
-    by_slot: SlotIndex,
     /// The ids of the tasks observed PENDING: what the scheduler places.
     pending: OrderedSet<Arc<str>>,
     /// The last spec seen per service: a new task whose spec equals it shares it.
@@ -188,24 +178,21 @@ impl TaskTable {
         };
         match existing {
             Some((id, stored)) => {
-                let old_slot = slot_key(&stored.service, stored.slot, id);
                 stored.service = reindex(
                     &mut self.by_service,
                     stored.service.take(),
+                    &(stored.slot, Arc::clone(id)),
                     &task.service_id,
-                    id,
+                    (task.slot, Arc::clone(id)),
                 );
-                stored.node = reindex(&mut self.by_node, stored.node.take(), &task.node_id, id);
+                stored.node = reindex(
+                    &mut self.by_node,
+                    stored.node.take(),
+                    id,
+                    &task.node_id,
+                    Arc::clone(id),
+                );
                 stored.slot = task.slot;
-                let new_slot = slot_key(&stored.service, stored.slot, id);
-                if old_slot != new_slot {
-                    if let Some(old) = old_slot {
-                        self.by_slot.remove(&old);
-                    }
-                    if let Some(new) = new_slot {
-                        self.by_slot.insert(new);
-                    }
-                }
                 let pending = is_pending(&task);
                 if pending != stored.pending {
                     stored.pending = pending;
@@ -232,15 +219,16 @@ impl TaskTable {
         let stored = StoredTask {
             encoded: task.encode_to_vec().into(),
             meta: task.meta.unwrap_or_default(),
-            service: index_under(&mut self.by_service, &task.service_id, &id),
-            node: index_under(&mut self.by_node, &task.node_id, &id),
+            service: index_under(
+                &mut self.by_service,
+                &task.service_id,
+                (task.slot, Arc::clone(&id)),
+            ),
+            node: index_under(&mut self.by_node, &task.node_id, Arc::clone(&id)),
             slot: task.slot,
             pending: is_pending(&task),
             spec,
         };
-        if let Some(key) = slot_key(&stored.service, stored.slot, &id) {
-            self.by_slot.insert(key);
-        }
         if stored.pending {
             self.pending.insert(Arc::clone(&id));
         }
@@ -249,14 +237,15 @@ impl TaskTable {
 
     fn remove(&mut self, id: &str) -> Option<StoredTask> {
         let (key, old) = self.by_id.remove_with_key(id)?;
-        if let Some(slot) = slot_key(&old.service, old.slot, &key) {
-            self.by_slot.remove(&slot);
-        }
         if old.pending {
             self.pending.remove(id);
         }
-        unindex(&mut self.by_service, old.service.as_ref(), id);
-        unindex(&mut self.by_node, old.node.as_ref(), id);
+        unindex(
+            &mut self.by_service,
+            old.service.as_ref(),
+            &(old.slot, Arc::clone(&key)),
+        );
+        unindex(&mut self.by_node, old.node.as_ref(), &key);
         Some(old)
     }
 }
@@ -401,21 +390,28 @@ impl Tables {
             .get(service_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.by_id.get(id).map(|t| (t.bare(), &t.spec)))
+            .filter_map(|(_, id)| self.tasks.by_id.get(id).map(|t| (t.bare(), &t.spec)))
     }
-    /// The tasks of one service, through the service index.
+    /// The tasks of one service, in slot order, through the service index.
     pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = Task> + 'a {
-        self.task_index(&self.tasks.by_service, service_id)
+        self.task_ids_of_service(service_id)
+            .filter_map(|id| self.tasks.by_id.get(id).map(StoredTask::to_task))
     }
     /// The tasks assigned to one node, through the node index.
     pub fn tasks_of_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = Task> + 'a {
-        self.task_index(&self.tasks.by_node, node_id)
+        self.tasks
+            .by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.by_id.get(id).map(StoredTask::to_task))
     }
     /// Every task's id, in id order, without decoding any.
     pub fn task_ids(&self) -> impl Iterator<Item = &str> + '_ {
         self.tasks.by_id.keys().map(|id| &**id)
     }
-    /// The ids of one service's tasks, through the service index.
+    /// The ids of one service's tasks, in slot order, through the service
+    /// index.
     pub fn task_ids_of_service<'a>(
         &'a self,
         service_id: &str,
@@ -425,22 +421,24 @@ impl Tables {
             .get(service_id)
             .into_iter()
             .flatten()
-            .map(|id| &**id)
+            .map(|(_, id)| &**id)
     }
     /// The ids of the tasks of one service's slot (replicated services),
-    /// in id order, through the slot index.
+    /// in id order: a range of the service index.
     pub fn task_ids_in_slot<'a>(
         &'a self,
         service_id: &str,
         slot: u64,
     ) -> impl Iterator<Item = &'a str> + 'a {
-        let service: Arc<str> = Arc::from(service_id);
-        let from = (Arc::clone(&service), slot, Arc::from(""));
+        let from = (slot, Arc::<str>::from(""));
         self.tasks
-            .by_slot
-            .range(from..)
-            .take_while(move |(s, n, _)| *s == service && *n == slot)
-            .map(|(_, _, id)| &**id)
+            .by_service
+            .get(service_id)
+            .filter(|_| slot > 0)
+            .into_iter()
+            .flat_map(move |set| set.range(from.clone()..))
+            .take_while(move |(n, _)| *n == slot)
+            .map(|(_, id)| &**id)
     }
     /// The ids of the tasks observed PENDING, in id order, through the
     /// pending index.
@@ -463,18 +461,6 @@ impl Tables {
                 Some((&**id, t.meta.version))
             })
     }
-    fn task_index<'a>(
-        &'a self,
-        index: &'a TaskIndex,
-        key: &str,
-    ) -> impl Iterator<Item = Task> + 'a {
-        index
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.tasks.by_id.get(id).map(StoredTask::to_task))
-    }
-
     /// A service whose name is `name` (case-insensitive).
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
         let id = self.services.by_name.get(&name_key(name))?;
@@ -1034,9 +1020,8 @@ impl Tables {
         names(&self.nodes, "node")?;
         names(&self.services, "service")?;
         names(&self.networks, "network")?;
-        let mut by_service: TaskIndex = Hashed::default();
+        let mut by_service: ServiceIndex = Hashed::default();
         let mut by_node: TaskIndex = Hashed::default();
-        let mut by_slot = SlotIndex::new();
         let mut pending = OrderedSet::new();
         for (id, stored) in &self.tasks.by_id {
             let t = Task::decode(&*stored.encoded).map_err(|e| format!("task {id}: {e}"))?;
@@ -1060,17 +1045,11 @@ impl Tables {
                     "task {id}: stored slot or state disagrees with the task"
                 ));
             }
-            let service = index_under(&mut by_service, &t.service_id, id);
-            index_under(&mut by_node, &t.node_id, id);
-            if let Some(key) = slot_key(&service, t.slot, id) {
-                by_slot.insert(key);
-            }
+            index_under(&mut by_service, &t.service_id, (t.slot, Arc::clone(id)));
+            index_under(&mut by_node, &t.node_id, Arc::clone(id));
             if is_pending(&t) {
                 pending.insert(Arc::clone(id));
             }
-        }
-        if by_slot != self.tasks.by_slot {
-            return Err("task slot index disagrees with the table".into());
         }
         if pending != self.tasks.pending {
             return Err("task pending index disagrees with the table".into());
