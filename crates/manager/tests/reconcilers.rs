@@ -51,10 +51,15 @@ impl World {
 
     fn orchestrate(&mut self, now_ms: i64) -> orchestrator::Decision {
         let ids = &mut self.ids;
-        let decision = orchestrator::decide(&self.store.view(), now_ms, &mut || {
-            *ids += 1;
-            format!("task{ids:03}")
-        });
+        let decision = orchestrator::decide(
+            &self.store.view(),
+            now_ms,
+            &mut || {
+                *ids += 1;
+                format!("task{ids:03}")
+            },
+            &Default::default(),
+        );
         for txn in &decision.transactions {
             self.apply(txn.clone(), now_ms);
         }
@@ -1021,4 +1026,72 @@ fn a_service_larger_than_one_pass_converges_in_passes_of_the_clusters_budget() {
     let mut slots: Vec<u64> = w.live().iter().map(|t| t.slot).collect();
     slots.sort();
     assert_eq!(slots, (1..=10).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_small_service_is_not_kept_waiting_behind_a_large_one_converging_in_passes() {
+    for full in [false, true] {
+        let mut w = World::new();
+        let cluster = Cluster {
+            id: "c".into(),
+            spec: Some(ClusterSpec {
+                orchestration: Some(OrchestrationConfig {
+                    max_new_tasks_per_pass: 4,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        w.create(cluster, 0);
+        // "big" sorts before "small": in id order it would take every
+        // pass's budget until it is done.
+        let mut big = service(20, any_restart());
+        big.id = "big".into();
+        w.create(big, 0);
+        let mut ids = 100;
+        let mut orchestrator = orchestrator::Orchestrator::new(move || {
+            ids += 1;
+            format!("task{ids:03}")
+        });
+        fn pass<F: FnMut() -> String + Send + 'static>(
+            o: &mut orchestrator::Orchestrator<F>,
+            w: &mut World,
+            full: bool,
+        ) {
+            let decision = o.orchestrate(&w.store.view(), 0, full);
+            for txn in &decision.transactions {
+                w.apply(txn.clone(), 0);
+            }
+        }
+        pass(&mut orchestrator, &mut w, true);
+        let mut small = service(2, any_restart());
+        small.id = "small".into();
+        small
+            .spec
+            .as_mut()
+            .unwrap()
+            .annotations
+            .as_mut()
+            .unwrap()
+            .name = "small".into();
+        w.create(small.clone(), 0);
+        // The orchestrator hears of the new service, as from the watch.
+        use shoal_manager::reconciler::Reconciler;
+        orchestrator.observe(
+            &w.store.view(),
+            &shoal_store::Event::Change {
+                action: shoal_api::watch_event::Action::Create,
+                object: small.into(),
+                version: 0,
+                timestamp_ms: 0,
+            },
+        );
+        // The next pass, incremental or full, serves the small service
+        // first; the big one goes on with what is left.
+        pass(&mut orchestrator, &mut w, full);
+        let live = |id: &str| w.live().iter().filter(|t| t.service_id == id).count();
+        assert_eq!(live("small"), 2, "full pass: {full}");
+        assert_eq!(live("big"), 6, "full pass: {full}");
+    }
 }

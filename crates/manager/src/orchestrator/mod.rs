@@ -76,6 +76,9 @@ pub struct Orchestrator<F> {
     /// What each node offered when last seen.
     offered: HashMap<String, Option<shoal_api::Resources>>,
     rebuild: bool,
+    /// Services the last pass ran out of budget for: the next pass serves
+    /// the others first.
+    waited: BTreeSet<String>,
 }
 
 impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
@@ -87,6 +90,7 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
             delayed: HashMap::new(),
             offered: HashMap::new(),
             rebuild: false,
+            waited: BTreeSet::new(),
         }
     }
 
@@ -118,7 +122,8 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
                     )
                 })
                 .collect();
-            let decision = decide(view, now_ms, &mut self.new_id);
+            let decision = decide(view, now_ms, &mut self.new_id, &self.waited);
+            self.waited = decision.unfinished.iter().cloned().collect();
             self.dirty.extend(decision.unfinished.iter().cloned());
             self.delayed.clear();
             // Which service is waiting is not kept by the full pass: look at
@@ -160,7 +165,10 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
         // Evictions follow from changes of what nodes offer, which make
         // passes full.
         let evicted = HashSet::new();
-        for id in services {
+        let (fresh, behind): (Vec<String>, Vec<String>) = services
+            .into_iter()
+            .partition(|id| !self.waited.contains(id));
+        for id in fresh.into_iter().chain(behind) {
             self.delayed.retain(|(s, _), _| *s != id);
             let Some(service) = view.service(&id) else {
                 decision.transactions.extend(let_go(
@@ -188,6 +196,7 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
         // Services the budget ran out for: the next pass goes on with them
         // (the loop makes it at once, as this one wrote).
         self.dirty.extend(decision.unfinished.iter().cloned());
+        self.waited = decision.unfinished.iter().cloned().collect();
         decision.wake_at_ms = self.delayed.values().min().copied();
         decision
     }

@@ -2,7 +2,7 @@
 //! what each place needs (a new task, a replacement, a restart, or to be
 //! let go), within the pass's budget of new tasks.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use shoal_api::{
     store_action, Node, Service, ServiceMode, StoreAction, Task, TaskState, TaskStatus,
@@ -103,12 +103,21 @@ pub(super) fn pass_budget(view: &Tables) -> u64 {
 }
 
 /// Decides the tasks of every service. `new_id` makes task ids (seeded in tests).
-pub fn decide(view: &Tables, now_ms: i64, new_id: &mut impl FnMut() -> String) -> Decision {
+pub fn decide(
+    view: &Tables,
+    now_ms: i64,
+    new_id: &mut impl FnMut() -> String,
+    waited: &BTreeSet<String>,
+) -> Decision {
     let mut decision = Decision::default();
     let nodes: Vec<&Node> = view.nodes().collect();
     let evicted = evicted_for_resources(view);
     let mut budget = pass_budget(view);
-    for service in view.services() {
+    // Services the last pass ran out of budget for go after the others: a
+    // small service is not kept waiting behind a large one converging.
+    let (fresh, behind): (Vec<&Service>, Vec<&Service>) =
+        view.services().partition(|s| !waited.contains(&s.id));
+    for service in fresh.into_iter().chain(behind) {
         let outcome = reconcile(view, service, &nodes, &evicted, now_ms, new_id, &mut budget);
         decision.transactions.extend(pack(outcome.groups));
         if let Some(due) = outcome.wake_at_ms {
