@@ -2,8 +2,11 @@
 //!
 //! `shoal daemon` opens (or creates) a state dir, starts the node's raft
 //! replica of the store, makes sure the cluster and this node are recorded,
-//! and serves the control API on a unix socket inside the state dir. The
-//! agent and the reconcilers join it in later issues.
+//! serves the control API on a unix socket inside the state dir, and runs
+//! the leader's components (`shoal_manager::leader`: the reconcilers and the
+//! dispatcher) beside this node's agent (`shoal_agent::run` with the process
+//! driver), which reaches the dispatcher on a unix socket of its own. It
+//! exits non-zero when raft can no longer write (a full disk), naming why.
 
 mod daemon;
 mod host;
