@@ -1,0 +1,43 @@
+//! A node's own key, made on the node and never sent, and the certificate
+//! request it sends with its join token (or, renewing, over mutual TLS).
+
+use crate::error::CaError;
+
+/// A fresh ECDSA P-256 key and a certificate request signed with it.
+pub struct NodeKey {
+    key_pem: String,
+    request_pem: String,
+}
+
+impl NodeKey {
+    /// A new key, and a request for `node_id` (the CA sets every field
+    /// that matters itself; the request proves the key).
+    pub fn generate(node_id: &str) -> Result<NodeKey, CaError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Generate(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| CaError::Generate(e.to_string()))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, node_id);
+        let request_pem = params
+            .serialize_request(&key)
+            .and_then(|r| r.pem())
+            .map_err(|e| CaError::Generate(e.to_string()))?;
+        Ok(NodeKey {
+            key_pem: key.serialize_pem(),
+            request_pem,
+        })
+    }
+
+    /// The private key, PKCS#8 PEM: written mode 0600, never sent.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// The certificate request, PEM.
+    pub fn request_pem(&self) -> &str {
+        &self.request_pem
+    }
+}
