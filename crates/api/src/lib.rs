@@ -15,6 +15,7 @@ pub use pb::*;
 pub mod clock;
 pub mod enum_name;
 pub mod log_time;
+pub mod mtls;
 mod node_state;
 mod object_kind;
 mod service_mode;

@@ -1,0 +1,180 @@
+//! The mutual-TLS transport with a real gRPC service: the handler reads
+//! the identity its peer's certificate names, a client without a
+//! certificate never reaches it, and a client stalling its handshake does
+//! not hold up the others.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use shoal_api::dispatcher_client::DispatcherClient;
+use shoal_api::dispatcher_server::{Dispatcher, DispatcherServer};
+use shoal_api::mtls::PeerCertificates;
+use shoal_api::{
+    HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse,
+};
+use shoal_ca::tls::{client_config, server_config, ClientAuth, MANAGER_NAME};
+use shoal_ca::{NodeIdentity, NodeKey, Role, RootCa};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Answers every status report with who sent it, as its certificate says.
+struct WhoAmI;
+
+type Answers<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Dispatcher for WhoAmI {
+    type SessionStream = Answers<SessionMessage>;
+    type HeartbeatStream = Answers<HeartbeatResponse>;
+
+    async fn session(
+        &self,
+        _: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn heartbeat(
+        &self,
+        _: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        // Every call that reaches the handler gets PERMISSION_DENIED, so a
+        // test can tell "refused in the handshake" from "reached".
+        let Some(leaf) = PeerCertificates::of(&request).and_then(|p| p.leaf()) else {
+            return Err(Status::permission_denied("reached without a certificate"));
+        };
+        let who = match NodeIdentity::of_certificate(leaf) {
+            Ok((who, _)) => who,
+            Err(e) => return Err(Status::permission_denied(e.to_string())),
+        };
+        Err(Status::permission_denied(format!(
+            "{} {:?} {}",
+            who.node_id, who.role, who.cluster_id
+        )))
+    }
+}
+
+struct Cert {
+    cert: String,
+    key: String,
+}
+
+fn issue(ca: &RootCa, id: &str, role: Role) -> Cert {
+    let key = NodeKey::generate(id).unwrap();
+    let now = SystemTime::now();
+    let identity = NodeIdentity {
+        node_id: id.into(),
+        role,
+        cluster_id: "c1".into(),
+    };
+    let cert = ca
+        .issue(
+            key.request_pem(),
+            &identity,
+            &[],
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3_600),
+        )
+        .unwrap();
+    Cert {
+        cert,
+        key: key.key_pem().to_string(),
+    }
+}
+
+/// A manager serving [`WhoAmI`] on a free loopback port.
+async fn manager(ca: &RootCa) -> String {
+    let me = issue(ca, "m1", Role::Manager);
+    let config = server_config(ca.cert_der(), &me.cert, &me.key, ClientAuth::Required).unwrap();
+    let (incoming, addr) = shoal_api::mtls::listen("127.0.0.1:0", config)
+        .await
+        .unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DispatcherServer::new(WhoAmI))
+            .serve_with_incoming(incoming),
+    );
+    addr.to_string()
+}
+
+async fn report(ca: &RootCa, addr: &str, client: Option<&Cert>) -> Status {
+    let config = client_config(
+        ca.cert_der(),
+        client.map(|c| (c.cert.as_str(), c.key.as_str())),
+    )
+    .unwrap();
+    let channel = shoal_api::mtls::connect(addr, config, MANAGER_NAME).unwrap();
+    DispatcherClient::new(channel)
+        .update_task_status(UpdateTaskStatusRequest::default())
+        .await
+        .expect_err("the test service always answers with an error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_reads_its_peers_identity_from_the_certificate_it_showed() {
+    let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+    let addr = manager(&ca).await;
+    let worker = issue(&ca, "w1", Role::Worker);
+    let answer = report(&ca, &addr, Some(&worker)).await;
+    assert_eq!(answer.code(), tonic::Code::PermissionDenied, "{answer:?}");
+    assert_eq!(answer.message(), "w1 Worker c1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_valid_certificate_never_reaches_a_handler() {
+    let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+    let addr = manager(&ca).await;
+    // Refused in the handshake: the client sees the manager's alert or the
+    // connection closed (under TLS 1.3 either comes with the first read),
+    // never the handler's answer, which every call that reaches it gets.
+    let refused = |answer: &Status| answer.code() != tonic::Code::PermissionDenied;
+    let answer = report(&ca, &addr, None).await;
+    assert!(refused(&answer), "{answer:?}");
+    // Nor one whose certificate comes from another cluster's CA.
+    let other = RootCa::create("c2", SystemTime::now()).unwrap();
+    let stranger = issue(&other, "w9", Role::Worker);
+    let config = client_config(
+        ca.cert_der(),
+        Some((stranger.cert.as_str(), stranger.key.as_str())),
+    )
+    .unwrap();
+    let answer =
+        DispatcherClient::new(shoal_api::mtls::connect(&addr, config, MANAGER_NAME).unwrap())
+            .update_task_status(UpdateTaskStatusRequest::default())
+            .await
+            .unwrap_err();
+    assert!(refused(&answer), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_its_handshake_does_not_hold_up_the_others() {
+    let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+    let addr = manager(&ca).await;
+    // Connects and says nothing.
+    let _stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let worker = issue(&ca, "w1", Role::Worker);
+    let answer = tokio::time::timeout(Duration::from_secs(60), report(&ca, &addr, Some(&worker)))
+        .await
+        .expect("a second client is served while the first stalls");
+    assert_eq!(answer.code(), tonic::Code::PermissionDenied, "{answer:?}");
+}
+
+#[test]
+fn an_address_or_server_name_that_is_not_one_is_refused_naming_it() {
+    let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+    let config = client_config(ca.cert_der(), None).unwrap();
+    let err =
+        shoal_api::mtls::connect("127.0.0.1:1", Arc::clone(&config), "not a name!").unwrap_err();
+    assert!(err.to_string().contains("server name"), "{err}");
+    let err = shoal_api::mtls::connect("no spaces allowed:1", config, MANAGER_NAME).unwrap_err();
+    assert!(err.to_string().contains("no spaces allowed"), "{err}");
+}
