@@ -41,6 +41,12 @@ pub struct NodeIdentity {
 }
 
 impl NodeIdentity {
+    /// As [`NodeIdentity::of_certificate`], from the first certificate of
+    /// a PEM text.
+    pub fn of_certificate_pem(pem: &str) -> Result<(NodeIdentity, i64), CaError> {
+        NodeIdentity::of_certificate(&crate::root_ca::pem_der(pem, "node certificate")?)
+    }
+
     /// The identity a certificate (DER) names, and when it expires (Unix
     /// seconds). The certificate's chain is not checked here: that is the
     /// TLS handshake's work, and this reads the certificate it verified.

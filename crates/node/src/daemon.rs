@@ -65,6 +65,23 @@ pub enum DaemonError {
     RaftFailed(String),
     #[error("serving {what} failed: {message}")]
     Serve { what: &'static str, message: String },
+    #[error(transparent)]
+    Certificates(#[from] crate::certificates::CertificatesError),
+}
+
+/// A new root CA for the cluster `cluster_id`, as the store keeps it.
+fn new_root_ca(cluster_id: &str) -> Result<shoal_api::RootCa, DaemonError> {
+    let ca = shoal_ca::RootCa::create(cluster_id, std::time::SystemTime::now()).map_err(|e| {
+        DaemonError::Bootstrap {
+            what: "cluster's root CA",
+            message: e.to_string(),
+        }
+    })?;
+    Ok(shoal_api::RootCa {
+        cert_pem: ca.cert_pem().to_string(),
+        key_pem: ca.key_pem().to_string(),
+        digest: ca.digest().to_string(),
+    })
 }
 
 /// Runs the daemon until a shutdown signal.
@@ -101,6 +118,12 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         &description,
     )
     .await?;
+    crate::certificates::NodeCertificates::ensure(
+        &state.path().join(crate::certificates::CERTIFICATES_DIR),
+        replica.store().view().cluster(),
+        &marker.node_id,
+        shoal_ca::Role::Manager,
+    )?;
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -253,9 +276,21 @@ async fn bootstrap(
     let mut actions = Vec::new();
     {
         let view = replica.store().view();
-        if view.cluster().is_none() {
-            actions.push(create(Cluster {
+        match view.cluster() {
+            // A state dir made before clusters had a CA gets one: nothing
+            // can have joined it yet.
+            Some(cluster) if cluster.root_ca.is_none() => {
+                let mut updated = cluster.clone();
+                updated.root_ca = Some(new_root_ca(&cluster.id)?);
+                actions.push(StoreAction {
+                    kind: store_action::Kind::Update as i32,
+                    target: Some(updated.into()),
+                });
+            }
+            Some(_) => {}
+            None => actions.push(create(Cluster {
                 id: cluster_id.to_string(),
+                root_ca: Some(new_root_ca(cluster_id)?),
                 spec: Some(ClusterSpec {
                     annotations: Some(Annotations {
                         name: "default".into(),
@@ -272,7 +307,7 @@ async fn bootstrap(
                     }),
                 }),
                 ..Default::default()
-            }));
+            })),
         }
         match view.node(node_id) {
             None => actions.push(create(Node {

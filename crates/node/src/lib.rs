@@ -8,10 +8,12 @@
 //! driver), which reaches the dispatcher on a unix socket of its own. It
 //! exits non-zero when raft can no longer write (a full disk), naming why.
 
+mod certificates;
 mod daemon;
 mod host;
 mod state_dir;
 
+pub use certificates::{CertificatesError, NodeCertificates, CERTIFICATES_DIR};
 pub use daemon::{run, DaemonConfig, DaemonError};
 pub use host::describe_host;
 pub use state_dir::{StateDir, StateDirError, SOCKET_FILE};

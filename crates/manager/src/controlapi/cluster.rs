@@ -17,7 +17,9 @@ impl ControlApi {
                 "the cluster is still being created".into(),
             ));
         }
-        Ok(ClusterResponse { cluster })
+        Ok(ClusterResponse {
+            cluster: cluster.map(without_secrets),
+        })
     }
 
     pub async fn update_cluster(
@@ -47,7 +49,7 @@ impl ControlApi {
         self.commit(vec![action(store_action::Kind::Update, cluster)])
             .await?;
         Ok(ClusterResponse {
-            cluster: self.view().cluster().cloned(),
+            cluster: self.view().cluster().cloned().map(without_secrets),
         })
     }
 

@@ -207,6 +207,14 @@ pub(crate) fn matches_prefixes(prefixes: &[String], id: &str, name: Option<&str>
             .any(|p| id.starts_with(p.as_str()) || name.is_some_and(|n| n.starts_with(p.as_str())))
 }
 
+/// The cluster as the control API shows it: without its CA's key.
+pub(crate) fn without_secrets(mut cluster: shoal_api::Cluster) -> shoal_api::Cluster {
+    if let Some(ca) = cluster.root_ca.as_mut() {
+        ca.key_pem.clear();
+    }
+    cluster
+}
+
 /// Fills in what a user may leave out.
 pub(crate) fn with_service_defaults(mut spec: ServiceSpec) -> ServiceSpec {
     if spec.is_replicated() && spec.replicas.is_none() {

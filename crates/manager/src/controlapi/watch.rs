@@ -14,6 +14,7 @@ impl ControlApi {
             let mut initial: Vec<WatchEvent> = objects
                 .into_iter()
                 .map(|object| {
+                    let object = shown(object);
                     let created = object.meta().map_or(0, |m| m.created_at_ms);
                     Event::Change {
                         action: shoal_api::watch_event::Action::Create,
@@ -42,7 +43,23 @@ impl ControlApi {
                     _ = tx.closed() => return,
                     next = stream.next() => next,
                 };
-                let item = next.map(|e| e.to_proto()).map_err(ApiError::from);
+                let item = next
+                    .map(|e| match e {
+                        Event::Change {
+                            action,
+                            object,
+                            version,
+                            timestamp_ms,
+                        } => Event::Change {
+                            action,
+                            object: shown(object),
+                            version,
+                            timestamp_ms,
+                        }
+                        .to_proto(),
+                        other => other.to_proto(),
+                    })
+                    .map_err(ApiError::from);
                 let end = item.is_err();
                 if tx.send(item).await.is_err() || end {
                     return;
@@ -50,5 +67,38 @@ impl ControlApi {
             }
         });
         Ok(ReceiverStream::new(rx))
+    }
+}
+
+/// An object as a watcher sees it: a cluster without its CA's key.
+fn shown(object: shoal_api::Object) -> shoal_api::Object {
+    match object.kind {
+        Some(shoal_api::object::Kind::Cluster(cluster)) => without_secrets(*cluster).into(),
+        _ => object,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watcher_sees_the_clusters_ca_certificate_and_never_its_key() {
+        let cluster = shoal_api::Cluster {
+            id: "c".into(),
+            root_ca: Some(shoal_api::RootCa {
+                cert_pem: "CERT".into(),
+                key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+                digest: "d".into(),
+            }),
+            ..Default::default()
+        };
+        let seen = shown(cluster.into());
+        let Some(shoal_api::object::Kind::Cluster(seen)) = seen.kind else {
+            panic!("a cluster stays a cluster");
+        };
+        let ca = seen.root_ca.unwrap();
+        assert_eq!(ca.cert_pem, "CERT");
+        assert_eq!(ca.key_pem, "");
     }
 }

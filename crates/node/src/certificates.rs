@@ -1,0 +1,248 @@
+//! The node's certificate files in its state dir: the cluster's root
+//! certificate it pins (`ca.crt`), its node certificate (`node.crt`) and
+//! key (`node.key`, mode 0600). A manager issues its own from the root CA
+//! in the store at start when they are missing, from another root, for
+//! another identity, or past 80 % of their lifetime; each file is written
+//! whole (a temporary file renamed over it), so a crash never leaves half
+//! of one.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shoal_ca::{NodeIdentity, NodeKey, Role, RootCa};
+
+/// The folder, in the state dir.
+pub const CERTIFICATES_DIR: &str = "certificates";
+const CA_FILE: &str = "ca.crt";
+const CERT_FILE: &str = "node.crt";
+const KEY_FILE: &str = "node.key";
+/// A node certificate's lifetime (the cluster spec will set it).
+pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
+/// Clocks of nodes differ: a certificate is valid from a little before now.
+const CLOCK_SKEW: Duration = Duration::from_secs(3_600);
+
+/// Why the node's certificates could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificatesError {
+    #[error("the cluster has no root CA in the store yet")]
+    NoRootCa,
+    #[error("the cluster's root CA: {0}")]
+    Ca(#[from] shoal_ca::CaError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The node's certificate files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCertificates {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertificatesError + '_ {
+    move |source| CertificatesError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl NodeCertificates {
+    /// The files in `dir`, if all three are there.
+    pub fn read(dir: &Path) -> Option<NodeCertificates> {
+        let read = |name| std::fs::read_to_string(dir.join(name)).ok();
+        Some(NodeCertificates {
+            ca_pem: read(CA_FILE)?,
+            cert_pem: read(CERT_FILE)?,
+            key_pem: read(KEY_FILE)?,
+        })
+    }
+
+    /// Makes sure `dir` holds a current certificate of `node_id` in
+    /// `role`, signed by the root CA of `cluster`, issuing one when not;
+    /// returns the files.
+    pub fn ensure(
+        dir: &Path,
+        cluster: Option<&shoal_api::Cluster>,
+        node_id: &str,
+        role: Role,
+    ) -> Result<NodeCertificates, CertificatesError> {
+        let cluster = cluster.ok_or(CertificatesError::NoRootCa)?;
+        let root = cluster
+            .root_ca
+            .as_ref()
+            .filter(|r| !r.cert_pem.is_empty() && !r.key_pem.is_empty())
+            .ok_or(CertificatesError::NoRootCa)?;
+        let wanted = NodeIdentity {
+            node_id: node_id.to_string(),
+            role,
+            cluster_id: cluster.id.clone(),
+        };
+        let now = SystemTime::now();
+        if let Some(current) = NodeCertificates::read(dir) {
+            if current.ca_pem == root.cert_pem && current.still_good(&wanted, now) {
+                return Ok(current);
+            }
+        }
+        let ca = RootCa::load(&root.cert_pem, &root.key_pem)?;
+        let key = NodeKey::generate(node_id)?;
+        let cert_pem = ca.issue(
+            key.request_pem(),
+            &wanted,
+            &[],
+            now - CLOCK_SKEW,
+            now + NODE_CERT_LIFETIME,
+        )?;
+        let files = NodeCertificates {
+            ca_pem: root.cert_pem.clone(),
+            cert_pem,
+            key_pem: key.key_pem().to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        // The key first: a certificate is never on disk without its key.
+        write_whole(&dir.join(KEY_FILE), &files.key_pem, 0o600)?;
+        write_whole(&dir.join(CERT_FILE), &files.cert_pem, 0o644)?;
+        write_whole(&dir.join(CA_FILE), &files.ca_pem, 0o644)?;
+        Ok(files)
+    }
+
+    /// Whether the certificate names `wanted` and has more than a fifth of
+    /// its lifetime left.
+    fn still_good(&self, wanted: &NodeIdentity, now: SystemTime) -> bool {
+        let Ok((identity, not_after)) = NodeIdentity::of_certificate_pem(&self.cert_pem) else {
+            return false;
+        };
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let renew_at = not_after - (NODE_CERT_LIFETIME.as_secs() / 5) as i64;
+        identity == *wanted && now < renew_at
+    }
+}
+
+/// Writes `text` to a temporary file beside `path` with `mode`, syncs it,
+/// and renames it over `path`.
+fn write_whole(path: &Path, text: &str, mode: u32) -> Result<(), CertificatesError> {
+    let mut temporary: PathBuf = path.to_path_buf();
+    temporary.set_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&temporary)
+        .map_err(io(&temporary))?;
+    file.write_all(text.as_bytes()).map_err(io(&temporary))?;
+    file.sync_all().map_err(io(&temporary))?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))
+        .map_err(io(&temporary))?;
+    std::fs::rename(&temporary, path).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(id: &str) -> shoal_api::Cluster {
+        let ca = RootCa::create(id, SystemTime::now()).unwrap();
+        shoal_api::Cluster {
+            id: id.into(),
+            root_ca: Some(shoal_api::RootCa {
+                cert_pem: ca.cert_pem().into(),
+                key_pem: ca.key_pem().into(),
+                digest: ca.digest().to_string(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_manager_issues_its_certificate_once_and_keeps_its_key_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(CERTIFICATES_DIR);
+        let c1 = cluster("c1");
+        let first = NodeCertificates::ensure(&dir, Some(&c1), "n1", Role::Manager).unwrap();
+        let (identity, _) = NodeIdentity::of_certificate_pem(&first.cert_pem).unwrap();
+        assert_eq!(
+            identity,
+            NodeIdentity {
+                node_id: "n1".into(),
+                role: Role::Manager,
+                cluster_id: "c1".into()
+            }
+        );
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(NodeCertificates::read(&dir), Some(first.clone()));
+        // Current: kept as it is.
+        let again = NodeCertificates::ensure(&dir, Some(&c1), "n1", Role::Manager).unwrap();
+        assert_eq!(again, first);
+        // Another identity, or another root: issued anew.
+        let worker = NodeCertificates::ensure(&dir, Some(&c1), "n1", Role::Worker).unwrap();
+        assert_ne!(worker.cert_pem, first.cert_pem);
+        let c2 = cluster("c2");
+        let moved = NodeCertificates::ensure(&dir, Some(&c2), "n1", Role::Worker).unwrap();
+        assert_eq!(moved.ca_pem, c2.root_ca.unwrap().cert_pem);
+    }
+
+    #[test]
+    fn a_certificate_past_four_fifths_of_its_life_is_renewed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(CERTIFICATES_DIR);
+        let c1 = cluster("c1");
+        let first = NodeCertificates::ensure(&dir, Some(&c1), "n1", Role::Manager).unwrap();
+        // The same files, but with a certificate that ends in a day.
+        let root = c1.root_ca.as_ref().unwrap();
+        let ca = RootCa::load(&root.cert_pem, &root.key_pem).unwrap();
+        let key = NodeKey::generate("n1").unwrap();
+        let now = SystemTime::now();
+        let identity = NodeIdentity {
+            node_id: "n1".into(),
+            role: Role::Manager,
+            cluster_id: "c1".into(),
+        };
+        let short = ca
+            .issue(
+                key.request_pem(),
+                &identity,
+                &[],
+                now - CLOCK_SKEW,
+                now + Duration::from_secs(86_400),
+            )
+            .unwrap();
+        write_whole(&dir.join(CERT_FILE), &short, 0o644).unwrap();
+        write_whole(&dir.join(KEY_FILE), key.key_pem(), 0o600).unwrap();
+        let renewed = NodeCertificates::ensure(&dir, Some(&c1), "n1", Role::Manager).unwrap();
+        assert_ne!(renewed.cert_pem, short);
+        assert_ne!(renewed.cert_pem, first.cert_pem);
+    }
+
+    #[test]
+    fn without_a_root_ca_in_the_store_nothing_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(CERTIFICATES_DIR);
+        let bare = shoal_api::Cluster {
+            id: "c1".into(),
+            ..Default::default()
+        };
+        for cluster in [None, Some(&bare)] {
+            let refused = NodeCertificates::ensure(&dir, cluster, "n1", Role::Manager);
+            assert!(
+                matches!(refused, Err(CertificatesError::NoRootCa)),
+                "{refused:?}"
+            );
+        }
+        assert!(!dir.exists());
+    }
+}
