@@ -27,3 +27,20 @@ pub use object_kind::ObjectKind;
 
 /// The version of this build, shown by `shoal version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Shows the certificate's digest, never the key.
+impl std::fmt::Debug for RootCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootCa")
+            .field("digest", &self.digest)
+            .field(
+                "key_pem",
+                &if self.key_pem.is_empty() {
+                    ""
+                } else {
+                    "(hidden)"
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}

@@ -60,6 +60,14 @@ impl NodeIdentity {
                     field,
                     message: "is missing".into(),
                 })?;
+            // Exactly one: a certificate naming two nodes, roles or
+            // clusters names none.
+            if values.next().is_some() {
+                return Err(CaError::NotANodeCertificate {
+                    field,
+                    message: "is given more than once".into(),
+                });
+            }
             value
                 .as_str()
                 .map(str::to_string)

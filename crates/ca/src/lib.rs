@@ -27,7 +27,7 @@ pub use digest::CaDigest;
 pub use error::CaError;
 pub use identity::{NodeIdentity, Role};
 pub use join_token::{JoinToken, SecretHash, TokenError, TOKEN_PREFIX};
-pub use node_key::NodeKey;
+pub use node_key::{key_matches_certificate, NodeKey};
 pub use root_ca::RootCa;
 
 /// Bytes from the operating system's random source.

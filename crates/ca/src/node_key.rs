@@ -41,3 +41,21 @@ impl NodeKey {
         &self.request_pem
     }
 }
+
+/// Whether `key_pem` is the key of the certificate `cert_pem`: a key and a
+/// certificate written at different times (a crash between the two) must
+/// not be used as a pair.
+pub fn key_matches_certificate(key_pem: &str, cert_pem: &str) -> bool {
+    use rcgen::PublicKeyData;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Ok(der) = crate::root_ca::pem_der(cert_pem, "node certificate") else {
+        return false;
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(&der) else {
+        return false;
+    };
+    cert.public_key().raw == key.subject_public_key_info().as_slice()
+}

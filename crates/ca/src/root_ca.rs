@@ -41,7 +41,8 @@ impl RootCa {
         params
             .distinguished_name
             .push(DnType::OrganizationName, cluster_id);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // It signs node certificates only, never another CA.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -100,8 +101,9 @@ impl RootCa {
 
     /// Signs a node certificate for `identity` from its request (PEM),
     /// valid from `not_before` to `not_after`, for both ends of mutual TLS.
-    /// Its names are the node id, its role's OU (what clients dial a
-    /// manager by) and `addresses`. Returns the certificate, PEM.
+    /// Its names are its role's OU (what clients dial a manager by) and
+    /// `addresses`; never the node id, which a worker could otherwise pick
+    /// to be `shoal-manager`. Returns the certificate, PEM.
     pub fn issue(
         &self,
         request_pem: &str,
@@ -128,10 +130,7 @@ impl RootCa {
         name.push(DnType::OrganizationName, identity.cluster_id.as_str());
         params.distinguished_name = name;
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -141,10 +140,7 @@ impl RootCa {
                 .map(SanType::DnsName)
                 .map_err(|e: rcgen::Error| CaError::Request(format!("name {name:?}: {e}")))
         };
-        let mut names = vec![
-            dns(&identity.node_id)?,
-            dns(identity.role.organizational_unit())?,
-        ];
+        let mut names = vec![dns(identity.role.organizational_unit())?];
         names.extend(addresses.iter().map(|a| SanType::IpAddress(*a)));
         params.subject_alt_names = names;
         params.not_before = time::OffsetDateTime::from(not_before);

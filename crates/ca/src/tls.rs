@@ -83,6 +83,11 @@ pub fn server_config(
         .with_single_cert(chain(chain_pem)?, key(key_pem)?)
         .map_err(|e| CaError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No resumption: a resumed session would skip checking the client's
+    // certificate again, and one that expired (or a node removed since)
+    // must be refused on its next connection.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

@@ -200,15 +200,17 @@ fn requests_and_stored_pem_that_are_not_valid_are_refused_naming_what() {
     };
     let now = SystemTime::now();
     let key = NodeKey::generate("w1").unwrap();
-    // A request whose signature does not match its contents.
+    // A request whose signature does not match its contents: a character
+    // of the signature, at the end of the PEM body, changed.
     let mut tampered = key.request_pem().to_string();
-    let body_start = tampered.find('\n').unwrap() + 10;
-    let replaced = if &tampered[body_start..body_start + 1] == "A" {
+    let end = tampered.find("-----END").unwrap();
+    let at = tampered[..end].trim_end().len() - 8;
+    let replaced = if &tampered[at..at + 1] == "A" {
         "B"
     } else {
         "A"
     };
-    tampered.replace_range(body_start..body_start + 1, replaced);
+    tampered.replace_range(at..at + 1, replaced);
     let refused = ca.issue(&tampered, &identity, &[], now, now + DAY);
     assert!(matches!(refused, Err(CaError::Request(_))), "{refused:?}");
     let refused = ca.issue("not pem", &identity, &[], now, now + DAY);
@@ -255,4 +257,41 @@ fn a_certificate_without_a_shoal_role_is_not_a_node_certificate() {
         matches!(refused, Err(CaError::Certificate(_))),
         "{refused:?}"
     );
+}
+
+#[test]
+fn what_a_request_asks_for_beyond_its_key_is_not_what_it_gets() {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+    // A request that asks to be a CA named shoal-manager.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shoal-manager".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, "shoal-manager");
+    let request = params.serialize_request(&key).unwrap().pem().unwrap();
+    let identity = NodeIdentity {
+        node_id: "w1".into(),
+        role: Role::Worker,
+        cluster_id: "c1".into(),
+    };
+    let now = SystemTime::now();
+    let pem = ca.issue(&request, &identity, &[], now, now + DAY).unwrap();
+    let (seen, _) = NodeIdentity::of_certificate_pem(&pem).unwrap();
+    assert_eq!(seen, identity);
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    assert!(!cert.is_ca(), "a node certificate is never a CA");
+    let names: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(names, ["DNSName(shoal-worker)"], "only the role's name");
 }

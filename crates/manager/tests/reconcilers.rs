@@ -986,21 +986,25 @@ fn tasks_move_off_a_node_whose_resources_shrink_below_their_reservations_newest_
     );
 }
 
-#[test]
-fn a_service_larger_than_one_pass_converges_in_passes_of_the_clusters_budget() {
-    let mut w = World::new();
-    let cluster = Cluster {
+/// A cluster whose orchestrator makes at most `budget` new tasks a pass.
+fn cluster_with_budget(budget: u64) -> Cluster {
+    Cluster {
         id: "c".into(),
         spec: Some(ClusterSpec {
             orchestration: Some(OrchestrationConfig {
-                max_new_tasks_per_pass: 4,
+                max_new_tasks_per_pass: budget,
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
-    };
-    w.create(cluster, 0);
+    }
+}
+
+#[test]
+fn a_service_larger_than_one_pass_converges_in_passes_of_the_clusters_budget() {
+    let mut w = World::new();
+    w.create(cluster_with_budget(4), 0);
     w.create(service(10, any_restart()), 0);
     // A pass over everything makes at most 4 tasks and says the service is
     // not done.
@@ -1032,18 +1036,7 @@ fn a_service_larger_than_one_pass_converges_in_passes_of_the_clusters_budget() {
 fn a_small_service_is_not_kept_waiting_behind_a_large_one_converging_in_passes() {
     for full in [false, true] {
         let mut w = World::new();
-        let cluster = Cluster {
-            id: "c".into(),
-            spec: Some(ClusterSpec {
-                orchestration: Some(OrchestrationConfig {
-                    max_new_tasks_per_pass: 4,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        w.create(cluster, 0);
+        w.create(cluster_with_budget(4), 0);
         // "big" sorts before "small": in id order it would take every
         // pass's budget until it is done.
         let mut big = service(20, any_restart());

@@ -39,7 +39,7 @@ pub enum CertificatesError {
 }
 
 /// The node's certificate files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct NodeCertificates {
     pub ca_pem: String,
     pub cert_pem: String,
@@ -50,6 +50,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertificatesError + '_ {
     move |source| CertificatesError::Io {
         path: path.display().to_string(),
         source,
+    }
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for NodeCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCertificates").finish_non_exhaustive()
     }
 }
 
@@ -86,7 +93,10 @@ impl NodeCertificates {
         };
         let now = SystemTime::now();
         if let Some(current) = NodeCertificates::read(dir) {
-            if current.ca_pem == root.cert_pem && current.still_good(&wanted, now) {
+            if current.ca_pem == root.cert_pem
+                && current.still_good(&wanted, now)
+                && shoal_ca::key_matches_certificate(&current.key_pem, &current.cert_pem)
+            {
                 return Ok(current);
             }
         }
@@ -127,23 +137,36 @@ impl NodeCertificates {
     }
 }
 
-/// Writes `text` to a temporary file beside `path` with `mode`, syncs it,
-/// and renames it over `path`.
+/// Writes `text` to a new temporary file beside `path` (its own name,
+/// created with `mode` before a byte is written), syncs it, renames it over
+/// `path` and syncs the directory.
 fn write_whole(path: &Path, text: &str, mode: u32) -> Result<(), CertificatesError> {
-    let mut temporary: PathBuf = path.to_path_buf();
-    temporary.set_extension("tmp");
+    let mut temporary: PathBuf = path.to_path_buf().into_os_string().into();
+    temporary.as_mut_os_string().push(".tmp");
+    // A leftover of a crash may have another mode: never write into it.
+    match std::fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&temporary)(e)),
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&temporary)
         .map_err(io(&temporary))?;
+    // The mode asked for is masked by the umask: set it before writing.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(&temporary))?;
     file.write_all(text.as_bytes()).map_err(io(&temporary))?;
     file.sync_all().map_err(io(&temporary))?;
-    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))
-        .map_err(io(&temporary))?;
-    std::fs::rename(&temporary, path).map_err(io(path))
+    std::fs::rename(&temporary, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -226,6 +249,24 @@ mod tests {
         let renewed = NodeCertificates::ensure(&dir, Some(&c1), "n1", Role::Manager).unwrap();
         assert_ne!(renewed.cert_pem, short);
         assert_ne!(renewed.cert_pem, first.cert_pem);
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_replaced_with_a_new_pair() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(CERTIFICATES_DIR);
+        let c1 = cluster("c1");
+        let first = NodeCertificates::ensure(&dir, Some(&c1), "n1", Role::Manager).unwrap();
+        // A crash between writing a new key and its certificate.
+        let other = NodeKey::generate("n1").unwrap();
+        write_whole(&dir.join(KEY_FILE), other.key_pem(), 0o600).unwrap();
+        let pair = NodeCertificates::ensure(&dir, Some(&c1), "n1", Role::Manager).unwrap();
+        assert_ne!(pair.cert_pem, first.cert_pem);
+        assert!(shoal_ca::key_matches_certificate(
+            &pair.key_pem,
+            &pair.cert_pem
+        ));
+        assert!(!format!("{pair:?}").contains("PRIVATE KEY"));
     }
 
     #[test]

@@ -90,6 +90,37 @@ async fn label(sim: &SimCluster, i: usize, key: &str, value: &str) {
     .await;
 }
 
+/// Creates a replicated service of `replicas` and waits until they all run.
+async fn running_service(sim: &SimCluster, name: &str, replicas: usize) -> String {
+    let service = create(
+        sim,
+        spec(
+            name,
+            ServiceMode::Replicated,
+            Some(replicas as i64),
+            Placement::default(),
+        ),
+    )
+    .await;
+    sim.wait_for("every replica RUNNING", WAIT, |v| {
+        running_nodes(v, &service).len() == replicas
+    })
+    .await
+    .unwrap();
+    service
+}
+
+/// Waits until node `i` is DOWN.
+async fn wait_down(sim: &SimCluster, i: usize) {
+    let id = sim.node_id(i);
+    sim.wait_for("the node DOWN", WAIT, |v| {
+        v.node(&id).and_then(|n| n.status.as_ref()).map(|s| s.state)
+            == Some(node_status::State::Down as i32)
+    })
+    .await
+    .unwrap();
+}
+
 /// Node of every task of `service` that is RUNNING and wanted RUNNING.
 fn running_nodes(view: &Tables, service: &str) -> Vec<String> {
     view.tasks_of_service(service)
@@ -200,21 +231,7 @@ async fn constraints_keep_tasks_on_matching_nodes_and_a_label_change_moves_them(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_tasks_away_pause_keeps_them_and_active_takes_new_ones() {
     let sim = cluster(3).await;
-    let service = create(
-        &sim,
-        spec(
-            "web",
-            ServiceMode::Replicated,
-            Some(6),
-            Placement::default(),
-        ),
-    )
-    .await;
-    sim.wait_for("6 replicas RUNNING", WAIT, |v| {
-        running_nodes(v, &service).len() == 6
-    })
-    .await
-    .unwrap();
+    let service = running_service(&sim, "web", 6).await;
     let n0 = sim.node_id(0);
     let n1 = sim.node_id(1);
     assert_eq!(
@@ -300,32 +317,13 @@ fn assert_one_live_task_per_slot(sim: &SimCluster, service: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_tasks_run_elsewhere_and_its_stale_tasks_stop_when_it_returns() {
     let sim = cluster(4).await;
-    let service = create(
-        &sim,
-        spec(
-            "api",
-            ServiceMode::Replicated,
-            Some(8),
-            Placement::default(),
-        ),
-    )
-    .await;
-    sim.wait_for("8 replicas RUNNING", WAIT, |v| {
-        running_nodes(v, &service).len() == 8
-    })
-    .await
-    .unwrap();
+    let service = running_service(&sim, "api", 8).await;
     let n3 = sim.node_id(3);
     assert!(!sim.running_on(3).is_empty());
 
     // Cut off: the node keeps running its tasks, but misses its heartbeats.
     sim.set_connected(3, false);
-    sim.wait_for("node 3 DOWN", WAIT, |v| {
-        v.node(&n3).and_then(|n| n.status.as_ref()).map(|s| s.state)
-            == Some(node_status::State::Down as i32)
-    })
-    .await
-    .unwrap();
+    wait_down(&sim, 3).await;
     sim.wait_for("8 replicas RUNNING on the others", WAIT, |v| {
         let nodes = running_nodes(v, &service);
         nodes.len() == 8 && !nodes.contains(&n3)
@@ -348,21 +346,7 @@ async fn a_dead_nodes_tasks_run_elsewhere_and_its_stale_tasks_stop_when_it_retur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_rm_of_a_dead_node_removes_it_and_its_tasks_run_elsewhere() {
     let mut sim = cluster(3).await;
-    let service = create(
-        &sim,
-        spec(
-            "cache",
-            ServiceMode::Replicated,
-            Some(3),
-            Placement::default(),
-        ),
-    )
-    .await;
-    sim.wait_for("3 replicas RUNNING", WAIT, |v| {
-        running_nodes(v, &service).len() == 3
-    })
-    .await
-    .unwrap();
+    let service = running_service(&sim, "cache", 3).await;
     let n2 = sim.node_id(2);
     // A live node is refused without --force.
     let refused = sim
@@ -375,12 +359,7 @@ async fn node_rm_of_a_dead_node_removes_it_and_its_tasks_run_elsewhere() {
         .expect_err("a ready node is not removed without force");
     assert!(refused.message().contains("force"), "{}", refused.message());
     sim.kill(2).await;
-    sim.wait_for("node 2 DOWN", WAIT, |v| {
-        v.node(&n2).and_then(|n| n.status.as_ref()).map(|s| s.state)
-            == Some(node_status::State::Down as i32)
-    })
-    .await
-    .unwrap();
+    wait_down(&sim, 2).await;
     sim.control()
         .remove_node(RemoveNodeRequest {
             reference: n2.clone(),
@@ -439,30 +418,11 @@ async fn a_global_service_runs_one_task_on_each_of_50_nodes_and_follows_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_removed_while_a_node_is_cut_off_stops_there_when_it_returns() {
     let sim = cluster(3).await;
-    let service = create(
-        &sim,
-        spec(
-            "gone",
-            ServiceMode::Replicated,
-            Some(6),
-            Placement::default(),
-        ),
-    )
-    .await;
-    sim.wait_for("6 replicas RUNNING", WAIT, |v| {
-        running_nodes(v, &service).len() == 6
-    })
-    .await
-    .unwrap();
+    let service = running_service(&sim, "gone", 6).await;
     assert!(!sim.running_on(2).is_empty());
     let n2 = sim.node_id(2);
     sim.set_connected(2, false);
-    sim.wait_for("node 2 DOWN", WAIT, |v| {
-        v.node(&n2).and_then(|n| n.status.as_ref()).map(|s| s.state)
-            == Some(node_status::State::Down as i32)
-    })
-    .await
-    .unwrap();
+    wait_down(&sim, 2).await;
     sim.control()
         .remove_service(RemoveRequest {
             reference: service.clone(),

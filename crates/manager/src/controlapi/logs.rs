@@ -340,13 +340,8 @@ mod tests {
         assert_eq!(tail_of(&long, 2), "49998\n49999\n");
     }
 
-    #[test]
-    fn a_read_without_follow_runs_to_the_end_and_splits_endless_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let mut text: String = (0..400_000).map(|i| format!("{i}\n")).collect();
-        text.push_str(&"x".repeat(MAX_LINE_BYTES + 10));
-        std::fs::write(&path, &text).unwrap();
+    /// Every line of the file at `path`, as a read without follow sends it.
+    fn read_whole(path: &Path) -> Vec<Line> {
         let mut cursor = Cursor {
             name: String::new(),
             offset: None,
@@ -360,15 +355,25 @@ mod tests {
             tail: None,
             since_unix_nano: 0,
         };
-        let end = Some(file_len(&path));
+        let end = Some(file_len(path));
         let mut lines = Vec::new();
         loop {
-            let (got, more) = read_new_lines(&path, &mut cursor, reading, end);
+            let (got, more) = read_new_lines(path, &mut cursor, reading, end);
             lines.extend(got);
             if !more {
-                break;
+                return lines;
             }
         }
+    }
+
+    #[test]
+    fn a_read_without_follow_runs_to_the_end_and_splits_endless_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut text: String = (0..400_000).map(|i| format!("{i}\n")).collect();
+        text.push_str(&"x".repeat(MAX_LINE_BYTES + 10));
+        std::fs::write(&path, &text).unwrap();
+        let lines = read_whole(&path);
         assert_eq!(lines.len(), 400_002);
         assert_eq!(lines[399_999].1, b"399999");
         assert_eq!(lines[400_000].1.len(), MAX_LINE_BYTES);
@@ -388,28 +393,7 @@ mod tests {
             format!("{first} a\nunstamped\n{second} {long}\n{second} tail"),
         )
         .unwrap();
-        let mut cursor = Cursor {
-            name: String::new(),
-            offset: None,
-            partial: Vec::new(),
-            line_start: true,
-            line_time: 0,
-            tail: None,
-        };
-        let reading = Reading {
-            follow: false,
-            tail: None,
-            since_unix_nano: 0,
-        };
-        let end = Some(file_len(&path));
-        let mut lines = Vec::new();
-        loop {
-            let (got, more) = read_new_lines(&path, &mut cursor, reading, end);
-            lines.extend(got);
-            if !more {
-                break;
-            }
-        }
+        let lines = read_whole(&path);
         assert!(lines.len() > 4, "the long line came in pieces");
         let (head, rest) = lines.split_at(2);
         assert_eq!(head, [(1_000, b"a".to_vec()), (0, b"unstamped".to_vec())]);
