@@ -14,6 +14,7 @@ pub use pb::*;
 
 pub mod clock;
 pub mod enum_name;
+pub mod limits;
 pub mod log_time;
 pub mod mtls;
 mod node_state;

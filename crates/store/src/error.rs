@@ -38,6 +38,8 @@ pub enum TxnError {
         by_kind: String,
         by: String,
     },
+    #[error("{field}: {rule}")]
+    OverLimit { field: String, rule: String },
     #[error("invalid store action: {0}")]
     Invalid(String),
 }

@@ -681,7 +681,79 @@ impl Tables {
                 store_action::Kind::Check => {}
             }
         }
-        self.check_references(txn)
+        self.check_references(txn)?;
+        self.check_replica_limits(txn)
+    }
+
+    /// The cluster's replica limits, checked when the entry is applied: two
+    /// requests that each fit when they were checked before proposing
+    /// cannot together pass one. Only a write that asks for more than the
+    /// limits allow and more than there was is refused, so a cluster whose
+    /// limits were lowered below what it runs can still scale down.
+    fn check_replica_limits(&self, txn: &Transaction) -> Result<(), TxnError> {
+        use shoal_api::limits::{replicas_of, Limits};
+        let mut written: HashMap<&str, Option<u64>> = HashMap::default();
+        for action in &txn.actions {
+            let Some(Object {
+                kind: Some(object::Kind::Service(service)),
+            }) = action.target.as_ref()
+            else {
+                continue;
+            };
+            let replicas = match store_action::Kind::try_from(action.kind) {
+                Ok(store_action::Kind::Create | store_action::Kind::Update) => {
+                    Some(service.spec.as_ref().map_or(0, replicas_of))
+                }
+                Ok(store_action::Kind::Remove) => None,
+                _ => continue,
+            };
+            written.insert(service.id.as_str(), replicas);
+        }
+        if written.is_empty() {
+            return Ok(());
+        }
+        let limits = Limits::of(self.cluster());
+        let had = |id: &str| {
+            self.services
+                .by_id
+                .get(id)
+                .and_then(|s| s.spec.as_ref())
+                .map_or(0, replicas_of)
+        };
+        for (id, replicas) in &written {
+            let Some(asked) = replicas else { continue };
+            if *asked > limits.max_replicas_per_service && *asked > had(id) {
+                return Err(TxnError::OverLimit {
+                    field: "replicas".into(),
+                    rule: format!(
+                        "must be at most {} (the cluster's max_replicas_per_service), got {asked}",
+                        limits.max_replicas_per_service
+                    ),
+                });
+            }
+        }
+        let before: u64 = self
+            .services
+            .by_id
+            .values()
+            .filter_map(|s| s.spec.as_ref())
+            .map(replicas_of)
+            .sum();
+        let after = written.iter().fold(before, |total, (id, replicas)| {
+            total
+                .saturating_sub(had(id))
+                .saturating_add(replicas.unwrap_or(0))
+        });
+        if after > limits.max_replicas_total && after > before {
+            return Err(TxnError::OverLimit {
+                field: "replicas".into(),
+                rule: format!(
+                    "this would bring the cluster to {after} replicas, over its max_replicas_total of {}",
+                    limits.max_replicas_total
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// References between objects, checked in log order when the entry is

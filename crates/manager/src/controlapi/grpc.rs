@@ -52,7 +52,7 @@ fn code(e: &ApiError) -> Code {
             TxnError::NotFound { .. } => Code::NotFound,
             TxnError::Conflict { .. } => Code::Aborted,
             TxnError::AlreadyExists { .. } | TxnError::NameInUse { .. } => Code::AlreadyExists,
-            TxnError::Invalid(_) => Code::InvalidArgument,
+            TxnError::Invalid(_) | TxnError::OverLimit { .. } => Code::InvalidArgument,
             TxnError::MissingReference { .. } | TxnError::InUse { .. } => Code::FailedPrecondition,
         },
         ApiError::Propose(ProposeError::TooLarge { .. }) => Code::InvalidArgument,

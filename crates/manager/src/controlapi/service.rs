@@ -1,6 +1,6 @@
 //! The services: create, read, update (a scale is an update), remove and list.
 
-use crate::limits::Limits;
+use crate::limits::{check_service, Limits};
 use shoal_api::{
     CreateServiceRequest, GetRequest, ListRequest, ListServicesResponse, RemoveRequest,
     RemoveResponse, ServiceResponse, UpdateServiceRequest,
@@ -25,8 +25,7 @@ impl ControlApi {
                 .map(|a| a.name.clone())
                 .unwrap_or_default();
             self.name_taken(&view, ObjectKind::Service, &name)?;
-            Limits::of(view.cluster())
-                .check_service(&view, &spec, None)
+            check_service(&Limits::of(view.cluster()), &view, &spec, None)
                 .map_err(ApiError::from)?;
             let mut actions = self.resolve_networks(&view, &mut spec)?;
             let service = Service {
@@ -81,8 +80,7 @@ impl ControlApi {
                     ),
                 }));
             }
-            Limits::of(view.cluster())
-                .check_service(&view, &spec, Some(&current.id))
+            check_service(&Limits::of(view.cluster()), &view, &spec, Some(&current.id))
                 .map_err(ApiError::from)?;
             let mut actions = self.resolve_networks(&view, &mut spec)?;
             let mut service = current.clone();
