@@ -54,12 +54,25 @@ fn days_in_month(year: i64, month: u32) -> u32 {
 /// `unix_ns` as `2026-12-01T10:00:00.123456789Z` ([`STAMP_LEN`] bytes for
 /// years 0–9999).
 pub fn format_stamp(unix_ns: i64) -> String {
+    format_rfc3339(unix_ns, 9)
+}
+
+/// `unix_ns` as an RFC 3339 time in UTC with `fraction_digits` (0–9) digits
+/// of the second: 3 gives `2026-12-01T10:00:00.123Z`.
+pub fn format_rfc3339(unix_ns: i64, fraction_digits: u32) -> String {
+    let digits = fraction_digits.min(9);
     let seconds = unix_ns.div_euclid(NANOS_PER_SECOND);
     let nanos = unix_ns.rem_euclid(NANOS_PER_SECOND);
     let (year, month, day) = civil_from_days(seconds.div_euclid(SECONDS_PER_DAY));
     let of_day = seconds.rem_euclid(SECONDS_PER_DAY);
+    let fraction = if digits == 0 {
+        String::new()
+    } else {
+        let value = nanos / 10i64.pow(9 - digits);
+        format!(".{value:0width$}", width = digits as usize)
+    };
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
         of_day / 3_600,
         of_day / 60 % 60,
         of_day % 60
