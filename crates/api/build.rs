@@ -52,7 +52,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The CA's key is never printed, by Debug or as JSON (RootCa's
         // Debug is written by hand in lib.rs).
         .skip_debug([".shoal.v1.RootCa"])
-        .field_attribute(".shoal.v1.RootCa.key_pem", "#[serde(skip)]");
+        .field_attribute(".shoal.v1.RootCa.key_pem", "#[serde(skip)]")
+        .field_attribute(".shoal.v1.JoinSecret.nonce", "#[serde(skip)]");
     for (field, enum_type) in ENUM_FIELDS {
         builder = builder.field_attribute(
             field,

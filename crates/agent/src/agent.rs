@@ -32,7 +32,7 @@
 use shoal_api::clock::now_ms;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_api::dispatcher_client::DispatcherClient;
@@ -60,39 +60,113 @@ const RECONNECT_MAX_MS: u64 = 5_000;
 /// A task's stop grace period when its spec sets none.
 const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
 
-/// How the agent reaches the dispatcher: each session gets a new channel.
+/// How the agent reaches the dispatcher: each session gets a new channel,
+/// from the next of the managers' addresses it knows, and the addresses a
+/// session names replace them (where to go when this manager is lost).
 #[derive(Clone)]
 pub struct Connector {
-    connect: Arc<dyn Fn() -> Channel + Send + Sync>,
-    shown: String,
+    dial: Arc<Dial>,
+    addresses: Arc<Mutex<Addresses>>,
+    /// Told of every new list of addresses (the daemon keeps it on disk);
+    /// without one, the addresses never change (a manager's own agent
+    /// dials its own manager).
+    learned: Option<Arc<Learned>>,
+}
+
+type Dial = dyn Fn(&str) -> Result<Channel, String> + Send + Sync;
+type Learned = dyn Fn(&[String]) + Send + Sync;
+
+#[derive(Debug, Default)]
+struct Addresses {
+    all: Vec<String>,
+    next: usize,
 }
 
 impl Connector {
     /// The dispatcher on a unix socket.
     pub fn unix(path: &Path) -> Connector {
         let path: PathBuf = path.to_path_buf();
-        Connector {
-            shown: path.display().to_string(),
-            connect: Arc::new(move || shoal_api::transport::connect_unix(&path)),
-        }
+        Connector::new(path.display().to_string(), move || {
+            shoal_api::transport::connect_unix(&path)
+        })
     }
 
     /// Channels made by `connect`; `shown` names where they lead.
     pub fn new(shown: String, connect: impl Fn() -> Channel + Send + Sync + 'static) -> Connector {
+        Connector::rotating(vec![shown], move |_| Ok(connect()))
+    }
+
+    /// Channels made by `dial` to each of `addresses` in turn; an address
+    /// that cannot be dialled counts as a failed session.
+    pub fn rotating(
+        addresses: Vec<String>,
+        dial: impl Fn(&str) -> Result<Channel, String> + Send + Sync + 'static,
+    ) -> Connector {
         Connector {
-            connect: Arc::new(connect),
-            shown,
+            dial: Arc::new(dial),
+            addresses: Arc::new(Mutex::new(Addresses {
+                all: addresses,
+                next: 0,
+            })),
+            learned: None,
         }
     }
 
-    fn channel(&self) -> Channel {
-        (self.connect)()
+    /// Follows the addresses each session names, and calls `learned` with
+    /// each new list.
+    pub fn on_learned(mut self, learned: impl Fn(&[String]) + Send + Sync + 'static) -> Connector {
+        self.learned = Some(Arc::new(learned));
+        self
+    }
+
+    /// The addresses it knows now.
+    pub fn addresses(&self) -> Vec<String> {
+        self.lock().all.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Addresses> {
+        self.addresses.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A channel to the next address, and the address.
+    fn channel(&self) -> (String, Result<Channel, String>) {
+        let addr = {
+            let mut addresses = self.lock();
+            if addresses.all.is_empty() {
+                return (String::new(), Err("no manager address is known".into()));
+            }
+            let i = addresses.next % addresses.all.len();
+            addresses.next = i + 1;
+            addresses.all[i].clone()
+        };
+        let channel = (self.dial)(&addr);
+        (addr, channel)
+    }
+
+    /// A session named the managers `addresses`: dial those from now on
+    /// (starting with the one that answered, while it is among them).
+    fn learn(&self, current: &str, addresses: &[String]) {
+        let Some(learned) = &self.learned else {
+            return;
+        };
+        if addresses.is_empty() {
+            return;
+        }
+        {
+            let mut known = self.lock();
+            if known.all == addresses {
+                return;
+            }
+            known.all = addresses.to_vec();
+            known.next = addresses.iter().position(|a| a == current).unwrap_or(0);
+        }
+        learned(addresses);
     }
 }
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Connector({})", self.shown)
+        write!(f, "Connector({:?})", self.lock().all)
     }
 }
 
@@ -215,20 +289,34 @@ pub async fn run<D: Driver>(
         if *shutdown.borrow() {
             return;
         }
-        let channel = agent.config.dispatcher.channel();
-        let mut client = DispatcherClient::new(channel);
-        let request = SessionRequest {
-            node_id: agent.config.node_id.clone(),
-            description: Some(agent.config.description.clone()),
+        let (addr, channel) = agent.config.dispatcher.channel();
+        let opened = match channel {
+            Ok(channel) => {
+                let mut client = DispatcherClient::new(channel);
+                let request = SessionRequest {
+                    node_id: agent.config.node_id.clone(),
+                    description: Some(agent.config.description.clone()),
+                };
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    opened = client.session(request) => opened.map(|s| (client, s)),
+                }
+            }
+            Err(e) => Err(tonic::Status::unavailable(e)),
         };
-        let opened = tokio::select! {
-            _ = shutdown.changed() => return,
-            opened = client.session(request) => opened,
-        };
-        let mut stream = match opened {
-            Ok(s) => s.into_inner(),
+        let (client, mut stream) = match opened {
+            Ok((client, s)) => (client, s.into_inner()),
             Err(e) => {
-                tracing::debug!(error = %e, "dispatcher session failed; retrying");
+                if matches!(
+                    e.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) {
+                    // Not a passing fault: the node was removed, or its
+                    // certificate is not the cluster's. Said loudly.
+                    tracing::warn!(manager = %addr, error = %e.message(), "the manager refused this node's session");
+                } else {
+                    tracing::debug!(manager = %addr, error = %e, "dispatcher session failed; retrying");
+                }
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
@@ -261,6 +349,7 @@ pub async fn run<D: Driver>(
                                 m.heartbeat_period_ms,
                             ));
                         }
+                        agent.config.dispatcher.learn(&addr, &m.managers);
                         agent.apply(m).await;
                     }
                     Ok(None) | Err(_) => break,

@@ -58,6 +58,7 @@ impl Dispatcher for HangingDispatcher {
             tasks: vec![task],
             removed: vec![],
             full: true,
+            managers: Vec::new(),
         };
         tx.send(Ok(first))
             .await
@@ -221,6 +222,7 @@ async fn an_assignment_starts_while_a_status_report_waits_for_its_answer() {
         tasks: vec![assigned("t2", "n1", &["sleep", "300"])],
         removed: vec![],
         full: false,
+        managers: Vec::new(),
     };
     session.send(Ok(message)).await.unwrap();
     let tasks_dir = tmp.path().join("tasks");

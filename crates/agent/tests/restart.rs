@@ -55,6 +55,7 @@ impl Dispatcher for RecordingDispatcher {
             tasks: self.tasks.clone(),
             removed: vec![],
             full: true,
+            managers: Vec::new(),
         };
         tx.send(Ok(first))
             .await

@@ -100,3 +100,16 @@ impl NodeIdentity {
         ))
     }
 }
+
+/// When the certificate `pem` starts and stops being valid (Unix
+/// seconds).
+pub fn certificate_validity(pem: &str) -> Result<(i64, i64), CaError> {
+    let der = crate::root_ca::pem_der(pem, "certificate")?;
+    let (_, cert) =
+        X509Certificate::from_der(&der).map_err(|e| CaError::Certificate(e.to_string()))?;
+    let validity = cert.validity();
+    Ok((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}

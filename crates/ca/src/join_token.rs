@@ -11,7 +11,7 @@ use crate::error::CaError;
 
 pub const TOKEN_PREFIX: &str = "SWMTKN-1-";
 /// Random bytes of a secret (written as 32 hex characters).
-const SECRET_BYTES: usize = 16;
+pub(crate) const SECRET_BYTES: usize = 16;
 
 /// Why a text is not a join token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +43,14 @@ impl JoinToken {
     }
 
     /// The digest of the root CA certificate the token trusts.
+    /// A token of `ca_digest` whose secret is `secret` (hex-encoded).
+    pub(crate) fn from_parts(ca_digest: CaDigest, secret: &[u8]) -> JoinToken {
+        JoinToken {
+            ca_digest,
+            secret: crate::hex(secret),
+        }
+    }
+
     pub fn ca_digest(&self) -> &CaDigest {
         &self.ca_digest
     }

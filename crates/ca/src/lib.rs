@@ -25,7 +25,7 @@ pub mod tls;
 
 pub use digest::CaDigest;
 pub use error::CaError;
-pub use identity::{NodeIdentity, Role};
+pub use identity::{certificate_validity, NodeIdentity, Role};
 pub use join_token::{JoinToken, SecretHash, TokenError, TOKEN_PREFIX};
 pub use node_key::{key_matches_certificate, NodeKey};
 pub use root_ca::RootCa;
@@ -38,6 +38,16 @@ fn os_random<const N: usize>() -> Result<[u8; N], CaError> {
         .fill(&mut bytes)
         .map_err(|_| CaError::Generate("the system's random source failed".into()))?;
     Ok(bytes)
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn certificate_der(pem: &str) -> Result<Vec<u8>, CaError> {
+    root_ca::pem_der(pem, "certificate")
+}
+
+/// A fresh nonce for a join token (16 bytes from the OS).
+pub fn new_token_nonce() -> Result<Vec<u8>, CaError> {
+    os_random::<16>().map(|b| b.to_vec())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -69,6 +69,14 @@ impl RootCa {
             message: e.to_string(),
         })?;
         let cert_der = pem_der(cert_pem, "CA certificate")?;
+        // A key that is not the certificate's would sign certificates no
+        // node verifies: refused here, not at every join.
+        if !crate::key_matches_certificate(key_pem, cert_pem) {
+            return Err(CaError::Pem {
+                what: "CA key",
+                message: "it is not the key of the CA certificate".into(),
+            });
+        }
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| CaError::Pem {
             what: "CA certificate",
             message: e.to_string(),
@@ -99,6 +107,23 @@ impl RootCa {
         CaDigest::of(&self.cert_der)
     }
 
+    /// The join token for `role` drawn with `nonce`: its secret is a MAC
+    /// of the role and nonce under the CA key, so the cluster stores only
+    /// the nonce and the secret's hash, and any manager can show the token
+    /// again.
+    pub fn join_token(&self, role: crate::Role, nonce: &[u8]) -> crate::JoinToken {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key_pem.as_bytes());
+        let mut message = b"shoal join token\0".to_vec();
+        message.extend_from_slice(role.organizational_unit().as_bytes());
+        message.push(0);
+        message.extend_from_slice(nonce);
+        let tag = ring::hmac::sign(&key, &message);
+        crate::JoinToken::from_parts(
+            self.digest(),
+            &tag.as_ref()[..crate::join_token::SECRET_BYTES],
+        )
+    }
+
     /// Signs a node certificate for `identity` from its request (PEM),
     /// valid from `not_before` to `not_after`, for both ends of mutual TLS.
     /// Its names are its role's OU (what clients dial a manager by) and
@@ -120,6 +145,11 @@ impl RootCa {
         // Checks the request's signature: it proves the key.
         let mut request = CertificateSigningRequestParams::from_pem(request_pem)
             .map_err(|e| CaError::Request(e.to_string()))?;
+        // One kind of key in the cluster, the one every node makes: a
+        // weak or unusual key is refused rather than certified.
+        if rcgen::PublicKeyData::algorithm(&request.public_key) != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(CaError::Request("the key must be ECDSA P-256".into()));
+        }
         let params = &mut request.params;
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, identity.node_id.as_str());

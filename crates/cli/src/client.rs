@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use shoal_api::control_client::ControlClient;
+use shoal_api::local_node_client::LocalNodeClient;
 use tonic::transport::Channel;
 
 /// A control API client bound to one socket.
@@ -49,9 +50,16 @@ impl Client {
         anyhow::anyhow!("{}", status.message())
     }
 
-    pub async fn version(&mut self) -> anyhow::Result<shoal_api::VersionResponse> {
-        let r = self.inner.version(shoal_api::VersionRequest {}).await;
+    /// Who the daemon's node is: answered by managers and workers alike.
+    pub async fn node_info(&mut self) -> anyhow::Result<shoal_api::NodeInfoResponse> {
+        let mut local = self.local();
+        let r = local.info(shoal_api::NodeInfoRequest {}).await;
         r.map(|r| r.into_inner()).map_err(|s| self.error(s))
+    }
+
+    /// The daemon's local node service, on the same socket.
+    pub fn local(&self) -> LocalNodeClient<Channel> {
+        LocalNodeClient::new(shoal_api::transport::connect_unix(&self.socket))
     }
 }
 

@@ -1,7 +1,9 @@
 //! `shoal cluster …`
 
 use clap::Subcommand;
-use shoal_api::{DispatcherConfig, GetClusterRequest, OrchestrationConfig, UpdateClusterRequest};
+use shoal_api::{
+    CaConfig, DispatcherConfig, GetClusterRequest, OrchestrationConfig, UpdateClusterRequest,
+};
 
 use crate::call;
 use crate::client::Client;
@@ -28,6 +30,10 @@ pub enum ClusterCommand {
         /// service converges over several passes while the cluster keeps answering.
         #[arg(long, value_name = "N")]
         max_new_tasks_per_pass: Option<u64>,
+        /// Lifetime of node certificates issued from now on (e.g. 2160h, the
+        /// default 90 days); each node renews its own between 50 % and 80 % of it.
+        #[arg(long, value_parser = crate::parse::duration_ms, value_name = "DURATION")]
+        cert_expiry: Option<u64>,
     },
 }
 
@@ -45,6 +51,7 @@ pub async fn run(mut client: Client, cmd: ClusterCommand) -> anyhow::Result<()> 
             max_replicas_per_service,
             max_replicas_total,
             max_new_tasks_per_pass,
+            cert_expiry,
         } => {
             let mut spec = cluster.spec.clone().unwrap_or_default();
             let orchestration = spec
@@ -66,6 +73,12 @@ pub async fn run(mut client: Client, cmd: ClusterCommand) -> anyhow::Result<()> 
                 spec.dispatcher
                     .get_or_insert_with(DispatcherConfig::default)
                     .heartbeat_period_ms = ms;
+            }
+            if let Some(ms) = cert_expiry {
+                // Whole seconds, rounded up: 1500ms is not 1s.
+                spec.ca
+                    .get_or_insert_with(CaConfig::default)
+                    .node_cert_expiry_secs = ms.div_ceil(1_000);
             }
             call!(
                 client,

@@ -11,6 +11,7 @@ mod client;
 mod cluster;
 mod events;
 mod flags;
+mod join;
 mod network;
 mod node;
 mod output;
@@ -66,6 +67,10 @@ enum Command {
     Cluster(cluster::ClusterCommand),
     /// Stream every create, update and remove as it commits.
     Events(events::EventsArgs),
+    /// Print the command another host runs to join this cluster.
+    JoinToken(join::JoinTokenArgs),
+    /// Make this worker leave its cluster: its tasks stop (they run elsewhere), its identity is deleted, its daemon exits.
+    Leave,
     /// Show the client's and the daemon's versions.
     Version,
 }
@@ -75,6 +80,24 @@ struct DaemonArgs {
     /// Raft log entries between snapshots (the log is compacted after each).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_interval: u64,
+    /// Where a manager listens for other nodes (mutual TLS; port 0 picks a free one).
+    #[arg(long, default_value = "0.0.0.0:4242", value_name = "HOST:PORT")]
+    listen_addr: String,
+    /// The address other nodes dial [default: the listen address, or the default route's interface when listening on 0.0.0.0].
+    #[arg(long, value_name = "IP[:PORT]")]
+    advertise_addr: Option<String>,
+    /// Join the cluster of the manager at this address (an empty state dir only).
+    #[arg(long, value_name = "HOST:PORT", requires = "token")]
+    join: Option<String>,
+    /// The join token `shoal join-token worker` prints on a manager.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        requires = "join",
+        env = "SHOAL_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 /// The state dir when none is given: /var/lib/shoal for root, else under
@@ -146,10 +169,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
                 tracing::debug!("transparent huge pages stay as the kernel sets them: {e}");
             }
+            let join = match (args.join, args.token) {
+                (Some(addr), Some(token)) => Some(shoal_node::JoinConfig { addr, token }),
+                _ => None,
+            };
             shoal_node::run(shoal_node::DaemonConfig {
                 state_dir,
                 socket: cli.socket,
                 snapshot_interval_entries: args.snapshot_interval,
+                listen_addr: args.listen_addr,
+                advertise_addr: args.advertise_addr,
+                join,
             })
             .await?;
             Ok(())
@@ -160,12 +190,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network(cmd) => network::run(client::Client::new(&socket), cmd).await,
         Command::Cluster(cmd) => cluster::run(client::Client::new(&socket), cmd).await,
         Command::Events(args) => events::run(client::Client::new(&socket), args).await,
+        Command::JoinToken(args) => join::join_token(client::Client::new(&socket), args).await,
+        Command::Leave => join::leave(&socket).await,
         Command::Version => {
             println!("Client: {}", shoal_api::VERSION);
-            let v = client::Client::new(&socket).version().await?;
+            let v = client::Client::new(&socket).node_info().await?;
             println!(
-                "Server: {} (node {}, cluster {})",
-                v.version, v.node_id, v.cluster_id
+                "Server: {} ({} node {}, cluster {})",
+                v.version, v.role, v.node_id, v.cluster_id
             );
             Ok(())
         }

@@ -67,7 +67,7 @@ fn lower(name: &str) -> String {
 pub async fn run(mut client: Client, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::Ls { quiet, format } => {
-            let me = client.version().await?.node_id;
+            let me = client.node_info().await?.node_id;
             let nodes = list_all!(client, list_nodes(ListRequest::default()), nodes)?;
             let mut listing = Listing::new(vec![
                 "ID",

@@ -648,7 +648,13 @@ fn foreign_damaged_or_busy_state_dirs_are_refused_never_reset() {
     let foreign = tmp.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
-    let out = run(&["daemon", "--state-dir", foreign.to_str().unwrap()]);
+    let out = run(&[
+        "daemon",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--state-dir",
+        foreign.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a Shoal state dir"), "{err}");
@@ -661,7 +667,13 @@ fn foreign_damaged_or_busy_state_dirs_are_refused_never_reset() {
     let dir = tmp.path().join("s1");
     let mut d = Daemon::start(&dir);
     d.ok(&["service", "create", "--name", "web", "--", "sleep", "1"]);
-    let out = run(&["daemon", "--state-dir", dir.to_str().unwrap()]);
+    let out = run(&[
+        "daemon",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--state-dir",
+        dir.to_str().unwrap(),
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another shoal daemon"));
     d.stop();
 
@@ -669,7 +681,13 @@ fn foreign_damaged_or_busy_state_dirs_are_refused_never_reset() {
     let log = dir.join("raft").join("raft.redb");
     let original = std::fs::read(&log).unwrap();
     std::fs::write(&log, b"garbage").unwrap();
-    let out = run(&["daemon", "--state-dir", dir.to_str().unwrap()]);
+    let out = run(&[
+        "daemon",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--state-dir",
+        dir.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -685,7 +703,13 @@ fn foreign_damaged_or_busy_state_dirs_are_refused_never_reset() {
     // Damaged marker.
     std::fs::write(&log, &original).unwrap();
     std::fs::write(dir.join("shoal-state.json"), "{").unwrap();
-    let out = run(&["daemon", "--state-dir", dir.to_str().unwrap()]);
+    let out = run(&[
+        "daemon",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--state-dir",
+        dir.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("shoal-state.json is damaged"), "{err}");
 }

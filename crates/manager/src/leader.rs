@@ -22,16 +22,44 @@ use crate::reconciler;
 use crate::scheduler::{Scheduler, Search};
 use crate::Dispatcher;
 
+/// The dispatcher's gRPC service, for the node listener to serve.
+pub type DispatcherService = shoal_api::dispatcher_server::DispatcherServer<Dispatcher>;
+
 /// Starts the reconcilers and serves the dispatcher on a unix socket at
-/// `dispatcher_socket` (until mutual TLS exists, never on a network
-/// address). Everything stops when `stop` turns true.
-pub fn start(
+/// `dispatcher_socket`, with no authorization (the simulator's agents):
+/// a daemon serves it on its node listener instead ([`start`]).
+/// Everything stops when `stop` turns true.
+pub fn start_on_unix_socket(
     replica: &Arc<Replica>,
     dispatcher_socket: &Path,
     stop: &watch::Receiver<bool>,
     rng: &mut StdRng,
 ) -> Result<JoinSet<()>, TransportError> {
     let incoming = shoal_api::transport::listen_unix(dispatcher_socket)?;
+    let (mut set, dispatcher) = start(replica, stop, rng);
+    let mut server_stop = stop.clone();
+    set.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(dispatcher)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the dispatcher stopped serving");
+        }
+    });
+    Ok(set)
+}
+
+/// Starts the reconcilers and the dispatcher's own loops; returns them
+/// and the dispatcher's service, for the caller to serve. Everything stops
+/// when `stop` turns true.
+pub fn start(
+    replica: &Arc<Replica>,
+    stop: &watch::Receiver<bool>,
+    rng: &mut StdRng,
+) -> (JoinSet<()>, DispatcherService) {
     let mut set = JoinSet::new();
     // Each component draws from a generator seeded from `rng`: the same seed
     // gives the same ids, whatever order the components run in.
@@ -65,19 +93,8 @@ pub fn start(
     let dispatcher = Dispatcher::new(Arc::clone(replica), stop.clone(), dispatcher_ids);
     set.spawn(dispatcher.monitor());
     set.spawn(dispatcher.fan_out());
-    let mut server_stop = stop.clone();
-    set.spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(shoal_api::dispatcher_server::DispatcherServer::new(
-                dispatcher,
-            ))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the dispatcher stopped serving");
-        }
-    });
-    Ok(set)
+    (
+        set,
+        shoal_api::dispatcher_server::DispatcherServer::new(dispatcher),
+    )
 }

@@ -11,18 +11,23 @@
 //! | [`allocator`] | host-published ports; NEW → PENDING | task `endpoint` |
 //! | [`scheduler`] | filters, search, batching; PENDING → ASSIGNED | task `node_id` |
 //! | `dispatcher` | agents' sessions, heartbeats, assignments, status reports | node `status`, task `status` |
+//! | [`certificate_authority`] | joining with a token, renewing node certificates | `root_ca`, `join_tokens`, a joining node's creation |
+//! | [`authorization`] | who may call which method on the node listener, from the peer's certificate | — |
 //! | [`reconciler`] | the loop every reconciler runs in: observe, decide, propose, with backoff | — |
 //! | [`leader`] | starts the leader-only components together (daemon and simulator alike) | — |
 //!
 //! [`Limits`] are the cluster's bounds on what one request may ask for.
 
 pub mod allocator;
+pub mod authorization;
+pub mod certificate_authority;
 mod constraint;
 pub mod controlapi;
 mod dispatcher;
 mod identity;
 pub mod leader;
 mod limits;
+pub mod managers;
 pub mod orchestrator;
 pub mod reconciler;
 pub mod scheduler;

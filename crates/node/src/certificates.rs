@@ -18,10 +18,7 @@ pub const CERTIFICATES_DIR: &str = "certificates";
 const CA_FILE: &str = "ca.crt";
 const CERT_FILE: &str = "node.crt";
 const KEY_FILE: &str = "node.key";
-/// A node certificate's lifetime (the cluster spec will set it).
-pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
-/// Clocks of nodes differ: a certificate is valid from a little before now.
-const CLOCK_SKEW: Duration = Duration::from_secs(3_600);
+use shoal_manager::certificate_authority::CLOCK_SKEW;
 
 /// Why the node's certificates could not be made or read.
 #[derive(Debug, thiserror::Error)]
@@ -92,14 +89,38 @@ impl NodeCertificates {
             cluster_id: cluster.id.clone(),
         };
         let now = SystemTime::now();
+        let lifetime = shoal_manager::certificate_authority::node_cert_expiry(cluster);
         if let Some(current) = NodeCertificates::read(dir) {
             if current.ca_pem == root.cert_pem
-                && current.still_good(&wanted, now)
+                && current.still_good(&wanted, now, lifetime)
                 && shoal_ca::key_matches_certificate(&current.key_pem, &current.cert_pem)
             {
                 return Ok(current);
             }
         }
+        NodeCertificates::issue(dir, cluster, node_id, role)
+    }
+
+    /// Issues a new key and certificate of `node_id` in `role` from the
+    /// root CA of `cluster` (a manager's own), and writes them to `dir`.
+    pub fn issue(
+        dir: &Path,
+        cluster: &shoal_api::Cluster,
+        node_id: &str,
+        role: Role,
+    ) -> Result<NodeCertificates, CertificatesError> {
+        let root = cluster
+            .root_ca
+            .as_ref()
+            .filter(|r| !r.cert_pem.is_empty() && !r.key_pem.is_empty())
+            .ok_or(CertificatesError::NoRootCa)?;
+        let wanted = NodeIdentity {
+            node_id: node_id.to_string(),
+            role,
+            cluster_id: cluster.id.clone(),
+        };
+        let now = SystemTime::now();
+        let lifetime = shoal_manager::certificate_authority::node_cert_expiry(cluster);
         let ca = RootCa::load(&root.cert_pem, &root.key_pem)?;
         let key = NodeKey::generate(node_id)?;
         let cert_pem = ca.issue(
@@ -107,32 +128,54 @@ impl NodeCertificates {
             &wanted,
             &[],
             now - CLOCK_SKEW,
-            now + NODE_CERT_LIFETIME,
+            now + lifetime,
         )?;
         let files = NodeCertificates {
             ca_pem: root.cert_pem.clone(),
             cert_pem,
             key_pem: key.key_pem().to_string(),
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
-        // The key first: a certificate is never on disk without its key.
-        write_whole(&dir.join(KEY_FILE), &files.key_pem, 0o600)?;
-        write_whole(&dir.join(CERT_FILE), &files.cert_pem, 0o644)?;
-        write_whole(&dir.join(CA_FILE), &files.ca_pem, 0o644)?;
+        files.write(dir)?;
         Ok(files)
     }
 
+    /// Writes the three files into `dir` (made 0700 when missing), each
+    /// whole.
+    pub fn write(&self, dir: &Path) -> Result<(), CertificatesError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        // The key first: a certificate is never on disk without its key.
+        write_whole(&dir.join(KEY_FILE), &self.key_pem, 0o600)?;
+        write_whole(&dir.join(CERT_FILE), &self.cert_pem, 0o644)?;
+        write_whole(&dir.join(CA_FILE), &self.ca_pem, 0o644)?;
+        Ok(())
+    }
+
+    /// The certificate followed by the root: the chain a node shows.
+    pub fn chain_pem(&self) -> String {
+        format!("{}{}", self.cert_pem, self.ca_pem)
+    }
+
+    /// The root certificate, DER.
+    pub fn ca_der(&self) -> Result<Vec<u8>, CertificatesError> {
+        Ok(shoal_ca::certificate_der(&self.ca_pem)?)
+    }
+
+    /// When the certificate stops being valid (Unix seconds).
+    pub fn not_after(&self) -> Result<i64, CertificatesError> {
+        Ok(NodeIdentity::of_certificate_pem(&self.cert_pem)?.1)
+    }
+
     /// Whether the certificate names `wanted` and has more than a fifth of
-    /// its lifetime left.
-    fn still_good(&self, wanted: &NodeIdentity, now: SystemTime) -> bool {
+    /// `lifetime` left.
+    fn still_good(&self, wanted: &NodeIdentity, now: SystemTime, lifetime: Duration) -> bool {
         let Ok((identity, not_after)) = NodeIdentity::of_certificate_pem(&self.cert_pem) else {
             return false;
         };
         let now = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let renew_at = not_after - (NODE_CERT_LIFETIME.as_secs() / 5) as i64;
+        let renew_at = not_after - (lifetime.as_secs() / 5) as i64;
         identity == *wanted && now < renew_at
     }
 }

@@ -1,8 +1,13 @@
-//! `shoal daemon`: open the state dir, start the replica, record the cluster
-//! and this node, serve the control API until SIGTERM or SIGINT.
+//! `shoal daemon`: open the state dir and run the node it holds, a manager
+//! or a worker, until SIGTERM or SIGINT (or, on a worker, `shoal leave`).
+//!
+//! An empty state dir becomes a new cluster with this node its first
+//! manager, or, given `--join` and `--token`, a worker of an existing one
+//! ([`crate::join`]). A node that joined restarts from its state dir alone.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -12,12 +17,15 @@ use shoal_api::{
     ManagerStatus, Node, NodeRole, NodeSpec, NodeStatus, Object, OrchestrationConfig, StoreAction,
     Transaction,
 };
+use shoal_manager::certificate_authority::{new_join_tokens, CertificateAuthority};
 use shoal_manager::controlapi::grpc::GrpcControl;
 use shoal_manager::{new_object_id, ControlApi, ControlConfig};
 use shoal_raft::{Replica, ReplicaConfig};
 
+use crate::certificates::{NodeCertificates, CERTIFICATES_DIR};
 use crate::host::describe_host;
-use crate::state_dir::{StateDir, StateDirError};
+use crate::local_node::{KnownManagers, LocalNodeService};
+use crate::state_dir::{Marker, NodeKind, StateDir, StateDirError};
 
 /// How long the daemon waits to become leader of its own store at start.
 const LEADER_WAIT_MS: u64 = 30_000;
@@ -31,12 +39,12 @@ const CONTROL_DRAIN_MS: u64 = 5_000;
 /// Finished tasks kept per slot unless the user says otherwise.
 const DEFAULT_TASK_HISTORY: i64 = 5;
 const DEFAULT_HEARTBEAT_MS: u64 = 5_000;
-/// The dispatcher's socket inside the state dir.
-const DISPATCHER_SOCKET: &str = "dispatcher.sock";
 /// The local agent's record of its tasks' last states.
-const AGENT_DB_FILE: &str = "agent.redb";
+pub(crate) const AGENT_DB_FILE: &str = "agent.redb";
 /// Where the local agent keeps each task's directory (logs).
 pub const AGENT_TASKS_DIR: &str = "tasks";
+/// The port a manager listens on when `--listen-addr` names none.
+pub const DEFAULT_PORT: u16 = 4242;
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -46,6 +54,30 @@ pub struct DaemonConfig {
     pub socket: Option<PathBuf>,
     /// Raft log entries between snapshots.
     pub snapshot_interval_entries: u64,
+    /// Where a manager listens for other nodes (`host:port`; port 0 picks
+    /// a free one).
+    pub listen_addr: String,
+    /// The address other nodes dial; by default the listen address, or the
+    /// address of the default route's interface when listening on all.
+    pub advertise_addr: Option<String>,
+    /// Join the cluster of the manager at this address, with `token`.
+    pub join: Option<JoinConfig>,
+}
+
+/// `--join ADDR --token TOKEN`.
+#[derive(Clone)]
+pub struct JoinConfig {
+    pub addr: String,
+    pub token: String,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for JoinConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinConfig")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the daemon stopped with an error.
@@ -67,39 +99,230 @@ pub enum DaemonError {
     Serve { what: &'static str, message: String },
     #[error(transparent)]
     Certificates(#[from] crate::certificates::CertificatesError),
+    #[error("TLS: {0}")]
+    Tls(#[from] shoal_ca::CaError),
+    #[error(transparent)]
+    Join(#[from] crate::join::JoinError),
+    #[error("this state dir is node {node_id} of cluster {cluster_id} already: start the daemon without --join and --token (or give it an empty state dir to join another cluster)")]
+    AlreadyJoined { node_id: String, cluster_id: String },
+    #[error("--advertise-addr {addr}: {message}")]
+    Advertise { addr: String, message: String },
 }
 
 /// A new root CA for the cluster `cluster_id`, as the store keeps it.
-fn new_root_ca(cluster_id: &str) -> Result<shoal_api::RootCa, DaemonError> {
-    let ca = shoal_ca::RootCa::create(cluster_id, std::time::SystemTime::now()).map_err(|e| {
-        DaemonError::Bootstrap {
-            what: "cluster's root CA",
-            message: e.to_string(),
-        }
-    })?;
-    Ok(shoal_api::RootCa {
-        cert_pem: ca.cert_pem().to_string(),
-        key_pem: ca.key_pem().to_string(),
-        digest: ca.digest().to_string(),
-    })
+fn new_root_ca(
+    cluster_id: &str,
+) -> Result<(shoal_api::RootCa, shoal_api::JoinTokens), DaemonError> {
+    let fail = |e: shoal_ca::CaError| DaemonError::Bootstrap {
+        what: "cluster's root CA",
+        message: e.to_string(),
+    };
+    let ca = shoal_ca::RootCa::create(cluster_id, std::time::SystemTime::now()).map_err(fail)?;
+    let tokens = new_join_tokens(&ca).map_err(fail)?;
+    Ok((
+        shoal_api::RootCa {
+            cert_pem: ca.cert_pem().to_string(),
+            key_pem: ca.key_pem().to_string(),
+            digest: ca.digest().to_string(),
+        },
+        tokens,
+    ))
 }
 
 /// Runs the daemon until a shutdown signal.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // The one draw from the OS: every id and every jitter of this run comes
     // from generators seeded from it (DESIGN.md §4), so the log's seed
-    // names the run.
+    // names the run. (Keys and token secrets come from the OS: see
+    // shoal_ca.)
     let seed: u64 = rand::random();
     tracing::info!(seed, "the daemon's random choices come from this seed");
     let mut rng = StdRng::seed_from_u64(seed);
     shoal_raft::seed_elections(rand::Rng::gen(&mut rng));
-    let state = StateDir::open(&config.state_dir, || {
-        (new_object_id(&mut rng), new_object_id(&mut rng))
+    let mut state = StateDir::open(&config.state_dir)?;
+    match (state.marker().cloned(), &config.join) {
+        (Some(marker), Some(_)) => Err(DaemonError::AlreadyJoined {
+            node_id: marker.node_id,
+            cluster_id: marker.cluster_id,
+        }),
+        (None, Some(join)) => {
+            let joined = crate::join::join(&join.addr, &join.token).await?;
+            joined
+                .certificates
+                .write(&state.path().join(CERTIFICATES_DIR))?;
+            state
+                .save_managers(&joined.managers)
+                .map_err(|e| DaemonError::Agent(format!("saving the managers' addresses: {e}")))?;
+            // Last: until the marker is there, the dir counts as empty.
+            state.create(Marker::new(
+                joined.cluster_id.clone(),
+                joined.node_id.clone(),
+                NodeKind::Worker,
+            ))?;
+            eprintln!(
+                "shoal daemon: joined cluster {} as worker node {}",
+                joined.cluster_id, joined.node_id
+            );
+            crate::worker_node::run(state, &config, rng).await
+        }
+        (Some(marker), None) if marker.role == NodeKind::Worker => {
+            crate::worker_node::run(state, &config, rng).await
+        }
+        (marker, None) => {
+            if marker.is_none() {
+                let (cluster_id, node_id) = (new_object_id(&mut rng), new_object_id(&mut rng));
+                state.create(Marker::new(cluster_id, node_id, NodeKind::Manager))?;
+            }
+            run_manager(state, &config, rng).await
+        }
+    }
+}
+
+/// The address other nodes dial for a listener bound at `bound`.
+fn advertised(bound: SocketAddr, advertise: Option<&str>) -> Result<String, DaemonError> {
+    if let Some(addr) = advertise {
+        let invalid = |message: String| DaemonError::Advertise {
+            addr: addr.to_string(),
+            message,
+        };
+        if addr.parse::<SocketAddr>().is_ok() {
+            return Ok(addr.to_string());
+        }
+        let ip: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| invalid("must be an IP address, with or without a port".into()))?;
+        return Ok(SocketAddr::new(ip, bound.port()).to_string());
+    }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound.to_string());
+    }
+    // The source address the kernel picks for the default route: a UDP
+    // socket's connect sends nothing, it only routes.
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr());
+    match routed {
+        Ok(local) => Ok(SocketAddr::new(local.ip(), bound.port()).to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "no default route: advertising 127.0.0.1; set --advertise-addr for other hosts to reach this node");
+            Ok(SocketAddr::new([127, 0, 0, 1].into(), bound.port()).to_string())
+        }
+    }
+}
+
+/// Where this host's own agent dials a listener bound at `bound`.
+fn local_dial(bound: SocketAddr) -> String {
+    if bound.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), bound.port()).to_string()
+    } else {
+        bound.to_string()
+    }
+}
+
+/// Starts this node's agent: processes run by `process`, its record in
+/// the state dir, sessions through `connector`.
+pub(crate) fn start_agent(
+    state: &StateDir,
+    node_id: &str,
+    description: shoal_api::NodeDescription,
+    process: shoal_agent::ProcessConfig,
+    connector: shoal_agent::Connector,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    let agent = shoal_agent::AgentConfig {
+        node_id: node_id.to_string(),
+        description,
+        dispatcher: connector,
+    };
+    let db = shoal_agent::TaskDb::open(&state.path().join(AGENT_DB_FILE))
+        .map_err(|e| DaemonError::Agent(e.to_string()))?;
+    let driver = Arc::new(shoal_agent::ProcessDriver { config: process });
+    Ok(tokio::spawn(shoal_agent::run(
+        agent,
+        driver,
+        Arc::new(db),
+        stop.clone(),
+    )))
+}
+
+/// A connector to the managers at `addresses` over mutual TLS as the node
+/// `identity` shows.
+pub(crate) fn tls_connector(
+    addresses: Vec<String>,
+    ca_der: &[u8],
+    identity: Arc<shoal_ca::tls::NodeTlsIdentity>,
+) -> Result<shoal_agent::Connector, DaemonError> {
+    let config = shoal_ca::tls::renewable_client_config(ca_der, identity)?;
+    Ok(shoal_agent::Connector::rotating(addresses, move |addr| {
+        shoal_api::mtls::connect(addr, Arc::clone(&config), shoal_ca::tls::MANAGER_NAME)
+            .map_err(|e| e.to_string())
+    }))
+}
+
+/// Serves `router` on the control socket until `stop`; a graceful stop
+/// waits for open calls, but a watch (`shoal events`) or `logs -f` ends
+/// only when its client goes: bounded by [`CONTROL_DRAIN_MS`].
+pub(crate) fn serve_control_socket(
+    socket: &std::path::Path,
+    router: tonic::service::Routes,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Result<(), DaemonError>>, DaemonError> {
+    let incoming = shoal_api::transport::listen_unix(socket)?;
+    let mut stop = stop.clone();
+    Ok(tokio::spawn(async move {
+        let server = tonic::transport::Server::builder()
+            .add_routes(router)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        server.await.map_err(|e| DaemonError::Serve {
+            what: "the control API",
+            message: e.to_string(),
+        })
+    }))
+}
+
+/// Waits for a task that ends on `stop`, at most [`CONTROL_DRAIN_MS`].
+pub(crate) async fn drained<T>(handle: tokio::task::JoinHandle<T>) -> Option<T> {
+    tokio::time::timeout(Duration::from_millis(CONTROL_DRAIN_MS), handle)
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// Runs a manager: its replica of the store, the leader's components, the
+/// node listener, the control socket and its own agent.
+async fn run_manager(
+    state: StateDir,
+    config: &DaemonConfig,
+    mut rng: StdRng,
+) -> Result<(), DaemonError> {
+    let marker = state
+        .marker()
+        .cloned()
+        .ok_or_else(|| DaemonError::Agent("the state dir has no identity".into()))?;
+    std::fs::create_dir_all(state.raft_dir()).map_err(|e| {
+        DaemonError::StateDir(StateDirError::Io {
+            path: state.raft_dir().display().to_string(),
+            source: e,
+        })
     })?;
-    let marker = state.marker().clone();
-    // A single manager needs no raft listener; joining managers (the HA
-    // work) will advertise a real address here.
-    let advertise = "127.0.0.1:0".to_string();
+    // The listener first: its address is this manager's in the store, and
+    // a port taken by another process is refused before anything changes.
+    let listener = tokio::net::TcpListener::bind(&config.listen_addr)
+        .await
+        .map_err(|source| shoal_api::transport::TransportError::Listen {
+            path: config.listen_addr.clone(),
+            source,
+        })?;
+    let bound =
+        listener
+            .local_addr()
+            .map_err(|source| shoal_api::transport::TransportError::Listen {
+                path: config.listen_addr.clone(),
+                source,
+            })?;
+    let advertise = advertised(bound, config.advertise_addr.as_deref())?;
     let mut replica_config =
         ReplicaConfig::new(state.raft_dir(), marker.raft_id, advertise.clone());
     replica_config.snapshot_interval_entries = config.snapshot_interval_entries;
@@ -118,117 +341,119 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         &description,
     )
     .await?;
-    crate::certificates::NodeCertificates::ensure(
-        &state.path().join(crate::certificates::CERTIFICATES_DIR),
+    let certificates_dir = state.path().join(CERTIFICATES_DIR);
+    let certificates = NodeCertificates::ensure(
+        &certificates_dir,
         replica.store().view().cluster(),
         &marker.node_id,
         shoal_ca::Role::Manager,
+    )?;
+    let ca_der = certificates.ca_der()?;
+    let identity =
+        shoal_ca::tls::NodeTlsIdentity::new(&certificates.chain_pem(), &certificates.key_pem)?;
+    let tls = shoal_ca::tls::renewable_server_config(
+        &ca_der,
+        Arc::clone(&identity),
+        shoal_ca::tls::ClientAuth::Optional,
     )?;
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-    // The convergence loop: reconcilers, the dispatcher, and this node's agent.
-    let mut background = start_convergence(
-        &replica,
-        &state,
-        &marker.node_id,
-        description,
-        process,
-        &stop_rx,
-        &mut rng,
-    )?;
-
-    let socket = config.socket.clone().unwrap_or_else(|| state.socket_path());
-    let incoming = shoal_api::transport::listen_unix(&socket)?;
-    let control = ControlApi::new(
+    let (mut background, dispatcher) = shoal_manager::leader::start(&replica, &stop_rx, &mut rng);
+    let control = Arc::new(ControlApi::new(
         Arc::clone(&replica),
         ControlConfig {
             node_id: marker.node_id.clone(),
             tasks_dir: state.path().join(AGENT_TASKS_DIR),
         },
         StdRng::seed_from_u64(rng.gen()),
-    );
-    let service = GrpcControl::server(Arc::new(control), MAX_REQUEST_BYTES, MAX_MESSAGE_BYTES);
+    ));
+    drop(listener);
+    let (bound, node_listener) = crate::node_listener::start(
+        &bound.to_string(),
+        tls,
+        &replica,
+        crate::node_listener::NodeServices {
+            dispatcher,
+            ca: CertificateAuthority::new(Arc::clone(&replica), StdRng::seed_from_u64(rng.gen())),
+            control: GrpcControl::server(
+                Arc::clone(&control),
+                MAX_REQUEST_BYTES,
+                MAX_MESSAGE_BYTES,
+            ),
+        },
+        stop_rx.clone(),
+    )
+    .await?;
+    let connector = tls_connector(vec![local_dial(bound)], &ca_der, Arc::clone(&identity))?;
+    let agent = start_agent(
+        &state,
+        &marker.node_id,
+        description,
+        process,
+        connector,
+        &stop_rx,
+    )?;
+    background.spawn(crate::manager_renewal::run(
+        Arc::clone(&replica),
+        certificates_dir,
+        marker.node_id.clone(),
+        identity,
+        StdRng::seed_from_u64(rng.gen()),
+        stop_rx.clone(),
+    ));
+
+    let socket = config.socket.clone().unwrap_or_else(|| state.socket_path());
+    let managers: KnownManagers = Arc::new(Mutex::new(vec![advertise.clone()]));
+    let mut routes = tonic::service::Routes::new(GrpcControl::server(
+        control,
+        MAX_REQUEST_BYTES,
+        MAX_MESSAGE_BYTES,
+    ));
+    routes = routes.add_service(shoal_api::local_node_server::LocalNodeServer::new(
+        LocalNodeService::manager(marker.clone(), managers),
+    ));
+    let mut control_server = serve_control_socket(&socket, routes, &stop_rx)?;
     eprintln!(
-        "shoal daemon: node {} of cluster {} is ready; control socket {}",
+        "shoal daemon: node {} of cluster {} is ready; control socket {}; listening on {} (advertised as {})",
         marker.node_id,
         marker.cluster_id,
-        socket.display()
+        socket.display(),
+        bound,
+        advertise
     );
-    let mut stop = stop_rx.clone();
-    let control_server = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-    tokio::pin!(control_server);
     let mut raft_failed = None;
-    // A graceful stop waits for the control API's open calls, but a watch
-    // (`shoal events`) or `logs -f` ends only when its client goes: bounded.
-    let drained = |server| async move {
-        tokio::time::timeout(Duration::from_millis(CONTROL_DRAIN_MS), server)
-            .await
-            .unwrap_or(Ok(()))
-    };
     let served = tokio::select! {
-        _ = &mut shutdown => {
-            let _ = stop_tx.send(true);
-            drained(&mut control_server).await
-        }
-        served = &mut control_server => served,
+        _ = &mut shutdown => None,
+        served = &mut control_server => Some(served),
         reason = replica.failed() => {
             // Nothing can be written any more: stop everything and exit
             // non-zero, so a supervisor restarts the daemon (which recovers
             // every acknowledged write from the log) once the cause is gone.
             tracing::error!(%reason, "raft stopped; the daemon exits");
             raft_failed = Some(reason);
-            let _ = stop_tx.send(true);
-            drained(&mut control_server).await
+            None
         }
     };
     let _ = stop_tx.send(true);
+    let served = match served {
+        Some(served) => served.unwrap_or(Ok(())),
+        None => drained(control_server).await.unwrap_or(Ok(())),
+    };
+    let _ = agent.await;
+    drained(node_listener).await;
     while background.join_next().await.is_some() {}
     replica.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     if let Some(reason) = raft_failed {
         return Err(DaemonError::RaftFailed(reason));
     }
-    served.map_err(|e| DaemonError::Serve {
-        what: "the control API",
-        message: e.to_string(),
-    })
+    served
 }
 
-/// Starts the leader's components (reconcilers and the dispatcher, on a unix
-/// socket in the state dir) and the local agent. All of them stop when
-/// `stop` turns true; task processes keep running for the next start to
-/// adopt.
-fn start_convergence(
-    replica: &Arc<Replica>,
-    state: &StateDir,
-    node_id: &str,
-    description: shoal_api::NodeDescription,
-    process: shoal_agent::ProcessConfig,
-    stop: &tokio::sync::watch::Receiver<bool>,
-    rng: &mut StdRng,
-) -> Result<tokio::task::JoinSet<()>, DaemonError> {
-    let dispatcher_socket = state.path().join(DISPATCHER_SOCKET);
-    let mut set = shoal_manager::leader::start(replica, &dispatcher_socket, stop, rng)?;
-    let agent = shoal_agent::AgentConfig {
-        node_id: node_id.to_string(),
-        description,
-        dispatcher: shoal_agent::Connector::unix(&dispatcher_socket),
-    };
-    let db = shoal_agent::TaskDb::open(&state.path().join(AGENT_DB_FILE))
-        .map_err(|e| DaemonError::Agent(e.to_string()))?;
-    let driver = Arc::new(shoal_agent::ProcessDriver { config: process });
-    set.spawn(shoal_agent::run(agent, driver, Arc::new(db), stop.clone()));
-    Ok(set)
-}
-
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -281,33 +506,60 @@ async fn bootstrap(
             // can have joined it yet.
             Some(cluster) if cluster.root_ca.is_none() => {
                 let mut updated = cluster.clone();
-                updated.root_ca = Some(new_root_ca(&cluster.id)?);
+                let (root, tokens) = new_root_ca(&cluster.id)?;
+                updated.root_ca = Some(root);
+                updated.join_tokens = Some(tokens);
+                actions.push(StoreAction {
+                    kind: store_action::Kind::Update as i32,
+                    target: Some(updated.into()),
+                });
+            }
+            // One made before join tokens: the CA it has makes them.
+            Some(cluster) if cluster.join_tokens.is_none() => {
+                let mut updated = cluster.clone();
+                let root = shoal_manager::certificate_authority::root_of(cluster).map_err(|e| {
+                    DaemonError::Bootstrap {
+                        what: "cluster's join tokens",
+                        message: e.message().to_string(),
+                    }
+                })?;
+                updated.join_tokens =
+                    Some(new_join_tokens(&root).map_err(|e| DaemonError::Bootstrap {
+                        what: "cluster's join tokens",
+                        message: e.to_string(),
+                    })?);
                 actions.push(StoreAction {
                     kind: store_action::Kind::Update as i32,
                     target: Some(updated.into()),
                 });
             }
             Some(_) => {}
-            None => actions.push(create(Cluster {
-                id: cluster_id.to_string(),
-                root_ca: Some(new_root_ca(cluster_id)?),
-                spec: Some(ClusterSpec {
-                    annotations: Some(Annotations {
-                        name: "default".into(),
-                        labels: Default::default(),
+            None => {
+                let (root, tokens) = new_root_ca(cluster_id)?;
+                actions.push(create(Cluster {
+                    id: cluster_id.to_string(),
+                    root_ca: Some(root),
+                    join_tokens: Some(tokens),
+                    spec: Some(ClusterSpec {
+                        annotations: Some(Annotations {
+                            name: "default".into(),
+                            labels: Default::default(),
+                        }),
+                        orchestration: Some(OrchestrationConfig {
+                            task_history_retention_limit: DEFAULT_TASK_HISTORY,
+                            max_replicas_per_service:
+                                shoal_manager::DEFAULT_MAX_REPLICAS_PER_SERVICE,
+                            max_replicas_total: shoal_manager::DEFAULT_MAX_REPLICAS_TOTAL,
+                            max_new_tasks_per_pass: shoal_manager::DEFAULT_MAX_NEW_TASKS_PER_PASS,
+                        }),
+                        dispatcher: Some(DispatcherConfig {
+                            heartbeat_period_ms: DEFAULT_HEARTBEAT_MS,
+                        }),
+                        ca: None,
                     }),
-                    orchestration: Some(OrchestrationConfig {
-                        task_history_retention_limit: DEFAULT_TASK_HISTORY,
-                        max_replicas_per_service: shoal_manager::DEFAULT_MAX_REPLICAS_PER_SERVICE,
-                        max_replicas_total: shoal_manager::DEFAULT_MAX_REPLICAS_TOTAL,
-                        max_new_tasks_per_pass: shoal_manager::DEFAULT_MAX_NEW_TASKS_PER_PASS,
-                    }),
-                    dispatcher: Some(DispatcherConfig {
-                        heartbeat_period_ms: DEFAULT_HEARTBEAT_MS,
-                    }),
-                }),
-                ..Default::default()
-            })),
+                    ..Default::default()
+                }));
+            }
         }
         match view.node(node_id) {
             None => actions.push(create(Node {

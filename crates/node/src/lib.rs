@@ -1,19 +1,28 @@
 //! The Shoal daemon: one node of a cluster.
 //!
-//! `shoal daemon` opens (or creates) a state dir, starts the node's raft
-//! replica of the store, makes sure the cluster and this node are recorded,
-//! serves the control API on a unix socket inside the state dir, and runs
-//! the leader's components (`shoal_manager::leader`: the reconcilers and the
-//! dispatcher) beside this node's agent (`shoal_agent::run` with the process
-//! driver), which reaches the dispatcher on a unix socket of its own. It
+//! `shoal daemon` opens (or creates) a state dir and runs the node in it.
+//! A manager starts its raft replica of the store, makes sure the cluster
+//! and this node are recorded, serves the control API on a unix socket
+//! inside the state dir and every node-to-node service on its one TLS port
+//! ([`node_listener`]), and runs the leader's components
+//! (`shoal_manager::leader`) beside its own agent. A worker ([`worker_node`])
+//! joined with a token ([`join`]) and runs only its agent, which reaches the
+//! managers over mutual TLS exactly as a manager's own agent does. A manager
 //! exits non-zero when raft can no longer write (a full disk), naming why.
 
 mod certificates;
 mod daemon;
 mod host;
+mod join;
+mod local_node;
+mod manager_renewal;
+mod node_listener;
+mod renewal;
 mod state_dir;
+mod worker_node;
 
 pub use certificates::{CertificatesError, NodeCertificates, CERTIFICATES_DIR};
-pub use daemon::{run, DaemonConfig, DaemonError};
+pub use daemon::{run, DaemonConfig, DaemonError, JoinConfig, DEFAULT_PORT};
 pub use host::describe_host;
-pub use state_dir::{StateDir, StateDirError, SOCKET_FILE};
+pub use join::JoinError;
+pub use state_dir::{Marker, NodeKind, StateDir, StateDirError, SOCKET_FILE};

@@ -2,13 +2,17 @@
 //! daemon from using a directory that is not its own.
 //!
 //! Layout: `shoal-state.json` (the marker: format, cluster id, node id, raft
-//! id), `lock` (held with flock while a daemon runs), `raft/` (the raft log
-//! and snapshot), `shoal.sock` (the control socket).
+//! id, role), `lock` (held with flock while a daemon runs), `raft/` (a
+//! manager's raft log and snapshot), `certificates/` (the node's TLS
+//! identity), `managers.json` (the managers a worker dials), `shoal.sock`
+//! (the control socket).
 //!
 //! A directory is accepted when it is empty or missing (a new cluster is
-//! created) or when it holds a valid marker. Anything else, a foreign
-//! directory, a damaged marker, a marker from another format, is refused with
-//! the reason: a state dir is never silently reset.
+//! created, or the node joins one) or when it holds a valid marker. Anything
+//! else, a foreign directory, a damaged marker, a marker from another
+//! format, is refused with the reason: a state dir is never silently reset.
+//! The marker is written last when a node is made, so a start cut off before
+//! it leaves only what the next start clears ([`LEFTOVERS`]).
 
 use std::fs::File;
 use std::io::Write;
@@ -19,6 +23,16 @@ use serde::{Deserialize, Serialize};
 const MARKER_FILE: &str = "shoal-state.json";
 const LOCK_FILE: &str = "lock";
 const RAFT_DIR: &str = "raft";
+const MANAGERS_FILE: &str = "managers.json";
+/// What a start cut off before its marker was written may leave: a dir
+/// holding only these counts as empty (and they are cleared).
+const LEFTOVERS: &[&str] = &[
+    LOCK_FILE,
+    RAFT_DIR,
+    "certificates",
+    MANAGERS_FILE,
+    SOCKET_FILE,
+];
 /// The control socket's file name inside the state dir.
 pub const SOCKET_FILE: &str = "shoal.sock";
 const FORMAT: u32 = 1;
@@ -49,23 +63,50 @@ pub struct Marker {
     pub cluster_id: String,
     pub node_id: String,
     pub raft_id: u64,
+    /// How the node runs: a manager (its store in `raft/`) or a worker.
+    /// Markers written before workers existed are managers'.
+    #[serde(default)]
+    pub role: NodeKind,
+}
+
+/// What a state dir's node is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    #[default]
+    Manager,
+    Worker,
+}
+
+impl Marker {
+    /// The marker of a new node.
+    pub fn new(cluster_id: String, node_id: String, role: NodeKind) -> Marker {
+        Marker {
+            format: FORMAT,
+            cluster_id,
+            node_id,
+            raft_id: match role {
+                NodeKind::Manager => 1,
+                NodeKind::Worker => 0,
+            },
+            role,
+        }
+    }
 }
 
 /// An open, locked state dir.
 pub struct StateDir {
     path: PathBuf,
-    marker: Marker,
+    marker: Option<Marker>,
     fresh: bool,
     _lock: nix::fcntl::Flock<File>,
 }
 
 impl StateDir {
-    /// Opens `path`, creating a new identity (from `new_ids`) when it is empty
-    /// or missing. Holds the lock until dropped.
-    pub fn open(
-        path: &Path,
-        new_ids: impl FnOnce() -> (String, String),
-    ) -> Result<StateDir, StateDirError> {
+    /// Opens and locks `path` (made when missing); holds the lock until
+    /// dropped. A dir without a marker has no identity yet: give it one
+    /// with [`StateDir::create`].
+    pub fn open(path: &Path) -> Result<StateDir, StateDirError> {
         let shown = path.display().to_string();
         let io = |source| StateDirError::Io {
             path: shown.clone(),
@@ -76,9 +117,11 @@ impl StateDir {
         let marker_path = path.join(MARKER_FILE);
         let has_marker = marker_path.exists();
         if !has_marker {
-            let entries = std::fs::read_dir(path).map_err(io)?.count();
-            if entries > 0 {
-                return Err(StateDirError::Foreign { path: shown });
+            for entry in std::fs::read_dir(path).map_err(io)? {
+                let name = entry.map_err(io)?.file_name();
+                if !LEFTOVERS.iter().any(|l| name == *l) {
+                    return Err(StateDirError::Foreign { path: shown });
+                }
             }
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         }
@@ -92,7 +135,7 @@ impl StateDir {
             .map_err(|_| StateDirError::Locked {
                 path: shown.clone(),
             })?;
-        let (marker, fresh) = if has_marker {
+        let marker = if has_marker {
             let bytes = std::fs::read(&marker_path).map_err(io)?;
             let marker: Marker =
                 serde_json::from_slice(&bytes).map_err(|e| StateDirError::BadMarker {
@@ -105,33 +148,33 @@ impl StateDir {
                     found: marker.format,
                 });
             }
-            // A marker without a raft log means the first start was cut off
-            // before anything was acknowledged: initialize again.
-            let fresh = !path.join(RAFT_DIR).join("raft.redb").exists();
-            (marker, fresh)
+            Some(marker)
         } else {
-            let (cluster_id, node_id) = new_ids();
-            let marker = Marker {
-                format: FORMAT,
-                cluster_id,
-                node_id,
-                raft_id: 1,
-            };
-            write_atomically(
-                &marker_path,
-                &serde_json::to_vec_pretty(&marker).unwrap_or_default(),
-            )
-            .map_err(io)?;
-            (marker, true)
+            // Leftovers of a start cut off before it made the node.
+            for leftover in LEFTOVERS.iter().filter(|l| **l != LOCK_FILE) {
+                let p = path.join(leftover);
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p).map_err(io)?;
+                } else if p.exists() {
+                    std::fs::remove_file(&p).map_err(io)?;
+                }
+            }
+            None
+        };
+        // A manager's marker without a raft log means its first start was
+        // cut off before anything was acknowledged: initialize again.
+        let fresh = match &marker {
+            None => true,
+            Some(m) => {
+                m.role == NodeKind::Manager && !path.join(RAFT_DIR).join("raft.redb").exists()
+            }
         };
         if fresh {
-            // Leftovers of an interrupted first start.
             let raft = path.join(RAFT_DIR);
             if raft.exists() {
                 std::fs::remove_dir_all(&raft).map_err(io)?;
             }
         }
-        std::fs::create_dir_all(path.join(RAFT_DIR)).map_err(io)?;
         Ok(StateDir {
             path: path.to_path_buf(),
             marker,
@@ -140,12 +183,70 @@ impl StateDir {
         })
     }
 
-    /// Whether this start creates the cluster.
+    /// Gives a dir without an identity the one of `marker`. Written last
+    /// when a node is made: everything it needs is in place before.
+    pub fn create(&mut self, marker: Marker) -> Result<(), StateDirError> {
+        let io = |source| StateDirError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        write_atomically(
+            &self.path.join(MARKER_FILE),
+            &serde_json::to_vec_pretty(&marker).unwrap_or_default(),
+        )
+        .map_err(io)?;
+        self.marker = Some(marker);
+        Ok(())
+    }
+
+    /// Deletes the node's identity and everything of its cluster: what a
+    /// node that left keeps is an empty dir (and the lock, held).
+    pub fn forget(&mut self) -> Result<(), StateDirError> {
+        let io = |source| StateDirError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        // The marker first: a crash halfway leaves only leftovers.
+        let marker = self.path.join(MARKER_FILE);
+        if marker.exists() {
+            std::fs::remove_file(&marker).map_err(io)?;
+        }
+        for entry in std::fs::read_dir(&self.path).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_name() == LOCK_FILE {
+                continue;
+            }
+            let p = entry.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).map_err(io)?;
+            } else {
+                std::fs::remove_file(&p).map_err(io)?;
+            }
+        }
+        self.marker = None;
+        Ok(())
+    }
+
+    /// The managers this node last knew, as written by
+    /// [`StateDir::save_managers`].
+    pub fn managers(&self) -> Vec<String> {
+        std::fs::read(self.path.join(MANAGERS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save_managers(&self, managers: &[String]) -> std::io::Result<()> {
+        save_managers_in(&self.path, managers)
+    }
+
+    /// Whether this start makes the node (a new cluster, or a join).
     pub fn is_fresh(&self) -> bool {
         self.fresh
     }
-    pub fn marker(&self) -> &Marker {
-        &self.marker
+    /// The node's identity; `None` until it has one.
+    pub fn marker(&self) -> Option<&Marker> {
+        self.marker.as_ref()
     }
     pub fn path(&self) -> &Path {
         &self.path
@@ -156,6 +257,15 @@ impl StateDir {
     pub fn socket_path(&self) -> PathBuf {
         self.path.join(SOCKET_FILE)
     }
+}
+
+/// Writes the managers' addresses into the state dir at `path` (for a
+/// task that holds no [`StateDir`]).
+pub fn save_managers_in(path: &Path, managers: &[String]) -> std::io::Result<()> {
+    write_atomically(
+        &path.join(MANAGERS_FILE),
+        &serde_json::to_vec(managers).unwrap_or_default(),
+    )
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -176,29 +286,76 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn ids() -> (String, String) {
-        ("c1".into(), "n1".into())
+    fn marker() -> Marker {
+        Marker::new("c1".into(), "n1".into(), NodeKind::Manager)
     }
 
     #[test]
     fn empty_dir_becomes_a_new_state_dir_and_reopens_with_the_same_identity() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("s");
-        let first = StateDir::open(&dir, ids).unwrap();
+        let mut first = StateDir::open(&dir).unwrap();
         assert!(first.is_fresh());
-        let marker = first.marker().clone();
+        assert_eq!(first.marker(), None);
+        first.create(marker()).unwrap();
         drop(first);
+        std::fs::create_dir_all(dir.join("raft")).unwrap();
         std::fs::write(dir.join("raft/raft.redb"), b"").unwrap();
-        let again = StateDir::open(&dir, || panic!("must not make new ids")).unwrap();
+        let again = StateDir::open(&dir).unwrap();
         assert!(!again.is_fresh());
-        assert_eq!(again.marker(), &marker);
+        assert_eq!(again.marker(), Some(&marker()));
+    }
+
+    #[test]
+    fn a_marker_of_before_workers_is_a_managers() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join(MARKER_FILE),
+            br#"{"format":1,"cluster_id":"c1","node_id":"n1","raft_id":1}"#,
+        )
+        .unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        assert_eq!(dir.marker().unwrap().role, NodeKind::Manager);
+    }
+
+    #[test]
+    fn a_start_cut_off_before_its_marker_leaves_a_dir_that_counts_as_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("certificates")).unwrap();
+        std::fs::write(tmp.path().join("certificates/node.key"), b"k").unwrap();
+        std::fs::write(tmp.path().join(MANAGERS_FILE), b"[]").unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        assert!(dir.is_fresh());
+        assert!(!tmp.path().join("certificates").exists());
+        assert!(!tmp.path().join(MANAGERS_FILE).exists());
+    }
+
+    #[test]
+    fn a_node_that_forgets_keeps_an_empty_dir_a_new_node_can_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = StateDir::open(tmp.path()).unwrap();
+        dir.create(Marker::new("c1".into(), "w1".into(), NodeKind::Worker))
+            .unwrap();
+        dir.save_managers(&["10.0.0.1:4242".into()]).unwrap();
+        assert_eq!(dir.managers(), vec!["10.0.0.1:4242".to_string()]);
+        std::fs::create_dir_all(tmp.path().join("tasks/t1")).unwrap();
+        dir.forget().unwrap();
+        assert_eq!(dir.marker(), None);
+        drop(dir);
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(LOCK_FILE)]);
+        let again = StateDir::open(tmp.path()).unwrap();
+        assert!(again.is_fresh());
     }
 
     #[test]
     fn foreign_dir_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("notes.txt"), b"mine").unwrap();
-        let err = StateDir::open(tmp.path(), ids).err().unwrap();
+        let err = StateDir::open(tmp.path()).err().unwrap();
         assert!(matches!(err, StateDirError::Foreign { .. }), "{err}");
         assert!(tmp.path().join("notes.txt").exists());
     }
@@ -207,15 +364,15 @@ mod tests {
     fn damaged_marker_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join(MARKER_FILE), b"{not json").unwrap();
-        let err = StateDir::open(tmp.path(), ids).err().unwrap();
+        let err = StateDir::open(tmp.path()).err().unwrap();
         assert!(matches!(err, StateDirError::BadMarker { .. }), "{err}");
     }
 
     #[test]
     fn a_second_daemon_on_the_same_dir_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let _first = StateDir::open(tmp.path(), ids).unwrap();
-        let err = StateDir::open(tmp.path(), ids).err().unwrap();
+        let _first = StateDir::open(tmp.path()).unwrap();
+        let err = StateDir::open(tmp.path()).err().unwrap();
         assert!(matches!(err, StateDirError::Locked { .. }), "{err}");
     }
 }

@@ -146,8 +146,12 @@ impl SimCluster {
         let dispatcher_socket = dir.path().join("dispatcher.sock");
         // Every id the manager makes comes from the run's seed.
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-        let mut manager =
-            shoal_manager::leader::start(&replica, &dispatcher_socket, &stop_rx, &mut rng)?;
+        let mut manager = shoal_manager::leader::start_on_unix_socket(
+            &replica,
+            &dispatcher_socket,
+            &stop_rx,
+            &mut rng,
+        )?;
         let control_socket = dir.path().join("shoal.sock");
         let incoming = shoal_api::transport::listen_unix(&control_socket)?;
         let control = ControlApi::new(
@@ -344,6 +348,7 @@ async fn record_cluster(replica: &Replica, heartbeat_period_ms: u64) -> Result<(
             dispatcher: Some(DispatcherConfig {
                 heartbeat_period_ms,
             }),
+            ca: None,
         }),
         ..Default::default()
     };

@@ -305,8 +305,19 @@ impl Named for Network {
     }
 }
 impl Named for Node {
+    /// Only a name the user gave: hostnames repeat (two daemons on one
+    /// host, cloned machines), and a node is still found by its hostname
+    /// when only one has it ([`Tables::lookup`]).
     fn unique_name(&self) -> Option<&str> {
-        self.name()
+        annotated(self.spec.as_ref()?.annotations.as_ref())
+    }
+}
+
+/// The name `object` must hold alone among its kind, if any.
+fn unique_name_of(object: &Object) -> Option<&str> {
+    match &object.kind {
+        Some(shoal_api::object::Kind::Node(n)) => n.unique_name(),
+        _ => object.name(),
     }
 }
 
@@ -535,7 +546,25 @@ impl Tables {
         }
         let found = match kind {
             ObjectKind::Cluster => resolve(&self.clusters, kind, reference)?,
-            ObjectKind::Node => resolve(&self.nodes, kind, reference)?,
+            ObjectKind::Node => match resolve(&self.nodes, kind, reference)? {
+                Some(node) => Some(node),
+                None => {
+                    // A hostname, when one node alone has it (linear: a
+                    // lookup by hostname is a user's command, not a loop's).
+                    let ids: Vec<String> = self
+                        .nodes
+                        .by_id
+                        .values()
+                        .filter(|n| n.name() == Some(reference))
+                        .map(|n| n.id.clone())
+                        .collect();
+                    match ids.as_slice() {
+                        [id] => self.nodes.by_id.get(id.as_str()).map(|n| n.clone().into()),
+                        [] => None,
+                        many => return Err(ambiguous(kind, reference, many)),
+                    }
+                }
+            },
             ObjectKind::Service => resolve(&self.services, kind, reference)?,
             ObjectKind::Network => resolve(&self.networks, kind, reference)?,
             ObjectKind::Task => None,
@@ -646,7 +675,7 @@ impl Tables {
             let old_name = self.stored_name(kind, id).map(|n| name_key(&n));
             match action_kind {
                 store_action::Kind::Create | store_action::Kind::Update => {
-                    if let Some(name) = target.name().map(name_key) {
+                    if let Some(name) = unique_name_of(target).map(name_key) {
                         if old_name.as_deref() != Some(name.as_str()) {
                             let taken_here = claimed.contains(&(kind, name.clone()));
                             let owner = self
@@ -655,14 +684,14 @@ impl Tables {
                             if let Some(owner) = owner.filter(|o| o.as_str() != id) {
                                 return Err(TxnError::NameInUse {
                                     kind: kind.to_string(),
-                                    name: target.name().unwrap_or_default().to_string(),
+                                    name: unique_name_of(target).unwrap_or_default().to_string(),
                                     id: owner.clone(),
                                 });
                             }
                             if taken_here {
                                 return Err(TxnError::NameInUse {
                                     kind: kind.to_string(),
-                                    name: target.name().unwrap_or_default().to_string(),
+                                    name: unique_name_of(target).unwrap_or_default().to_string(),
                                     id: id.to_string(),
                                 });
                             }
@@ -961,7 +990,7 @@ impl Tables {
             table.by_id.insert(id, o);
         }
         let id = object.id().to_string();
-        let name = object.name().map(str::to_string);
+        let name = unique_name_of(&object).map(str::to_string);
         match object.kind {
             Some(object::Kind::Cluster(o)) => put(&mut self.clusters, id, name, *o),
             Some(object::Kind::Node(o)) => put(&mut self.nodes, id, name, *o),
@@ -980,7 +1009,7 @@ impl Tables {
     fn remove(&mut self, kind: ObjectKind, id: &str) -> Option<Object> {
         fn take<T: Clone + Into<Object>>(table: &mut Table<T>, id: &str) -> Option<Object> {
             let o: Object = table.by_id.remove(id)?.into();
-            if let Some(name) = o.name() {
+            if let Some(name) = unique_name_of(&o) {
                 table.by_name.remove(&name_key(name));
             }
             Some(o)
@@ -1077,7 +1106,7 @@ impl Tables {
                 if o.id() != id {
                     return Err(format!("{kind} keyed {id} has id {}", o.id()));
                 }
-                if let Some(name) = o.name() {
+                if let Some(name) = unique_name_of(&o) {
                     if expected.insert(name_key(name), id.clone()).is_some() {
                         return Err(format!("{kind} name {name} used twice"));
                     }

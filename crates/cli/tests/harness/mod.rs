@@ -28,8 +28,21 @@ impl Daemon {
         daemon
     }
 
-    /// Starts a daemon without waiting.
+    /// Starts a daemon without waiting, on a free loopback port.
     pub fn spawn(state_dir: &Path) -> Daemon {
+        Daemon::spawn_with(state_dir, &["--listen-addr", "127.0.0.1:0"])
+    }
+
+    /// Starts a daemon with `args` after `daemon --state-dir DIR`, and waits
+    /// until it answers.
+    pub fn start_with(state_dir: &Path, args: &[&str]) -> Daemon {
+        let mut daemon = Daemon::spawn_with(state_dir, args);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts a daemon with `args` after `daemon --state-dir DIR`.
+    pub fn spawn_with(state_dir: &Path, args: &[&str]) -> Daemon {
         let socket = state_dir.join("shoal.sock");
         let mut log = state_dir.as_os_str().to_owned();
         log.push(".daemon.log");
@@ -42,6 +55,7 @@ impl Daemon {
         let child = Command::new(BIN)
             .args(["daemon", "--state-dir"])
             .arg(state_dir)
+            .args(args)
             // Enough to follow a failed test's daemon through its log.
             .env(
                 "SHOAL_LOG",

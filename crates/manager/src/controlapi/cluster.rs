@@ -1,8 +1,11 @@
 //! The cluster object and the version of this node.
 
 use shoal_api::{
-    ClusterResponse, GetClusterRequest, UpdateClusterRequest, VersionRequest, VersionResponse,
+    ClusterResponse, GetClusterRequest, JoinTokenRequest, JoinTokenResponse, UpdateClusterRequest,
+    VersionRequest, VersionResponse,
 };
+
+use crate::certificate_authority::{join_secret, new_join_secret, role_named, root_of};
 
 use super::*;
 
@@ -50,6 +53,49 @@ impl ControlApi {
             .await?;
         Ok(ClusterResponse {
             cluster: self.view().cluster().cloned().map(without_secrets),
+        })
+    }
+
+    /// The join token of a role, after replacing it when asked: a rotated
+    /// token is refused for new joins, and nodes that joined with it keep
+    /// their certificates.
+    pub async fn join_token(&self, req: JoinTokenRequest) -> Result<JoinTokenResponse, ApiError> {
+        let role = role_named(&req.role).ok_or_else(|| {
+            ApiError::Invalid(InvalidSpec {
+                field: "role".into(),
+                rule: format!("must be worker or manager, got {:?}", req.role),
+            })
+        })?;
+        let unavailable = |e: tonic::Status| ApiError::Unavailable(e.message().to_string());
+        let mut cluster =
+            self.view().cluster().cloned().ok_or_else(|| {
+                ApiError::Unavailable("the cluster is still being created".into())
+            })?;
+        let ca = root_of(&cluster).map_err(unavailable)?;
+        if req.rotate {
+            let tokens = cluster.join_tokens.get_or_insert_with(Default::default);
+            let secret =
+                new_join_secret(&ca, role).map_err(|e| ApiError::Internal(e.to_string()))?;
+            match role {
+                shoal_ca::Role::Worker => tokens.worker = Some(secret),
+                shoal_ca::Role::Manager => tokens.manager = Some(secret),
+            }
+            self.commit(vec![action(store_action::Kind::Update, cluster)])
+                .await?;
+            cluster = self
+                .view()
+                .cluster()
+                .cloned()
+                .ok_or_else(|| ApiError::Internal("the cluster is gone".into()))?;
+        }
+        let secret = cluster
+            .join_tokens
+            .as_ref()
+            .and_then(|t| join_secret(t, role))
+            .ok_or_else(|| ApiError::Unavailable("the cluster has no join tokens yet".into()))?;
+        Ok(JoinTokenResponse {
+            token: ca.join_token(role, &secret.nonce).to_string(),
+            managers: crate::managers::addresses(&self.view()),
         })
     }
 

@@ -203,4 +203,12 @@ impl Control for GrpcControl {
             self.core.version(request.into_inner()).await?,
         ))
     }
+    async fn join_token(
+        &self,
+        request: Request<JoinTokenRequest>,
+    ) -> GrpcResult<JoinTokenResponse> {
+        Ok(Response::new(
+            self.core.join_token(request.into_inner()).await?,
+        ))
+    }
 }

@@ -212,6 +212,8 @@ pub(crate) fn without_secrets(mut cluster: shoal_api::Cluster) -> shoal_api::Clu
     if let Some(ca) = cluster.root_ca.as_mut() {
         ca.key_pem.clear();
     }
+    // With the key, a nonce gives the token: neither is shown.
+    cluster.join_tokens = None;
     cluster
 }
 

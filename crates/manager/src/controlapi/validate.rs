@@ -417,6 +417,10 @@ const MAX_NEW_TASKS_PER_PASS_CEILING: u64 = 1_000_000;
 const MAX_REPLICAS_CEILING: u64 = 10_000_000;
 
 /// Checks a cluster spec.
+/// The longest node certificate lifetime a cluster may set: 10 years,
+/// inside the root's 20.
+const MAX_NODE_CERT_EXPIRY_SECS: u64 = 10 * 365 * 86_400;
+
 pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), InvalidSpec> {
     if let Some(o) = &spec.orchestration {
         if o.task_history_retention_limit < 0 {
@@ -455,6 +459,27 @@ pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), InvalidSpec> {
     if let Some(d) = &spec.dispatcher {
         if d.heartbeat_period_ms == 0 {
             return Err(invalid("dispatcher_heartbeat", "must be more than 0"));
+        }
+    }
+    if let Some(ca) = &spec.ca {
+        use crate::certificate_authority::MIN_NODE_CERT_EXPIRY;
+        let secs = ca.node_cert_expiry_secs;
+        // 0 is the default; a lifetime past the root's own (20 years) would
+        // outlive what signs it.
+        if secs != 0 && secs < MIN_NODE_CERT_EXPIRY.as_secs() {
+            return Err(invalid(
+                "cert_expiry",
+                format!(
+                    "must be at least {} s (a node renews at half of it at the earliest), got {secs} s",
+                    MIN_NODE_CERT_EXPIRY.as_secs()
+                ),
+            ));
+        }
+        if secs > MAX_NODE_CERT_EXPIRY_SECS {
+            return Err(invalid(
+                "cert_expiry",
+                format!("must be at most {MAX_NODE_CERT_EXPIRY_SECS} s (10 years), got {secs} s"),
+            ));
         }
     }
     Ok(())

@@ -218,6 +218,11 @@ pub(super) async fn stream_assignments(
                 tasks,
                 removed,
                 full: first,
+                managers: if first {
+                    crate::managers::addresses(&replica.store().view())
+                } else {
+                    Vec::new()
+                },
             };
             first = false;
             if tx.send(Ok(message)).await.is_err() {

@@ -78,6 +78,7 @@ impl Dispatcher {
     /// it names is gone, or shutdown.
     pub(super) fn answer_heartbeats(
         &self,
+        peer: Option<Peer>,
         mut beats: Streaming<HeartbeatRequest>,
     ) -> HeartbeatStream {
         // One answer in flight is enough: an agent sends its next beat a
@@ -96,7 +97,17 @@ impl Dispatcher {
                     beat = beats.message() => beat,
                 };
                 let answer = match beat {
-                    Ok(Some(beat)) => check_session(&sessions, &beat.node_id, &beat.session_id)
+                    Ok(Some(beat)) => caller(peer.as_ref(), &beat.node_id)
+                        .and_then(|node_id| {
+                            // A node removed while its session is open
+                            // (`node rm --force`) loses it at its next beat.
+                            if replica.store().view().node(&node_id).is_none() {
+                                return Err(Status::permission_denied(format!(
+                                    "node {node_id} has been removed from the cluster"
+                                )));
+                            }
+                            check_session(&sessions, &node_id, &beat.session_id)
+                        })
                         .map(|()| HeartbeatResponse {
                             period_ms: period_ms(&replica),
                         }),

@@ -11,6 +11,11 @@
 //! one transaction, and a report that would move a task backwards is
 //! dropped.
 //!
+//! On the node listener a node's id is the one its certificate names (the
+//! [`Peer`] the authorization layer found); a request naming another is
+//! refused. Only on a transport without certificates (a unix socket in the
+//! simulator) is the id in the request taken as it is.
+//!
 //! The parts: [`session`] records a node and opens its session;
 //! [`assignments`] streams each node its tasks; [`heartbeat`] keeps sessions
 //! and marks silent nodes DOWN; [`status`] applies the agents' reports.
@@ -35,6 +40,8 @@ use shoal_api::{
 };
 use shoal_raft::Replica;
 use tokio::sync::watch;
+
+use crate::authorization::Peer;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -103,6 +110,25 @@ impl Dispatcher {
     }
 }
 
+/// The node a request is from: its certificate's, when it came with one
+/// (a request naming another node is refused); else the one it names.
+fn caller(peer: Option<&Peer>, named: &str) -> Result<String, Status> {
+    let Some(peer) = peer else {
+        return Ok(named.to_string());
+    };
+    let Some(node_id) = peer.node_id() else {
+        return Err(Status::unauthenticated(
+            "the dispatcher needs a node certificate",
+        ));
+    };
+    if !named.is_empty() && named != node_id {
+        return Err(Status::permission_denied(format!(
+            "node {node_id} may not speak for node {named}"
+        )));
+    }
+    Ok(node_id.to_string())
+}
+
 type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionMessage, Status>> + Send>>;
 type HeartbeatStream = Pin<Box<dyn Stream<Item = Result<HeartbeatResponse, Status>> + Send>>;
 
@@ -115,7 +141,11 @@ impl DispatcherService for Dispatcher {
         &self,
         request: Request<SessionRequest>,
     ) -> Result<Response<SessionStream>, Status> {
-        self.open_session(request.into_inner())
+        let peer = Peer::of(&request).cloned();
+        let mut req = request.into_inner();
+        req.node_id = caller(peer.as_ref(), &req.node_id)?;
+        let certified = peer.is_some();
+        self.open_session(req, certified, peer.and_then(|p| p.remote_addr()))
             .await
             .map(Response::new)
     }
@@ -124,15 +154,19 @@ impl DispatcherService for Dispatcher {
         &self,
         request: Request<Streaming<HeartbeatRequest>>,
     ) -> Result<Response<HeartbeatStream>, Status> {
-        Ok(Response::new(self.answer_heartbeats(request.into_inner())))
+        let peer = Peer::of(&request).cloned();
+        Ok(Response::new(
+            self.answer_heartbeats(peer, request.into_inner()),
+        ))
     }
 
     async fn update_task_status(
         &self,
         request: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
-        self.apply_reports(request.into_inner())
-            .await
-            .map(Response::new)
+        let peer = Peer::of(&request).cloned();
+        let mut req = request.into_inner();
+        req.node_id = caller(peer.as_ref(), &req.node_id)?;
+        self.apply_reports(req).await.map(Response::new)
     }
 }

@@ -13,8 +13,16 @@ use tonic::Status;
 use super::*;
 
 impl Dispatcher {
-    /// Records the node and starts streaming its assignments.
-    pub(super) async fn open_session(&self, req: SessionRequest) -> Result<SessionStream, Status> {
+    /// Records the node and starts streaming its assignments. A
+    /// `certified` node (its id from its certificate) was created when it
+    /// joined and is only refreshed; its address is where it connects from
+    /// (a manager's is the one it advertises, recorded at its start).
+    pub(super) async fn open_session(
+        &self,
+        req: SessionRequest,
+        certified: bool,
+        remote: Option<std::net::SocketAddr>,
+    ) -> Result<SessionStream, Status> {
         let node_id = if req.node_id.is_empty() {
             self.new_id()
         } else {
@@ -40,6 +48,12 @@ impl Dispatcher {
             let existing = self.replica.store().view().node(&node_id).cloned();
             let (kind, mut node) = match existing {
                 Some(n) => (store_action::Kind::Update, n),
+                None if certified => {
+                    self.forget_session(&node_id, &session_id);
+                    return Err(Status::permission_denied(format!(
+                        "node {node_id} has been removed from the cluster"
+                    )));
+                }
                 None => (
                     store_action::Kind::Create,
                     Node {
@@ -50,40 +64,43 @@ impl Dispatcher {
                 ),
             };
             node.description = req.description.clone();
+            let known_addr = node
+                .status
+                .as_ref()
+                .map(|s| s.addr.clone())
+                .unwrap_or_default();
+            let addr = match remote {
+                Some(remote) if node.role != NodeRole::Manager as i32 => remote.ip().to_string(),
+                _ => known_addr,
+            };
             node.status = Some(NodeStatus {
                 state: node_status::State::Ready as i32,
                 message: String::new(),
-                addr: node
-                    .status
-                    .as_ref()
-                    .map(|s| s.addr.clone())
-                    .unwrap_or_default(),
+                addr,
             });
             let action = StoreAction {
                 kind: kind as i32,
                 target: Some(node.into()),
             };
-            if self
+            match self
                 .replica
                 .propose(Transaction {
                     actions: vec![action],
                     timestamp_ms: 0,
                 })
                 .await
-                .is_ok()
             {
-                recorded = true;
-                break;
+                Ok(_) => {
+                    recorded = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(node = %node_id, error = %e, "recording a node's session failed")
+                }
             }
         }
         if !recorded {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            if sessions
-                .get(&node_id)
-                .is_some_and(|s| s.id.as_deref() == Some(session_id.as_str()))
-            {
-                sessions.remove(&node_id);
-            }
+            self.forget_session(&node_id, &session_id);
             return Err(Status::unavailable("could not record the node; retry"));
         }
         let (tx, rx) = mpsc::channel(SESSION_BUFFER);
@@ -116,5 +133,17 @@ impl Dispatcher {
             }
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// Drops the session `session_id` of `node_id` if it is still the
+    /// node's.
+    fn forget_session(&self, node_id: &str, session_id: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions
+            .get(node_id)
+            .is_some_and(|s| s.id.as_deref() == Some(session_id))
+        {
+            sessions.remove(node_id);
+        }
     }
 }

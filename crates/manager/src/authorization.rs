@@ -1,0 +1,365 @@
+//! Who may call what on a manager's node listener (DESIGN.md §6).
+//!
+//! Owns nothing in the store: it reads the cluster and the nodes to decide,
+//! per gRPC method, from the certificate the TLS handshake verified:
+//!
+//! | method | who |
+//! |---|---|
+//! | `Ca/IssueNodeCertificate` | anyone (the join token in the request is the credential) |
+//! | `Ca/RenewNodeCertificate`, `Dispatcher/*`, `LogBroker/Publish*` | any node of the cluster |
+//! | `Raft/*`, `Control/*`, anything else of `LogBroker` | managers |
+//! | anything else | nobody |
+//!
+//! A node is only what its certificate says (CN = node id, OU = role, O =
+//! cluster), and only while the store has it: a node removed with `node rm`
+//! is refused from the commit on, whatever its certificate's dates. The
+//! caller's identity is handed to the service as a [`Peer`] in the
+//! request's extensions; a service never reads one from a request field.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use shoal_api::mtls::PeerCertificates;
+use shoal_api::NodeRole;
+use shoal_ca::{NodeIdentity, Role};
+use shoal_raft::Replica;
+use shoal_store::Tables;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::Status;
+
+/// The verified caller of a request on the node listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A node of the cluster, as its certificate names it.
+    Node {
+        node_id: String,
+        role: Role,
+        remote_addr: Option<SocketAddr>,
+    },
+    /// A caller without a certificate, on the one method that allows it.
+    Joining { remote_addr: Option<SocketAddr> },
+}
+
+impl Peer {
+    /// The caller of `request`, if it came through the authorization
+    /// layer; `None` on a transport that has none (a unix socket only the
+    /// local node can reach, in the simulator and tests).
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&Peer> {
+        request.extensions().get::<Peer>()
+    }
+
+    /// The node id, for a node.
+    pub fn node_id(&self) -> Option<&str> {
+        match self {
+            Peer::Node { node_id, .. } => Some(node_id),
+            Peer::Joining { .. } => None,
+        }
+    }
+
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Peer::Node { remote_addr, .. } | Peer::Joining { remote_addr } => *remote_addr,
+        }
+    }
+}
+
+/// Who a method is open to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    Anyone,
+    Nodes,
+    Managers,
+}
+
+/// The audience of the method at `path` (`/package.Service/Method`);
+/// `None` for a method nobody may call (default deny: a method added later
+/// is closed until it is named here).
+fn audience(path: &str) -> Option<Audience> {
+    let (service, method) = path.strip_prefix("/shoal.v1.")?.split_once('/')?;
+    match (service, method) {
+        ("Ca", "IssueNodeCertificate") => Some(Audience::Anyone),
+        ("Ca", "RenewNodeCertificate") => Some(Audience::Nodes),
+        ("Dispatcher", "Session" | "Heartbeat" | "UpdateTaskStatus") => Some(Audience::Nodes),
+        ("LogBroker", m) if m.starts_with("Publish") => Some(Audience::Nodes),
+        ("Raft" | "Control" | "LogBroker", _) => Some(Audience::Managers),
+        _ => None,
+    }
+}
+
+/// The decision for one request: the caller it is made for, or the refusal.
+pub fn decide(path: &str, peer: Option<&PeerCertificates>, view: &Tables) -> Result<Peer, Status> {
+    let remote_addr = peer.and_then(|p| p.remote_addr);
+    let Some(audience) = audience(path) else {
+        return Err(Status::permission_denied(format!(
+            "{path}: no node may call this method"
+        )));
+    };
+    let Some(leaf) = peer.and_then(PeerCertificates::leaf) else {
+        if audience == Audience::Anyone {
+            return Ok(Peer::Joining { remote_addr });
+        }
+        return Err(Status::unauthenticated(format!(
+            "{path}: a node certificate of this cluster is required"
+        )));
+    };
+    let (identity, _) = NodeIdentity::of_certificate(leaf)
+        .map_err(|e| Status::unauthenticated(format!("{path}: {e}")))?;
+    let cluster_id = view.cluster().map(|c| c.id.as_str()).unwrap_or_default();
+    if identity.cluster_id != cluster_id {
+        return Err(Status::permission_denied(format!(
+            "{path}: the certificate is of cluster {}, this is cluster {cluster_id}",
+            identity.cluster_id
+        )));
+    }
+    let Some(node) = view.node(&identity.node_id) else {
+        return Err(Status::permission_denied(format!(
+            "node {} has been removed from the cluster",
+            identity.node_id
+        )));
+    };
+    if audience == Audience::Managers {
+        let manager_now = node.role == NodeRole::Manager as i32;
+        if identity.role != Role::Manager || !manager_now {
+            return Err(Status::permission_denied(format!(
+                "{path}: only managers may call this; node {} is a worker",
+                identity.node_id
+            )));
+        }
+    }
+    Ok(Peer::Node {
+        node_id: identity.node_id,
+        role: identity.role,
+        remote_addr,
+    })
+}
+
+/// The layer that puts [`decide`] in front of every service of the node
+/// listener.
+#[derive(Clone)]
+pub struct AuthorizeLayer {
+    replica: Arc<Replica>,
+}
+
+impl AuthorizeLayer {
+    pub fn new(replica: Arc<Replica>) -> AuthorizeLayer {
+        AuthorizeLayer { replica }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize {
+            inner,
+            replica: Arc::clone(&self.replica),
+        }
+    }
+}
+
+/// See [`AuthorizeLayer`].
+#[derive(Clone)]
+pub struct Authorize<S> {
+    inner: S,
+    replica: Arc<Replica>,
+}
+
+type Answer<E> = Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
+
+impl<S> tower::Service<http::Request<Body>> for Authorize<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Answer<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let decided = {
+            let view = self.replica.store().view();
+            let peer = request.extensions().get::<PeerCertificates>();
+            decide(request.uri().path(), peer, &view)
+        };
+        match decided {
+            Ok(peer) => {
+                request.extensions_mut().insert(peer);
+                // The clone is the one that was made ready; keep it ready
+                // for the next call (tower's usual swap).
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move { ready.call(request).await })
+            }
+            Err(status) => {
+                tracing::debug!(path = request.uri().path(), %status, "a call was refused");
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::{Cluster, Node};
+    use shoal_ca::{NodeKey, RootCa};
+    use std::time::{Duration, SystemTime};
+
+    fn certificate(ca: &RootCa, node_id: &str, role: Role, cluster_id: &str) -> Vec<u8> {
+        let key = NodeKey::generate(node_id).unwrap();
+        let now = SystemTime::now();
+        let pem = ca
+            .issue(
+                key.request_pem(),
+                &NodeIdentity {
+                    node_id: node_id.into(),
+                    role,
+                    cluster_id: cluster_id.into(),
+                },
+                &[],
+                now,
+                now + Duration::from_secs(3_600),
+            )
+            .unwrap();
+        shoal_ca::certificate_der(&pem).unwrap()
+    }
+
+    fn peer(der: Option<Vec<u8>>) -> PeerCertificates {
+        PeerCertificates {
+            remote_addr: None,
+            chain: Arc::new(der.into_iter().collect()),
+        }
+    }
+
+    /// A store with cluster c1, manager m1 and worker w1.
+    fn view() -> Tables {
+        let create = |target: shoal_api::Object| shoal_api::StoreAction {
+            kind: shoal_api::store_action::Kind::Create as i32,
+            target: Some(target),
+        };
+        let mut actions = vec![create(
+            Cluster {
+                id: "c1".into(),
+                ..Default::default()
+            }
+            .into(),
+        )];
+        for (id, role) in [("m1", NodeRole::Manager), ("w1", NodeRole::Worker)] {
+            actions.push(create(
+                Node {
+                    id: id.into(),
+                    role: role as i32,
+                    ..Default::default()
+                }
+                .into(),
+            ));
+        }
+        let mut tables = Tables::default();
+        let batch = shoal_api::Batch {
+            transactions: vec![shoal_api::Transaction {
+                actions,
+                timestamp_ms: 0,
+            }],
+        };
+        for applied in tables.apply_batch(1, batch, None) {
+            applied.unwrap();
+        }
+        tables
+    }
+
+    #[test]
+    fn a_worker_reaches_the_dispatcher_and_renewal_but_not_raft_or_the_control_api() {
+        let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+        let worker = peer(Some(certificate(&ca, "w1", Role::Worker, "c1")));
+        let view = view();
+        for path in [
+            "/shoal.v1.Dispatcher/Session",
+            "/shoal.v1.Dispatcher/Heartbeat",
+            "/shoal.v1.Dispatcher/UpdateTaskStatus",
+            "/shoal.v1.Ca/RenewNodeCertificate",
+            "/shoal.v1.LogBroker/PublishLogs",
+        ] {
+            let decided = decide(path, Some(&worker), &view).unwrap();
+            assert_eq!(decided.node_id(), Some("w1"), "{path}");
+        }
+        for path in [
+            "/shoal.v1.Raft/AppendEntries",
+            "/shoal.v1.Control/ListNodes",
+            "/shoal.v1.LogBroker/Subscribe",
+        ] {
+            let refused = decide(path, Some(&worker), &view).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{path}");
+            assert!(refused.message().contains("only managers"), "{refused}");
+        }
+        let manager = peer(Some(certificate(&ca, "m1", Role::Manager, "c1")));
+        for path in ["/shoal.v1.Raft/Vote", "/shoal.v1.Control/ListNodes"] {
+            assert!(decide(path, Some(&manager), &view).is_ok(), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_method_not_named_is_refused_to_everyone() {
+        let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+        let manager = peer(Some(certificate(&ca, "m1", Role::Manager, "c1")));
+        for path in [
+            "/shoal.v1.LocalNode/Leave",
+            "/shoal.v1.Ca/SomethingNew",
+            "/grpc.health.v1.Health/Check",
+            "/",
+        ] {
+            let refused = decide(path, Some(&manager), &view()).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{path}");
+        }
+    }
+
+    #[test]
+    fn without_a_certificate_only_the_join_call_is_open() {
+        let view = view();
+        let none = peer(None);
+        assert_eq!(
+            decide("/shoal.v1.Ca/IssueNodeCertificate", Some(&none), &view).unwrap(),
+            Peer::Joining { remote_addr: None }
+        );
+        for path in [
+            "/shoal.v1.Dispatcher/Session",
+            "/shoal.v1.Ca/RenewNodeCertificate",
+            "/shoal.v1.Raft/Vote",
+        ] {
+            let refused = decide(path, Some(&none), &view).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{path}");
+            let refused = decide(path, None, &view).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_removed_node_or_another_cluster_is_refused_whatever_its_certificate() {
+        let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+        let removed = peer(Some(certificate(&ca, "gone", Role::Worker, "c1")));
+        let refused = decide("/shoal.v1.Dispatcher/Session", Some(&removed), &view()).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains("removed"), "{refused}");
+        let other = peer(Some(certificate(&ca, "w1", Role::Worker, "c2")));
+        let refused = decide("/shoal.v1.Dispatcher/Session", Some(&other), &view()).unwrap_err();
+        assert!(refused.message().contains("cluster c2"), "{refused}");
+    }
+
+    #[test]
+    fn a_manager_certificate_of_a_node_the_store_calls_a_worker_is_refused_manager_calls() {
+        let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+        let demoted = peer(Some(certificate(&ca, "w1", Role::Manager, "c1")));
+        let refused = decide("/shoal.v1.Raft/Vote", Some(&demoted), &view()).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    }
+}

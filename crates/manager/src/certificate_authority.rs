@@ -1,0 +1,351 @@
+//! The certificate authority every manager serves on its node listener
+//! (DESIGN.md §6): a joining node trades a join token and a certificate
+//! request for its node certificate, and a node renews its own.
+//!
+//! Owns: the cluster's `root_ca` and `join_tokens`, and the creation of a
+//! worker's node object when it joins (created with state UNKNOWN: the
+//! dispatcher makes it READY when its agent opens a session).
+//!
+//! A join token's secret is a MAC of its role and a nonce under the CA key
+//! ([`shoal_ca::RootCa::join_token`]); the store keeps the nonce and the
+//! secret's hash, never the secret, and a token is checked by hash in
+//! constant time. A joined node's identity (its id, its role) is chosen
+//! here, never taken from its request.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rand::rngs::StdRng;
+use shoal_api::ca_server::Ca;
+use shoal_api::{
+    node_spec, node_status, store_action, Annotations, Cluster, IssueNodeCertificateRequest,
+    JoinSecret, JoinTokens, Node, NodeCertificateResponse, NodeRole, NodeSpec, NodeStatus,
+    RenewNodeCertificateRequest, StoreAction, Transaction,
+};
+use shoal_ca::{JoinToken, NodeIdentity, Role, RootCa, SecretHash};
+use shoal_raft::Replica;
+use shoal_store::Tables;
+use tonic::{Request, Response, Status};
+
+use crate::authorization::Peer;
+
+/// A node certificate's lifetime when the cluster spec sets none.
+pub const DEFAULT_NODE_CERT_EXPIRY: Duration = Duration::from_secs(90 * 86_400);
+/// The shortest lifetime the cluster spec may set: a node renews at half
+/// of it at the earliest, and must reach a manager in that time.
+pub const MIN_NODE_CERT_EXPIRY: Duration = Duration::from_secs(30);
+/// Clocks of nodes differ: a certificate is valid from a little before now.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(3_600);
+
+/// The lifetime of the certificates `cluster` issues.
+pub fn node_cert_expiry(cluster: &Cluster) -> Duration {
+    cluster
+        .spec
+        .as_ref()
+        .and_then(|s| s.ca)
+        .map(|ca| ca.node_cert_expiry_secs)
+        .filter(|&secs| secs > 0)
+        .map_or(DEFAULT_NODE_CERT_EXPIRY, Duration::from_secs)
+}
+
+/// The role a join token's name gives.
+pub fn role_named(name: &str) -> Option<Role> {
+    match name {
+        "worker" => Some(Role::Worker),
+        "manager" => Some(Role::Manager),
+        _ => None,
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Worker => "worker",
+        Role::Manager => "manager",
+    }
+}
+
+/// A new secret for `role` under `ca`: its nonce and its hash.
+pub fn new_join_secret(ca: &RootCa, role: Role) -> Result<JoinSecret, shoal_ca::CaError> {
+    let nonce = shoal_ca::new_token_nonce()?;
+    let token = ca.join_token(role, &nonce);
+    Ok(JoinSecret {
+        secret_hash: token.secret_hash().0.to_vec(),
+        nonce,
+    })
+}
+
+/// Both roles' secrets for a new cluster.
+pub fn new_join_tokens(ca: &RootCa) -> Result<JoinTokens, shoal_ca::CaError> {
+    Ok(JoinTokens {
+        worker: Some(new_join_secret(ca, Role::Worker)?),
+        manager: Some(new_join_secret(ca, Role::Manager)?),
+    })
+}
+
+/// The stored secret of `role`.
+pub fn join_secret(tokens: &JoinTokens, role: Role) -> Option<&JoinSecret> {
+    match role {
+        Role::Worker => tokens.worker.as_ref(),
+        Role::Manager => tokens.manager.as_ref(),
+    }
+}
+
+/// The root CA of `cluster`, loaded to sign.
+pub fn root_of(cluster: &Cluster) -> Result<RootCa, Status> {
+    let root = cluster
+        .root_ca
+        .as_ref()
+        .filter(|r| !r.key_pem.is_empty())
+        .ok_or_else(|| Status::unavailable("the cluster has no root CA yet"))?;
+    RootCa::load(&root.cert_pem, &root.key_pem)
+        .map_err(|e| Status::internal(format!("the cluster's root CA: {e}")))
+}
+
+/// Which role `token` joins `cluster` as, or why it is refused. Every
+/// stored hash is compared, in constant time, whatever matches first.
+pub fn role_of_token(cluster: &Cluster, token: &JoinToken) -> Result<Role, Status> {
+    let digest = cluster
+        .root_ca
+        .as_ref()
+        .map(|r| r.digest.as_str())
+        .unwrap_or_default();
+    if token.ca_digest().as_str() != digest {
+        return Err(Status::permission_denied(format!(
+            "the join token is for another cluster: its CA digest is {}, this cluster's is {digest}",
+            token.ca_digest()
+        )));
+    }
+    let tokens = cluster.join_tokens.clone().unwrap_or_default();
+    let mut found = None;
+    for role in [Role::Worker, Role::Manager] {
+        let Some(secret) = join_secret(&tokens, role) else {
+            continue;
+        };
+        let Ok(hash) = <[u8; 32]>::try_from(secret.secret_hash.as_slice()) else {
+            continue;
+        };
+        if SecretHash(hash).matches(token) {
+            found = Some(role);
+        }
+    }
+    found.ok_or_else(|| {
+        Status::permission_denied(
+            "the join token is not valid: it is wrong, or it was rotated; \
+             `shoal join-token worker` on a manager prints the current one",
+        )
+    })
+}
+
+/// The CA service.
+pub struct CertificateAuthority {
+    replica: Arc<Replica>,
+    ids: Mutex<StdRng>,
+}
+
+impl CertificateAuthority {
+    /// Node ids of joining nodes come from `ids`.
+    pub fn new(replica: Arc<Replica>, ids: StdRng) -> CertificateAuthority {
+        CertificateAuthority {
+            replica,
+            ids: Mutex::new(ids),
+        }
+    }
+
+    fn new_node_id(&self) -> String {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        crate::identity::new_object_id(&mut *ids)
+    }
+}
+
+/// Signs a certificate of `identity` for the key in `csr_pem`.
+fn sign(
+    cluster: &Cluster,
+    identity: &NodeIdentity,
+    csr_pem: &str,
+) -> Result<NodeCertificateResponse, Status> {
+    let ca = root_of(cluster)?;
+    let now = SystemTime::now();
+    let cert_pem = ca
+        .issue(
+            csr_pem,
+            identity,
+            &[],
+            now - CLOCK_SKEW,
+            now + node_cert_expiry(cluster),
+        )
+        .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+    Ok(NodeCertificateResponse {
+        node_id: identity.node_id.clone(),
+        cluster_id: cluster.id.clone(),
+        cert_pem,
+        ca_pem: ca.cert_pem().to_string(),
+        role: role_name(identity.role).to_string(),
+        managers: Vec::new(),
+    })
+}
+
+fn cluster_of(view: &Tables) -> Result<Cluster, Status> {
+    view.cluster()
+        .cloned()
+        .ok_or_else(|| Status::unavailable("the cluster is still being created"))
+}
+
+#[tonic::async_trait]
+impl Ca for CertificateAuthority {
+    async fn issue_node_certificate(
+        &self,
+        request: Request<IssueNodeCertificateRequest>,
+    ) -> Result<Response<NodeCertificateResponse>, Status> {
+        let remote = Peer::of(&request).and_then(Peer::remote_addr);
+        let req = request.into_inner();
+        let token: JoinToken = req
+            .token
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
+        let view = self.replica.store().view();
+        let cluster = cluster_of(&view)?;
+        let role = role_of_token(&cluster, &token)?;
+        if role == Role::Manager {
+            return Err(Status::failed_precondition(
+                "this cluster runs a single manager: a node joins it with the worker token",
+            ));
+        }
+        let identity = NodeIdentity {
+            node_id: self.new_node_id(),
+            role,
+            cluster_id: cluster.id.clone(),
+        };
+        let mut answer = sign(&cluster, &identity, &req.csr_pem)?;
+        let node = Node {
+            id: identity.node_id.clone(),
+            spec: Some(NodeSpec {
+                annotations: Some(Annotations::default()),
+                desired_role: NodeRole::Worker as i32,
+                availability: node_spec::Availability::Active as i32,
+            }),
+            status: Some(NodeStatus {
+                state: node_status::State::Unknown as i32,
+                message: "joined; its agent has not connected yet".into(),
+                addr: remote.map(|r| r.ip().to_string()).unwrap_or_default(),
+            }),
+            role: NodeRole::Worker as i32,
+            ..Default::default()
+        };
+        // The node exists before its certificate is handed out: every call
+        // made with the certificate finds it.
+        self.replica
+            .propose(Transaction {
+                actions: vec![StoreAction {
+                    kind: store_action::Kind::Create as i32,
+                    target: Some(node.into()),
+                }],
+                timestamp_ms: 0,
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("recording the new node failed: {e}")))?;
+        answer.managers = crate::managers::addresses(&self.replica.store().view());
+        tracing::info!(node = %identity.node_id, ?remote, "a node joined as a worker");
+        Ok(Response::new(answer))
+    }
+
+    async fn renew_node_certificate(
+        &self,
+        request: Request<RenewNodeCertificateRequest>,
+    ) -> Result<Response<NodeCertificateResponse>, Status> {
+        let node_id = Peer::of(&request)
+            .and_then(Peer::node_id)
+            .map(str::to_string)
+            .ok_or_else(|| Status::unauthenticated("renewal needs the node's certificate"))?;
+        let req = request.into_inner();
+        let view = self.replica.store().view();
+        let cluster = cluster_of(&view)?;
+        let node = view.node(&node_id).ok_or_else(|| {
+            Status::permission_denied(format!("node {node_id} has been removed from the cluster"))
+        })?;
+        // The role is the store's: a promoted or demoted node's renewed
+        // certificate says what it is now.
+        let role = if node.role == NodeRole::Manager as i32 {
+            Role::Manager
+        } else {
+            Role::Worker
+        };
+        let identity = NodeIdentity {
+            node_id,
+            role,
+            cluster_id: cluster.id.clone(),
+        };
+        let mut answer = sign(&cluster, &identity, &req.csr_pem)?;
+        answer.managers = crate::managers::addresses(&view);
+        Ok(Response::new(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> (Cluster, RootCa) {
+        let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+        let cluster = Cluster {
+            id: "c1".into(),
+            root_ca: Some(shoal_api::RootCa {
+                cert_pem: ca.cert_pem().into(),
+                key_pem: ca.key_pem().into(),
+                digest: ca.digest().to_string(),
+            }),
+            join_tokens: Some(new_join_tokens(&ca).unwrap()),
+            ..Default::default()
+        };
+        (cluster, ca)
+    }
+
+    fn token(cluster: &Cluster, ca: &RootCa, role: Role) -> JoinToken {
+        let tokens = cluster.join_tokens.as_ref().unwrap();
+        ca.join_token(role, &join_secret(tokens, role).unwrap().nonce)
+    }
+
+    #[test]
+    fn each_roles_token_gives_its_role_and_a_rotated_one_gives_none() {
+        let (mut cluster, ca) = cluster();
+        let worker = token(&cluster, &ca, Role::Worker);
+        let manager = token(&cluster, &ca, Role::Manager);
+        assert_ne!(worker, manager);
+        assert_eq!(role_of_token(&cluster, &worker).unwrap(), Role::Worker);
+        assert_eq!(role_of_token(&cluster, &manager).unwrap(), Role::Manager);
+
+        cluster.join_tokens.as_mut().unwrap().worker =
+            Some(new_join_secret(&ca, Role::Worker).unwrap());
+        let refused = role_of_token(&cluster, &worker).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains("rotated"), "{refused}");
+        assert_eq!(role_of_token(&cluster, &manager).unwrap(), Role::Manager);
+        let current = token(&cluster, &ca, Role::Worker);
+        assert_eq!(role_of_token(&cluster, &current).unwrap(), Role::Worker);
+    }
+
+    #[test]
+    fn a_token_of_another_clusters_ca_is_refused_naming_both_digests() {
+        let (cluster, _) = cluster();
+        let (other, other_ca) = self::cluster();
+        let foreign = token(&other, &other_ca, Role::Worker);
+        let refused = role_of_token(&cluster, &foreign).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().contains(foreign.ca_digest().as_str()),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn the_cluster_spec_sets_the_certificate_lifetime() {
+        let (mut cluster, _) = cluster();
+        assert_eq!(node_cert_expiry(&cluster), DEFAULT_NODE_CERT_EXPIRY);
+        cluster.spec = Some(shoal_api::ClusterSpec {
+            ca: Some(shoal_api::CaConfig {
+                node_cert_expiry_secs: 120,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(node_cert_expiry(&cluster), Duration::from_secs(120));
+    }
+}

@@ -1,0 +1,230 @@
+//! A worker: its agent, over mutual TLS to the managers it knows, and a
+//! control socket that answers who the node is, lets it leave, and refuses
+//! the control API (the cluster's state is on the managers).
+//!
+//! The managers' addresses come from the join and then from each session,
+//! and are kept in the state dir, so a restart needs neither the token nor
+//! the address. The worker renews its certificate through the CA at the
+//! point [`crate::renewal::renew_in`] draws.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use shoal_agent::Driver;
+use shoal_api::ca_client::CaClient;
+use shoal_api::RenewNodeCertificateRequest;
+use shoal_ca::tls::NodeTlsIdentity;
+use shoal_ca::NodeKey;
+use tokio::sync::watch;
+
+use crate::certificates::{NodeCertificates, CERTIFICATES_DIR};
+use crate::daemon::{
+    drained, serve_control_socket, shutdown_signal, start_agent, tls_connector, DaemonConfig,
+    DaemonError, AGENT_TASKS_DIR,
+};
+use crate::host::describe_host;
+use crate::local_node::{KnownManagers, LocalNodeService, NotAManager};
+use crate::renewal::{renew_in, RETRY_MAX, RETRY_MIN};
+use crate::state_dir::StateDir;
+
+/// Runs the worker of `state` until a shutdown signal or `shoal leave`.
+pub async fn run(
+    mut state: StateDir,
+    config: &DaemonConfig,
+    mut rng: StdRng,
+) -> Result<(), DaemonError> {
+    let marker = state
+        .marker()
+        .cloned()
+        .ok_or_else(|| DaemonError::Agent("the state dir has no identity".into()))?;
+    let dir = state.path().join(CERTIFICATES_DIR);
+    let certificates = NodeCertificates::read(&dir).ok_or_else(|| {
+        DaemonError::Agent(format!(
+            "{} holds no certificates: this node cannot prove who it is; give it an empty state dir and join again",
+            dir.display()
+        ))
+    })?;
+    let ca_der = certificates.ca_der()?;
+    let identity = NodeTlsIdentity::new(&certificates.chain_pem(), &certificates.key_pem)?;
+    let addresses = state.managers();
+    if addresses.is_empty() {
+        return Err(DaemonError::Agent(
+            "the state dir names no manager to dial; give it an empty state dir and join again"
+                .into(),
+        ));
+    }
+    let known: KnownManagers = Arc::new(Mutex::new(addresses.clone()));
+    let learned = {
+        let known = Arc::clone(&known);
+        let file_dir = state.path().to_path_buf();
+        move |managers: &[String]| {
+            *known.lock().unwrap_or_else(|e| e.into_inner()) = managers.to_vec();
+            if let Err(e) = crate::state_dir::save_managers_in(&file_dir, managers) {
+                tracing::warn!(error = %e, "saving the managers' addresses failed");
+            }
+        }
+    };
+    let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?.on_learned(learned);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (leave_tx, mut leave_rx) = watch::channel(false);
+    let process = shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR));
+    let mut description = describe_host();
+    description.warnings.extend(process.cgroups.warning());
+    let agent = start_agent(
+        &state,
+        &marker.node_id,
+        description,
+        process,
+        connector,
+        &stop_rx,
+    )?;
+    let renewal = tokio::spawn(renew(
+        dir,
+        ca_der,
+        Arc::clone(&identity),
+        Arc::clone(&known),
+        StdRng::seed_from_u64(rand::Rng::gen(&mut rng)),
+        stop_rx.clone(),
+    ));
+
+    let socket = config.socket.clone().unwrap_or_else(|| state.socket_path());
+    let routes = tonic::service::Routes::new(NotAManager::new(Arc::clone(&known))).add_service(
+        shoal_api::local_node_server::LocalNodeServer::new(LocalNodeService::worker(
+            marker.clone(),
+            Arc::clone(&known),
+            leave_tx,
+        )),
+    );
+    let mut control_server = serve_control_socket(&socket, routes, &stop_rx)?;
+    eprintln!(
+        "shoal daemon: worker node {} of cluster {} is running; control socket {}; managers {}",
+        marker.node_id,
+        marker.cluster_id,
+        socket.display(),
+        known.lock().unwrap_or_else(|e| e.into_inner()).join(", ")
+    );
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let served = tokio::select! {
+        _ = &mut shutdown => None,
+        _ = leave_rx.wait_for(|l| *l) => None,
+        served = &mut control_server => Some(served),
+    };
+    let _ = stop_tx.send(true);
+    let served = match served {
+        Some(served) => served.unwrap_or(Ok(())),
+        None => drained(control_server).await.unwrap_or(Ok(())),
+    };
+    let _ = agent.await;
+    let _ = renewal.await;
+    let left = *leave_rx.borrow();
+    if left {
+        // Its tasks go with it: the manager runs them elsewhere once the
+        // node is down.
+        let driver = shoal_agent::ProcessDriver {
+            config: shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR)),
+        };
+        for (task_id, handle) in driver.leftovers() {
+            driver.kill(&task_id, handle);
+        }
+        state.forget()?;
+        eprintln!(
+            "shoal daemon: node {} left cluster {}; its identity is deleted",
+            marker.node_id, marker.cluster_id
+        );
+    } else {
+        let _ = std::fs::remove_file(&socket);
+    }
+    served
+}
+
+/// Renews the worker's certificate in `dir` through the managers' CA
+/// until `stop`.
+async fn renew(
+    dir: std::path::PathBuf,
+    ca_der: Vec<u8>,
+    identity: Arc<NodeTlsIdentity>,
+    managers: KnownManagers,
+    mut rng: StdRng,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut retry = RETRY_MIN;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let Some(current) = NodeCertificates::read(&dir) else {
+            tracing::error!("the node's certificates are gone from {}", dir.display());
+            return;
+        };
+        let wait = renew_in(&current.cert_pem, SystemTime::now(), &mut rng);
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let addresses = managers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut renewed = Err("no manager address is known".to_string());
+        for addr in &addresses {
+            renewed = renew_once(&dir, &current, &ca_der, &identity, addr).await;
+            if renewed.is_ok() {
+                break;
+            }
+        }
+        match renewed {
+            Ok(()) => {
+                tracing::info!("this node's certificate was renewed");
+                retry = RETRY_MIN;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing this node's certificate failed; retrying");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// One renewal through the manager at `addr`: a new key, its certificate
+/// written whole, then shown from the next handshake on.
+async fn renew_once(
+    dir: &Path,
+    current: &NodeCertificates,
+    ca_der: &[u8],
+    identity: &Arc<NodeTlsIdentity>,
+    addr: &str,
+) -> Result<(), String> {
+    let key = NodeKey::generate("renewal").map_err(|e| e.to_string())?;
+    let config = shoal_ca::tls::renewable_client_config(ca_der, Arc::clone(identity))
+        .map_err(|e| e.to_string())?;
+    let channel = shoal_api::mtls::connect(addr, config, shoal_ca::tls::MANAGER_NAME)
+        .map_err(|e| e.to_string())?;
+    let answer = CaClient::new(channel)
+        .renew_node_certificate(RenewNodeCertificateRequest {
+            csr_pem: key.request_pem().to_string(),
+        })
+        .await
+        .map_err(|s| format!("{addr}: {}", s.message()))?
+        .into_inner();
+    if answer.ca_pem != current.ca_pem {
+        return Err(format!("{addr} answered with another CA"));
+    }
+    let renewed = NodeCertificates {
+        ca_pem: answer.ca_pem,
+        cert_pem: answer.cert_pem,
+        key_pem: key.key_pem().to_string(),
+    };
+    if !shoal_ca::key_matches_certificate(&renewed.key_pem, &renewed.cert_pem) {
+        return Err(format!("{addr} answered with a certificate of another key"));
+    }
+    renewed.write(dir).map_err(|e| e.to_string())?;
+    identity
+        .replace(&renewed.chain_pem(), &renewed.key_pem)
+        .map_err(|e| e.to_string())
+}
