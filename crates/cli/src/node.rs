@@ -76,6 +76,7 @@ pub async fn run(mut client: Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 "AVAILABILITY",
                 "MANAGER STATUS",
                 "ENGINE VERSION",
+                "ADDRESS",
             ]);
             for n in nodes {
                 let status = n.status.clone().unwrap_or_default();
@@ -107,6 +108,7 @@ pub async fn run(mut client: Client, cmd: NodeCommand) -> anyhow::Result<()> {
                         ),
                         manager,
                         description.engine_version,
+                        status.addr.clone(),
                     ],
                 );
             }

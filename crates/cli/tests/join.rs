@@ -1,0 +1,305 @@
+//! Many daemons, one cluster (DESIGN.md §6): workers join a manager with a
+//! token over mutual TLS, on loopback addresses, each daemon with its own
+//! state dir; what the user sees, and every way a join is refused.
+
+mod harness;
+
+use std::path::Path;
+
+use harness::{json_lines, wait_until, Daemon};
+
+/// The address the manager advertises and its worker token.
+fn join_args(manager: &Daemon) -> (String, String) {
+    let shown = manager.ok(&["join-token", "worker"]);
+    let command = shown
+        .lines()
+        .find(|l| l.contains("shoal daemon --join"))
+        .unwrap_or_else(|| panic!("no join command in {shown}"));
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let at = |flag: &str| {
+        let i = words.iter().position(|w| *w == flag).unwrap();
+        words[i + 1].to_string()
+    };
+    let token = manager
+        .ok(&["join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    assert_eq!(at("--token"), token, "{shown}");
+    (at("--join"), token)
+}
+
+fn join(dir: &Path, manager: &Daemon) -> Daemon {
+    let (addr, token) = join_args(manager);
+    Daemon::start_with(dir, &["--join", &addr, "--token", &token])
+}
+
+/// `shoal daemon --join …` that must fail: its stderr.
+fn refused_join(dir: &Path, addr: &str, token: &str) -> String {
+    let out = harness::run(&[
+        "daemon",
+        "--state-dir",
+        dir.to_str().unwrap(),
+        "--join",
+        addr,
+        "--token",
+        token,
+    ]);
+    assert!(!out.status.success(), "the join succeeded");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.starts_with("Error: "), "{err}");
+    err
+}
+
+/// The node id a daemon's `version` names.
+fn node_id(d: &Daemon) -> String {
+    let v = d.ok(&["version"]);
+    let server = v.lines().find(|l| l.starts_with("Server:")).unwrap();
+    let after = server.split(" node ").nth(1).unwrap();
+    after.split(',').next().unwrap().trim().to_string()
+}
+
+/// `node ls` rows, by id.
+fn node_row(manager: &Daemon, id: &str) -> Option<serde_json::Value> {
+    json_lines(&manager.ok(&["node", "ls", "--format", "json"]))
+        .into_iter()
+        .find(|r| r["id"].as_str().is_some_and(|i| id.starts_with(i)))
+}
+
+fn ready(manager: &Daemon, id: &str) -> bool {
+    node_row(manager, id).is_some_and(|r| r["status"] == "Ready")
+}
+
+fn task_processes(d: &Daemon) -> std::collections::HashMap<String, u32> {
+    shoal_agent::find_task_processes(&d.state_dir.join("tasks"))
+}
+
+#[test]
+fn a_worker_joins_runs_tasks_and_restarts_from_its_state_dir_without_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let mut worker = join(&tmp.path().join("w"), &manager);
+    let worker_id = node_id(&worker);
+    assert!(worker.ok(&["version"]).contains("worker node"));
+    wait_until("the worker is Ready", || ready(&manager, &worker_id));
+    let row = node_row(&manager, &worker_id).unwrap();
+    assert_eq!(row["address"], "127.0.0.1", "{row}");
+    assert_eq!(row["manager_status"], "", "{row}");
+    // The worker's identity is its certificate's, issued for it.
+    let cert = std::fs::read_to_string(worker.state_dir.join("certificates/node.crt")).unwrap();
+    let (identity, _) = shoal_ca::NodeIdentity::of_certificate_pem(&cert).unwrap();
+    assert_eq!(identity.node_id, worker_id);
+    assert_eq!(identity.role, shoal_ca::Role::Worker);
+
+    manager.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    wait_until("tasks run on both nodes", || {
+        !task_processes(&manager).is_empty()
+            && !task_processes(&worker).is_empty()
+            && task_processes(&manager).len() + task_processes(&worker).len() == 4
+    });
+    let before = task_processes(&worker);
+
+    // A restart: no token, no address; the same tasks, not new ones.
+    worker.stop();
+    let mut worker = Daemon::start_with(&tmp.path().join("w"), &[]);
+    assert_eq!(node_id(&worker), worker_id);
+    wait_until("the worker is Ready again", || ready(&manager, &worker_id));
+    harness::after_an_orchestrator_pass(&manager);
+    assert_eq!(task_processes(&worker), before);
+    let running = manager.ok(&["service", "ps", "web", "--format", "json"]);
+    let live = json_lines(&running)
+        .iter()
+        .filter(|t| t["desired_state"] == "Running")
+        .count();
+    assert_eq!(live, 4, "{running}");
+
+    // Joining again on a state dir that has joined is refused.
+    worker.stop();
+    let (addr, token) = join_args(&manager);
+    let err = refused_join(&tmp.path().join("w"), &addr, &token);
+    assert!(err.contains("already"), "{err}");
+}
+
+#[test]
+fn a_worker_cannot_use_the_control_api_and_a_manager_cannot_leave() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let worker = join(&tmp.path().join("w"), &manager);
+    let (addr, _) = join_args(&manager);
+    for args in [
+        &["node", "ls"][..],
+        &["service", "ls"],
+        &["service", "create", "--name", "x", "--", "true"],
+        &["cluster", "inspect"],
+        &["join-token", "worker"],
+    ] {
+        let err = worker.fails(args);
+        assert!(
+            err.contains("this node is not a manager"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(&addr), "{args:?}: {err}");
+    }
+    let err = manager.fails(&["leave"]);
+    assert!(err.contains("manager"), "{err}");
+    manager.ok(&["node", "ls"]);
+}
+
+#[test]
+fn a_worker_that_leaves_stops_its_tasks_forgets_its_identity_and_can_then_be_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    manager.ok(&["cluster", "update", "--dispatcher-heartbeat", "500ms"]);
+    let mut worker = join(&tmp.path().join("w"), &manager);
+    let worker_id = node_id(&worker);
+    wait_until("the worker is Ready", || ready(&manager, &worker_id));
+    manager.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    wait_until("tasks run on the worker", || {
+        !task_processes(&worker).is_empty()
+    });
+    let err = manager.fails(&["node", "rm", &worker_id]);
+    assert!(err.contains("not down"), "{err}");
+
+    assert!(worker.ok(&["leave"]).contains("left"));
+    let status = worker
+        .wait_exit(harness::READY_WITHIN)
+        .expect("the worker's daemon exits after leaving");
+    assert!(status.success(), "{}", worker.log_text());
+    assert!(task_processes(&worker).is_empty());
+    let left: Vec<_> = std::fs::read_dir(&worker.state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, vec!["lock".to_string()], "its identity is deleted");
+
+    wait_until("the worker is down", || {
+        node_row(&manager, &worker_id).is_some_and(|r| r["status"] == "Down")
+    });
+    wait_until("its tasks run on the manager", || {
+        task_processes(&manager).len() == 4
+    });
+    manager.ok(&["node", "rm", &worker_id]);
+    assert!(node_row(&manager, &worker_id).is_none());
+    // The dir it left is empty: it can join again, as a new node.
+    let again = join(&tmp.path().join("w"), &manager);
+    assert_ne!(node_id(&again), worker_id);
+}
+
+#[test]
+fn joins_are_refused_for_a_wrong_rotated_or_foreign_token_and_an_unreachable_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let (addr, token) = join_args(&manager);
+    let (digest, secret) = token
+        .strip_prefix("SWMTKN-1-")
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let fresh = || {
+        tmp.path().join(format!(
+            "j{}",
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ))
+    };
+
+    let wrong_secret = format!("SWMTKN-1-{digest}-{}", "0".repeat(secret.len()));
+    let err = refused_join(&fresh(), &addr, &wrong_secret);
+    assert!(
+        err.contains("refused") && err.contains("not valid"),
+        "{err}"
+    );
+
+    let foreign = format!("SWMTKN-1-{}-{secret}", "a".repeat(64));
+    let err = refused_join(&fresh(), &addr, &foreign);
+    assert!(err.contains("is not the one the token names"), "{err}");
+    assert!(err.contains(digest), "names what it was shown: {err}");
+
+    let err = refused_join(&fresh(), &addr, "SWMTKN-1-nonsense");
+    assert!(err.contains("--token"), "{err}");
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let err = refused_join(&fresh(), &closed, &token);
+    assert!(err.contains("cannot reach"), "{err}");
+
+    // Rotation: the old token is refused, a node joined with it runs on.
+    let mut early = join(&fresh(), &manager);
+    let early_id = node_id(&early);
+    let rotated = manager.ok(&["join-token", "worker", "--rotate"]);
+    assert!(rotated.contains("Rotated"), "{rotated}");
+    let (_, new_token) = join_args(&manager);
+    assert_ne!(new_token, token);
+    let err = refused_join(&fresh(), &addr, &token);
+    assert!(err.contains("rotated"), "{err}");
+    let _late = Daemon::start_with(&fresh(), &["--join", &addr, "--token", &new_token]);
+    early.stop();
+    let _early = Daemon::start_with(&early.state_dir.clone(), &[]);
+    wait_until("the node joined before the rotation is Ready", || {
+        ready(&manager, &early_id)
+    });
+    // The manager token is another token, and this cluster has one manager.
+    let manager_token = manager.ok(&["join-token", "manager", "-q"]);
+    assert_ne!(manager_token.trim(), new_token);
+    let err = refused_join(&fresh(), &addr, manager_token.trim());
+    assert!(err.contains("single manager"), "{err}");
+    // Refused joins left no half-made state dir behind.
+    let leftover = tmp.path().join("j0");
+    assert!(
+        std::fs::read_dir(&leftover)
+            .unwrap()
+            .all(|e| e.unwrap().file_name() == "lock"),
+        "a refused join leaves nothing but the lock"
+    );
+}
+
+#[test]
+fn a_worker_tries_the_next_manager_it_knows_when_one_is_unreachable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let mut worker = join(&tmp.path().join("w"), &manager);
+    let worker_id = node_id(&worker);
+    wait_until("the worker is Ready", || ready(&manager, &worker_id));
+    let (addr, _) = join_args(&manager);
+    worker.stop();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let managers = worker.state_dir.join("managers.json");
+    std::fs::write(&managers, serde_json::to_vec(&[&dead, &addr]).unwrap()).unwrap();
+    // Marked down first, so Ready below is this start's.
+    manager.ok(&["cluster", "update", "--dispatcher-heartbeat", "500ms"]);
+    wait_until("the stopped worker is down", || {
+        !ready(&manager, &worker_id)
+    });
+    let _worker = Daemon::start_with(&worker.state_dir.clone(), &[]);
+    wait_until("the worker is Ready through the second address", || {
+        ready(&manager, &worker_id)
+    });
+    // Its session named the managers there are: the dead one is forgotten.
+    wait_until("the worker keeps the managers its session named", || {
+        std::fs::read_to_string(&managers).is_ok_and(|m| m.contains(&addr) && !m.contains(&dead))
+    });
+}

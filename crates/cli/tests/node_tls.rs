@@ -1,0 +1,261 @@
+//! The node listener refuses every call it must (DESIGN.md §6), each
+//! refusal its own test: no client certificate, another cluster's
+//! certificate, an expired one, a worker's on raft or the control API, a
+//! removed node's. The calls are made the way a node makes them, with the
+//! certificates real nodes were given.
+
+mod harness;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use harness::{wait_until, Daemon};
+use shoal_api::ca_client::CaClient;
+use shoal_api::control_client::ControlClient;
+use shoal_api::dispatcher_client::DispatcherClient;
+use shoal_api::raft_client::RaftClient;
+use shoal_api::{ListRequest, RaftMessage, RenewNodeCertificateRequest, SessionRequest};
+use tonic::transport::Channel;
+
+fn join_args(manager: &Daemon) -> (String, String) {
+    let token = manager
+        .ok(&["join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    let shown = manager.ok(&["join-token", "worker"]);
+    let addr = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "--join")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    (addr, token)
+}
+
+fn join(dir: &Path, manager: &Daemon) -> Daemon {
+    let (addr, token) = join_args(manager);
+    Daemon::start_with(dir, &["--join", &addr, "--token", &token])
+}
+
+/// A node's certificate files: (ca, chain, key).
+fn files(d: &Daemon) -> (String, String, String) {
+    let dir = d.state_dir.join("certificates");
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+    let (ca, cert, key) = (read("ca.crt"), read("node.crt"), read("node.key"));
+    (ca.clone(), format!("{cert}{ca}"), key)
+}
+
+/// A channel to `addr` trusting `ca_pem`, showing `identity` if any.
+fn channel(addr: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> Channel {
+    let ca_der = shoal_ca::certificate_der(ca_pem).unwrap();
+    let config = shoal_ca::tls::client_config(&ca_der, identity).unwrap();
+    let _in_runtime = runtime().enter();
+    shoal_api::mtls::connect(addr, config, shoal_ca::tls::MANAGER_NAME).unwrap()
+}
+
+/// One runtime for the test's calls and the channels they go on.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| tokio::runtime::Runtime::new().unwrap())
+}
+
+fn renew(ch: Channel) -> Result<shoal_api::NodeCertificateResponse, tonic::Status> {
+    let key = shoal_ca::NodeKey::generate("x").unwrap();
+    runtime().block_on(async move {
+        CaClient::new(ch)
+            .renew_node_certificate(RenewNodeCertificateRequest {
+                csr_pem: key.request_pem().to_string(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    })
+}
+
+/// Whether `status` is the connection failing, not an answer: in TLS 1.3
+/// the server checks the client's certificate after the client finished
+/// its side, so a refused certificate shows as the connection closing.
+fn handshake_refused(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+        && matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        )
+}
+
+#[test]
+fn a_call_without_a_client_certificate_reaches_only_the_join() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let (addr, _) = join_args(&manager);
+    let (ca, _, _) = files(&manager);
+    let anonymous = channel(&addr, &ca, None);
+    let refused = runtime()
+        .block_on(
+            DispatcherClient::new(anonymous.clone()).session(SessionRequest {
+                node_id: String::new(),
+                description: None,
+            }),
+        )
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    let refused = renew(anonymous.clone()).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    let refused = runtime()
+        .block_on(ControlClient::new(anonymous).list_nodes(ListRequest::default()))
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+}
+
+#[test]
+fn a_workers_certificate_renews_but_reaches_neither_raft_nor_the_control_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let worker = join(&tmp.path().join("w"), &manager);
+    let (addr, _) = join_args(&manager);
+    let (ca, chain, key) = files(&worker);
+    let as_worker = || channel(&addr, &ca, Some((&chain, &key)));
+
+    let renewed = renew(as_worker()).expect("a worker renews its own certificate");
+    let (identity, _) = shoal_ca::NodeIdentity::of_certificate_pem(&renewed.cert_pem).unwrap();
+    let (mine, _) = shoal_ca::NodeIdentity::of_certificate_pem(
+        &std::fs::read_to_string(worker.state_dir.join("certificates/node.crt")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(identity, mine, "renewal keeps the identity");
+
+    let refused = runtime()
+        .block_on(RaftClient::new(as_worker()).vote(RaftMessage::default()))
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert!(refused.message().contains("only managers"), "{refused}");
+    let refused = runtime()
+        .block_on(ControlClient::new(as_worker()).list_nodes(ListRequest::default()))
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+
+    // The manager's own certificate reaches both (raft answers it: the
+    // message is empty, so it is refused by raft, not by authorization).
+    let (_, manager_chain, manager_key) = files(&manager);
+    let as_manager = channel(&addr, &ca, Some((&manager_chain, &manager_key)));
+    let answered = runtime()
+        .block_on(ControlClient::new(as_manager.clone()).list_nodes(ListRequest::default()));
+    assert!(answered.is_ok(), "{answered:?}");
+    let raft = runtime().block_on(RaftClient::new(as_manager).vote(RaftMessage::default()));
+    assert_eq!(raft.unwrap_err().code(), tonic::Code::InvalidArgument);
+}
+
+#[test]
+fn a_certificate_of_another_clusters_ca_fails_the_handshake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let worker = join(&tmp.path().join("w"), &manager);
+    let (addr, _) = join_args(&manager);
+    let (ca, _, _) = files(&manager);
+    let (_, own_chain, _) = files(&worker);
+    let own_id = shoal_ca::NodeIdentity::of_certificate_pem(&own_chain)
+        .unwrap()
+        .0;
+    // The same identity, signed by another root.
+    let other = shoal_ca::RootCa::create(&own_id.cluster_id, SystemTime::now()).unwrap();
+    let key = shoal_ca::NodeKey::generate(&own_id.node_id).unwrap();
+    let now = SystemTime::now();
+    let forged = other
+        .issue(
+            key.request_pem(),
+            &own_id,
+            &[],
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3_600),
+        )
+        .unwrap();
+    let refused = renew(channel(&addr, &ca, Some((&forged, key.key_pem())))).unwrap_err();
+    assert!(handshake_refused(&refused), "{refused:?}");
+}
+
+#[test]
+fn a_removed_nodes_certificate_is_refused_from_the_moment_it_is_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let mut worker = join(&tmp.path().join("w"), &manager);
+    let (addr, _) = join_args(&manager);
+    let (ca, chain, key) = files(&worker);
+    let worker_id = shoal_ca::NodeIdentity::of_certificate_pem(&chain)
+        .unwrap()
+        .0
+        .node_id;
+    assert!(renew(channel(&addr, &ca, Some((&chain, &key)))).is_ok());
+    manager.ok(&["node", "rm", "--force", &worker_id]);
+    let refused = renew(channel(&addr, &ca, Some((&chain, &key)))).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert!(refused.message().contains("removed"), "{refused}");
+    // Its running daemon's session is refused too: it never comes back.
+    harness::after_an_orchestrator_pass(&manager);
+    wait_until("the removed worker is told so", || {
+        worker.log_text().contains("removed from the cluster")
+    });
+    let nodes = manager.ok(&["node", "ls", "-q"]);
+    assert!(!nodes.contains(&worker_id[..12]), "{nodes}");
+    worker.stop();
+}
+
+#[test]
+fn certificates_renew_before_they_expire_while_tasks_run_and_an_expired_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let err = manager.fails(&["cluster", "update", "--cert-expiry", "10s"]);
+    assert!(
+        err.contains("cert_expiry") && err.contains("at least 30"),
+        "{err}"
+    );
+    manager.ok(&["cluster", "update", "--cert-expiry", "30s"]);
+    let mut worker = join(&tmp.path().join("w"), &manager);
+    let (addr, _) = join_args(&manager);
+    let (ca, first_chain, first_key) = files(&worker);
+    let (_, not_after) = shoal_ca::NodeIdentity::of_certificate_pem(&first_chain).unwrap();
+    manager.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let tasks_dir = worker.state_dir.join("tasks");
+    let tasks = || shoal_agent::find_task_processes(&tasks_dir);
+    wait_until("a task runs on the worker", || !tasks().is_empty());
+    let running = tasks();
+
+    // Renewed between 15 and 24 s after it was issued.
+    let cert = worker.state_dir.join("certificates/node.crt");
+    wait_until("the worker renews its certificate", || {
+        std::fs::read_to_string(&cert).is_ok_and(|c| !first_chain.starts_with(&c))
+    });
+    let (_, renewed_after) =
+        shoal_ca::NodeIdentity::of_certificate_pem(&std::fs::read_to_string(&cert).unwrap())
+            .unwrap();
+    assert!(renewed_after > not_after);
+    // Past the first certificate's end: the tasks never stopped, and the
+    // worker reconnects with the renewed one.
+    wait_until("the first certificate has expired", || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            > not_after + 1
+    });
+    assert_eq!(tasks(), running);
+    let refused = renew(channel(&addr, &ca, Some((&first_chain, &first_key)))).unwrap_err();
+    assert!(handshake_refused(&refused), "{refused:?}");
+    worker.stop();
+    let worker = Daemon::start_with(&worker.state_dir.clone(), &[]);
+    let (_, chain, key) = files(&worker);
+    assert!(renew(channel(&addr, &ca, Some((&chain, &key)))).is_ok());
+    assert_eq!(tasks(), running);
+}
