@@ -96,15 +96,13 @@ fn a_call_without_a_client_certificate_reaches_only_the_join() {
                 description: None,
             }),
         )
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
     let refused = renew(anonymous.clone()).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
     let refused = runtime()
         .block_on(ControlClient::new(anonymous).list_nodes(ListRequest::default()))
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
 }
 
@@ -127,14 +125,12 @@ fn a_workers_certificate_renews_but_reaches_neither_raft_nor_the_control_api() {
 
     let refused = runtime()
         .block_on(RaftClient::new(as_worker()).vote(RaftMessage::default()))
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
     assert!(refused.message().contains("only managers"), "{refused}");
     let refused = runtime()
         .block_on(ControlClient::new(as_worker()).list_nodes(ListRequest::default()))
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
 
     // The manager's own certificate reaches both (raft answers it: the
