@@ -44,6 +44,7 @@ use tonic::transport::Channel;
 
 use crate::driver::Driver;
 use crate::heartbeat::Heartbeat;
+use crate::log_publisher::LogPublishers;
 use crate::reports::Reports;
 use crate::task_db::TaskRecord;
 use crate::task_runner::{TaskRunner, TaskUpdate};
@@ -248,6 +249,8 @@ struct Agent<D: Driver> {
     /// report is made again if the manager has not applied it.
     recorded: HashMap<String, TaskStatus>,
     db: Arc<dyn TaskRecord>,
+    /// Log reads managers asked of this node, running.
+    log_publishers: LogPublishers,
 }
 
 impl<D: Driver> Drop for Agent<D> {
@@ -255,6 +258,7 @@ impl<D: Driver> Drop for Agent<D> {
         for runner in self.runners.values() {
             runner.task.abort();
         }
+        self.log_publishers.cancel_all();
     }
 }
 
@@ -283,6 +287,7 @@ pub async fn run<D: Driver>(
             HashMap::new()
         }),
         db,
+        log_publishers: LogPublishers::default(),
     };
     let mut backoff = RECONNECT_MIN_MS;
     loop {
@@ -290,8 +295,10 @@ pub async fn run<D: Driver>(
             return;
         }
         let (addr, channel) = agent.config.dispatcher.channel();
+        let mut session_channel = None;
         let opened = match channel {
             Ok(channel) => {
+                session_channel = Some(channel.clone());
                 let mut client = DispatcherClient::new(channel);
                 let request = SessionRequest {
                     node_id: agent.config.node_id.clone(),
@@ -350,6 +357,9 @@ pub async fn run<D: Driver>(
                             ));
                         }
                         agent.config.dispatcher.learn(&addr, &m.managers);
+                        if let Some(channel) = &session_channel {
+                            agent.answer_log_reads(channel, &m);
+                        }
                         agent.apply(m).await;
                     }
                     Ok(None) | Err(_) => break,
@@ -377,10 +387,24 @@ pub async fn run<D: Driver>(
             }
         }
         agent.reports.abandon();
+        // The manager dropped this session's reads with it.
+        agent.log_publishers.cancel_all();
     }
 }
 
 impl<D: Driver> Agent<D> {
+    /// Starts and stops the log reads a session message asks for.
+    fn answer_log_reads(&mut self, channel: &Channel, message: &SessionMessage) {
+        for id in &message.log_cancellations {
+            self.log_publishers.cancel(id);
+        }
+        for subscription in &message.log_subscriptions {
+            let dir = self.driver.log_dir(&subscription.task_id);
+            self.log_publishers
+                .start(channel.clone(), dir, subscription.clone());
+        }
+    }
+
     /// Records a runner's report, then queues it for the dispatcher.
     fn queue(&mut self, update: TaskUpdate) {
         if let Err(e) = self.db.record(&update.task_id, &update.status) {

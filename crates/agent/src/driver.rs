@@ -29,4 +29,7 @@ pub trait Driver: Send + Sync + 'static {
     /// Removes what a task that left this node left behind (its directory,
     /// its logs).
     fn clean_up(&self, task_id: &str);
+    /// The directory holding a task's `stdout.log` and `stderr.log`;
+    /// `None` where tasks keep no logs.
+    fn log_dir(&self, task_id: &str) -> Option<std::path::PathBuf>;
 }

@@ -11,7 +11,8 @@
 //!
 //! The agent's session with the dispatcher is [`run`]; what runs the tasks
 //! is the [`Driver`] it is given ([`ProcessDriver`] here, a fake one in the
-//! simulator).
+//! simulator). The log reads managers ask of the node through its session
+//! are read here ([`log_reader`]) and published back ([`log_publisher`]).
 
 mod agent;
 mod cgroup;
@@ -19,6 +20,8 @@ mod driver;
 mod executor;
 mod heartbeat;
 mod log_pipe;
+mod log_publisher;
+pub mod log_reader;
 mod process;
 mod reports;
 mod task_db;

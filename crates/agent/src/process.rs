@@ -80,6 +80,10 @@ impl crate::driver::Driver for ProcessDriver {
     fn clean_up(&self, task_id: &str) {
         let _ = std::fs::remove_dir_all(self.config.tasks_dir.join(task_id));
     }
+
+    fn log_dir(&self, task_id: &str) -> Option<std::path::PathBuf> {
+        Some(self.config.tasks_dir.join(task_id))
+    }
 }
 
 /// Set in every task's environment, so an agent that restarts finds the

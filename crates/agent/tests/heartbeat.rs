@@ -59,6 +59,7 @@ impl Dispatcher for HangingDispatcher {
             removed: vec![],
             full: true,
             managers: Vec::new(),
+            ..Default::default()
         };
         tx.send(Ok(first))
             .await
@@ -223,6 +224,7 @@ async fn an_assignment_starts_while_a_status_report_waits_for_its_answer() {
         removed: vec![],
         full: false,
         managers: Vec::new(),
+        ..Default::default()
     };
     session.send(Ok(message)).await.unwrap();
     let tasks_dir = tmp.path().join("tasks");

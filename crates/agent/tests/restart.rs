@@ -56,6 +56,7 @@ impl Dispatcher for RecordingDispatcher {
             removed: vec![],
             full: true,
             managers: Vec::new(),
+            ..Default::default()
         };
         tx.send(Ok(first))
             .await

@@ -34,9 +34,11 @@ pub enum ServiceCommand {
         #[arg(required = true)]
         services: Vec<String>,
     },
-    /// Print what a service's tasks write to stdout and stderr, each line
-    /// prefixed with the task's name.
+    /// Print what a service's tasks (or one task) write to stdout and
+    /// stderr, each line prefixed with the task's name.
     Logs {
+        /// A service, or one task's id.
+        #[arg(value_name = "SERVICE|TASK")]
         service: String,
         /// Keep printing as the tasks write.
         #[arg(short, long)]
@@ -233,14 +235,29 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             timestamps,
         } => {
             let request = shoal_api::LogsRequest {
-                service,
+                service: service.clone(),
                 task: String::new(),
                 follow,
                 tail: tail.0,
                 since_unix_nano: since.unwrap_or(0),
             };
-            let mut stream = match client.api().logs(request).await {
+            let mut stream = match client.api().logs(request.clone()).await {
                 Ok(r) => r.into_inner(),
+                // Not a service: a task, as `docker service logs` takes.
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    let as_task = shoal_api::LogsRequest {
+                        service: String::new(),
+                        task: service.clone(),
+                        ..request
+                    };
+                    match client.api().logs(as_task).await {
+                        Ok(r) => r.into_inner(),
+                        Err(task_status) if task_status.code() == tonic::Code::NotFound => {
+                            return Err(anyhow::anyhow!("no service or task {service:?}"))
+                        }
+                        Err(task_status) => return Err(client.error(task_status)),
+                    }
+                }
                 Err(status) => return Err(client.error(status)),
             };
             use std::io::Write;

@@ -309,7 +309,7 @@ fn logs_show_each_tasks_output_under_its_name_and_inspect_shows_the_status_histo
 }
 
 #[test]
-fn logs_follow_prints_what_tasks_write_as_they_write_it() {
+fn logs_follow_prints_what_tasks_write_as_they_write_it_until_the_client_goes() {
     use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(&tmp.path().join("s1"));
@@ -349,6 +349,10 @@ fn logs_follow_prints_what_tasks_write_as_they_write_it() {
     }
     let _ = follow.kill();
     let _ = follow.wait();
+    // The client went: its read stops where the task runs.
+    harness::wait_until("the agent's read of the task stops", || {
+        d.log_text().contains("a log read ended: cancelled")
+    });
 }
 
 #[test]

@@ -303,3 +303,52 @@ fn a_worker_tries_the_next_manager_it_knows_when_one_is_unreachable() {
         std::fs::read_to_string(&managers).is_ok_and(|m| m.contains(&addr) && !m.contains(&dead))
     });
 }
+
+#[test]
+fn service_logs_show_the_lines_of_tasks_on_every_node_and_skip_a_node_that_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let mut worker = join(&tmp.path().join("w"), &manager);
+    let worker_id = node_id(&worker);
+    wait_until("the worker is Ready", || ready(&manager, &worker_id));
+    manager.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--",
+        "sh",
+        "-c",
+        "echo line-of-$SHOAL_TASK_ID; sleep 600",
+    ]);
+    wait_until("tasks run on both nodes", || {
+        !task_processes(&manager).is_empty()
+            && !task_processes(&worker).is_empty()
+            && task_processes(&manager).len() + task_processes(&worker).len() == 4
+    });
+    let on_worker: Vec<String> = task_processes(&worker).into_keys().collect();
+    let on_manager: Vec<String> = task_processes(&manager).into_keys().collect();
+    let all: Vec<String> = on_worker.iter().chain(&on_manager).cloned().collect();
+    wait_until("every task's line is in the service's logs", || {
+        let logs = manager.ok(&["service", "logs", "--raw", "web"]);
+        all.iter().all(|id| logs.contains(&format!("line-of-{id}")))
+    });
+    // One task's logs, on the worker, by its id.
+    let one = manager.ok(&["service", "logs", &on_worker[0]]);
+    assert!(one.contains(&format!("line-of-{}", on_worker[0])), "{one}");
+
+    let err = manager.fails(&["service", "logs", "nosuch"]);
+    assert!(err.contains("no service or task \"nosuch\""), "{err}");
+
+    // A node that is gone is left out, not waited for.
+    worker.stop();
+    let logs = manager.ok(&["service", "logs", "--raw", "web"]);
+    for id in &on_manager {
+        assert!(logs.contains(&format!("line-of-{id}")), "{logs}");
+    }
+    for id in &on_worker {
+        assert!(!logs.contains(&format!("line-of-{id}")), "{logs}");
+    }
+}

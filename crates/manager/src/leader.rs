@@ -25,8 +25,9 @@ use crate::Dispatcher;
 /// The dispatcher's gRPC service, for the node listener to serve.
 pub type DispatcherService = shoal_api::dispatcher_server::DispatcherServer<Dispatcher>;
 
-/// Starts the reconcilers and serves the dispatcher on a unix socket at
-/// `dispatcher_socket`, with no authorization (the simulator's agents):
+/// Starts the reconcilers and serves the dispatcher and the log broker on
+/// a unix socket at `dispatcher_socket`, with no authorization (the
+/// simulator's agents); returns them and the broker, for the control API:
 /// a daemon serves it on its node listener instead ([`start`]).
 /// Everything stops when `stop` turns true.
 pub fn start_on_unix_socket(
@@ -34,13 +35,16 @@ pub fn start_on_unix_socket(
     dispatcher_socket: &Path,
     stop: &watch::Receiver<bool>,
     rng: &mut StdRng,
-) -> Result<JoinSet<()>, TransportError> {
+) -> Result<(JoinSet<()>, Arc<crate::LogBroker>), TransportError> {
     let incoming = shoal_api::transport::listen_unix(dispatcher_socket)?;
-    let (mut set, dispatcher) = start(replica, stop, rng);
+    let leader = start(replica, stop, rng);
+    let (mut set, dispatcher) = (leader.tasks, leader.dispatcher);
+    let publishing = crate::LogPublishing::server(Arc::clone(&leader.logs));
     let mut server_stop = stop.clone();
     set.spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(dispatcher)
+            .add_service(publishing)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             })
@@ -49,17 +53,22 @@ pub fn start_on_unix_socket(
             tracing::error!(error = %e, "the dispatcher stopped serving");
         }
     });
-    Ok(set)
+    Ok((set, leader.logs))
 }
 
-/// Starts the reconcilers and the dispatcher's own loops; returns them
-/// and the dispatcher's service, for the caller to serve. Everything stops
+/// What [`start`] started.
+pub struct Leader {
+    /// The reconcilers and the dispatcher's own loops.
+    pub tasks: JoinSet<()>,
+    /// The dispatcher's service, for the caller to serve.
+    pub dispatcher: DispatcherService,
+    /// The log broker the dispatcher and the control API share.
+    pub logs: Arc<crate::LogBroker>,
+}
+
+/// Starts the reconcilers and the dispatcher's own loops. Everything stops
 /// when `stop` turns true.
-pub fn start(
-    replica: &Arc<Replica>,
-    stop: &watch::Receiver<bool>,
-    rng: &mut StdRng,
-) -> (JoinSet<()>, DispatcherService) {
+pub fn start(replica: &Arc<Replica>, stop: &watch::Receiver<bool>, rng: &mut StdRng) -> Leader {
     let mut set = JoinSet::new();
     // Each component draws from a generator seeded from `rng`: the same seed
     // gives the same ids, whatever order the components run in.
@@ -90,11 +99,18 @@ pub fn start(
         stop.clone(),
         Reaper::default(),
     ));
-    let dispatcher = Dispatcher::new(Arc::clone(replica), stop.clone(), dispatcher_ids);
+    let logs = Arc::new(crate::LogBroker::default());
+    let dispatcher = Dispatcher::new(
+        Arc::clone(replica),
+        stop.clone(),
+        dispatcher_ids,
+        Arc::clone(&logs),
+    );
     set.spawn(dispatcher.monitor());
     set.spawn(dispatcher.fan_out());
-    (
-        set,
-        shoal_api::dispatcher_server::DispatcherServer::new(dispatcher),
-    )
+    Leader {
+        tasks: set,
+        dispatcher: shoal_api::dispatcher_server::DispatcherServer::new(dispatcher),
+        logs,
+    }
 }

@@ -42,7 +42,8 @@ pub use controlapi::{
     InvalidSpec,
 };
 pub use controlapi::{ControlApi, ControlConfig};
-pub use dispatcher::{Dispatcher, HEARTBEAT_TTL_PERIODS};
+pub use dispatcher::log_broker::{LogSubscriber, Published, SubscribeError};
+pub use dispatcher::{Dispatcher, LogBroker, LogPublishing, HEARTBEAT_TTL_PERIODS};
 pub use identity::new_object_id;
 pub use limits::{
     Limits, DEFAULT_MAX_NEW_TASKS_PER_PASS, DEFAULT_MAX_REPLICAS_PER_SERVICE,

@@ -56,6 +56,7 @@ async fn setup_with_nodes(heartbeat_period_ms: u64, nodes: Vec<shoal_api::Node>)
         Arc::clone(&replica),
         stopped.clone(),
         rand::SeedableRng::seed_from_u64(7),
+        Default::default(),
     );
     tokio::spawn(dispatcher.monitor());
     tokio::spawn(dispatcher.fan_out());
@@ -415,7 +416,7 @@ async fn a_node_is_removed_once_down_or_with_force_and_never_the_managers_own() 
         Arc::clone(&s.replica),
         ControlConfig {
             node_id: "manager".into(),
-            tasks_dir: std::env::temp_dir(),
+            logs: Default::default(),
         },
         rand::SeedableRng::seed_from_u64(7),
     );

@@ -361,12 +361,13 @@ async fn run_manager(
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-    let (mut background, dispatcher) = shoal_manager::leader::start(&replica, &stop_rx, &mut rng);
+    let leader = shoal_manager::leader::start(&replica, &stop_rx, &mut rng);
+    let (mut background, dispatcher) = (leader.tasks, leader.dispatcher);
     let control = Arc::new(ControlApi::new(
         Arc::clone(&replica),
         ControlConfig {
             node_id: marker.node_id.clone(),
-            tasks_dir: state.path().join(AGENT_TASKS_DIR),
+            logs: Arc::clone(&leader.logs),
         },
         StdRng::seed_from_u64(rng.gen()),
     ));
@@ -377,6 +378,7 @@ async fn run_manager(
         &replica,
         crate::node_listener::NodeServices {
             dispatcher,
+            logs: shoal_manager::LogPublishing::server(leader.logs),
             ca: CertificateAuthority::new(Arc::clone(&replica), StdRng::seed_from_u64(rng.gen())),
             control: GrpcControl::server(
                 Arc::clone(&control),

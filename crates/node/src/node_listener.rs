@@ -1,6 +1,6 @@
 //! A manager's one network port (DESIGN.md §6): mutual TLS, and behind the
 //! authorization layer, every service other nodes use: the CA, the
-//! dispatcher, raft, and the control API for other managers. Nothing on it
+//! dispatcher, the log broker, raft, and the control API for other managers. Nothing on it
 //! is reachable without a certificate of the cluster but the join call.
 
 use std::net::SocketAddr;
@@ -23,6 +23,7 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// What the node listener serves.
 pub struct NodeServices {
     pub dispatcher: DispatcherService,
+    pub logs: shoal_api::log_broker_server::LogBrokerServer<shoal_manager::LogPublishing>,
     pub ca: CertificateAuthority,
     pub control: shoal_api::control_server::ControlServer<GrpcControl>,
 }
@@ -43,6 +44,7 @@ pub async fn start(
     let router = tonic::transport::Server::builder()
         .layer(AuthorizeLayer::new(Arc::clone(replica)))
         .add_service(services.dispatcher)
+        .add_service(services.logs.max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(ca)
         .add_service(raft)
         .add_service(services.control);

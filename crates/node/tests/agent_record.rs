@@ -77,6 +77,7 @@ async fn a_recorded_end_that_was_never_reported_is_reported_with_its_exit_code()
         Arc::clone(&replica),
         stopped.clone(),
         rand::SeedableRng::seed_from_u64(7),
+        Default::default(),
     );
     tokio::spawn(
         tonic::transport::Server::builder()

@@ -41,4 +41,9 @@ impl Driver for FakeDriver {
     fn clean_up(&self, task_id: &str) {
         self.machine.workloads().remove(task_id);
     }
+
+    /// Fake workloads write nothing.
+    fn log_dir(&self, _task_id: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }

@@ -146,7 +146,7 @@ impl SimCluster {
         let dispatcher_socket = dir.path().join("dispatcher.sock");
         // Every id the manager makes comes from the run's seed.
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-        let mut manager = shoal_manager::leader::start_on_unix_socket(
+        let (mut manager, logs) = shoal_manager::leader::start_on_unix_socket(
             &replica,
             &dispatcher_socket,
             &stop_rx,
@@ -158,7 +158,7 @@ impl SimCluster {
             Arc::clone(&replica),
             ControlConfig {
                 node_id: String::new(),
-                tasks_dir: dir.path().join("tasks"),
+                logs,
             },
             rand::rngs::StdRng::seed_from_u64(rand::Rng::gen(&mut rng)),
         );

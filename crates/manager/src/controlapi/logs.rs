@@ -1,40 +1,30 @@
-//! Task logs, read from the local agent's task directories.
+//! Task logs, read where the tasks ran: each task's read is asked of its
+//! node's agent through the log broker ([`crate::LogBroker`]), this
+//! manager's own node included, so every node's tasks are read the same
+//! way ([`shoal_agent::log_reader`] has what a read returns).
 //!
-//! Every task's stdout and stderr are files in its directory on the node
-//! that ran it, each line stamped by the agent with the time it read it
-//! from the task ([`shoal_api::log_time`]). This manager serves the tasks
-//! of its own node. A read starts at the beginning of each file, or with
-//! `tail` at its last lines, keeps the lines stamped at or after `since`,
-//! and runs to the end the file had when the read began, whatever its
-//! size: the newest line is always shown. The stamp travels beside the
-//! line, not in it. A line is sent once it is complete (ends with a
-//! newline), except at the end of a non-follow read, where a trailing
-//! partial line is sent as it is. With `follow`, the files are read again every
-//! `FOLLOW_POLL_MS` until the client goes away, and tasks that appear later
-//! (a replacement) join the stream.
+//! Without `follow`, tasks are read one after another, in slot order and
+//! then by age, each to the end its files had when its read began; a task
+//! whose node has no session (down, unreachable) is left out. With
+//! `follow`, every task is read at once and the service is looked at again
+//! every `FOLLOW_POLL_MS`: tasks that appear (a replacement, a node that
+//! came back) join the stream, until the client goes away, which cancels
+//! every read at its agent.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_api::{LogLine, Task};
+use shoal_api::{LogLine, LogSubscription, Task};
 use shoal_store::Store;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 
 use super::{ApiError, ControlApi, EventStream, InvalidSpec, ReceiverStream, STREAM_BUFFER};
+use crate::dispatcher::log_broker::{LogBroker, Published};
 use shoal_api::ObjectKind;
 
 const FOLLOW_POLL_MS: u64 = 250;
-/// Bytes read from one file per pass, so one chatty task cannot starve others.
-const MAX_READ_BYTES: u64 = 1 << 20;
-/// A line longer than this is sent in pieces of this size: a task that
-/// writes without newlines cannot make the manager buffer without bound.
-const MAX_LINE_BYTES: usize = 256 << 10;
-/// Bytes scanned backwards per read when looking for the last lines.
-const TAIL_SCAN_BYTES: u64 = 64 << 10;
-const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
 /// Which tasks to read.
 pub enum Selector {
@@ -42,33 +32,13 @@ pub enum Selector {
     Task(String),
 }
 
-struct Cursor {
-    name: String,
-    offset: Option<u64>,
-    partial: Vec<u8>,
-    /// Whether `partial` starts a line of the file (and so its stamp).
-    line_start: bool,
-    /// The time of the line `partial` continues.
-    line_time: i64,
-    /// Where the first read starts: the last this-many lines, or all.
-    tail: Option<u64>,
-}
-
-/// What to read of each file.
+/// What to read of each task.
 #[derive(Debug, Clone, Copy)]
 pub struct Reading {
-    /// Keep reading what is written after the end.
     pub follow: bool,
-    /// Start at the last this-many lines (all when `None`).
     pub tail: Option<u64>,
-    /// Only lines written at or after this time (ns since the epoch); 0:
-    /// all.
     pub since_unix_nano: i64,
 }
-
-/// One line (or piece of an endless one) and when it was written (0: its
-/// log does not say).
-type Line = (i64, Vec<u8>);
 
 fn task_name(store: &Store, task: &Task) -> String {
     let view = store.view();
@@ -89,195 +59,111 @@ fn task_name(store: &Store, task: &Task) -> String {
     }
 }
 
+/// The selected tasks, in the order a read without follow shows them.
+fn selected(store: &Store, selector: &Selector) -> Vec<Task> {
+    let view = store.view();
+    let mut tasks: Vec<Task> = match selector {
+        Selector::Service(id) => view.tasks_of_service(id).collect(),
+        Selector::Task(id) => view.task(id).into_iter().collect(),
+    };
+    tasks.sort_by_key(|t| {
+        (
+            t.slot,
+            t.meta.as_ref().map_or(0, |m| m.created_at_ms),
+            t.id.clone(),
+        )
+    });
+    tasks.retain(|t| !t.node_id.is_empty());
+    tasks
+}
+
 /// Streams the selected tasks' logs into `tx` until done (or, following,
 /// until the receiver is dropped).
 pub async fn stream(
     store: Arc<Store>,
-    tasks_dir: PathBuf,
-    node_id: String,
+    broker: Arc<LogBroker>,
+    mut ids: impl FnMut() -> String + Send,
     selector: Selector,
     reading: Reading,
     tx: mpsc::Sender<Result<LogLine, ApiError>>,
 ) {
-    let mut cursors: BTreeMap<(u64, i64, String, &'static str), Cursor> = BTreeMap::new();
-    // `tail` applies to the tasks there when the read begins; a task that
-    // joins a follow later (a replacement) is shown from its first line.
-    let mut tail = reading.tail;
-    loop {
-        let tasks: Vec<Task> = {
-            let view = store.view();
-            match &selector {
-                Selector::Service(id) => view.tasks_of_service(id).collect(),
-                Selector::Task(id) => view.task(id).into_iter().collect(),
+    let subscribe = |task: &Task, tail: Option<u64>, id: String| {
+        broker.subscribe(
+            &task.node_id,
+            LogSubscription {
+                id,
+                task_id: task.id.clone(),
+                task_name: task_name(&store, task),
+                follow: reading.follow,
+                tail,
+                since_unix_nano: reading.since_unix_nano,
+            },
+        )
+    };
+    if !reading.follow {
+        for task in selected(&store, &selector) {
+            let Ok(mut subscriber) = subscribe(&task, reading.tail, ids()) else {
+                continue;
+            };
+            loop {
+                let published = tokio::select! {
+                    _ = tx.closed() => return,
+                    published = subscriber.recv() => published,
+                };
+                match published {
+                    Some(Published::Lines(batch)) => {
+                        for line in batch {
+                            if tx.send(Ok(line)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Published::Closed(_)) | None => break,
+                }
             }
-        };
-        for task in tasks.iter().filter(|t| t.node_id == node_id) {
-            let created = task.meta.as_ref().map_or(0, |m| m.created_at_ms);
-            for stream in STREAMS {
-                cursors
-                    .entry((task.slot, created, task.id.clone(), stream))
-                    .or_insert_with(|| Cursor {
-                        name: task_name(&store, task),
-                        offset: None,
-                        partial: Vec::new(),
-                        line_start: true,
-                        line_time: 0,
-                        tail,
-                    });
+        }
+        return;
+    }
+    // `tail` applies to the tasks there when the read begins; a task that
+    // joins later (a replacement) is shown from its first line.
+    let mut tail = reading.tail;
+    let mut reading_now: HashSet<String> = HashSet::new();
+    let mut open = tokio_stream::StreamMap::new();
+    loop {
+        for task in selected(&store, &selector) {
+            if reading_now.contains(&task.id) {
+                continue;
+            }
+            // A node without a session is tried again at the next look.
+            if let Ok(subscriber) = subscribe(&task, tail, ids()) {
+                reading_now.insert(task.id.clone());
+                open.insert(task.id.clone(), subscriber);
             }
         }
         tail = None;
-        for ((_, _, task_id, stream), cursor) in cursors.iter_mut() {
-            let path = tasks_dir.join(task_id).join(format!("{stream}.log"));
-            // Following, one chunk per file per pass; otherwise each file to
-            // the end it had when the read began.
-            let end = (!reading.follow).then(|| file_len(&path));
-            loop {
-                let (lines, more) = read_new_lines(&path, cursor, reading, end);
-                for (time, line) in lines {
-                    if reading.since_unix_nano > 0 && time < reading.since_unix_nano {
-                        continue;
+        let look_again = tokio::time::sleep(Duration::from_millis(FOLLOW_POLL_MS));
+        tokio::pin!(look_again);
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = &mut look_again => break,
+                Some((task_id, published)) = open.next(), if !open.is_empty() => match published {
+                    Published::Lines(batch) => {
+                        for line in batch {
+                            if tx.send(Ok(line)).await.is_err() {
+                                return;
+                            }
+                        }
                     }
-                    let message = LogLine {
-                        task_id: task_id.clone(),
-                        task_name: cursor.name.clone(),
-                        stream: stream.to_string(),
-                        line,
-                        time_unix_nano: time,
-                    };
-                    if tx.send(Ok(message)).await.is_err() {
-                        return;
+                    Published::Closed(_) => {
+                        open.remove(&task_id);
                     }
-                }
-                if reading.follow || !more {
-                    break;
-                }
+                },
             }
         }
-        if !reading.follow {
-            return;
-        }
-        tokio::select! {
-            _ = tx.closed() => return,
-            _ = tokio::time::sleep(Duration::from_millis(FOLLOW_POLL_MS)) => {}
-        }
-    }
-}
-
-fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// Where the last `lines` lines of the file begin (a trailing partial line
-/// counts as one). Reads backwards in bounded chunks, so it costs what the
-/// lines take, not what the file holds.
-fn tail_offset(file: &mut std::fs::File, len: u64, lines: u64) -> u64 {
-    if lines == 0 {
-        return len;
-    }
-    let mut end = len;
-    let mut newlines = 0u64;
-    // A final newline ends the last line; it does not start one.
-    let mut skip_final = true;
-    let mut buf = vec![0u8; TAIL_SCAN_BYTES as usize];
-    while end > 0 {
-        let start = end.saturating_sub(TAIL_SCAN_BYTES);
-        let chunk = &mut buf[..(end - start) as usize];
-        if file.seek(SeekFrom::Start(start)).is_err() || file.read_exact(chunk).is_err() {
-            return 0;
-        }
-        for (i, b) in chunk.iter().enumerate().rev() {
-            if *b != b'\n' {
-                skip_final = false;
-                continue;
-            }
-            if skip_final {
-                skip_final = false;
-                continue;
-            }
-            newlines += 1;
-            if newlines == lines {
-                return start + i as u64 + 1;
-            }
-        }
-        end = start;
-    }
-    0
-}
-
-/// The complete lines added to `path` since the cursor, and whether more
-/// is left to read (below `end`, when given). The last read of a
-/// non-follow read also sends a trailing partial line. A file that shrank
-/// was rotated: read it from the start.
-fn read_new_lines(
-    path: &Path,
-    cursor: &mut Cursor,
-    reading: Reading,
-    end: Option<u64>,
-) -> (Vec<Line>, bool) {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return (Vec::new(), false);
-    };
-    let len = end.unwrap_or_else(|| file.metadata().map_or(0, |m| m.len()));
-    let offset = match cursor.offset {
-        None => match cursor.tail {
-            None => 0,
-            Some(n) => tail_offset(&mut file, len, n),
-        },
-        Some(o) if o > file.metadata().map_or(0, |m| m.len()) => {
-            cursor.partial.clear();
-            cursor.line_start = true;
-            0
-        }
-        Some(o) => o,
-    };
-    let want = MAX_READ_BYTES.min(len.saturating_sub(offset));
-    let mut buf = Vec::new();
-    if want > 0 && file.seek(SeekFrom::Start(offset)).is_ok() {
-        let _ = file.take(want).read_to_end(&mut buf);
-    }
-    cursor.offset = Some(offset + buf.len() as u64);
-    let more = !buf.is_empty() && offset + (buf.len() as u64) < len;
-    cursor.partial.extend_from_slice(&buf);
-    // Each line is copied out once and what was consumed is dropped once:
-    // splitting the buffer per line would copy its rest for every line.
-    let mut lines = Vec::new();
-    let mut start = 0;
-    while let Some(len) = cursor.partial[start..].iter().position(|b| *b == b'\n') {
-        lines.push(cursor.piece(start, start + len, true));
-        start += len + 1;
-    }
-    while cursor.partial.len() - start > MAX_LINE_BYTES {
-        lines.push(cursor.piece(start, start + MAX_LINE_BYTES, false));
-        start += MAX_LINE_BYTES;
-    }
-    cursor.partial.drain(..start);
-    if !reading.follow && !more && !cursor.partial.is_empty() {
-        let end = cursor.partial.len();
-        lines.push(cursor.piece(0, end, true));
-        cursor.partial.clear();
-    }
-    (lines, more)
-}
-
-impl Cursor {
-    /// `partial[from..to]` as a line with its time: its own stamp when it
-    /// starts a line of the file, else the time of the line it continues.
-    /// `ends` says whether the line ends with it.
-    fn piece(&mut self, from: usize, to: usize, ends: bool) -> Line {
-        let bytes = &self.partial[from..to];
-        let line = if self.line_start {
-            match shoal_api::log_time::split_stamp(bytes) {
-                Some((time, text)) => (time, text.to_vec()),
-                // A log written before lines were stamped.
-                None => (0, bytes.to_vec()),
-            }
-        } else {
-            (self.line_time, bytes.to_vec())
-        };
-        self.line_time = line.0;
-        self.line_start = ends;
-        line
+        // A read that ended (its session went) may start again.
+        let still: HashSet<String> = open.keys().cloned().collect();
+        reading_now.retain(|id| still.contains(id));
     }
 }
 
@@ -299,10 +185,11 @@ impl ControlApi {
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let mut ids = self.id_source();
         tokio::spawn(stream(
             Arc::clone(self.replica.store()),
-            self.config.tasks_dir.clone(),
-            self.config.node_id.clone(),
+            Arc::clone(&self.config.logs),
+            move || crate::identity::new_object_id(&mut ids),
             selector,
             Reading {
                 follow: req.follow,
@@ -312,99 +199,5 @@ impl ControlApi {
             tx,
         ));
         Ok(ReceiverStream::new(rx))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tail_of(text: &str, n: u64) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        std::fs::write(&path, text).unwrap();
-        let mut f = std::fs::File::open(&path).unwrap();
-        let at = tail_offset(&mut f, text.len() as u64, n);
-        text[at as usize..].to_string()
-    }
-
-    #[test]
-    fn tail_starts_at_the_last_lines_whatever_the_file_ends_with() {
-        assert_eq!(tail_of("a\nb\nc\n", 2), "b\nc\n");
-        assert_eq!(tail_of("a\nb\nc", 2), "b\nc");
-        assert_eq!(tail_of("a\nb\nc\n", 10), "a\nb\nc\n");
-        assert_eq!(tail_of("a\nb\n", 0), "");
-        assert_eq!(tail_of("", 3), "");
-        // Across the backward scan's chunks.
-        let long: String = (0..50_000).map(|i| format!("{i}\n")).collect();
-        assert_eq!(tail_of(&long, 2), "49998\n49999\n");
-    }
-
-    /// Every line of the file at `path`, as a read without follow sends it.
-    fn read_whole(path: &Path) -> Vec<Line> {
-        let mut cursor = Cursor {
-            name: String::new(),
-            offset: None,
-            partial: Vec::new(),
-            line_start: true,
-            line_time: 0,
-            tail: None,
-        };
-        let reading = Reading {
-            follow: false,
-            tail: None,
-            since_unix_nano: 0,
-        };
-        let end = Some(file_len(path));
-        let mut lines = Vec::new();
-        loop {
-            let (got, more) = read_new_lines(path, &mut cursor, reading, end);
-            lines.extend(got);
-            if !more {
-                return lines;
-            }
-        }
-    }
-
-    #[test]
-    fn a_read_without_follow_runs_to_the_end_and_splits_endless_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let mut text: String = (0..400_000).map(|i| format!("{i}\n")).collect();
-        text.push_str(&"x".repeat(MAX_LINE_BYTES + 10));
-        std::fs::write(&path, &text).unwrap();
-        let lines = read_whole(&path);
-        assert_eq!(lines.len(), 400_002);
-        assert_eq!(lines[399_999].1, b"399999");
-        assert_eq!(lines[400_000].1.len(), MAX_LINE_BYTES);
-        assert_eq!(lines[400_001].1.len(), 10);
-    }
-
-    #[test]
-    fn each_line_carries_its_stamp_beside_it_and_pieces_of_a_long_line_share_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let first = shoal_api::log_time::format_stamp(1_000);
-        let second = shoal_api::log_time::format_stamp(2_000);
-        // Longer than one read: it comes out in pieces.
-        let long = "y".repeat(MAX_READ_BYTES as usize + 5);
-        std::fs::write(
-            &path,
-            format!("{first} a\nunstamped\n{second} {long}\n{second} tail"),
-        )
-        .unwrap();
-        let lines = read_whole(&path);
-        assert!(lines.len() > 4, "the long line came in pieces");
-        let (head, rest) = lines.split_at(2);
-        assert_eq!(head, [(1_000, b"a".to_vec()), (0, b"unstamped".to_vec())]);
-        let (last, pieces) = rest.split_last().unwrap();
-        assert_eq!(last, &(2_000, b"tail".to_vec()));
-        assert!(pieces.iter().all(|(t, _)| *t == 2_000));
-        let text: Vec<u8> = pieces.iter().flat_map(|(_, p)| p.clone()).collect();
-        assert_eq!(
-            text,
-            long.as_bytes(),
-            "the stamp is taken off the first piece only"
-        );
     }
 }

@@ -57,8 +57,8 @@ pub type EventStream<T> = ReceiverStream<Result<T, ApiError>>;
 pub struct ControlConfig {
     /// The node id `self` refers to.
     pub node_id: String,
-    /// Where this node's agent keeps task directories (their logs).
-    pub tasks_dir: std::path::PathBuf,
+    /// Where task logs are asked for: the broker the dispatcher serves.
+    pub logs: Arc<crate::LogBroker>,
 }
 
 /// The control API, free of any transport.
@@ -88,6 +88,13 @@ impl ControlApi {
     fn new_id(&self) -> String {
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         new_object_id(&mut *rng)
+    }
+
+    /// A generator of its own, seeded from this one's, for a stream's ids.
+    fn id_source(&self) -> StdRng {
+        use rand::{Rng, SeedableRng};
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        StdRng::seed_from_u64(rng.gen())
     }
 
     /// The store's current view (O(1); never waits for a writer).

@@ -22,6 +22,14 @@ use super::*;
 pub(super) struct Inbox {
     bell: Notify,
     changed: Mutex<Changed>,
+    logs: Mutex<LogMail>,
+}
+
+/// Log reads to ask of the node, and to stop ([`super::log_broker`]).
+#[derive(Debug, Default)]
+pub(super) struct LogMail {
+    pub subscriptions: Vec<shoal_api::LogSubscription>,
+    pub cancellations: Vec<String>,
 }
 
 #[derive(Default)]
@@ -44,6 +52,31 @@ impl Inbox {
 
     fn take(&self) -> Changed {
         std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(super) fn post_log_subscription(&self, subscription: shoal_api::LogSubscription) {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .subscriptions
+            .push(subscription);
+        self.bell.notify_one();
+    }
+
+    pub(super) fn post_log_cancellation(&self, id: String) {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        // Not asked yet: never ask.
+        let before = logs.subscriptions.len();
+        logs.subscriptions.retain(|s| s.id != id);
+        if logs.subscriptions.len() == before {
+            logs.cancellations.push(id);
+        }
+        drop(logs);
+        self.bell.notify_one();
+    }
+
+    pub(super) fn take_logs(&self) -> LogMail {
+        std::mem::take(&mut *self.logs.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -160,6 +193,7 @@ pub(super) async fn stream_assignments(
             return;
         }
         let changed = inbox.take();
+        let mail = inbox.take_logs();
         let everything = first || changed.everything;
         if everything {
             last_full = Instant::now();
@@ -210,7 +244,8 @@ pub(super) async fn stream_assignments(
             }
             (tasks, removed)
         };
-        if first || !tasks.is_empty() || !removed.is_empty() {
+        let has_mail = !mail.subscriptions.is_empty() || !mail.cancellations.is_empty();
+        if first || !tasks.is_empty() || !removed.is_empty() || has_mail {
             let message = SessionMessage {
                 node_id: node_id.to_string(),
                 session_id: session_id.to_string(),
@@ -223,6 +258,8 @@ pub(super) async fn stream_assignments(
                 } else {
                     Vec::new()
                 },
+                log_subscriptions: mail.subscriptions,
+                log_cancellations: mail.cancellations,
             };
             first = false;
             if tx.send(Ok(message)).await.is_err() {

@@ -22,8 +22,11 @@
 
 mod assignments;
 mod heartbeat;
+pub mod log_broker;
 mod session;
 mod status;
+
+pub use log_broker::LogBroker;
 
 use assignments::{stream_assignments, Inbox, Inboxes};
 use heartbeat::check_session;
@@ -71,6 +74,8 @@ pub struct Dispatcher {
     shutdown: watch::Receiver<bool>,
     /// Where node and session ids come from.
     ids: Mutex<rand::rngs::StdRng>,
+    /// Log reads asked of the nodes through their sessions.
+    logs: Arc<LogBroker>,
 }
 
 /// The cluster's heartbeat period now. Read from the store at every use: a
@@ -99,8 +104,10 @@ impl Dispatcher {
         replica: Arc<Replica>,
         shutdown: watch::Receiver<bool>,
         ids: rand::rngs::StdRng,
+        logs: Arc<LogBroker>,
     ) -> Dispatcher {
         Dispatcher {
+            logs,
             ids: Mutex::new(ids),
             replica,
             sessions: Arc::default(),
@@ -127,6 +134,41 @@ fn caller(peer: Option<&Peer>, named: &str) -> Result<String, Status> {
         )));
     }
     Ok(node_id.to_string())
+}
+
+/// The `LogBroker` service: agents publish the lines of the reads asked of
+/// them.
+pub struct LogPublishing {
+    broker: Arc<LogBroker>,
+}
+
+impl LogPublishing {
+    pub fn server(
+        broker: Arc<LogBroker>,
+    ) -> shoal_api::log_broker_server::LogBrokerServer<LogPublishing> {
+        shoal_api::log_broker_server::LogBrokerServer::new(LogPublishing { broker })
+    }
+}
+
+#[tonic::async_trait]
+impl shoal_api::log_broker_server::LogBroker for LogPublishing {
+    async fn publish_logs(
+        &self,
+        request: Request<Streaming<shoal_api::PublishLogsMessage>>,
+    ) -> Result<Response<shoal_api::PublishLogsResponse>, Status> {
+        let from = Peer::of(&request)
+            .and_then(Peer::node_id)
+            .map(str::to_string);
+        let mut messages = request.into_inner();
+        while let Some(message) = messages.message().await? {
+            let close = message.close;
+            self.broker.publish(from.as_deref(), message).await?;
+            if close {
+                break;
+            }
+        }
+        Ok(Response::new(shoal_api::PublishLogsResponse {}))
+    }
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionMessage, Status>> + Send>>;

@@ -109,6 +109,8 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(node_id.clone(), Arc::clone(&inbox));
+        self.logs.session_opened(&node_id, &inbox);
+        let logs = Arc::clone(&self.logs);
         let inboxes = Arc::clone(&self.inboxes);
         let replica = Arc::clone(&self.replica);
         let sessions = Arc::clone(&self.sessions);
@@ -124,6 +126,7 @@ impl Dispatcher {
                 &mut shutdown,
             )
             .await;
+            logs.session_closed(&node_id, &inbox);
             let mut inboxes = inboxes.lock().unwrap_or_else(|e| e.into_inner());
             if inboxes
                 .get(&node_id)
