@@ -43,6 +43,20 @@ impl Daemon {
 
     /// Starts a daemon with `args` after `daemon --state-dir DIR`.
     pub fn spawn_with(state_dir: &Path, args: &[&str]) -> Daemon {
+        Daemon::spawn_in(None, state_dir, args)
+    }
+
+    /// Starts a daemon in the network namespace `netns` (another host, as
+    /// far as the network goes), and waits until it answers.
+    pub fn start_in(netns: &str, state_dir: &Path, args: &[&str]) -> Daemon {
+        let mut daemon = Daemon::spawn_in(Some(netns), state_dir, args);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts a daemon, in `netns` when given (`ip netns exec` execs the
+    /// daemon: the child is the daemon itself).
+    pub fn spawn_in(netns: Option<&str>, state_dir: &Path, args: &[&str]) -> Daemon {
         let socket = state_dir.join("shoal.sock");
         let mut log = state_dir.as_os_str().to_owned();
         log.push(".daemon.log");
@@ -52,7 +66,15 @@ impl Daemon {
             .append(true)
             .open(&log)
             .expect("the daemon's log opens");
-        let child = Command::new(BIN)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["daemon", "--state-dir"])
             .arg(state_dir)
             .args(args)
@@ -149,6 +171,11 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` (SIGSTOP to pause, SIGCONT to go on).
+    pub fn signal(&self, signal: i32) {
+        assert_eq!(nix_kill(self.pid(), signal), 0, "signal {signal}");
     }
 
     /// SIGKILL, no chance to clean up.

@@ -1,0 +1,254 @@
+//! A manager and workers on separate network hosts: each worker runs in a
+//! network namespace of its own that the test makes, joined to the
+//! manager's by a veth pair, so cutting the link is a real network fault
+//! (connections hang, nothing is refused). Needs root and `ip netns`; says
+//! SKIPPED plainly otherwise.
+
+mod harness;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use harness::{json_lines, wait_until, Daemon};
+
+/// A network namespace joined to this one by a veth pair: `root_ip` here,
+/// `host_ip` there. Deleted (with its link) when dropped.
+struct Host {
+    ns: String,
+    link: String,
+    root_ip: String,
+    host_ip: String,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Host {
+    /// A new host, or `None` (with the reason printed) where namespaces
+    /// cannot be made.
+    fn new() -> Option<Host> {
+        static HOSTS: AtomicUsize = AtomicUsize::new(0);
+        let k = HOSTS.fetch_add(1, Ordering::Relaxed);
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: network hosts need root (ip netns)");
+            return None;
+        }
+        let pid = std::process::id();
+        let ns = format!("shoal-{pid}-{k}");
+        let link = format!("sh{pid}{k}");
+        // One /30 per host: the second octet and the third from the pid,
+        // the fourth from the host's number, so concurrent tests differ.
+        let (a, b) = (64 + (pid / 256) % 128, pid % 256);
+        let (root_ip, host_ip) = (
+            format!("10.{a}.{b}.{}", k * 4 + 1),
+            format!("10.{a}.{b}.{}", k * 4 + 2),
+        );
+        let peer = format!("{link}p");
+        let made = ip(&["netns", "add", &ns])
+            && ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer])
+            && ip(&["link", "set", &peer, "netns", &ns])
+            && ip(&["addr", "add", &format!("{root_ip}/30"), "dev", &link])
+            && ip(&["link", "set", &link, "up"])
+            && ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{host_ip}/30"),
+                "dev",
+                &peer,
+            ])
+            && ip(&["-n", &ns, "link", "set", &peer, "up"])
+            && ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let host = Host {
+            ns,
+            link,
+            root_ip,
+            host_ip,
+        };
+        if !made {
+            eprintln!("SKIPPED: `ip netns` could not make a host here");
+            return None;
+        }
+        Some(host)
+    }
+
+    /// Cuts the link: packets are dropped both ways, connections hang.
+    fn cut(&self) {
+        assert!(ip(&["link", "set", &self.link, "down"]));
+    }
+
+    fn heal(&self) {
+        assert!(ip(&["link", "set", &self.link, "up"]));
+    }
+}
+
+impl Drop for Host {
+    /// Deleting the namespace deletes its end of the pair, and so the pair.
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.ns]);
+    }
+}
+
+fn join_args(manager: &Daemon) -> (String, String) {
+    let token = manager
+        .ok(&["join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    let shown = manager.ok(&["join-token", "worker"]);
+    let addr = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "--join")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    (addr, token)
+}
+
+fn status_of(manager: &Daemon, host_ip: &str) -> Option<String> {
+    json_lines(&manager.ok(&["node", "ls", "--format", "json"]))
+        .into_iter()
+        .find(|r| r["address"] == host_ip)
+        .map(|r| r["status"].as_str().unwrap_or_default().to_string())
+}
+
+fn processes(d: &Daemon) -> std::collections::HashMap<String, u32> {
+    shoal_agent::find_task_processes(&d.state_dir.join("tasks"))
+}
+
+/// No slot has two tasks desired running, and `n` are.
+fn one_live_task_per_slot(manager: &Daemon, n: usize) -> bool {
+    let tasks = json_lines(&manager.ok(&["service", "ps", "web", "--format", "json"]));
+    let live: Vec<String> = tasks
+        .iter()
+        .filter(|t| t["desired_state"] == "Running")
+        .map(|t| t["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let slots: std::collections::BTreeSet<&String> = live.iter().collect();
+    live.len() == n && slots.len() == n
+}
+
+/// A manager here and a worker on `host`, four tasks spread over both.
+fn cluster_over(host: &Host, tmp: &std::path::Path) -> (Daemon, Daemon, String) {
+    let listen = format!("{}:0", host.root_ip);
+    let manager = Daemon::start_with(&tmp.join("m"), &["--listen-addr", &listen]);
+    manager.ok(&["cluster", "update", "--dispatcher-heartbeat", "500ms"]);
+    let (addr, token) = join_args(&manager);
+    assert!(addr.starts_with(&host.root_ip), "{addr}");
+    let worker = Daemon::start_in(
+        &host.ns,
+        &tmp.join("w"),
+        &["--join", &addr, "--token", &token],
+    );
+    let host_ip = host.host_ip.clone();
+    wait_until("the worker on the other host is Ready", || {
+        status_of(&manager, &host_ip).as_deref() == Some("Ready")
+    });
+    manager.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    wait_until("tasks run on both hosts", || {
+        !processes(&worker).is_empty() && processes(&manager).len() + processes(&worker).len() == 4
+    });
+    (manager, worker, host_ip)
+}
+
+/// The processes of `service`'s tasks on `d` (other services' left out:
+/// the orchestrator-pass marker may run anywhere).
+fn service_processes(
+    d: &Daemon,
+    manager: &Daemon,
+    service: &str,
+) -> std::collections::HashMap<String, u32> {
+    let ids: Vec<String> = json_lines(&manager.ok(&["service", "ps", service, "--format", "json"]))
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_string))
+        .collect();
+    processes(d)
+        .into_iter()
+        .filter(|(id, _)| ids.iter().any(|short| id.starts_with(short.as_str())))
+        .collect()
+}
+
+#[test]
+fn a_worker_cut_off_past_the_ttl_is_down_its_tasks_move_and_its_stale_ones_stop_when_it_returns() {
+    let Some(host) = Host::new() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (manager, worker, host_ip) = cluster_over(&host, tmp.path());
+
+    host.cut();
+    wait_until("the cut-off worker is Down", || {
+        status_of(&manager, &host_ip).as_deref() == Some("Down")
+    });
+    wait_until("its tasks run on the manager", || {
+        processes(&manager).len() == 4
+    });
+    // Cut off, it cannot know: its tasks still run there.
+    assert!(!processes(&worker).is_empty());
+
+    host.heal();
+    wait_until("the worker is back", || {
+        status_of(&manager, &host_ip).as_deref() == Some("Ready")
+    });
+    wait_until("its stale tasks are stopped", || {
+        processes(&worker).is_empty()
+    });
+    assert!(one_live_task_per_slot(&manager, 4));
+    assert_eq!(processes(&manager).len(), 4);
+}
+
+#[test]
+fn a_paused_worker_hands_its_tasks_over_and_a_killed_one_keeps_them_across_a_restart() {
+    let Some(host) = Host::new() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (manager, mut worker, host_ip) = cluster_over(&host, tmp.path());
+
+    // kill -9 and a restart inside the TTL: the same processes, adopted.
+    manager.ok(&["cluster", "update", "--dispatcher-heartbeat", "5s"]);
+    let before = service_processes(&worker, &manager, "web");
+    worker.kill9();
+    let mut worker = Daemon::start_in(&host.ns, &tmp.path().join("w"), &[]);
+    wait_until("the restarted worker is Ready", || {
+        status_of(&manager, &host_ip).as_deref() == Some("Ready")
+    });
+    harness::after_an_orchestrator_pass(&manager);
+    assert_eq!(
+        service_processes(&worker, &manager, "web"),
+        before,
+        "{}",
+        manager.ok(&["service", "ps", "web"])
+    );
+    assert!(one_live_task_per_slot(&manager, 4));
+
+    // Paused past the TTL: Down, its tasks elsewhere; going on, it stops
+    // the stale ones.
+    manager.ok(&["cluster", "update", "--dispatcher-heartbeat", "500ms"]);
+    worker.signal(libc::SIGSTOP);
+    wait_until("the paused worker is Down", || {
+        status_of(&manager, &host_ip).as_deref() == Some("Down")
+    });
+    wait_until("its tasks run on the manager", || {
+        processes(&manager).len() == 4
+    });
+    worker.signal(libc::SIGCONT);
+    wait_until("the worker is back", || {
+        status_of(&manager, &host_ip).as_deref() == Some("Ready")
+    });
+    wait_until("its stale tasks are stopped", || {
+        processes(&worker).is_empty()
+    });
+    assert!(one_live_task_per_slot(&manager, 4));
+    worker.stop();
+}
