@@ -8,9 +8,10 @@ pub mod memory_record;
 pub mod severable_link;
 pub mod sim_cluster;
 pub mod sim_nodes;
+pub mod sim_pki;
 
 pub use fake_driver::FakeDriver;
 pub use fake_executor::{FakeExecutor, Machine, Plan, TaskBehaviour, Workload};
 pub use memory_record::MemoryRecord;
 pub use sim_cluster::{node_id, SimCluster, SimConfig, SimError};
-pub use sim_nodes::SimNodes;
+pub use sim_nodes::{DispatcherAt, SimNodes};

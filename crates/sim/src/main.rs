@@ -56,9 +56,14 @@ struct Args {
     #[arg(long, default_value_t = 1_800)]
     timeout_s: u64,
     /// Run the agents in a child process instead of this one, so the
-    /// resident memory printed is the manager's alone.
+    /// resident memory printed is the manager's alone (over the unix
+    /// socket: with --no-tls).
     #[arg(long)]
     agents_process: bool,
+    /// Agents reach the dispatcher over a unix socket without TLS, instead
+    /// of TCP with mutual TLS and node certificates as a daemon's do.
+    #[arg(long)]
+    no_tls: bool,
     /// Be that child: run the agents against the dispatcher at this socket
     /// until stdin closes; a line `kill I` kills node I.
     #[arg(long, hide = true, value_name = "SOCKET")]
@@ -76,6 +81,7 @@ impl Args {
                 failure_rate: self.failure_rate,
             },
             seed: self.seed,
+            tls: !self.no_tls,
             ..Default::default()
         }
     }
@@ -94,9 +100,12 @@ impl Agents {
     /// Starts the child that runs `args.nodes` agents against `sim`.
     fn spawn_child(args: &Args, sim: &SimCluster) -> anyhow::Result<Agents> {
         let exe = std::env::current_exe().context("finding this program to run the agents")?;
+        let shoal_sim::DispatcherAt::Unix(socket) = sim.dispatcher() else {
+            anyhow::bail!("--agents-process: the agents' process reaches the dispatcher over its unix socket; add --no-tls");
+        };
         let mut child = tokio::process::Command::new(exe)
             .arg("--agents-for")
-            .arg(sim.dispatcher_socket())
+            .arg(socket)
             .args(["--nodes", &args.nodes.to_string()])
             .args(["--seed", &args.seed.to_string()])
             .args(["--start-delay-ms", &args.start_delay_ms.to_string()])
@@ -148,8 +157,10 @@ impl Agents {
 /// runtime until stdin closes.
 async fn run_agents(args: &Args, socket: &std::path::Path) -> anyhow::Result<()> {
     use tokio::io::AsyncBufReadExt;
-    let mut nodes =
-        SimNodes::start(&args.config(args.nodes), socket).context("starting the agents")?;
+    let at = shoal_sim::DispatcherAt::Unix(socket.to_path_buf());
+    let mut config = args.config(args.nodes);
+    config.tls = false;
+    let mut nodes = SimNodes::start(&config, &at).context("starting the agents")?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let victim = line
@@ -210,6 +221,10 @@ async fn main() -> anyhow::Result<()> {
         tracing::debug!("transparent huge pages stay as the kernel sets them: {e}");
     }
     let args = Args::parse();
+    anyhow::ensure!(
+        !args.agents_process || args.no_tls,
+        "--agents-process: the agents' process reaches the dispatcher over its unix socket; add --no-tls"
+    );
     anyhow::ensure!(args.services > 0, "--services: must be at least 1");
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.failure_rate),

@@ -1,5 +1,5 @@
-//! A unix-socket link to the dispatcher that can be cut: the simulator's
-//! partition. While the link is down no connection opens, and cutting it
+//! A link to the dispatcher that can be cut (a unix socket, or TCP with
+//! mutual TLS over it): the simulator's partition. While the link is down no connection opens, and cutting it
 //! breaks the connections already open, so the agent loses its session and
 //! its heartbeats exactly as it would when the network between it and the
 //! manager fails, while its workloads run on.
@@ -62,15 +62,48 @@ pub fn connect(path: PathBuf, link: watch::Receiver<Link>) -> Channel {
         }))
 }
 
+/// A channel over mutual TLS to the manager at `addr` that works while
+/// the link is up: the daemon's transport, with a link that can be cut
+/// under the TLS session.
+pub fn connect_tls(
+    addr: std::net::SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    link: watch::Receiver<Link>,
+) -> Channel {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    Endpoint::from_static("http://shoal.local")
+        .connect_timeout(Duration::from_millis(
+            shoal_api::transport::CONNECT_TIMEOUT_MS,
+        ))
+        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let link = link.clone();
+            let connector = connector.clone();
+            async move {
+                if !link.borrow().up {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "the simulated link is cut",
+                    ));
+                }
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let name = rustls::pki_types::ServerName::try_from(shoal_ca::tls::MANAGER_NAME)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let tls = connector.connect(name, Severable::new(tcp, link)).await?;
+                Ok::<_, io::Error>(TokioIo::new(tls))
+            }
+        }))
+}
+
 /// A connection that fails every read and write once its link is cut.
-struct Severable {
-    stream: UnixStream,
+struct Severable<S> {
+    stream: S,
     cut: Pin<Box<dyn Future<Output = ()> + Send>>,
     severed: bool,
 }
 
-impl Severable {
-    fn new(stream: UnixStream, mut link: watch::Receiver<Link>) -> Severable {
+impl<S> Severable<S> {
+    fn new(stream: S, mut link: watch::Receiver<Link>) -> Severable<S> {
         let opened = link.borrow().cuts;
         Severable {
             stream,
@@ -97,7 +130,7 @@ fn broken() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the simulated link was cut")
 }
 
-impl AsyncRead for Severable {
+impl<S: AsyncRead + Unpin> AsyncRead for Severable<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -111,7 +144,7 @@ impl AsyncRead for Severable {
     }
 }
 
-impl AsyncWrite for Severable {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Severable<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::fake_executor::{Machine, TaskBehaviour};
-use crate::sim_nodes::SimNodes;
+use crate::sim_nodes::{DispatcherAt, SimNodes};
 
 /// Largest control API message, both ways.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -45,6 +45,9 @@ pub struct SimConfig {
     pub node_memory_bytes: i64,
     /// Log entries between raft snapshots.
     pub snapshot_interval_entries: u64,
+    /// Agents reach the manager as a daemon's do (TCP, mutual TLS, node
+    /// certificates, the authorization layer); off, over a unix socket.
+    pub tls: bool,
 }
 
 impl SimConfig {
@@ -93,6 +96,7 @@ impl Default for SimConfig {
             node_nano_cpus: 64_000_000_000,
             node_memory_bytes: 256 << 30,
             snapshot_interval_entries: 10_000,
+            tls: true,
         }
     }
 }
@@ -116,7 +120,7 @@ pub enum SimError {
 pub struct SimCluster {
     _dir: tempfile::TempDir,
     control_socket: PathBuf,
-    dispatcher_socket: PathBuf,
+    dispatcher: DispatcherAt,
     replica: Arc<Replica>,
     stop: watch::Sender<bool>,
     manager: JoinSet<()>,
@@ -140,18 +144,49 @@ impl SimCluster {
         std::fs::create_dir_all(&replica_config.dir)?;
         let replica = Arc::new(Replica::open(replica_config, true).await?);
         replica.wait_leader(Duration::from_secs(30)).await?;
-        record_cluster(&replica, config.heartbeat_period_ms).await?;
+        let root = if config.tls {
+            Some(crate::sim_pki::new_root(CLUSTER_ID)?)
+        } else {
+            None
+        };
+        record_cluster(
+            &replica,
+            config.heartbeat_period_ms,
+            root.as_ref().map(|(_, stored)| stored.clone()),
+        )
+        .await?;
 
         let (stop, stop_rx) = watch::channel(false);
-        let dispatcher_socket = dir.path().join("dispatcher.sock");
         // Every id the manager makes comes from the run's seed.
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-        let (mut manager, logs) = shoal_manager::leader::start_on_unix_socket(
-            &replica,
-            &dispatcher_socket,
-            &stop_rx,
-            &mut rng,
-        )?;
+        let (mut manager, logs, dispatcher) = match &root {
+            Some((ca, _)) => {
+                let leader = shoal_manager::leader::start(&replica, &stop_rx, &mut rng);
+                let mut manager = leader.tasks;
+                let routes = tonic::service::Routes::new(leader.dispatcher).add_service(
+                    shoal_manager::LogPublishing::server(Arc::clone(&leader.logs)),
+                );
+                let ids: Vec<String> = (0..config.nodes).map(node_id).collect();
+                let tls = crate::sim_pki::start(
+                    &replica,
+                    ca,
+                    CLUSTER_ID,
+                    &ids,
+                    routes,
+                    stop_rx.clone(),
+                    &mut manager,
+                )
+                .await?;
+                (manager, leader.logs, DispatcherAt::Tls(tls))
+            }
+            None => {
+                let socket = dir.path().join("dispatcher.sock");
+                let (manager, logs) = shoal_manager::leader::start_on_unix_socket(
+                    &replica, &socket, &stop_rx, &mut rng,
+                )?;
+                (manager, logs, DispatcherAt::Unix(socket))
+            }
+        };
         let control_socket = dir.path().join("shoal.sock");
         let incoming = shoal_api::transport::listen_unix(&control_socket)?;
         let control = ControlApi::new(
@@ -174,11 +209,11 @@ impl SimCluster {
                 .await;
         });
 
-        let nodes = SimNodes::start(&config, &dispatcher_socket)?;
+        let nodes = SimNodes::start(&config, &dispatcher)?;
         let cluster = SimCluster {
             _dir: dir,
             control_socket,
-            dispatcher_socket,
+            dispatcher,
             replica,
             stop,
             manager,
@@ -206,8 +241,8 @@ impl SimCluster {
 
     /// Where the dispatcher listens: agents outside this cluster (another
     /// process) connect here.
-    pub fn dispatcher_socket(&self) -> &Path {
-        &self.dispatcher_socket
+    pub fn dispatcher(&self) -> &DispatcherAt {
+        &self.dispatcher
     }
 
     pub fn node_id(&self, i: usize) -> String {
@@ -333,9 +368,17 @@ pub fn is_ready(node: &shoal_api::Node) -> bool {
     node.status.as_ref().map(|s| s.state) == Some(shoal_api::node_status::State::Ready as i32)
 }
 
-async fn record_cluster(replica: &Replica, heartbeat_period_ms: u64) -> Result<(), SimError> {
+/// The simulated cluster's id.
+const CLUSTER_ID: &str = "sim-cluster";
+
+async fn record_cluster(
+    replica: &Replica,
+    heartbeat_period_ms: u64,
+    root_ca: Option<shoal_api::RootCa>,
+) -> Result<(), SimError> {
     let cluster = Cluster {
-        id: "sim-cluster".into(),
+        id: CLUSTER_ID.into(),
+        root_ca,
         spec: Some(ClusterSpec {
             annotations: Some(Annotations {
                 name: "default".into(),

@@ -12,7 +12,6 @@
 //! between the two. The simulator's cluster holds one set; its
 //! `--agents-process` child holds the other side's.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use shoal_agent::AgentConfig;
@@ -71,19 +70,41 @@ impl Drop for AgentRuntime {
     }
 }
 
+/// Where the simulated agents reach the dispatcher.
+#[derive(Clone)]
+pub enum DispatcherAt {
+    /// A unix socket, no TLS (the simulator's `--no-tls`).
+    Unix(std::path::PathBuf),
+    /// The daemon's path: TCP and mutual TLS, node certificates for each.
+    Tls(crate::sim_pki::TlsDispatcher),
+}
+
 impl SimNodes {
-    /// Starts `config.nodes` agents against the dispatcher at
-    /// `dispatcher_socket`.
-    pub fn start(config: &SimConfig, dispatcher_socket: &Path) -> Result<SimNodes, std::io::Error> {
+    /// Starts `config.nodes` agents against the dispatcher at `at`.
+    pub fn start(config: &SimConfig, at: &DispatcherAt) -> Result<SimNodes, std::io::Error> {
         let mut nodes = SimNodes {
             nodes: (0..config.nodes)
                 .map(|i| {
                     let (link, up) = watch::channel(Link::up());
-                    let socket = dispatcher_socket.to_path_buf();
-                    let dispatcher =
-                        shoal_agent::Connector::new(socket.display().to_string(), move || {
-                            crate::severable_link::connect(socket.clone(), up.clone())
-                        });
+                    let dispatcher = match at {
+                        DispatcherAt::Unix(socket) => {
+                            let socket = socket.clone();
+                            shoal_agent::Connector::new(socket.display().to_string(), move || {
+                                crate::severable_link::connect(socket.clone(), up.clone())
+                            })
+                        }
+                        DispatcherAt::Tls(tls) => {
+                            let addr = tls.addr;
+                            let client = Arc::clone(&tls.client_configs[i]);
+                            shoal_agent::Connector::new(addr.to_string(), move || {
+                                crate::severable_link::connect_tls(
+                                    addr,
+                                    Arc::clone(&client),
+                                    up.clone(),
+                                )
+                            })
+                        }
+                    };
                     SimNode {
                         config: config.agent(i, dispatcher),
                         driver: Arc::new(FakeDriver {

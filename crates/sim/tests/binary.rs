@@ -64,6 +64,7 @@ fn shoal_sim_with_the_agents_in_a_child_process_measures_the_manager_alone() {
             "--timeout-s",
             "120",
             "--agents-process",
+            "--no-tls",
         ],
         &[
             "20 nodes READY in",
@@ -74,6 +75,17 @@ fn shoal_sim_with_the_agents_in_a_child_process_measures_the_manager_alone() {
             "killed 2 nodes",
         ],
     );
+}
+
+#[test]
+fn shoal_sim_refuses_a_child_agents_process_over_tls() {
+    let output = Command::new(env!("CARGO_BIN_EXE_shoal-sim"))
+        .args(["--agents-process"])
+        .output()
+        .expect("shoal-sim runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("add --no-tls"), "{stderr}");
 }
 
 #[test]
