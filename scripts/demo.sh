@@ -9,7 +9,9 @@ shoal=$PWD/target/release/shoal
 state_dir=${SHOAL_STATE_DIR:-$(mktemp -d /tmp/shoal-demo.XXXXXX)}
 export SHOAL_SOCKET=$state_dir/shoal.sock
 
-"$shoal" daemon --state-dir "$state_dir" &
+# Other hosts would join on this port (SHOAL_LISTEN, default a free port on
+# loopback, so the demo never collides with a daemon already on 4242).
+"$shoal" daemon --state-dir "$state_dir" --listen-addr "${SHOAL_LISTEN:-127.0.0.1:0}" &
 daemon=$!
 # Tasks outlive a stopped daemon (the next start adopts them): remove the
 # demo's service first, so nothing of it is left running.
@@ -41,6 +43,7 @@ sleep 1
 sleep 1
 "$shoal" service ps web
 "$shoal" service logs web
+"$shoal" join-token worker
 set +x
 echo
 echo "state dir: $state_dir"

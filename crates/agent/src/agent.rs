@@ -150,18 +150,33 @@ impl Connector {
         let Some(learned) = &self.learned else {
             return;
         };
+        let loopback = |a: &str| {
+            a.parse::<std::net::SocketAddr>()
+                .is_ok_and(|s| s.ip().is_loopback())
+        };
+        // The address that answered stays first: the managers may advertise
+        // addresses this node cannot reach (another network, NAT). And a
+        // loopback address from a manager elsewhere is that manager's own,
+        // never this node's way to it.
+        let mut list = vec![current.to_string()];
+        list.extend(
+            addresses
+                .iter()
+                .filter(|a| *a != current && (loopback(current) || !loopback(a)))
+                .cloned(),
+        );
         if addresses.is_empty() {
             return;
         }
         {
             let mut known = self.lock();
-            if known.all == addresses {
+            if known.all == list {
                 return;
             }
-            known.all = addresses.to_vec();
-            known.next = addresses.iter().position(|a| a == current).unwrap_or(0);
+            known.all = list.clone();
+            known.next = 0;
         }
-        learned(addresses);
+        learned(&list);
     }
 }
 
@@ -169,6 +184,16 @@ impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Connector({:?})", self.lock().all)
     }
+}
+
+/// Why the agent stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentExit {
+    /// Shutdown was asked for.
+    Stopped,
+    /// A manager said this node was removed from the cluster (the reason):
+    /// it must not run tasks any more, its replacements run elsewhere.
+    Removed(String),
 }
 
 /// How the agent runs.
@@ -270,7 +295,7 @@ pub async fn run<D: Driver>(
     driver: Arc<D>,
     db: Arc<dyn TaskRecord>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> AgentExit {
     let (reports_tx, mut updates) = mpsc::channel(REPORT_QUEUE);
     let (done_tx, mut done) = mpsc::channel(REPORT_QUEUE);
     let leftovers = driver.leftovers();
@@ -292,7 +317,7 @@ pub async fn run<D: Driver>(
     let mut backoff = RECONNECT_MIN_MS;
     loop {
         if *shutdown.borrow() {
-            return;
+            return AgentExit::Stopped;
         }
         let (addr, channel) = agent.config.dispatcher.channel();
         let mut session_channel = None;
@@ -305,7 +330,7 @@ pub async fn run<D: Driver>(
                     description: Some(agent.config.description.clone()),
                 };
                 tokio::select! {
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => return AgentExit::Stopped,
                     opened = client.session(request) => opened.map(|s| (client, s)),
                 }
             }
@@ -313,6 +338,10 @@ pub async fn run<D: Driver>(
         };
         let (client, mut stream) = match opened {
             Ok((client, s)) => (client, s.into_inner()),
+            Err(e) if shoal_api::is_node_removed(&e) => {
+                tracing::error!(manager = %addr, error = %e.message(), "this node was removed from the cluster");
+                return AgentExit::Removed(e.message().to_string());
+            }
             Err(e) => {
                 if matches!(
                     e.code(),
@@ -325,7 +354,7 @@ pub async fn run<D: Driver>(
                     tracing::debug!(manager = %addr, error = %e, "dispatcher session failed; retrying");
                 }
                 tokio::select! {
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => return AgentExit::Stopped,
                     _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
                 }
                 backoff = (backoff * 2).min(RECONNECT_MAX_MS);
@@ -344,7 +373,7 @@ pub async fn run<D: Driver>(
                 // Reports first: a runner's last report is queued before its
                 // "done", and must be recorded before the runner is dropped.
                 biased;
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => return AgentExit::Stopped,
                 message = stream.message() => match message {
                     Ok(Some(m)) => {
                         if session_id != m.session_id {

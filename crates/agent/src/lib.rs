@@ -27,7 +27,7 @@ mod reports;
 mod task_db;
 mod task_runner;
 
-pub use agent::{run, AgentConfig, Connector, Resume};
+pub use agent::{run, AgentConfig, AgentExit, Connector, Resume};
 pub use cgroup::Cgroups;
 pub use driver::Driver;
 pub use executor::{Executor, ExitOutcome, TaskFailure};

@@ -19,8 +19,8 @@ use crate::log_reader::{Reading, TaskLogReader};
 const FOLLOW_POLL_MS: u64 = 250;
 /// Messages queued for the stream before the reader waits.
 const PUBLISH_QUEUE: usize = 4;
-/// Largest message on the stream (a read is at most a MiB per file).
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Largest message on the stream (batches are at most a quarter of it).
+const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
 /// The reads running on this node, by subscription.
 #[derive(Default)]
@@ -51,6 +51,33 @@ impl LogPublishers {
             let _ = cancel.send(());
         }
     }
+}
+
+/// Bytes of lines in one message at most (a line is at most
+/// `MAX_LINE_BYTES`): well under what the manager accepts.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// What a line costs in a message beside its bytes (names, stamps).
+const LINE_OVERHEAD_BYTES: usize = 96;
+
+/// `lines` in messages of at most [`MAX_BATCH_BYTES`].
+fn batches(lines: Vec<shoal_api::LogLine>) -> Vec<Vec<shoal_api::LogLine>> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for line in lines {
+        let size =
+            line.line.len() + line.task_name.len() + line.task_id.len() + LINE_OVERHEAD_BYTES;
+        if bytes + size > MAX_BATCH_BYTES && !batch.is_empty() {
+            out.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(line);
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
 }
 
 async fn publish(
@@ -96,12 +123,28 @@ async fn publish(
     let ended =
         |why: &str| tracing::info!(subscription = %id, task = %task_id, "a log read ended: {why}");
     loop {
-        let (lines, done) = reader.read();
+        // File reads off the runtime's threads: a large tail or a slow disk
+        // must not hold up the agent's heartbeats.
+        let read = tokio::task::spawn_blocking(move || {
+            let read = reader.read();
+            (reader, read)
+        })
+        .await;
+        let Ok((returned, (lines, done))) = read else {
+            return ended("the read failed");
+        };
+        reader = returned;
         let quiet = lines.is_empty();
-        if !quiet || done {
+        let mut batches = batches(lines);
+        if done && batches.is_empty() {
+            batches.push(Vec::new());
+        }
+        let count = batches.len();
+        for (i, batch) in batches.into_iter().enumerate() {
+            let last = done && i + 1 == count;
             tokio::select! {
                 _ = &mut cancelled => return ended("cancelled"),
-                sent = tx.send(message(lines, done, String::new())) => {
+                sent = tx.send(message(batch, last, String::new())) => {
                     if sent.is_err() {
                         return ended("the manager stopped listening");
                     }
@@ -123,5 +166,34 @@ async fn publish(
     drop(tx);
     if let Ok(Err(e)) = call.await {
         tracing::debug!(error = %e, "publishing a log read failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_go_in_messages_of_a_bounded_size_in_order() {
+        let line = |n: usize| shoal_api::LogLine {
+            line: vec![b'x'; n],
+            ..Default::default()
+        };
+        // Short lines: many per message, none over the bound.
+        let short: Vec<_> = (0..100_000).map(|_| line(10)).collect();
+        let split = batches(short);
+        assert!(split.len() > 1);
+        assert_eq!(split.iter().map(Vec::len).sum::<usize>(), 100_000);
+        for batch in &split {
+            let bytes: usize = batch
+                .iter()
+                .map(|l| l.line.len() + LINE_OVERHEAD_BYTES)
+                .sum();
+            assert!(bytes <= MAX_BATCH_BYTES, "{bytes}");
+        }
+        // A line as long as allowed still goes, alone.
+        let long = batches(vec![line(MAX_BATCH_BYTES), line(1)]);
+        assert_eq!(long.len(), 2);
+        assert!(batches(Vec::new()).is_empty());
     }
 }

@@ -123,7 +123,10 @@ fn assigned(id: &str, node_id: &str, command: &[&str]) -> Task {
 }
 
 /// Tells the agent to stop and waits until it has.
-async fn stop_agent(stop: tokio::sync::watch::Sender<bool>, agent: tokio::task::JoinHandle<()>) {
+async fn stop_agent(
+    stop: tokio::sync::watch::Sender<bool>,
+    agent: tokio::task::JoinHandle<shoal_agent::AgentExit>,
+) {
     stop.send(true).unwrap();
     tokio::time::timeout(WITHIN, agent)
         .await
@@ -146,7 +149,7 @@ async fn start_agent(
 ) -> (
     tempfile::TempDir,
     tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<shoal_agent::AgentExit>,
 ) {
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("dispatcher.sock");

@@ -17,6 +17,7 @@ pub mod enum_name;
 pub mod limits;
 pub mod log_time;
 pub mod mtls;
+mod node_removed;
 mod node_state;
 mod object_kind;
 mod service_mode;
@@ -24,6 +25,7 @@ mod task_state;
 pub use task_state::MAX_STATUS_HISTORY;
 pub mod transport;
 
+pub use node_removed::{is_node_removed, node_removed};
 pub use object_kind::ObjectKind;
 
 /// The version of this build, shown by `shoal version`.

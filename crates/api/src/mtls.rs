@@ -111,6 +111,15 @@ pub async fn listen(
     };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(fail)?;
     let local = listener.local_addr().map_err(fail)?;
+    Ok((accept(listener, config), local))
+}
+
+/// As [`listen`], on a listener already bound (so its port is never let
+/// go between choosing it and serving on it).
+pub fn accept(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> ReceiverStream<io::Result<TlsConnection>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -167,7 +176,7 @@ pub async fn listen(
             });
         }
     });
-    Ok((ReceiverStream::new(rx), local))
+    ReceiverStream::new(rx)
 }
 
 /// A gRPC channel to `addr` (`host:port`) over TLS under `config`,

@@ -116,6 +116,19 @@ fn status_of(manager: &Daemon, host_ip: &str) -> Option<String> {
         .map(|r| r["status"].as_str().unwrap_or_default().to_string())
 }
 
+/// The version of the node at `host_ip`: each session it opens records it
+/// anew.
+fn node_version(manager: &Daemon, host_ip: &str) -> u64 {
+    let id = json_lines(&manager.ok(&["node", "ls", "--format", "json"]))
+        .into_iter()
+        .find(|r| r["address"] == host_ip)
+        .and_then(|r| r["id"].as_str().map(str::to_string))
+        .unwrap();
+    let nodes: Vec<serde_json::Value> =
+        serde_json::from_str(&manager.ok(&["node", "inspect", &id])).unwrap();
+    nodes[0]["meta"]["version"].as_u64().unwrap()
+}
+
 fn processes(d: &Daemon) -> std::collections::HashMap<String, u32> {
     shoal_agent::find_task_processes(&d.state_dir.join("tasks"))
 }
@@ -218,10 +231,12 @@ fn a_paused_worker_hands_its_tasks_over_and_a_killed_one_keeps_them_across_a_res
     // kill -9 and a restart inside the TTL: the same processes, adopted.
     manager.ok(&["cluster", "update", "--dispatcher-heartbeat", "5s"]);
     let before = service_processes(&worker, &manager, "web");
+    let sessions_before = node_version(&manager, &host_ip);
     worker.kill9();
     let mut worker = Daemon::start_in(&host.ns, &tmp.path().join("w"), &[]);
-    wait_until("the restarted worker is Ready", || {
-        status_of(&manager, &host_ip).as_deref() == Some("Ready")
+    wait_until("the restarted worker opens a session", || {
+        node_version(&manager, &host_ip) > sessions_before
+            && status_of(&manager, &host_ip).as_deref() == Some("Ready")
     });
     harness::after_an_orchestrator_pass(&manager);
     assert_eq!(

@@ -65,6 +65,13 @@ fn node_row(manager: &Daemon, id: &str) -> Option<serde_json::Value> {
         .find(|r| r["id"].as_str().is_some_and(|i| id.starts_with(i)))
 }
 
+/// The node object's version: each session the node opens records it anew.
+fn node_version(manager: &Daemon, id: &str) -> u64 {
+    let nodes: Vec<serde_json::Value> =
+        serde_json::from_str(&manager.ok(&["node", "inspect", id])).unwrap();
+    nodes[0]["meta"]["version"].as_u64().unwrap()
+}
+
 fn ready(manager: &Daemon, id: &str) -> bool {
     node_row(manager, id).is_some_and(|r| r["status"] == "Ready")
 }
@@ -126,10 +133,13 @@ fn a_worker_joins_runs_tasks_and_restarts_from_its_state_dir_without_the_token()
     let before = service_processes(&worker, &manager, "web");
 
     // A restart: no token, no address; the same tasks, not new ones.
+    let sessions_before = node_version(&manager, &worker_id);
     worker.stop();
     let mut worker = Daemon::start_with(&tmp.path().join("w"), &[]);
     assert_eq!(node_id(&worker), worker_id);
-    wait_until("the worker is Ready again", || ready(&manager, &worker_id));
+    wait_until("the restarted worker opens a session", || {
+        node_version(&manager, &worker_id) > sessions_before && ready(&manager, &worker_id)
+    });
     harness::after_an_orchestrator_pass(&manager);
     assert_eq!(service_processes(&worker, &manager, "web"), before);
     let running = manager.ok(&["service", "ps", "web", "--format", "json"]);
@@ -254,11 +264,8 @@ fn joins_are_refused_for_a_wrong_rotated_or_foreign_token_and_an_unreachable_add
     let err = refused_join(&fresh(), &addr, "SWMTKN-1-nonsense");
     assert!(err.contains("--token"), "{err}");
 
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
-    let err = refused_join(&fresh(), &closed, &token);
+    // Port 1 on loopback: nothing listens there.
+    let err = refused_join(&fresh(), "127.0.0.1:1", &token);
     assert!(err.contains("cannot reach"), "{err}");
 
     // Rotation: the old token is refused, a node joined with it runs on.
@@ -271,11 +278,13 @@ fn joins_are_refused_for_a_wrong_rotated_or_foreign_token_and_an_unreachable_add
     let err = refused_join(&fresh(), &addr, &token);
     assert!(err.contains("rotated"), "{err}");
     let _late = Daemon::start_with(&fresh(), &["--join", &addr, "--token", &new_token]);
+    let sessions_before = node_version(&manager, &early_id);
     early.stop();
     let _early = Daemon::start_with(&early.state_dir.clone(), &[]);
-    wait_until("the node joined before the rotation is Ready", || {
-        ready(&manager, &early_id)
-    });
+    wait_until(
+        "the node joined before the rotation opens a session",
+        || node_version(&manager, &early_id) > sessions_before && ready(&manager, &early_id),
+    );
     // The manager token is another token, and this cluster has one manager.
     let manager_token = manager.ok(&["join-token", "manager", "-q"]);
     assert_ne!(manager_token.trim(), new_token);
@@ -300,10 +309,8 @@ fn a_worker_tries_the_next_manager_it_knows_when_one_is_unreachable() {
     wait_until("the worker is Ready", || ready(&manager, &worker_id));
     let (addr, _) = join_args(&manager);
     worker.stop();
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    // Port 1 on loopback: nothing listens there.
+    let dead = "127.0.0.1:1".to_string();
     let managers = worker.state_dir.join("managers.json");
     std::fs::write(&managers, serde_json::to_vec(&[&dead, &addr]).unwrap()).unwrap();
     // Marked down first, so Ready below is this start's.
@@ -359,13 +366,63 @@ fn service_logs_show_the_lines_of_tasks_on_every_node_and_skip_a_node_that_is_go
     let err = manager.fails(&["service", "logs", "nosuch"]);
     assert!(err.contains("no service or task \"nosuch\""), "{err}");
 
-    // A node that is gone is left out, not waited for.
+    // A node that is gone is left out, not waited for, and the user is
+    // told which tasks are missing and why.
     worker.stop();
-    let logs = manager.ok(&["service", "logs", "--raw", "web"]);
+    let out = manager.shoal(&["service", "logs", "--raw", "web"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("could not be read") && err.contains("has no session"),
+        "{err}"
+    );
+    let logs = String::from_utf8_lossy(&out.stdout).to_string();
     for id in &on_manager {
         assert!(logs.contains(&format!("line-of-{id}")), "{logs}");
     }
     for id in &on_worker {
         assert!(!logs.contains(&format!("line-of-{id}")), "{logs}");
     }
+}
+
+#[test]
+fn a_worker_cannot_be_promoted_in_a_cluster_of_one_manager() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let worker = join(&tmp.path().join("w"), &manager);
+    let worker_id = node_id(&worker);
+    wait_until("the worker is Ready", || ready(&manager, &worker_id));
+    let refused = shoal_api_promote(&manager, &worker_id);
+    assert!(refused.contains("cannot be promoted"), "{refused}");
+}
+
+/// Asks the control API to make `node` a manager (the CLI has no flag for
+/// it yet); returns the refusal.
+fn shoal_api_promote(manager: &Daemon, node: &str) -> String {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = shoal_api::transport::connect_unix(&manager.socket);
+        let mut client = shoal_api::control_client::ControlClient::new(channel);
+        let current = client
+            .get_node(shoal_api::GetRequest {
+                reference: node.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .node
+            .unwrap();
+        let mut spec = current.spec.clone().unwrap_or_default();
+        spec.desired_role = shoal_api::NodeRole::Manager as i32;
+        client
+            .update_node(shoal_api::UpdateNodeRequest {
+                node_id: current.id.clone(),
+                version: current.meta.map_or(0, |m| m.version),
+                spec: Some(spec),
+            })
+            .await
+            .unwrap_err()
+            .message()
+            .to_string()
+    })
 }

@@ -184,18 +184,44 @@ fn a_removed_nodes_certificate_is_refused_from_the_moment_it_is_removed() {
         .0
         .node_id;
     assert!(renew(channel(&addr, &ca, Some((&chain, &key)))).is_ok());
+    manager.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let tasks_dir = worker.state_dir.join("tasks");
+    wait_until("tasks run on the worker", || {
+        !shoal_agent::find_task_processes(&tasks_dir).is_empty()
+    });
     manager.ok(&["node", "rm", "--force", &worker_id]);
     let refused = renew(channel(&addr, &ca, Some((&chain, &key)))).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
     assert!(refused.message().contains("removed"), "{refused}");
-    // Its running daemon's session is refused too: it never comes back.
-    harness::after_an_orchestrator_pass(&manager);
-    wait_until("the removed worker is told so", || {
-        worker.log_text().contains("removed from the cluster")
-    });
+    // Its running daemon is refused too, at its next heartbeat: it stops
+    // its tasks (their replacements run elsewhere), deletes its identity
+    // and exits saying why; it never comes back.
+    let status = worker
+        .wait_exit(harness::READY_WITHIN)
+        .expect("the removed worker's daemon exits");
+    assert!(!status.success());
+    assert!(
+        worker.log_text().contains("removed from the cluster"),
+        "{}",
+        worker.log_text()
+    );
+    assert!(shoal_agent::find_task_processes(&tasks_dir).is_empty());
+    assert!(!worker.state_dir.join("shoal-state.json").exists());
     let nodes = manager.ok(&["node", "ls", "-q"]);
     assert!(!nodes.contains(&worker_id[..12]), "{nodes}");
-    worker.stop();
+    wait_until("the manager runs all four", || {
+        shoal_agent::find_task_processes(&manager.state_dir.join("tasks")).len() == 4
+    });
 }
 
 #[test]

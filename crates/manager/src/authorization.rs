@@ -106,8 +106,17 @@ pub fn decide(path: &str, peer: Option<&PeerCertificates>, view: &Tables) -> Res
             "{path}: a node certificate of this cluster is required"
         )));
     };
-    let (identity, _) = NodeIdentity::of_certificate(leaf)
+    let (identity, not_after) = NodeIdentity::of_certificate(leaf)
         .map_err(|e| Status::unauthenticated(format!("{path}: {e}")))?;
+    // The handshake checked the dates, but a connection outlives it: a
+    // call made on it after the certificate ended is refused.
+    let now = shoal_api::clock::now_ms() / 1_000;
+    if not_after < now {
+        return Err(Status::unauthenticated(format!(
+            "{path}: the certificate of node {} expired; renew it (or join again)",
+            identity.node_id
+        )));
+    }
     let cluster_id = view.cluster().map(|c| c.id.as_str()).unwrap_or_default();
     if identity.cluster_id != cluster_id {
         return Err(Status::permission_denied(format!(
@@ -116,10 +125,7 @@ pub fn decide(path: &str, peer: Option<&PeerCertificates>, view: &Tables) -> Res
         )));
     }
     let Some(node) = view.node(&identity.node_id) else {
-        return Err(Status::permission_denied(format!(
-            "node {} has been removed from the cluster",
-            identity.node_id
-        )));
+        return Err(shoal_api::node_removed(&identity.node_id));
     };
     if audience == Audience::Managers {
         let manager_now = node.role == NodeRole::Manager as i32;
@@ -353,6 +359,30 @@ mod tests {
         let other = peer(Some(certificate(&ca, "w1", Role::Worker, "c2")));
         let refused = decide("/shoal.v1.Dispatcher/Session", Some(&other), &view()).unwrap_err();
         assert!(refused.message().contains("cluster c2"), "{refused}");
+    }
+
+    #[test]
+    fn a_certificate_past_its_end_is_refused_on_a_connection_that_outlived_it() {
+        let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+        let key = NodeKey::generate("w1").unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(7_200);
+        let pem = ca
+            .issue(
+                key.request_pem(),
+                &NodeIdentity {
+                    node_id: "w1".into(),
+                    role: Role::Worker,
+                    cluster_id: "c1".into(),
+                },
+                &[],
+                long_ago,
+                long_ago + Duration::from_secs(60),
+            )
+            .unwrap();
+        let expired = peer(Some(shoal_ca::certificate_der(&pem).unwrap()));
+        let refused = decide("/shoal.v1.Dispatcher/Session", Some(&expired), &view()).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(refused.message().contains("expired"), "{refused}");
     }
 
     #[test]

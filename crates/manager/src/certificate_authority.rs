@@ -259,9 +259,9 @@ impl Ca for CertificateAuthority {
         let req = request.into_inner();
         let view = self.replica.store().view();
         let cluster = cluster_of(&view)?;
-        let node = view.node(&node_id).ok_or_else(|| {
-            Status::permission_denied(format!("node {node_id} has been removed from the cluster"))
-        })?;
+        let node = view
+            .node(&node_id)
+            .ok_or_else(|| shoal_api::node_removed(&node_id))?;
         // The role is the store's: a promoted or demoted node's renewed
         // certificate says what it is now.
         let role = if node.role == NodeRole::Manager as i32 {

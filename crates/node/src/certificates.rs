@@ -18,6 +18,9 @@ pub const CERTIFICATES_DIR: &str = "certificates";
 const CA_FILE: &str = "ca.crt";
 const CERT_FILE: &str = "node.crt";
 const KEY_FILE: &str = "node.key";
+/// What a file of a new key and certificate pair is called until the pair
+/// is complete.
+const NEXT: &str = ".next";
 use shoal_manager::certificate_authority::CLOCK_SKEW;
 
 /// Why the node's certificates could not be made or read.
@@ -58,13 +61,47 @@ impl std::fmt::Debug for NodeCertificates {
 }
 
 impl NodeCertificates {
-    /// The files in `dir`, if all three are there.
+    /// The files in `dir`, if all three are there. A new pair written
+    /// halfway (a crash between its two renames, see [`Self::write`]) is
+    /// finished first, so the key and certificate read are a pair whenever
+    /// a pair was written.
     pub fn read(dir: &Path) -> Option<NodeCertificates> {
-        let read = |name| std::fs::read_to_string(dir.join(name)).ok();
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        let next = |name: &str| format!("{name}{NEXT}");
+        let ca_pem = read(CA_FILE)?;
+        let (key, cert) = (read(KEY_FILE), read(CERT_FILE));
+        let (key_next, cert_next) = (read(&next(KEY_FILE)), read(&next(CERT_FILE)));
+        let matches = |k: &Option<String>, c: &Option<String>| match (k, c) {
+            (Some(k), Some(c)) => shoal_ca::key_matches_certificate(k, c),
+            _ => false,
+        };
+        let finish = |name: &str| {
+            let _ = std::fs::rename(dir.join(next(name)), dir.join(name));
+        };
+        if matches(&key, &cert) {
+            // A new pair that never got its first rename is dropped.
+            let _ = std::fs::remove_file(dir.join(next(KEY_FILE)));
+            let _ = std::fs::remove_file(dir.join(next(CERT_FILE)));
+        } else if matches(&key, &cert_next) {
+            finish(CERT_FILE);
+            return Some(NodeCertificates {
+                ca_pem,
+                cert_pem: cert_next?,
+                key_pem: key?,
+            });
+        } else if matches(&key_next, &cert_next) {
+            finish(KEY_FILE);
+            finish(CERT_FILE);
+            return Some(NodeCertificates {
+                ca_pem,
+                cert_pem: cert_next?,
+                key_pem: key_next?,
+            });
+        }
         Some(NodeCertificates {
-            ca_pem: read(CA_FILE)?,
-            cert_pem: read(CERT_FILE)?,
-            key_pem: read(KEY_FILE)?,
+            ca_pem,
+            cert_pem: cert?,
+            key_pem: key?,
         })
     }
 
@@ -140,14 +177,22 @@ impl NodeCertificates {
     }
 
     /// Writes the three files into `dir` (made 0700 when missing), each
-    /// whole.
+    /// whole. The key and certificate are a pair: both are written under
+    /// their next names first, then renamed in place, key first; a crash
+    /// between the renames is finished by the next [`Self::read`].
     pub fn write(&self, dir: &Path) -> Result<(), CertificatesError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
-        // The key first: a certificate is never on disk without its key.
-        write_whole(&dir.join(KEY_FILE), &self.key_pem, 0o600)?;
-        write_whole(&dir.join(CERT_FILE), &self.cert_pem, 0o644)?;
         write_whole(&dir.join(CA_FILE), &self.ca_pem, 0o644)?;
+        let next = |name: &str| dir.join(format!("{name}{NEXT}"));
+        write_whole(&next(KEY_FILE), &self.key_pem, 0o600)?;
+        write_whole(&next(CERT_FILE), &self.cert_pem, 0o644)?;
+        for name in [KEY_FILE, CERT_FILE] {
+            std::fs::rename(next(name), dir.join(name)).map_err(io(dir))?;
+        }
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
         Ok(())
     }
 
@@ -310,6 +355,28 @@ mod tests {
             &pair.cert_pem
         ));
         assert!(!format!("{pair:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_pair_written_halfway_is_finished_on_the_next_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(CERTIFICATES_DIR);
+        let c1 = cluster("c1");
+        let old = NodeCertificates::ensure(&dir, Some(&c1), "n1", Role::Worker).unwrap();
+        let new =
+            NodeCertificates::issue(&tmp.path().join("other"), &c1, "n1", Role::Worker).unwrap();
+        // Both next files written, the crash before any rename: the old
+        // pair stands.
+        write_whole(&dir.join("node.key.next"), &new.key_pem, 0o600).unwrap();
+        write_whole(&dir.join("node.crt.next"), &new.cert_pem, 0o644).unwrap();
+        assert_eq!(NodeCertificates::read(&dir), Some(old.clone()));
+        assert!(!dir.join("node.key.next").exists());
+        // The key renamed, the crash before the certificate: the new pair.
+        write_whole(&dir.join("node.key"), &new.key_pem, 0o600).unwrap();
+        write_whole(&dir.join("node.crt.next"), &new.cert_pem, 0o644).unwrap();
+        assert_eq!(NodeCertificates::read(&dir), Some(new.clone()));
+        assert!(!dir.join("node.crt.next").exists());
+        assert_eq!(NodeCertificates::read(&dir), Some(new));
     }
 
     #[test]

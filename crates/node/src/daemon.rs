@@ -107,6 +107,10 @@ pub enum DaemonError {
     AlreadyJoined { node_id: String, cluster_id: String },
     #[error("--advertise-addr {addr}: {message}")]
     Advertise { addr: String, message: String },
+    #[error("{0}: this node stopped its tasks and deleted its identity; to join again, start it with --join and a token")]
+    Removed(String),
+    #[error("this node's certificate expired at {at} (it was not running to renew it): give it an empty state dir and join again")]
+    Expired { at: String },
 }
 
 /// A new root CA for the cluster `cluster_id`, as the store keeps it.
@@ -228,7 +232,7 @@ pub(crate) fn start_agent(
     process: shoal_agent::ProcessConfig,
     connector: shoal_agent::Connector,
     stop: &tokio::sync::watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+) -> Result<tokio::task::JoinHandle<shoal_agent::AgentExit>, DaemonError> {
     let agent = shoal_agent::AgentConfig {
         node_id: node_id.to_string(),
         description,
@@ -371,9 +375,8 @@ async fn run_manager(
         },
         StdRng::seed_from_u64(rng.gen()),
     ));
-    drop(listener);
-    let (bound, node_listener) = crate::node_listener::start(
-        &bound.to_string(),
+    let node_listener = crate::node_listener::start(
+        listener,
         tls,
         &replica,
         crate::node_listener::NodeServices {
@@ -387,8 +390,7 @@ async fn run_manager(
             ),
         },
         stop_rx.clone(),
-    )
-    .await?;
+    )?;
     let connector = tls_connector(vec![local_dial(bound)], &ca_der, Arc::clone(&identity))?;
     let agent = start_agent(
         &state,

@@ -74,12 +74,17 @@ pub async fn join(addr: &str, token: &str) -> Result<Joined, JoinError> {
     let answer = tokio::time::timeout(JOIN_CALL_TIMEOUT, client.issue_node_certificate(request))
         .await
         .map_err(|_| refused(format!("no answer within {JOIN_CALL_TIMEOUT:?}")))?
-        .map_err(|status| match status.code() {
-            tonic::Code::Unavailable => JoinError::Unreachable {
-                addr: addr.to_string(),
-                message: status.message().to_string(),
-            },
-            _ => refused(status.message().to_string()),
+        .map_err(|status| {
+            // A failed connection carries the transport's error; a refusal
+            // from the manager (even "unavailable, retry") does not.
+            if std::error::Error::source(&status).is_some() {
+                JoinError::Unreachable {
+                    addr: addr.to_string(),
+                    message: status.message().to_string(),
+                }
+            } else {
+                refused(status.message().to_string())
+            }
         })?
         .into_inner();
     let bad = |message: String| JoinError::BadAnswer {

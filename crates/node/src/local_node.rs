@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use shoal_api::local_node_server::LocalNode;
 use shoal_api::{LeaveRequest, LeaveResponse, NodeInfoRequest, NodeInfoResponse};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::{Request, Response, Status};
@@ -21,12 +21,16 @@ use crate::state_dir::{Marker, NodeKind};
 /// The managers a node knows, kept current by its agent.
 pub type KnownManagers = Arc<Mutex<Vec<String>>>;
 
+/// A worker's `leave`, asked of its daemon: answered once the node has
+/// left (its tasks stopped, its identity deleted), or with why it could not.
+pub type LeaveRequests = mpsc::Sender<oneshot::Sender<Result<(), String>>>;
+
 /// The local node service.
 pub struct LocalNodeService {
     marker: Marker,
     managers: KnownManagers,
-    /// Set to true by a worker's `leave`; the daemon acts on it.
-    leave: Option<watch::Sender<bool>>,
+    /// Where a worker's `leave` goes; `None` on a manager.
+    leave: Option<LeaveRequests>,
 }
 
 impl LocalNodeService {
@@ -39,11 +43,11 @@ impl LocalNodeService {
         }
     }
 
-    /// For a worker: `leave` sets `leave` to true.
+    /// For a worker: `leave` is asked of the daemon through `leave`.
     pub fn worker(
         marker: Marker,
         managers: KnownManagers,
-        leave: watch::Sender<bool>,
+        leave: LeaveRequests,
     ) -> LocalNodeService {
         LocalNodeService {
             marker,
@@ -86,8 +90,16 @@ impl LocalNode for LocalNodeService {
                  and leaving would end the cluster; stop the daemon instead",
             ));
         };
-        let _ = leave.send(true);
-        Ok(Response::new(LeaveResponse {}))
+        let (reply, done) = oneshot::channel();
+        leave
+            .send(reply)
+            .await
+            .map_err(|_| Status::unavailable("the daemon is stopping"))?;
+        match done.await {
+            Ok(Ok(())) => Ok(Response::new(LeaveResponse {})),
+            Ok(Err(why)) => Err(Status::internal(format!("leaving failed: {why}"))),
+            Err(_) => Err(Status::unavailable("the daemon stopped before it left")),
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 //! dispatcher, the log broker, raft, and the control API for other managers. Nothing on it
 //! is reachable without a certificate of the cluster but the join call.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use shoal_manager::authorization::AuthorizeLayer;
@@ -16,9 +15,15 @@ use tokio::task::JoinHandle;
 
 use crate::daemon::DaemonError;
 
-/// Largest message on the node listener: raft's own bound is larger and
-/// applies to raft's service.
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Largest request to the CA: a certificate request and a token are a few
+/// KiB, and the join is the one call anyone may make, so what it may make
+/// the manager buffer is small.
+const MAX_CA_REQUEST_BYTES: usize = 64 << 10;
+/// Largest log batch an agent publishes (it sends at most a quarter).
+const MAX_LOG_BATCH_BYTES: usize = 4 << 20;
+/// Streams open at once on one connection: an agent needs a handful (its
+/// session, heartbeats, reports, a stream per log read it answers).
+const MAX_STREAMS_PER_CONNECTION: u32 = 512;
 
 /// What the node listener serves.
 pub struct NodeServices {
@@ -28,23 +33,23 @@ pub struct NodeServices {
     pub control: shoal_api::control_server::ControlServer<GrpcControl>,
 }
 
-/// Binds `listen` and serves `services` on it under `tls` until `stop`
-/// turns true. Returns the bound address (a port of 0 picks one).
-pub async fn start(
-    listen: &str,
+/// Serves `services` on `listener` under `tls` until `stop` turns true.
+pub fn start(
+    listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     replica: &Arc<Replica>,
     services: NodeServices,
     stop: watch::Receiver<bool>,
-) -> Result<(SocketAddr, JoinHandle<()>), DaemonError> {
-    let (incoming, bound) = shoal_api::mtls::listen(listen, tls).await?;
+) -> Result<JoinHandle<()>, DaemonError> {
+    let incoming = shoal_api::mtls::accept(listener, tls);
     let raft = shoal_raft::RaftService::new(replica.raft().clone());
     let ca = shoal_api::ca_server::CaServer::new(services.ca)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(MAX_CA_REQUEST_BYTES);
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(AuthorizeLayer::new(Arc::clone(replica)))
         .add_service(services.dispatcher)
-        .add_service(services.logs.max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(services.logs.max_decoding_message_size(MAX_LOG_BATCH_BYTES))
         .add_service(ca)
         .add_service(raft)
         .add_service(services.control);
@@ -59,5 +64,5 @@ pub async fn start(
             tracing::error!(error = %e, "the node listener stopped serving");
         }
     });
-    Ok((bound, served))
+    Ok(served)
 }

@@ -117,6 +117,11 @@ impl StateDir {
         let marker_path = path.join(MARKER_FILE);
         let has_marker = marker_path.exists();
         if !has_marker {
+            // A raft log without a marker is a manager's state that lost its
+            // marker, not a start cut off before any write: never reset.
+            if path.join(RAFT_DIR).join("raft.redb").exists() {
+                return Err(StateDirError::Foreign { path: shown });
+            }
             for entry in std::fs::read_dir(path).map_err(io)? {
                 let name = entry.map_err(io)?.file_name();
                 if !LEFTOVERS.iter().any(|l| name == *l) {
@@ -328,6 +333,16 @@ mod tests {
         assert!(dir.is_fresh());
         assert!(!tmp.path().join("certificates").exists());
         assert!(!tmp.path().join(MANAGERS_FILE).exists());
+    }
+
+    #[test]
+    fn a_raft_log_without_its_marker_is_refused_never_reset() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("raft")).unwrap();
+        std::fs::write(tmp.path().join("raft/raft.redb"), b"log").unwrap();
+        let err = StateDir::open(tmp.path()).err().unwrap();
+        assert!(matches!(err, StateDirError::Foreign { .. }), "{err}");
+        assert!(tmp.path().join("raft/raft.redb").exists());
     }
 
     #[test]

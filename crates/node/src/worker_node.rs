@@ -48,6 +48,14 @@ pub async fn run(
         ))
     })?;
     let ca_der = certificates.ca_der()?;
+    // Past its end the certificate opens no connection, and renewal needs
+    // one: say so instead of retrying for ever.
+    let not_after = certificates.not_after()?;
+    if not_after < shoal_api::clock::now_ms() / 1_000 {
+        return Err(DaemonError::Expired {
+            at: shoal_api::log_time::format_rfc3339(not_after.saturating_mul(1_000_000_000), 0),
+        });
+    }
     let identity = NodeTlsIdentity::new(&certificates.chain_pem(), &certificates.key_pem)?;
     let addresses = state.managers();
     if addresses.is_empty() {
@@ -69,12 +77,15 @@ pub async fn run(
     };
     let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?.on_learned(learned);
 
+    // The agent stops first, the control socket last: a `leave` is
+    // answered only once the node has left.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (leave_tx, mut leave_rx) = watch::channel(false);
+    let (server_stop_tx, server_stop_rx) = watch::channel(false);
+    let (leave_tx, mut leave_rx) = tokio::sync::mpsc::channel(1);
     let process = shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR));
     let mut description = describe_host();
     description.warnings.extend(process.cgroups.warning());
-    let agent = start_agent(
+    let mut agent = start_agent(
         &state,
         &marker.node_id,
         description,
@@ -99,7 +110,7 @@ pub async fn run(
             leave_tx,
         )),
     );
-    let mut control_server = serve_control_socket(&socket, routes, &stop_rx)?;
+    let mut control_server = serve_control_socket(&socket, routes, &server_stop_rx)?;
     eprintln!(
         "shoal daemon: worker node {} of cluster {} is running; control socket {}; managers {}",
         marker.node_id,
@@ -109,37 +120,59 @@ pub async fn run(
     );
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    let served = tokio::select! {
-        _ = &mut shutdown => None,
-        _ = leave_rx.wait_for(|l| *l) => None,
-        served = &mut control_server => Some(served),
+    enum Ending {
+        Stop,
+        Leave(tokio::sync::oneshot::Sender<Result<(), String>>),
+        Agent(shoal_agent::AgentExit),
+        Served(Result<(), DaemonError>),
+    }
+    let ending = tokio::select! {
+        _ = &mut shutdown => Ending::Stop,
+        Some(reply) = leave_rx.recv() => Ending::Leave(reply),
+        exit = &mut agent => Ending::Agent(exit.unwrap_or(shoal_agent::AgentExit::Stopped)),
+        served = &mut control_server => Ending::Served(served.unwrap_or(Ok(()))),
     };
     let _ = stop_tx.send(true);
-    let served = match served {
-        Some(served) => served.unwrap_or(Ok(())),
-        None => drained(control_server).await.unwrap_or(Ok(())),
-    };
-    let _ = agent.await;
-    let _ = renewal.await;
-    let left = *leave_rx.borrow();
-    if left {
-        // Its tasks go with it: the manager runs them elsewhere once the
-        // node is down.
-        let driver = shoal_agent::ProcessDriver {
-            config: shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR)),
-        };
-        for (task_id, handle) in driver.leftovers() {
-            driver.kill(&task_id, handle);
-        }
-        state.forget()?;
-        eprintln!(
-            "shoal daemon: node {} left cluster {}; its identity is deleted",
-            marker.node_id, marker.cluster_id
-        );
-    } else {
-        let _ = std::fs::remove_file(&socket);
+    if !matches!(ending, Ending::Agent(_)) {
+        let _ = agent.await;
     }
-    served
+    let _ = renewal.await;
+    let result = match ending {
+        Ending::Stop => Ok(()),
+        Ending::Served(served) => served,
+        Ending::Leave(reply) => {
+            let left = leave(&mut state, &marker);
+            let _ = reply.send(left.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            left
+        }
+        Ending::Agent(shoal_agent::AgentExit::Removed(reason)) => {
+            // Its replacements run elsewhere: it must not run them on.
+            leave(&mut state, &marker)?;
+            Err(DaemonError::Removed(reason))
+        }
+        Ending::Agent(shoal_agent::AgentExit::Stopped) => Ok(()),
+    };
+    let _ = server_stop_tx.send(true);
+    drained(control_server).await;
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+/// Stops every task of this node and deletes its identity: what leaving
+/// (or being removed) leaves is an empty state dir.
+fn leave(state: &mut StateDir, marker: &crate::state_dir::Marker) -> Result<(), DaemonError> {
+    let driver = shoal_agent::ProcessDriver {
+        config: shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR)),
+    };
+    for (task_id, handle) in driver.leftovers() {
+        driver.kill(&task_id, handle);
+    }
+    state.forget()?;
+    eprintln!(
+        "shoal daemon: node {} left cluster {}; its tasks are stopped and its identity is deleted",
+        marker.node_id, marker.cluster_id
+    );
+    Ok(())
 }
 
 /// Renews the worker's certificate in `dir` through the managers' CA

@@ -32,7 +32,7 @@ struct SimNode {
     record: Arc<MemoryRecord>,
     stop: Option<watch::Sender<bool>>,
     link: watch::Sender<Link>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<shoal_agent::AgentExit>>,
 }
 
 /// Every simulated node of a cluster, each running until killed.

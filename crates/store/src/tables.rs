@@ -546,25 +546,35 @@ impl Tables {
         }
         let found = match kind {
             ObjectKind::Cluster => resolve(&self.clusters, kind, reference)?,
-            ObjectKind::Node => match resolve(&self.nodes, kind, reference)? {
-                Some(node) => Some(node),
-                None => {
-                    // A hostname, when one node alone has it (linear: a
-                    // lookup by hostname is a user's command, not a loop's).
-                    let ids: Vec<String> = self
-                        .nodes
-                        .by_id
-                        .values()
-                        .filter(|n| n.name() == Some(reference))
-                        .map(|n| n.id.clone())
-                        .collect();
-                    match ids.as_slice() {
-                        [id] => self.nodes.by_id.get(id.as_str()).map(|n| n.clone().into()),
-                        [] => None,
-                        many => return Err(ambiguous(kind, reference, many)),
+            ObjectKind::Node => {
+                // Docker's order: an id, a name, a hostname one node alone
+                // has (linear: a lookup by hostname is a user's command,
+                // not a loop's), and only then an id prefix.
+                let exact = self.nodes.by_id.get(reference).or_else(|| {
+                    self.nodes
+                        .by_name
+                        .get(&name_key(reference))
+                        .and_then(|id| self.nodes.by_id.get(id))
+                });
+                match exact {
+                    Some(node) => Some(node.clone().into()),
+                    None => {
+                        let key = name_key(reference);
+                        let ids: Vec<String> = self
+                            .nodes
+                            .by_id
+                            .values()
+                            .filter(|n| n.name().map(name_key).as_deref() == Some(key.as_str()))
+                            .map(|n| n.id.clone())
+                            .collect();
+                        match ids.as_slice() {
+                            [id] => self.nodes.by_id.get(id.as_str()).map(|n| n.clone().into()),
+                            [] => resolve(&self.nodes, kind, reference)?,
+                            many => return Err(ambiguous(kind, reference, many)),
+                        }
                     }
                 }
-            },
+            }
             ObjectKind::Service => resolve(&self.services, kind, reference)?,
             ObjectKind::Network => resolve(&self.networks, kind, reference)?,
             ObjectKind::Task => None,

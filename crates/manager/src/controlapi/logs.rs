@@ -11,7 +11,7 @@
 //! came back) join the stream, until the client goes away, which cancels
 //! every read at its agent.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,10 +21,12 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use super::{ApiError, ControlApi, EventStream, InvalidSpec, ReceiverStream, STREAM_BUFFER};
-use crate::dispatcher::log_broker::{LogBroker, Published};
+use crate::dispatcher::log_broker::{LogBroker, LogSubscriber, Published};
 use shoal_api::ObjectKind;
 
 const FOLLOW_POLL_MS: u64 = 250;
+/// Tasks named in the message about those left out of a read, at most.
+const MAX_NAMED_LEFT_OUT: usize = 10;
 
 /// Which tasks to read.
 pub enum Selector {
@@ -87,24 +89,31 @@ pub async fn stream(
     reading: Reading,
     tx: mpsc::Sender<Result<LogLine, ApiError>>,
 ) {
-    let subscribe = |task: &Task, tail: Option<u64>, id: String| {
+    let subscribe = |task: &Task, follow: bool, tail: Option<u64>, since: i64, id: String| {
         broker.subscribe(
             &task.node_id,
             LogSubscription {
                 id,
                 task_id: task.id.clone(),
                 task_name: task_name(&store, task),
-                follow: reading.follow,
+                follow,
                 tail,
-                since_unix_nano: reading.since_unix_nano,
+                since_unix_nano: since,
             },
         )
     };
     if !reading.follow {
+        // Tasks whose logs could not be read, and why: said at the end.
+        let mut left_out: Vec<String> = Vec::new();
         for task in selected(&store, &selector) {
-            let Ok(mut subscriber) = subscribe(&task, reading.tail, ids()) else {
-                continue;
-            };
+            let mut subscriber =
+                match subscribe(&task, false, reading.tail, reading.since_unix_nano, ids()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        left_out.push(format!("{} ({e})", task_name(&store, &task)));
+                        continue;
+                    }
+                };
             loop {
                 let published = tokio::select! {
                     _ = tx.closed() => return,
@@ -118,28 +127,91 @@ pub async fn stream(
                             }
                         }
                     }
-                    Some(Published::Closed(_)) | None => break,
+                    Some(Published::Closed(None)) => break,
+                    Some(Published::Closed(Some(why))) => {
+                        left_out.push(format!("{} ({why})", task_name(&store, &task)));
+                        break;
+                    }
+                    None => {
+                        left_out.push(format!(
+                            "{} (node {} lost its session during the read)",
+                            task_name(&store, &task),
+                            task.node_id
+                        ));
+                        break;
+                    }
                 }
             }
+        }
+        if !left_out.is_empty() {
+            let shown = left_out.len().min(MAX_NAMED_LEFT_OUT);
+            let more = left_out.len() - shown;
+            let mut message = format!(
+                "the logs of {} task(s) could not be read: {}",
+                left_out.len(),
+                left_out[..shown].join("; ")
+            );
+            if more > 0 {
+                message.push_str(&format!("; and {more} more"));
+            }
+            let _ = tx.send(Err(ApiError::Unavailable(message))).await;
         }
         return;
     }
     // `tail` applies to the tasks there when the read begins; a task that
     // joins later (a replacement) is shown from its first line.
     let mut tail = reading.tail;
-    let mut reading_now: HashSet<String> = HashSet::new();
-    let mut open = tokio_stream::StreamMap::new();
+    let mut open: tokio_stream::StreamMap<String, LogSubscriber> = tokio_stream::StreamMap::new();
+    // Per task: the time of the last line shown, so a read asked again
+    // (its node's session came back) starts after it instead of replaying.
+    let mut shown_until: HashMap<String, i64> = HashMap::new();
+    // Reads that follow (the others end by themselves), and tasks whose
+    // logs were read to their end.
+    let mut following: HashSet<String> = HashSet::new();
+    let mut finished: HashSet<String> = HashSet::new();
     loop {
-        for task in selected(&store, &selector) {
-            if reading_now.contains(&task.id) {
+        let tasks = selected(&store, &selector);
+        let wanted: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        // Reads of tasks gone from the store (history pruned) end.
+        let gone: Vec<String> = open
+            .keys()
+            .filter(|id| !wanted.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            open.remove(&id);
+        }
+        for task in &tasks {
+            let ended = task.observed().is_terminal();
+            if finished.contains(&task.id) {
                 continue;
             }
+            if open.contains_key(&task.id) {
+                // An ended task's follow is swapped for a read to the end
+                // of what it wrote, after the last line shown: nothing lost,
+                // nothing twice, and the read then ends.
+                if !(ended && following.contains(&task.id)) {
+                    continue;
+                }
+                open.remove(&task.id);
+            }
+            let since = shown_until
+                .get(&task.id)
+                .map_or(reading.since_unix_nano, |t| {
+                    (t + 1).max(reading.since_unix_nano)
+                });
             // A node without a session is tried again at the next look.
-            if let Ok(subscriber) = subscribe(&task, tail, ids()) {
-                reading_now.insert(task.id.clone());
+            if let Ok(subscriber) = subscribe(task, !ended, tail, since, ids()) {
                 open.insert(task.id.clone(), subscriber);
+                if ended {
+                    following.remove(&task.id);
+                } else {
+                    following.insert(task.id.clone());
+                }
             }
         }
+        finished.retain(|id| wanted.contains(id.as_str()));
+        following.retain(|id| open.contains_key(id));
         tail = None;
         let look_again = tokio::time::sleep(Duration::from_millis(FOLLOW_POLL_MS));
         tokio::pin!(look_again);
@@ -149,6 +221,10 @@ pub async fn stream(
                 _ = &mut look_again => break,
                 Some((task_id, published)) = open.next(), if !open.is_empty() => match published {
                     Published::Lines(batch) => {
+                        if let Some(last) = batch.iter().map(|l| l.time_unix_nano).max() {
+                            let at = shown_until.entry(task_id.clone()).or_default();
+                            *at = (*at).max(last);
+                        }
                         for line in batch {
                             if tx.send(Ok(line)).await.is_err() {
                                 return;
@@ -157,13 +233,14 @@ pub async fn stream(
                     }
                     Published::Closed(_) => {
                         open.remove(&task_id);
+                        if !following.contains(&task_id) {
+                            finished.insert(task_id);
+                        }
                     }
                 },
             }
         }
-        // A read that ended (its session went) may start again.
-        let still: HashSet<String> = open.keys().cloned().collect();
-        reading_now.retain(|id| still.contains(id));
+        shown_until.retain(|id, _| wanted.contains(id.as_str()));
     }
 }
 

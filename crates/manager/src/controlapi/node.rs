@@ -58,6 +58,16 @@ impl ControlApi {
                     node.id
                 )));
             }
+            // Promotion needs raft membership, which a cluster of one
+            // manager does not have yet: refused, not accepted and ignored.
+            if node.role != NodeRole::Manager as i32
+                && spec.desired_role == NodeRole::Manager as i32
+            {
+                return Err(ApiError::Refused(format!(
+                    "node {} cannot be promoted: this cluster runs a single manager",
+                    node.id
+                )));
+            }
             node.spec = Some(spec);
             if let Some(meta) = node.meta.as_mut() {
                 meta.version = req.version;

@@ -102,9 +102,7 @@ impl Dispatcher {
                             // A node removed while its session is open
                             // (`node rm --force`) loses it at its next beat.
                             if replica.store().view().node(&node_id).is_none() {
-                                return Err(Status::permission_denied(format!(
-                                    "node {node_id} has been removed from the cluster"
-                                )));
+                                return Err(shoal_api::node_removed(&node_id));
                             }
                             check_session(&sessions, &node_id, &beat.session_id)
                         })

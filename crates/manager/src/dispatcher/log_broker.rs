@@ -159,10 +159,24 @@ impl LogBroker {
     }
 
     /// A session opened: reads can be asked of the node through `inbox`.
+    /// Reads asked on the node's earlier session end (its agent dropped
+    /// them with that session): their readers see the end and may ask again.
     pub(super) fn session_opened(&self, node_id: &str, inbox: &Arc<Inbox>) {
-        self.lock()
+        let mut state = self.lock();
+        let replaced = state
             .sessions
-            .insert(node_id.to_string(), Arc::clone(inbox));
+            .insert(node_id.to_string(), Arc::clone(inbox))
+            .is_some_and(|old| !Arc::ptr_eq(&old, inbox));
+        if replaced {
+            state.subscriptions.retain(|_, s| s.node_id != node_id);
+        }
+    }
+
+    /// Ends the read `id` whose agent's stream broke (`why`).
+    pub fn abandon(&self, id: &str, why: &str) {
+        if let Some(sub) = self.lock().subscriptions.remove(id) {
+            let _ = sub.tx.try_send(Published::Closed(Some(why.to_string())));
+        }
     }
 
     /// The session of `inbox` ended: its node's reads end with it (their
@@ -304,6 +318,28 @@ mod tests {
         broker.session_closed("n1", &inbox);
         assert!(reader.recv().await.is_none());
         assert!(broker.subscribe("n1", subscription("s3")).is_err());
+
+        // A new session before the old one is seen closing: the old
+        // session's reads end, and its late close ends nothing new.
+        broker.session_opened("n1", &inbox);
+        let mut old_read = broker.subscribe("n1", subscription("s4")).unwrap();
+        let newer = Arc::new(Inbox::default());
+        broker.session_opened("n1", &newer);
+        assert!(old_read.recv().await.is_none());
+        let mut new_read = broker.subscribe("n1", subscription("s5")).unwrap();
+        broker.session_closed("n1", &inbox);
+        broker
+            .publish(
+                Some("n1"),
+                PublishLogsMessage {
+                    subscription_id: "s5".into(),
+                    lines: vec![line("still")],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(new_read.recv().await, Some(Published::Lines(_))));
     }
 
     #[tokio::test]

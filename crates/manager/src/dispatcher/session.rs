@@ -12,6 +12,10 @@ use tonic::Status;
 
 use super::*;
 
+/// Largest description a node may give of itself (a host's is a few
+/// hundred bytes; labels and warnings leave room).
+const MAX_DESCRIPTION_BYTES: usize = 64 << 10;
+
 impl Dispatcher {
     /// Records the node and starts streaming its assignments. A
     /// `certified` node (its id from its certificate) was created when it
@@ -23,6 +27,17 @@ impl Dispatcher {
         certified: bool,
         remote: Option<std::net::SocketAddr>,
     ) -> Result<SessionStream, Status> {
+        // A node describes itself; what it says goes into the replicated
+        // store on every session, so it is bounded.
+        let described = req
+            .description
+            .as_ref()
+            .map_or(0, prost::Message::encoded_len);
+        if described > MAX_DESCRIPTION_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "description: {described} bytes; a node's description takes at most {MAX_DESCRIPTION_BYTES}"
+            )));
+        }
         let node_id = if req.node_id.is_empty() {
             self.new_id()
         } else {
@@ -50,9 +65,7 @@ impl Dispatcher {
                 Some(n) => (store_action::Kind::Update, n),
                 None if certified => {
                     self.forget_session(&node_id, &session_id);
-                    return Err(Status::permission_denied(format!(
-                        "node {node_id} has been removed from the cluster"
-                    )));
+                    return Err(shoal_api::node_removed(&node_id));
                 }
                 None => (
                     store_action::Kind::Create,
