@@ -13,5 +13,5 @@ pub mod sim_pki;
 pub use fake_driver::FakeDriver;
 pub use fake_executor::{FakeExecutor, Machine, Plan, TaskBehaviour, Workload};
 pub use memory_record::MemoryRecord;
-pub use sim_cluster::{node_id, SimCluster, SimConfig, SimError};
+pub use sim_cluster::{node_id, SimCluster, SimConfig, SimError, SimTransport};
 pub use sim_nodes::{DispatcherAt, SimNodes};

@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use shoal_api::{
     Annotations, CreateServiceRequest, Runtime, ServiceMode, ServiceSpec, Task, TaskSpec, TaskState,
 };
-use shoal_sim::{SimCluster, SimConfig, SimNodes, TaskBehaviour};
+use shoal_sim::{SimCluster, SimConfig, SimNodes, SimTransport, TaskBehaviour};
 
 /// The allocator the `shoal` binary runs with (see there), so the figures
 /// printed here are the product's.
@@ -57,13 +57,14 @@ struct Args {
     timeout_s: u64,
     /// Run the agents in a child process instead of this one, so the
     /// resident memory printed is the manager's alone (over the unix
-    /// socket: with --no-tls).
+    /// socket: with --transport unix).
     #[arg(long)]
     agents_process: bool,
-    /// Agents reach the dispatcher over a unix socket without TLS, instead
-    /// of TCP with mutual TLS and node certificates as a daemon's do.
-    #[arg(long)]
-    no_tls: bool,
+    /// How the agents reach the dispatcher: as a daemon's do (tls: TCP,
+    /// mutual TLS, a node certificate each), or for comparison over plain
+    /// TCP or a unix socket.
+    #[arg(long, value_enum, default_value = "tls")]
+    transport: SimTransport,
     /// Be that child: run the agents against the dispatcher at this socket
     /// until stdin closes; a line `kill I` kills node I.
     #[arg(long, hide = true, value_name = "SOCKET")]
@@ -81,7 +82,7 @@ impl Args {
                 failure_rate: self.failure_rate,
             },
             seed: self.seed,
-            tls: !self.no_tls,
+            transport: self.transport,
             ..Default::default()
         }
     }
@@ -101,7 +102,7 @@ impl Agents {
     fn spawn_child(args: &Args, sim: &SimCluster) -> anyhow::Result<Agents> {
         let exe = std::env::current_exe().context("finding this program to run the agents")?;
         let shoal_sim::DispatcherAt::Unix(socket) = sim.dispatcher() else {
-            anyhow::bail!("--agents-process: the agents' process reaches the dispatcher over its unix socket; add --no-tls");
+            anyhow::bail!("--agents-process: the agents' process reaches the dispatcher over its unix socket; add --transport unix");
         };
         let mut child = tokio::process::Command::new(exe)
             .arg("--agents-for")
@@ -159,7 +160,7 @@ async fn run_agents(args: &Args, socket: &std::path::Path) -> anyhow::Result<()>
     use tokio::io::AsyncBufReadExt;
     let at = shoal_sim::DispatcherAt::Unix(socket.to_path_buf());
     let mut config = args.config(args.nodes);
-    config.tls = false;
+    config.transport = SimTransport::Unix;
     let mut nodes = SimNodes::start(&config, &at).context("starting the agents")?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
@@ -222,8 +223,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     anyhow::ensure!(
-        !args.agents_process || args.no_tls,
-        "--agents-process: the agents' process reaches the dispatcher over its unix socket; add --no-tls"
+        !args.agents_process || args.transport == SimTransport::Unix,
+        "--agents-process: the agents' process reaches the dispatcher over its unix socket; add --transport unix"
     );
     anyhow::ensure!(args.services > 0, "--services: must be at least 1");
     anyhow::ensure!(

@@ -62,6 +62,29 @@ pub fn connect(path: PathBuf, link: watch::Receiver<Link>) -> Channel {
         }))
 }
 
+/// A channel over plain TCP to the manager at `addr` that works while the
+/// link is up (for comparison with [`connect_tls`]).
+pub fn connect_tcp(addr: std::net::SocketAddr, link: watch::Receiver<Link>) -> Channel {
+    Endpoint::from_static("http://shoal.local")
+        .connect_timeout(Duration::from_millis(
+            shoal_api::transport::CONNECT_TIMEOUT_MS,
+        ))
+        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let link = link.clone();
+            async move {
+                if !link.borrow().up {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "the simulated link is cut",
+                    ));
+                }
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                Ok::<_, io::Error>(TokioIo::new(Severable::new(tcp, link)))
+            }
+        }))
+}
+
 /// A channel over mutual TLS to the manager at `addr` that works while
 /// the link is up: the daemon's transport, with a link that can be cut
 /// under the TLS session.

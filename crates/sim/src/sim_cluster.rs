@@ -45,9 +45,21 @@ pub struct SimConfig {
     pub node_memory_bytes: i64,
     /// Log entries between raft snapshots.
     pub snapshot_interval_entries: u64,
-    /// Agents reach the manager as a daemon's do (TCP, mutual TLS, node
-    /// certificates, the authorization layer); off, over a unix socket.
-    pub tls: bool,
+    /// How the agents reach the manager.
+    pub transport: SimTransport,
+}
+
+/// How simulated agents reach the manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimTransport {
+    /// As a daemon's agents do: TCP, mutual TLS, a node certificate each,
+    /// the authorization layer.
+    Tls,
+    /// TCP without TLS or authorization (for comparison only: no daemon
+    /// opens a plaintext port).
+    Tcp,
+    /// A unix socket, no TLS.
+    Unix,
 }
 
 impl SimConfig {
@@ -96,7 +108,7 @@ impl Default for SimConfig {
             node_nano_cpus: 64_000_000_000,
             node_memory_bytes: 256 << 30,
             snapshot_interval_entries: 10_000,
-            tls: true,
+            transport: SimTransport::Tls,
         }
     }
 }
@@ -144,7 +156,7 @@ impl SimCluster {
         std::fs::create_dir_all(&replica_config.dir)?;
         let replica = Arc::new(Replica::open(replica_config, true).await?);
         replica.wait_leader(Duration::from_secs(30)).await?;
-        let root = if config.tls {
+        let root = if config.transport == SimTransport::Tls {
             Some(crate::sim_pki::new_root(CLUSTER_ID)?)
         } else {
             None
@@ -178,6 +190,27 @@ impl SimCluster {
                 )
                 .await?;
                 (manager, leader.logs, DispatcherAt::Tls(tls))
+            }
+            None if config.transport == SimTransport::Tcp => {
+                let leader = shoal_manager::leader::start(&replica, &stop_rx, &mut rng);
+                let mut manager = leader.tasks;
+                let routes = tonic::service::Routes::new(leader.dispatcher).add_service(
+                    shoal_manager::LogPublishing::server(Arc::clone(&leader.logs)),
+                );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?;
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let mut server_stop = stop_rx.clone();
+                manager.spawn(async move {
+                    let _ = tonic::transport::Server::builder()
+                        .tcp_nodelay(true)
+                        .add_routes(routes)
+                        .serve_with_incoming_shutdown(incoming, async move {
+                            let _ = server_stop.wait_for(|s| *s).await;
+                        })
+                        .await;
+                });
+                (manager, leader.logs, DispatcherAt::Tcp(addr))
             }
             None => {
                 let socket = dir.path().join("dispatcher.sock");

@@ -73,8 +73,10 @@ impl Drop for AgentRuntime {
 /// Where the simulated agents reach the dispatcher.
 #[derive(Clone)]
 pub enum DispatcherAt {
-    /// A unix socket, no TLS (the simulator's `--no-tls`).
+    /// A unix socket, no TLS.
     Unix(std::path::PathBuf),
+    /// TCP without TLS (for comparison).
+    Tcp(std::net::SocketAddr),
     /// The daemon's path: TCP and mutual TLS, node certificates for each.
     Tls(crate::sim_pki::TlsDispatcher),
 }
@@ -91,6 +93,12 @@ impl SimNodes {
                             let socket = socket.clone();
                             shoal_agent::Connector::new(socket.display().to_string(), move || {
                                 crate::severable_link::connect(socket.clone(), up.clone())
+                            })
+                        }
+                        DispatcherAt::Tcp(addr) => {
+                            let addr = *addr;
+                            shoal_agent::Connector::new(addr.to_string(), move || {
+                                crate::severable_link::connect_tcp(addr, up.clone())
                             })
                         }
                         DispatcherAt::Tls(tls) => {

@@ -64,7 +64,8 @@ fn shoal_sim_with_the_agents_in_a_child_process_measures_the_manager_alone() {
             "--timeout-s",
             "120",
             "--agents-process",
-            "--no-tls",
+            "--transport",
+            "unix",
         ],
         &[
             "20 nodes READY in",
@@ -85,7 +86,7 @@ fn shoal_sim_refuses_a_child_agents_process_over_tls() {
         .expect("shoal-sim runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("add --no-tls"), "{stderr}");
+    assert!(stderr.contains("add --transport unix"), "{stderr}");
 }
 
 #[test]
@@ -100,4 +101,28 @@ fn shoal_sim_refuses_a_failure_rate_outside_zero_to_one() {
         stderr.contains("--failure-rate: must be between 0.0 and 1.0"),
         "{stderr}"
     );
+}
+
+#[test]
+fn shoal_sim_converges_over_each_transport() {
+    for transport in ["tls", "tcp", "unix"] {
+        run_and_expect(
+            &[
+                "--nodes",
+                "10",
+                "--replicas",
+                "100",
+                "--heartbeat-ms",
+                "300",
+                "--timeout-s",
+                "120",
+                "--transport",
+                transport,
+            ],
+            &[
+                "10 nodes READY in",
+                "1 services x 100 replicas: 100 RUNNING",
+            ],
+        );
+    }
 }
