@@ -32,7 +32,7 @@ token=$("$shoal" join-token worker -q)
 addr=$("$shoal" join-token worker | awk '/--join/ {for (i = 1; i <= NF; i++) if ($i == "--join") print $(i + 1)}')
 
 start=$(now)
-"$shoal" daemon --state-dir "$dir/w0" --join "$addr" --token "$token" 2>"$dir/w0.log" &
+env -u SHOAL_SOCKET "$shoal" daemon --state-dir "$dir/w0" --join "$addr" --token "$token" 2>"$dir/w0.log" &
 pids+=($!)
 until [ "$(ready)" -ge 2 ]; do sleep 0.01; done
 one=$(awk "BEGIN { print $(now) - $start }")
@@ -40,7 +40,7 @@ echo "one worker: daemon start to Ready in ${one} s"
 
 start=$(now)
 for i in $(seq 1 "$n"); do
-  "$shoal" daemon --state-dir "$dir/w$i" --join "$addr" --token "$token" 2>"$dir/w$i.log" &
+  env -u SHOAL_SOCKET "$shoal" daemon --state-dir "$dir/w$i" --join "$addr" --token "$token" 2>"$dir/w$i.log" &
   pids+=($!)
 done
 until [ "$(ready)" -ge $((n + 2)) ]; do sleep 0.05; done

@@ -40,6 +40,15 @@ pub fn listen_unix(path: &Path) -> Result<UnixListenerStream, TransportError> {
         path: path.display().to_string(),
         source,
     };
+    // A socket someone answers on is another daemon's: taking it over
+    // would leave that daemon unreachable. One nobody answers on is a
+    // leftover of a daemon that died.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(fail(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another daemon answers on this socket (set --socket, or unset SHOAL_SOCKET)",
+        )));
+    }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -747,3 +747,26 @@ fn a_clean_restart_keeps_every_object_and_version() {
         "the node keeps its identity"
     );
 }
+
+#[test]
+fn a_daemon_never_takes_over_the_control_socket_another_daemon_answers_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Daemon::start(&tmp.path().join("s1"));
+    let out = run(&[
+        "daemon",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--state-dir",
+        tmp.path().join("s2").to_str().unwrap(),
+        "--socket",
+        first.socket.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another daemon answers on this socket"),
+        "{err}"
+    );
+    // The first still answers on it.
+    first.ok(&["node", "ls"]);
+}
