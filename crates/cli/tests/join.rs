@@ -231,53 +231,88 @@ fn a_worker_that_leaves_stops_its_tasks_forgets_its_identity_and_can_then_be_rem
     assert_ne!(node_id(&again), worker_id);
 }
 
-#[test]
-fn joins_are_refused_for_a_wrong_rotated_or_foreign_token_and_an_unreachable_address() {
-    let tmp = tempfile::tempdir().unwrap();
-    let manager = Daemon::start(&tmp.path().join("m"));
+/// A manager, its join address and worker token, and the token's digest
+/// and secret apart.
+fn manager_and_token(tmp: &Path) -> (Daemon, String, String, String, String) {
+    let manager = Daemon::start(&tmp.join("m"));
     let (addr, token) = join_args(&manager);
     let (digest, secret) = token
         .strip_prefix("SWMTKN-1-")
         .unwrap()
         .split_once('-')
+        .map(|(d, s)| (d.to_string(), s.to_string()))
         .unwrap();
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    let fresh = || {
-        tmp.path().join(format!(
-            "j{}",
-            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ))
-    };
+    (manager, addr, token, digest, secret)
+}
 
-    let wrong_secret = format!("SWMTKN-1-{digest}-{}", "0".repeat(secret.len()));
-    let err = refused_join(&fresh(), &addr, &wrong_secret);
+/// A refused join leaves nothing in its state dir but the lock.
+fn left_nothing(dir: &Path) {
+    assert!(
+        std::fs::read_dir(dir)
+            .unwrap()
+            .all(|e| e.unwrap().file_name() == "lock"),
+        "a refused join leaves nothing but the lock"
+    );
+}
+
+#[test]
+fn a_join_with_a_wrong_secret_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_manager, addr, _, digest, secret) = manager_and_token(tmp.path());
+    let wrong = format!("SWMTKN-1-{digest}-{}", "0".repeat(secret.len()));
+    let err = refused_join(&tmp.path().join("j"), &addr, &wrong);
     assert!(
         err.contains("refused") && err.contains("not valid"),
         "{err}"
     );
+    left_nothing(&tmp.path().join("j"));
+}
 
+#[test]
+fn a_join_whose_token_names_another_ca_is_refused_before_it_sends_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_manager, addr, _, digest, secret) = manager_and_token(tmp.path());
     let foreign = format!("SWMTKN-1-{}-{secret}", "a".repeat(64));
-    let err = refused_join(&fresh(), &addr, &foreign);
+    let err = refused_join(&tmp.path().join("j"), &addr, &foreign);
     assert!(err.contains("is not the one the token names"), "{err}");
-    assert!(err.contains(digest), "names what it was shown: {err}");
+    assert!(err.contains(&digest), "names what it was shown: {err}");
+    left_nothing(&tmp.path().join("j"));
+}
 
-    let err = refused_join(&fresh(), &addr, "SWMTKN-1-nonsense");
+#[test]
+fn a_join_with_a_malformed_token_is_refused_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_manager, addr, ..) = manager_and_token(tmp.path());
+    let err = refused_join(&tmp.path().join("j"), &addr, "SWMTKN-1-nonsense");
     assert!(err.contains("--token"), "{err}");
+}
 
+#[test]
+fn a_join_to_an_address_nobody_listens_on_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_manager, _, token, ..) = manager_and_token(tmp.path());
     // Port 1 on loopback: nothing listens there.
-    let err = refused_join(&fresh(), "127.0.0.1:1", &token);
+    let err = refused_join(&tmp.path().join("j"), "127.0.0.1:1", &token);
     assert!(err.contains("cannot reach"), "{err}");
+    left_nothing(&tmp.path().join("j"));
+}
 
-    // Rotation: the old token is refused, a node joined with it runs on.
-    let mut early = join(&fresh(), &manager);
+#[test]
+fn a_rotated_token_is_refused_while_nodes_joined_with_it_run_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (manager, addr, token, ..) = manager_and_token(tmp.path());
+    let mut early = join(&tmp.path().join("early"), &manager);
     let early_id = node_id(&early);
     let rotated = manager.ok(&["join-token", "worker", "--rotate"]);
     assert!(rotated.contains("Rotated"), "{rotated}");
     let (_, new_token) = join_args(&manager);
     assert_ne!(new_token, token);
-    let err = refused_join(&fresh(), &addr, &token);
+    let err = refused_join(&tmp.path().join("late"), &addr, &token);
     assert!(err.contains("rotated"), "{err}");
-    let _late = Daemon::start_with(&fresh(), &["--join", &addr, "--token", &new_token]);
+    let _late = Daemon::start_with(
+        &tmp.path().join("late2"),
+        &["--join", &addr, "--token", &new_token],
+    );
     let sessions_before = node_version(&manager, &early_id);
     early.stop();
     let _early = Daemon::start_with(&early.state_dir.clone(), &[]);
@@ -285,19 +320,17 @@ fn joins_are_refused_for_a_wrong_rotated_or_foreign_token_and_an_unreachable_add
         "the node joined before the rotation opens a session",
         || node_version(&manager, &early_id) > sessions_before && ready(&manager, &early_id),
     );
-    // The manager token is another token, and this cluster has one manager.
+}
+
+#[test]
+fn a_join_with_the_manager_token_is_refused_in_a_cluster_of_one_manager() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (manager, addr, token, ..) = manager_and_token(tmp.path());
     let manager_token = manager.ok(&["join-token", "manager", "-q"]);
-    assert_ne!(manager_token.trim(), new_token);
-    let err = refused_join(&fresh(), &addr, manager_token.trim());
+    assert_ne!(manager_token.trim(), token);
+    let err = refused_join(&tmp.path().join("j"), &addr, manager_token.trim());
     assert!(err.contains("single manager"), "{err}");
-    // Refused joins left no half-made state dir behind.
-    let leftover = tmp.path().join("j0");
-    assert!(
-        std::fs::read_dir(&leftover)
-            .unwrap()
-            .all(|e| e.unwrap().file_name() == "lock"),
-        "a refused join leaves nothing but the lock"
-    );
+    left_nothing(&tmp.path().join("j"));
 }
 
 #[test]

@@ -281,3 +281,36 @@ fn certificates_renew_before_they_expire_while_tasks_run_and_an_expired_one_is_r
     assert!(renew(channel(&addr, &ca, Some((&chain, &key)))).is_ok());
     assert_eq!(tasks(), running);
 }
+
+#[test]
+fn a_node_that_joined_but_never_connected_is_marked_down_not_left_unknown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    manager.ok(&["cluster", "update", "--dispatcher-heartbeat", "500ms"]);
+    let (addr, token) = join_args(&manager);
+    let (ca, _, _) = files(&manager);
+    // A join made by hand: the certificate is issued, no agent follows.
+    let key = shoal_ca::NodeKey::generate("x").unwrap();
+    let joined = runtime()
+        .block_on(
+            CaClient::new(channel(&addr, &ca, None)).issue_node_certificate(
+                shoal_api::IssueNodeCertificateRequest {
+                    token,
+                    csr_pem: key.request_pem().to_string(),
+                },
+            ),
+        )
+        .expect("the join is accepted")
+        .into_inner();
+    let status = || {
+        let nodes: Vec<serde_json::Value> =
+            serde_json::from_str(&manager.ok(&["node", "inspect", &joined.node_id])).unwrap();
+        nodes[0]["status"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_until("the node that never connected is Down", || {
+        status() == "DOWN"
+    });
+}

@@ -95,6 +95,7 @@ impl Dispatcher {
     pub fn fan_out(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let replica = Arc::clone(&self.replica);
         let inboxes = Arc::clone(&self.inboxes);
+        let sessions = Arc::clone(&self.sessions);
         let mut shutdown = self.shutdown.clone();
         async move {
             let post = |changes: &mut Vec<(String, String)>, all: bool| {
@@ -115,6 +116,7 @@ impl Dispatcher {
             let mut known: HashMap<String, (String, i32)> = HashMap::new();
             let mut changes = replica.store().watch();
             let mut nodes = Vec::new();
+            let mut joined = Vec::new();
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -148,9 +150,21 @@ impl Dispatcher {
                                 }
                             }
                             Some(object::Kind::Cluster(_)) => all = true,
+                            Some(object::Kind::Node(node))
+                                if *action == watch_event::Action::Create && !node.is_down() =>
+                            {
+                                joined.push(node.id.clone());
+                            }
                             _ => {}
                         }
                     });
+                if !joined.is_empty() {
+                    super::heartbeat::expect_nodes(
+                        &sessions,
+                        joined.drain(..),
+                        period_ms(&replica),
+                    );
+                }
                 if !in_step {
                     changes = replica.store().watch();
                     known.clear();

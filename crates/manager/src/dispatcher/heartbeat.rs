@@ -132,10 +132,6 @@ fn expect_recorded_nodes(
     sessions: &Mutex<HashMap<String, Session>>,
     period_ms: u64,
 ) {
-    let ttl = Duration::from_millis(period_ms * HEARTBEAT_TTL_PERIODS);
-    // `last_seen` in the future: the session expires `START_GRACE_TTLS`
-    // TTLs from now.
-    let last_seen = Instant::now() + ttl * START_GRACE_TTLS.saturating_sub(1);
     let live: Vec<String> = replica
         .store()
         .view()
@@ -143,6 +139,23 @@ fn expect_recorded_nodes(
         .filter(|n| !n.is_down())
         .map(|n| n.id.clone())
         .collect();
+    expect_nodes(sessions, live, period_ms);
+}
+
+/// Placeholder sessions for `nodes` (those without a session), expiring
+/// after the start-up grace: for nodes recorded live at start, and for a
+/// node that just joined, so one whose agent never connects (its join
+/// failed after the commit) is marked DOWN, not left UNKNOWN for ever.
+pub(super) fn expect_nodes(
+    sessions: &Mutex<HashMap<String, Session>>,
+    nodes: impl IntoIterator<Item = String>,
+    period_ms: u64,
+) {
+    let ttl = Duration::from_millis(period_ms * HEARTBEAT_TTL_PERIODS);
+    // `last_seen` in the future: the session expires `START_GRACE_TTLS`
+    // TTLs from now.
+    let last_seen = Instant::now() + ttl * START_GRACE_TTLS.saturating_sub(1);
+    let live = nodes;
     let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
     for id in live {
         sessions.entry(id).or_insert_with(|| Session {
