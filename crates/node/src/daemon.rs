@@ -330,6 +330,10 @@ async fn run_manager(
     let mut replica_config =
         ReplicaConfig::new(state.raft_dir(), marker.raft_id, advertise.clone());
     replica_config.snapshot_interval_entries = config.snapshot_interval_entries;
+    // Raft reaches other managers over mutual TLS only, once this one has
+    // its certificate (made below, from the store this replica opens).
+    let (peers, peer_tls) = shoal_raft::Network::tls();
+    replica_config.peers = peers;
     let replica = Arc::new(Replica::open(replica_config, state.is_fresh()).await?);
     replica
         .wait_leader(Duration::from_millis(LEADER_WAIT_MS))
@@ -360,6 +364,9 @@ async fn run_manager(
         Arc::clone(&identity),
         shoal_ca::tls::ClientAuth::Optional,
     )?;
+    *peer_tls.write().unwrap_or_else(|e| e.into_inner()) = Some(
+        shoal_ca::tls::renewable_client_config(&ca_der, Arc::clone(&identity))?,
+    );
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);

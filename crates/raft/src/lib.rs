@@ -26,7 +26,7 @@ mod types;
 
 pub use log_store::LogStore;
 pub use long_work::long_work;
-pub use network::{Network, RaftService};
+pub use network::{Network, PeerTls, RaftService};
 pub use proposer::{ProposeError, Proposer, ProposerConfig, MAX_ENTRY_BYTES};
 pub use replica::{OnCreate, Replica, ReplicaConfig, ReplicaError};
 pub use runtime::{seed_elections, SeededRuntime};

@@ -32,22 +32,69 @@ use tonic::transport::Channel;
 use crate::types::TypeConfig;
 use crate::Raft;
 
-/// Makes one [`Network`] per peer.
+/// Makes one [`PeerClient`] per peer: over mutual TLS as this manager's
+/// certificate shows it (a daemon), or plain TCP (tests of raft alone, on
+/// loopback; the default).
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// `None`: plain TCP. Otherwise the TLS configuration to dial with,
+    /// once this manager has its certificate (none yet: nothing is
+    /// dialled).
+    tls: Option<PeerTls>,
+}
+
+/// Where a manager puts the TLS configuration its raft dials peers with,
+/// once its certificate exists (it is made from the store the replica
+/// opens).
+pub type PeerTls = std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<rustls::ClientConfig>>>>;
+
+impl Network {
+    /// Peers over mutual TLS with the configuration put in the slot
+    /// returned.
+    pub fn tls() -> (Network, PeerTls) {
+        let slot = PeerTls::default();
+        (
+            Network {
+                tls: Some(std::sync::Arc::clone(&slot)),
+            },
+            slot,
+        )
+    }
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        let channel = match &self.tls {
+            Some(slot) => {
+                let config = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+                match config {
+                    Some(config) => shoal_api::mtls::connect(&node.addr, config, MANAGER_NAME)
+                        .map_err(|e| e.to_string()),
+                    None => Err("this manager has no certificate yet".to_string()),
+                }
+            }
+            None => shoal_api::transport::connect_tcp(&node.addr).map_err(|e| e.to_string()),
+        };
         PeerClient {
             target,
-            client: shoal_api::transport::connect_tcp(&node.addr)
-                .map(RaftClient::new)
-                .map_err(|e| e.to_string()),
+            client: channel.map(RaftClient::new),
         }
     }
 }
+
+/// The name a manager's certificate carries (shoal_ca::tls::MANAGER_NAME;
+/// the raft crate does not depend on the CA).
+const MANAGER_NAME: &str = "shoal-manager";
 
 /// The connection to one peer.
 pub struct PeerClient {

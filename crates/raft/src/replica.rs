@@ -45,6 +45,9 @@ pub struct ReplicaConfig {
     pub proposer: ProposerConfig,
     /// Used only when the replica is created.
     pub on_create: OnCreate,
+    /// How this replica dials its peers: mutual TLS with this manager's
+    /// certificate (a daemon), or plain TCP when `None` (tests).
+    pub peers: Network,
 }
 
 impl ReplicaConfig {
@@ -61,6 +64,7 @@ impl ReplicaConfig {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             proposer: ProposerConfig::default(),
+            peers: Network::default(),
         }
     }
 }
@@ -118,9 +122,15 @@ impl Replica {
         }
         .validate()
         .map_err(|e| ReplicaError::Config(e.to_string()))?;
-        let raft = Raft::new(config.raft_id, Arc::new(raft_config), Network, log, sm)
-            .await
-            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            config.raft_id,
+            Arc::new(raft_config),
+            config.peers.clone(),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| ReplicaError::Raft(e.to_string()))?;
         if let (true, OnCreate::Bootstrap(members)) = (create, &config.on_create) {
             let members: BTreeMap<u64, BasicNode> = members
                 .iter()
