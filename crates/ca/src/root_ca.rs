@@ -146,8 +146,12 @@ impl RootCa {
         let mut request = CertificateSigningRequestParams::from_pem(request_pem)
             .map_err(|e| CaError::Request(e.to_string()))?;
         // One kind of key in the cluster, the one every node makes: a
-        // weak or unusual key is refused rather than certified.
-        if rcgen::PublicKeyData::algorithm(&request.public_key) != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        // weak or unusual key is refused rather than certified. The key's
+        // own curve is read (the request's signature algorithm alone would
+        // let a P-384 key signing with SHA-256 through).
+        if rcgen::PublicKeyData::algorithm(&request.public_key) != &rcgen::PKCS_ECDSA_P256_SHA256
+            || !is_p256_key(request_pem)
+        {
             return Err(CaError::Request("the key must be ECDSA P-256".into()));
         }
         let params = &mut request.params;
@@ -190,6 +194,37 @@ fn serial() -> Result<SerialNumber, CaError> {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
     Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// Whether the request in `request_pem` carries an ECDSA key on P-256:
+/// its key's algorithm is id-ecPublicKey with the named curve prime256v1,
+/// and the key is an uncompressed point of that curve's size.
+fn is_p256_key(request_pem: &str) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+    const PRIME256V1: &str = "1.2.840.10045.3.1.7";
+    let Ok(der) =
+        rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(request_pem.as_bytes())
+    else {
+        return false;
+    };
+    let Ok((_, request)) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+    else {
+        return false;
+    };
+    let key = &request.certification_request_info.subject_pki;
+    let curve = key
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
+    key.algorithm.algorithm.to_id_string() == EC_PUBLIC_KEY
+        && curve.as_deref() == Some(PRIME256V1)
+        && key.subject_public_key.data.len() == 65
+        && key.subject_public_key.data.first() == Some(&0x04)
 }
 
 /// The DER of the one certificate in `pem`.

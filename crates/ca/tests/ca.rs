@@ -241,6 +241,42 @@ fn requests_and_stored_pem_that_are_not_valid_are_refused_naming_what() {
 }
 
 #[test]
+fn a_request_for_a_key_other_than_p256_is_refused_and_a_ca_key_must_be_its_certificates() {
+    let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+    let identity = NodeIdentity {
+        node_id: "w1".into(),
+        role: Role::Worker,
+        cluster_id: "c1".into(),
+    };
+    let now = SystemTime::now();
+    for algorithm in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
+        let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
+        let request = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let refused = ca.issue(&request, &identity, &[], now, now + DAY);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("must be ECDSA P-256")),
+            "{refused:?}"
+        );
+    }
+    // Another root's key beside this root's certificate.
+    let other = RootCa::create("c1", SystemTime::now()).unwrap();
+    let refused = RootCa::load(ca.cert_pem(), other.key_pem());
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("not the key of the CA certificate")),
+        "{:?}",
+        refused.err()
+    );
+}
+
+#[test]
 fn a_certificate_without_a_shoal_role_is_not_a_node_certificate() {
     // The root itself: no OU, not a node.
     let ca = RootCa::create("c1", SystemTime::now()).unwrap();

@@ -615,3 +615,43 @@ async fn bootstrap(
         })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(addr: &str) -> SocketAddr {
+        addr.parse().unwrap()
+    }
+
+    #[test]
+    fn the_advertised_address_is_the_given_one_with_the_bound_port_when_it_names_none() {
+        let at = bound("0.0.0.0:4242");
+        assert_eq!(advertised(at, Some("10.0.0.1")).unwrap(), "10.0.0.1:4242");
+        assert_eq!(
+            advertised(at, Some("10.0.0.1:5000")).unwrap(),
+            "10.0.0.1:5000"
+        );
+        let refused = advertised(at, Some("my-host")).unwrap_err().to_string();
+        assert!(
+            refused.contains("--advertise-addr my-host") && refused.contains("IP address"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn without_one_it_is_the_listen_address_or_a_routable_one_for_all_interfaces() {
+        assert_eq!(
+            advertised(bound("127.0.0.2:7"), None).unwrap(),
+            "127.0.0.2:7"
+        );
+        let chosen: SocketAddr = advertised(bound("0.0.0.0:4242"), None)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(!chosen.ip().is_unspecified(), "{chosen}");
+        assert_eq!(chosen.port(), 4242);
+        assert_eq!(local_dial(bound("0.0.0.0:9")), "127.0.0.1:9");
+        assert_eq!(local_dial(bound("10.1.2.3:9")), "10.1.2.3:9");
+    }
+}
