@@ -5,9 +5,13 @@
 //! ([`PeerCertificates`]), which is where a node's identity is read from.
 //!
 //! Handshakes run beside the accept loop, each within a bound, at most
-//! [`MAX_HANDSHAKES`] at once: a client that stalls its handshake holds
-//! one slot for [`HANDSHAKE_TIMEOUT_MS`], never the listener.
+//! [`MAX_HANDSHAKES`] at once and [`MAX_HANDSHAKES_PER_SOURCE`] from one
+//! address: a client that stalls its handshake holds one slot for
+//! [`HANDSHAKE_TIMEOUT_MS`], never the listener. A peer without a client
+//! certificate (a join) gets one of [`MAX_ANONYMOUS_CONNECTIONS`] and at
+//! most [`ANONYMOUS_LIFETIME_MS`].
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -33,6 +37,14 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub const MAX_HANDSHAKES: usize = 256;
 /// Connections handed over and not yet taken by the server, at most.
 const ACCEPTED_QUEUE: usize = 64;
+/// Handshakes in progress from one address at most: one source cannot take
+/// every slot of [`MAX_HANDSHAKES`].
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
+/// Connections open at once without a client certificate (joins), at most.
+pub const MAX_ANONYMOUS_CONNECTIONS: usize = 64;
+/// How long a connection without a client certificate may stay open: a
+/// join is two calls, and an idle one must not hold a slot.
+pub const ANONYMOUS_LIFETIME_MS: u64 = 30_000;
 
 /// What a request knows of the connection it came on: the peer's address
 /// and the certificate chain it showed (leaf first; empty when it showed
@@ -59,6 +71,25 @@ impl PeerCertificates {
 pub struct TlsConnection {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerCertificates,
+    /// For a peer without a certificate: its slot among the anonymous
+    /// connections, and when the connection ends.
+    anonymous: Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        Pin<Box<tokio::time::Sleep>>,
+    )>,
+}
+
+impl TlsConnection {
+    /// An error once an anonymous connection outlived its time.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let (_, deadline) = self.anonymous.as_mut()?;
+        deadline.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a connection without a client certificate outlived its time",
+            )
+        })
+    }
 }
 
 impl Connected for TlsConnection {
@@ -75,7 +106,11 @@ impl AsyncRead for TlsConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(e) = this.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -85,7 +120,11 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Some(e) = this.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -123,6 +162,9 @@ pub fn accept(
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let anonymous = Arc::new(Semaphore::new(MAX_ANONYMOUS_CONNECTIONS));
+    let per_source: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
     tokio::spawn(async move {
         loop {
             let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -142,8 +184,13 @@ pub fn accept(
                 }
             };
             let _ = tcp.set_nodelay(true);
+            let Some(source) = SourceSlot::take(&per_source, remote.ip()) else {
+                tracing::debug!(peer = %remote, "too many handshakes from one address; connection dropped");
+                continue;
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let anonymous = Arc::clone(&anonymous);
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(
                     Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
@@ -151,6 +198,7 @@ pub fn accept(
                 )
                 .await;
                 drop(slot);
+                drop(source);
                 let stream = match handshake {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
@@ -162,21 +210,76 @@ pub fn accept(
                         return;
                     }
                 };
-                let chain = stream
+                let chain: Vec<Vec<u8>> = stream
                     .get_ref()
                     .1
                     .peer_certificates()
                     .map(|c| c.iter().map(|d| d.to_vec()).collect())
                     .unwrap_or_default();
+                let anonymous = if chain.is_empty() {
+                    let Ok(permit) = anonymous.try_acquire_owned() else {
+                        tracing::debug!(peer = %remote, "too many connections without a certificate; connection dropped");
+                        return;
+                    };
+                    let deadline = tokio::time::sleep(Duration::from_millis(ANONYMOUS_LIFETIME_MS));
+                    Some((permit, Box::pin(deadline)))
+                } else {
+                    None
+                };
                 let peer = PeerCertificates {
                     remote_addr: Some(remote),
                     chain: Arc::new(chain),
                 };
-                let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+                let _ = tx
+                    .send(Ok(TlsConnection {
+                        stream,
+                        peer,
+                        anonymous,
+                    }))
+                    .await;
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// One handshake's place among those of its source address; given back
+/// when dropped.
+struct SourceSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl SourceSlot {
+    /// A place for a handshake from `ip`, unless it has
+    /// [`MAX_HANDSHAKES_PER_SOURCE`] in progress.
+    fn take(
+        counts: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+    ) -> Option<SourceSlot> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A gRPC channel to `addr` (`host:port`) over TLS under `config`,

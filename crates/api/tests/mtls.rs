@@ -181,3 +181,112 @@ fn an_address_or_server_name_that_is_not_one_is_refused_naming_it() {
     let err = shoal_api::mtls::connect("no spaces allowed:1", config, MANAGER_NAME).unwrap_err();
     assert!(err.to_string().contains("no spaces allowed"), "{err}");
 }
+
+/// A listener that lets clients without a certificate through (the join's).
+async fn open_manager(ca: &RootCa) -> String {
+    let me = issue(ca, "m1", Role::Manager);
+    let config = server_config(ca.cert_der(), &me.cert, &me.key, ClientAuth::Optional).unwrap();
+    let (incoming, addr) = shoal_api::mtls::listen("127.0.0.1:0", config)
+        .await
+        .unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DispatcherServer::new(WhoAmI))
+            .serve_with_incoming(incoming),
+    );
+    addr.to_string()
+}
+
+/// A TLS handshake without a client certificate from `from` (a loopback
+/// address) to `addr`: the stream, or why it failed.
+async fn anonymous_handshake(
+    ca: &RootCa,
+    from: std::net::IpAddr,
+    addr: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    let tcp = socket.connect(addr.parse().unwrap()).await?;
+    let config = client_config(ca.cert_der(), None).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(MANAGER_NAME).unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_handshake_slot() {
+    let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+    let addr = open_manager(&ca).await;
+    // As many stalled handshakes from 127.0.0.1 as one address may have.
+    let mut stalled = Vec::new();
+    for _ in 0..shoal_api::mtls::MAX_HANDSHAKES_PER_SOURCE {
+        stalled.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // A further one from there is dropped; another address is served.
+    let local = std::net::IpAddr::from([127, 0, 0, 1]);
+    let other = std::net::IpAddr::from([127, 0, 0, 2]);
+    let refused = anonymous_handshake(&ca, local, &addr).await;
+    assert!(refused.is_err(), "a handshake over the address's share");
+    assert!(anonymous_handshake(&ca, other, &addr).await.is_ok());
+    // Once the stalled ones go, the address is served again.
+    drop(stalled);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while anonymous_handshake(&ca, local, &addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_certificate_are_bounded_in_number_and_in_time() {
+    use tokio::io::AsyncReadExt;
+    let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+    let addr = open_manager(&ca).await;
+    let mut open = Vec::new();
+    // From many loopback addresses, so the per-address bound is not what
+    // stops them; one more than the bound.
+    for i in 0..=shoal_api::mtls::MAX_ANONYMOUS_CONNECTIONS {
+        let from = std::net::IpAddr::from([127, 0, 1, (i % 250) as u8 + 1]);
+        open.push(anonymous_handshake(&ca, from, &addr).await.unwrap());
+    }
+    // A served one reads the server's first HTTP/2 frame; the one over
+    // the bound (whichever the server finished last) reads its end.
+    let mut byte = [0u8; 1];
+    let mut served = Vec::new();
+    let mut dropped = 0;
+    for mut stream in open {
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut byte))
+            .await
+            .expect("every connection is either served or closed");
+        match read {
+            Ok(1) => served.push(stream),
+            _ => dropped += 1,
+        }
+    }
+    assert_eq!(dropped, 1, "exactly the one over the bound is closed");
+    assert_eq!(served.len(), shoal_api::mtls::MAX_ANONYMOUS_CONNECTIONS);
+    // And each open one ends after its lifetime.
+    let started = std::time::Instant::now();
+    let mut first = served.remove(0);
+    let mut rest = vec![0u8; 4096];
+    let ended = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            match first.read(&mut rest).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "an anonymous connection ends after its lifetime"
+    );
+    let lifetime = Duration::from_millis(shoal_api::mtls::ANONYMOUS_LIFETIME_MS);
+    assert!(
+        started.elapsed() + Duration::from_secs(5) >= lifetime / 2,
+        "closed long before its lifetime: {:?}",
+        started.elapsed()
+    );
+}
