@@ -9,7 +9,7 @@ mod harness;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use harness::{json_lines, wait_until, Daemon};
+use harness::{join_args, json_lines, service_processes, task_processes, wait_until, Daemon};
 
 /// A network namespace joined to this one by a veth pair: `root_ip` here,
 /// `host_ip` there. Deleted (with its link) when dropped.
@@ -94,21 +94,6 @@ impl Drop for Host {
     }
 }
 
-fn join_args(manager: &Daemon) -> (String, String) {
-    let token = manager
-        .ok(&["join-token", "worker", "-q"])
-        .trim()
-        .to_string();
-    let shown = manager.ok(&["join-token", "worker"]);
-    let addr = shown
-        .split_whitespace()
-        .skip_while(|w| *w != "--join")
-        .nth(1)
-        .unwrap()
-        .to_string();
-    (addr, token)
-}
-
 fn status_of(manager: &Daemon, host_ip: &str) -> Option<String> {
     json_lines(&manager.ok(&["node", "ls", "--format", "json"]))
         .into_iter()
@@ -124,13 +109,7 @@ fn node_version(manager: &Daemon, host_ip: &str) -> u64 {
         .find(|r| r["address"] == host_ip)
         .and_then(|r| r["id"].as_str().map(str::to_string))
         .unwrap();
-    let nodes: Vec<serde_json::Value> =
-        serde_json::from_str(&manager.ok(&["node", "inspect", &id])).unwrap();
-    nodes[0]["meta"]["version"].as_u64().unwrap()
-}
-
-fn processes(d: &Daemon) -> std::collections::HashMap<String, u32> {
-    shoal_agent::find_task_processes(&d.state_dir.join("tasks"))
+    harness::node_version(manager, &id)
 }
 
 /// No slot has two tasks desired running, and `n` are.
@@ -173,26 +152,10 @@ fn cluster_over(host: &Host, tmp: &std::path::Path) -> (Daemon, Daemon, String) 
         "600",
     ]);
     wait_until("tasks run on both hosts", || {
-        !processes(&worker).is_empty() && processes(&manager).len() + processes(&worker).len() == 4
+        !task_processes(&worker).is_empty()
+            && task_processes(&manager).len() + task_processes(&worker).len() == 4
     });
     (manager, worker, host_ip)
-}
-
-/// The processes of `service`'s tasks on `d` (other services' left out:
-/// the orchestrator-pass marker may run anywhere).
-fn service_processes(
-    d: &Daemon,
-    manager: &Daemon,
-    service: &str,
-) -> std::collections::HashMap<String, u32> {
-    let ids: Vec<String> = json_lines(&manager.ok(&["service", "ps", service, "--format", "json"]))
-        .iter()
-        .filter_map(|t| t["id"].as_str().map(str::to_string))
-        .collect();
-    processes(d)
-        .into_iter()
-        .filter(|(id, _)| ids.iter().any(|short| id.starts_with(short.as_str())))
-        .collect()
 }
 
 #[test]
@@ -206,20 +169,20 @@ fn a_worker_cut_off_past_the_ttl_is_down_its_tasks_move_and_its_stale_ones_stop_
         status_of(&manager, &host_ip).as_deref() == Some("Down")
     });
     wait_until("its tasks run on the manager", || {
-        processes(&manager).len() == 4
+        task_processes(&manager).len() == 4
     });
     // Cut off, it cannot know: its tasks still run there.
-    assert!(!processes(&worker).is_empty());
+    assert!(!task_processes(&worker).is_empty());
 
     host.heal();
     wait_until("the worker is back", || {
         status_of(&manager, &host_ip).as_deref() == Some("Ready")
     });
     wait_until("its stale tasks are stopped", || {
-        processes(&worker).is_empty()
+        task_processes(&worker).is_empty()
     });
     assert!(one_live_task_per_slot(&manager, 4));
-    assert_eq!(processes(&manager).len(), 4);
+    assert_eq!(task_processes(&manager).len(), 4);
 }
 
 #[test]
@@ -255,14 +218,14 @@ fn a_paused_worker_hands_its_tasks_over_and_a_killed_one_keeps_them_across_a_res
         status_of(&manager, &host_ip).as_deref() == Some("Down")
     });
     wait_until("its tasks run on the manager", || {
-        processes(&manager).len() == 4
+        task_processes(&manager).len() == 4
     });
     worker.signal(libc::SIGCONT);
     wait_until("the worker is back", || {
         status_of(&manager, &host_ip).as_deref() == Some("Ready")
     });
     wait_until("its stale tasks are stopped", || {
-        processes(&worker).is_empty()
+        task_processes(&worker).is_empty()
     });
     assert!(one_live_task_per_slot(&manager, 4));
     worker.stop();

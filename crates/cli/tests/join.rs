@@ -6,32 +6,10 @@ mod harness;
 
 use std::path::Path;
 
-use harness::{json_lines, wait_until, Daemon};
-
-/// The address the manager advertises and its worker token.
-fn join_args(manager: &Daemon) -> (String, String) {
-    let shown = manager.ok(&["join-token", "worker"]);
-    let command = shown
-        .lines()
-        .find(|l| l.contains("shoal daemon --join"))
-        .unwrap_or_else(|| panic!("no join command in {shown}"));
-    let words: Vec<&str> = command.split_whitespace().collect();
-    let at = |flag: &str| {
-        let i = words.iter().position(|w| *w == flag).unwrap();
-        words[i + 1].to_string()
-    };
-    let token = manager
-        .ok(&["join-token", "worker", "-q"])
-        .trim()
-        .to_string();
-    assert_eq!(at("--token"), token, "{shown}");
-    (at("--join"), token)
-}
-
-fn join(dir: &Path, manager: &Daemon) -> Daemon {
-    let (addr, token) = join_args(manager);
-    Daemon::start_with(dir, &["--join", &addr, "--token", &token])
-}
+use harness::{
+    join, join_args, json_lines, node_version, service_processes, task_processes, wait_until,
+    Daemon,
+};
 
 /// `shoal daemon --join …` that must fail: its stderr.
 fn refused_join(dir: &Path, addr: &str, token: &str) -> String {
@@ -65,36 +43,8 @@ fn node_row(manager: &Daemon, id: &str) -> Option<serde_json::Value> {
         .find(|r| r["id"].as_str().is_some_and(|i| id.starts_with(i)))
 }
 
-/// The node object's version: each session the node opens records it anew.
-fn node_version(manager: &Daemon, id: &str) -> u64 {
-    let nodes: Vec<serde_json::Value> =
-        serde_json::from_str(&manager.ok(&["node", "inspect", id])).unwrap();
-    nodes[0]["meta"]["version"].as_u64().unwrap()
-}
-
 fn ready(manager: &Daemon, id: &str) -> bool {
     node_row(manager, id).is_some_and(|r| r["status"] == "Ready")
-}
-
-fn task_processes(d: &Daemon) -> std::collections::HashMap<String, u32> {
-    shoal_agent::find_task_processes(&d.state_dir.join("tasks"))
-}
-
-/// The processes of `service`'s tasks on `d` (other services' left out:
-/// the orchestrator-pass marker may run anywhere).
-fn service_processes(
-    d: &Daemon,
-    manager: &Daemon,
-    service: &str,
-) -> std::collections::HashMap<String, u32> {
-    let ids: Vec<String> = json_lines(&manager.ok(&["service", "ps", service, "--format", "json"]))
-        .iter()
-        .filter_map(|t| t["id"].as_str().map(str::to_string))
-        .collect();
-    task_processes(d)
-        .into_iter()
-        .filter(|(id, _)| ids.iter().any(|short| id.starts_with(short.as_str())))
-        .collect()
 }
 
 #[test]

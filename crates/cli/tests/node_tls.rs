@@ -6,36 +6,15 @@
 
 mod harness;
 
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use harness::{wait_until, Daemon};
+use harness::{join, join_args, wait_until, Daemon};
 use shoal_api::ca_client::CaClient;
 use shoal_api::control_client::ControlClient;
 use shoal_api::dispatcher_client::DispatcherClient;
 use shoal_api::raft_client::RaftClient;
 use shoal_api::{ListRequest, RaftMessage, RenewNodeCertificateRequest, SessionRequest};
 use tonic::transport::Channel;
-
-fn join_args(manager: &Daemon) -> (String, String) {
-    let token = manager
-        .ok(&["join-token", "worker", "-q"])
-        .trim()
-        .to_string();
-    let shown = manager.ok(&["join-token", "worker"]);
-    let addr = shown
-        .split_whitespace()
-        .skip_while(|w| *w != "--join")
-        .nth(1)
-        .unwrap()
-        .to_string();
-    (addr, token)
-}
-
-fn join(dir: &Path, manager: &Daemon) -> Daemon {
-    let (addr, token) = join_args(manager);
-    Daemon::start_with(dir, &["--join", &addr, "--token", &token])
-}
 
 /// A node's certificate files: (ca, chain, key).
 fn files(d: &Daemon) -> (String, String, String) {

@@ -40,15 +40,21 @@ impl Link {
     }
 }
 
-/// A channel to the unix socket at `path` that works while the link is up.
-pub fn connect(path: PathBuf, link: watch::Receiver<Link>) -> Channel {
+/// A channel whose connections `dial` makes while the link is up (a new
+/// one for each, refused while it is cut).
+fn channel_over<S, F, Fut>(link: watch::Receiver<Link>, dial: F) -> Channel
+where
+    F: Fn(watch::Receiver<Link>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = io::Result<S>> + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     Endpoint::from_static("http://shoal.local")
         .connect_timeout(Duration::from_millis(
             shoal_api::transport::CONNECT_TIMEOUT_MS,
         ))
         .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
             let link = link.clone();
+            let dial = dial.clone();
             async move {
                 if !link.borrow().up {
                     return Err(io::Error::new(
@@ -56,33 +62,33 @@ pub fn connect(path: PathBuf, link: watch::Receiver<Link>) -> Channel {
                         "the simulated link is cut",
                     ));
                 }
-                let stream = UnixStream::connect(path).await?;
-                Ok::<_, io::Error>(TokioIo::new(Severable::new(stream, link)))
+                Ok::<_, io::Error>(TokioIo::new(dial(link).await?))
             }
         }))
+}
+
+/// A channel to the unix socket at `path` that works while the link is up.
+pub fn connect(path: PathBuf, link: watch::Receiver<Link>) -> Channel {
+    channel_over(link, move |link| {
+        let path = path.clone();
+        async move { Ok(Severable::new(UnixStream::connect(path).await?, link)) }
+    })
+}
+
+/// A TCP connection to `addr` that breaks when the link is cut.
+async fn severable_tcp(
+    addr: std::net::SocketAddr,
+    link: watch::Receiver<Link>,
+) -> io::Result<Severable<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(Severable::new(tcp, link))
 }
 
 /// A channel over plain TCP to the manager at `addr` that works while the
 /// link is up (for comparison with [`connect_tls`]).
 pub fn connect_tcp(addr: std::net::SocketAddr, link: watch::Receiver<Link>) -> Channel {
-    Endpoint::from_static("http://shoal.local")
-        .connect_timeout(Duration::from_millis(
-            shoal_api::transport::CONNECT_TIMEOUT_MS,
-        ))
-        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-            let link = link.clone();
-            async move {
-                if !link.borrow().up {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        "the simulated link is cut",
-                    ));
-                }
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let _ = tcp.set_nodelay(true);
-                Ok::<_, io::Error>(TokioIo::new(Severable::new(tcp, link)))
-            }
-        }))
+    channel_over(link, move |link| severable_tcp(addr, link))
 }
 
 /// A channel over mutual TLS to the manager at `addr` that works while
@@ -94,28 +100,16 @@ pub fn connect_tls(
     link: watch::Receiver<Link>,
 ) -> Channel {
     let connector = tokio_rustls::TlsConnector::from(config);
-    Endpoint::from_static("http://shoal.local")
-        .connect_timeout(Duration::from_millis(
-            shoal_api::transport::CONNECT_TIMEOUT_MS,
-        ))
-        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-            let link = link.clone();
-            let connector = connector.clone();
-            async move {
-                if !link.borrow().up {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        "the simulated link is cut",
-                    ));
-                }
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let _ = tcp.set_nodelay(true);
-                let name = rustls::pki_types::ServerName::try_from(shoal_ca::tls::MANAGER_NAME)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                let tls = connector.connect(name, Severable::new(tcp, link)).await?;
-                Ok::<_, io::Error>(TokioIo::new(tls))
-            }
-        }))
+    channel_over(link, move |link| {
+        let connector = connector.clone();
+        async move {
+            let name = rustls::pki_types::ServerName::try_from(shoal_ca::tls::MANAGER_NAME)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            connector
+                .connect(name, severable_tcp(addr, link).await?)
+                .await
+        }
+    })
 }
 
 /// A connection that fails every read and write once its link is cut.

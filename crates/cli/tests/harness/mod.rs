@@ -284,3 +284,57 @@ pub fn replicas(d: &Daemon, service: &str) -> String {
         .map(|s| s["replicas"].as_str().unwrap_or_default().to_string())
         .unwrap_or_default()
 }
+
+/// The address a manager advertises and its worker token, as
+/// `join-token worker` prints them.
+pub fn join_args(manager: &Daemon) -> (String, String) {
+    let shown = manager.ok(&["join-token", "worker"]);
+    let addr = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "--join")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no join command in {shown}"))
+        .to_string();
+    let token = manager
+        .ok(&["join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    assert!(shown.contains(&token), "{shown}");
+    (addr, token)
+}
+
+/// A worker joined to `manager`'s cluster from the empty `dir`.
+pub fn join(dir: &Path, manager: &Daemon) -> Daemon {
+    let (addr, token) = join_args(manager);
+    Daemon::start_with(dir, &["--join", &addr, "--token", &token])
+}
+
+/// The version of node `id`'s object: each session the node opens records
+/// it anew, so a greater one means a new session.
+pub fn node_version(manager: &Daemon, id: &str) -> u64 {
+    let nodes: Vec<serde_json::Value> =
+        serde_json::from_str(&manager.ok(&["node", "inspect", id])).unwrap();
+    nodes[0]["meta"]["version"].as_u64().unwrap()
+}
+
+/// The processes of `d`'s tasks, by task id.
+pub fn task_processes(d: &Daemon) -> std::collections::HashMap<String, u32> {
+    shoal_agent::find_task_processes(&d.state_dir.join("tasks"))
+}
+
+/// The processes of `service`'s tasks on `d` (other services' left out:
+/// the orchestrator-pass marker may run anywhere).
+pub fn service_processes(
+    d: &Daemon,
+    manager: &Daemon,
+    service: &str,
+) -> std::collections::HashMap<String, u32> {
+    let ids: Vec<String> = json_lines(&manager.ok(&["service", "ps", service, "--format", "json"]))
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_string))
+        .collect();
+    task_processes(d)
+        .into_iter()
+        .filter(|(id, _)| ids.iter().any(|short| id.starts_with(short.as_str())))
+        .collect()
+}
