@@ -34,7 +34,19 @@ addr=$("$shoal" join-token worker | awk '/--join/ {for (i = 1; i <= NF; i++) if 
 start=$(now)
 env -u SHOAL_SOCKET "$shoal" daemon --state-dir "$dir/w0" --join "$addr" --token "$token" 2>"$dir/w0.log" &
 pids+=($!)
-until [ "$(ready)" -ge 2 ]; do sleep 0.01; done
+# Each wait is bounded: a join that failed ends the run with its log.
+wait_ready() {
+  local want=$1 deadline=$(( $(date +%s) + 120 ))
+  until [ "$(ready)" -ge "$want" ]; do
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      echo "not $want nodes Ready within 120 s; the workers' logs:" >&2
+      tail -n 3 "$dir"/w*.log >&2
+      exit 1
+    fi
+    sleep "$2"
+  done
+}
+wait_ready 2 0.01
 one=$(awk "BEGIN { print $(now) - $start }")
 echo "one worker: daemon start to Ready in ${one} s"
 
@@ -43,6 +55,6 @@ for i in $(seq 1 "$n"); do
   env -u SHOAL_SOCKET "$shoal" daemon --state-dir "$dir/w$i" --join "$addr" --token "$token" 2>"$dir/w$i.log" &
   pids+=($!)
 done
-until [ "$(ready)" -ge $((n + 2)) ]; do sleep 0.05; done
+wait_ready $((n + 2)) 0.05
 many=$(awk "BEGIN { print $(now) - $start }")
 echo "$n workers at once: all Ready in ${many} s"

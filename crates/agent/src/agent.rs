@@ -345,10 +345,13 @@ pub async fn run<D: Driver>(
             Err(e) => {
                 if matches!(
                     e.code(),
-                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                    tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::FailedPrecondition
                 ) {
-                    // Not a passing fault: the node was removed, or its
-                    // certificate is not the cluster's. Said loudly.
+                    // Not a passing fault: its certificate is not the
+                    // cluster's, or what it sent is refused. Said loudly.
                     tracing::warn!(manager = %addr, error = %e.message(), "the manager refused this node's session");
                 } else {
                     tracing::debug!(manager = %addr, error = %e, "dispatcher session failed; retrying");

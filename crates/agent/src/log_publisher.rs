@@ -118,7 +118,35 @@ async fn publish(
         since_unix_nano: subscription.since_unix_nano,
     };
     let task_id = subscription.task_id.clone();
-    let mut reader = TaskLogReader::new(dir, subscription.task_id, subscription.task_name, reading);
+    // First, the subscription's name alone: the manager knows which read
+    // this stream answers even if no line ever comes.
+    if tx
+        .send(message(Vec::new(), false, String::new()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let resume = subscription
+        .resume
+        .iter()
+        .map(|r| {
+            (
+                r.stream.clone(),
+                crate::log_reader::Resume {
+                    after: r.after_unix_nano,
+                    shown_at_after: r.shown_at_after,
+                },
+            )
+        })
+        .collect();
+    let mut reader = TaskLogReader::resuming(
+        dir,
+        subscription.task_id,
+        subscription.task_name,
+        reading,
+        resume,
+    );
     // Each read is a user's command: its end is worth a line of the log.
     let ended =
         |why: &str| tracing::info!(subscription = %id, task = %task_id, "a log read ended: {why}");
@@ -131,6 +159,13 @@ async fn publish(
         })
         .await;
         let Ok((returned, (lines, done))) = read else {
+            let _ = tx
+                .send(message(
+                    Vec::new(),
+                    true,
+                    "reading the task's logs failed".into(),
+                ))
+                .await;
             return ended("the read failed");
         };
         reader = returned;

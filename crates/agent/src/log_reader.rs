@@ -69,12 +69,22 @@ impl Cursor {
     }
 }
 
+/// Where a stream's read takes up: after the lines stamped before
+/// `after`, and the first `shown_at_after` stamped at it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resume {
+    pub after: i64,
+    pub shown_at_after: u64,
+}
+
 /// A read of one task's two streams.
 pub struct TaskLogReader {
     dir: PathBuf,
     task_id: String,
     task_name: String,
     reading: Reading,
+    /// Per stream, where a read asked again takes up.
+    resume: std::collections::HashMap<String, Resume>,
     /// Per stream: its cursor, and (not following) the end it reads to.
     streams: Vec<(&'static str, Cursor, Option<u64>)>,
     /// The stream being read, not following (one runs to its end first).
@@ -84,6 +94,18 @@ pub struct TaskLogReader {
 impl TaskLogReader {
     /// A read of the task whose directory is `dir`.
     pub fn new(dir: PathBuf, task_id: String, task_name: String, reading: Reading) -> Self {
+        Self::resuming(dir, task_id, task_name, reading, Default::default())
+    }
+
+    /// As [`TaskLogReader::new`], taking each stream up where `resume`
+    /// says (streams not in it are read as `reading` says).
+    pub fn resuming(
+        dir: PathBuf,
+        task_id: String,
+        task_name: String,
+        reading: Reading,
+        resume: std::collections::HashMap<String, Resume>,
+    ) -> Self {
         let streams = STREAMS
             .iter()
             .map(|stream| {
@@ -96,6 +118,7 @@ impl TaskLogReader {
             task_id,
             task_name,
             reading,
+            resume,
             streams,
             current: 0,
         }
@@ -119,6 +142,15 @@ impl TaskLogReader {
             for (time, line) in lines {
                 if self.reading.since_unix_nano > 0 && time < self.reading.since_unix_nano {
                     continue;
+                }
+                if let Some(resume) = self.resume.get_mut(*stream) {
+                    if time < resume.after {
+                        continue;
+                    }
+                    if time == resume.after && resume.shown_at_after > 0 {
+                        resume.shown_at_after -= 1;
+                        continue;
+                    }
                 }
                 out.push(LogLine {
                     task_id: self.task_id.clone(),
@@ -364,6 +396,59 @@ mod tests {
         assert!(lines
             .iter()
             .all(|l| l.task_name == "web.1" && l.task_id == "t1"));
+    }
+
+    #[test]
+    fn a_read_asked_again_takes_each_stream_up_after_what_was_shown_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = |ns| shoal_api::log_time::format_stamp(ns);
+        // Three stdout lines read together share a stamp; stderr is older.
+        std::fs::write(
+            dir.path().join("stdout.log"),
+            format!(
+                "{} a\n{} b\n{} c\n{} d\n",
+                stamp(5),
+                stamp(5),
+                stamp(5),
+                stamp(6)
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("stderr.log"), format!("{} e\n", stamp(1))).unwrap();
+        let reading = Reading {
+            follow: false,
+            tail: None,
+            since_unix_nano: 0,
+        };
+        // Shown before: two of the lines stamped 5 on stdout, nothing of
+        // stderr.
+        let resume = std::collections::HashMap::from([(
+            "stdout".to_string(),
+            Resume {
+                after: 5,
+                shown_at_after: 2,
+            },
+        )]);
+        let mut reader = TaskLogReader::resuming(
+            dir.path().to_path_buf(),
+            "t1".into(),
+            "web.1".into(),
+            reading,
+            resume,
+        );
+        let mut shown = Vec::new();
+        loop {
+            let (lines, done) = reader.read();
+            shown.extend(
+                lines
+                    .into_iter()
+                    .map(|l| String::from_utf8(l.line).unwrap()),
+            );
+            if done {
+                break;
+            }
+        }
+        assert_eq!(shown, vec!["e", "c", "d"]);
     }
 
     #[test]

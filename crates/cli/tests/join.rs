@@ -162,11 +162,7 @@ fn a_worker_that_leaves_stops_its_tasks_forgets_its_identity_and_can_then_be_rem
         .expect("the worker's daemon exits after leaving");
     assert!(status.success(), "{}", worker.log_text());
     assert!(task_processes(&worker).is_empty());
-    let left: Vec<_> = std::fs::read_dir(&worker.state_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(left, vec!["lock".to_string()], "its identity is deleted");
+    assert_left(&worker.state_dir);
 
     wait_until("the worker is down", || {
         node_row(&manager, &worker_id).is_some_and(|r| r["status"] == "Down")
@@ -176,9 +172,43 @@ fn a_worker_that_leaves_stops_its_tasks_forgets_its_identity_and_can_then_be_rem
     });
     manager.ok(&["node", "rm", &worker_id]);
     assert!(node_row(&manager, &worker_id).is_none());
-    // The dir it left is empty: it can join again, as a new node.
+    // Started again as it was (a supervisor would), it refuses: it left,
+    // and it never becomes a cluster of its own.
+    let out = harness::run(&[
+        "daemon",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--state-dir",
+        worker.state_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("left cluster") && err.contains("--join"),
+        "{err}"
+    );
+    assert_left(&worker.state_dir);
+    // With a token it joins again, as a new node.
     let again = join(&tmp.path().join("w"), &manager);
     assert_ne!(node_id(&again), worker_id);
+}
+
+/// A node's state dir after it left: the lock, and a marker that says it
+/// left; no identity, no certificate, no task.
+fn assert_left(dir: &Path) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["lock", "shoal-state.json"],
+        "its identity is deleted"
+    );
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("shoal-state.json")).unwrap()).unwrap();
+    assert_eq!(marker["role"], "left", "{marker}");
 }
 
 /// A manager, its join address and worker token, and the token's digest

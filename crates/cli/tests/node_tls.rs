@@ -195,7 +195,9 @@ fn a_removed_nodes_certificate_is_refused_from_the_moment_it_is_removed() {
         worker.log_text()
     );
     assert!(shoal_agent::find_task_processes(&tasks_dir).is_empty());
-    assert!(!worker.state_dir.join("shoal-state.json").exists());
+    assert!(!worker.state_dir.join("certificates").exists());
+    let marker = std::fs::read_to_string(worker.state_dir.join("shoal-state.json")).unwrap();
+    assert!(marker.contains("\"left\""), "{marker}");
     let nodes = manager.ok(&["node", "ls", "-q"]);
     assert!(!nodes.contains(&worker_id[..12]), "{nodes}");
     wait_until("the manager runs all four", || {

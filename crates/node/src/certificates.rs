@@ -89,6 +89,14 @@ impl NodeCertificates {
                 cert_pem: cert_next?,
                 key_pem: key?,
             });
+        } else if matches(&key_next, &cert) {
+            // The certificate's rename reached the disk, the key's did not.
+            finish(KEY_FILE);
+            return Some(NodeCertificates {
+                ca_pem,
+                cert_pem: cert?,
+                key_pem: key_next?,
+            });
         } else if matches(&key_next, &cert_next) {
             finish(KEY_FILE);
             finish(CERT_FILE);
@@ -187,12 +195,14 @@ impl NodeCertificates {
         let next = |name: &str| dir.join(format!("{name}{NEXT}"));
         write_whole(&next(KEY_FILE), &self.key_pem, 0o600)?;
         write_whole(&next(CERT_FILE), &self.cert_pem, 0o644)?;
+        // Each rename made durable before the next, so the disk never
+        // holds the certificate's without the key's.
         for name in [KEY_FILE, CERT_FILE] {
             std::fs::rename(next(name), dir.join(name)).map_err(io(dir))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
         }
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
         Ok(())
     }
 

@@ -105,6 +105,8 @@ pub enum DaemonError {
     Join(#[from] crate::join::JoinError),
     #[error("this state dir is node {node_id} of cluster {cluster_id} already: start the daemon without --join and --token (or give it an empty state dir to join another cluster)")]
     AlreadyJoined { node_id: String, cluster_id: String },
+    #[error("node {node_id} left cluster {cluster_id} (shoal leave, or removed with node rm): start it with --join ADDR --token TOKEN to join a cluster again, or give it an empty state dir to create a new cluster")]
+    Left { node_id: String, cluster_id: String },
     #[error("--advertise-addr {addr}: {message}")]
     Advertise { addr: String, message: String },
     #[error("{0}: this node stopped its tasks and deleted its identity; to join again, start it with --join and a token")]
@@ -145,11 +147,19 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     shoal_raft::seed_elections(rand::Rng::gen(&mut rng));
     let mut state = StateDir::open(&config.state_dir)?;
     match (state.marker().cloned(), &config.join) {
-        (Some(marker), Some(_)) => Err(DaemonError::AlreadyJoined {
+        (Some(marker), None) if marker.role == NodeKind::Left => Err(DaemonError::Left {
             node_id: marker.node_id,
             cluster_id: marker.cluster_id,
         }),
-        (None, Some(join)) => {
+        (Some(marker), Some(_)) if marker.role != NodeKind::Left => {
+            Err(DaemonError::AlreadyJoined {
+                node_id: marker.node_id,
+                cluster_id: marker.cluster_id,
+            })
+        }
+        (_, Some(join)) => {
+            // An empty dir, or one whose node left: what it held goes.
+            state.clear()?;
             let joined = crate::join::join(&join.addr, &join.token).await?;
             joined
                 .certificates

@@ -74,6 +74,7 @@ impl LocalNode for LocalNodeService {
             role: match self.marker.role {
                 NodeKind::Manager => "manager",
                 NodeKind::Worker => "worker",
+                NodeKind::Left => "left",
             }
             .to_string(),
             managers: known(&self.managers),

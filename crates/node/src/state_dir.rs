@@ -76,6 +76,10 @@ pub enum NodeKind {
     #[default]
     Manager,
     Worker,
+    /// A node that left its cluster (`shoal leave`, or removed): it keeps
+    /// no identity, and starts again only to join (never, by mistake, as a
+    /// new cluster of its own).
+    Left,
 }
 
 impl Marker {
@@ -87,7 +91,7 @@ impl Marker {
             node_id,
             raft_id: match role {
                 NodeKind::Manager => 1,
-                NodeKind::Worker => 0,
+                NodeKind::Worker | NodeKind::Left => 0,
             },
             role,
         }
@@ -170,9 +174,11 @@ impl StateDir {
         // cut off before anything was acknowledged: initialize again.
         let fresh = match &marker {
             None => true,
-            Some(m) => {
-                m.role == NodeKind::Manager && !path.join(RAFT_DIR).join("raft.redb").exists()
-            }
+            Some(m) => match m.role {
+                NodeKind::Manager => !path.join(RAFT_DIR).join("raft.redb").exists(),
+                NodeKind::Worker => false,
+                NodeKind::Left => true,
+            },
         };
         if fresh {
             let raft = path.join(RAFT_DIR);
@@ -204,31 +210,45 @@ impl StateDir {
         Ok(())
     }
 
-    /// Deletes the node's identity and everything of its cluster: what a
-    /// node that left keeps is an empty dir (and the lock, held).
+    /// Deletes the node's identity and everything of its cluster. The
+    /// marker says first that the node left (so a crash halfway, or a
+    /// supervisor's restart, never starts it as a new cluster), then the
+    /// rest goes; the node can only join again.
     pub fn forget(&mut self) -> Result<(), StateDirError> {
+        let left = match &self.marker {
+            Some(m) => Marker {
+                role: NodeKind::Left,
+                raft_id: 0,
+                ..m.clone()
+            },
+            None => return self.clear(),
+        };
+        self.create(left)?;
+        self.clear()
+    }
+
+    /// Deletes everything but the lock and the marker.
+    pub fn clear(&mut self) -> Result<(), StateDirError> {
         let io = |source| StateDirError::Io {
             path: self.path.display().to_string(),
             source,
         };
-        // The marker first: a crash halfway leaves only leftovers.
-        let marker = self.path.join(MARKER_FILE);
-        if marker.exists() {
-            std::fs::remove_file(&marker).map_err(io)?;
-        }
         for entry in std::fs::read_dir(&self.path).map_err(io)? {
             let entry = entry.map_err(io)?;
-            if entry.file_name() == LOCK_FILE {
+            if entry.file_name() == LOCK_FILE || entry.file_name() == MARKER_FILE {
                 continue;
             }
             let p = entry.path();
+            // A task's log copier may still be finishing a write: a
+            // directory is tried again once.
             if p.is_dir() {
-                std::fs::remove_dir_all(&p).map_err(io)?;
+                if std::fs::remove_dir_all(&p).is_err() {
+                    std::fs::remove_dir_all(&p).map_err(io)?;
+                }
             } else {
                 std::fs::remove_file(&p).map_err(io)?;
             }
         }
-        self.marker = None;
         Ok(())
     }
 
@@ -346,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_that_forgets_keeps_an_empty_dir_a_new_node_can_use() {
+    fn a_node_that_forgets_keeps_only_that_it_left() {
         let tmp = tempfile::tempdir().unwrap();
         let mut dir = StateDir::open(tmp.path()).unwrap();
         dir.create(Marker::new("c1".into(), "w1".into(), NodeKind::Worker))
@@ -355,15 +375,17 @@ mod tests {
         assert_eq!(dir.managers(), vec!["10.0.0.1:4242".to_string()]);
         std::fs::create_dir_all(tmp.path().join("tasks/t1")).unwrap();
         dir.forget().unwrap();
-        assert_eq!(dir.marker(), None);
+        assert_eq!(dir.marker().map(|m| m.role), Some(NodeKind::Left));
         drop(dir);
-        let names: Vec<_> = std::fs::read_dir(tmp.path())
+        let mut names: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()
-            .map(|e| e.unwrap().file_name())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(LOCK_FILE)]);
+        names.sort();
+        assert_eq!(names, vec![LOCK_FILE.to_string(), MARKER_FILE.to_string()]);
         let again = StateDir::open(tmp.path()).unwrap();
         assert!(again.is_fresh());
+        assert_eq!(again.marker().map(|m| m.role), Some(NodeKind::Left));
     }
 
     #[test]

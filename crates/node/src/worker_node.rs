@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -123,49 +123,86 @@ pub async fn run(
     enum Ending {
         Stop,
         Leave(tokio::sync::oneshot::Sender<Result<(), String>>),
-        Agent(shoal_agent::AgentExit),
+        Agent(Result<shoal_agent::AgentExit, DaemonError>),
         Served(Result<(), DaemonError>),
     }
     let ending = tokio::select! {
         _ = &mut shutdown => Ending::Stop,
         Some(reply) = leave_rx.recv() => Ending::Leave(reply),
-        exit = &mut agent => Ending::Agent(exit.unwrap_or(shoal_agent::AgentExit::Stopped)),
-        served = &mut control_server => Ending::Served(served.unwrap_or(Ok(()))),
+        exit = &mut agent => Ending::Agent(exit.map_err(|e| DaemonError::Agent(format!("the agent failed: {e}")))),
+        served = &mut control_server => Ending::Served(served.unwrap_or_else(|e| Err(DaemonError::Serve {
+            what: "the control API",
+            message: e.to_string(),
+        }))),
     };
     let _ = stop_tx.send(true);
     if !matches!(ending, Ending::Agent(_)) {
         let _ = agent.await;
     }
     let _ = renewal.await;
-    let result = match ending {
-        Ending::Stop => Ok(()),
-        Ending::Served(served) => served,
+    // A server that ended by itself is not waited for again.
+    let served_already = matches!(ending, Ending::Served(_));
+    let (result, left) = match ending {
+        Ending::Stop => (Ok(()), None),
+        Ending::Served(served) => (served, None),
         Ending::Leave(reply) => {
             let left = leave(&mut state, &marker);
-            let _ = reply.send(left.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-            left
+            let answer = left.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            let _ = reply.send(answer.clone());
+            (left, Some(answer))
         }
-        Ending::Agent(shoal_agent::AgentExit::Removed(reason)) => {
+        Ending::Agent(Ok(shoal_agent::AgentExit::Removed(reason))) => {
             // Its replacements run elsewhere: it must not run them on.
-            leave(&mut state, &marker)?;
-            Err(DaemonError::Removed(reason))
+            let left = leave(&mut state, &marker).and(Err(DaemonError::Removed(reason)));
+            (left, None)
         }
-        Ending::Agent(shoal_agent::AgentExit::Stopped) => Ok(()),
+        Ending::Agent(Ok(shoal_agent::AgentExit::Stopped)) => (Ok(()), None),
+        Ending::Agent(Err(e)) => (Err(e), None),
     };
+    // A `leave` asked meanwhile (a second one, or during the stop) is
+    // answered now, not left to time out with the drain.
+    leave_rx.close();
+    while let Ok(reply) = leave_rx.try_recv() {
+        let answer = left
+            .clone()
+            .unwrap_or_else(|| Err("the daemon is stopping".to_string()));
+        let _ = reply.send(answer);
+    }
     let _ = server_stop_tx.send(true);
-    drained(control_server).await;
+    if !served_already {
+        drained(control_server).await;
+    }
     let _ = std::fs::remove_file(&socket);
     result
 }
 
+/// How long leaving waits for the node's task processes to be gone.
+const LEAVE_KILL_WAIT: Duration = Duration::from_secs(30);
+
 /// Stops every task of this node and deletes its identity: what leaving
-/// (or being removed) leaves is an empty state dir.
+/// (or being removed) leaves is a state dir that says it left. The tasks
+/// are killed until none is found (a runner aborted mid-start may have
+/// started one more), within a bound.
 fn leave(state: &mut StateDir, marker: &crate::state_dir::Marker) -> Result<(), DaemonError> {
     let driver = shoal_agent::ProcessDriver {
         config: shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR)),
     };
-    for (task_id, handle) in driver.leftovers() {
-        driver.kill(&task_id, handle);
+    let deadline = std::time::Instant::now() + LEAVE_KILL_WAIT;
+    loop {
+        let found = driver.leftovers();
+        if found.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(DaemonError::Agent(format!(
+                "{} task processes would not die; the node has not left",
+                found.len()
+            )));
+        }
+        for (task_id, handle) in found {
+            driver.kill(&task_id, handle);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     state.forget()?;
     eprintln!(

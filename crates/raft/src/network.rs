@@ -74,20 +74,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        let channel = match &self.tls {
-            Some(slot) => {
-                let config = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
-                match config {
-                    Some(config) => shoal_api::mtls::connect(&node.addr, config, MANAGER_NAME)
-                        .map_err(|e| e.to_string()),
-                    None => Err("this manager has no certificate yet".to_string()),
-                }
-            }
-            None => shoal_api::transport::connect_tcp(&node.addr).map_err(|e| e.to_string()),
-        };
         PeerClient {
             target,
-            client: channel.map(RaftClient::new),
+            addr: node.addr.clone(),
+            tls: self.tls.clone(),
+            client: None,
         }
     }
 }
@@ -96,10 +87,31 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// the raft crate does not depend on the CA).
 const MANAGER_NAME: &str = "shoal-manager";
 
-/// The connection to one peer.
+/// The connection to one peer, made at its first call (openraft keeps a
+/// client per peer for long; the TLS configuration may come after it).
 pub struct PeerClient {
     target: u64,
-    client: Result<RaftClient<Channel>, String>,
+    addr: String,
+    tls: Option<PeerTls>,
+    client: Option<RaftClient<Channel>>,
+}
+
+impl PeerClient {
+    /// The client, made now if it was not yet.
+    fn client(&mut self) -> Result<&mut RaftClient<Channel>, String> {
+        if self.client.is_none() {
+            let channel = match &self.tls {
+                Some(slot) => {
+                    let config = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    let config = config.ok_or("this manager has no certificate yet")?;
+                    shoal_api::mtls::connect(&self.addr, config, MANAGER_NAME)
+                }
+                None => shoal_api::transport::connect_tcp(&self.addr),
+            };
+            self.client = Some(RaftClient::new(channel.map_err(|e| e.to_string())?));
+        }
+        self.client.as_mut().ok_or_else(|| "no client".to_string())
+    }
 }
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, E>>;
@@ -127,9 +139,8 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let client = self
-            .client
-            .as_mut()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(e.clone()))))?;
+            .client()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(e))))?;
         let payload =
             serde_json::to_vec(header).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let msg = RaftMessage {

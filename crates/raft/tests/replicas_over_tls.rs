@@ -86,6 +86,7 @@ async fn three_replicas_replicate_over_mutual_tls() {
         .collect();
     let mut replicas = BTreeMap::new();
     let mut stops = Vec::new();
+    let mut slots = BTreeMap::new();
     for (id, (incoming, addr)) in listeners {
         let mut config = ReplicaConfig::new(tmp.path().join(format!("r{id}")), id, addr);
         config.on_create = if id == 1 {
@@ -94,11 +95,9 @@ async fn three_replicas_replicate_over_mutual_tls() {
             OnCreate::Join
         };
         let (peers, tls) = shoal_raft::Network::tls();
-        let (chain, key) = &identities[&id];
-        *tls.write().unwrap() =
-            Some(shoal_ca::tls::client_config(ca.cert_der(), Some((chain, key))).unwrap());
         config.peers = peers;
         let replica = Arc::new(Replica::open(config, true).await.unwrap());
+        slots.insert(id, tls);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -109,6 +108,14 @@ async fn three_replicas_replicate_over_mutual_tls() {
         );
         stops.push(stop);
         replicas.insert(id, replica);
+    }
+    // As a daemon does: each certificate comes after its replica opened
+    // (it is made from the store), and the clients raft made meanwhile
+    // (replica 1 has been asking for votes) use it from then on.
+    for (id, tls) in slots {
+        let (chain, key) = &identities[&id];
+        *tls.write().unwrap() =
+            Some(shoal_ca::tls::client_config(ca.cert_der(), Some((chain, key))).unwrap());
     }
     let deadline = Instant::now() + WAIT;
     let leader = loop {

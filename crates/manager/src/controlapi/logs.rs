@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_api::{LogLine, LogSubscription, Task};
+use shoal_api::{LogLine, LogSubscription, StreamResume, Task};
 use shoal_store::Store;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -61,6 +61,14 @@ fn task_name(store: &Store, task: &Task) -> String {
     }
 }
 
+/// What of a stream was shown: the last line's stamp and how many lines
+/// carried it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Resume {
+    after: i64,
+    count: u64,
+}
+
 /// The selected tasks, in the order a read without follow shows them.
 fn selected(store: &Store, selector: &Selector) -> Vec<Task> {
     let view = store.view();
@@ -89,31 +97,32 @@ pub async fn stream(
     reading: Reading,
     tx: mpsc::Sender<Result<LogLine, ApiError>>,
 ) {
-    let subscribe = |task: &Task, follow: bool, tail: Option<u64>, since: i64, id: String| {
-        broker.subscribe(
-            &task.node_id,
-            LogSubscription {
-                id,
-                task_id: task.id.clone(),
-                task_name: task_name(&store, task),
-                follow,
-                tail,
-                since_unix_nano: since,
-            },
-        )
-    };
+    let subscribe =
+        |task: &Task, follow: bool, tail: Option<u64>, resume: Vec<StreamResume>, id: String| {
+            broker.subscribe(
+                &task.node_id,
+                LogSubscription {
+                    id,
+                    task_id: task.id.clone(),
+                    task_name: task_name(&store, task),
+                    follow,
+                    tail,
+                    since_unix_nano: reading.since_unix_nano,
+                    resume,
+                },
+            )
+        };
     if !reading.follow {
         // Tasks whose logs could not be read, and why: said at the end.
         let mut left_out: Vec<String> = Vec::new();
         for task in selected(&store, &selector) {
-            let mut subscriber =
-                match subscribe(&task, false, reading.tail, reading.since_unix_nano, ids()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        left_out.push(format!("{} ({e})", task_name(&store, &task)));
-                        continue;
-                    }
-                };
+            let mut subscriber = match subscribe(&task, false, reading.tail, Vec::new(), ids()) {
+                Ok(s) => s,
+                Err(e) => {
+                    left_out.push(format!("{} ({e})", task_name(&store, &task)));
+                    continue;
+                }
+            };
             loop {
                 let published = tokio::select! {
                     _ = tx.closed() => return,
@@ -162,9 +171,11 @@ pub async fn stream(
     // joins later (a replacement) is shown from its first line.
     let mut tail = reading.tail;
     let mut open: tokio_stream::StreamMap<String, LogSubscriber> = tokio_stream::StreamMap::new();
-    // Per task: the time of the last line shown, so a read asked again
-    // (its node's session came back) starts after it instead of replaying.
-    let mut shown_until: HashMap<String, i64> = HashMap::new();
+    // Per task and stream: the stamp of the last line shown and how many
+    // were shown with it, so a read asked again (its node's session came
+    // back, or its follow swapped for a read to the end) takes each stream
+    // up after what was shown: nothing twice, nothing skipped.
+    let mut shown: HashMap<String, HashMap<String, Resume>> = HashMap::new();
     // Reads that follow (the others end by themselves), and tasks whose
     // logs were read to their end.
     let mut following: HashSet<String> = HashSet::new();
@@ -195,13 +206,21 @@ pub async fn stream(
                 }
                 open.remove(&task.id);
             }
-            let since = shown_until
+            let resume = shown
                 .get(&task.id)
-                .map_or(reading.since_unix_nano, |t| {
-                    (t + 1).max(reading.since_unix_nano)
-                });
+                .map(|streams| {
+                    streams
+                        .iter()
+                        .map(|(stream, r)| StreamResume {
+                            stream: stream.clone(),
+                            after_unix_nano: r.after,
+                            shown_at_after: r.count,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             // A node without a session is tried again at the next look.
-            if let Ok(subscriber) = subscribe(task, !ended, tail, since, ids()) {
+            if let Ok(subscriber) = subscribe(task, !ended, tail, resume, ids()) {
                 open.insert(task.id.clone(), subscriber);
                 if ended {
                     following.remove(&task.id);
@@ -221,9 +240,17 @@ pub async fn stream(
                 _ = &mut look_again => break,
                 Some((task_id, published)) = open.next(), if !open.is_empty() => match published {
                     Published::Lines(batch) => {
-                        if let Some(last) = batch.iter().map(|l| l.time_unix_nano).max() {
-                            let at = shown_until.entry(task_id.clone()).or_default();
-                            *at = (*at).max(last);
+                        let streams = shown.entry(task_id.clone()).or_default();
+                        for line in &batch {
+                            let at = streams.entry(line.stream.clone()).or_default();
+                            if line.time_unix_nano > at.after {
+                                *at = Resume {
+                                    after: line.time_unix_nano,
+                                    count: 1,
+                                };
+                            } else if line.time_unix_nano == at.after {
+                                at.count += 1;
+                            }
                         }
                         for line in batch {
                             if tx.send(Ok(line)).await.is_err() {
@@ -231,16 +258,21 @@ pub async fn stream(
                             }
                         }
                     }
-                    Published::Closed(_) => {
+                    Published::Closed(why) => {
                         open.remove(&task_id);
-                        if !following.contains(&task_id) {
+                        // Read to its end, or not readable there (asking
+                        // again would fail the same way).
+                        if why.is_some() || !following.contains(&task_id) {
+                            if let Some(why) = why {
+                                tracing::debug!(task = %task_id, %why, "a task's logs cannot be followed");
+                            }
                             finished.insert(task_id);
                         }
                     }
                 },
             }
         }
-        shown_until.retain(|id, _| wanted.contains(id.as_str()));
+        shown.retain(|id, _| wanted.contains(id.as_str()));
     }
 }
 
