@@ -439,3 +439,69 @@ fn shoal_api_promote(manager: &Daemon, node: &str) -> String {
             .to_string()
     })
 }
+
+#[test]
+fn a_followed_log_goes_on_across_a_restart_of_the_tasks_node_without_gaps_or_repeats() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let mut worker = join(&tmp.path().join("w"), &manager);
+    let worker_id = node_id(&worker);
+    wait_until("the worker is Ready", || ready(&manager, &worker_id));
+    manager.ok(&[
+        "service",
+        "create",
+        "--name",
+        "tick",
+        "--constraint",
+        &format!("node.id=={worker_id}"),
+        "--",
+        "sh",
+        "-c",
+        "i=0; while true; do echo $i; i=$((i+1)); sleep 0.05; done",
+    ]);
+    let mut follow = std::process::Command::new(harness::BIN)
+        .args(["service", "logs", "-f", "--raw", "tick"])
+        .env("SHOAL_SOCKET", &manager.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(harness::READY_WITHIN)
+            .expect("logs -f stopped printing")
+            .trim()
+            .parse::<u64>()
+            .expect("a counter line")
+    };
+    let mut seen = vec![next()];
+    while seen.len() < 20 {
+        seen.push(next());
+    }
+    // The worker's daemon restarts: the session and its read go, the task
+    // runs on, and the read is asked again when the node is back.
+    let sessions_before = harness::node_version(&manager, &worker_id);
+    worker.stop();
+    let _worker = Daemon::start_with(&tmp.path().join("w"), &[]);
+    wait_until("the worker opens a new session", || {
+        harness::node_version(&manager, &worker_id) > sessions_before
+    });
+    let last_before = *seen.last().unwrap();
+    while *seen.last().unwrap() < last_before + 40 {
+        seen.push(next());
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let first = seen[0];
+    let expected: Vec<u64> = (first..first + seen.len() as u64).collect();
+    assert_eq!(seen, expected, "every line once, in order");
+}
