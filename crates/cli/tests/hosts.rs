@@ -140,21 +140,8 @@ fn cluster_over(host: &Host, tmp: &std::path::Path) -> (Daemon, Daemon, String) 
     wait_until("the worker on the other host is Ready", || {
         status_of(&manager, &host_ip).as_deref() == Some("Ready")
     });
-    manager.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        "--",
-        "sleep",
-        "600",
-    ]);
-    wait_until("tasks run on both hosts", || {
-        !task_processes(&worker).is_empty()
-            && task_processes(&manager).len() + task_processes(&worker).len() == 4
-    });
+    harness::create_web(&manager, 4);
+    harness::wait_spread(&manager, &worker, 4);
     (manager, worker, host_ip)
 }
 

@@ -64,22 +64,8 @@ fn a_worker_joins_runs_tasks_and_restarts_from_its_state_dir_without_the_token()
     assert_eq!(identity.node_id, worker_id);
     assert_eq!(identity.role, shoal_ca::Role::Worker);
 
-    manager.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        "--",
-        "sleep",
-        "600",
-    ]);
-    wait_until("tasks run on both nodes", || {
-        !task_processes(&manager).is_empty()
-            && !task_processes(&worker).is_empty()
-            && task_processes(&manager).len() + task_processes(&worker).len() == 4
-    });
+    harness::create_web(&manager, 4);
+    harness::wait_spread(&manager, &worker, 4);
     let before = service_processes(&worker, &manager, "web");
 
     // A restart: no token, no address; the same tasks, not new ones.
@@ -139,17 +125,7 @@ fn a_worker_that_leaves_stops_its_tasks_forgets_its_identity_and_can_then_be_rem
     let mut worker = join(&tmp.path().join("w"), &manager);
     let worker_id = node_id(&worker);
     wait_until("the worker is Ready", || ready(&manager, &worker_id));
-    manager.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    harness::create_web(&manager, 4);
     wait_until("tasks run on the worker", || {
         !task_processes(&worker).is_empty()
     });
@@ -360,11 +336,7 @@ fn service_logs_show_the_lines_of_tasks_on_every_node_and_skip_a_node_that_is_go
         "-c",
         "echo line-of-$SHOAL_TASK_ID; sleep 600",
     ]);
-    wait_until("tasks run on both nodes", || {
-        !task_processes(&manager).is_empty()
-            && !task_processes(&worker).is_empty()
-            && task_processes(&manager).len() + task_processes(&worker).len() == 4
-    });
+    harness::wait_spread(&manager, &worker, 4);
     let on_worker: Vec<String> = task_processes(&worker).into_keys().collect();
     let on_manager: Vec<String> = task_processes(&manager).into_keys().collect();
     let all: Vec<String> = on_worker.iter().chain(&on_manager).cloned().collect();

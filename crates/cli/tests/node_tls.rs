@@ -163,17 +163,7 @@ fn a_removed_nodes_certificate_is_refused_from_the_moment_it_is_removed() {
         .0
         .node_id;
     assert!(renew(channel(&addr, &ca, Some((&chain, &key)))).is_ok());
-    manager.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    harness::create_web(&manager, 4);
     let tasks_dir = worker.state_dir.join("tasks");
     wait_until("tasks run on the worker", || {
         !shoal_agent::find_task_processes(&tasks_dir).is_empty()
@@ -219,17 +209,7 @@ fn certificates_renew_before_they_expire_while_tasks_run_and_an_expired_one_is_r
     let (addr, _) = join_args(&manager);
     let (ca, first_chain, first_key) = files(&worker);
     let (_, not_after) = shoal_ca::NodeIdentity::of_certificate_pem(&first_chain).unwrap();
-    manager.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "2",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    harness::create_web(&manager, 2);
     let tasks_dir = worker.state_dir.join("tasks");
     let tasks = || shoal_agent::find_task_processes(&tasks_dir);
     wait_until("a task runs on the worker", || !tasks().is_empty());

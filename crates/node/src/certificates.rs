@@ -123,16 +123,7 @@ impl NodeCertificates {
         role: Role,
     ) -> Result<NodeCertificates, CertificatesError> {
         let cluster = cluster.ok_or(CertificatesError::NoRootCa)?;
-        let root = cluster
-            .root_ca
-            .as_ref()
-            .filter(|r| !r.cert_pem.is_empty() && !r.key_pem.is_empty())
-            .ok_or(CertificatesError::NoRootCa)?;
-        let wanted = NodeIdentity {
-            node_id: node_id.to_string(),
-            role,
-            cluster_id: cluster.id.clone(),
-        };
+        let (root, wanted) = root_and_identity(cluster, node_id, role)?;
         let now = SystemTime::now();
         let lifetime = shoal_manager::certificate_authority::node_cert_expiry(cluster);
         if let Some(current) = NodeCertificates::read(dir) {
@@ -154,16 +145,7 @@ impl NodeCertificates {
         node_id: &str,
         role: Role,
     ) -> Result<NodeCertificates, CertificatesError> {
-        let root = cluster
-            .root_ca
-            .as_ref()
-            .filter(|r| !r.cert_pem.is_empty() && !r.key_pem.is_empty())
-            .ok_or(CertificatesError::NoRootCa)?;
-        let wanted = NodeIdentity {
-            node_id: node_id.to_string(),
-            role,
-            cluster_id: cluster.id.clone(),
-        };
+        let (root, wanted) = root_and_identity(cluster, node_id, role)?;
         let now = SystemTime::now();
         let lifetime = shoal_manager::certificate_authority::node_cert_expiry(cluster);
         let ca = RootCa::load(&root.cert_pem, &root.key_pem)?;
@@ -233,6 +215,26 @@ impl NodeCertificates {
         let renew_at = not_after - (lifetime.as_secs() / 5) as i64;
         identity == *wanted && now < renew_at
     }
+}
+
+/// The root CA `cluster` keeps (with its key: a manager's), and the
+/// identity of `node_id` in `role` in it.
+fn root_and_identity<'a>(
+    cluster: &'a shoal_api::Cluster,
+    node_id: &str,
+    role: Role,
+) -> Result<(&'a shoal_api::RootCa, NodeIdentity), CertificatesError> {
+    let root = cluster
+        .root_ca
+        .as_ref()
+        .filter(|r| !r.cert_pem.is_empty() && !r.key_pem.is_empty())
+        .ok_or(CertificatesError::NoRootCa)?;
+    let identity = NodeIdentity {
+        node_id: node_id.to_string(),
+        role,
+        cluster_id: cluster.id.clone(),
+    };
+    Ok((root, identity))
 }
 
 /// Writes `text` to a new temporary file beside `path` (its own name,

@@ -338,3 +338,27 @@ pub fn service_processes(
         .filter(|(id, _)| ids.iter().any(|short| id.starts_with(short.as_str())))
         .collect()
 }
+
+/// Creates the service `web` of `replicas` sleeping tasks on `manager`.
+pub fn create_web(manager: &Daemon, replicas: usize) {
+    manager.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        &replicas.to_string(),
+        "--",
+        "sleep",
+        "600",
+    ]);
+}
+
+/// Waits until `n` task processes run on `manager` and `worker` together,
+/// some on each.
+pub fn wait_spread(manager: &Daemon, worker: &Daemon, n: usize) {
+    wait_until("tasks run on both nodes", || {
+        let (m, w) = (task_processes(manager).len(), task_processes(worker).len());
+        m > 0 && w > 0 && m + w == n
+    });
+}
