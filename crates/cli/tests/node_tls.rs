@@ -155,6 +155,9 @@ fn a_certificate_of_another_clusters_ca_fails_the_handshake() {
 fn a_removed_nodes_certificate_is_refused_from_the_moment_it_is_removed() {
     let tmp = tempfile::tempdir().unwrap();
     let manager = Daemon::start(&tmp.path().join("m"));
+    // Heartbeats far apart: the removed node learns of it from its session
+    // ending at the removal, not at its next heartbeat.
+    manager.ok(&["cluster", "update", "--dispatcher-heartbeat", "300s"]);
     let mut worker = join(&tmp.path().join("w"), &manager);
     let (addr, _) = join_args(&manager);
     let (ca, chain, key) = files(&worker);
@@ -274,4 +277,27 @@ fn a_node_that_joined_but_never_connected_is_marked_down_not_left_unknown() {
     wait_until("the node that never connected is Down", || {
         status() == "DOWN"
     });
+}
+
+#[test]
+fn a_removed_node_with_nothing_to_report_is_told_at_once_not_at_its_next_heartbeat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    // A heartbeat every 300 s: waiting for one would outlast the bound.
+    manager.ok(&["cluster", "update", "--dispatcher-heartbeat", "300s"]);
+    let mut worker = join(&tmp.path().join("w"), &manager);
+    let (_, chain, _) = files(&worker);
+    let worker_id = shoal_ca::NodeIdentity::of_certificate_pem(&chain)
+        .unwrap()
+        .0
+        .node_id;
+    wait_until("the idle worker has a session", || {
+        harness::node_version(&manager, &worker_id) > 1
+    });
+    manager.ok(&["node", "rm", "--force", &worker_id]);
+    let status = worker
+        .wait_exit(harness::READY_WITHIN)
+        .expect("the removed worker's daemon exits");
+    assert!(!status.success());
+    assert!(worker.log_text().contains("removed from the cluster"));
 }

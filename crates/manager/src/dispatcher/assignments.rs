@@ -117,6 +117,7 @@ impl Dispatcher {
             let mut changes = replica.store().watch();
             let mut nodes = Vec::new();
             let mut joined = Vec::new();
+            let mut removed = Vec::new();
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -155,9 +156,28 @@ impl Dispatcher {
                             {
                                 joined.push(node.id.clone());
                             }
+                            Some(object::Kind::Node(node))
+                                if *action == watch_event::Action::Remove =>
+                            {
+                                removed.push(node.id.clone());
+                            }
                             _ => {}
                         }
                     });
+                // A removed node's session ends now, not at its next
+                // heartbeat: its stream is woken to see it gone, and its
+                // agent's next call is refused as removed.
+                for node in removed.drain(..) {
+                    sessions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&node);
+                    if let Some(inbox) =
+                        inboxes.lock().unwrap_or_else(|e| e.into_inner()).get(&node)
+                    {
+                        inbox.post(None);
+                    }
+                }
                 if !joined.is_empty() {
                     super::heartbeat::expect_nodes(
                         &sessions,
