@@ -93,8 +93,18 @@ fn issue(ca: &RootCa, id: &str, role: Role) -> Cert {
 
 /// A manager serving [`WhoAmI`] on a free loopback port.
 async fn manager(ca: &RootCa) -> String {
+    manager_with(ca, ClientAuth::Required).await
+}
+
+/// As [`manager`], letting clients without a certificate through (the
+/// join's listener).
+async fn open_manager(ca: &RootCa) -> String {
+    manager_with(ca, ClientAuth::Optional).await
+}
+
+async fn manager_with(ca: &RootCa, clients: ClientAuth) -> String {
     let me = issue(ca, "m1", Role::Manager);
-    let config = server_config(ca.cert_der(), &me.cert, &me.key, ClientAuth::Required).unwrap();
+    let config = server_config(ca.cert_der(), &me.cert, &me.key, clients).unwrap();
     let (incoming, addr) = shoal_api::mtls::listen("127.0.0.1:0", config)
         .await
         .unwrap();
@@ -180,21 +190,6 @@ fn an_address_or_server_name_that_is_not_one_is_refused_naming_it() {
     assert!(err.to_string().contains("server name"), "{err}");
     let err = shoal_api::mtls::connect("no spaces allowed:1", config, MANAGER_NAME).unwrap_err();
     assert!(err.to_string().contains("no spaces allowed"), "{err}");
-}
-
-/// A listener that lets clients without a certificate through (the join's).
-async fn open_manager(ca: &RootCa) -> String {
-    let me = issue(ca, "m1", Role::Manager);
-    let config = server_config(ca.cert_der(), &me.cert, &me.key, ClientAuth::Optional).unwrap();
-    let (incoming, addr) = shoal_api::mtls::listen("127.0.0.1:0", config)
-        .await
-        .unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(DispatcherServer::new(WhoAmI))
-            .serve_with_incoming(incoming),
-    );
-    addr.to_string()
 }
 
 /// A TLS handshake without a client certificate from `from` (a loopback

@@ -301,3 +301,30 @@ fn a_removed_node_with_nothing_to_report_is_told_at_once_not_at_its_next_heartbe
     assert!(!status.success());
     assert!(worker.log_text().contains("removed from the cluster"));
 }
+
+#[test]
+fn a_join_request_of_any_size_is_refused_past_its_bound_and_the_manager_answers_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let (addr, token) = join_args(&manager);
+    let (ca, _, _) = files(&manager);
+    // 20 MB of "certificate request", without a certificate: the one call
+    // anyone may make is refused at its size, before it is read.
+    let refused = runtime()
+        .block_on(
+            CaClient::new(channel(&addr, &ca, None)).issue_node_certificate(
+                shoal_api::IssueNodeCertificateRequest {
+                    token,
+                    csr_pem: "x".repeat(20 << 20),
+                },
+            ),
+        )
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused.message().contains("65536"),
+        "names the limit: {refused:?}"
+    );
+    let nodes = manager.ok(&["node", "ls", "-q"]);
+    assert_eq!(nodes.lines().count(), 1, "nothing was created: {nodes}");
+}
