@@ -172,9 +172,22 @@ fn a_removed_nodes_certificate_is_refused_from_the_moment_it_is_removed() {
         !shoal_agent::find_task_processes(&tasks_dir).is_empty()
     });
     manager.ok(&["node", "rm", "--force", &worker_id]);
+    // The removal is recorded, until any certificate of the node expires.
+    let cluster: serde_json::Value =
+        serde_json::from_str(&manager.ok(&["cluster", "inspect"])).unwrap();
+    let recorded = cluster["removed_nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        recorded.iter().any(
+            |r| r["node_id"] == worker_id.as_str() && r["until_unix"].as_i64().unwrap_or(0) > 0
+        ),
+        "{cluster}"
+    );
     let refused = renew(channel(&addr, &ca, Some((&chain, &key)))).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
-    assert!(refused.message().contains("removed"), "{refused}");
+    assert!(shoal_api::is_node_removed(&refused), "{refused}");
     // Its running daemon is refused too, at its next heartbeat: it stops
     // its tasks (their replacements run elsewhere), deletes its identity
     // and exits saying why; it never comes back.

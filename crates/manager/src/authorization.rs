@@ -125,7 +125,7 @@ pub fn decide(path: &str, peer: Option<&PeerCertificates>, view: &Tables) -> Res
         )));
     }
     let Some(node) = view.node(&identity.node_id) else {
-        return Err(shoal_api::node_removed(&identity.node_id));
+        return Err(missing_node(view, &identity.node_id));
     };
     if audience == Audience::Managers {
         let manager_now = node.role == NodeRole::Manager as i32;
@@ -141,6 +141,21 @@ pub fn decide(path: &str, peer: Option<&PeerCertificates>, view: &Tables) -> Res
         role: identity.role,
         remote_addr,
     })
+}
+
+/// The refusal of a node `view` does not hold. Only a recorded removal
+/// says "removed" (the node then stops and forgets itself); a node this
+/// view does not know yet (a lagging manager's) is refused plainly, and
+/// tries again.
+pub fn missing_node(view: &Tables, node_id: &str) -> Status {
+    let removed = view
+        .cluster()
+        .is_some_and(|c| c.removed_nodes.iter().any(|r| r.node_id == node_id));
+    if removed {
+        shoal_api::node_removed(node_id)
+    } else {
+        Status::permission_denied(format!("node {node_id} is not known to this manager"))
+    }
 }
 
 /// The layer that puts [`decide`] in front of every service of the node
@@ -248,7 +263,8 @@ mod tests {
         }
     }
 
-    /// A store with cluster c1, manager m1 and worker w1.
+    /// A store with cluster c1 (which recorded the removal of node
+    /// "gone"), manager m1 and worker w1.
     fn view() -> Tables {
         let create = |target: shoal_api::Object| shoal_api::StoreAction {
             kind: shoal_api::store_action::Kind::Create as i32,
@@ -257,6 +273,10 @@ mod tests {
         let mut actions = vec![create(
             Cluster {
                 id: "c1".into(),
+                removed_nodes: vec![shoal_api::RemovedNode {
+                    node_id: "gone".into(),
+                    until_unix: i64::MAX,
+                }],
                 ..Default::default()
             }
             .into(),
@@ -355,7 +375,14 @@ mod tests {
         let removed = peer(Some(certificate(&ca, "gone", Role::Worker, "c1")));
         let refused = decide("/shoal.v1.Dispatcher/Session", Some(&removed), &view()).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-        assert!(refused.message().contains("removed"), "{refused}");
+        assert!(shoal_api::is_node_removed(&refused), "{refused}");
+        // Not in this view and not recorded as removed: refused, but not
+        // told it was removed (it may have joined on a manager ahead).
+        let unknown = peer(Some(certificate(&ca, "new", Role::Worker, "c1")));
+        let refused = decide("/shoal.v1.Dispatcher/Session", Some(&unknown), &view()).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(!shoal_api::is_node_removed(&refused), "{refused}");
+        assert!(refused.message().contains("not known"), "{refused}");
         let other = peer(Some(certificate(&ca, "w1", Role::Worker, "c2")));
         let refused = decide("/shoal.v1.Dispatcher/Session", Some(&other), &view()).unwrap_err();
         assert!(refused.message().contains("cluster c2"), "{refused}");

@@ -261,7 +261,7 @@ impl Ca for CertificateAuthority {
         let cluster = cluster_of(&view)?;
         let node = view
             .node(&node_id)
-            .ok_or_else(|| shoal_api::node_removed(&node_id))?;
+            .ok_or_else(|| crate::authorization::missing_node(&view, &node_id))?;
         // The role is the store's: a promoted or demoted node's renewed
         // certificate says what it is now.
         let role = if node.role == NodeRole::Manager as i32 {

@@ -7,6 +7,11 @@ use shoal_api::{
 
 use super::*;
 
+/// Removals the cluster remembers at most (the oldest go first): past it,
+/// a removed node with a certificate still valid is refused as unknown
+/// instead, and retries without forgetting itself.
+const MAX_REMOVED_NODES: usize = 100_000;
+
 impl ControlApi {
     pub async fn get_node(&self, request: GetRequest) -> Result<NodeResponse, ApiError> {
         match self.lookup(ObjectKind::Node, &request.reference)?.kind {
@@ -102,8 +107,33 @@ impl ControlApi {
             )));
         }
         let id = node.id.clone();
-        self.commit(vec![action(store_action::Kind::Remove, node)])
-            .await?;
+        // The removal is recorded in the cluster in the same transaction,
+        // kept as long as a certificate of the node could be valid.
+        let mut cluster =
+            self.view().cluster().cloned().ok_or_else(|| {
+                ApiError::Unavailable("the cluster is still being created".into())
+            })?;
+        let now = shoal_api::clock::now_ms() / 1_000;
+        let until = now
+            + crate::certificate_authority::node_cert_expiry(&cluster).as_secs() as i64
+            + crate::certificate_authority::CLOCK_SKEW.as_secs() as i64;
+        cluster
+            .removed_nodes
+            .retain(|r| r.until_unix >= now && r.node_id != id);
+        cluster.removed_nodes.push(shoal_api::RemovedNode {
+            node_id: id.clone(),
+            until_unix: until,
+        });
+        let excess = cluster
+            .removed_nodes
+            .len()
+            .saturating_sub(MAX_REMOVED_NODES);
+        cluster.removed_nodes.drain(..excess);
+        self.commit(vec![
+            action(store_action::Kind::Remove, node),
+            action(store_action::Kind::Update, cluster),
+        ])
+        .await?;
         Ok(RemoveResponse { id })
     }
 }

@@ -101,8 +101,9 @@ impl Dispatcher {
                         .and_then(|node_id| {
                             // A node removed while its session is open
                             // (`node rm --force`) loses it at its next beat.
-                            if replica.store().view().node(&node_id).is_none() {
-                                return Err(shoal_api::node_removed(&node_id));
+                            let view = replica.store().view();
+                            if view.node(&node_id).is_none() {
+                                return Err(crate::authorization::missing_node(&view, &node_id));
                             }
                             check_session(&sessions, &node_id, &beat.session_id)
                         })

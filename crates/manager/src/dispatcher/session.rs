@@ -65,7 +65,10 @@ impl Dispatcher {
                 Some(n) => (store_action::Kind::Update, n),
                 None if certified => {
                     self.forget_session(&node_id, &session_id);
-                    return Err(shoal_api::node_removed(&node_id));
+                    return Err(crate::authorization::missing_node(
+                        &self.replica.store().view(),
+                        &node_id,
+                    ));
                 }
                 None => (
                     store_action::Kind::Create,
