@@ -5,8 +5,8 @@
 //! ([`PeerCertificates`]), which is where a node's identity is read from.
 //!
 //! Handshakes run beside the accept loop, each within a bound, at most
-//! [`MAX_HANDSHAKES`] at once and [`MAX_HANDSHAKES_PER_SOURCE`] from one
-//! address: a client that stalls its handshake holds one slot for
+//! [`MAX_HANDSHAKES`] at once, and one address cannot take the last
+//! [`HANDSHAKE_RESERVE`] of them: a client that stalls its handshake holds one slot for
 //! [`HANDSHAKE_TIMEOUT_MS`], never the listener. A peer without a client
 //! certificate (a join) gets one of [`MAX_ANONYMOUS_CONNECTIONS`] and at
 //! most [`ANONYMOUS_LIFETIME_MS`].
@@ -37,8 +37,13 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub const MAX_HANDSHAKES: usize = 256;
 /// Connections handed over and not yet taken by the server, at most.
 const ACCEPTED_QUEUE: usize = 64;
-/// Handshakes in progress from one address at most: one source cannot take
-/// every slot of [`MAX_HANDSHAKES`].
+/// Handshake slots kept for other addresses: once only this many of
+/// [`MAX_HANDSHAKES`] are free, an address with
+/// [`MAX_HANDSHAKES_PER_SOURCE`] handshakes in progress gets no more. A
+/// burst from one address (many nodes behind one NAT, a fleet restarting)
+/// may use the rest; it can never take every slot.
+pub const HANDSHAKE_RESERVE: usize = 64;
+/// Handshakes in progress from one address once the reserve is reached.
 pub const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
 /// Connections open at once without a client certificate (joins), at most.
 pub const MAX_ANONYMOUS_CONNECTIONS: usize = 64;
@@ -184,8 +189,9 @@ pub fn accept(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let Some(source) = SourceSlot::take(&per_source, remote.ip()) else {
-                tracing::debug!(peer = %remote, "too many handshakes from one address; connection dropped");
+            let crowded = slots.available_permits() < HANDSHAKE_RESERVE;
+            let Some(source) = SourceSlot::take(&per_source, remote.ip(), crowded) else {
+                tracing::debug!(peer = %remote, "too many handshakes from one address while others wait; connection dropped");
                 continue;
             };
             let acceptor = acceptor.clone();
@@ -251,15 +257,19 @@ struct SourceSlot {
 }
 
 impl SourceSlot {
-    /// A place for a handshake from `ip`, unless it has
-    /// [`MAX_HANDSHAKES_PER_SOURCE`] in progress.
+    /// A place for a handshake from `ip`; when the listener is `crowded`,
+    /// not if it has [`MAX_HANDSHAKES_PER_SOURCE`] in progress.
     fn take(
         counts: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
         ip: std::net::IpAddr,
+        crowded: bool,
     ) -> Option<SourceSlot> {
         let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_insert(0);
-        if *n >= MAX_HANDSHAKES_PER_SOURCE {
+        if crowded && *n >= MAX_HANDSHAKES_PER_SOURCE {
+            if *n == 0 {
+                map.remove(&ip);
+            }
             return None;
         }
         *n += 1;
