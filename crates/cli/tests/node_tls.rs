@@ -341,3 +341,49 @@ fn a_join_request_of_any_size_is_refused_past_its_bound_and_the_manager_answers_
     let nodes = manager.ok(&["node", "ls", "-q"]);
     assert_eq!(nodes.lines().count(), 1, "nothing was created: {nodes}");
 }
+
+#[test]
+fn a_flood_of_join_calls_is_refused_past_the_managers_rate_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manager = Daemon::start(&tmp.path().join("m"));
+    let (addr, token) = join_args(&manager);
+    let (ca, _, _) = files(&manager);
+    let (digest, _) = token
+        .strip_prefix("SWMTKN-1-")
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    // Guessed tokens, as fast as one client sends them (far more than the
+    // 200 a second the manager takes past its burst of 500): each counts.
+    let guess = format!("SWMTKN-1-{digest}-{}", "0".repeat(32));
+    let mut client = CaClient::new(channel(&addr, &ca, None));
+    let (denied, exhausted) = runtime().block_on(async {
+        let (mut denied, mut exhausted) = (0, None);
+        for _ in 0..20_000 {
+            let refused = client
+                .issue_node_certificate(shoal_api::IssueNodeCertificateRequest {
+                    token: guess.clone(),
+                    csr_pem: String::new(),
+                })
+                .await
+                .expect_err("a guessed token never joins");
+            match refused.code() {
+                tonic::Code::PermissionDenied => denied += 1,
+                tonic::Code::ResourceExhausted => {
+                    exhausted = Some(refused);
+                    break;
+                }
+                _ => panic!("{refused:?}"),
+            }
+        }
+        (denied, exhausted)
+    });
+    assert!(denied >= 500, "the burst was taken: {denied}");
+    let exhausted = exhausted.expect("the rate applied");
+    assert!(
+        exhausted.message().contains("joins a second"),
+        "{exhausted:?}"
+    );
+    // The manager answers its own users meanwhile.
+    manager.ok(&["node", "ls"]);
+}

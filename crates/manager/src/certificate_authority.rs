@@ -140,6 +140,42 @@ pub fn role_of_token(cluster: &Cluster, token: &JoinToken) -> Result<Role, Statu
 pub struct CertificateAuthority {
     replica: Arc<Replica>,
     ids: Mutex<StdRng>,
+    joins: Mutex<JoinRate>,
+}
+
+/// Join calls a manager takes per second at most, on average: the join is
+/// the one call anyone may make, and each costs a signature and a raft
+/// write; a flood of them (or of guessed tokens) is refused, not queued.
+pub const JOINS_PER_SECOND: f64 = 200.0;
+/// Join calls taken at once before the rate applies (a fleet joining).
+pub const JOIN_BURST: f64 = 500.0;
+
+/// A token bucket over the join calls.
+#[derive(Debug)]
+struct JoinRate {
+    tokens: f64,
+    at: shoal_api::clock::Instant,
+}
+
+impl JoinRate {
+    fn new(now: shoal_api::clock::Instant) -> JoinRate {
+        JoinRate {
+            tokens: JOIN_BURST,
+            at: now,
+        }
+    }
+
+    /// Whether a call at `now` is taken.
+    fn take(&mut self, now: shoal_api::clock::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * JOINS_PER_SECOND).min(JOIN_BURST);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 impl CertificateAuthority {
@@ -148,6 +184,7 @@ impl CertificateAuthority {
         CertificateAuthority {
             replica,
             ids: Mutex::new(ids),
+            joins: Mutex::new(JoinRate::new(shoal_api::clock::Instant::now())),
         }
     }
 
@@ -197,6 +234,16 @@ impl Ca for CertificateAuthority {
         request: Request<IssueNodeCertificateRequest>,
     ) -> Result<Response<NodeCertificateResponse>, Status> {
         let remote = Peer::of(&request).and_then(Peer::remote_addr);
+        let taken = self
+            .joins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(shoal_api::clock::Instant::now());
+        if !taken {
+            return Err(Status::resource_exhausted(format!(
+                "this manager takes at most {JOINS_PER_SECOND} joins a second (bursts of {JOIN_BURST}); try again in a moment"
+            )));
+        }
         let req = request.into_inner();
         let token: JoinToken = req
             .token
@@ -334,6 +381,20 @@ mod tests {
             refused.message().contains(foreign.ca_digest().as_str()),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn joins_past_the_burst_are_refused_until_the_rate_refills() {
+        let start = shoal_api::clock::Instant::now();
+        let mut rate = JoinRate::new(start);
+        let taken = (0..(JOIN_BURST as usize + 10))
+            .filter(|_| rate.take(start))
+            .count();
+        assert_eq!(taken, JOIN_BURST as usize, "a burst, then refusals");
+        // A second later, a second's worth more.
+        let later = start + Duration::from_secs(1);
+        let refilled = (0..1_000).filter(|_| rate.take(later)).count();
+        assert_eq!(refilled, JOINS_PER_SECOND as usize);
     }
 
     #[test]
