@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use rand::rngs::StdRng;
 use shoal_ca::tls::NodeTlsIdentity;
@@ -12,7 +11,6 @@ use shoal_raft::Replica;
 use tokio::sync::watch;
 
 use crate::certificates::NodeCertificates;
-use crate::renewal::{renew_in, RETRY_MAX, RETRY_MIN};
 
 /// Renews the manager `node_id`'s certificate in `dir` until `stop`.
 pub async fn run(
@@ -20,42 +18,22 @@ pub async fn run(
     dir: PathBuf,
     node_id: String,
     identity: Arc<NodeTlsIdentity>,
-    mut rng: StdRng,
-    mut stop: watch::Receiver<bool>,
+    rng: StdRng,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut retry = RETRY_MIN;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let wait = NodeCertificates::read(&dir).map_or(std::time::Duration::ZERO, |c| {
-            renew_in(&c.cert_pem, SystemTime::now(), &mut rng)
-        });
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let view = replica.store().view();
-        let renewed = view
+    let files = dir.clone();
+    crate::renewal::keep_renewed(&files, "this manager", rng, stop, |_| {
+        let renewed = replica
+            .store()
+            .view()
             .cluster()
             .ok_or(crate::certificates::CertificatesError::NoRootCa)
             .and_then(|cluster| {
                 NodeCertificates::issue(&dir, cluster, &node_id, shoal_ca::Role::Manager)
             })
-            .and_then(|c| Ok(identity.replace(&c.chain_pem(), &c.key_pem)?));
-        match renewed {
-            Ok(()) => {
-                tracing::info!("this manager's certificate was renewed");
-                retry = RETRY_MIN;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "renewing this manager's certificate failed; retrying");
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    _ = tokio::time::sleep(retry) => {}
-                }
-                retry = (retry * 2).min(RETRY_MAX);
-            }
-        }
-    }
+            .and_then(|c| Ok(identity.replace(&c.chain_pem(), &c.key_pem)?))
+            .map_err(|e| e.to_string());
+        std::future::ready(renewed)
+    })
+    .await
 }

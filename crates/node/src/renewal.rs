@@ -2,15 +2,65 @@
 //! between 50 % and 80 % of its lifetime, drawn from the daemon's seeded
 //! generator, so a fleet issued at once does not renew at once.
 
+use std::future::Future;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use shoal_manager::certificate_authority::CLOCK_SKEW;
+use tokio::sync::watch;
+
+use crate::certificates::NodeCertificates;
 
 /// The shortest wait before a retry when renewing failed.
 pub const RETRY_MIN: Duration = Duration::from_secs(1);
 /// The longest.
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Keeps the certificate in `dir` renewed until `stop`: at each point
+/// [`renew_in`] draws, `renew` is given the current files, and a failure is
+/// retried with backoff ([`RETRY_MIN`] to [`RETRY_MAX`]). `who` names the
+/// node in the log.
+pub async fn keep_renewed<F, Fut>(
+    dir: &Path,
+    who: &str,
+    mut rng: impl Rng,
+    mut stop: watch::Receiver<bool>,
+    mut renew: F,
+) where
+    F: FnMut(NodeCertificates) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut retry = RETRY_MIN;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let Some(current) = NodeCertificates::read(dir) else {
+            tracing::error!("{who}'s certificates are gone from {}", dir.display());
+            return;
+        };
+        let wait = renew_in(&current.cert_pem, SystemTime::now(), &mut rng);
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match renew(current).await {
+            Ok(()) => {
+                tracing::info!("{who}'s certificate was renewed");
+                retry = RETRY_MIN;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing {who}'s certificate failed; retrying");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
 
 /// How long from `now` until the certificate `cert_pem` is renewed; zero
 /// when that point has passed (or the certificate cannot be read).

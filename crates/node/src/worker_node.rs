@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -27,7 +27,6 @@ use crate::daemon::{
 };
 use crate::host::describe_host;
 use crate::local_node::{KnownManagers, LocalNodeService, NotAManager};
-use crate::renewal::{renew_in, RETRY_MAX, RETRY_MIN};
 use crate::state_dir::StateDir;
 
 /// Runs the worker of `state` until a shutdown signal or `shoal leave`.
@@ -219,46 +218,24 @@ async fn renew(
     ca_der: Vec<u8>,
     identity: Arc<NodeTlsIdentity>,
     managers: KnownManagers,
-    mut rng: StdRng,
-    mut stop: watch::Receiver<bool>,
+    rng: StdRng,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut retry = RETRY_MIN;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let Some(current) = NodeCertificates::read(&dir) else {
-            tracing::error!("the node's certificates are gone from {}", dir.display());
-            return;
-        };
-        let wait = renew_in(&current.cert_pem, SystemTime::now(), &mut rng);
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let addresses = managers.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut renewed = Err("no manager address is known".to_string());
-        for addr in &addresses {
-            renewed = renew_once(&dir, &current, &ca_der, &identity, addr).await;
-            if renewed.is_ok() {
-                break;
-            }
-        }
-        match renewed {
-            Ok(()) => {
-                tracing::info!("this node's certificate was renewed");
-                retry = RETRY_MIN;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "renewing this node's certificate failed; retrying");
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    _ = tokio::time::sleep(retry) => {}
+    crate::renewal::keep_renewed(&dir, "this node", rng, stop, |current| {
+        let (dir, ca_der, identity, managers) = (&dir, &ca_der, &identity, &managers);
+        async move {
+            let addresses = managers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut renewed = Err("no manager address is known".to_string());
+            for addr in &addresses {
+                renewed = renew_once(dir, &current, ca_der, identity, addr).await;
+                if renewed.is_ok() {
+                    break;
                 }
-                retry = (retry * 2).min(RETRY_MAX);
             }
+            renewed
         }
-    }
+    })
+    .await
 }
 
 /// One renewal through the manager at `addr`: a new key, its certificate
