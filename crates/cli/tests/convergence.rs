@@ -310,7 +310,6 @@ fn logs_show_each_tasks_output_under_its_name_and_inspect_shows_the_status_histo
 
 #[test]
 fn logs_follow_prints_what_tasks_write_as_they_write_it_until_the_client_goes() {
-    use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(&tmp.path().join("s1"));
     d.ok(&[
@@ -323,22 +322,7 @@ fn logs_follow_prints_what_tasks_write_as_they_write_it_until_the_client_goes() 
         "-c",
         "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
     ]);
-    let mut follow = std::process::Command::new(harness::BIN)
-        .args(["service", "logs", "-f", "tick"])
-        .env("SHOAL_SOCKET", &d.socket)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = follow.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut follow, rx) = d.follow(&["service", "logs", "-f", "tick"]);
     // Lines keep coming: at least ten distinct ticks.
     let mut ticks = std::collections::BTreeSet::new();
     let deadline = Instant::now() + READY_WITHIN;

@@ -11,6 +11,16 @@ use harness::{
     Daemon,
 };
 
+/// A manager in `tmp/m` and a worker joined from `tmp/w`, Ready: both,
+/// and the worker's node id.
+fn manager_and_ready_worker(tmp: &Path) -> (Daemon, Daemon, String) {
+    let manager = Daemon::start(&tmp.join("m"));
+    let worker = join(&tmp.join("w"), &manager);
+    let worker_id = node_id(&worker);
+    wait_until("the worker is Ready", || ready(&manager, &worker_id));
+    (manager, worker, worker_id)
+}
+
 /// `shoal daemon --join …` that must fail: its stderr.
 fn refused_join(dir: &Path, addr: &str, token: &str) -> String {
     let out = harness::run(&[
@@ -292,10 +302,7 @@ fn a_join_with_the_manager_token_is_refused_in_a_cluster_of_one_manager() {
 #[test]
 fn a_worker_tries_the_next_manager_it_knows_when_one_is_unreachable() {
     let tmp = tempfile::tempdir().unwrap();
-    let manager = Daemon::start(&tmp.path().join("m"));
-    let mut worker = join(&tmp.path().join("w"), &manager);
-    let worker_id = node_id(&worker);
-    wait_until("the worker is Ready", || ready(&manager, &worker_id));
+    let (manager, mut worker, worker_id) = manager_and_ready_worker(tmp.path());
     let (addr, _) = join_args(&manager);
     worker.stop();
     // Port 1 on loopback: nothing listens there.
@@ -320,10 +327,7 @@ fn a_worker_tries_the_next_manager_it_knows_when_one_is_unreachable() {
 #[test]
 fn service_logs_show_the_lines_of_tasks_on_every_node_and_skip_a_node_that_is_gone() {
     let tmp = tempfile::tempdir().unwrap();
-    let manager = Daemon::start(&tmp.path().join("m"));
-    let mut worker = join(&tmp.path().join("w"), &manager);
-    let worker_id = node_id(&worker);
-    wait_until("the worker is Ready", || ready(&manager, &worker_id));
+    let (manager, mut worker, _) = manager_and_ready_worker(tmp.path());
     manager.ok(&[
         "service",
         "create",
@@ -414,12 +418,8 @@ fn shoal_api_promote(manager: &Daemon, node: &str) -> String {
 
 #[test]
 fn a_followed_log_goes_on_across_a_restart_of_the_tasks_node_without_gaps_or_repeats() {
-    use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().unwrap();
-    let manager = Daemon::start(&tmp.path().join("m"));
-    let mut worker = join(&tmp.path().join("w"), &manager);
-    let worker_id = node_id(&worker);
-    wait_until("the worker is Ready", || ready(&manager, &worker_id));
+    let (manager, mut worker, worker_id) = manager_and_ready_worker(tmp.path());
     manager.ok(&[
         "service",
         "create",
@@ -432,22 +432,7 @@ fn a_followed_log_goes_on_across_a_restart_of_the_tasks_node_without_gaps_or_rep
         "-c",
         "i=0; while true; do echo $i; i=$((i+1)); sleep 0.05; done",
     ]);
-    let mut follow = std::process::Command::new(harness::BIN)
-        .args(["service", "logs", "-f", "--raw", "tick"])
-        .env("SHOAL_SOCKET", &manager.socket)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = follow.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut follow, rx) = manager.follow(&["service", "logs", "-f", "--raw", "tick"]);
     let next = || {
         rx.recv_timeout(harness::READY_WITHIN)
             .expect("logs -f stopped printing")

@@ -155,6 +155,29 @@ impl Daemon {
         stderr
     }
 
+    /// Runs a client command that keeps printing (`logs -f`): the child,
+    /// and its stdout's lines as they come.
+    pub fn follow(&self, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("SHOAL_SOCKET", &self.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("shoal runs");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (child, rx)
+    }
+
     /// Waits up to `within` for the daemon to exit on its own; its status.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
