@@ -648,13 +648,7 @@ fn foreign_damaged_or_busy_state_dirs_are_refused_never_reset() {
     let foreign = tmp.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
-    let out = run(&[
-        "daemon",
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--state-dir",
-        foreign.to_str().unwrap(),
-    ]);
+    let out = harness::run_daemon(&foreign, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a Shoal state dir"), "{err}");
@@ -667,13 +661,7 @@ fn foreign_damaged_or_busy_state_dirs_are_refused_never_reset() {
     let dir = tmp.path().join("s1");
     let mut d = Daemon::start(&dir);
     d.ok(&["service", "create", "--name", "web", "--", "sleep", "1"]);
-    let out = run(&[
-        "daemon",
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--state-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let out = harness::run_daemon(&dir, &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another shoal daemon"));
     d.stop();
 
@@ -681,13 +669,7 @@ fn foreign_damaged_or_busy_state_dirs_are_refused_never_reset() {
     let log = dir.join("raft").join("raft.redb");
     let original = std::fs::read(&log).unwrap();
     std::fs::write(&log, b"garbage").unwrap();
-    let out = run(&[
-        "daemon",
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--state-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let out = harness::run_daemon(&dir, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -703,13 +685,7 @@ fn foreign_damaged_or_busy_state_dirs_are_refused_never_reset() {
     // Damaged marker.
     std::fs::write(&log, &original).unwrap();
     std::fs::write(dir.join("shoal-state.json"), "{").unwrap();
-    let out = run(&[
-        "daemon",
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--state-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let out = harness::run_daemon(&dir, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("shoal-state.json is damaged"), "{err}");
 }
@@ -752,15 +728,10 @@ fn a_clean_restart_keeps_every_object_and_version() {
 fn a_daemon_never_takes_over_the_control_socket_another_daemon_answers_on() {
     let tmp = tempfile::tempdir().unwrap();
     let first = Daemon::start(&tmp.path().join("s1"));
-    let out = run(&[
-        "daemon",
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--state-dir",
-        tmp.path().join("s2").to_str().unwrap(),
-        "--socket",
-        first.socket.to_str().unwrap(),
-    ]);
+    let out = harness::run_daemon(
+        &tmp.path().join("s2"),
+        &["--socket", first.socket.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

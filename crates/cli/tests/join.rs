@@ -23,15 +23,7 @@ fn manager_and_ready_worker(tmp: &Path) -> (Daemon, Daemon, String) {
 
 /// `shoal daemon --join …` that must fail: its stderr.
 fn refused_join(dir: &Path, addr: &str, token: &str) -> String {
-    let out = harness::run(&[
-        "daemon",
-        "--state-dir",
-        dir.to_str().unwrap(),
-        "--join",
-        addr,
-        "--token",
-        token,
-    ]);
+    let out = harness::run_daemon(dir, &["--join", addr, "--token", token]);
     assert!(!out.status.success(), "the join succeeded");
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.starts_with("Error: "), "{err}");
@@ -160,13 +152,7 @@ fn a_worker_that_leaves_stops_its_tasks_forgets_its_identity_and_can_then_be_rem
     assert!(node_row(&manager, &worker_id).is_none());
     // Started again as it was (a supervisor would), it refuses: it left,
     // and it never becomes a cluster of its own.
-    let out = harness::run(&[
-        "daemon",
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--state-dir",
-        worker.state_dir.to_str().unwrap(),
-    ]);
+    let out = harness::run_daemon(&worker.state_dir, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

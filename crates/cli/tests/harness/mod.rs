@@ -262,6 +262,15 @@ pub fn run(args: &[&str]) -> Output {
         .expect("shoal runs")
 }
 
+/// Runs `shoal daemon` on `state_dir` (a free loopback port) with `args`
+/// in the foreground, for a start that must fail: its output.
+pub fn run_daemon(state_dir: &Path, args: &[&str]) -> Output {
+    let dir = state_dir.to_str().expect("a UTF-8 path");
+    let mut all = vec!["daemon", "--listen-addr", "127.0.0.1:0", "--state-dir", dir];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
 /// Lines of `--format json` output, parsed.
 pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
