@@ -90,6 +90,26 @@ pub fn join_secret(tokens: &JoinTokens, role: Role) -> Option<&JoinSecret> {
     }
 }
 
+/// The node object of a worker that joined from `addr`: UNKNOWN until its
+/// agent opens a session (the dispatcher makes it READY).
+pub fn joined_worker(node_id: &str, addr: &str) -> Node {
+    Node {
+        id: node_id.to_string(),
+        spec: Some(NodeSpec {
+            annotations: Some(Annotations::default()),
+            desired_role: NodeRole::Worker as i32,
+            availability: node_spec::Availability::Active as i32,
+        }),
+        status: Some(NodeStatus {
+            state: node_status::State::Unknown as i32,
+            message: "joined; its agent has not connected yet".into(),
+            addr: addr.to_string(),
+        }),
+        role: NodeRole::Worker as i32,
+        ..Default::default()
+    }
+}
+
 /// The root CA of `cluster`, loaded to sign.
 pub fn root_of(cluster: &Cluster) -> Result<RootCa, Status> {
     let root = cluster
@@ -263,21 +283,10 @@ impl Ca for CertificateAuthority {
             cluster_id: cluster.id.clone(),
         };
         let mut answer = sign(&cluster, &identity, &req.csr_pem)?;
-        let node = Node {
-            id: identity.node_id.clone(),
-            spec: Some(NodeSpec {
-                annotations: Some(Annotations::default()),
-                desired_role: NodeRole::Worker as i32,
-                availability: node_spec::Availability::Active as i32,
-            }),
-            status: Some(NodeStatus {
-                state: node_status::State::Unknown as i32,
-                message: "joined; its agent has not connected yet".into(),
-                addr: remote.map(|r| r.ip().to_string()).unwrap_or_default(),
-            }),
-            role: NodeRole::Worker as i32,
-            ..Default::default()
-        };
+        let node = joined_worker(
+            &identity.node_id,
+            &remote.map(|r| r.ip().to_string()).unwrap_or_default(),
+        );
         // The node exists before its certificate is handed out: every call
         // made with the certificate finds it.
         self.replica

@@ -1,7 +1,7 @@
 //! The simulated cluster's certificates, so its agents reach the manager
 //! through the daemon's own path: a root CA in the cluster object, a node
-//! certificate for every simulated node (its node object created first, as
-//! the CA does when a node joins), and the manager's listener with mutual
+//! certificate for every simulated node (its node object created first,
+//! the one the CA creates when a node joins), and the manager's listener with mutual
 //! TLS and the authorization layer in front of the dispatcher and the log
 //! broker.
 
@@ -9,10 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use shoal_api::{
-    node_spec, node_status, store_action, Annotations, Node, NodeRole, NodeSpec, NodeStatus,
-    StoreAction, Transaction,
-};
+use shoal_api::{store_action, StoreAction, Transaction};
 use shoal_ca::{NodeIdentity, NodeKey, Role, RootCa};
 use shoal_manager::authorization::AuthorizeLayer;
 use shoal_raft::Replica;
@@ -92,21 +89,7 @@ pub async fn start(
             .map(|id| StoreAction {
                 kind: store_action::Kind::Create as i32,
                 target: Some(
-                    Node {
-                        id: id.clone(),
-                        spec: Some(NodeSpec {
-                            annotations: Some(Annotations::default()),
-                            desired_role: NodeRole::Worker as i32,
-                            availability: node_spec::Availability::Active as i32,
-                        }),
-                        status: Some(NodeStatus {
-                            state: node_status::State::Unknown as i32,
-                            ..Default::default()
-                        }),
-                        role: NodeRole::Worker as i32,
-                        ..Default::default()
-                    }
-                    .into(),
+                    shoal_manager::certificate_authority::joined_worker(id, "127.0.0.1").into(),
                 ),
             })
             .collect();
