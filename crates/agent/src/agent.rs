@@ -144,6 +144,18 @@ impl Connector {
         (addr, channel)
     }
 
+    /// A manager said the leader is at `addr`: dial it next.
+    fn prefer(&self, addr: &str) {
+        let mut known = self.lock();
+        match known.all.iter().position(|a| a == addr) {
+            Some(i) => known.next = i,
+            None => {
+                known.all.insert(0, addr.to_string());
+                known.next = 0;
+            }
+        }
+    }
+
     /// A session named the managers `addresses`: dial those from now on
     /// (starting with the one that answered, while it is among them).
     fn learn(&self, current: &str, addresses: &[String]) {
@@ -341,6 +353,18 @@ pub async fn run<D: Driver>(
             Err(e) if shoal_api::is_node_removed(&e) => {
                 tracing::error!(manager = %addr, error = %e.message(), "this node was removed from the cluster");
                 return AgentExit::Removed(e.message().to_string());
+            }
+            Err(e) if shoal_api::leader_hint(&e).is_some() => {
+                // A follower: the leader is elsewhere, and it said where.
+                if let Some(leader) = shoal_api::leader_hint(&e) {
+                    tracing::debug!(manager = %addr, %leader, "going to the leader");
+                    agent.config.dispatcher.prefer(&leader);
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return AgentExit::Stopped,
+                    _ = tokio::time::sleep(Duration::from_millis(RECONNECT_MIN_MS)) => {}
+                }
+                continue;
             }
             Err(e) => {
                 if matches!(
@@ -621,6 +645,19 @@ mod tests {
         New, Pending, Assigned, Accepted, Preparing, Ready, Starting, Running, Complete, Shutdown,
         Failed, Rejected, Remove, Orphaned,
     ];
+
+    #[test]
+    fn a_leader_named_by_a_follower_is_dialled_next_known_or_not() {
+        let connector = Connector::rotating(vec!["a:1".into(), "b:1".into(), "c:1".into()], |_| {
+            Err("not dialled".into())
+        });
+        assert_eq!(connector.channel().0, "a:1");
+        connector.prefer("c:1");
+        assert_eq!(connector.channel().0, "c:1");
+        connector.prefer("d:1");
+        assert_eq!(connector.channel().0, "d:1");
+        assert_eq!(connector.addresses(), ["d:1", "a:1", "b:1", "c:1"]);
+    }
 
     /// Every combination a restart can meet, checked against the rules that
     /// keep a workload running exactly once.

@@ -19,6 +19,7 @@ pub mod log_time;
 pub mod mtls;
 mod node_removed;
 mod node_state;
+mod not_leader;
 mod object_kind;
 mod service_mode;
 mod task_state;
@@ -26,6 +27,7 @@ pub use task_state::MAX_STATUS_HISTORY;
 pub mod transport;
 
 pub use node_removed::{is_node_removed, node_removed};
+pub use not_leader::{leader_hint, not_leader};
 pub use object_kind::ObjectKind;
 
 /// The version of this build, shown by `shoal version`.

@@ -229,7 +229,7 @@ async fn check(socket: &Path, written: &HashMap<String, Written>, unanswered: &[
         } else {
             assert_eq!(
                 version, w.acked_version,
-                "{name}: acknowledged version changed"
+                "{name}: acknowledged version changed: {service:?}"
             );
             assert_eq!(
                 replicas, w.acked_replicas,

@@ -275,17 +275,6 @@ fn a_rotated_token_is_refused_while_nodes_joined_with_it_run_on() {
 }
 
 #[test]
-fn a_join_with_the_manager_token_is_refused_in_a_cluster_of_one_manager() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (manager, addr, token, ..) = manager_and_token(tmp.path());
-    let manager_token = manager.ok(&["join-token", "manager", "-q"]);
-    assert_ne!(manager_token.trim(), token);
-    let err = refused_join(&tmp.path().join("j"), &addr, manager_token.trim());
-    assert!(err.contains("single manager"), "{err}");
-    left_nothing(&tmp.path().join("j"));
-}
-
-#[test]
 fn a_worker_tries_the_next_manager_it_knows_when_one_is_unreachable() {
     let tmp = tempfile::tempdir().unwrap();
     let (manager, mut worker, worker_id) = manager_and_ready_worker(tmp.path());

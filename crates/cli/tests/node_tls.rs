@@ -274,6 +274,7 @@ fn a_node_that_joined_but_never_connected_is_marked_down_not_left_unknown() {
                 shoal_api::IssueNodeCertificateRequest {
                     token,
                     csr_pem: key.request_pem().to_string(),
+                    advertise_addr: String::new(),
                 },
             ),
         )
@@ -329,6 +330,7 @@ fn a_join_request_of_any_size_is_refused_past_its_bound_and_the_manager_answers_
                 shoal_api::IssueNodeCertificateRequest {
                     token,
                     csr_pem: "x".repeat(20 << 20),
+                    advertise_addr: String::new(),
                 },
             ),
         )
@@ -364,6 +366,7 @@ fn a_flood_of_join_calls_is_refused_past_the_managers_rate_naming_it() {
                 .issue_node_certificate(shoal_api::IssueNodeCertificateRequest {
                     token: guess.clone(),
                     csr_pem: String::new(),
+                    advertise_addr: String::new(),
                 })
                 .await
                 .expect_err("a guessed token never joins");

@@ -73,6 +73,10 @@ enum Audience {
     Anyone,
     Nodes,
     Managers,
+    /// Managers, and also a manager this store does not know yet: raft's
+    /// messages reach a joining manager before its store holds anything,
+    /// and a lagging one before it holds the newest manager's node.
+    RaftPeers,
 }
 
 /// The audience of the method at `path` (`/package.Service/Method`);
@@ -85,13 +89,20 @@ fn audience(path: &str) -> Option<Audience> {
         ("Ca", "RenewNodeCertificate") => Some(Audience::Nodes),
         ("Dispatcher", "Session" | "Heartbeat" | "UpdateTaskStatus") => Some(Audience::Nodes),
         ("LogBroker", m) if m.starts_with("Publish") => Some(Audience::Nodes),
-        ("Raft" | "Control" | "LogBroker", _) => Some(Audience::Managers),
+        ("Raft", _) => Some(Audience::RaftPeers),
+        ("Control" | "LogBroker", _) => Some(Audience::Managers),
         _ => None,
     }
 }
 
 /// The decision for one request: the caller it is made for, or the refusal.
-pub fn decide(path: &str, peer: Option<&PeerCertificates>, view: &Tables) -> Result<Peer, Status> {
+/// `local_cluster` is this node's cluster, for a store that holds none yet.
+pub fn decide(
+    path: &str,
+    peer: Option<&PeerCertificates>,
+    view: &Tables,
+    local_cluster: &str,
+) -> Result<Peer, Status> {
     let remote_addr = peer.and_then(|p| p.remote_addr);
     let Some(audience) = audience(path) else {
         return Err(Status::permission_denied(format!(
@@ -117,7 +128,7 @@ pub fn decide(path: &str, peer: Option<&PeerCertificates>, view: &Tables) -> Res
             identity.node_id
         )));
     }
-    let cluster_id = view.cluster().map(|c| c.id.as_str()).unwrap_or_default();
+    let cluster_id = view.cluster().map_or(local_cluster, |c| c.id.as_str());
     if identity.cluster_id != cluster_id {
         return Err(Status::permission_denied(format!(
             "{path}: the certificate is of cluster {}, this is cluster {cluster_id}",
@@ -125,9 +136,21 @@ pub fn decide(path: &str, peer: Option<&PeerCertificates>, view: &Tables) -> Res
         )));
     }
     let Some(node) = view.node(&identity.node_id) else {
+        let removed = view.cluster().is_some_and(|c| {
+            c.removed_nodes
+                .iter()
+                .any(|r| r.node_id == identity.node_id)
+        });
+        if audience == Audience::RaftPeers && identity.role == Role::Manager && !removed {
+            return Ok(Peer::Node {
+                node_id: identity.node_id,
+                role: identity.role,
+                remote_addr,
+            });
+        }
         return Err(missing_node(view, &identity.node_id));
     };
-    if audience == Audience::Managers {
+    if matches!(audience, Audience::Managers | Audience::RaftPeers) {
         let manager_now = node.role == NodeRole::Manager as i32;
         if identity.role != Role::Manager || !manager_now {
             return Err(Status::permission_denied(format!(
@@ -163,11 +186,16 @@ pub fn missing_node(view: &Tables, node_id: &str) -> Status {
 #[derive(Clone)]
 pub struct AuthorizeLayer {
     replica: Arc<Replica>,
+    cluster_id: Arc<str>,
 }
 
 impl AuthorizeLayer {
-    pub fn new(replica: Arc<Replica>) -> AuthorizeLayer {
-        AuthorizeLayer { replica }
+    /// The layer of a manager of cluster `cluster_id` over `replica`.
+    pub fn new(replica: Arc<Replica>, cluster_id: &str) -> AuthorizeLayer {
+        AuthorizeLayer {
+            replica,
+            cluster_id: cluster_id.into(),
+        }
     }
 }
 
@@ -178,6 +206,7 @@ impl<S> tower::Layer<S> for AuthorizeLayer {
         Authorize {
             inner,
             replica: Arc::clone(&self.replica),
+            cluster_id: Arc::clone(&self.cluster_id),
         }
     }
 }
@@ -187,6 +216,7 @@ impl<S> tower::Layer<S> for AuthorizeLayer {
 pub struct Authorize<S> {
     inner: S,
     replica: Arc<Replica>,
+    cluster_id: Arc<str>,
 }
 
 type Answer<E> = Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
@@ -211,7 +241,7 @@ where
         let decided = {
             let view = self.replica.store().view();
             let peer = request.extensions().get::<PeerCertificates>();
-            decide(request.uri().path(), peer, &view)
+            decide(request.uri().path(), peer, &view, &self.cluster_id)
         };
         match decided {
             Ok(peer) => {
@@ -316,7 +346,7 @@ mod tests {
             "/shoal.v1.Ca/RenewNodeCertificate",
             "/shoal.v1.LogBroker/PublishLogs",
         ] {
-            let decided = decide(path, Some(&worker), &view).unwrap();
+            let decided = decide(path, Some(&worker), &view, "c1").unwrap();
             assert_eq!(decided.node_id(), Some("w1"), "{path}");
         }
         for path in [
@@ -324,13 +354,13 @@ mod tests {
             "/shoal.v1.Control/ListNodes",
             "/shoal.v1.LogBroker/Subscribe",
         ] {
-            let refused = decide(path, Some(&worker), &view).unwrap_err();
+            let refused = decide(path, Some(&worker), &view, "c1").unwrap_err();
             assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{path}");
             assert!(refused.message().contains("only managers"), "{refused}");
         }
         let manager = peer(Some(certificate(&ca, "m1", Role::Manager, "c1")));
         for path in ["/shoal.v1.Raft/Vote", "/shoal.v1.Control/ListNodes"] {
-            assert!(decide(path, Some(&manager), &view).is_ok(), "{path}");
+            assert!(decide(path, Some(&manager), &view, "c1").is_ok(), "{path}");
         }
     }
 
@@ -344,7 +374,7 @@ mod tests {
             "/grpc.health.v1.Health/Check",
             "/",
         ] {
-            let refused = decide(path, Some(&manager), &view()).unwrap_err();
+            let refused = decide(path, Some(&manager), &view(), "c1").unwrap_err();
             assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{path}");
         }
     }
@@ -354,7 +384,13 @@ mod tests {
         let view = view();
         let none = peer(None);
         assert_eq!(
-            decide("/shoal.v1.Ca/IssueNodeCertificate", Some(&none), &view).unwrap(),
+            decide(
+                "/shoal.v1.Ca/IssueNodeCertificate",
+                Some(&none),
+                &view,
+                "c1"
+            )
+            .unwrap(),
             Peer::Joining { remote_addr: None }
         );
         for path in [
@@ -362,9 +398,9 @@ mod tests {
             "/shoal.v1.Ca/RenewNodeCertificate",
             "/shoal.v1.Raft/Vote",
         ] {
-            let refused = decide(path, Some(&none), &view).unwrap_err();
+            let refused = decide(path, Some(&none), &view, "c1").unwrap_err();
             assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{path}");
-            let refused = decide(path, None, &view).unwrap_err();
+            let refused = decide(path, None, &view, "c1").unwrap_err();
             assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{path}");
         }
     }
@@ -373,18 +409,31 @@ mod tests {
     fn a_removed_node_or_another_cluster_is_refused_whatever_its_certificate() {
         let ca = RootCa::create("c1", SystemTime::now()).unwrap();
         let removed = peer(Some(certificate(&ca, "gone", Role::Worker, "c1")));
-        let refused = decide("/shoal.v1.Dispatcher/Session", Some(&removed), &view()).unwrap_err();
+        let refused = decide(
+            "/shoal.v1.Dispatcher/Session",
+            Some(&removed),
+            &view(),
+            "c1",
+        )
+        .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert!(shoal_api::is_node_removed(&refused), "{refused}");
         // Not in this view and not recorded as removed: refused, but not
         // told it was removed (it may have joined on a manager ahead).
         let unknown = peer(Some(certificate(&ca, "new", Role::Worker, "c1")));
-        let refused = decide("/shoal.v1.Dispatcher/Session", Some(&unknown), &view()).unwrap_err();
+        let refused = decide(
+            "/shoal.v1.Dispatcher/Session",
+            Some(&unknown),
+            &view(),
+            "c1",
+        )
+        .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert!(!shoal_api::is_node_removed(&refused), "{refused}");
         assert!(refused.message().contains("not known"), "{refused}");
         let other = peer(Some(certificate(&ca, "w1", Role::Worker, "c2")));
-        let refused = decide("/shoal.v1.Dispatcher/Session", Some(&other), &view()).unwrap_err();
+        let refused =
+            decide("/shoal.v1.Dispatcher/Session", Some(&other), &view(), "c1").unwrap_err();
         assert!(refused.message().contains("cluster c2"), "{refused}");
     }
 
@@ -407,7 +456,13 @@ mod tests {
             )
             .unwrap();
         let expired = peer(Some(shoal_ca::certificate_der(&pem).unwrap()));
-        let refused = decide("/shoal.v1.Dispatcher/Session", Some(&expired), &view()).unwrap_err();
+        let refused = decide(
+            "/shoal.v1.Dispatcher/Session",
+            Some(&expired),
+            &view(),
+            "c1",
+        )
+        .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
         assert!(refused.message().contains("expired"), "{refused}");
     }
@@ -416,7 +471,29 @@ mod tests {
     fn a_manager_certificate_of_a_node_the_store_calls_a_worker_is_refused_manager_calls() {
         let ca = RootCa::create("c1", SystemTime::now()).unwrap();
         let demoted = peer(Some(certificate(&ca, "w1", Role::Manager, "c1")));
-        let refused = decide("/shoal.v1.Raft/Vote", Some(&demoted), &view()).unwrap_err();
+        let refused = decide("/shoal.v1.Raft/Vote", Some(&demoted), &view(), "c1").unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn a_manager_the_store_does_not_know_yet_reaches_raft_and_nothing_else() {
+        let ca = RootCa::create("c1", SystemTime::now()).unwrap();
+        let new = peer(Some(certificate(&ca, "m9", Role::Manager, "c1")));
+        for path in ["/shoal.v1.Raft/AppendEntries", "/shoal.v1.Raft/Lead"] {
+            assert!(decide(path, Some(&new), &view(), "c1").is_ok(), "{path}");
+            // An empty store (a manager that just joined) checks the
+            // cluster its own state dir names.
+            let empty = Tables::default();
+            assert!(decide(path, Some(&new), &empty, "c1").is_ok(), "{path}");
+            let refused = decide(path, Some(&new), &empty, "c2").unwrap_err();
+            assert!(refused.message().contains("cluster c1"), "{refused}");
+        }
+        let refused = decide("/shoal.v1.Control/ListNodes", Some(&new), &view(), "c1").unwrap_err();
+        assert!(refused.message().contains("not known"), "{refused}");
+        let worker = peer(Some(certificate(&ca, "m9", Role::Worker, "c1")));
+        assert!(decide("/shoal.v1.Raft/Vote", Some(&worker), &view(), "c1").is_err());
+        let removed = peer(Some(certificate(&ca, "gone", Role::Manager, "c1")));
+        let refused = decide("/shoal.v1.Raft/Vote", Some(&removed), &view(), "c1").unwrap_err();
+        assert!(shoal_api::is_node_removed(&refused), "{refused}");
     }
 }

@@ -212,6 +212,53 @@ impl CertificateAuthority {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         crate::identity::new_object_id(&mut *ids)
     }
+
+    /// A raft id no manager of `view` or member of the raft group has.
+    fn new_raft_id(&self, view: &Tables) -> u64 {
+        let members = self.replica.members();
+        let taken = |id: u64| {
+            id == 0
+                || members.addrs.contains_key(&id)
+                || view
+                    .nodes()
+                    .any(|n| n.manager_status.as_ref().is_some_and(|m| m.raft_id == id))
+        };
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            // Below 2^53: JSON readers of metrics keep every digit.
+            let id = rand::Rng::gen_range(&mut *ids, 2..(1u64 << 53));
+            if !taken(id) {
+                return id;
+            }
+        }
+    }
+}
+
+/// The address a joining manager gives for other managers to reach it.
+fn manager_address(addr: &str) -> Result<String, Status> {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) if !a.ip().is_unspecified() && a.port() != 0 => Ok(a.to_string()),
+        _ => Err(Status::invalid_argument(format!(
+            "advertise_addr: a joining manager names the IP address and port other managers reach it at, got {addr:?}"
+        ))),
+    }
+}
+
+/// The node object of a manager that joined: a manager of the store at
+/// once, a member of raft once the leader has added it and it caught up.
+pub fn joined_manager(node_id: &str, remote_ip: &str, raft_addr: &str, raft_id: u64) -> Node {
+    let mut node = joined_worker(node_id, remote_ip);
+    node.role = NodeRole::Manager as i32;
+    if let Some(spec) = node.spec.as_mut() {
+        spec.desired_role = NodeRole::Manager as i32;
+    }
+    node.manager_status = Some(shoal_api::ManagerStatus {
+        raft_id,
+        addr: raft_addr.to_string(),
+        leader: false,
+        reachability: shoal_api::manager_status::Reachability::Unknown as i32,
+    });
+    node
 }
 
 /// Signs a certificate of `identity` for the key in `csr_pem`.
@@ -238,6 +285,7 @@ fn sign(
         ca_pem: ca.cert_pem().to_string(),
         role: role_name(identity.role).to_string(),
         managers: Vec::new(),
+        raft_id: 0,
     })
 }
 
@@ -272,21 +320,25 @@ impl Ca for CertificateAuthority {
         let view = self.replica.store().view();
         let cluster = cluster_of(&view)?;
         let role = role_of_token(&cluster, &token)?;
-        if role == Role::Manager {
-            return Err(Status::failed_precondition(
-                "this cluster runs a single manager: a node joins it with the worker token",
-            ));
-        }
+        let raft_addr = match role {
+            Role::Manager => Some(manager_address(&req.advertise_addr)?),
+            Role::Worker => None,
+        };
         let identity = NodeIdentity {
             node_id: self.new_node_id(),
             role,
             cluster_id: cluster.id.clone(),
         };
         let mut answer = sign(&cluster, &identity, &req.csr_pem)?;
-        let node = joined_worker(
-            &identity.node_id,
-            &remote.map(|r| r.ip().to_string()).unwrap_or_default(),
-        );
+        let remote_ip = remote.map(|r| r.ip().to_string()).unwrap_or_default();
+        let node = match raft_addr {
+            Some(addr) => {
+                let raft_id = self.new_raft_id(&view);
+                answer.raft_id = raft_id;
+                joined_manager(&identity.node_id, &remote_ip, &addr, raft_id)
+            }
+            None => joined_worker(&identity.node_id, &remote_ip),
+        };
         // The node exists before its certificate is handed out: every call
         // made with the certificate finds it.
         self.replica
@@ -300,7 +352,7 @@ impl Ca for CertificateAuthority {
             .await
             .map_err(|e| Status::unavailable(format!("recording the new node failed: {e}")))?;
         answer.managers = crate::managers::addresses(&self.replica.store().view());
-        tracing::info!(node = %identity.node_id, ?remote, "a node joined as a worker");
+        tracing::info!(node = %identity.node_id, ?remote, role = role_name(role), "a node joined");
         Ok(Response::new(answer))
     }
 

@@ -37,9 +37,11 @@ pub fn start_on_unix_socket(
     rng: &mut StdRng,
 ) -> Result<(JoinSet<()>, Arc<crate::LogBroker>), TransportError> {
     let incoming = shoal_api::transport::listen_unix(dispatcher_socket)?;
-    let leader = start(replica, stop, rng);
-    let (mut set, dispatcher) = (leader.tasks, leader.dispatcher);
-    let publishing = crate::LogPublishing::server(Arc::clone(&leader.logs));
+    let logs = Arc::new(crate::LogBroker::default());
+    let leader = start(replica, stop, rng, Arc::clone(&logs));
+    let mut set = leader.tasks;
+    let dispatcher = DispatcherService::from_arc(leader.dispatcher);
+    let publishing = crate::LogPublishing::server(Arc::clone(&logs));
     let mut server_stop = stop.clone();
     set.spawn(async move {
         let served = tonic::transport::Server::builder()
@@ -53,22 +55,26 @@ pub fn start_on_unix_socket(
             tracing::error!(error = %e, "the dispatcher stopped serving");
         }
     });
-    Ok((set, leader.logs))
+    Ok((set, logs))
 }
 
 /// What [`start`] started.
 pub struct Leader {
     /// The reconcilers and the dispatcher's own loops.
     pub tasks: JoinSet<()>,
-    /// The dispatcher's service, for the caller to serve.
-    pub dispatcher: DispatcherService,
-    /// The log broker the dispatcher and the control API share.
-    pub logs: Arc<crate::LogBroker>,
+    /// The dispatcher, for the caller to serve.
+    pub dispatcher: Arc<Dispatcher>,
 }
 
-/// Starts the reconcilers and the dispatcher's own loops. Everything stops
-/// when `stop` turns true.
-pub fn start(replica: &Arc<Replica>, stop: &watch::Receiver<bool>, rng: &mut StdRng) -> Leader {
+/// Starts the reconcilers, the membership loop and the dispatcher's own
+/// loops; the dispatcher asks for logs through `logs`, which the control
+/// API shares. Everything stops when `stop` turns true.
+pub fn start(
+    replica: &Arc<Replica>,
+    stop: &watch::Receiver<bool>,
+    rng: &mut StdRng,
+    logs: Arc<crate::LogBroker>,
+) -> Leader {
     let mut set = JoinSet::new();
     // Each component draws from a generator seeded from `rng`: the same seed
     // gives the same ids, whatever order the components run in.
@@ -99,18 +105,12 @@ pub fn start(replica: &Arc<Replica>, stop: &watch::Receiver<bool>, rng: &mut Std
         stop.clone(),
         Reaper::default(),
     ));
-    let logs = Arc::new(crate::LogBroker::default());
-    let dispatcher = Dispatcher::new(
-        Arc::clone(replica),
-        stop.clone(),
-        dispatcher_ids,
-        Arc::clone(&logs),
-    );
+    set.spawn(crate::membership::run(Arc::clone(replica), stop.clone()));
+    let dispatcher = Dispatcher::new(Arc::clone(replica), stop.clone(), dispatcher_ids, logs);
     set.spawn(dispatcher.monitor());
     set.spawn(dispatcher.fan_out());
     Leader {
         tasks: set,
-        dispatcher: shoal_api::dispatcher_server::DispatcherServer::new(dispatcher),
-        logs,
+        dispatcher: Arc::new(dispatcher),
     }
 }

@@ -15,6 +15,8 @@
 //! | [`authorization`] | who may call which method on the node listener, from the peer's certificate | — |
 //! | [`reconciler`] | the loop every reconciler runs in: observe, decide, propose, with backoff | — |
 //! | [`leader`] | starts the leader-only components together (daemon and simulator alike) | — |
+//! | [`leadership`] | runs them while this manager leads, and the gate agents reach the dispatcher through | — |
+//! | [`membership`] | raft membership from the store's managers, one change at a time; managers' status | the raft group, `manager_status` (leader, reachability) |
 //!
 //! [`Limits`] are the cluster's bounds on what one request may ask for.
 
@@ -26,8 +28,10 @@ pub mod controlapi;
 mod dispatcher;
 mod identity;
 pub mod leader;
+pub mod leadership;
 mod limits;
 pub mod managers;
+pub mod membership;
 pub mod orchestrator;
 pub mod reconciler;
 pub mod scheduler;

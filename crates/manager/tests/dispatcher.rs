@@ -417,6 +417,7 @@ async fn a_node_is_removed_once_down_or_with_force_and_never_the_managers_own() 
         ControlConfig {
             node_id: "manager".into(),
             logs: Default::default(),
+            leader_dial: None,
         },
         rand::SeedableRng::seed_from_u64(7),
     );

@@ -160,24 +160,60 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         (_, Some(join)) => {
             // An empty dir, or one whose node left: what it held goes.
             state.clear()?;
-            let joined = crate::join::join(&join.addr, &join.token).await?;
+            // Bound first: a manager token makes this node a manager, and
+            // its address goes with the join. A worker does not listen.
+            let listener = bind(&config.listen_addr).await;
+            let advertise = match &listener {
+                Ok((_, bound)) => advertised(*bound, config.advertise_addr.as_deref())?,
+                Err(_) => String::new(),
+            };
+            let joined = crate::join::join(&join.addr, &join.token, &advertise)
+                .await
+                .map_err(|e| match (&listener, e) {
+                    (Err(bind), crate::join::JoinError::Refused { addr, message })
+                        if message.contains("advertise_addr") =>
+                    {
+                        crate::join::JoinError::Refused {
+                            addr,
+                            message: format!("{message} (--listen-addr: {bind})"),
+                        }
+                    }
+                    (_, e) => e,
+                })?;
             joined
                 .certificates
                 .write(&state.path().join(CERTIFICATES_DIR))?;
             state
                 .save_managers(&joined.managers)
                 .map_err(|e| DaemonError::Agent(format!("saving the managers' addresses: {e}")))?;
+            let kind = match joined.raft_id {
+                Some(_) => NodeKind::Manager,
+                None => NodeKind::Worker,
+            };
+            let mut marker = Marker::new(joined.cluster_id.clone(), joined.node_id.clone(), kind);
+            if let Some(raft_id) = joined.raft_id {
+                marker.raft_id = raft_id;
+                marker.joined = true;
+            }
             // Last: until the marker is there, the dir counts as empty.
-            state.create(Marker::new(
-                joined.cluster_id.clone(),
-                joined.node_id.clone(),
-                NodeKind::Worker,
-            ))?;
+            state.create(marker)?;
             eprintln!(
-                "shoal daemon: joined cluster {} as worker node {}",
-                joined.cluster_id, joined.node_id
+                "shoal daemon: joined cluster {} as {} node {}",
+                joined.cluster_id,
+                if joined.raft_id.is_some() {
+                    "manager"
+                } else {
+                    "worker"
+                },
+                joined.node_id
             );
-            crate::worker_node::run(state, &config, rng).await
+            match joined.raft_id {
+                Some(_) => run_manager(state, &config, rng, Some(listener?)).await,
+                None => {
+                    drop(listener);
+                    crate::worker_node::run(state, &config, rng).await
+                }
+            }
         }
         (Some(marker), None) if marker.role == NodeKind::Worker => {
             crate::worker_node::run(state, &config, rng).await
@@ -187,9 +223,42 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
                 let (cluster_id, node_id) = (new_object_id(&mut rng), new_object_id(&mut rng));
                 state.create(Marker::new(cluster_id, node_id, NodeKind::Manager))?;
             }
-            run_manager(state, &config, rng).await
+            run_manager(state, &config, rng, None).await
         }
     }
+}
+
+/// Binds the node listener at `addr`, or, when `addr` names port 0 and
+/// this manager listened on the same IP before, on that port again.
+async fn bind_again(
+    state: &StateDir,
+    addr: &str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), shoal_api::transport::TransportError> {
+    let asked: Option<SocketAddr> = addr.parse().ok();
+    if let (Some(asked), Some(before)) = (asked, state.listened()) {
+        if asked.port() == 0 && asked.ip() == before.ip() {
+            match bind(&before.to_string()).await {
+                Ok(bound) => return Ok(bound),
+                Err(e) => {
+                    tracing::warn!(error = %e, %before, "the port this manager had is taken; another is picked")
+                }
+            }
+        }
+    }
+    bind(addr).await
+}
+
+/// Binds the node listener at `addr`: the socket and where it is bound.
+async fn bind(
+    addr: &str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), shoal_api::transport::TransportError> {
+    let failed = |source| shoal_api::transport::TransportError::Listen {
+        path: addr.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
 }
 
 /// The address other nodes dial for a listener bound at `bound`.
@@ -304,12 +373,14 @@ pub(crate) async fn drained<T>(handle: tokio::task::JoinHandle<T>) -> Option<T> 
         .and_then(Result::ok)
 }
 
-/// Runs a manager: its replica of the store, the leader's components, the
-/// node listener, the control socket and its own agent.
+/// Runs a manager: its replica of the store, the leader's components while
+/// it leads, the node listener, the control socket and its own agent.
+/// `listener` is the node listener when the join bound it already.
 async fn run_manager(
     state: StateDir,
     config: &DaemonConfig,
     mut rng: StdRng,
+    listener: Option<(tokio::net::TcpListener, SocketAddr)>,
 ) -> Result<(), DaemonError> {
     let marker = state
         .marker()
@@ -323,49 +394,78 @@ async fn run_manager(
     })?;
     // The listener first: its address is this manager's in the store, and
     // a port taken by another process is refused before anything changes.
-    let listener = tokio::net::TcpListener::bind(&config.listen_addr)
-        .await
-        .map_err(|source| shoal_api::transport::TransportError::Listen {
-            path: config.listen_addr.clone(),
-            source,
-        })?;
-    let bound =
-        listener
-            .local_addr()
-            .map_err(|source| shoal_api::transport::TransportError::Listen {
-                path: config.listen_addr.clone(),
-                source,
-            })?;
+    let (listener, bound) = match listener {
+        Some(bound) => bound,
+        None => bind_again(&state, &config.listen_addr).await?,
+    };
+    // Other managers dial this one where raft recorded it: a restart
+    // with port 0 comes back on the same port.
+    if let Err(e) = state.save_listened(bound) {
+        tracing::warn!(error = %e, "recording the listen address failed");
+    }
     let advertise = advertised(bound, config.advertise_addr.as_deref())?;
     let mut replica_config =
         ReplicaConfig::new(state.raft_dir(), marker.raft_id, advertise.clone());
     replica_config.snapshot_interval_entries = config.snapshot_interval_entries;
+    // The first manager makes the raft group; a joined one waits, empty,
+    // for the leader to add it.
+    let founding = !marker.joined;
+    if !founding {
+        replica_config.on_create = shoal_raft::OnCreate::Join;
+    }
     // Raft reaches other managers over mutual TLS only, once this one has
     // its certificate (made below, from the store this replica opens).
     let (peers, peer_tls) = shoal_raft::Network::tls();
     replica_config.peers = peers;
     let replica = Arc::new(Replica::open(replica_config, state.is_fresh()).await?);
-    replica
-        .wait_leader(Duration::from_millis(LEADER_WAIT_MS))
-        .await?;
     let process = shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR));
     let mut description = describe_host();
     description.warnings.extend(process.cgroups.warning());
-    bootstrap(
-        &replica,
-        &marker.cluster_id,
-        &marker.node_id,
-        &advertise,
-        &description,
-    )
-    .await?;
     let certificates_dir = state.path().join(CERTIFICATES_DIR);
-    let certificates = NodeCertificates::ensure(
-        &certificates_dir,
-        replica.store().view().cluster(),
-        &marker.node_id,
-        shoal_ca::Role::Manager,
-    )?;
+    // The first manager makes the cluster object, and a manager alone in
+    // its group (where an older version made it) gives it what it lacks:
+    // it leads then, and its store is current once it does.
+    let alone = replica.stored_voters().await == [marker.raft_id].into();
+    if founding && (state.is_fresh() || alone) {
+        replica
+            .wait_leader(Duration::from_millis(LEADER_WAIT_MS))
+            .await?;
+        replica
+            .barrier()
+            .await
+            .map_err(|e| DaemonError::Bootstrap {
+                what: "the store's state",
+                message: e.to_string(),
+            })?;
+    }
+    let incomplete = replica
+        .store()
+        .view()
+        .cluster()
+        .is_none_or(|c| c.root_ca.is_none() || c.join_tokens.is_none());
+    if founding && (state.is_fresh() || alone) && incomplete {
+        bootstrap(
+            &replica,
+            &marker.cluster_id,
+            &marker.node_id,
+            marker.raft_id,
+            &advertise,
+            &description,
+        )
+        .await?;
+    }
+    let certificates = match replica.store().view().cluster() {
+        Some(cluster) => NodeCertificates::ensure(
+            &certificates_dir,
+            Some(cluster),
+            &marker.node_id,
+            shoal_ca::Role::Manager,
+        )?,
+        // A manager that joined and has not received the store yet: the
+        // certificate it joined with.
+        None => NodeCertificates::read(&certificates_dir)
+            .ok_or(crate::certificates::CertificatesError::NoRootCa)?,
+    };
     let ca_der = certificates.ca_der()?;
     let identity =
         shoal_ca::tls::NodeTlsIdentity::new(&certificates.chain_pem(), &certificates.key_pem)?;
@@ -374,21 +474,28 @@ async fn run_manager(
         Arc::clone(&identity),
         shoal_ca::tls::ClientAuth::Optional,
     )?;
-    *peer_tls.write().unwrap_or_else(|e| e.into_inner()) = Some(
-        shoal_ca::tls::renewable_client_config(&ca_der, Arc::clone(&identity))?,
-    );
+    let client_tls = shoal_ca::tls::renewable_client_config(&ca_der, Arc::clone(&identity))?;
+    *peer_tls.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&client_tls));
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-    let leader = shoal_manager::leader::start(&replica, &stop_rx, &mut rng);
-    let (mut background, dispatcher) = (leader.tasks, leader.dispatcher);
+    let logs = Arc::new(shoal_manager::LogBroker::default());
+    let gate = shoal_manager::leadership::DispatcherGate::new(Arc::clone(&replica));
+    let leader_dial: shoal_manager::controlapi::LeaderDial = {
+        let client_tls = Arc::clone(&client_tls);
+        Arc::new(move |addr: &str| {
+            shoal_api::mtls::connect(addr, Arc::clone(&client_tls), shoal_ca::tls::MANAGER_NAME)
+                .map_err(|e| e.to_string())
+        })
+    };
     let control = Arc::new(ControlApi::new(
         Arc::clone(&replica),
         ControlConfig {
             node_id: marker.node_id.clone(),
-            logs: Arc::clone(&leader.logs),
+            logs: Arc::clone(&logs),
+            leader_dial: Some(leader_dial),
         },
         StdRng::seed_from_u64(rng.gen()),
     ));
@@ -396,9 +503,10 @@ async fn run_manager(
         listener,
         tls,
         &replica,
+        &marker.cluster_id,
         crate::node_listener::NodeServices {
-            dispatcher,
-            logs: shoal_manager::LogPublishing::server(leader.logs),
+            dispatcher: gate.clone().server(),
+            logs: shoal_manager::LogPublishing::server(Arc::clone(&logs)),
             ca: CertificateAuthority::new(Arc::clone(&replica), StdRng::seed_from_u64(rng.gen())),
             control: GrpcControl::server(
                 Arc::clone(&control),
@@ -408,7 +516,51 @@ async fn run_manager(
         },
         stop_rx.clone(),
     )?;
-    let connector = tls_connector(vec![local_dial(bound)], &ca_der, Arc::clone(&identity))?;
+    // A manager of many serves raft from here on; it goes on once its
+    // store holds everything committed (a joined one: the store the leader
+    // sent, with this node in it). Until then it answers nothing, so it
+    // never shows a user less than it acknowledged before.
+    if !alone {
+        tokio::select! {
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                replica.shutdown().await;
+                drained(node_listener).await;
+                return Ok(());
+            }
+            () = caught_up(&replica, &marker.node_id) => {}
+        }
+    }
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(record_self(
+        Arc::clone(&replica),
+        marker.clone(),
+        advertise.clone(),
+        description.clone(),
+        stop_rx.clone(),
+    ));
+    background.spawn(shoal_manager::leadership::run(
+        Arc::clone(&replica),
+        stop_rx.clone(),
+        StdRng::seed_from_u64(rng.gen()),
+        gate,
+        logs,
+    ));
+    // Its own agent dials this manager first, and follows the leader.
+    let mut addresses = vec![local_dial(bound)];
+    addresses.extend(state.managers().into_iter().filter(|a| *a != advertise));
+    let managers: KnownManagers = Arc::new(Mutex::new(vec![advertise.clone()]));
+    let learned = {
+        let known = Arc::clone(&managers);
+        let file_dir = state.path().to_path_buf();
+        move |list: &[String]| {
+            *known.lock().unwrap_or_else(|e| e.into_inner()) = list.to_vec();
+            if let Err(e) = crate::state_dir::save_managers_in(&file_dir, list) {
+                tracing::warn!(error = %e, "saving the managers' addresses failed");
+            }
+        }
+    };
+    let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?.on_learned(learned);
     let agent = start_agent(
         &state,
         &marker.node_id,
@@ -427,7 +579,6 @@ async fn run_manager(
     ));
 
     let socket = config.socket.clone().unwrap_or_else(|| state.socket_path());
-    let managers: KnownManagers = Arc::new(Mutex::new(vec![advertise.clone()]));
     let mut routes = tonic::service::Routes::new(GrpcControl::server(
         control,
         MAX_REQUEST_BYTES,
@@ -464,14 +615,90 @@ async fn run_manager(
         None => drained(control_server).await.unwrap_or(Ok(())),
     };
     let _ = agent.await;
-    drained(node_listener).await;
     while background.join_next().await.is_some() {}
+    // Raft first: the followers' streams to this manager end with it, so
+    // they campaign at once instead of after an election timeout, and the
+    // listener then has no stream left to wait for.
     replica.shutdown().await;
+    drained(node_listener).await;
     let _ = std::fs::remove_file(&socket);
     if let Some(reason) = raft_failed {
         return Err(DaemonError::RaftFailed(reason));
     }
     served
+}
+
+/// Between two tries of this manager's own record.
+const RECORD_RETRY: Duration = Duration::from_secs(1);
+
+/// Keeps this manager's node object describing it as it is now (its
+/// machine, the address it advertises), once: retried while no leader
+/// takes the write, until it is written or the daemon stops.
+async fn record_self(
+    replica: Arc<Replica>,
+    marker: Marker,
+    advertise: String,
+    description: shoal_api::NodeDescription,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let update = replica
+            .store()
+            .view()
+            .node(&marker.node_id)
+            .and_then(|node| {
+                let mut updated = node.clone();
+                updated.description = Some(description.clone());
+                let status = updated.manager_status.get_or_insert_with(Default::default);
+                status.raft_id = marker.raft_id;
+                status.addr = advertise.clone();
+                (&updated != node).then_some(updated)
+            });
+        let Some(update) = update else {
+            if replica.store().view().node(&marker.node_id).is_some() {
+                return;
+            }
+            // Not in this store (yet): looked for again.
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(RECORD_RETRY) => continue,
+            }
+        };
+        let written = replica
+            .propose(Transaction {
+                actions: vec![StoreAction {
+                    kind: store_action::Kind::Update as i32,
+                    target: Some(update.into()),
+                }],
+                timestamp_ms: 0,
+            })
+            .await;
+        match written {
+            Ok(_) => return,
+            Err(e) => tracing::debug!(error = %e, "recording this manager failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(RECORD_RETRY) => {}
+        }
+    }
+}
+
+/// Resolves once this replica's store holds every write committed, and
+/// node `node_id` in it (a joined manager has received the store from the
+/// leader). Tried again while no leader takes the barrier.
+async fn caught_up(replica: &Replica, node_id: &str) {
+    loop {
+        match replica.barrier().await {
+            Ok(_) if replica.store().view().node(node_id).is_some() => return,
+            Ok(_) => {}
+            Err(e) => tracing::info!(error = %e, "waiting for the store to catch up"),
+        }
+        tokio::time::sleep(RECORD_RETRY).await;
+    }
 }
 
 pub(crate) async fn shutdown_signal() {
@@ -504,6 +731,7 @@ async fn bootstrap(
     replica: &Replica,
     cluster_id: &str,
     node_id: &str,
+    raft_id: u64,
     addr: &str,
     description: &shoal_api::NodeDescription,
 ) -> Result<(), DaemonError> {
@@ -514,7 +742,7 @@ async fn bootstrap(
         addr: addr.to_string(),
     };
     let manager = ManagerStatus {
-        raft_id: 1,
+        raft_id,
         addr: addr.to_string(),
         leader: true,
         reachability: manager_status::Reachability::Reachable as i32,

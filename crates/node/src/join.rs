@@ -52,10 +52,13 @@ pub struct Joined {
     pub cluster_id: String,
     pub certificates: NodeCertificates,
     pub managers: Vec<String>,
+    /// A manager's raft id; `None` for a worker.
+    pub raft_id: Option<u64>,
 }
 
-/// Joins the cluster of the manager at `addr` with `token`.
-pub async fn join(addr: &str, token: &str) -> Result<Joined, JoinError> {
+/// Joins the cluster of the manager at `addr` with `token`; `advertise` is
+/// where other managers reach this node, should the token make it one.
+pub async fn join(addr: &str, token: &str, advertise: &str) -> Result<Joined, JoinError> {
     let token: JoinToken = token.parse()?;
     let root_der = shown_root(addr, token.ca_digest()).await?;
     let key = NodeKey::generate("joining")?;
@@ -70,6 +73,7 @@ pub async fn join(addr: &str, token: &str) -> Result<Joined, JoinError> {
     let request = IssueNodeCertificateRequest {
         token: token.to_string(),
         csr_pem: key.request_pem().to_string(),
+        advertise_addr: advertise.to_string(),
     };
     let answer = tokio::time::timeout(JOIN_CALL_TIMEOUT, client.issue_node_certificate(request))
         .await
@@ -108,11 +112,22 @@ pub async fn join(addr: &str, token: &str) -> Result<Joined, JoinError> {
         // advertise.
         managers.insert(0, addr.to_string());
     }
+    let raft_id = match answer.role.as_str() {
+        "manager" if answer.raft_id != 0 => Some(answer.raft_id),
+        "worker" => None,
+        other => {
+            return Err(bad(format!(
+                "role {other:?} with raft id {}",
+                answer.raft_id
+            )))
+        }
+    };
     Ok(Joined {
         node_id: answer.node_id,
         cluster_id: answer.cluster_id,
         certificates,
         managers,
+        raft_id,
     })
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use shoal_manager::authorization::AuthorizeLayer;
 use shoal_manager::certificate_authority::CertificateAuthority;
 use shoal_manager::controlapi::grpc::GrpcControl;
-use shoal_manager::leader::DispatcherService;
 use shoal_raft::Replica;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,7 +26,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 512;
 
 /// What the node listener serves.
 pub struct NodeServices {
-    pub dispatcher: DispatcherService,
+    pub dispatcher:
+        shoal_api::dispatcher_server::DispatcherServer<shoal_manager::leadership::DispatcherGate>,
     pub logs: shoal_api::log_broker_server::LogBrokerServer<shoal_manager::LogPublishing>,
     pub ca: CertificateAuthority,
     pub control: shoal_api::control_server::ControlServer<GrpcControl>,
@@ -38,16 +38,17 @@ pub fn start(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     replica: &Arc<Replica>,
+    cluster_id: &str,
     services: NodeServices,
     stop: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, DaemonError> {
     let incoming = shoal_api::mtls::accept(listener, tls);
-    let raft = shoal_raft::RaftService::new(replica.raft().clone());
+    let raft = shoal_raft::RaftService::new(replica);
     let ca = shoal_api::ca_server::CaServer::new(services.ca)
         .max_decoding_message_size(MAX_CA_REQUEST_BYTES);
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .layer(AuthorizeLayer::new(Arc::clone(replica)))
+        .layer(AuthorizeLayer::new(Arc::clone(replica), cluster_id))
         .add_service(services.dispatcher)
         .add_service(services.logs.max_decoding_message_size(MAX_LOG_BATCH_BYTES))
         .add_service(ca)

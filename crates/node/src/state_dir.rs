@@ -24,6 +24,8 @@ const MARKER_FILE: &str = "shoal-state.json";
 const LOCK_FILE: &str = "lock";
 const RAFT_DIR: &str = "raft";
 const MANAGERS_FILE: &str = "managers.json";
+/// Where a manager's node listener was last bound.
+const LISTENED_FILE: &str = "listened.json";
 /// What a start cut off before its marker was written may leave: a dir
 /// holding only these counts as empty (and they are cleared).
 const LEFTOVERS: &[&str] = &[
@@ -31,6 +33,7 @@ const LEFTOVERS: &[&str] = &[
     RAFT_DIR,
     "certificates",
     MANAGERS_FILE,
+    LISTENED_FILE,
     SOCKET_FILE,
 ];
 /// The control socket's file name inside the state dir.
@@ -67,6 +70,10 @@ pub struct Marker {
     /// Markers written before workers existed are managers'.
     #[serde(default)]
     pub role: NodeKind,
+    /// A manager that joined an existing cluster (its raft group is the
+    /// cluster's), not the one that made it.
+    #[serde(default)]
+    pub joined: bool,
 }
 
 /// What a state dir's node is.
@@ -94,6 +101,7 @@ impl Marker {
                 NodeKind::Worker | NodeKind::Left => 0,
             },
             role,
+            joined: false,
         }
     }
 }
@@ -259,6 +267,18 @@ impl StateDir {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
+    }
+
+    /// Where this manager's node listener was bound last.
+    pub fn listened(&self) -> Option<std::net::SocketAddr> {
+        std::fs::read(self.path.join(LISTENED_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    pub fn save_listened(&self, addr: std::net::SocketAddr) -> std::io::Result<()> {
+        let json = serde_json::to_vec(&addr).map_err(std::io::Error::other)?;
+        write_atomically(&self.path.join(LISTENED_FILE), &json)
     }
 
     pub fn save_managers(&self, managers: &[String]) -> std::io::Result<()> {

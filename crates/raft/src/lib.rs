@@ -15,6 +15,8 @@
 //!   is applied, in log order: a conflict fails that transaction alone.
 
 mod codec;
+mod forward;
+mod lead;
 mod log_store;
 mod long_work;
 mod network;
@@ -24,11 +26,13 @@ mod runtime;
 mod state_machine;
 mod types;
 
+pub use lead::BEAT as LEAD_BEAT;
 pub use log_store::LogStore;
 pub use long_work::long_work;
 pub use network::{Network, PeerTls, RaftService};
+pub use openraft::ServerState;
 pub use proposer::{ProposeError, Proposer, ProposerConfig, MAX_ENTRY_BYTES};
-pub use replica::{OnCreate, Replica, ReplicaConfig, ReplicaError};
+pub use replica::{Members, OnCreate, Replica, ReplicaConfig, ReplicaError};
 pub use runtime::{seed_elections, SeededRuntime};
 pub use state_machine::StateMachine;
 pub use types::{Applied, Proposal, TypeConfig};

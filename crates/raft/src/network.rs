@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_api::raft_client::RaftClient;
 use shoal_api::raft_server;
-use shoal_api::RaftMessage;
+use shoal_api::{LeadBeat, RaftMessage};
 use tonic::transport::Channel;
 
 use crate::types::TypeConfig;
@@ -60,6 +60,34 @@ impl Network {
             slot,
         )
     }
+}
+
+impl Network {
+    /// A channel to the manager at `addr` (connected lazily).
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, String> {
+        dial(self.tls.as_ref(), addr)
+    }
+}
+
+/// A channel to the manager at `addr`: over mutual TLS once `tls` holds
+/// this manager's configuration, plain TCP without `tls`.
+fn dial(tls: Option<&PeerTls>, addr: &str) -> Result<Channel, String> {
+    let channel = match tls {
+        Some(slot) => {
+            let config = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let config = config.ok_or("this manager has no certificate yet")?;
+            shoal_api::mtls::connect(addr, config, MANAGER_NAME)
+        }
+        None => shoal_api::transport::connect_tcp(addr),
+    };
+    channel.map_err(|e| e.to_string())
+}
+
+/// A raft client that takes messages as large as a server does.
+pub(crate) fn raft_client(channel: Channel) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 impl std::fmt::Debug for Network {
@@ -100,15 +128,8 @@ impl PeerClient {
     /// The client, made now if it was not yet.
     fn client(&mut self) -> Result<&mut RaftClient<Channel>, String> {
         if self.client.is_none() {
-            let channel = match &self.tls {
-                Some(slot) => {
-                    let config = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
-                    let config = config.ok_or("this manager has no certificate yet")?;
-                    shoal_api::mtls::connect(&self.addr, config, MANAGER_NAME)
-                }
-                None => shoal_api::transport::connect_tcp(&self.addr),
-            };
-            self.client = Some(RaftClient::new(channel.map_err(|e| e.to_string())?));
+            let channel = dial(self.tls.as_ref(), &self.addr)?;
+            self.client = Some(raft_client(channel));
         }
         self.client.as_mut().ok_or_else(|| "no client".to_string())
     }
@@ -221,15 +242,23 @@ fn encode_entries(
     (out, last.filter(|_| partial))
 }
 
-/// The gRPC server half: hands peers' RPCs to the local raft.
+/// The gRPC server half: hands peers' RPCs to the local raft, proposes
+/// the writes followers forward, and holds their streams
+/// ([`crate::lead`]).
 pub struct RaftService {
     raft: Raft,
+    proposer: crate::Proposer,
+    presence: std::sync::Arc<crate::lead::Presence>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> raft_server::RaftServer<RaftService> {
-        raft_server::RaftServer::new(RaftService { raft })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    pub fn new(replica: &crate::Replica) -> raft_server::RaftServer<RaftService> {
+        raft_server::RaftServer::new(RaftService {
+            raft: replica.raft().clone(),
+            proposer: replica.proposer().clone(),
+            presence: replica.presence(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 }
 
@@ -282,5 +311,29 @@ impl raft_server::Raft for RaftService {
         let mut req: InstallSnapshotRequest<TypeConfig> = decode(&msg.payload)?;
         req.data = msg.data;
         encode(&self.raft.install_snapshot(req).await)
+    }
+
+    async fn forward(
+        &self,
+        request: tonic::Request<shoal_api::ForwardRequest>,
+    ) -> Result<tonic::Response<shoal_api::ForwardResponse>, tonic::Status> {
+        if self.raft.metrics().borrow().state != openraft::ServerState::Leader {
+            return Err(tonic::Status::failed_precondition(
+                "this manager is not the raft leader",
+            ));
+        }
+        crate::forward::propose_forwarded(&self.proposer, request.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    type LeadStream = tokio_stream::wrappers::ReceiverStream<Result<LeadBeat, tonic::Status>>;
+
+    async fn lead(
+        &self,
+        request: tonic::Request<tonic::Streaming<LeadBeat>>,
+    ) -> Result<tonic::Response<Self::LeadStream>, tonic::Status> {
+        crate::lead::serve(&self.raft, &self.presence, request.into_inner())
+            .map(tonic::Response::new)
     }
 }

@@ -62,14 +62,25 @@ impl Default for ProposerConfig {
     }
 }
 
-/// Why a proposed transaction was not applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a proposed transaction was not applied. It travels from a leader
+/// to the follower that forwarded the transaction, so it is serializable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ProposeError {
     /// Committed, but refused when applied (stale version, name taken …).
     #[error(transparent)]
     Txn(#[from] TxnError),
     #[error("this manager is not the raft leader (leader: {leader:?})")]
     NotLeader { leader: Option<u64> },
+    /// No manager leads the cluster now (an election, or no quorum).
+    #[error("no manager leads the cluster after {waited_ms} ms (an election is under way, or fewer than a quorum of managers are reachable); try again")]
+    NoLeader { waited_ms: u64 },
+    /// The write was not sent: the leader cannot be reached.
+    #[error("the leader at {leader} cannot be reached: {message}")]
+    Unreachable { leader: String, message: String },
+    /// The write was sent to the leader and its fate is not known: it may
+    /// have been applied. Read before writing again.
+    #[error("the leader at {leader} was lost while it had the write ({message}): it may or may not have been applied")]
+    Unknown { leader: String, message: String },
     #[error("transaction is {bytes} bytes, over the {limit}-byte limit of one raft entry")]
     TooLarge { bytes: usize, limit: usize },
     #[error("raft failed: {0}")]

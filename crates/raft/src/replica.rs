@@ -90,11 +90,33 @@ pub enum ReplicaError {
     NoLeader { waited_ms: u64 },
 }
 
+/// How long a write waits for a leader to be known (an election).
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long a write through a follower waits to be applied here after the
+/// leader applied it.
+const APPLY_WAIT: Duration = Duration::from_secs(30);
+
+/// The raft group's members as this replica sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    pub voters: std::collections::BTreeSet<u64>,
+    pub learners: std::collections::BTreeSet<u64>,
+    /// Every member's address.
+    pub addrs: BTreeMap<u64, String>,
+    /// A membership change is under way (joint consensus, or its log entry
+    /// not committed yet).
+    pub changing: bool,
+}
+
 /// A running replica.
 pub struct Replica {
     raft: Raft,
     store: Arc<Store>,
     proposer: Proposer,
+    id: u64,
+    leader_link: crate::forward::LeaderLink,
+    presence: Arc<crate::lead::Presence>,
+    following: tokio::task::AbortHandle,
 }
 
 impl Replica {
@@ -141,11 +163,221 @@ impl Replica {
                 .map_err(|e| ReplicaError::Raft(e.to_string()))?;
         }
         let proposer = Proposer::start(raft.clone(), config.proposer.clone());
+        let following = tokio::spawn(crate::lead::follow(
+            raft.clone(),
+            config.raft_id,
+            config.peers.clone(),
+            Duration::from_millis(config.election_timeout_max_ms),
+        ))
+        .abort_handle();
         Ok(Replica {
             raft,
             store,
             proposer,
+            id: config.raft_id,
+            leader_link: crate::forward::LeaderLink::new(config.peers.clone()),
+            presence: Arc::default(),
+            following,
         })
+    }
+
+    /// This replica's raft id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether this replica leads now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The leader this replica knows of, and its address.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    /// The members of the raft group, as the last membership entry this
+    /// replica has says.
+    pub fn members(&self) -> Members {
+        let m = self.raft.metrics().borrow().clone();
+        let config = m.membership_config.membership();
+        let committed =
+            m.last_applied.map(|l| l.index) >= m.membership_config.log_id().map(|l| l.index);
+        let voters: std::collections::BTreeSet<u64> = config.voter_ids().collect();
+        Members {
+            learners: config
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| !voters.contains(id))
+                .collect(),
+            addrs: config
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+            changing: config.get_joint_config().len() > 1 || !committed,
+            voters,
+        }
+    }
+
+    /// The voters this replica's own log and snapshot name (read from
+    /// raft's state, not its metrics: right after a start, the metrics may
+    /// not say yet).
+    pub async fn stored_voters(&self) -> std::collections::BTreeSet<u64> {
+        self.raft
+            .with_raft_state(|st| st.membership_state.effective().voter_ids().collect())
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Waits until this replica's store holds every write committed before
+    /// the call: an empty transaction goes through the leader (and is
+    /// applied here). A restarted manager re-applies its log only as the
+    /// leader commits it again, so until then its store is behind what it
+    /// answered before.
+    pub async fn barrier(&self) -> Result<u64, ProposeError> {
+        self.propose(Transaction {
+            actions: Vec::new(),
+            timestamp_ms: 0,
+        })
+        .await
+    }
+
+    /// On the leader: the followers whose streams beat now
+    /// ([`crate::lead`]), and this replica.
+    pub fn reachable(&self) -> std::collections::BTreeSet<u64> {
+        let mut ids: std::collections::BTreeSet<u64> =
+            self.presence.reachable().into_iter().collect();
+        ids.insert(self.id);
+        ids
+    }
+
+    /// On the leader: the last log index each member is known to hold.
+    pub fn matched(&self) -> BTreeMap<u64, u64> {
+        let m = self.raft.metrics().borrow().clone();
+        m.replication
+            .map(|r| {
+                r.into_iter()
+                    .map(|(id, log)| (id, log.map_or(0, |l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The last index in this replica's log.
+    pub fn last_log_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+    }
+
+    /// On the leader: adds a learner at `addr`; it receives the log (a
+    /// snapshot first when it is far behind) but does not vote.
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<(), ReplicaError> {
+        self.raft
+            .add_learner(id, BasicNode::new(addr), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| ReplicaError::Raft(e.to_string()))
+    }
+
+    /// On the leader: makes `voters` the voters, through joint consensus;
+    /// a member left out is removed from the group.
+    pub async fn set_voters(
+        &self,
+        voters: std::collections::BTreeSet<u64>,
+    ) -> Result<(), ReplicaError> {
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| ReplicaError::Raft(e.to_string()))
+    }
+
+    /// On the leader: member `id` is reached at `addr` from now on.
+    pub async fn set_address(&self, id: u64, addr: &str) -> Result<(), ReplicaError> {
+        self.raft
+            .change_membership(
+                openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, BasicNode::new(addr))])),
+                false,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| ReplicaError::Raft(e.to_string()))
+    }
+
+    /// On the leader: removes learners that are not voters.
+    pub async fn remove_learners(
+        &self,
+        ids: std::collections::BTreeSet<u64>,
+    ) -> Result<(), ReplicaError> {
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| ReplicaError::Raft(e.to_string()))
+    }
+
+    /// On the leader: tells voter `to` to campaign now, so leadership
+    /// moves to it; false when it holds no stream to this leader.
+    pub fn hand_over(&self, to: u64) -> bool {
+        let term = self.raft.metrics().borrow().current_term;
+        self.presence.hand_over(to, term)
+    }
+
+    pub(crate) fn presence(&self) -> Arc<crate::lead::Presence> {
+        Arc::clone(&self.presence)
+    }
+
+    /// The leader now, waiting up to [`LEADER_WAIT`] while there is none.
+    async fn wait_for_leader(&self) -> Result<(u64, String), ProposeError> {
+        let mut metrics = self.raft.metrics();
+        let waited = tokio::time::timeout(LEADER_WAIT, async {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    if let Some(id) = m.current_leader {
+                        // This replica's own leadership counts once it
+                        // has taken it (its state says so).
+                        if id != self.id || m.state == ServerState::Leader {
+                            if let Some(node) = m.membership_config.membership().get_node(&id) {
+                                return Ok((id, node.addr.clone()));
+                            }
+                        }
+                    }
+                    if m.running_state.is_err() {
+                        return Err(ProposeError::ShuttingDown);
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(ProposeError::ShuttingDown);
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or(Err(ProposeError::NoLeader {
+            waited_ms: LEADER_WAIT.as_millis() as u64,
+        }))
+    }
+
+    /// Proposes `txn` here when this replica leads, or through the leader
+    /// and then waits until it is applied here too.
+    async fn write(&self, txn: Transaction, report: bool) -> Result<u64, ProposeError> {
+        let (leader, addr) = self.wait_for_leader().await?;
+        if leader == self.id {
+            return if report {
+                self.proposer.propose_report(txn).await
+            } else {
+                self.proposer.propose(txn).await
+            };
+        }
+        let index = self.leader_link.forward(&addr, &txn, report).await?;
+        self.raft
+            .wait(Some(APPLY_WAIT))
+            .applied_index_at_least(Some(index), "a forwarded write")
+            .await
+            .map_err(|e| ProposeError::Raft(format!("applying the forwarded write here: {e}")))?;
+        Ok(index)
     }
 
     /// Waits until this replica leads and has applied everything committed
@@ -185,14 +417,15 @@ impl Replica {
         &self.proposer
     }
 
-    /// Proposes one transaction; see [`Proposer::propose`].
+    /// Proposes one transaction; see [`Proposer::propose`]. On a follower
+    /// it goes to the leader, and is answered once applied here.
     pub async fn propose(&self, txn: Transaction) -> Result<u64, ProposeError> {
-        self.proposer.propose(txn).await
+        self.write(txn, false).await
     }
 
     /// Proposes agents' status reports; see [`Proposer::propose_report`].
     pub async fn propose_report(&self, txn: Transaction) -> Result<u64, ProposeError> {
-        self.proposer.propose_report(txn).await
+        self.write(txn, true).await
     }
 
     /// The raft handle, for the raft gRPC service and metrics.
@@ -235,6 +468,7 @@ impl Replica {
 
     /// Stops raft; pending proposals fail with `ShuttingDown`.
     pub async fn shutdown(&self) {
+        self.following.abort();
         let _ = self.raft.shutdown().await;
     }
 }

@@ -101,7 +101,7 @@ async fn three_replicas_replicate_over_mutual_tls() {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(RaftService::new(replica.raft().clone()))
+                .add_service(RaftService::new(&replica))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 }),

@@ -111,7 +111,7 @@ fn serve(
     incoming: tokio_stream::wrappers::TcpListenerStream,
 ) -> oneshot::Sender<()> {
     let (stop, stopped) = oneshot::channel::<()>();
-    let service = RaftService::new(replica.raft().clone());
+    let service = RaftService::new(replica);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -152,10 +152,26 @@ async fn entries_replicate_and_a_new_leader_keeps_every_acknowledged_write() {
     let a: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
     let a_ids: Vec<&str> = a.iter().map(String::as_str).collect();
     converged(&members, &a_ids).await;
+    // A write through a follower goes to the leader, and is answered once
+    // the follower's own store has it.
     let follower = *members.keys().find(|id| **id != first).unwrap();
-    let refused = members[&follower].replica.propose(create("nope")).await;
+    let index = members[&follower]
+        .replica
+        .propose(create("forwarded"))
+        .await
+        .unwrap();
+    let view = members[&follower].replica.store().view();
+    let stored = view
+        .network("forwarded")
+        .expect("answered before applied here");
+    assert_eq!(stored.meta.as_ref().unwrap().version, index);
+    // A refused write is refused through the follower too, with the reason.
+    let refused = members[&follower]
+        .replica
+        .propose(create("forwarded"))
+        .await;
     assert!(
-        matches!(refused, Err(shoal_raft::ProposeError::NotLeader { .. })),
+        matches!(refused, Err(shoal_raft::ProposeError::Txn(_))),
         "{refused:?}"
     );
 
@@ -248,6 +264,84 @@ async fn a_follower_far_behind_catches_up_over_maximum_size_entries() {
     members.get_mut(&3).unwrap().stop_server = Some(stop);
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     converged(&members, &id_refs).await;
+    for m in members.values_mut() {
+        let _ = m.stop_server.take().unwrap().send(());
+        m.replica.shutdown().await;
+    }
+}
+
+/// Waits until `check` holds, polling.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_as_learners_become_voters_take_over_when_handed_leadership_and_leave() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (listeners, addrs) = bind_three().await;
+    let alone = BTreeMap::from([(1, addrs[&1].clone())]);
+    let mut members = BTreeMap::new();
+    for (id, (incoming, addr)) in listeners {
+        let replica = open_member(tmp.path(), id, addr, &alone).await;
+        let stop = serve(&replica, incoming);
+        members.insert(
+            id,
+            Member {
+                replica,
+                stop_server: Some(stop),
+            },
+        );
+    }
+    assert_eq!(leader(&members).await, 1);
+    let one = Arc::clone(&members[&1].replica);
+    for i in 0..50 {
+        one.propose(create(&format!("before{i}"))).await.unwrap();
+    }
+    for id in [2u64, 3] {
+        one.add_learner(id, &addrs[&id]).await.unwrap();
+        let target = one.last_log_index();
+        until("the learner catches up", || {
+            one.matched().get(&id).copied().unwrap_or(0) >= target
+        })
+        .await;
+        assert!(one.members().learners.contains(&id));
+        let mut voters = one.members().voters;
+        voters.insert(id);
+        one.set_voters(voters).await.unwrap();
+    }
+    let members_now = one.members();
+    assert_eq!(members_now.voters, [1, 2, 3].into());
+    assert!(members_now.learners.is_empty() && !members_now.changing);
+    let ids: Vec<String> = (0..50).map(|i| format!("before{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    converged(&members, &ids).await;
+    // Every follower holds its stream to the leader: both count reachable.
+    until("both followers reachable", || {
+        one.reachable() == [1, 2, 3].into()
+    })
+    .await;
+
+    // Handed leadership, a follower takes it; the old leader follows it.
+    assert!(one.hand_over(3));
+    until("replica 3 leads", || members[&3].replica.is_leader()).await;
+    until("replica 1 follows 3", || {
+        one.leader().map(|(id, _)| id) == Some(3)
+    })
+    .await;
+    let three = Arc::clone(&members[&3].replica);
+    // Replica 1 is removed: the other two go on.
+    three.set_voters([2, 3].into()).await.unwrap();
+    assert_eq!(three.members().voters, [2, 3].into());
+    assert!(!three.members().addrs.contains_key(&1));
+    three.propose(create("after")).await.unwrap();
+    let mut old = members.remove(&1).unwrap();
+    let _ = old.stop_server.take().unwrap().send(());
+    old.replica.shutdown().await;
+    converged(&members, &["after"]).await;
     for m in members.values_mut() {
         let _ = m.stop_server.take().unwrap().send(());
         m.replica.shutdown().await;

@@ -173,11 +173,14 @@ impl SimCluster {
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
         let (mut manager, logs, dispatcher) = match &root {
             Some((ca, _)) => {
-                let leader = shoal_manager::leader::start(&replica, &stop_rx, &mut rng);
+                let logs = Arc::new(shoal_manager::LogBroker::default());
+                let leader =
+                    shoal_manager::leader::start(&replica, &stop_rx, &mut rng, Arc::clone(&logs));
                 let mut manager = leader.tasks;
-                let routes = tonic::service::Routes::new(leader.dispatcher).add_service(
-                    shoal_manager::LogPublishing::server(Arc::clone(&leader.logs)),
-                );
+                let routes = tonic::service::Routes::new(
+                    shoal_api::dispatcher_server::DispatcherServer::from_arc(leader.dispatcher),
+                )
+                .add_service(shoal_manager::LogPublishing::server(Arc::clone(&logs)));
                 let ids: Vec<String> = (0..config.nodes).map(node_id).collect();
                 let tls = crate::sim_pki::start(
                     &replica,
@@ -189,14 +192,17 @@ impl SimCluster {
                     &mut manager,
                 )
                 .await?;
-                (manager, leader.logs, DispatcherAt::Tls(tls))
+                (manager, logs, DispatcherAt::Tls(tls))
             }
             None if config.transport == SimTransport::Tcp => {
-                let leader = shoal_manager::leader::start(&replica, &stop_rx, &mut rng);
+                let logs = Arc::new(shoal_manager::LogBroker::default());
+                let leader =
+                    shoal_manager::leader::start(&replica, &stop_rx, &mut rng, Arc::clone(&logs));
                 let mut manager = leader.tasks;
-                let routes = tonic::service::Routes::new(leader.dispatcher).add_service(
-                    shoal_manager::LogPublishing::server(Arc::clone(&leader.logs)),
-                );
+                let routes = tonic::service::Routes::new(
+                    shoal_api::dispatcher_server::DispatcherServer::from_arc(leader.dispatcher),
+                )
+                .add_service(shoal_manager::LogPublishing::server(Arc::clone(&logs)));
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let addr = listener.local_addr()?;
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -210,7 +216,7 @@ impl SimCluster {
                         })
                         .await;
                 });
-                (manager, leader.logs, DispatcherAt::Tcp(addr))
+                (manager, logs, DispatcherAt::Tcp(addr))
             }
             None => {
                 let socket = dir.path().join("dispatcher.sock");
@@ -227,6 +233,7 @@ impl SimCluster {
             ControlConfig {
                 node_id: String::new(),
                 logs,
+                leader_dial: None,
             },
             rand::rngs::StdRng::seed_from_u64(rand::Rng::gen(&mut rng)),
         );

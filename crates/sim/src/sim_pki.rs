@@ -113,7 +113,7 @@ pub async fn start(
         shoal_ca::tls::server_config(&ca_der, &chain, &key, shoal_ca::tls::ClientAuth::Required)
             .map_err(tls)?;
     let (incoming, addr) = shoal_api::mtls::listen("127.0.0.1:0", server).await?;
-    let layer = AuthorizeLayer::new(Arc::clone(replica));
+    let layer = AuthorizeLayer::new(Arc::clone(replica), cluster_id);
     let mut stop = stop;
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()

@@ -394,3 +394,50 @@ pub fn wait_spread(manager: &Daemon, worker: &Daemon, n: usize) {
         m > 0 && w > 0 && m + w == n
     });
 }
+
+/// A manager joined to `manager`'s cluster from the empty `dir`, with the
+/// manager token, on a free loopback port.
+pub fn join_manager(dir: &Path, manager: &Daemon) -> Daemon {
+    let (addr, _) = join_args(manager);
+    let token = manager
+        .ok(&["join-token", "manager", "-q"])
+        .trim()
+        .to_string();
+    Daemon::start_with(
+        dir,
+        &[
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--join",
+            &addr,
+            "--token",
+            &token,
+        ],
+    )
+}
+
+/// `node ls` on `d`: each manager's id and MANAGER STATUS column.
+pub fn manager_statuses(d: &Daemon) -> Vec<(String, String)> {
+    let out = d.shoal(&["node", "ls", "--format", "json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    json_lines(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .filter(|r| r["manager_status"] != "")
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or_default().to_string(),
+                r["manager_status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Whether `d` shows `n` managers: one Leader, the others Reachable.
+pub fn shows_managers(d: &Daemon, n: usize) -> bool {
+    let statuses = manager_statuses(d);
+    statuses.len() == n
+        && statuses.iter().filter(|(_, s)| s == "Leader").count() == 1
+        && statuses.iter().filter(|(_, s)| s == "Reachable").count() == n - 1
+}

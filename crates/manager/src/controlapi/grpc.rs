@@ -193,6 +193,12 @@ impl Control for GrpcControl {
     type LogsStream = Answers<shoal_api::LogLine>;
 
     async fn logs(&self, request: Request<shoal_api::LogsRequest>) -> GrpcResult<Self::LogsStream> {
+        // The agents' sessions are the leader's: a follower relays the
+        // leader's answer.
+        if let Some(leader) = self.core.leader_control() {
+            let answer = leader?.logs(request.into_inner()).await?;
+            return Ok(Response::new(Box::pin(answer.into_inner())));
+        }
         let stream = self.core.logs(request.into_inner()).await?;
         Ok(Response::new(Box::pin(
             stream.map(|item| item.map_err(Status::from)),

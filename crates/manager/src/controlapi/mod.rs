@@ -53,12 +53,29 @@ const STREAM_BUFFER: usize = 1_024;
 pub type EventStream<T> = ReceiverStream<Result<T, ApiError>>;
 
 /// What the control API needs to know about the node it runs on.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlConfig {
     /// The node id `self` refers to.
     pub node_id: String,
     /// Where task logs are asked for: the broker the dispatcher serves.
     pub logs: Arc<crate::LogBroker>,
+    /// How a follower reaches the leader's node listener, for what only
+    /// the leader answers (task logs come through the agents' sessions,
+    /// which the leader holds). `None`: a manager that is always the
+    /// leader (a simulator's).
+    pub leader_dial: Option<LeaderDial>,
+}
+
+/// A channel to the manager at an address, over mutual TLS.
+pub type LeaderDial = Arc<dyn Fn(&str) -> Result<tonic::transport::Channel, String> + Send + Sync>;
+
+impl std::fmt::Debug for ControlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlConfig")
+            .field("node_id", &self.node_id)
+            .field("leader_dial", &self.leader_dial.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The control API, free of any transport.
@@ -83,6 +100,31 @@ impl ControlApi {
             config,
             rng: Mutex::new(ids),
         }
+    }
+
+    /// A control client of the leader, when this manager does not lead
+    /// and one is known.
+    pub(crate) fn leader_control(
+        &self,
+    ) -> Option<Result<shoal_api::control_client::ControlClient<tonic::transport::Channel>, ApiError>>
+    {
+        let dial = self.config.leader_dial.as_ref()?;
+        if self.replica.is_leader() {
+            return None;
+        }
+        let Some((_, addr)) = self.replica.leader() else {
+            return Some(Err(ApiError::Unavailable(
+                "no manager leads the cluster now (an election is under way); try again".into(),
+            )));
+        };
+        Some(
+            dial(&addr)
+                .map(|c| {
+                    shoal_api::control_client::ControlClient::new(c)
+                        .max_decoding_message_size(16 << 20)
+                })
+                .map_err(|e| ApiError::Unavailable(format!("the leader at {addr}: {e}"))),
+        )
     }
 
     fn new_id(&self) -> String {

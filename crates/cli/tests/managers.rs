@@ -1,0 +1,223 @@
+//! Highly available managers (DESIGN.md §7): managers join with the manager
+//! token, every manager answers the control API, writes through a follower
+//! reach the leader, and the cluster survives the loss of its leader with
+//! every acknowledged write and every running task.
+
+mod harness;
+
+use std::collections::{BTreeMap, HashMap};
+
+use harness::{
+    join, join_manager, json_lines, manager_statuses, shows_managers, task_processes, wait_until,
+    Daemon,
+};
+
+/// A founding manager and two that joined it, each showing all three.
+fn three_managers(tmp: &std::path::Path) -> Vec<Daemon> {
+    let first = Daemon::start(&tmp.join("m1"));
+    let second = join_manager(&tmp.join("m2"), &first);
+    let third = join_manager(&tmp.join("m3"), &first);
+    let managers = vec![first, second, third];
+    for m in &managers {
+        wait_until("every manager shows one leader and two reachable", || {
+            shows_managers(m, 3)
+        });
+    }
+    managers
+}
+
+/// The index of the leader among `managers`, as the first live one says.
+fn leader_of(managers: &[&Daemon]) -> String {
+    let statuses = manager_statuses(managers[0]);
+    statuses
+        .iter()
+        .find(|(_, s)| s == "Leader")
+        .map(|(id, _)| id.clone())
+        .unwrap_or_default()
+}
+
+/// The node id a daemon's `version` names.
+fn node_id(d: &Daemon) -> String {
+    let v = d.ok(&["version"]);
+    let server = v.lines().find(|l| l.starts_with("Server:")).unwrap();
+    let after = server.split(" node ").nth(1).unwrap();
+    after.split(',').next().unwrap().trim().to_string()
+}
+
+/// Each network `d` shows, with its version.
+fn networks(d: &Daemon) -> BTreeMap<String, u64> {
+    let out = d.ok(&["network", "ls", "--format", "json"]);
+    json_lines(&out)
+        .into_iter()
+        .filter_map(|n| {
+            let name = n["name"].as_str()?.to_string();
+            let inspect: Vec<serde_json::Value> =
+                serde_json::from_str(&d.ok(&["network", "inspect", &name])).ok()?;
+            Some((name, inspect[0]["meta"]["version"].as_u64()?))
+        })
+        .collect()
+}
+
+/// Live tasks per slot of `service`, as `d` shows them.
+fn live_per_slot(d: &Daemon, service: &str) -> HashMap<u64, usize> {
+    let mut slots = HashMap::new();
+    for t in json_lines(&d.ok(&["service", "ps", service, "--format", "json"])) {
+        let live = t["desired_state"] == "Running"
+            && matches!(
+                t["current_state"]
+                    .as_str()
+                    .map(|s| s.split(' ').next().unwrap_or("")),
+                Some("Running" | "Starting" | "Assigned" | "Accepted" | "Preparing" | "Ready")
+            );
+        if live {
+            let name = t["name"].as_str().unwrap_or_default();
+            let slot: u64 = name
+                .rsplit('.')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            *slots.entry(slot).or_insert(0) += 1;
+        }
+    }
+    slots
+}
+
+#[test]
+fn managers_join_with_the_manager_token_and_every_one_answers_with_what_was_written_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let managers = three_managers(tmp.path());
+    // Each of them: a write through it is there when it answers, in it.
+    for (i, m) in managers.iter().enumerate() {
+        let name = format!("net{i}");
+        m.ok(&["network", "create", &name]);
+        let shown = m.ok(&["network", "ls"]);
+        assert!(shown.contains(&name), "{shown}");
+    }
+    // The joined managers are managers in their certificates and the store.
+    for m in &managers[1..] {
+        let cert = std::fs::read_to_string(m.state_dir.join("certificates/node.crt")).unwrap();
+        let (identity, _) = shoal_ca::NodeIdentity::of_certificate_pem(&cert).unwrap();
+        assert_eq!(identity.role, shoal_ca::Role::Manager);
+        assert!(m.ok(&["version"]).contains("manager"));
+    }
+    // A refused write is refused through a follower too, and says why.
+    let leader = leader_of(&[&managers[0]]);
+    let follower = managers
+        .iter()
+        .find(|m| !leader.starts_with(&node_id(m)) && !node_id(m).starts_with(&leader))
+        .unwrap();
+    let err = follower.fails(&["network", "create", "net0"]);
+    assert!(err.contains("net0"), "{err}");
+    // Task logs through a follower come from the leader's sessions.
+    managers[0].ok(&[
+        "service",
+        "create",
+        "--name",
+        "hello",
+        "--replicas",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from shoal; sleep 600",
+    ]);
+    wait_until("the task's line is in the logs through a follower", || {
+        let out = follower.shoal(&["service", "logs", "hello"]);
+        String::from_utf8_lossy(&out.stdout).contains("hello from shoal")
+    });
+}
+
+#[test]
+fn the_leader_killed_a_new_one_leads_with_every_acknowledged_write_and_tasks_run_on_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut managers = three_managers(tmp.path());
+    let worker = join(&tmp.path().join("w1"), &managers[0]);
+    let worker2 = join(&tmp.path().join("w2"), &managers[0]);
+    wait_until("both workers are Ready", || {
+        json_lines(&managers[0].ok(&["node", "ls", "--format", "json"]))
+            .iter()
+            .filter(|r| r["status"] == "Ready")
+            .count()
+            == 5
+    });
+    managers[0].ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    wait_until("six tasks run", || {
+        managers
+            .iter()
+            .chain([&worker, &worker2])
+            .map(|d| task_processes(d).len())
+            .sum::<usize>()
+            == 6
+    });
+    // Writes acknowledged through every manager.
+    for i in 0..9 {
+        managers[i % 3].ok(&["network", "create", &format!("before{i}")]);
+    }
+    let acknowledged = networks(&managers[1]);
+    assert_eq!(acknowledged.len(), 9, "{acknowledged:?}");
+    let on_workers: Vec<HashMap<String, u32>> = [&worker, &worker2]
+        .iter()
+        .map(|w| task_processes(w))
+        .collect();
+
+    let leader = leader_of(&[&managers[0]]);
+    let index = managers
+        .iter()
+        .position(|m| leader.starts_with(&node_id(m)) || node_id(m).starts_with(&leader))
+        .expect("the leader is one of the three");
+    let mut dead = managers.remove(index);
+    let dead_id = node_id(&dead);
+    dead.kill9();
+    for m in &managers {
+        wait_until("a new leader, and the old one unreachable", || {
+            let statuses = manager_statuses(m);
+            let leader = statuses.iter().find(|(_, s)| s == "Leader");
+            leader.is_some_and(|(id, _)| !dead_id.starts_with(id.as_str()))
+                && statuses
+                    .iter()
+                    .any(|(id, s)| dead_id.starts_with(id.as_str()) && s == "Unreachable")
+        });
+    }
+    // Nothing acknowledged is lost, and the cluster takes writes again,
+    // through either survivor.
+    for m in &managers {
+        assert_eq!(networks(m), acknowledged);
+    }
+    managers[0].ok(&["network", "create", "after0"]);
+    managers[1].ok(&["network", "create", "after1"]);
+    // The workers' tasks were not touched by the change of leader.
+    for (w, before) in [&worker, &worker2].iter().zip(&on_workers) {
+        let now = task_processes(w);
+        for (task, pid) in before {
+            assert_eq!(now.get(task), Some(pid), "task {task} restarted or gone");
+        }
+    }
+    // The dead manager's tasks run elsewhere; no slot has two.
+    wait_until("every slot has one live task", || {
+        let slots = live_per_slot(&managers[0], "web");
+        slots.len() == 6 && slots.values().all(|n| *n == 1)
+    });
+    // Back with its disk: it follows, and has everything.
+    let restarted = Daemon::start_with(&dead.state_dir.clone(), &["--listen-addr", "127.0.0.1:0"]);
+    wait_until("the restarted manager has every write", || {
+        let shown = networks(&restarted);
+        acknowledged.iter().all(|(n, v)| shown.get(n) == Some(v))
+            && shown.contains_key("after0")
+            && shown.contains_key("after1")
+    });
+    wait_until("three managers again", || shows_managers(&restarted, 3));
+    wait_until("every slot has one live task", || {
+        let slots = live_per_slot(&restarted, "web");
+        slots.len() == 6 && slots.values().all(|n| *n == 1)
+    });
+}

@@ -1,0 +1,312 @@
+//! The stream each follower holds open to its leader (`Raft.Lead`).
+//!
+//! Both ends beat on it. The leader counts a follower reachable while its
+//! beats arrive ([`Presence`]), which is what `node ls` shows. And a
+//! follower learns at once that its leader's process is gone: the kernel
+//! closes a dead process's connections, and the stream ends. Waiting for
+//! an election timeout would not be enough on its own: every follower
+//! refuses to vote while its leader lease (openraft's: the longest election
+//! timeout after the last heartbeat) runs, so the first candidate is often
+//! refused and waits a second timeout. A follower that saw the stream end
+//! campaigns the moment the lease has run out on every follower, the first
+//! in rank order right then and the next a step later if no leader came.
+//!
+//! Through the same stream a leader hands over ([`Presence::hand_over`]):
+//! it tells a caught-up follower to campaign now.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use shoal_api::clock::Instant;
+use shoal_api::LeadBeat;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::network::{raft_client, Network};
+use crate::Raft;
+
+/// How often each end beats.
+pub const BEAT: Duration = Duration::from_millis(250);
+/// A follower is reachable while its last beat is this recent.
+const REACHABLE_FOR: Duration = Duration::from_millis(1_500);
+/// After the lease, how long a campaign waits per rank.
+const RANK_STEP: Duration = Duration::from_millis(150);
+/// Past the lease, the margin for clocks and scheduling.
+const LEASE_MARGIN: Duration = Duration::from_millis(20);
+/// Between attempts to open the stream.
+const RETRY: Duration = Duration::from_millis(100);
+
+struct Follower {
+    last_beat: Instant,
+    /// The stream this follower holds now (a newer one replaces it).
+    stream: u64,
+    to_follower: mpsc::Sender<Result<LeadBeat, tonic::Status>>,
+}
+
+/// The leader's record of the followers that hold a stream to it.
+#[derive(Default)]
+pub(crate) struct Presence {
+    followers: Mutex<HashMap<u64, Follower>>,
+    streams: std::sync::atomic::AtomicU64,
+}
+
+impl Presence {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Follower>> {
+        self.followers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The followers whose beats arrive now.
+    pub(crate) fn reachable(&self) -> Vec<u64> {
+        let now = Instant::now();
+        let mut ids: Vec<u64> = self
+            .lock()
+            .iter()
+            .filter(|(_, f)| now.duration_since(f.last_beat) < REACHABLE_FOR)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Tells follower `id` to campaign now; false when it holds no stream.
+    pub(crate) fn hand_over(&self, id: u64, term: u64) -> bool {
+        let followers = self.lock();
+        let Some(f) = followers.get(&id) else {
+            return false;
+        };
+        f.to_follower
+            .try_send(Ok(LeadBeat {
+                term,
+                take_over: true,
+                raft_id: 0,
+            }))
+            .is_ok()
+    }
+
+    fn beat(
+        &self,
+        id: u64,
+        stream: u64,
+        to_follower: &mpsc::Sender<Result<LeadBeat, tonic::Status>>,
+    ) {
+        self.lock().insert(
+            id,
+            Follower {
+                last_beat: Instant::now(),
+                stream,
+                to_follower: to_follower.clone(),
+            },
+        );
+    }
+
+    fn ended(&self, id: u64, stream: u64) {
+        let mut followers = self.lock();
+        if followers.get(&id).is_some_and(|f| f.stream == stream) {
+            followers.remove(&id);
+        }
+    }
+}
+
+/// The leader's half of one follower's stream: beats back until this
+/// manager stops leading in the term it had when the stream opened.
+pub(crate) fn serve(
+    raft: &Raft,
+    presence: &Arc<Presence>,
+    mut incoming: tonic::Streaming<LeadBeat>,
+) -> Result<ReceiverStream<Result<LeadBeat, tonic::Status>>, tonic::Status> {
+    let mut metrics = raft.metrics();
+    let term = {
+        let m = metrics.borrow_and_update();
+        if m.state != ServerState::Leader {
+            return Err(tonic::Status::failed_precondition(
+                "this manager is not the raft leader",
+            ));
+        }
+        m.current_term
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let presence = Arc::clone(presence);
+    let stream = presence
+        .streams
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tokio::spawn(async move {
+        let mut follower = None;
+        let mut tick = tokio::time::interval(BEAT);
+        loop {
+            tokio::select! {
+                beat = incoming.message() => match beat {
+                    Ok(Some(beat)) => {
+                        follower = Some(beat.raft_id);
+                        presence.beat(beat.raft_id, stream, &tx);
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                _ = tick.tick() => {
+                    let beat = LeadBeat { term, take_over: false, raft_id: 0 };
+                    if tx.send(Ok(beat)).await.is_err() {
+                        break;
+                    }
+                }
+                changed = metrics.changed() => {
+                    let leading = changed.is_ok() && {
+                        let m = metrics.borrow_and_update();
+                        m.state == ServerState::Leader && m.current_term == term
+                    };
+                    if !leading {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(id) = follower {
+            presence.ended(id, stream);
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+/// How a follower's stream to its leader ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The leader is gone: the stream beat, then ended or broke.
+    LeaderGone,
+    /// The leader asked this follower to campaign.
+    TakeOver,
+    /// Another leader is known now, or the stream never beat.
+    Otherwise,
+}
+
+/// The follower's half, for the life of the replica: holds a stream to
+/// each leader in turn, and campaigns when one is gone or hands over.
+pub(crate) async fn follow(raft: Raft, me: u64, network: Network, lease: Duration) {
+    let mut metrics = raft.metrics();
+    loop {
+        // The next leader other than this manager, at an address known.
+        let (leader, term, addr) = loop {
+            let found = {
+                let m = metrics.borrow_and_update();
+                if m.running_state.is_err() {
+                    return;
+                }
+                match m.current_leader {
+                    Some(l) if l != me && m.state != ServerState::Leader => m
+                        .membership_config
+                        .membership()
+                        .get_node(&l)
+                        .map(|n| (l, m.current_term, n.addr.clone())),
+                    _ => None,
+                }
+            };
+            if let Some(found) = found {
+                break found;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        };
+        match hold(&raft, me, leader, term, &network, &addr).await {
+            Ended::TakeOver => {
+                tracing::info!(leader, "the leader hands over to this manager");
+                let _ = raft.trigger().elect().await;
+            }
+            Ended::LeaderGone => campaign_after_lease(&raft, me, leader, term, lease).await,
+            Ended::Otherwise => tokio::time::sleep(RETRY).await,
+        }
+    }
+}
+
+/// Holds the stream to `leader` at `addr` until it ends.
+async fn hold(
+    raft: &Raft,
+    me: u64,
+    leader: u64,
+    term: u64,
+    network: &Network,
+    addr: &str,
+) -> Ended {
+    let Ok(channel) = network.channel(addr) else {
+        return Ended::Otherwise;
+    };
+    let mut client = raft_client(channel);
+    let (beats, outgoing) = mpsc::channel(2);
+    let beating = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(BEAT);
+        loop {
+            tick.tick().await;
+            let beat = LeadBeat {
+                term,
+                take_over: false,
+                raft_id: me,
+            };
+            if beats.send(beat).await.is_err() {
+                return;
+            }
+        }
+    });
+    let ended = async {
+        let mut answers = match client.lead(ReceiverStream::new(outgoing)).await {
+            Ok(answers) => answers.into_inner(),
+            Err(_) => return Ended::Otherwise,
+        };
+        let mut metrics = raft.metrics();
+        let mut beaten = false;
+        loop {
+            tokio::select! {
+                answer = answers.message() => match answer {
+                    Ok(Some(beat)) if beat.take_over => return Ended::TakeOver,
+                    Ok(Some(_)) => beaten = true,
+                    Ok(None) | Err(_) if beaten => return Ended::LeaderGone,
+                    Ok(None) | Err(_) => return Ended::Otherwise,
+                },
+                changed = metrics.changed() => {
+                    if changed.is_err() || metrics.borrow_and_update().current_leader != Some(leader) {
+                        return Ended::Otherwise;
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    beating.abort();
+    ended
+}
+
+/// Campaigns once every follower's lease on `leader` has run out, unless
+/// a leader came meanwhile; voters take turns by rank, so two followers of
+/// a dead leader do not split the vote.
+async fn campaign_after_lease(raft: &Raft, me: u64, leader: u64, term: u64, lease: Duration) {
+    let rank = {
+        let m = raft.metrics().borrow().clone();
+        let mut voters: Vec<u64> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != leader)
+            .collect();
+        voters.sort_unstable();
+        match voters.iter().position(|id| *id == me) {
+            Some(rank) => rank as u32,
+            // A learner does not vote.
+            None => return,
+        }
+    };
+    tracing::info!(
+        leader,
+        term,
+        rank,
+        "the leader's stream ended; campaigning after its lease"
+    );
+    tokio::time::sleep(lease + LEASE_MARGIN + RANK_STEP * rank).await;
+    // Still no other leader: this manager may have campaigned on its own
+    // timeout meanwhile and been refused (a lease still ran elsewhere);
+    // it campaigns again, now that none does.
+    let still = {
+        let m = raft.metrics().borrow().clone();
+        m.state != ServerState::Leader && m.current_leader.is_none_or(|l| l == leader)
+    };
+    if still {
+        let _ = raft.trigger().elect().await;
+    }
+}
