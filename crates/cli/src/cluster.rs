@@ -2,7 +2,8 @@
 
 use clap::Subcommand;
 use shoal_api::{
-    CaConfig, DispatcherConfig, GetClusterRequest, OrchestrationConfig, UpdateClusterRequest,
+    CaConfig, DispatcherConfig, GetClusterRequest, OrchestrationConfig, RaftConfig,
+    UpdateClusterRequest,
 };
 
 use crate::call;
@@ -17,9 +18,14 @@ pub enum ClusterCommand {
         /// Finished tasks kept per slot (per node for global services).
         #[arg(long, allow_negative_numbers = true)]
         task_history_limit: Option<i64>,
-        /// How often agents report to their manager (e.g. 5s).
-        #[arg(long, value_parser = crate::parse::duration_ms, value_name = "DURATION")]
+        /// How often agents report to their manager (e.g. 5s, the default).
+        #[arg(long, alias = "heartbeat-period", value_parser = crate::parse::duration_ms, value_name = "DURATION")]
         dispatcher_heartbeat: Option<u64>,
+        /// How long a manager waits without hearing from the leader before
+        /// it campaigns (default 350ms; 100ms to 60s): about what a failover
+        /// takes. Each manager takes it when it next starts.
+        #[arg(long, value_parser = crate::parse::duration_ms, value_name = "DURATION")]
+        election_timeout: Option<u64>,
         /// Replicas one replicated service may ask for (default 100000).
         #[arg(long, value_name = "N")]
         max_replicas_per_service: Option<u64>,
@@ -48,6 +54,7 @@ pub async fn run(mut client: Client, cmd: ClusterCommand) -> anyhow::Result<()> 
         ClusterCommand::Update {
             task_history_limit,
             dispatcher_heartbeat,
+            election_timeout,
             max_replicas_per_service,
             max_replicas_total,
             max_new_tasks_per_pass,
@@ -73,6 +80,11 @@ pub async fn run(mut client: Client, cmd: ClusterCommand) -> anyhow::Result<()> 
                 spec.dispatcher
                     .get_or_insert_with(DispatcherConfig::default)
                     .heartbeat_period_ms = ms;
+            }
+            if let Some(ms) = election_timeout {
+                spec.raft
+                    .get_or_insert_with(RaftConfig::default)
+                    .election_timeout_ms = ms;
             }
             if let Some(ms) = cert_expiry {
                 // Whole seconds, rounded up: 1500ms is not 1s.

@@ -350,14 +350,17 @@ fn service_logs_show_the_lines_of_tasks_on_every_node_and_skip_a_node_that_is_go
 }
 
 #[test]
-fn a_worker_cannot_be_promoted_in_a_cluster_of_one_manager() {
+fn a_running_node_role_is_not_changed_in_place_and_the_refusal_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
     let manager = Daemon::start(&tmp.path().join("m"));
     let worker = join(&tmp.path().join("w"), &manager);
     let worker_id = node_id(&worker);
     wait_until("the worker is Ready", || ready(&manager, &worker_id));
     let refused = shoal_api_promote(&manager, &worker_id);
-    assert!(refused.contains("cannot be promoted"), "{refused}");
+    assert!(
+        refused.contains("cannot be changed in place") && refused.contains("join-token manager"),
+        "{refused}"
+    );
 }
 
 /// Asks the control API to make `node` a manager (the CLI has no flag for

@@ -221,3 +221,153 @@ fn the_leader_killed_a_new_one_leads_with_every_acknowledged_write_and_tasks_run
         slots.len() == 6 && slots.values().all(|n| *n == 1)
     });
 }
+
+/// The managers other than the leader, as `d` shows them: (leader, others).
+fn leader_and_followers(managers: &[Daemon]) -> (usize, Vec<usize>) {
+    let leader = leader_of(&[&managers[0]]);
+    let index = managers
+        .iter()
+        .position(|m| leader.starts_with(&node_id(m)) || node_id(m).starts_with(&leader))
+        .expect("the leader is one of them");
+    let others = (0..managers.len()).filter(|i| *i != index).collect();
+    (index, others)
+}
+
+#[test]
+fn a_manager_is_removed_only_while_the_rest_keep_a_quorum_and_a_lost_one_joins_again_new() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut managers = three_managers(tmp.path());
+    let (leader, followers) = leader_and_followers(&managers);
+    let (live, lost) = (followers[0], followers[1]);
+    let (live_id, lost_id) = (node_id(&managers[live]), node_id(&managers[lost]));
+    // One follower's machine is gone, disk and all.
+    managers[lost].kill9();
+    std::fs::remove_dir_all(&managers[lost].state_dir).unwrap();
+    wait_until("the lost manager is unreachable", || {
+        manager_statuses(&managers[leader])
+            .iter()
+            .any(|(id, s)| lost_id.starts_with(id.as_str()) && s == "Unreachable")
+    });
+    // Removing the live follower would leave one reachable of two.
+    let err = managers[leader].fails(&["node", "rm", &live_id]);
+    assert!(err.contains("quorum") && err.contains("--force"), "{err}");
+    // The lost one goes; the two left decide alone.
+    managers[leader].ok(&["node", "rm", &lost_id]);
+    wait_until("two managers", || shows_managers(&managers[leader], 2));
+    managers[live].ok(&["network", "create", "with-two"]);
+    // Its machine comes back empty: it joins as a new manager.
+    let again = join_manager(&tmp.path().join("again"), &managers[leader]);
+    assert_ne!(node_id(&again), lost_id);
+    wait_until("three managers again", || shows_managers(&again, 3));
+    assert!(again.ok(&["network", "ls"]).contains("with-two"));
+
+    // A live manager removed with --force stops and forgets itself.
+    managers[leader].ok(&["node", "rm", "--force", &live_id]);
+    let exited = managers[live].wait_exit(harness::READY_WITHIN);
+    assert!(exited.is_some_and(|s| !s.success()), "{exited:?}");
+    let log = managers[live].log_text();
+    assert!(log.contains("removed"), "{log}");
+    wait_until("two managers", || shows_managers(&again, 2));
+    managers[leader].ok(&["network", "create", "after-removal"]);
+}
+
+#[test]
+fn a_stopped_leader_is_replaced_and_resumes_as_a_follower_that_acts_on_nothing_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let managers = three_managers(tmp.path());
+    let worker = join(&tmp.path().join("w"), &managers[0]);
+    managers[0].ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    wait_until("four tasks run", || {
+        managers
+            .iter()
+            .chain([&worker])
+            .map(|d| task_processes(d).len())
+            .sum::<usize>()
+            == 4
+    });
+    let (leader, followers) = leader_and_followers(&managers);
+    let old_id = node_id(&managers[leader]);
+    managers[leader].signal(libc::SIGSTOP);
+    let survivor = &managers[followers[0]];
+    wait_until("a new leader among the others", || {
+        manager_statuses(survivor)
+            .iter()
+            .any(|(id, s)| s == "Leader" && !old_id.starts_with(id.as_str()))
+    });
+    // While the old leader sleeps: writes, and a change of the service.
+    survivor.ok(&["network", "create", "while-stopped"]);
+    survivor.ok(&["service", "scale", "web=2"]);
+    wait_until("two tasks run", || {
+        live_per_slot(survivor, "web").len() == 2
+    });
+    // Ten seconds on, it resumes with its stale term: it follows.
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    managers[leader].signal(libc::SIGCONT);
+    for m in &managers {
+        wait_until("one leader, two reachable, on every manager", || {
+            shows_managers(m, 3)
+        });
+        assert!(m.ok(&["network", "ls"]).contains("while-stopped"));
+    }
+    let statuses = manager_statuses(&managers[leader]);
+    assert!(
+        statuses
+            .iter()
+            .any(|(id, s)| old_id.starts_with(id.as_str()) && s == "Reachable"),
+        "{statuses:?}"
+    );
+    // It acted on nothing it had seen before: the service stays at two.
+    harness::after_an_orchestrator_pass(&managers[leader]);
+    let slots = live_per_slot(&managers[leader], "web");
+    assert_eq!(slots.len(), 2, "{slots:?}");
+    assert!(slots.values().all(|n| *n == 1), "{slots:?}");
+}
+
+#[test]
+fn the_election_timeout_is_validated_shown_and_taken_by_each_manager_at_its_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut manager = Daemon::start(&tmp.path().join("m"));
+    for bad in ["50ms", "2m"] {
+        let err = manager.fails(&["cluster", "update", "--election-timeout", bad]);
+        assert!(
+            err.contains("election_timeout") && err.contains("between 100 ms and 60000 ms"),
+            "{err}"
+        );
+    }
+    manager.ok(&[
+        "cluster",
+        "update",
+        "--election-timeout",
+        "1s",
+        "--heartbeat-period",
+        "4s",
+    ]);
+    let cluster: serde_json::Value =
+        serde_json::from_str(&manager.ok(&["cluster", "inspect"])).unwrap();
+    assert_eq!(cluster["spec"]["raft"]["election_timeout_ms"], 1000);
+    assert_eq!(cluster["spec"]["dispatcher"]["heartbeat_period_ms"], 4000);
+    wait_until(
+        "the manager keeps the new timeout for its next start",
+        || manager.log_text().contains("election timeout changed"),
+    );
+    manager.stop();
+    let manager = Daemon::start_with(
+        &manager.state_dir.clone(),
+        &["--listen-addr", "127.0.0.1:0"],
+    );
+    wait_until("the restarted manager runs raft with it", || {
+        manager
+            .log_text()
+            .contains("election timeouts of 750 to 1000 ms")
+    });
+}

@@ -407,6 +407,16 @@ async fn run_manager(
     let mut replica_config =
         ReplicaConfig::new(state.raft_dir(), marker.raft_id, advertise.clone());
     replica_config.snapshot_interval_entries = config.snapshot_interval_entries;
+    let election_timeout = state
+        .election_timeout()
+        .unwrap_or(shoal_raft::DEFAULT_ELECTION_TIMEOUT_MS);
+    let (heartbeat, min, max) = shoal_raft::raft_timing(election_timeout);
+    replica_config.heartbeat_interval_ms = heartbeat;
+    replica_config.election_timeout_min_ms = min;
+    replica_config.election_timeout_max_ms = max;
+    tracing::info!(
+        "raft's timing: a heartbeat every {heartbeat} ms, election timeouts of {min} to {max} ms"
+    );
     // The first manager makes the raft group; a joined one waits, empty,
     // for the leader to add it.
     let founding = !marker.joined;
@@ -539,6 +549,12 @@ async fn run_manager(
         description.clone(),
         stop_rx.clone(),
     ));
+    background.spawn(follow_election_timeout(
+        Arc::clone(&replica),
+        state.path().to_path_buf(),
+        election_timeout,
+        stop_rx.clone(),
+    ));
     background.spawn(shoal_manager::leadership::run(
         Arc::clone(&replica),
         stop_rx.clone(),
@@ -561,7 +577,7 @@ async fn run_manager(
         }
     };
     let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?.on_learned(learned);
-    let agent = start_agent(
+    let mut agent = start_agent(
         &state,
         &marker.node_id,
         description,
@@ -597,9 +613,21 @@ async fn run_manager(
         advertise
     );
     let mut raft_failed = None;
+    let mut removed = None;
+    let mut agent_done = false;
     let served = tokio::select! {
         _ = &mut shutdown => None,
         served = &mut control_server => Some(served),
+        exit = &mut agent => {
+            // Removed from the cluster (node rm): this manager stops and
+            // forgets itself, as a removed worker does.
+            agent_done = true;
+            if let Ok(shoal_agent::AgentExit::Removed(reason)) = exit {
+                tracing::error!(%reason, "this manager was removed from the cluster");
+                removed = Some(reason);
+            }
+            None
+        }
         reason = replica.failed() => {
             // Nothing can be written any more: stop everything and exit
             // non-zero, so a supervisor restarts the daemon (which recovers
@@ -614,7 +642,9 @@ async fn run_manager(
         Some(served) => served.unwrap_or(Ok(())),
         None => drained(control_server).await.unwrap_or(Ok(())),
     };
-    let _ = agent.await;
+    if !agent_done {
+        let _ = agent.await;
+    }
     while background.join_next().await.is_some() {}
     // Raft first: the followers' streams to this manager end with it, so
     // they campaign at once instead of after an election timeout, and the
@@ -622,10 +652,60 @@ async fn run_manager(
     replica.shutdown().await;
     drained(node_listener).await;
     let _ = std::fs::remove_file(&socket);
+    if let Some(reason) = removed {
+        let mut state = state;
+        state.forget()?;
+        return Err(DaemonError::Removed(reason));
+    }
     if let Some(reason) = raft_failed {
         return Err(DaemonError::RaftFailed(reason));
     }
     served
+}
+
+/// How often a manager looks whether the cluster's election timeout
+/// changed.
+const ELECTION_TIMEOUT_LOOK: Duration = Duration::from_secs(2);
+
+/// Keeps the cluster's election timeout in the state dir, for the next
+/// start (openraft takes its timing once, when it starts).
+async fn follow_election_timeout(
+    replica: Arc<Replica>,
+    state_dir: PathBuf,
+    mut saved: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let wanted = replica
+            .store()
+            .view()
+            .cluster()
+            .and_then(|c| c.spec.as_ref())
+            .and_then(|s| s.raft)
+            .map(|r| r.election_timeout_ms)
+            .filter(|ms| *ms != 0)
+            .unwrap_or(shoal_raft::DEFAULT_ELECTION_TIMEOUT_MS);
+        if wanted != saved {
+            match crate::state_dir::save_election_timeout_in(&state_dir, wanted) {
+                Ok(()) => {
+                    tracing::info!(
+                        from_ms = saved,
+                        to_ms = wanted,
+                        "the cluster's election timeout changed; this manager takes it when it next starts"
+                    );
+                    saved = wanted;
+                }
+                Err(e) => tracing::warn!(error = %e, "saving the election timeout failed"),
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(ELECTION_TIMEOUT_LOOK) => {}
+        }
+    }
 }
 
 /// Between two tries of this manager's own record.
@@ -805,6 +885,7 @@ async fn bootstrap(
                             heartbeat_period_ms: DEFAULT_HEARTBEAT_MS,
                         }),
                         ca: None,
+                        raft: None,
                     }),
                     ..Default::default()
                 }));

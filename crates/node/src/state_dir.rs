@@ -26,6 +26,8 @@ const RAFT_DIR: &str = "raft";
 const MANAGERS_FILE: &str = "managers.json";
 /// Where a manager's node listener was last bound.
 const LISTENED_FILE: &str = "listened.json";
+/// The cluster's election timeout, as this manager last saw it in the store.
+const ELECTION_TIMEOUT_FILE: &str = "election-timeout.json";
 /// What a start cut off before its marker was written may leave: a dir
 /// holding only these counts as empty (and they are cleared).
 const LEFTOVERS: &[&str] = &[
@@ -34,6 +36,7 @@ const LEFTOVERS: &[&str] = &[
     "certificates",
     MANAGERS_FILE,
     LISTENED_FILE,
+    ELECTION_TIMEOUT_FILE,
     SOCKET_FILE,
 ];
 /// The control socket's file name inside the state dir.
@@ -281,6 +284,18 @@ impl StateDir {
         write_atomically(&self.path.join(LISTENED_FILE), &json)
     }
 
+    /// The election timeout (ms) this manager runs raft with, as it last
+    /// saw the cluster set it; `None` for the default.
+    pub fn election_timeout(&self) -> Option<u64> {
+        std::fs::read(self.path.join(ELECTION_TIMEOUT_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    pub fn save_election_timeout(&self, ms: u64) -> std::io::Result<()> {
+        save_election_timeout_in(&self.path, ms)
+    }
+
     pub fn save_managers(&self, managers: &[String]) -> std::io::Result<()> {
         save_managers_in(&self.path, managers)
     }
@@ -302,6 +317,13 @@ impl StateDir {
     pub fn socket_path(&self) -> PathBuf {
         self.path.join(SOCKET_FILE)
     }
+}
+
+/// Writes the election timeout into the state dir at `path` (for a task
+/// that holds no [`StateDir`]).
+pub fn save_election_timeout_in(path: &Path, ms: u64) -> std::io::Result<()> {
+    let json = serde_json::to_vec(&ms).map_err(std::io::Error::other)?;
+    write_atomically(&path.join(ELECTION_TIMEOUT_FILE), &json)
 }
 
 /// Writes the managers' addresses into the state dir at `path` (for a

@@ -32,7 +32,10 @@ pub use long_work::long_work;
 pub use network::{Network, PeerTls, RaftService};
 pub use openraft::ServerState;
 pub use proposer::{ProposeError, Proposer, ProposerConfig, MAX_ENTRY_BYTES};
-pub use replica::{Members, OnCreate, Replica, ReplicaConfig, ReplicaError};
+pub use replica::{
+    raft_timing, Members, OnCreate, Replica, ReplicaConfig, ReplicaError,
+    DEFAULT_ELECTION_TIMEOUT_MS, MAX_ELECTION_TIMEOUT_MS, MIN_ELECTION_TIMEOUT_MS,
+};
 pub use runtime::{seed_elections, SeededRuntime};
 pub use state_machine::StateMachine;
 pub use types::{Applied, Proposal, TypeConfig};

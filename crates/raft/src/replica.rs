@@ -28,6 +28,22 @@ pub enum OnCreate {
     Join,
 }
 
+/// The election timeout when the cluster spec sets none: a follower that
+/// hears nothing from its leader for this long campaigns, and a failover
+/// after a leader's death takes about this long.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 350;
+/// The shortest and longest election timeouts a cluster may set.
+pub const MIN_ELECTION_TIMEOUT_MS: u64 = 100;
+pub const MAX_ELECTION_TIMEOUT_MS: u64 = 60_000;
+
+/// Raft's timing for an election timeout of `ms` (the longest a follower
+/// waits): timeouts drawn from ¾ of it to all of it, a heartbeat every
+/// quarter of it. Returns (heartbeat, min, max).
+pub fn raft_timing(ms: u64) -> (u64, u64, u64) {
+    let max = ms.clamp(MIN_ELECTION_TIMEOUT_MS, MAX_ELECTION_TIMEOUT_MS);
+    (max / 4, max * 3 / 4, max)
+}
+
 /// Where and how a replica runs.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -60,9 +76,9 @@ impl ReplicaConfig {
             raft_id,
             addr,
             snapshot_interval_entries: 10_000,
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_interval_ms: raft_timing(DEFAULT_ELECTION_TIMEOUT_MS).0,
+            election_timeout_min_ms: raft_timing(DEFAULT_ELECTION_TIMEOUT_MS).1,
+            election_timeout_max_ms: raft_timing(DEFAULT_ELECTION_TIMEOUT_MS).2,
             proposer: ProposerConfig::default(),
             peers: Network::default(),
         }

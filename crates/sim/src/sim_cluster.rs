@@ -432,6 +432,7 @@ async fn record_cluster(
                 heartbeat_period_ms,
             }),
             ca: None,
+            raft: None,
         }),
         ..Default::default()
     };

@@ -50,26 +50,18 @@ impl ControlApi {
                     reference: req.node_id.clone(),
                 })
             })?;
-            let managers = view
-                .nodes()
-                .filter(|n| n.role == NodeRole::Manager as i32)
-                .count();
-            if node.role == NodeRole::Manager as i32
-                && spec.desired_role == NodeRole::Worker as i32
-                && managers <= 1
-            {
+            // A role changes only where the node's daemon changes with it
+            // (a raft replica started or stopped, its certificate
+            // reissued), and that is not built: refused, not accepted and
+            // left half done.
+            if spec.desired_role != node.spec.as_ref().map_or(node.role, |s| s.desired_role) {
+                let how = if spec.desired_role == NodeRole::Manager as i32 {
+                    "to add a manager, start a daemon with an empty state dir and `shoal join-token manager`'s command"
+                } else {
+                    "to make a manager a worker, remove it (`shoal node rm --force`, from another manager) and join it again with `shoal join-token worker`'s command"
+                };
                 return Err(ApiError::Refused(format!(
-                    "node {} is the last manager of the cluster and cannot be demoted",
-                    node.id
-                )));
-            }
-            // Promotion needs raft membership, which a cluster of one
-            // manager does not have yet: refused, not accepted and ignored.
-            if node.role != NodeRole::Manager as i32
-                && spec.desired_role == NodeRole::Manager as i32
-            {
-                return Err(ApiError::Refused(format!(
-                    "node {} cannot be promoted: this cluster runs a single manager",
+                    "node {}: a running node's role cannot be changed in place; {how}",
                     node.id
                 )));
             }
@@ -100,7 +92,13 @@ impl ControlApi {
                 node.id
             )));
         }
-        if !node.is_down() && !req.force {
+        if node.role == NodeRole::Manager as i32 && !req.force {
+            quorum_after_removal(&self.view(), &node.id)?;
+        }
+        let unreachable_manager = node.manager_status.as_ref().is_some_and(|m| {
+            m.reachability == shoal_api::manager_status::Reachability::Unreachable as i32
+        });
+        if !node.is_down() && !unreachable_manager && !req.force {
             return Err(ApiError::Refused(format!(
                 "node {} is not down: drain it first, or use --force to remove a live node",
                 req.reference
@@ -136,4 +134,31 @@ impl ControlApi {
         .await?;
         Ok(RemoveResponse { id })
     }
+}
+
+/// Refuses the removal of manager `id` when the managers left would not
+/// have a quorum among those reachable now: the cluster could then make no
+/// decision at all, this removal's included.
+fn quorum_after_removal(view: &shoal_store::Tables, id: &str) -> Result<(), ApiError> {
+    use shoal_api::manager_status::Reachability;
+    let rest: Vec<&shoal_api::Node> = view
+        .nodes()
+        .filter(|n| n.role == NodeRole::Manager as i32 && n.id != id)
+        .collect();
+    let reachable = rest
+        .iter()
+        .filter(|n| {
+            n.manager_status
+                .as_ref()
+                .is_some_and(|m| m.leader || m.reachability == Reachability::Reachable as i32)
+        })
+        .count();
+    let quorum = rest.len() / 2 + 1;
+    if rest.is_empty() || reachable < quorum {
+        return Err(ApiError::Refused(format!(
+            "removing manager {id} would leave {reachable} reachable of {} managers, fewer than a quorum ({quorum}): the cluster could not decide anything; bring managers back first, or use --force",
+            rest.len()
+        )));
+    }
+    Ok(())
 }

@@ -461,6 +461,18 @@ pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), InvalidSpec> {
             return Err(invalid("dispatcher_heartbeat", "must be more than 0"));
         }
     }
+    if let Some(raft) = &spec.raft {
+        use shoal_raft::{MAX_ELECTION_TIMEOUT_MS, MIN_ELECTION_TIMEOUT_MS};
+        let ms = raft.election_timeout_ms;
+        if ms != 0 && !(MIN_ELECTION_TIMEOUT_MS..=MAX_ELECTION_TIMEOUT_MS).contains(&ms) {
+            return Err(invalid(
+                "election_timeout",
+                format!(
+                    "must be between {MIN_ELECTION_TIMEOUT_MS} ms and {MAX_ELECTION_TIMEOUT_MS} ms, got {ms} ms"
+                ),
+            ));
+        }
+    }
     if let Some(ca) = &spec.ca {
         use crate::certificate_authority::MIN_NODE_CERT_EXPIRY;
         let secs = ca.node_cert_expiry_secs;
