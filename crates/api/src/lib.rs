@@ -28,6 +28,10 @@ pub mod transport;
 
 pub use node_removed::{is_node_removed, node_removed};
 pub use not_leader::{leader_hint, not_leader};
+
+/// The first bytes of a backup file (`shoal cluster backup`); the encoded
+/// [`StoreSnapshot`] follows.
+pub const BACKUP_MAGIC: &[u8] = b"SHOAL-BACKUP-1\n";
 pub use object_kind::ObjectKind;
 
 /// The version of this build, shown by `shoal version`.

@@ -13,6 +13,10 @@ use crate::client::Client;
 pub enum ClusterCommand {
     /// Show the cluster object as JSON.
     Inspect,
+    /// Write a consistent copy of the whole store to FILE (written whole
+    /// or not at all; mode 0600: it holds the CA's key). `shoal daemon
+    /// --restore FILE` brings the cluster back from it.
+    Backup { file: std::path::PathBuf },
     /// Change cluster-wide settings.
     Update {
         /// Finished tasks kept per slot (per node for global services).
@@ -50,6 +54,15 @@ pub async fn run(mut client: Client, cmd: ClusterCommand) -> anyhow::Result<()> 
     match cmd {
         ClusterCommand::Inspect => {
             println!("{}", serde_json::to_string_pretty(&cluster)?);
+        }
+        ClusterCommand::Backup { file } => {
+            let mut parts = call!(client, backup(shoal_api::BackupRequest {}))?;
+            let (bytes, version) = write_backup(&file, &mut parts).await?;
+            println!(
+                "backup of cluster {} at version {version}: {} ({bytes} bytes)",
+                cluster.id,
+                file.display()
+            );
         }
         ClusterCommand::Update {
             task_history_limit,
@@ -104,4 +117,50 @@ pub async fn run(mut client: Client, cmd: ClusterCommand) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+/// Writes the backup streamed in `parts` to `file`, through a temporary
+/// file renamed over it once complete and on disk: (bytes, version).
+async fn write_backup(
+    file: &std::path::Path,
+    parts: &mut tonic::Streaming<shoal_api::BackupChunk>,
+) -> anyhow::Result<(u64, u64)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp_name = file.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let written = async {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+        out.write_all(shoal_api::BACKUP_MAGIC)?;
+        let (mut bytes, mut version) = (0u64, 0u64);
+        while let Some(part) = parts.message().await? {
+            if version == 0 {
+                version = part.version;
+            }
+            bytes += part.data.len() as u64;
+            out.write_all(&part.data)?;
+        }
+        out.sync_all()?;
+        anyhow::Ok((bytes, version))
+    }
+    .await;
+    let (bytes, version) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.context(format!("writing the backup to {}", file.display())));
+        }
+    };
+    std::fs::rename(&tmp, file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok((bytes, version))
 }

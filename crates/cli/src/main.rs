@@ -98,6 +98,17 @@ struct DaemonArgs {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// On a manager whose cluster lost its quorum for good: make it the
+    /// only manager of its cluster, keeping its store, the CA and every
+    /// node's identity. The managers that are gone are removed; they join
+    /// again with a manager token and an empty state dir.
+    #[arg(long, conflicts_with_all = ["join", "restore"])]
+    force_new_cluster: bool,
+    /// Into an empty state dir: bring a cluster back from a backup made by
+    /// `shoal cluster backup FILE`, with every object and version; this
+    /// daemon is its only manager.
+    #[arg(long, value_name = "FILE", conflicts_with = "join")]
+    restore: Option<PathBuf>,
 }
 
 /// The state dir when none is given: /var/lib/shoal for root, else under
@@ -180,6 +191,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_addr: args.listen_addr,
                 advertise_addr: args.advertise_addr,
                 join,
+                force_new_cluster: args.force_new_cluster,
+                restore: args.restore,
             })
             .await?;
             Ok(())

@@ -371,3 +371,104 @@ fn the_election_timeout_is_validated_shown_and_taken_by_each_manager_at_its_next
             .contains("election timeouts of 750 to 1000 ms")
     });
 }
+
+#[test]
+fn a_survivor_forced_into_a_new_cluster_keeps_everything_and_a_backup_brings_it_all_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut managers = three_managers(tmp.path());
+    let worker = join(&tmp.path().join("w"), &managers[0]);
+    managers[0].ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    for i in 0..6 {
+        managers[i % 3].ok(&["network", "create", &format!("net{i}")]);
+    }
+    wait_until("three tasks run", || {
+        managers
+            .iter()
+            .chain([&worker])
+            .map(|d| task_processes(d).len())
+            .sum::<usize>()
+            == 3
+    });
+    let (leader, followers) = leader_and_followers(&managers);
+    let backup = tmp.path().join("cluster.backup");
+    let shown = managers[followers[0]].ok(&["cluster", "backup", backup.to_str().unwrap()]);
+    assert!(shown.contains("backup of cluster"), "{shown}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the backup holds the CA's key");
+    let at_backup = networks(&managers[followers[0]]);
+    let on_worker = task_processes(&worker);
+
+    // Two of three managers are lost for good: no quorum.
+    let survivor = followers[1];
+    managers[leader].kill9();
+    managers[followers[0]].kill9();
+    let err = managers[survivor].fails(&["network", "create", "no-quorum"]);
+    assert!(err.contains("leader") || err.contains("quorum"), "{err}");
+    managers[survivor].stop();
+    let dir = managers[survivor].state_dir.clone();
+    let forced = Daemon::start_with(
+        &dir,
+        &["--listen-addr", "127.0.0.1:0", "--force-new-cluster"],
+    );
+    wait_until("the survivor leads alone", || shows_managers(&forced, 1));
+    let after = networks(&forced);
+    for (name, version) in &at_backup {
+        assert_eq!(after.get(name), Some(version), "{name}");
+    }
+    forced.ok(&["network", "create", "after-force"]);
+    // The worker comes back to it, its tasks untouched.
+    wait_until("the worker is Ready", || {
+        json_lines(&forced.ok(&["node", "ls", "--format", "json"]))
+            .iter()
+            .filter(|r| r["status"] == "Ready")
+            .count()
+            == 2
+    });
+    let now = task_processes(&worker);
+    for (task, pid) in &on_worker {
+        assert_eq!(now.get(task), Some(pid), "task {task} restarted");
+    }
+    // Another manager joins it with a manager token.
+    let joined = join_manager(&tmp.path().join("m4"), &forced);
+    wait_until("two managers", || shows_managers(&joined, 2));
+
+    // The backup, restored into an empty state dir: every object, every
+    // version, and it leads alone.
+    let restored = Daemon::start_with(
+        &tmp.path().join("restored"),
+        &[
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--restore",
+            backup.to_str().unwrap(),
+        ],
+    );
+    wait_until("the restored manager leads alone", || {
+        shows_managers(&restored, 1)
+    });
+    assert_eq!(networks(&restored), at_backup);
+    assert!(restored.ok(&["service", "ls"]).contains("web"));
+    restored.ok(&["network", "create", "after-restore"]);
+    // A backup that is not one is refused, and nothing is left behind.
+    std::fs::write(tmp.path().join("junk"), b"not a backup").unwrap();
+    let out = harness::run_daemon(
+        &tmp.path().join("junk-dir"),
+        &["--restore", tmp.path().join("junk").to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a backup"),
+        "{err}"
+    );
+}

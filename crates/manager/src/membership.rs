@@ -26,6 +26,8 @@ const TICK: Duration = Duration::from_millis(200);
 /// A learner this close to the leader's last index has caught up: the rest
 /// arrives with the next append.
 const CAUGHT_UP_SLACK: u64 = 64;
+/// How long one status write may take (without a quorum it never ends).
+const STATUS_WRITE_WAIT: Duration = Duration::from_secs(5);
 /// How long a hand-over may take before it is asked again.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(3);
 
@@ -48,7 +50,8 @@ pub enum Step {
         raft_id: u64,
         addr: String,
     },
-    SetVoters(BTreeSet<u64>),
+    Promote(u64),
+    RemoveVoters(BTreeSet<u64>),
     RemoveLearners(BTreeSet<u64>),
     /// A member advertises another address now (it restarted with
     /// another port): raft dials it there.
@@ -96,15 +99,8 @@ pub fn decide(wanted: &BTreeMap<u64, String>, raft: &RaftView) -> Option<Step> {
             .find(|id| raft.reachable.contains(id) && caught_up(*id));
         return successor.map(Step::HandOver);
     }
-    if !unwanted_voters.is_empty() {
-        let voters: BTreeSet<u64> = members
-            .voters
-            .difference(&unwanted_voters)
-            .copied()
-            .collect();
-        if !voters.is_empty() {
-            return Some(Step::SetVoters(voters));
-        }
+    if !unwanted_voters.is_empty() && unwanted_voters.len() < members.voters.len() {
+        return Some(Step::RemoveVoters(unwanted_voters));
     }
     let unwanted_learners: BTreeSet<u64> = members
         .learners
@@ -140,9 +136,7 @@ pub fn decide(wanted: &BTreeMap<u64, String>, raft: &RaftView) -> Option<Step> {
         .filter(|id| caught_up(*id))
         .collect();
     if let Some(id) = ready.first() {
-        let mut voters = members.voters.clone();
-        voters.insert(*id);
-        return Some(Step::SetVoters(voters));
+        return Some(Step::Promote(*id));
     }
     None
 }
@@ -154,7 +148,9 @@ pub fn status_updates(view: &Tables, raft: &RaftView) -> Vec<StoreAction> {
         .filter(|n| n.role == NodeRole::Manager as i32)
         .filter_map(|n| {
             let status = n.manager_status.as_ref()?;
-            let member = raft.members.addrs.contains_key(&status.raft_id);
+            // A learner is not a manager yet as far as quorums go: it
+            // shows as reachable once it votes.
+            let member = raft.members.voters.contains(&status.raft_id);
             let reachability = if !member {
                 Reachability::Unknown
             } else if raft.reachable.contains(&status.raft_id) {
@@ -204,14 +200,16 @@ pub async fn run(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
             // meanwhile (its agent's session) fails alone, and the next
             // look writes it again.
             for update in updates {
-                let written = replica
-                    .propose(Transaction {
+                let written = tokio::time::timeout(
+                    STATUS_WRITE_WAIT,
+                    replica.propose(Transaction {
                         actions: vec![update],
                         timestamp_ms: 0,
-                    })
-                    .await;
-                if let Err(e) = written {
-                    tracing::debug!(error = %e, "a manager's status was not written; retrying");
+                    }),
+                )
+                .await;
+                if !matches!(written, Ok(Ok(_))) {
+                    tracing::debug!("a manager's status was not written; the next look writes it");
                 }
             }
         }
@@ -220,7 +218,8 @@ pub async fn run(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
             tracing::info!(?step, "raft membership");
             let done = match &step {
                 Step::AddLearner { raft_id, addr } => replica.add_learner(*raft_id, addr).await,
-                Step::SetVoters(voters) => replica.set_voters(voters.clone()).await,
+                Step::Promote(id) => replica.promote(*id).await,
+                Step::RemoveVoters(ids) => replica.remove_voters(ids.clone()).await,
                 Step::RemoveLearners(ids) => replica.remove_learners(ids.clone()).await,
                 Step::SetAddr { raft_id, addr } => replica.set_address(*raft_id, addr).await,
                 Step::HandOver(to) => {
@@ -289,7 +288,7 @@ mod tests {
         assert_eq!(decide(&want, &raft(&[1], &[2], &[(2, 10)])), None);
         assert_eq!(
             decide(&want, &raft(&[1], &[2], &[(2, 990)])),
-            Some(Step::SetVoters([1, 2].into()))
+            Some(Step::Promote(2))
         );
         assert_eq!(decide(&want, &raft(&[1, 2], &[], &[(2, 1_000)])), None);
     }
@@ -319,7 +318,7 @@ mod tests {
         let view = raft(&[1, 2, 3], &[], &[(2, 1_000), (3, 1_000)]);
         assert_eq!(
             decide(&wanted_of(&[1, 2, 4]), &view),
-            Some(Step::SetVoters([1, 2].into()))
+            Some(Step::RemoveVoters([3].into()))
         );
         let view = raft(&[1, 2], &[5], &[]);
         assert_eq!(

@@ -62,6 +62,10 @@ pub struct DaemonConfig {
     pub advertise_addr: Option<String>,
     /// Join the cluster of the manager at this address, with `token`.
     pub join: Option<JoinConfig>,
+    /// Make this manager the only one of its cluster, keeping its store.
+    pub force_new_cluster: bool,
+    /// Bring a cluster back from this backup, into an empty state dir.
+    pub restore: Option<PathBuf>,
 }
 
 /// `--join ADDR --token TOKEN`.
@@ -113,6 +117,20 @@ pub enum DaemonError {
     Removed(String),
     #[error("this node's certificate expired at {at} (it was not running to renew it): give it an empty state dir and join again")]
     Expired { at: String },
+    #[error("--force-new-cluster: {0}")]
+    ForceNewCluster(String),
+    #[error("--restore {path}: {message}")]
+    Restore { path: String, message: String },
+}
+
+/// How a manager's store begins this start.
+enum Start {
+    /// As its state dir holds it (or a new cluster's, or a joined one's).
+    AsItIs,
+    /// The only manager of its cluster, with the store it has.
+    ForceNewCluster,
+    /// The only manager of a cluster brought back from a backup.
+    Restore(shoal_api::StoreSnapshot),
 }
 
 /// A new root CA for the cluster `cluster_id`, as the store keeps it.
@@ -146,6 +164,39 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let mut rng = StdRng::seed_from_u64(seed);
     shoal_raft::seed_elections(rand::Rng::gen(&mut rng));
     let mut state = StateDir::open(&config.state_dir)?;
+    if let Some(path) = &config.restore {
+        let restore_error = |message: String| DaemonError::Restore {
+            path: path.display().to_string(),
+            message,
+        };
+        if let Some(marker) = state.marker().filter(|m| m.role != NodeKind::Left) {
+            return Err(restore_error(format!(
+                "this state dir is node {} of cluster {} already; restore into an empty state dir",
+                marker.node_id, marker.cluster_id
+            )));
+        }
+        let snapshot = read_backup(path).map_err(restore_error)?;
+        let cluster_id = snapshot
+            .clusters
+            .first()
+            .map(|c| c.id.clone())
+            .ok_or_else(|| restore_error("the backup holds no cluster".into()))?;
+        state.clear()?;
+        let node_id = new_object_id(&mut rng);
+        state.create(Marker::new(cluster_id, node_id, NodeKind::Manager))?;
+        return run_manager(state, &config, rng, None, Start::Restore(snapshot)).await;
+    }
+    if config.force_new_cluster {
+        match state.marker() {
+            Some(m) if m.role == NodeKind::Manager && !state.is_fresh() => {}
+            _ => {
+                return Err(DaemonError::ForceNewCluster(
+                    "this state dir holds no manager's store: it is for a surviving manager's state dir".into(),
+                ))
+            }
+        }
+        return run_manager(state, &config, rng, None, Start::ForceNewCluster).await;
+    }
     match (state.marker().cloned(), &config.join) {
         (Some(marker), None) if marker.role == NodeKind::Left => Err(DaemonError::Left {
             node_id: marker.node_id,
@@ -208,7 +259,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
                 joined.node_id
             );
             match joined.raft_id {
-                Some(_) => run_manager(state, &config, rng, Some(listener?)).await,
+                Some(_) => run_manager(state, &config, rng, Some(listener?), Start::AsItIs).await,
                 None => {
                     drop(listener);
                     crate::worker_node::run(state, &config, rng).await
@@ -223,9 +274,90 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
                 let (cluster_id, node_id) = (new_object_id(&mut rng), new_object_id(&mut rng));
                 state.create(Marker::new(cluster_id, node_id, NodeKind::Manager))?;
             }
-            run_manager(state, &config, rng, None).await
+            run_manager(state, &config, rng, None, Start::AsItIs).await
         }
     }
+}
+
+/// Reads a backup file: its store, checked whole.
+fn read_backup(path: &std::path::Path) -> Result<shoal_api::StoreSnapshot, String> {
+    use prost::Message;
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let body = bytes
+        .strip_prefix(shoal_api::BACKUP_MAGIC)
+        .ok_or("not a backup made by `shoal cluster backup`")?;
+    let snapshot = shoal_api::StoreSnapshot::decode(body)
+        .map_err(|e| format!("the backup is damaged: {e}"))?;
+    if snapshot
+        .clusters
+        .first()
+        .is_none_or(|c| c.root_ca.as_ref().is_none_or(|r| r.key_pem.is_empty()))
+    {
+        return Err("the backup holds no cluster with its CA".into());
+    }
+    Ok(snapshot)
+}
+
+/// The changes that make this manager the only one of the store `view`
+/// holds: every other manager is removed (and recorded so, as `node rm`
+/// does: their certificates are refused, and they join again with a
+/// manager token), and this one is recorded as the leader at `addr`.
+fn sole_manager(view: &shoal_store::Tables, marker: &Marker, addr: &str) -> Vec<StoreAction> {
+    let mut actions = Vec::new();
+    let Some(mut cluster) = view.cluster().cloned() else {
+        return actions;
+    };
+    let now = shoal_api::clock::now_ms() / 1_000;
+    let until = now
+        + shoal_manager::certificate_authority::node_cert_expiry(&cluster).as_secs() as i64
+        + shoal_manager::certificate_authority::CLOCK_SKEW.as_secs() as i64;
+    for other in view
+        .nodes()
+        .filter(|n| n.role == NodeRole::Manager as i32 && n.id != marker.node_id)
+    {
+        actions.push(StoreAction {
+            kind: store_action::Kind::Remove as i32,
+            target: Some(other.clone().into()),
+        });
+        cluster.removed_nodes.retain(|r| r.node_id != other.id);
+        cluster.removed_nodes.push(shoal_api::RemovedNode {
+            node_id: other.id.clone(),
+            until_unix: until,
+        });
+    }
+    let status = ManagerStatus {
+        raft_id: marker.raft_id,
+        addr: addr.to_string(),
+        leader: true,
+        reachability: manager_status::Reachability::Reachable as i32,
+    };
+    match view.node(&marker.node_id) {
+        Some(node) => {
+            let mut node = node.clone();
+            node.manager_status = Some(status);
+            actions.push(StoreAction {
+                kind: store_action::Kind::Update as i32,
+                target: Some(node.into()),
+            });
+        }
+        None => {
+            let mut node = shoal_manager::certificate_authority::joined_manager(
+                &marker.node_id,
+                "",
+                addr,
+                marker.raft_id,
+            );
+            node.manager_status = Some(status);
+            actions.push(create(node));
+        }
+    }
+    if view.cluster() != Some(&cluster) {
+        actions.push(StoreAction {
+            kind: store_action::Kind::Update as i32,
+            target: Some(cluster.into()),
+        });
+    }
+    actions
 }
 
 /// Binds the node listener at `addr`, or, when `addr` names port 0 and
@@ -377,12 +509,13 @@ pub(crate) async fn drained<T>(handle: tokio::task::JoinHandle<T>) -> Option<T> 
 /// it leads, the node listener, the control socket and its own agent.
 /// `listener` is the node listener when the join bound it already.
 async fn run_manager(
-    state: StateDir,
+    mut state: StateDir,
     config: &DaemonConfig,
     mut rng: StdRng,
     listener: Option<(tokio::net::TcpListener, SocketAddr)>,
+    start: Start,
 ) -> Result<(), DaemonError> {
-    let marker = state
+    let mut marker = state
         .marker()
         .cloned()
         .ok_or_else(|| DaemonError::Agent("the state dir has no identity".into()))?;
@@ -404,6 +537,33 @@ async fn run_manager(
         tracing::warn!(error = %e, "recording the listen address failed");
     }
     let advertise = advertised(bound, config.advertise_addr.as_deref())?;
+    let refounded = !matches!(start, Start::AsItIs);
+    // A store made new this start (not one refounded from a store).
+    let fresh = state.is_fresh() && !refounded;
+    let origin = match start {
+        Start::AsItIs => None,
+        Start::ForceNewCluster => Some(shoal_raft::Origin::Replica),
+        Start::Restore(snapshot) => Some(shoal_raft::Origin::Backup(snapshot)),
+    };
+    if let Some(origin) = origin {
+        let index = shoal_raft::refound(
+            &state.raft_dir(),
+            marker.raft_id,
+            &advertise,
+            origin,
+            |view| sole_manager(view, &marker, &advertise),
+        )
+        .await?;
+        // Its raft group is its own now, as a founding manager's is.
+        if marker.joined {
+            marker.joined = false;
+            state.create(marker.clone())?;
+        }
+        eprintln!(
+            "shoal daemon: node {} is the only manager of cluster {}, with the store at version {index}",
+            marker.node_id, marker.cluster_id
+        );
+    }
     let mut replica_config =
         ReplicaConfig::new(state.raft_dir(), marker.raft_id, advertise.clone());
     replica_config.snapshot_interval_entries = config.snapshot_interval_entries;
@@ -427,7 +587,7 @@ async fn run_manager(
     // its certificate (made below, from the store this replica opens).
     let (peers, peer_tls) = shoal_raft::Network::tls();
     replica_config.peers = peers;
-    let replica = Arc::new(Replica::open(replica_config, state.is_fresh()).await?);
+    let replica = Arc::new(Replica::open(replica_config, fresh).await?);
     let process = shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR));
     let mut description = describe_host();
     description.warnings.extend(process.cgroups.warning());
@@ -436,7 +596,7 @@ async fn run_manager(
     // its group (where an older version made it) gives it what it lacks:
     // it leads then, and its store is current once it does.
     let alone = replica.stored_voters().await == [marker.raft_id].into();
-    if founding && (state.is_fresh() || alone) {
+    if founding && (fresh || alone) {
         replica
             .wait_leader(Duration::from_millis(LEADER_WAIT_MS))
             .await?;
@@ -453,7 +613,7 @@ async fn run_manager(
         .view()
         .cluster()
         .is_none_or(|c| c.root_ca.is_none() || c.join_tokens.is_none());
-    if founding && (state.is_fresh() || alone) && incomplete {
+    if founding && (fresh || alone) && incomplete {
         bootstrap(
             &replica,
             &marker.cluster_id,

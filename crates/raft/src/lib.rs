@@ -21,6 +21,7 @@ mod log_store;
 mod long_work;
 mod network;
 mod proposer;
+mod refound;
 mod replica;
 mod runtime;
 mod state_machine;
@@ -32,6 +33,7 @@ pub use long_work::long_work;
 pub use network::{Network, PeerTls, RaftService};
 pub use openraft::ServerState;
 pub use proposer::{ProposeError, Proposer, ProposerConfig, MAX_ENTRY_BYTES};
+pub use refound::{refound, Origin};
 pub use replica::{
     raft_timing, Members, OnCreate, Replica, ReplicaConfig, ReplicaError,
     DEFAULT_ELECTION_TIMEOUT_MS, MAX_ELECTION_TIMEOUT_MS, MIN_ELECTION_TIMEOUT_MS,

@@ -108,6 +108,8 @@ pub enum ReplicaError {
 
 /// How long a write waits for a leader to be known (an election).
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long a membership change may take to commit.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 /// How long a write through a follower waits to be applied here after the
 /// leader applied it.
 const APPLY_WAIT: Duration = Duration::from_secs(30);
@@ -297,29 +299,58 @@ impl Replica {
             .map_err(|e| ReplicaError::Raft(e.to_string()))
     }
 
+    /// On the leader: learner `id` becomes a voter, through joint
+    /// consensus; other learners stay learners.
+    pub async fn promote(&self, id: u64) -> Result<(), ReplicaError> {
+        self.change(openraft::ChangeMembers::AddVoterIds([id].into()))
+            .await
+    }
+
+    /// On the leader: the voters `ids` leave the group, through joint
+    /// consensus.
+    pub async fn remove_voters(
+        &self,
+        ids: std::collections::BTreeSet<u64>,
+    ) -> Result<(), ReplicaError> {
+        self.change(openraft::ChangeMembers::RemoveVoters(ids))
+            .await
+    }
+
     /// On the leader: makes `voters` the voters, through joint consensus;
-    /// a member left out is removed from the group.
+    /// a member left out, learners included, is removed from the group.
     pub async fn set_voters(
         &self,
         voters: std::collections::BTreeSet<u64>,
     ) -> Result<(), ReplicaError> {
-        self.raft
-            .change_membership(voters, false)
+        self.change(openraft::ChangeMembers::ReplaceAllVoters(voters))
             .await
-            .map(|_| ())
-            .map_err(|e| ReplicaError::Raft(e.to_string()))
+    }
+
+    /// One membership change, waited for at most [`MEMBERSHIP_WAIT`]:
+    /// without a quorum it would wait for ever.
+    async fn change(
+        &self,
+        change: openraft::ChangeMembers<u64, BasicNode>,
+    ) -> Result<(), ReplicaError> {
+        match tokio::time::timeout(MEMBERSHIP_WAIT, self.raft.change_membership(change, false))
+            .await
+        {
+            Ok(done) => done
+                .map(|_| ())
+                .map_err(|e| ReplicaError::Raft(e.to_string())),
+            Err(_) => Err(ReplicaError::Raft(format!(
+                "the membership change was not committed within {MEMBERSHIP_WAIT:?}"
+            ))),
+        }
     }
 
     /// On the leader: member `id` is reached at `addr` from now on.
     pub async fn set_address(&self, id: u64, addr: &str) -> Result<(), ReplicaError> {
-        self.raft
-            .change_membership(
-                openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, BasicNode::new(addr))])),
-                false,
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| ReplicaError::Raft(e.to_string()))
+        self.change(openraft::ChangeMembers::SetNodes(BTreeMap::from([(
+            id,
+            BasicNode::new(addr),
+        )])))
+        .await
     }
 
     /// On the leader: removes learners that are not voters.
@@ -327,11 +358,7 @@ impl Replica {
         &self,
         ids: std::collections::BTreeSet<u64>,
     ) -> Result<(), ReplicaError> {
-        self.raft
-            .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
-            .await
-            .map(|_| ())
-            .map_err(|e| ReplicaError::Raft(e.to_string()))
+        self.change(openraft::ChangeMembers::RemoveNodes(ids)).await
     }
 
     /// On the leader: tells voter `to` to campaign now, so leadership

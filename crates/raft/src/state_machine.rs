@@ -105,7 +105,7 @@ fn split_file(bytes: &[u8]) -> Result<(Meta, &[u8]), String> {
 }
 
 /// Writes the snapshot file atomically (temp file, fsync, rename, fsync dir).
-fn write_file(dir: &Path, meta: &Meta, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_snapshot_file(dir: &Path, meta: &Meta, data: &[u8]) -> std::io::Result<()> {
     let meta_bytes = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     {
@@ -143,7 +143,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let meta2 = meta.clone();
         let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
             let data = view.to_snapshot().encode_to_vec();
-            write_file(&dir, &meta2, &data)?;
+            write_snapshot_file(&dir, &meta2, &data)?;
             Ok(data)
         })
         .await
@@ -228,7 +228,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let content = StoreSnapshot::decode(data.as_slice())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
-        write_file(&self.dir, meta, &data)
+        write_snapshot_file(&self.dir, meta, &data)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
         self.store
             .restore(content)

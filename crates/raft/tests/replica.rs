@@ -360,3 +360,97 @@ async fn a_decision_goes_into_the_next_entry_ahead_of_waiting_status_reports() {
         "{before} of the 100 reports queued before the decision were applied before it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_refounded_around_its_store_or_a_backup_keeps_every_object_and_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A member of a group of three whose two others are gone: it cannot
+    // commit, but its store and log hold what was written.
+    let replica = open(tmp.path(), true).await;
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let id = format!("net{i}");
+        let v = replica
+            .propose(txn(store_action::Kind::Create, network(&id, 0)))
+            .await
+            .unwrap();
+        acked.push((id, v));
+        if i == 10 {
+            replica.snapshot_now().await.unwrap();
+        }
+    }
+    replica
+        .set_voters([1, 2, 3].into())
+        .await
+        .expect_err("two voters that do not exist cannot join");
+    let backup = replica.store().snapshot();
+    replica.shutdown().await;
+    drop(replica);
+
+    let index = shoal_raft::refound(
+        tmp.path(),
+        1,
+        "127.0.0.1:0",
+        shoal_raft::Origin::Replica,
+        |view| {
+            assert!(
+                view.network("net29").is_some(),
+                "the log's tail is in the store"
+            );
+            vec![StoreAction {
+                kind: store_action::Kind::Create as i32,
+                target: Some(network("edit", 0).into()),
+            }]
+        },
+    )
+    .await
+    .unwrap();
+    let last = acked.last().unwrap().1;
+    assert_eq!(index, last + 1, "the edit comes right after the store");
+    let reopened = open(tmp.path(), false).await;
+    assert_eq!(reopened.members().voters, [1].into());
+    let view = reopened.store().view();
+    for (id, version) in &acked {
+        assert_eq!(
+            view.network(id).unwrap().meta.as_ref().unwrap().version,
+            *version
+        );
+    }
+    assert_eq!(
+        view.network("edit").unwrap().meta.as_ref().unwrap().version,
+        index
+    );
+    let next = reopened
+        .propose(txn(store_action::Kind::Create, network("next", 0)))
+        .await
+        .unwrap();
+    assert!(next > index, "{next} after {index}");
+    reopened.shutdown().await;
+    drop(reopened);
+
+    // A backup restored into an empty directory: the same objects, the
+    // same versions.
+    let restored_dir = tmp.path().join("restored");
+    shoal_raft::refound(
+        &restored_dir,
+        1,
+        "127.0.0.1:0",
+        shoal_raft::Origin::Backup(backup),
+        |_| Vec::new(),
+    )
+    .await
+    .unwrap();
+    let restored = open(&restored_dir, false).await;
+    let view = restored.store().view();
+    for (id, version) in &acked {
+        assert_eq!(
+            view.network(id).unwrap().meta.as_ref().unwrap().version,
+            *version
+        );
+    }
+    assert!(view.network("edit").is_none());
+    restored
+        .propose(txn(store_action::Kind::Create, network("after", 0)))
+        .await
+        .unwrap();
+}

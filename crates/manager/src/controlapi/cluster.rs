@@ -9,6 +9,9 @@ use crate::certificate_authority::{join_secret, new_join_secret, role_named, roo
 
 use super::*;
 
+/// Bytes of one part of a backup.
+const BACKUP_PART_BYTES: usize = 1 << 20;
+
 impl ControlApi {
     pub async fn get_cluster(
         &self,
@@ -97,6 +100,41 @@ impl ControlApi {
             token: ca.join_token(role, &secret.nonce).to_string(),
             managers: crate::managers::addresses(&self.view()),
         })
+    }
+
+    /// The whole store as this manager holds it once every write
+    /// committed before the call is in it, in parts of [`BACKUP_PART_BYTES`].
+    pub async fn backup(
+        &self,
+        _request: shoal_api::BackupRequest,
+    ) -> Result<EventStream<shoal_api::BackupChunk>, ApiError> {
+        self.replica.barrier().await?;
+        let view = self.view();
+        let version = view.version();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let encoded = tokio::task::spawn_blocking(move || {
+                use prost::Message;
+                view.to_snapshot().encode_to_vec()
+            })
+            .await;
+            let Ok(encoded) = encoded else {
+                let _ = tx
+                    .send(Err(ApiError::Internal("encoding the backup failed".into())))
+                    .await;
+                return;
+            };
+            for (i, part) in encoded.chunks(BACKUP_PART_BYTES).enumerate() {
+                let chunk = shoal_api::BackupChunk {
+                    data: part.to_vec(),
+                    version: if i == 0 { version } else { 0 },
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
     }
 
     pub async fn version(&self, _request: VersionRequest) -> Result<VersionResponse, ApiError> {

@@ -204,6 +204,15 @@ impl Control for GrpcControl {
             stream.map(|item| item.map_err(Status::from)),
         )))
     }
+    type BackupStream = Answers<BackupChunk>;
+
+    async fn backup(&self, request: Request<BackupRequest>) -> GrpcResult<Self::BackupStream> {
+        let stream = self.core.backup(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(
+            stream.map(|item| item.map_err(Status::from)),
+        )))
+    }
+
     async fn version(&self, request: Request<VersionRequest>) -> GrpcResult<VersionResponse> {
         Ok(Response::new(
             self.core.version(request.into_inner()).await?,
