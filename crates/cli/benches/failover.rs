@@ -8,26 +8,23 @@
 //! skipped, said so, when `etcd` is not installed: `apt install
 //! etcd-server`).
 
+mod peers;
+
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+use peers::{
+    etcd_put_body, leader_index, percentile, three_etcd, three_managers, wait_for, Manager,
+};
+
 const WRITERS_PER_MEMBER: usize = 2;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// A write not answered in this time is given up and another started (the
+/// same for both systems): a write caught in flight at the kill waits for
+/// its system's own timeout otherwise (etcd's is 5 s), and the first write
+/// accepted after the kill would be measured late.
+const WRITE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Completed writes: when each started and ended.
 #[derive(Default)]
@@ -47,81 +44,6 @@ impl Writes {
 }
 
 // ------------------------------------------------------------------ shoal
-
-struct Manager {
-    dir: PathBuf,
-    child: Child,
-}
-
-impl Manager {
-    fn spawn(dir: &Path, args: &[&str]) -> Manager {
-        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["daemon", "--state-dir"])
-            .arg(dir)
-            .args(["--listen-addr", "127.0.0.1:0"])
-            .args(args)
-            .env("SHOAL_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let m = Manager {
-            dir: dir.to_path_buf(),
-            child,
-        };
-        wait_for("the manager answers", Duration::from_secs(60), || {
-            m.cli(&["version"]).is_some()
-        });
-        m
-    }
-
-    fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(BIN)
-            .arg("--socket")
-            .arg(self.dir.join("shoal.sock"))
-            .args(args)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
-    }
-
-    fn node_id(&self) -> String {
-        let v = self.cli(&["version"]).unwrap_or_default();
-        v.split(" node ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    }
-
-    /// (id, MANAGER STATUS) of each manager, as this one shows them.
-    fn statuses(&self) -> Vec<(String, String)> {
-        let Some(out) = self.cli(&["node", "ls", "--format", "json"]) else {
-            return Vec::new();
-        };
-        out.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|r| r["manager_status"] != "")
-            .map(|r| {
-                (
-                    r["id"].as_str().unwrap_or_default().to_string(),
-                    r["manager_status"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    fn healthy(&self) -> bool {
-        let s = self.statuses();
-        s.len() == 3
-            && s.iter().filter(|(_, st)| st == "Leader").count() == 1
-            && s.iter().filter(|(_, st)| st == "Reachable").count() == 2
-    }
-}
 
 async fn shoal_writer(
     socket: PathBuf,
@@ -144,7 +66,7 @@ async fn shoal_writer(
                 ..Default::default()
             }),
         };
-        let ok = tokio::time::timeout(Duration::from_secs(5), api.create_network(req))
+        let ok = tokio::time::timeout(WRITE_TIMEOUT, api.create_network(req))
             .await
             .is_ok_and(|r| r.is_ok());
         if ok {
@@ -161,27 +83,7 @@ async fn shoal_writer(
 
 fn bench_shoal(rounds: usize, runtime: &tokio::runtime::Runtime) -> Vec<Duration> {
     let tmp = tempfile::tempdir().unwrap();
-    let first = Manager::spawn(&tmp.path().join("m1"), &[]);
-    let addr = first
-        .cli(&["join-token", "manager"])
-        .unwrap()
-        .split_whitespace()
-        .skip_while(|w| *w != "--join")
-        .nth(1)
-        .unwrap()
-        .to_string();
-    let token = first
-        .cli(&["join-token", "manager", "-q"])
-        .unwrap()
-        .trim()
-        .to_string();
-    let mut managers = vec![first];
-    for name in ["m2", "m3"] {
-        managers.push(Manager::spawn(
-            &tmp.path().join(name),
-            &["--join", &addr, "--token", &token],
-        ));
-    }
+    let mut managers = three_managers(tmp.path());
     let mut times = Vec::new();
     for round in 0..rounds {
         wait_for("three healthy managers", Duration::from_secs(60), || {
@@ -201,16 +103,7 @@ fn bench_shoal(rounds: usize, runtime: &tokio::runtime::Runtime) -> Vec<Duration
             }
         }
         std::thread::sleep(Duration::from_millis(500));
-        let leader = managers[0]
-            .statuses()
-            .into_iter()
-            .find(|(_, s)| s == "Leader")
-            .map(|(id, _)| id)
-            .unwrap();
-        let index = managers
-            .iter()
-            .position(|m| m.node_id().starts_with(&leader))
-            .unwrap();
+        let index = leader_index(&managers);
         let kill = Instant::now();
         managers[index].child.kill().unwrap();
         let _ = managers[index].child.wait();
@@ -228,73 +121,10 @@ fn bench_shoal(rounds: usize, runtime: &tokio::runtime::Runtime) -> Vec<Duration
         let dir = managers[index].dir.clone();
         managers[index] = Manager::spawn(&dir, &[]);
     }
-    for m in &mut managers {
-        let _ = m.child.kill();
-        let _ = m.child.wait();
-    }
     times
 }
 
 // ------------------------------------------------------------------- etcd
-
-struct Member {
-    name: String,
-    dir: PathBuf,
-    client: u16,
-    child: Option<Child>,
-}
-
-const ETCD_CLIENT_BASE: u16 = 23_791;
-const ETCD_PEER_BASE: u16 = 23_801;
-
-impl Member {
-    fn start(&mut self, cluster: &str) {
-        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
-        let peer = self.client - ETCD_CLIENT_BASE + ETCD_PEER_BASE;
-        let child = Command::new("etcd")
-            .args(["--name", &self.name, "--data-dir"])
-            .arg(&self.dir)
-            .args([
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", self.client),
-                "--advertise-client-urls",
-                &format!("http://127.0.0.1:{}", self.client),
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-cluster",
-                cluster,
-                "--initial-cluster-state",
-                "new",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    /// `POST path` with a JSON body on a fresh connection: the answer's body.
-    fn post(&self, path: &str, body: &str) -> Option<String> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.client)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .ok()?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).ok()?;
-        let (head, body) = answer.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-    }
-
-    fn status(&self) -> Option<serde_json::Value> {
-        serde_json::from_str(&self.post("/v3/maintenance/status", "{}")?).ok()
-    }
-}
 
 /// One writer on one member: keep-alive HTTP puts.
 fn etcd_writer(
@@ -303,21 +133,16 @@ fn etcd_writer(
     writes: Arc<Mutex<Writes>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    use base64_lite::encode;
     let mut conn: Option<std::net::TcpStream> = None;
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         n += 1;
         let start = Instant::now();
-        let body = format!(
-            r#"{{"key":"{}","value":"{}"}}"#,
-            encode(format!("{name}-{n}").as_bytes()),
-            encode(b"v")
-        );
+        let body = etcd_put_body(&format!("{name}-{n}"));
         let ok = (|| -> Option<()> {
             if conn.is_none() {
                 let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                s.set_read_timeout(Some(WRITE_TIMEOUT)).ok()?;
                 s.set_nodelay(true).ok()?;
                 conn = Some(s);
             }
@@ -374,71 +199,12 @@ fn etcd_writer(
     }
 }
 
-mod base64_lite {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(bytes: &[u8]) -> String {
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-}
-
 fn bench_etcd(rounds: usize) -> Option<Vec<Duration>> {
-    if Command::new("etcd").arg("--version").output().is_err() {
-        eprintln!("etcd: SKIPPED (not installed; apt install etcd-server)");
-        return None;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let mut members: Vec<Member> = (0..3u16)
-        .map(|i| Member {
-            name: format!("e{i}"),
-            dir: tmp.path().join(format!("e{i}")),
-            client: ETCD_CLIENT_BASE + i,
-            child: None,
-        })
-        .collect();
-    let cluster = members
-        .iter()
-        .map(|m| {
-            format!(
-                "{}=http://127.0.0.1:{}",
-                m.name,
-                m.client - ETCD_CLIENT_BASE + ETCD_PEER_BASE
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    for m in &mut members {
-        m.start(&cluster);
-    }
+    let (mut members, cluster) = three_etcd(tmp.path())?;
     let mut times = Vec::new();
     for round in 0..rounds {
-        wait_for(
-            "three etcd members with a leader",
-            Duration::from_secs(60),
-            || {
-                let statuses: Vec<_> = members.iter().filter_map(Member::status).collect();
-                statuses.len() == 3
-                    && statuses
-                        .iter()
-                        .all(|s| s["leader"].is_string() && s["leader"] == statuses[0]["leader"])
-            },
-        );
+        peers::wait_for_etcd_leader(&members);
         let writes = Arc::new(Mutex::new(Writes::default()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -479,12 +245,6 @@ fn bench_etcd(rounds: usize) -> Option<Vec<Duration>> {
         eprintln!("etcd round {round}: {} ms", took.as_millis());
         times.push(took);
         members[index].start(&cluster);
-    }
-    for m in &mut members {
-        if let Some(mut c) = m.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
     Some(times)
 }

@@ -127,15 +127,25 @@ async fn write_backup(
 ) -> anyhow::Result<(u64, u64)> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    fn libc_o_nofollow() -> i32 {
+        nix::fcntl::OFlag::O_NOFOLLOW.bits()
+    }
     let mut tmp_name = file.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp_name);
+    // A file left by an earlier try goes; the new one is made here, never
+    // opened through a link, and readable by its owner only from the start.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("{}: {e}", tmp.display()),
+    }
     let written = async {
         let mut out = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(libc_o_nofollow())
             .open(&tmp)
             .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
         out.write_all(shoal_api::BACKUP_MAGIC)?;

@@ -163,8 +163,11 @@ fn the_leader_killed_a_new_one_leads_with_every_acknowledged_write_and_tasks_run
     for i in 0..9 {
         managers[i % 3].ok(&["network", "create", &format!("before{i}")]);
     }
+    // Each write was read back where it was made; the others catch up.
+    wait_until("every manager has the nine writes", || {
+        managers.iter().all(|m| networks(m).len() == 9)
+    });
     let acknowledged = networks(&managers[1]);
-    assert_eq!(acknowledged.len(), 9, "{acknowledged:?}");
     let on_workers: Vec<HashMap<String, u32>> = [&worker, &worker2]
         .iter()
         .map(|w| task_processes(w))
@@ -313,6 +316,13 @@ fn a_stopped_leader_is_replaced_and_resumes_as_a_follower_that_acts_on_nothing_s
     // Ten seconds on, it resumes with its stale term: it follows.
     std::thread::sleep(std::time::Duration::from_secs(10));
     managers[leader].signal(libc::SIGCONT);
+    // Its own store said it led: it shows another leader once it has
+    // heard of the new term and caught up.
+    wait_until("the resumed manager follows the new leader", || {
+        manager_statuses(&managers[leader])
+            .iter()
+            .any(|(id, s)| s == "Leader" && !old_id.starts_with(id.as_str()))
+    });
     for m in &managers {
         wait_until("one leader, two reachable, on every manager", || {
             shows_managers(m, 3)

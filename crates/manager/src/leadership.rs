@@ -26,10 +26,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{Dispatcher, LogBroker};
 
-/// How often the leader asks a quorum to confirm it.
-const CONFIRM_EVERY: Duration = Duration::from_millis(250);
-/// Confirmations missed in a row before the leader counts itself deposed.
-const CONFIRM_MISSES: u32 = 3;
+/// How often the leader looks whether a quorum still acknowledges it.
+const CONFIRM_EVERY: Duration = Duration::from_millis(50);
 
 /// The dispatcher of the current term, if this manager leads.
 #[derive(Clone)]
@@ -132,62 +130,64 @@ pub async fn run(
     }
 }
 
-/// Waits until this manager leads, caught up and confirmed by a quorum;
-/// the term.
+/// Waits until this manager leads, caught up and acknowledged by a quorum
+/// within the lease; the term.
 async fn leading(replica: &Replica) -> u64 {
+    let lease = replica.lease();
     let mut metrics = replica.raft().metrics();
     loop {
         let term = {
             let m = metrics.borrow_and_update();
             let caught_up = m.last_applied.map(|l| l.index) >= m.last_log_index;
-            (m.state == shoal_raft::ServerState::Leader && caught_up).then_some(m.current_term)
+            let acked = m.millis_since_quorum_ack.is_some_and(|ms| ms < lease);
+            (m.state == shoal_raft::ServerState::Leader && caught_up && acked)
+                .then_some(m.current_term)
         };
         if let Some(term) = term {
-            if confirmed(replica).await {
-                return term;
-            }
-            tokio::time::sleep(CONFIRM_EVERY).await;
-            continue;
+            return term;
         }
+        // openraft reports its metrics at every tick (a fraction of the
+        // election timeout), so a quorum's acknowledgement is seen soon.
         if metrics.changed().await.is_err() {
             return std::future::pending().await;
         }
     }
 }
 
-/// Whether a quorum confirms this manager's leadership now.
-async fn confirmed(replica: &Replica) -> bool {
-    matches!(
-        tokio::time::timeout(CONFIRM_EVERY * 2, replica.raft().ensure_linearizable()).await,
-        Ok(Ok(_))
-    )
-}
-
-/// Resolves when this manager no longer leads in `term`, as raft says or
-/// as a quorum's silence says.
+/// Resolves when this manager no longer leads in `term`: raft says
+/// another leads, or no quorum acknowledged it for a lease (a leader cut
+/// off from the others keeps its raft state until it hears a newer term).
 async fn deposed(replica: &Replica, term: u64) {
+    let lease = replica.lease();
     let mut metrics = replica.raft().metrics();
-    let mut missed = 0;
+    // The metrics' age of the last quorum acknowledgement is as old as
+    // the report: a leader cut off may report rarely, so its age is also
+    // checked on a clock of its own.
+    let mut tick = tokio::time::interval(CONFIRM_EVERY);
+    let mut acked_at = shoal_api::clock::Instant::now();
     loop {
         {
             let m = metrics.borrow_and_update();
             if m.state != shoal_raft::ServerState::Leader || m.current_term != term {
                 return;
             }
+            if let Some(ms) = m.millis_since_quorum_ack {
+                let at = shoal_api::clock::Instant::now()
+                    .checked_sub(Duration::from_millis(ms))
+                    .unwrap_or(acked_at);
+                acked_at = acked_at.max(at);
+            }
+        }
+        if acked_at.elapsed() > Duration::from_millis(lease) {
+            tracing::warn!(
+                term,
+                "no quorum acknowledged this leader for a lease: its components stop"
+            );
+            return;
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(CONFIRM_EVERY) => {
-                if confirmed(replica).await {
-                    missed = 0;
-                } else {
-                    missed += 1;
-                    if missed >= CONFIRM_MISSES {
-                        tracing::warn!(term, "no quorum confirms this leader: its components stop");
-                        return;
-                    }
-                }
-            }
+            _ = tick.tick() => {}
         }
     }
 }

@@ -805,11 +805,12 @@ async fn run_manager(
     if !agent_done {
         let _ = agent.await;
     }
-    while background.join_next().await.is_some() {}
-    // Raft first: the followers' streams to this manager end with it, so
-    // they campaign at once instead of after an election timeout, and the
-    // listener then has no stream left to wait for.
+    // Raft first: writes still waiting for a quorum fail at once (the
+    // components waiting on them end), the followers' streams to this
+    // manager end with it, so they campaign at once instead of after an
+    // election timeout, and the listener has no stream left to wait for.
     replica.shutdown().await;
+    while background.join_next().await.is_some() {}
     drained(node_listener).await;
     let _ = std::fs::remove_file(&socket);
     if let Some(reason) = removed {

@@ -32,7 +32,7 @@ pub const BEAT: Duration = Duration::from_millis(250);
 /// A follower is reachable while its last beat is this recent.
 const REACHABLE_FOR: Duration = Duration::from_millis(1_500);
 /// After the lease, how long a campaign waits per rank.
-const RANK_STEP: Duration = Duration::from_millis(150);
+const RANK_STEP: Duration = Duration::from_millis(60);
 /// Past the lease, the margin for clocks and scheduling.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
 /// Between attempts to open the stream.
@@ -209,6 +209,9 @@ pub(crate) async fn follow(raft: Raft, me: u64, network: Network, lease: Duratio
         match hold(&raft, me, leader, term, &network, &addr).await {
             Ended::TakeOver => {
                 tracing::info!(leader, "the leader hands over to this manager");
+                // The leader stopped its heartbeats: once a lease has run
+                // out everywhere, the others grant the vote.
+                tokio::time::sleep(lease + LEASE_MARGIN).await;
                 let _ = raft.trigger().elect().await;
             }
             Ended::LeaderGone => campaign_after_lease(&raft, me, leader, term, lease).await,

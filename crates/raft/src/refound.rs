@@ -113,18 +113,27 @@ pub async fn refound(
         last_membership: StoredMembership::new(Some(log_id), membership),
         snapshot_id: format!("refound-{index}"),
     };
-    let data = store.snapshot().encode_to_vec();
-    write_snapshot_file(dir, &meta, &data).map_err(failed)?;
-    // The old log goes: its entries are in the snapshot, and its
-    // membership is the old group's. The vote keeps the term, so the new
-    // group's terms only grow past every entry it holds.
+    // The new log first, beside the old one: empty, its vote keeping the
+    // term, so the new group's terms only grow past every entry it holds.
+    // Then the snapshot; then the new log replaces the old (its entries
+    // are in the snapshot, its membership is the old group's). A crash
+    // at any point leaves a log in place: at worst the old one beside
+    // the new snapshot, which openraft purges up to the snapshot.
     let log_path = dir.join(LOG_FILE);
-    match std::fs::remove_file(&log_path) {
+    let new_log_path = dir.join(format!("{LOG_FILE}.new"));
+    match std::fs::remove_file(&new_log_path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(failed(format!("{}: {e}", log_path.display()))),
+        Err(e) => return Err(failed(format!("{}: {e}", new_log_path.display()))),
     }
-    let mut log = LogStore::open(&log_path, true)?;
-    log.save_vote(&Vote::new(term, me)).await.map_err(failed)?;
+    {
+        let mut log = LogStore::open(&new_log_path, true)?;
+        log.save_vote(&Vote::new(term, me)).await.map_err(failed)?;
+    }
+    let data = store.snapshot().encode_to_vec();
+    write_snapshot_file(dir, &meta, &data).map_err(failed)?;
+    std::fs::rename(&new_log_path, &log_path)
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        .map_err(|e| failed(format!("{}: {e}", log_path.display())))?;
     Ok(index)
 }

@@ -108,6 +108,8 @@ pub enum ReplicaError {
 
 /// How long a write waits for a leader to be known (an election).
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long a write on the leader may wait for a quorum.
+const LOCAL_WRITE_WAIT: Duration = Duration::from_secs(30);
 /// How long a membership change may take to commit.
 const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 /// How long a write through a follower waits to be applied here after the
@@ -197,6 +199,11 @@ impl Replica {
             presence: Arc::default(),
             following,
         })
+    }
+
+    /// openraft's leader lease, in ms: the longest election timeout.
+    pub fn lease(&self) -> u64 {
+        self.raft.config().election_timeout_max
     }
 
     /// This replica's raft id.
@@ -365,7 +372,20 @@ impl Replica {
     /// moves to it; false when it holds no stream to this leader.
     pub fn hand_over(&self, to: u64) -> bool {
         let term = self.raft.metrics().borrow().current_term;
-        self.presence.hand_over(to, term)
+        if !self.presence.hand_over(to, term) {
+            return false;
+        }
+        // The other followers refuse a vote while this leader's heartbeats
+        // renew their lease: they pause until the successor has had its
+        // chance (it campaigns once a lease has run out).
+        self.raft.runtime_config().heartbeat(false);
+        let raft = self.raft.clone();
+        let pause = Duration::from_millis(self.lease() * 3);
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            raft.runtime_config().heartbeat(true);
+        });
+        true
     }
 
     pub(crate) fn presence(&self) -> Arc<crate::lead::Presence> {
@@ -408,11 +428,25 @@ impl Replica {
     async fn write(&self, txn: Transaction, report: bool) -> Result<u64, ProposeError> {
         let (leader, addr) = self.wait_for_leader().await?;
         if leader == self.id {
-            return if report {
-                self.proposer.propose_report(txn).await
-            } else {
-                self.proposer.propose(txn).await
+            // Bounded: a leader cut off from the others would wait for
+            // ever (openraft 0.9 does not time a write out).
+            let local = async {
+                if report {
+                    self.proposer.propose_report(txn).await
+                } else {
+                    self.proposer.propose(txn).await
+                }
             };
+            return tokio::time::timeout(LOCAL_WRITE_WAIT, local)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProposeError::Unknown {
+                        leader: "this manager".into(),
+                        message: format!(
+                            "no quorum committed the write within {LOCAL_WRITE_WAIT:?}"
+                        ),
+                    })
+                });
         }
         let index = self.leader_link.forward(&addr, &txn, report).await?;
         self.raft

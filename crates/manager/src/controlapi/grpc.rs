@@ -56,6 +56,8 @@ fn code(e: &ApiError) -> Code {
             TxnError::MissingReference { .. } | TxnError::InUse { .. } => Code::FailedPrecondition,
         },
         ApiError::Propose(ProposeError::TooLarge { .. }) => Code::InvalidArgument,
+        // It may have been applied: not a plain "try again".
+        ApiError::Propose(ProposeError::Unknown { .. }) => Code::Unknown,
         ApiError::Propose(_) => Code::Unavailable,
         ApiError::Refused(_) => Code::FailedPrecondition,
         ApiError::Unavailable(_) => Code::Unavailable,
