@@ -261,15 +261,8 @@ fn report(name: &str, mut times: Vec<Duration>) {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(20);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rounds: usize = peers::env_or("ROUNDS", 20);
+    let runtime = peers::runtime();
     let shoal = bench_shoal(rounds, &runtime);
     let etcd = bench_etcd(rounds);
     report("shoal", shoal);

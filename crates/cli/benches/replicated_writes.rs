@@ -89,6 +89,17 @@ async fn shoal_level(
             latencies.lock().unwrap().extend(mine);
         }));
     }
+    run_for(seconds, &stop, tasks, &latencies).await
+}
+
+/// Lets the clients' `tasks` write for `seconds`, then stops them: what
+/// they did.
+async fn run_for(
+    seconds: u64,
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    latencies: &Mutex<Vec<Duration>>,
+) -> Outcome {
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
@@ -175,27 +186,12 @@ async fn etcd_level(port: u16, clients: usize, seconds: u64, level: usize) -> Ou
             latencies.lock().unwrap().extend(mine);
         }));
     }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let seconds = started.elapsed().as_secs_f64();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let latencies = std::mem::take(&mut *latencies.lock().unwrap());
-    Outcome::of(latencies, seconds)
+    run_for(seconds, &stop, tasks, &latencies).await
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let seconds: u64 = peers::env_or("SECONDS", 5);
+    let runtime = peers::runtime();
     let mut lines = Vec::new();
     {
         let tmp = tempfile::tempdir().unwrap();

@@ -26,6 +26,17 @@ fn three_managers(tmp: &std::path::Path) -> Vec<Daemon> {
     managers
 }
 
+/// Waits until `n` task processes run on `daemons` together.
+fn wait_tasks<'a>(daemons: impl Iterator<Item = &'a Daemon> + Clone, n: usize) {
+    wait_until("the tasks run", || {
+        daemons
+            .clone()
+            .map(|d| task_processes(d).len())
+            .sum::<usize>()
+            == n
+    });
+}
+
 /// The index of the leader among `managers`, as the first live one says.
 fn leader_of(managers: &[&Daemon]) -> String {
     let statuses = manager_statuses(managers[0]);
@@ -140,25 +151,8 @@ fn the_leader_killed_a_new_one_leads_with_every_acknowledged_write_and_tasks_run
             .count()
             == 5
     });
-    managers[0].ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "6",
-        "--",
-        "sleep",
-        "600",
-    ]);
-    wait_until("six tasks run", || {
-        managers
-            .iter()
-            .chain([&worker, &worker2])
-            .map(|d| task_processes(d).len())
-            .sum::<usize>()
-            == 6
-    });
+    harness::create_web(&managers[0], 6);
+    wait_tasks(managers.iter().chain([&worker, &worker2]), 6);
     // Writes acknowledged through every manager.
     for i in 0..9 {
         managers[i % 3].ok(&["network", "create", &format!("before{i}")]);
@@ -279,25 +273,8 @@ fn a_stopped_leader_is_replaced_and_resumes_as_a_follower_that_acts_on_nothing_s
     let tmp = tempfile::tempdir().unwrap();
     let managers = three_managers(tmp.path());
     let worker = join(&tmp.path().join("w"), &managers[0]);
-    managers[0].ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        "--",
-        "sleep",
-        "600",
-    ]);
-    wait_until("four tasks run", || {
-        managers
-            .iter()
-            .chain([&worker])
-            .map(|d| task_processes(d).len())
-            .sum::<usize>()
-            == 4
-    });
+    harness::create_web(&managers[0], 4);
+    wait_tasks(managers.iter().chain([&worker]), 4);
     let (leader, followers) = leader_and_followers(&managers);
     let old_id = node_id(&managers[leader]);
     managers[leader].signal(libc::SIGSTOP);
@@ -387,28 +364,11 @@ fn a_survivor_forced_into_a_new_cluster_keeps_everything_and_a_backup_brings_it_
     let tmp = tempfile::tempdir().unwrap();
     let mut managers = three_managers(tmp.path());
     let worker = join(&tmp.path().join("w"), &managers[0]);
-    managers[0].ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    harness::create_web(&managers[0], 3);
     for i in 0..6 {
         managers[i % 3].ok(&["network", "create", &format!("net{i}")]);
     }
-    wait_until("three tasks run", || {
-        managers
-            .iter()
-            .chain([&worker])
-            .map(|d| task_processes(d).len())
-            .sum::<usize>()
-            == 3
-    });
+    wait_tasks(managers.iter().chain([&worker]), 3);
     let (leader, followers) = leader_and_followers(&managers);
     let backup = tmp.path().join("cluster.backup");
     let shown = managers[followers[0]].ok(&["cluster", "backup", backup.to_str().unwrap()]);
