@@ -173,14 +173,7 @@ impl SimCluster {
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
         let (mut manager, logs, dispatcher) = match &root {
             Some((ca, _)) => {
-                let logs = Arc::new(shoal_manager::LogBroker::default());
-                let leader =
-                    shoal_manager::leader::start(&replica, &stop_rx, &mut rng, Arc::clone(&logs));
-                let mut manager = leader.tasks;
-                let routes = tonic::service::Routes::new(
-                    shoal_api::dispatcher_server::DispatcherServer::from_arc(leader.dispatcher),
-                )
-                .add_service(shoal_manager::LogPublishing::server(Arc::clone(&logs)));
+                let (mut manager, logs, routes) = leader_routes(&replica, &stop_rx, &mut rng);
                 let ids: Vec<String> = (0..config.nodes).map(node_id).collect();
                 let tls = crate::sim_pki::start(
                     &replica,
@@ -195,14 +188,7 @@ impl SimCluster {
                 (manager, logs, DispatcherAt::Tls(tls))
             }
             None if config.transport == SimTransport::Tcp => {
-                let logs = Arc::new(shoal_manager::LogBroker::default());
-                let leader =
-                    shoal_manager::leader::start(&replica, &stop_rx, &mut rng, Arc::clone(&logs));
-                let mut manager = leader.tasks;
-                let routes = tonic::service::Routes::new(
-                    shoal_api::dispatcher_server::DispatcherServer::from_arc(leader.dispatcher),
-                )
-                .add_service(shoal_manager::LogPublishing::server(Arc::clone(&logs)));
+                let (mut manager, logs, routes) = leader_routes(&replica, &stop_rx, &mut rng);
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let addr = listener.local_addr()?;
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -459,4 +445,24 @@ fn time_left(what: &str, timeout: Duration, start: Instant) -> Result<Duration, 
         });
     }
     Ok(left)
+}
+
+/// The leader's components over `replica`, and the dispatcher and log
+/// broker as routes for a transport to serve.
+fn leader_routes(
+    replica: &Arc<Replica>,
+    stop: &watch::Receiver<bool>,
+    rng: &mut rand::rngs::StdRng,
+) -> (
+    tokio::task::JoinSet<()>,
+    Arc<shoal_manager::LogBroker>,
+    tonic::service::Routes,
+) {
+    let logs = Arc::new(shoal_manager::LogBroker::default());
+    let leader = shoal_manager::leader::start(replica, stop, rng, Arc::clone(&logs));
+    let routes = tonic::service::Routes::new(
+        shoal_api::dispatcher_server::DispatcherServer::from_arc(leader.dispatcher),
+    )
+    .add_service(shoal_manager::LogPublishing::server(Arc::clone(&logs)));
+    (leader.tasks, logs, routes)
 }
