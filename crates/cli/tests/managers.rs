@@ -258,13 +258,40 @@ fn a_manager_is_removed_only_while_the_rest_keep_a_quorum_and_a_lost_one_joins_a
     wait_until("three managers again", || shows_managers(&again, 3));
     assert!(again.ok(&["network", "ls"]).contains("with-two"));
 
+    // A manager removed while it is stopped is told so when it comes
+    // back with its disk: it forgets itself and exits.
+    managers[live].stop();
+    wait_until("the stopped manager is unreachable", || {
+        manager_statuses(&managers[leader])
+            .iter()
+            .any(|(id, s)| live_id.starts_with(id.as_str()) && s == "Unreachable")
+    });
+    managers[leader].ok(&["node", "rm", &live_id]);
+    wait_until("two managers", || shows_managers(&again, 2));
+    let out = harness::run_daemon(&managers[live].state_dir, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("removed"), "{err}");
+    let restarted = harness::run_daemon(&managers[live].state_dir, &[]);
+    let err = String::from_utf8_lossy(&restarted.stderr);
+    assert!(err.contains("--join"), "it only joins again: {err}");
+    managers[leader].ok(&["network", "create", "after-removal"]);
+}
+
+#[test]
+fn a_live_manager_removed_with_force_stops_and_forgets_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut managers = three_managers(tmp.path());
+    let (leader, followers) = leader_and_followers(&managers);
+    let live = followers[0];
+    let live_id = node_id(&managers[live]);
+    let other = followers[1];
     // A live manager removed with --force stops and forgets itself.
     managers[leader].ok(&["node", "rm", "--force", &live_id]);
     let exited = managers[live].wait_exit(harness::READY_WITHIN);
     assert!(exited.is_some_and(|s| !s.success()), "{exited:?}");
     let log = managers[live].log_text();
     assert!(log.contains("removed"), "{log}");
-    wait_until("two managers", || shows_managers(&again, 2));
+    wait_until("two managers", || shows_managers(&managers[other], 2));
     managers[leader].ok(&["network", "create", "after-removal"]);
 }
 

@@ -698,7 +698,17 @@ async fn run_manager(
                 drained(node_listener).await;
                 return Ok(());
             }
-            () = caught_up(&replica, &marker.node_id) => {}
+            caught = caught_up(&replica, &marker.node_id) => {
+                if let Err(reason) = caught {
+                    // Removed while it was away: it stops and forgets
+                    // itself, as a removed manager that runs does.
+                    let _ = stop_tx.send(true);
+                    replica.shutdown().await;
+                    drained(node_listener).await;
+                    state.forget()?;
+                    return Err(DaemonError::Removed(reason));
+                }
+            }
         }
     }
     let mut background = tokio::task::JoinSet::new();
@@ -930,12 +940,14 @@ async fn record_self(
 
 /// Resolves once this replica's store holds every write committed, and
 /// node `node_id` in it (a joined manager has received the store from the
-/// leader). Tried again while no leader takes the barrier.
-async fn caught_up(replica: &Replica, node_id: &str) {
+/// leader). Tried again while no leader takes the barrier; the leader's
+/// refusal of a removed node ends it.
+async fn caught_up(replica: &Replica, node_id: &str) -> Result<(), String> {
     loop {
         match replica.barrier().await {
-            Ok(_) if replica.store().view().node(node_id).is_some() => return,
+            Ok(_) if replica.store().view().node(node_id).is_some() => return Ok(()),
             Ok(_) => {}
+            Err(shoal_raft::ProposeError::Removed { message }) => return Err(message),
             Err(e) => tracing::info!(error = %e, "waiting for the store to catch up"),
         }
         tokio::time::sleep(RECORD_RETRY).await;

@@ -81,6 +81,11 @@ impl LeaderLink {
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                 return Err(ProposeError::NotLeader { leader: None })
             }
+            Err(status) if shoal_api::is_node_removed(&status) => {
+                return Err(ProposeError::Removed {
+                    message: status.message().to_string(),
+                })
+            }
             Err(status) => {
                 // A failed connection carries the transport's error (the
                 // request may not have left); any other answer came from

@@ -74,6 +74,9 @@ pub enum ProposeError {
     /// No manager leads the cluster now (an election, or no quorum).
     #[error("no manager leads the cluster after {waited_ms} ms (an election is under way, or fewer than a quorum of managers are reachable); try again")]
     NoLeader { waited_ms: u64 },
+    /// The leader refused this manager: it was removed from the cluster.
+    #[error("{message}")]
+    Removed { message: String },
     /// The write was not sent: the leader cannot be reached.
     #[error("the leader at {leader} cannot be reached: {message}")]
     Unreachable { leader: String, message: String },
