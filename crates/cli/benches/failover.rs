@@ -57,15 +57,7 @@ async fn shoal_writer(
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         n += 1;
         let start = Instant::now();
-        let req = shoal_api::CreateNetworkRequest {
-            spec: Some(shoal_api::NetworkSpec {
-                annotations: Some(shoal_api::Annotations {
-                    name: format!("{name}-{n}"),
-                    labels: Default::default(),
-                }),
-                ..Default::default()
-            }),
-        };
+        let req = peers::network_request(format!("{name}-{n}"));
         let ok = tokio::time::timeout(WRITE_TIMEOUT, api.create_network(req))
             .await
             .is_ok_and(|r| r.is_ok());

@@ -283,6 +283,19 @@ impl Drop for Manager {
     }
 }
 
+/// A Shoal write: the creation of network `name`.
+pub fn network_request(name: String) -> shoal_api::CreateNetworkRequest {
+    shoal_api::CreateNetworkRequest {
+        spec: Some(shoal_api::NetworkSpec {
+            annotations: Some(shoal_api::Annotations {
+                name,
+                labels: Default::default(),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
 /// A put's JSON body for etcd's HTTP gateway.
 pub fn etcd_put_body(key: &str) -> String {
     format!(

@@ -72,15 +72,7 @@ async fn shoal_level(
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let req = shoal_api::CreateNetworkRequest {
-                    spec: Some(shoal_api::NetworkSpec {
-                        annotations: Some(shoal_api::Annotations {
-                            name: format!("l{level}-c{c}-{n}"),
-                            labels: Default::default(),
-                        }),
-                        ..Default::default()
-                    }),
-                };
+                let req = peers::network_request(format!("l{level}-c{c}-{n}"));
                 let start = Instant::now();
                 if api.create_network(req).await.is_ok() {
                     mine.push(start.elapsed());

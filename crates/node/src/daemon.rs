@@ -474,6 +474,23 @@ pub(crate) fn tls_connector(
     }))
 }
 
+/// What a connector does with the managers' addresses a session names:
+/// they become `known` (what `version` shows) and are kept in the state
+/// dir for the next start.
+pub(crate) fn keep_learned(
+    known: &KnownManagers,
+    state: &StateDir,
+) -> impl Fn(&[String]) + Send + Sync + 'static {
+    let known = Arc::clone(known);
+    let dir = state.path().to_path_buf();
+    move |list: &[String]| {
+        *known.lock().unwrap_or_else(|e| e.into_inner()) = list.to_vec();
+        if let Err(e) = crate::state_dir::save_managers_in(&dir, list) {
+            tracing::warn!(error = %e, "saving the managers' addresses failed");
+        }
+    }
+}
+
 /// Serves `router` on the control socket until `stop`; a graceful stop
 /// waits for open calls, but a watch (`shoal events`) or `logs -f` ends
 /// only when its client goes: bounded by [`CONTROL_DRAIN_MS`].
@@ -736,17 +753,8 @@ async fn run_manager(
     let mut addresses = vec![local_dial(bound)];
     addresses.extend(state.managers().into_iter().filter(|a| *a != advertise));
     let managers: KnownManagers = Arc::new(Mutex::new(vec![advertise.clone()]));
-    let learned = {
-        let known = Arc::clone(&managers);
-        let file_dir = state.path().to_path_buf();
-        move |list: &[String]| {
-            *known.lock().unwrap_or_else(|e| e.into_inner()) = list.to_vec();
-            if let Err(e) = crate::state_dir::save_managers_in(&file_dir, list) {
-                tracing::warn!(error = %e, "saving the managers' addresses failed");
-            }
-        }
-    };
-    let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?.on_learned(learned);
+    let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?
+        .on_learned(keep_learned(&managers, &state));
     let mut agent = start_agent(
         &state,
         &marker.node_id,

@@ -64,17 +64,8 @@ pub async fn run(
         ));
     }
     let known: KnownManagers = Arc::new(Mutex::new(addresses.clone()));
-    let learned = {
-        let known = Arc::clone(&known);
-        let file_dir = state.path().to_path_buf();
-        move |managers: &[String]| {
-            *known.lock().unwrap_or_else(|e| e.into_inner()) = managers.to_vec();
-            if let Err(e) = crate::state_dir::save_managers_in(&file_dir, managers) {
-                tracing::warn!(error = %e, "saving the managers' addresses failed");
-            }
-        }
-    };
-    let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?.on_learned(learned);
+    let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?
+        .on_learned(crate::daemon::keep_learned(&known, &state));
 
     // The agent stops first, the control socket last: a `leave` is
     // answered only once the node has left.

@@ -105,6 +105,28 @@ async fn open_member(
     Arc::new(Replica::open(config, true).await.unwrap())
 }
 
+/// Opens and serves a replica on each of `listeners`; replica 1
+/// bootstraps a group of `voters`.
+async fn start_members(
+    dir: &std::path::Path,
+    listeners: BTreeMap<u64, (tokio_stream::wrappers::TcpListenerStream, String)>,
+    voters: &BTreeMap<u64, String>,
+) -> BTreeMap<u64, Member> {
+    let mut members = BTreeMap::new();
+    for (id, (incoming, addr)) in listeners {
+        let replica = open_member(dir, id, addr, voters).await;
+        let stop = serve(&replica, incoming);
+        members.insert(
+            id,
+            Member {
+                replica,
+                stop_server: Some(stop),
+            },
+        );
+    }
+    members
+}
+
 /// Serves a replica's raft RPCs until the returned sender is used.
 fn serve(
     replica: &Replica,
@@ -127,18 +149,7 @@ async fn entries_replicate_and_a_new_leader_keeps_every_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
     // Phase 1: bind three listeners first, so every replica knows every address.
     let (listeners, addrs) = bind_three().await;
-    let mut members = BTreeMap::new();
-    for (id, (incoming, addr)) in listeners {
-        let replica = open_member(tmp.path(), id, addr, &addrs).await;
-        let stop = serve(&replica, incoming);
-        members.insert(
-            id,
-            Member {
-                replica,
-                stop_server: Some(stop),
-            },
-        );
-    }
+    let mut members = start_members(tmp.path(), listeners, &addrs).await;
 
     // Phase 2: writes through the leader reach all three stores.
     let first = leader(&members).await;
@@ -284,18 +295,7 @@ async fn members_join_as_learners_become_voters_take_over_when_handed_leadership
     let tmp = tempfile::tempdir().unwrap();
     let (listeners, addrs) = bind_three().await;
     let alone = BTreeMap::from([(1, addrs[&1].clone())]);
-    let mut members = BTreeMap::new();
-    for (id, (incoming, addr)) in listeners {
-        let replica = open_member(tmp.path(), id, addr, &alone).await;
-        let stop = serve(&replica, incoming);
-        members.insert(
-            id,
-            Member {
-                replica,
-                stop_server: Some(stop),
-            },
-        );
-    }
+    let mut members = start_members(tmp.path(), listeners, &alone).await;
     assert_eq!(leader(&members).await, 1);
     let one = Arc::clone(&members[&1].replica);
     for i in 0..50 {
