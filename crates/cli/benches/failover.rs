@@ -155,18 +155,7 @@ fn etcd_writer(
                 }
                 buf.extend_from_slice(&byte[..got]);
                 if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..i]).to_string();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if !head.starts_with("HTTP/1.1 200") {
-                        return None;
-                    }
+                    let length = peers::ok_body_length(&String::from_utf8_lossy(&buf[..i]))?;
                     break (i + 4, length);
                 }
             };

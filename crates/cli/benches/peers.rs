@@ -296,6 +296,23 @@ pub fn network_request(name: String) -> shoal_api::CreateNetworkRequest {
     }
 }
 
+/// The body length an HTTP/1.1 answer's head announces, when the answer
+/// is a 200; `None` otherwise.
+pub fn ok_body_length(head: &str) -> Option<usize> {
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    Some(
+        head.lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0),
+    )
+}
+
 /// A put's JSON body for etcd's HTTP gateway.
 pub fn etcd_put_body(key: &str) -> String {
     format!(

@@ -119,18 +119,7 @@ async fn etcd_put(stream: &mut tokio::net::TcpStream, body: &str) -> Option<()> 
         }
         buf.extend_from_slice(&chunk[..got]);
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..i]).to_string();
-            if !head.starts_with("HTTP/1.1 200") {
-                return None;
-            }
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                })
-                .unwrap_or(0);
+            let length = peers::ok_body_length(&String::from_utf8_lossy(&buf[..i]))?;
             break (i + 4, length);
         }
     };
