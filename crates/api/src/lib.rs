@@ -23,6 +23,7 @@ mod not_leader;
 mod object_kind;
 mod service_mode;
 mod task_state;
+mod update_defaults;
 pub use task_state::MAX_STATUS_HISTORY;
 pub mod transport;
 

@@ -182,10 +182,7 @@ fn update_config(
     {
         return;
     }
-    let c = config.get_or_insert_with(|| UpdateConfig {
-        parallelism: 1,
-        ..Default::default()
-    });
+    let c = config.get_or_insert_with(UpdateConfig::unset);
     if let Some(v) = parallelism {
         c.parallelism = v;
     }

@@ -21,8 +21,12 @@ pub enum ServiceCommand {
     Ls(ListArgs),
     /// Show services as JSON, version included.
     Inspect { services: Vec<String> },
-    /// Change a service's spec.
+    /// Change a service's spec; its tasks take it under the update config
+    /// (`--update-parallelism`, `--update-delay`, …). On a paused update,
+    /// resumes it.
     Update(UpdateArgs),
+    /// Put a service's previous spec back, under its rollback config.
+    Rollback { service: String },
     /// Set the replica count of replicated services: `shoal service scale web=4 api=2`.
     Scale {
         #[arg(required = true, value_parser = crate::parse::scale, value_name = "SERVICE=REPLICAS")]
@@ -94,6 +98,13 @@ pub struct UpdateArgs {
     lists: ListFlags,
     #[command(flatten)]
     removals: RemoveFlags,
+    /// Replace every task, even when the spec does not change.
+    #[arg(long)]
+    force: bool,
+    /// Put the previous spec back (as `shoal service rollback`); takes no
+    /// other change.
+    #[arg(long)]
+    rollback: bool,
     /// Replace the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -133,8 +144,9 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             println!("{}", service.id);
         }
         ServiceCommand::Ls(args) => {
-            let mut listing =
-                Listing::new(vec!["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "COMMAND"]);
+            let mut listing = Listing::new(vec![
+                "ID", "NAME", "MODE", "REPLICAS", "UPDATE", "IMAGE", "COMMAND",
+            ]);
             // IDs and JSON lines print page by page as they arrive; a table
             // needs every row to align its columns.
             let streaming = args.quiet || args.format == Format::Json;
@@ -146,12 +158,14 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                     let service = summary.service.unwrap_or_default();
                     let spec = service.spec.clone().unwrap_or_default();
                     let runtime = runtime_of(&spec);
+                    let update = service.update_status.clone().unwrap_or_default();
                     listing.push(
                         &service.id,
                         vec![
                             name_of(&service),
                             mode_name(spec.mode),
                             format!("{}/{}", summary.running_tasks, summary.desired_tasks),
+                            update.describe().to_string(),
                             runtime.image.clone(),
                             runtime.command.join(" "),
                         ],
@@ -196,7 +210,26 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             if !args.command.is_empty() {
                 set_command(&mut spec, args.command);
             }
-            update(&mut client, &current, spec).await?;
+            if args.rollback {
+                if args.force || Some(&spec) != current.spec.as_ref() {
+                    anyhow::bail!(
+                        "--rollback puts the previous spec back and takes no other change: \
+                         run the update and the rollback as two commands"
+                    );
+                }
+                rollback(&mut client, &current).await?;
+            } else {
+                if args.force {
+                    let task = spec.task.get_or_insert_with(Default::default);
+                    task.force_update = task.force_update.wrapping_add(1);
+                }
+                update(&mut client, &current, spec).await?;
+            }
+            println!("{}", current.id);
+        }
+        ServiceCommand::Rollback { service } => {
+            let current = get(&mut client, &service).await?;
+            rollback(&mut client, &current).await?;
             println!("{}", current.id);
         }
         ServiceCommand::Scale { scales } => {
@@ -332,6 +365,22 @@ async fn update(client: &mut Client, current: &Service, spec: ServiceSpec) -> an
             service_id: current.id.clone(),
             version,
             spec: Some(spec),
+            rollback: false,
+        })
+    )?;
+    Ok(())
+}
+
+/// Asks for the previous spec back, against the version `current` was read at.
+async fn rollback(client: &mut Client, current: &Service) -> anyhow::Result<()> {
+    let version = current.meta.as_ref().map_or(0, |m| m.version);
+    call!(
+        client,
+        update_service(UpdateServiceRequest {
+            service_id: current.id.clone(),
+            version,
+            spec: None,
+            rollback: true,
         })
     )?;
     Ok(())

@@ -57,6 +57,7 @@ async fn two_updates_from_the_same_read_conflict_through_the_api() {
         service_id: read.id.clone(),
         version,
         spec: Some(spec("web", replicas)),
+        rollback: false,
     };
     let first = api.update_service(update(2)).await;
     let second = api.update_service(update(3)).await;
@@ -163,6 +164,7 @@ async fn every_acknowledged_write_survives_kill_9_with_writes_in_flight() {
                         service_id: service.id,
                         version,
                         spec: Some(spec(&name, n + 1000)),
+                        rollback: false,
                     };
                     let Ok(updated) = api.update_service(update).await else {
                         return;

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use prost::Message;
 use shoal_api::{
-    node_spec, node_status, object, restart_policy, store_action, Annotations, Batch, Node,
-    NodeDescription, NodeSpec, NodeStatus, Placement, ResourceRequirements, Resources,
+    node_spec, node_status, object, restart_policy, store_action, update_config, Annotations,
+    Batch, Node, NodeDescription, NodeSpec, NodeStatus, Placement, ResourceRequirements, Resources,
     RestartPolicy, Runtime, Service, ServiceMode, ServiceSpec, StoreAction, Task, TaskSpec,
-    TaskState, TaskStatus, Transaction,
+    TaskState, TaskStatus, Transaction, UpdateConfig,
 };
 use shoal_manager::allocator::Allocator;
 use shoal_manager::orchestrator::task_reaper::Reaper;
@@ -36,6 +36,9 @@ enum Op {
         zone: Option<u8>,
         global: bool,
         delay_ms: u64,
+        /// Update parallelism (0: all at once) and order.
+        parallelism: u8,
+        start_first: bool,
     },
     RemoveService(u8),
     Node {
@@ -57,8 +60,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (0u8..3, 0u8..6, any::<bool>(), proptest::option::of(0u8..2), prop::bool::weighted(0.2), prop_oneof![Just(0u64), Just(1_000), Just(5_000)])
-            .prop_map(|(which, replicas, reserve, zone, global, delay_ms)| Op::Service { which, replicas, reserve, zone, global, delay_ms }),
+        2 => ((0u8..3, 0u8..6, any::<bool>(), proptest::option::of(0u8..2), prop::bool::weighted(0.2), prop_oneof![Just(0u64), Just(1_000), Just(5_000)]), (0u8..3, any::<bool>()))
+            .prop_map(|((which, replicas, reserve, zone, global, delay_ms), (parallelism, start_first))| Op::Service { which, replicas, reserve, zone, global, delay_ms, parallelism, start_first }),
         1 => (0u8..3).prop_map(Op::RemoveService),
         2 => (0u8..5, prop::bool::weighted(0.8), 0u8..3, 0u8..2, 1i64..4)
             .prop_map(|(which, ready, availability, zone, memory_gib)| Op::Node { which, ready, availability, zone, memory_gib }),
@@ -199,6 +202,8 @@ impl World {
                 zone,
                 global,
                 delay_ms,
+                parallelism,
+                start_first,
             } => {
                 let id = format!("svc{which}");
                 let existing = self.store.view().service(&id).cloned();
@@ -239,8 +244,20 @@ impl World {
                             ServiceMode::Replicated as i32
                         },
                         replicas: Some(i64::from(*replicas)),
+                        update: Some(UpdateConfig {
+                            parallelism: u64::from(*parallelism),
+                            order: if *start_first {
+                                update_config::Order::StartFirst
+                            } else {
+                                update_config::Order::StopFirst
+                            } as i32,
+                            monitor_ms: 1_000,
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
+                    // As the control API does: a new spec starts a new
+                    // update (and resumes a paused one).
                     ..Default::default()
                 };
                 let kind = if existing.is_some() {

@@ -2,183 +2,15 @@
 //! a store built by applying transactions, the decision compared as actions.
 
 use shoal_api::{
-    node_spec, node_status, restart_policy, store_action, Annotations, Batch, Cluster, ClusterSpec,
-    Node, NodeDescription, NodeSpec, NodeStatus, OrchestrationConfig, Placement,
-    ResourceRequirements, Resources, RestartPolicy, Runtime, Service, ServiceMode, ServiceSpec,
-    StoreAction, Task, TaskSpec, TaskState, TaskStatus, Transaction,
+    node_spec, node_status, restart_policy, store_action, Cluster, ClusterSpec, Node,
+    OrchestrationConfig, Placement, ResourceRequirements, Resources, RestartPolicy, ServiceMode,
+    StoreAction, Task, TaskState, TaskStatus,
 };
 use shoal_manager::orchestrator::task_reaper;
 use shoal_manager::{allocator, orchestrator, scheduler};
-use shoal_store::Store;
 
-/// A store the test writes directly, one transaction per call.
-struct World {
-    store: Store,
-    version: u64,
-    ids: u64,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            store: Store::new(),
-            version: 0,
-            ids: 0,
-        }
-    }
-
-    fn apply(&mut self, actions: Vec<StoreAction>, now_ms: i64) {
-        self.version += 1;
-        let results = self.store.apply(
-            self.version,
-            Batch {
-                transactions: vec![Transaction {
-                    actions,
-                    timestamp_ms: now_ms,
-                }],
-            },
-        );
-        assert_eq!(results, vec![Ok(())]);
-    }
-
-    fn create(&mut self, object: impl Into<shoal_api::Object>, now_ms: i64) {
-        let action = StoreAction {
-            kind: store_action::Kind::Create as i32,
-            target: Some(object.into()),
-        };
-        self.apply(vec![action], now_ms);
-    }
-
-    fn orchestrate(&mut self, now_ms: i64) -> orchestrator::Decision {
-        let ids = &mut self.ids;
-        let decision = orchestrator::decide(
-            &self.store.view(),
-            now_ms,
-            &mut || {
-                *ids += 1;
-                format!("task{ids:03}")
-            },
-            &Default::default(),
-        );
-        for txn in &decision.transactions {
-            self.apply(txn.clone(), now_ms);
-        }
-        decision
-    }
-
-    fn tasks(&self) -> Vec<Task> {
-        self.store.view().tasks().collect()
-    }
-
-    /// Tasks that occupy their slot (desired RUNNING or READY).
-    fn live(&self) -> Vec<Task> {
-        self.tasks()
-            .into_iter()
-            .filter(|t| {
-                t.desired_state == TaskState::Running as i32
-                    || t.desired_state == TaskState::Ready as i32
-            })
-            .collect()
-    }
-
-    fn set_state(&mut self, task_id: &str, state: TaskState, now_ms: i64) {
-        let mut t = self.store.view().task(task_id).unwrap();
-        t.status = Some(TaskStatus {
-            state: state as i32,
-            timestamp_ms: now_ms,
-            ..Default::default()
-        });
-        let action = StoreAction {
-            kind: store_action::Kind::Update as i32,
-            target: Some(t.into()),
-        };
-        self.apply(vec![action], now_ms);
-    }
-
-    fn update_service(&mut self, f: impl FnOnce(&mut ServiceSpec)) {
-        let mut s = self.store.view().service("svc").unwrap().clone();
-        f(s.spec.as_mut().unwrap());
-        let action = StoreAction {
-            kind: store_action::Kind::Update as i32,
-            target: Some(s.into()),
-        };
-        self.apply(vec![action], 0);
-    }
-}
-
-fn service(replicas: i64, restart: RestartPolicy) -> Service {
-    Service {
-        id: "svc".into(),
-        spec: Some(ServiceSpec {
-            annotations: Some(Annotations {
-                name: "web".into(),
-                labels: Default::default(),
-            }),
-            task: Some(TaskSpec {
-                runtime: Some(Runtime {
-                    command: vec!["sleep".into(), "100".into()],
-                    ..Default::default()
-                }),
-                restart: Some(restart),
-                ..Default::default()
-            }),
-            replicas: Some(replicas),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn any_restart() -> RestartPolicy {
-    RestartPolicy {
-        condition: restart_policy::Condition::Any as i32,
-        ..Default::default()
-    }
-}
-
-fn node(
-    id: &str,
-    memory: i64,
-    availability: node_spec::Availability,
-    labels: &[(&str, &str)],
-) -> Node {
-    Node {
-        id: id.into(),
-        spec: Some(NodeSpec {
-            annotations: Some(Annotations {
-                name: String::new(),
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            }),
-            availability: availability as i32,
-            ..Default::default()
-        }),
-        description: Some(NodeDescription {
-            hostname: id.into(),
-            resources: Some(Resources {
-                nano_cpus: 2_000_000_000,
-                memory_bytes: memory,
-            }),
-            ..Default::default()
-        }),
-        status: Some(NodeStatus {
-            state: node_status::State::Ready as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn sorted(mut v: Vec<u64>) -> Vec<u64> {
-    v.sort();
-    v
-}
-
-fn slots(tasks: &[Task]) -> Vec<u64> {
-    sorted(tasks.iter().map(|t| t.slot).collect())
-}
+mod world;
+use world::*;
 
 #[test]
 fn a_replicated_service_gets_one_live_task_per_slot() {
@@ -240,10 +72,17 @@ fn scaling_does_not_replace_tasks_but_a_new_template_does() {
         before.iter().all(|id| after.contains(id)),
         "scaling up replaced a task"
     );
+    // All at once (parallelism 0): the first pass starts the update, the
+    // second replaces.
     w.update_service(|s| {
-        s.task.as_mut().unwrap().runtime.as_mut().unwrap().env = vec!["A=1".into()]
+        s.task.as_mut().unwrap().runtime.as_mut().unwrap().env = vec!["A=1".into()];
+        s.update = Some(shoal_api::UpdateConfig {
+            parallelism: 0,
+            ..Default::default()
+        });
     });
     w.orchestrate(30);
+    w.orchestrate(31);
     let replaced = w.live();
     assert_eq!(slots(&replaced), [1, 2, 3]);
     assert!(

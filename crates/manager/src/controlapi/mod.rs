@@ -1,6 +1,9 @@
 //! The control API: what `shoal` (the CLI) talks to (DESIGN.md §3).
 //!
-//! Owns: every object's `spec` (and a service's `previous_spec`). Nothing else.
+//! Owns: every object's `spec` (and a service's `previous_spec`). A
+//! service update also resets its `update_status`, so the update supervisor
+//! starts the new update (or resumes a paused one), and a rollback the user
+//! asks for starts as ROLLBACK_STARTED, as SwarmKit's control API does.
 //!
 //! Each write reads a consistent view, validates, builds one transaction whose
 //! actions carry the versions it read (plus CHECK actions for the objects it

@@ -2,8 +2,8 @@
 
 use crate::limits::{check_service, Limits};
 use shoal_api::{
-    CreateServiceRequest, GetRequest, ListRequest, ListServicesResponse, RemoveRequest,
-    RemoveResponse, ServiceResponse, UpdateServiceRequest,
+    update_status, CreateServiceRequest, GetRequest, ListRequest, ListServicesResponse,
+    RemoveRequest, RemoveResponse, ServiceResponse, UpdateServiceRequest, UpdateStatus,
 };
 
 use super::*;
@@ -53,6 +53,9 @@ impl ControlApi {
         &self,
         req: UpdateServiceRequest,
     ) -> Result<ServiceResponse, ApiError> {
+        if req.rollback {
+            return self.rollback_service(req).await;
+        }
         let spec = req.spec.unwrap_or_default();
         validate_service_spec(&spec).map_err(ApiError::from)?;
         let mut spec = with_service_defaults(spec);
@@ -84,6 +87,13 @@ impl ControlApi {
                 .map_err(ApiError::from)?;
             let mut actions = self.resolve_networks(&view, &mut spec)?;
             let mut service = current.clone();
+            // What the tasks run changed, or the user updates a paused
+            // update: the update supervisor starts again from here.
+            let runs = |s: &ServiceSpec| (s.task.clone(), s.endpoint.clone());
+            let paused = current.update_status.as_ref().is_some_and(|s| s.paused());
+            if runs(&old_spec) != runs(&spec) || paused {
+                service.update_status = None;
+            }
             if old_spec != spec {
                 service.previous_spec = Some(old_spec);
             }
@@ -92,6 +102,56 @@ impl ControlApi {
             // in between must fail as a conflict.
             if let Some(meta) = service.meta.as_mut() {
                 meta.version = req.version;
+            }
+            actions.push(action(store_action::Kind::Update, service));
+            actions
+        };
+        self.commit(actions).await?;
+        Ok(ServiceResponse {
+            service: Some(self.read_service(&req.service_id)?),
+        })
+    }
+
+    /// The previous spec back, under the rollback config: `service
+    /// rollback`. Refused when the service has none (it was never updated).
+    async fn rollback_service(
+        &self,
+        req: UpdateServiceRequest,
+    ) -> Result<ServiceResponse, ApiError> {
+        let actions = {
+            let view = self.view();
+            let current = view.service(&req.service_id).cloned().ok_or_else(|| {
+                ApiError::Lookup(shoal_store::LookupError::NotFound {
+                    kind: "service".into(),
+                    reference: req.service_id.clone(),
+                })
+            })?;
+            let Some(previous) = current.previous_spec.clone() else {
+                let name = current
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.annotations.as_ref())
+                    .map_or(current.id.as_str(), |a| a.name.as_str());
+                return Err(ApiError::Refused(format!(
+                    "service {name} has no previous spec to roll back to (it was never updated)"
+                )));
+            };
+            let mut service = current.clone();
+            service.previous_spec = current.spec.clone();
+            service.spec = Some(previous);
+            service.update_status = Some(UpdateStatus {
+                state: update_status::State::RollbackStarted as i32,
+                started_at_ms: shoal_api::clock::now_ms(),
+                completed_at_ms: 0,
+                message: "manually requested rollback".into(),
+            });
+            if let Some(meta) = service.meta.as_mut() {
+                meta.version = req.version;
+            }
+            let mut actions = Vec::new();
+            // The networks the previous spec names must still be there.
+            if let Some(spec) = service.spec.as_mut() {
+                actions = self.resolve_networks(&view, spec)?;
             }
             actions.push(action(store_action::Kind::Update, service));
             actions

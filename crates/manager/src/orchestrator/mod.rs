@@ -18,6 +18,7 @@
 //! # Layout
 //! [`service`] decides one service; [`replicated`] and [`global`] say which
 //! places a service wants; [`restart`] is the restart supervisor;
+//! [`update`] the update supervisor (rolling updates and rollbacks);
 //! [`constraint_enforcer`] says which tasks must leave their node;
 //! [`task_reaper`] removes what the history limit no longer keeps. The
 //! [`Orchestrator`] here remembers what changed between passes.
@@ -28,6 +29,7 @@ mod replicated;
 mod restart;
 mod service;
 pub mod task_reaper;
+mod update;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -41,6 +43,7 @@ use global::*;
 use replicated::*;
 use restart::*;
 use service::*;
+use update::*;
 
 pub use service::decide;
 
@@ -215,34 +218,51 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
     ) -> Option<Vec<Vec<StoreAction>>> {
         let service = view.service(service_id)?;
         let spec = service.spec.clone().unwrap_or_default();
-        if !spec.is_replicated() {
+        // A rollout decides over the whole service (how many places are
+        // busy is a count over all of them).
+        let rolling_out = service
+            .update_status
+            .as_ref()
+            .is_some_and(|s| s.in_progress());
+        if !spec.is_replicated() || rolling_out {
             return None;
         }
         let constraints = constraints_of(&spec);
         let mut groups = Vec::new();
         let mut delayed = Vec::new();
+        // Every slot's tasks first: one without an occupying task sends the
+        // whole service to be looked at, before any id is made.
+        let mut places = Vec::with_capacity(dirty.len());
+        let mut stale = HashSet::new();
+        for slot in dirty {
+            // Through the store's slot index: a slot is looked at without
+            // reading its service's every task.
+            let shared: Vec<_> = view
+                .task_ids_in_slot(service_id, *slot)
+                .filter_map(|id| view.task_sharing_spec(id))
+                .collect();
+            stale.extend(stale_ids(
+                service,
+                shared.iter().map(|(t, s)| (t, s.as_ref())),
+            ));
+            let tasks: Vec<Task> = shared.into_iter().map(|(t, _)| t).collect();
+            if !tasks.iter().any(occupies) {
+                return None;
+            }
+            places.push((*slot, tasks));
+        }
+        // Places get a new spec only through the update supervisor, which
+        // the whole-service pass runs.
+        let replace = BTreeSet::new();
         let mut maker = Maker {
             service,
             now_ms,
             new_id: &mut self.new_id,
             budget,
             starved: false,
+            stale: &stale,
+            replace: &replace,
         };
-        // Every slot's tasks first: one without an occupying task sends the
-        // whole service to be looked at, before any id is made.
-        let mut places = Vec::with_capacity(dirty.len());
-        for slot in dirty {
-            // Through the store's slot index: a slot is looked at without
-            // reading its service's every task.
-            let tasks: Vec<Task> = view
-                .task_ids_in_slot(service_id, *slot)
-                .filter_map(|id| view.task_without_spec(id))
-                .collect();
-            if !tasks.iter().any(occupies) {
-                return None;
-            }
-            places.push((*slot, tasks));
-        }
         for (slot, tasks) in &places {
             let mut history: Vec<&Task> = tasks.iter().collect();
             history.sort_by(|a, b| (created_at(a), &a.id).cmp(&(created_at(b), &b.id)));
@@ -315,11 +335,19 @@ impl<F: FnMut() -> String + Send + 'static> Reconciler for Orchestrator<F> {
                 // A replacement waiting out its restart delay: its service
                 // is looked at again, which notes when the delay is due.
                 let delayed = t.desired() == TaskState::Ready;
-                let unowned =
-                    t.desired() != TaskState::Remove && view.service(&t.service_id).is_none();
-                if unowned {
+                let service = view.service(&t.service_id);
+                let unowned = t.desired() != TaskState::Remove && service.is_none();
+                // A rollout counts over the whole service: any change of
+                // one of its tasks may free room for the next.
+                let rolling_out = service
+                    .and_then(|s| s.update_status.as_ref())
+                    .is_some_and(|s| s.in_progress());
+                // A task of an older spec is held to the service's current
+                // constraints wherever it lands.
+                let outdated = service.is_some_and(|s| t.spec_version < s.spec_version);
+                if unowned || rolling_out {
                     self.dirty.insert(t.service_id.clone());
-                } else if ended || stranded || delayed {
+                } else if ended || stranded || delayed || outdated {
                     self.mark(t);
                 }
             }

@@ -1,11 +1,13 @@
 //! The decision for one service: which places should hold a task, and
 //! what each place needs (a new task, a replacement, a restart, or to be
-//! let go), within the pass's budget of new tasks.
+//! let go), within the pass's budget of new tasks. Which places get the
+//! service's new spec, and when, is the update supervisor's ([`super::update`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use shoal_api::{
-    store_action, Node, Service, ServiceMode, StoreAction, Task, TaskState, TaskStatus,
+    store_action, update_config, Node, Service, ServiceMode, StoreAction, Task, TaskState,
+    TaskStatus,
 };
 use shoal_store::Tables;
 
@@ -59,9 +61,36 @@ pub(super) struct Maker<'a, F: FnMut() -> String> {
     pub(super) budget: &'a mut u64,
     /// The service needed a task the budget could not pay for.
     pub(super) starved: bool,
+    /// Tasks of an older spec than the service's ([`stale_ids`]).
+    pub(super) stale: &'a HashSet<String>,
+    /// Places the update supervisor replaces in this pass.
+    pub(super) replace: &'a BTreeSet<Place>,
 }
 
 impl<F: FnMut() -> String> Maker<'_, F> {
+    pub(super) fn is_stale(&self, task: &Task) -> bool {
+        self.stale.contains(&task.id)
+    }
+
+    /// The update order the service follows now is start-first: a task of
+    /// an older spec keeps running until its replacement runs.
+    fn start_first(&self) -> bool {
+        let spec = self.service.spec.clone().unwrap_or_default();
+        let rolling_back = self
+            .service
+            .update_status
+            .as_ref()
+            .is_some_and(|s| s.rolling_back());
+        spec.update_config(rolling_back).order == update_config::Order::StartFirst as i32
+    }
+
+    /// A job's tasks take a new spec at once: there is no rollout of runs
+    /// to completion.
+    fn job(&self) -> bool {
+        let mode = self.service.spec.as_ref().map_or(0, |s| s.mode);
+        mode == ServiceMode::ReplicatedJob as i32 || mode == ServiceMode::GlobalJob as i32
+    }
+
     /// Whether a task may be created now; when not, the service is noted
     /// as unfinished and the place is left as it is for the next pass.
     pub(super) fn may_create(&mut self) -> bool {
@@ -171,10 +200,10 @@ pub(super) fn reconcile(
     let mode = ServiceMode::try_from(spec.mode).unwrap_or(ServiceMode::Replicated);
     // Without their specs: the updates below change only desired state,
     // and the store keeps the spec of a task updated without one.
-    let tasks: Vec<Task> = view
-        .tasks_of_service_sharing_specs(&service.id)
-        .map(|(t, _)| t)
-        .collect();
+    let shared: Vec<(Task, &std::sync::Arc<shoal_api::TaskSpec>)> =
+        view.tasks_of_service_sharing_specs(&service.id).collect();
+    let stale = stale_ids(service, shared.iter().map(|(t, s)| (t, s.as_ref())));
+    let tasks: Vec<Task> = shared.into_iter().map(|(t, _)| t).collect();
     let mut by_place: BTreeMap<Place, Vec<&Task>> = BTreeMap::new();
     for t in &tasks {
         let place = match mode {
@@ -203,14 +232,40 @@ pub(super) fn reconcile(
     let mut starved = spec
         .replicas_wanted()
         .is_some_and(|replicas| (wanted.len() as u64) < replicas);
+    let job = matches!(mode, ServiceMode::ReplicatedJob | ServiceMode::GlobalJob);
+    let rollout = if job {
+        Rollout::default()
+    } else {
+        update::plan(service, &by_place, &wanted, &stale, now_ms)
+    };
+    if let Some(due) = rollout.wake_at_ms {
+        wake_at_ms = Some(due);
+    }
     // One group per place: a task let go and its replacement commit together.
     let mut groups: Vec<Vec<StoreAction>> = Vec::new();
+    if let Some(written) = rollout.service {
+        let rolled_back = written.spec != service.spec;
+        groups.push(vec![StoreAction {
+            kind: store_action::Kind::Update as i32,
+            target: Some(written.into()),
+        }]);
+        if rolled_back {
+            // Every task made now would be of the spec being left.
+            return ServiceOutcome {
+                groups,
+                wake_at_ms: None,
+                starved,
+            };
+        }
+    }
     let mut maker = Maker {
         service,
         now_ms,
         new_id,
         budget,
         starved: false,
+        stale: &stale,
+        replace: &rollout.replace,
     };
     // Places that should be empty: let their tasks go.
     let wanted_set: std::collections::BTreeSet<&Place> = wanted.iter().collect();
@@ -253,12 +308,34 @@ pub(super) fn place_actions<F: FnMut() -> String>(
     let now_ms = maker.now_ms;
     let mut actions = Vec::new();
     let mut live: Vec<&Task> = history.iter().copied().filter(|t| occupies(t)).collect();
-    // At most one live task per place: keep the newest.
-    while live.len() > 1 {
-        let extra = live.remove(0);
-        actions.push(update(with_desired(extra, TaskState::Shutdown)));
+    // A start-first replacement that ended after its update was rolled
+    // back: let it go, and the task it was to replace is the place's again.
+    if let [older @ .., newest] = live.as_slice() {
+        let newest = *newest;
+        if maker.is_stale(newest)
+            && newest.observed().is_terminal()
+            && older
+                .iter()
+                .any(|t| !maker.is_stale(t) && !t.observed().is_terminal())
+        {
+            actions.push(update(with_desired(newest, TaskState::Shutdown)));
+            live.pop();
+        }
     }
-    let Some(current) = live.first() else {
+    // At most one live task per place: keep the newest. Under start-first,
+    // a task of an older spec keeps running until its replacement runs.
+    let hold = maker.start_first()
+        && live
+            .last()
+            .is_some_and(|n| !maker.is_stale(n) && n.observed() != TaskState::Running);
+    let newest = live.pop();
+    for extra in live {
+        let held = hold && maker.is_stale(extra) && !extra.observed().is_terminal();
+        if !held {
+            actions.push(update(with_desired(extra, TaskState::Shutdown)));
+        }
+    }
+    let Some(current) = newest else {
         if maker.may_create() {
             actions.push(create(maker.task(place, TaskState::Running)));
         }
@@ -270,7 +347,12 @@ pub(super) fn place_actions<F: FnMut() -> String>(
         && !current.node_id.is_empty()
         && (!keeps_tasks(view.node(&current.node_id), constraints)
             || evicted.contains(&current.id));
-    let replace = stranded || (current.spec_version < service.spec_version && !state.is_terminal());
+    // A new spec reaches a place when the update supervisor says so; a
+    // job's at once.
+    let updated = maker.is_stale(current)
+        && !state.is_terminal()
+        && (maker.replace.contains(place) || maker.job());
+    let replace = stranded || updated;
     let restart =
         !replace && state.is_terminal() && should_restart(service, history, current, now_ms);
     if (replace || restart) && !maker.may_create() {
@@ -279,9 +361,11 @@ pub(super) fn place_actions<F: FnMut() -> String>(
         return (actions, None);
     }
     if replace {
-        // Moved off a node that cannot keep it, or a plain
-        // replacement of an old template (rolling updates grow here).
-        actions.push(update(with_desired(current, TaskState::Shutdown)));
+        // Moved off a node that cannot keep it, or updated: start-first
+        // stops the old task once the new one runs (above, next passes).
+        if stranded || !maker.start_first() {
+            actions.push(update(with_desired(current, TaskState::Shutdown)));
+        }
         actions.push(create(maker.task(place, TaskState::Running)));
     } else if state.is_terminal() {
         if restart {

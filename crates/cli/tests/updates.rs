@@ -1,0 +1,294 @@
+//! Rolling updates and rollbacks as a user sees them: the real daemon, CLI
+//! and processes. The exact decisions (parallelism, delay, monitor, failure
+//! ratio, orders) are checked as action lists in the manager's
+//! `rolling_updates` tests; these check that a user's flags reach them and
+//! what `inspect` and `ls` report.
+
+mod harness;
+
+use harness::{json_lines, replicas, wait_until, Daemon};
+use serde_json::Value;
+
+fn inspect(d: &Daemon, service: &str) -> Value {
+    let out: Value = serde_json::from_str(&d.ok(&["service", "inspect", service])).unwrap();
+    out[0].clone()
+}
+
+fn update_state(d: &Daemon, service: &str) -> String {
+    inspect(d, service)["update_status"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn command(spec: &Value) -> Vec<String> {
+    spec["task"]["runtime"]["command"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no command in {spec}"))
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every task of the service ever made and not yet reaped, as `task inspect`
+/// shows them.
+fn all_tasks(d: &Daemon, service: &str) -> Vec<Value> {
+    let ids = d.ok(&["service", "ps", "-a", "-q", service]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    let mut args = vec!["task", "inspect"];
+    args.extend(ids);
+    serde_json::from_str::<Vec<Value>>(&d.ok(&args)).unwrap()
+}
+
+fn command_of_task(t: &Value) -> Vec<String> {
+    command(&serde_json::json!({ "task": t["spec"] }))
+}
+
+/// When the task's status first said `state`, if it did.
+fn time_of(t: &Value, state: &str) -> Option<i64> {
+    std::iter::once(&t["status"])
+        .chain(t["history"].as_array().into_iter().flatten())
+        .find(|s| s["state"] == state)
+        .map(|s| s["timestamp_ms"].as_i64().unwrap())
+}
+
+fn running_pids(d: &Daemon) -> Vec<u32> {
+    let mut pids: Vec<u32> = harness::task_processes(d).into_values().collect();
+    pids.sort();
+    pids
+}
+
+fn create(d: &Daemon, name: &str, count: &str, flags: &[&str]) {
+    let mut args = vec!["service", "create", "--name", name, "--replicas", count];
+    args.extend(flags);
+    args.extend(["--", "sleep", "300"]);
+    d.ok(&args);
+    let want = format!("{count}/{count}");
+    wait_until("every replica running", || replicas(d, name) == want);
+}
+
+#[test]
+fn an_update_whose_new_command_fails_rolls_back_by_itself_and_reports_rollback_completed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    create(
+        &d,
+        "web",
+        "3",
+        &[
+            "--update-parallelism",
+            "1",
+            // The next slot waits 30 s after the first new task runs: the
+            // failure is seen long before, so only one slot is touched.
+            "--update-delay",
+            "30s",
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "2s",
+            "--rollback-parallelism",
+            "0",
+            "--rollback-monitor",
+            "1s",
+        ],
+    );
+    let before = running_pids(&d);
+    d.ok(&["service", "update", "web", "--", "sh", "-c", "exit 3"]);
+    wait_until("the update rolled back and completed", || {
+        update_state(&d, "web") == "ROLLBACK_COMPLETED"
+    });
+    let service = inspect(&d, "web");
+    assert_eq!(
+        command(&service["spec"]),
+        ["sleep", "300"],
+        "the previous spec is back"
+    );
+    assert_eq!(command(&service["previous_spec"]), ["sh", "-c", "exit 3"]);
+    let message = service["update_status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("rollback completed"),
+        "the last word is the rollback's: {message}"
+    );
+    wait_until("3/3 running the old command", || {
+        replicas(&d, "web") == "3/3" && running_pids(&d).len() == 3
+    });
+    // One at a time, then the delay: the first new task failed, so the
+    // other two slots never left their processes.
+    let after = running_pids(&d);
+    let kept = before.iter().filter(|p| after.contains(p)).count();
+    assert_eq!(kept, 2, "before {before:?}, after {after:?}");
+    let failed: Vec<Value> = all_tasks(&d, "web")
+        .into_iter()
+        .filter(|t| command_of_task(t) == ["sh", "-c", "exit 3"])
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "only one task of the failing spec was made"
+    );
+}
+
+#[test]
+fn parallelism_and_delay_are_honoured_one_task_after_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    create(
+        &d,
+        "web",
+        "3",
+        &[
+            "--update-parallelism",
+            "1",
+            "--update-delay",
+            "1s",
+            "--update-monitor",
+            "500ms",
+        ],
+    );
+    d.ok(&["service", "update", "web", "--env", "V=2"]);
+    wait_until("the update completed", || {
+        update_state(&d, "web") == "COMPLETED"
+    });
+    let mut new: Vec<Value> = all_tasks(&d, "web")
+        .into_iter()
+        .filter(|t| t["spec"]["runtime"]["env"][0] == "V=2")
+        .collect();
+    assert_eq!(new.len(), 3);
+    new.sort_by_key(|t| t["meta"]["created_at_ms"].as_i64().unwrap());
+    for pair in new.windows(2) {
+        let ran = time_of(&pair[0], "RUNNING").expect("each new task ran");
+        let next = pair[1]["meta"]["created_at_ms"].as_i64().unwrap();
+        assert!(
+            next >= ran + 1_000,
+            "a task was made {} ms after the previous one ran, within the 1 s delay",
+            next - ran
+        );
+    }
+}
+
+#[test]
+fn start_first_stops_each_old_task_only_after_its_replacement_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    create(
+        &d,
+        "web",
+        "2",
+        &["--update-order", "start-first", "--update-monitor", "500ms"],
+    );
+    d.ok(&["service", "update", "web", "--env", "V=2"]);
+    wait_until("the update completed", || {
+        update_state(&d, "web") == "COMPLETED"
+    });
+    let tasks = all_tasks(&d, "web");
+    for slot in [1, 2] {
+        let of_slot: Vec<&Value> = tasks.iter().filter(|t| t["slot"] == slot).collect();
+        let old = of_slot
+            .iter()
+            .find(|t| t["spec"]["runtime"]["env"].as_array().unwrap().is_empty())
+            .expect("the old task is kept in the history");
+        let new = of_slot
+            .iter()
+            .find(|t| t["spec"]["runtime"]["env"][0] == "V=2")
+            .unwrap();
+        let new_ran = time_of(new, "RUNNING").unwrap();
+        let old_stopped = time_of(old, "SHUTDOWN").unwrap();
+        assert!(
+            old_stopped >= new_ran,
+            "slot {slot}: the old task stopped at {old_stopped}, before its replacement ran at {new_ran}"
+        );
+    }
+}
+
+#[test]
+fn a_paused_update_shows_in_ls_and_a_service_update_resumes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    create(&d, "web", "2", &["--update-monitor", "1s"]);
+    d.ok(&["service", "update", "web", "--", "sh", "-c", "exit 3"]);
+    wait_until("the update paused", || update_state(&d, "web") == "PAUSED");
+    let message = inspect(&d, "web")["update_status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("update paused due to failure or early termination of task "),
+        "{message}"
+    );
+    let row = json_lines(&d.ok(&["service", "ls", "--format", "json"]))
+        .into_iter()
+        .find(|s| s["name"] == "web")
+        .unwrap();
+    assert_eq!(row["update"], "update paused");
+    // A fixed spec resumes the update, which completes.
+    d.ok(&["service", "update", "web", "--", "sleep", "301"]);
+    wait_until("the update completed", || {
+        update_state(&d, "web") == "COMPLETED"
+    });
+    wait_until("2/2 running", || replicas(&d, "web") == "2/2");
+    let row = json_lines(&d.ok(&["service", "ls", "--format", "json"]))
+        .into_iter()
+        .find(|s| s["name"] == "web")
+        .unwrap();
+    assert_eq!(row["update"], "updated");
+}
+
+#[test]
+fn service_rollback_brings_the_previous_spec_back_and_force_replaces_every_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    create(
+        &d,
+        "web",
+        "2",
+        &[
+            "--update-parallelism",
+            "0",
+            "--update-monitor",
+            "200ms",
+            "--rollback-monitor",
+            "200ms",
+        ],
+    );
+    let err = d.fails(&["service", "rollback", "web"]);
+    assert!(
+        err.contains("service web has no previous spec to roll back to"),
+        "{err}"
+    );
+    // --force: the same spec, every task replaced.
+    let before = running_pids(&d);
+    d.ok(&["service", "update", "--force", "web"]);
+    wait_until("every task replaced", || {
+        let now = running_pids(&d);
+        update_state(&d, "web") == "COMPLETED"
+            && now.len() == 2
+            && now.iter().all(|p| !before.contains(p))
+    });
+    d.ok(&["service", "update", "web", "--env", "V=2"]);
+    wait_until("the update completed", || {
+        update_state(&d, "web") == "COMPLETED"
+    });
+    let err = d.fails(&["service", "update", "web", "--rollback", "--env", "V=3"]);
+    assert!(
+        err.contains("--rollback puts the previous spec back and takes no other change"),
+        "{err}"
+    );
+    d.ok(&["service", "rollback", "web"]);
+    wait_until("the rollback completed", || {
+        update_state(&d, "web") == "ROLLBACK_COMPLETED"
+    });
+    let service = inspect(&d, "web");
+    assert_eq!(service["update_status"]["message"], "rollback completed");
+    assert!(service["spec"]["task"]["runtime"]["env"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    wait_until("2/2 running the old spec", || {
+        replicas(&d, "web") == "2/2"
+            && harness::task_processes(&d).len() == 2
+            && all_tasks(&d, "web")
+                .iter()
+                .filter(|t| t["desired_state"] == "RUNNING")
+                .all(|t| t["spec"]["runtime"]["env"].as_array().unwrap().is_empty())
+    });
+}

@@ -1,0 +1,280 @@
+//! The update supervisor (DESIGN.md §3): when a service's spec changes, which
+//! of its places get a task of the new spec now, under the service's update
+//! config (or its rollback config while rolling back).
+//!
+//! Owns: service `update_status`. On an automatic rollback (failure action
+//! `rollback`) it also puts `previous_spec` back as `spec`, as SwarmKit's
+//! updater does: the user asked for that in advance.
+//!
+//! Everything is derived from the store, so a new leader goes on where the
+//! last one was, never from scratch and never twice:
+//! - a place is *dirty* when its live task runs an older spec;
+//! - the update started at `update_status.started_at_ms`; the tasks *of this
+//!   update* are those of the current spec created since;
+//! - a place is *busy* while its task of this update has not yet run, or
+//!   has run for less than `delay` (each of the `parallelism` workers waits
+//!   `delay` after the task it started runs, as docker's do);
+//! - a task of this update that failed, was rejected or exited before it
+//!   had run for `monitor` is a *failure*; more failures than
+//!   `max_failure_ratio` of the places trigger the failure action;
+//! - the update is *completed* once no place is dirty or busy and every
+//!   task of this update has run for `monitor`.
+//!
+//! [`plan`] is pure: the service, its tasks by place and the time in, the
+//! places to replace now, the service to write back and when to look again
+//! out.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use shoal_api::{
+    port_config, update_config, update_status, PortConfig, Service, Task, TaskSpec, TaskState,
+    UpdateStatus,
+};
+
+use super::*;
+
+/// What the update supervisor decided for one service.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Rollout {
+    /// Places whose task is replaced now.
+    pub(super) replace: BTreeSet<Place>,
+    /// The service with its new update status (and, for a rollback, its
+    /// previous spec back), when either changed. No place is replaced in
+    /// the pass that writes it: the next pass reads what it wrote.
+    pub(super) service: Option<Service>,
+    /// When a delay or a monitor window ends.
+    pub(super) wake_at_ms: Option<i64>,
+}
+
+/// The ports a spec publishes on the node itself, as the allocator records
+/// them in each task.
+fn host_ports(service: &Service) -> Vec<PortConfig> {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.endpoint.as_ref())
+        .map(|e| {
+            e.ports
+                .iter()
+                .filter(|p| p.publish_mode == port_config::PublishMode::Host as i32)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ids of the tasks that run an older spec than the service's: made
+/// from an older template, or published on other host ports. A task of an
+/// older spec version that runs what the service asks again (after a
+/// rollback) is not stale.
+pub(super) fn stale_ids<'a>(
+    service: &Service,
+    tasks: impl Iterator<Item = (&'a Task, &'a TaskSpec)>,
+) -> HashSet<String> {
+    let template = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task.clone())
+        .unwrap_or_default();
+    let ports = host_ports(service);
+    // Tasks made together share their spec: compare each spec once.
+    let mut same_template: HashMap<*const TaskSpec, bool> = HashMap::new();
+    let mut stale = HashSet::new();
+    for (task, spec) in tasks {
+        if task.spec_version >= service.spec_version {
+            continue;
+        }
+        let same = *same_template
+            .entry(spec as *const TaskSpec)
+            .or_insert_with(|| *spec == template);
+        let task_ports = task.endpoint.as_ref().map_or(&[][..], |e| &e.ports[..]);
+        if !same || task_ports != ports.as_slice() {
+            stale.insert(task.id.clone());
+        }
+    }
+    stale
+}
+
+/// When the task first ran, if it did.
+fn running_since(task: &Task) -> Option<i64> {
+    std::iter::once(task.status.as_ref())
+        .flatten()
+        .chain(task.history.iter().rev())
+        .find(|s| s.state == TaskState::Running as i32)
+        .map(|s| s.timestamp_ms)
+}
+
+/// A task that ended by itself (failed, rejected, or exited) before it had
+/// run for `monitor_ms`. A task stopped on purpose ends SHUTDOWN, and one
+/// lost with its node ORPHANED: neither is the new spec's failure.
+fn failed_early(task: &Task, monitor_ms: u64) -> bool {
+    let state = task.observed();
+    if !matches!(
+        state,
+        TaskState::Failed | TaskState::Rejected | TaskState::Complete
+    ) {
+        return false;
+    }
+    let ended = task.status.as_ref().map_or(0, |s| s.timestamp_ms);
+    running_since(task).is_none_or(|since| ended - since <= monitor_ms as i64)
+}
+
+/// The newest task that occupies the place, if any.
+pub(super) fn newest_live<'a>(history: &[&'a Task]) -> Option<&'a Task> {
+    history.iter().rev().find(|t| occupies(t)).copied()
+}
+
+fn status(state: update_status::State, now_ms: i64, message: String) -> UpdateStatus {
+    UpdateStatus {
+        state: state as i32,
+        started_at_ms: now_ms,
+        completed_at_ms: 0,
+        message,
+    }
+}
+
+/// What the update supervisor does for `service` now. `places` holds every
+/// place's tasks, oldest first; `wanted` the places that should hold one;
+/// `stale` the tasks of an older spec ([`stale_ids`]).
+pub(super) fn plan(
+    service: &Service,
+    places: &BTreeMap<Place, Vec<&Task>>,
+    wanted: &[Place],
+    stale: &HashSet<String>,
+    now_ms: i64,
+) -> Rollout {
+    use update_status::State;
+    let spec = service.spec.clone().unwrap_or_default();
+    let current = service.update_status.clone().unwrap_or_default();
+    let rolling_back = current.rolling_back();
+    let config = spec.update_config(rolling_back);
+    let is_stale = |t: &Task| stale.contains(&t.id);
+    let dirty: Vec<&Place> = wanted
+        .iter()
+        .filter(|p| {
+            places
+                .get(p)
+                .and_then(|h| newest_live(h))
+                .is_some_and(|t| is_stale(t) && !t.observed().is_terminal())
+        })
+        .collect();
+    let write = |update_status: UpdateStatus| Rollout {
+        service: Some(Service {
+            update_status: Some(update_status),
+            ..service.clone()
+        }),
+        ..Default::default()
+    };
+    if current.paused() {
+        // Until the user updates the service again.
+        return Rollout::default();
+    }
+    if !current.in_progress() {
+        if dirty.is_empty() {
+            return Rollout::default();
+        }
+        return write(status(State::Updating, now_ms, "update in progress".into()));
+    }
+    let started = current.started_at_ms;
+    let of_this_update = |t: &Task| !is_stale(t) && created_at(t) >= started;
+
+    // Failures first: they decide whether anything more is replaced.
+    let mut failures = 0usize;
+    let mut first_failure: Option<&Task> = None;
+    for place in wanted {
+        for t in places.get(place).map_or(&[][..], Vec::as_slice) {
+            if of_this_update(t) && failed_early(t, config.monitor_ms) {
+                failures += 1;
+                first_failure.get_or_insert(t);
+            }
+        }
+    }
+    let tolerated = config.max_failure_ratio as f64 * wanted.len() as f64;
+    if let Some(failed) = first_failure.filter(|_| failures as f64 > tolerated) {
+        let cause = format!("failure or early termination of task {}", failed.id);
+        let action = update_config::FailureAction::try_from(config.failure_action)
+            .unwrap_or(update_config::FailureAction::Pause);
+        match action {
+            update_config::FailureAction::Continue => {}
+            update_config::FailureAction::Rollback
+                if !rolling_back && service.previous_spec.is_some() =>
+            {
+                let mut rollout = write(status(
+                    State::RollbackStarted,
+                    now_ms,
+                    format!("update rolled back due to {cause}"),
+                ));
+                if let Some(s) = rollout.service.as_mut() {
+                    s.spec = service.previous_spec.clone();
+                    s.previous_spec = service.spec.clone();
+                }
+                return rollout;
+            }
+            _ => {
+                let (state, what) = if rolling_back {
+                    (State::RollbackPaused, "rollback")
+                } else {
+                    (State::Paused, "update")
+                };
+                return write(UpdateStatus {
+                    started_at_ms: started,
+                    ..status(state, now_ms, format!("{what} paused due to {cause}"))
+                });
+            }
+        }
+    }
+
+    // Places still busy with a task of this update, and when each frees.
+    let mut busy = 0usize;
+    let mut wake_at_ms: Option<i64> = None;
+    let mut watched_until = i64::MIN;
+    let mut wake = |at: i64| wake_at_ms = Some(wake_at_ms.map_or(at, |w: i64| w.min(at)));
+    for place in wanted {
+        let Some(t) = places.get(place).and_then(|h| newest_live(h)) else {
+            continue;
+        };
+        if !of_this_update(t) {
+            continue;
+        }
+        match (t.observed(), running_since(t)) {
+            (TaskState::Running, Some(since)) => {
+                let free_at = since + config.delay_ms as i64;
+                if free_at > now_ms {
+                    busy += 1;
+                    wake(free_at);
+                }
+                watched_until = watched_until.max(since + config.monitor_ms as i64);
+            }
+            (state, _) if !state.is_terminal() => busy += 1,
+            // Ended: counted above when it failed; its restart is the
+            // restart supervisor's.
+            _ => {}
+        }
+    }
+    let room = match config.parallelism {
+        0 => usize::MAX,
+        n => (n as usize).saturating_sub(busy),
+    };
+    let replace: BTreeSet<Place> = dirty.iter().take(room).map(|p| (*p).clone()).collect();
+    if dirty.is_empty() && busy == 0 {
+        if watched_until > now_ms {
+            wake(watched_until);
+        } else {
+            let (state, message) = if rolling_back {
+                (State::RollbackCompleted, "rollback completed")
+            } else {
+                (State::Completed, "update completed")
+            };
+            return write(UpdateStatus {
+                started_at_ms: started,
+                completed_at_ms: now_ms,
+                ..status(state, now_ms, message.into())
+            });
+        }
+    }
+    Rollout {
+        replace,
+        service: None,
+        wake_at_ms,
+    }
+}

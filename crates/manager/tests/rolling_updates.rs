@@ -1,0 +1,427 @@
+//! The update supervisor's decisions: a store built by applying
+//! transactions, agents' reports written by the test, and each pass decided
+//! by a fresh orchestrator reading everything (as a new leader would), so
+//! every test also shows that a rollout goes on from the store alone.
+
+use shoal_api::{
+    update_config, update_status, RestartPolicy, Task, TaskState, UpdateConfig, UpdateStatus,
+};
+
+mod world;
+use world::*;
+
+const MONITOR_MS: i64 = 1_000;
+
+fn config(parallelism: u64, delay_ms: u64, action: update_config::FailureAction) -> UpdateConfig {
+    UpdateConfig {
+        parallelism,
+        delay_ms,
+        failure_action: action as i32,
+        monitor_ms: MONITOR_MS as u64,
+        ..Default::default()
+    }
+}
+
+/// A service of `replicas` tasks, every one running, made at time 0.
+fn running_service(replicas: i64, update: UpdateConfig) -> World {
+    let mut w = World::new();
+    let mut s = service(replicas, RestartPolicy::default());
+    s.spec.as_mut().unwrap().update = Some(update);
+    w.create(s, 0);
+    w.orchestrate(0);
+    for t in w.live() {
+        w.set_state(&t.id, TaskState::Running, 0);
+    }
+    w
+}
+
+fn new_template(w: &mut World, env: &str) {
+    w.update_service(|s| {
+        s.task.as_mut().unwrap().runtime.as_mut().unwrap().env = vec![env.into()];
+    });
+}
+
+fn env_of(t: &Task) -> Vec<String> {
+    t.spec
+        .as_ref()
+        .unwrap()
+        .runtime
+        .as_ref()
+        .unwrap()
+        .env
+        .clone()
+}
+
+/// Live tasks that run the template with `env`.
+fn live_with(w: &World, env: &str) -> Vec<Task> {
+    w.live()
+        .into_iter()
+        .filter(|t| env_of(t) == [env.to_string()])
+        .collect()
+}
+
+fn status(w: &World) -> UpdateStatus {
+    w.store
+        .view()
+        .service("svc")
+        .unwrap()
+        .update_status
+        .clone()
+        .unwrap_or_default()
+}
+
+fn run_all(w: &mut World, env: &str, now_ms: i64) {
+    for t in live_with(w, env) {
+        if t.observed() < TaskState::Running {
+            w.set_state(&t.id, TaskState::Running, now_ms);
+        }
+    }
+}
+
+#[test]
+fn an_update_replaces_parallelism_tasks_at_a_time_each_once_it_runs() {
+    let mut w = running_service(5, config(2, 0, update_config::FailureAction::Pause));
+    new_template(&mut w, "V=2");
+    // The first pass starts the update, writing when.
+    w.orchestrate(1_000);
+    assert_eq!(status(&w).state(), update_status::State::Updating);
+    assert_eq!(status(&w).started_at_ms, 1_000);
+    assert!(live_with(&w, "V=2").is_empty());
+    w.orchestrate(1_001);
+    assert_eq!(
+        slots(&live_with(&w, "V=2")),
+        [1, 2],
+        "two at a time, lowest slots first"
+    );
+    assert_eq!(
+        w.live().len(),
+        5,
+        "stop-first: each old task is let go as its replacement is made"
+    );
+    // Until the new ones run, nothing more is replaced.
+    w.orchestrate(1_002);
+    assert_eq!(slots(&live_with(&w, "V=2")), [1, 2]);
+    let first = live_with(&w, "V=2");
+    w.set_state(&first[0].id, TaskState::Running, 1_500);
+    w.orchestrate(1_501);
+    assert_eq!(
+        slots(&live_with(&w, "V=2")),
+        [1, 2, 3],
+        "one ran: room for one more"
+    );
+    run_all(&mut w, "V=2", 2_000);
+    w.orchestrate(2_001);
+    assert_eq!(slots(&live_with(&w, "V=2")), [1, 2, 3, 4, 5]);
+    run_all(&mut w, "V=2", 2_500);
+    // Every slot updated, but the last ones have not run for the monitor.
+    w.orchestrate(2_600);
+    assert_eq!(status(&w).state(), update_status::State::Updating);
+    let decision = w.orchestrate(2_601);
+    assert_eq!(
+        decision.wake_at_ms,
+        Some(2_500 + MONITOR_MS),
+        "looks again when the monitor ends"
+    );
+    w.orchestrate(2_500 + MONITOR_MS);
+    assert_eq!(status(&w).state(), update_status::State::Completed);
+    assert_eq!(status(&w).completed_at_ms, 2_500 + MONITOR_MS);
+    assert_eq!(status(&w).message, "update completed");
+    // Converged: nothing more.
+    assert_eq!(w.orchestrate(10_000), Default::default());
+}
+
+#[test]
+fn parallelism_zero_replaces_every_task_at_once() {
+    let mut w = running_service(4, config(0, 0, update_config::FailureAction::Pause));
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    assert_eq!(slots(&live_with(&w, "V=2")), [1, 2, 3, 4]);
+}
+
+#[test]
+fn the_delay_holds_each_worker_after_the_task_it_started_runs() {
+    let mut w = running_service(3, config(1, 10_000, update_config::FailureAction::Pause));
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    assert_eq!(slots(&live_with(&w, "V=2")), [1]);
+    run_all(&mut w, "V=2", 2_000);
+    let decision = w.orchestrate(2_001);
+    assert_eq!(slots(&live_with(&w, "V=2")), [1], "within the delay");
+    assert_eq!(decision.wake_at_ms, Some(12_000));
+    w.orchestrate(11_999);
+    assert_eq!(slots(&live_with(&w, "V=2")), [1]);
+    w.orchestrate(12_000);
+    assert_eq!(slots(&live_with(&w, "V=2")), [1, 2]);
+}
+
+#[test]
+fn a_failure_pauses_the_update_naming_the_task_and_a_user_update_resumes_it() {
+    let mut w = running_service(4, config(1, 0, update_config::FailureAction::Pause));
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let new = live_with(&w, "V=2").remove(0);
+    w.set_state(&new.id, TaskState::Failed, 1_200);
+    w.orchestrate(1_300);
+    let paused = status(&w);
+    assert_eq!(paused.state(), update_status::State::Paused);
+    assert_eq!(
+        paused.message,
+        format!(
+            "update paused due to failure or early termination of task {}",
+            new.id
+        )
+    );
+    assert_eq!(
+        paused.started_at_ms, 1_000,
+        "a pause keeps when the update started"
+    );
+    // Paused: no other slot gets the new spec, however long we wait.
+    for now in [2_000, 60_000] {
+        w.orchestrate(now);
+        let updated: Vec<u64> = w
+            .tasks()
+            .iter()
+            .filter(|t| env_of(t) == ["V=2"])
+            .map(|t| t.slot)
+            .collect();
+        assert!(
+            updated.iter().all(|s| *s == 1),
+            "slot {updated:?} updated while paused"
+        );
+    }
+    // Any update by the user resumes it: a new update starts.
+    w.update_service(|s| s.replicas = Some(4));
+    w.orchestrate(70_000);
+    assert_eq!(status(&w).state(), update_status::State::Updating);
+    assert_eq!(status(&w).started_at_ms, 70_000);
+    w.orchestrate(70_001);
+    assert!(
+        slots(&live_with(&w, "V=2")).contains(&2),
+        "the update goes on"
+    );
+}
+
+#[test]
+fn failures_up_to_the_ratio_are_tolerated_and_continue_never_stops() {
+    // 4 slots at a ratio of 0.25: one failure is tolerated, two are not.
+    let mut tolerant = config(4, 0, update_config::FailureAction::Pause);
+    tolerant.max_failure_ratio = 0.25;
+    let mut w = running_service(4, tolerant);
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let new = live_with(&w, "V=2");
+    w.set_state(&new[0].id, TaskState::Failed, 1_100);
+    w.orchestrate(1_200);
+    assert_eq!(status(&w).state(), update_status::State::Updating);
+    w.set_state(&new[1].id, TaskState::Rejected, 1_300);
+    w.orchestrate(1_400);
+    assert_eq!(status(&w).state(), update_status::State::Paused);
+
+    let mut w = running_service(2, config(1, 0, update_config::FailureAction::Continue));
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let new = live_with(&w, "V=2").remove(0);
+    w.set_state(&new.id, TaskState::Failed, 1_100);
+    w.orchestrate(1_200);
+    assert_eq!(status(&w).state(), update_status::State::Updating);
+    assert!(
+        w.live().iter().any(|t| t.slot == 2 && env_of(t) == ["V=2"]),
+        "continue: the failed task frees its worker for the next slot"
+    );
+}
+
+#[test]
+fn a_task_that_fails_after_the_monitor_is_not_the_updates_failure() {
+    let mut w = running_service(2, config(1, 0, update_config::FailureAction::Pause));
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let new = live_with(&w, "V=2").remove(0);
+    let mut running = w.store.view().task(&new.id).unwrap();
+    assert!(running.advance_status(shoal_api::TaskStatus {
+        state: TaskState::Running as i32,
+        timestamp_ms: 1_100,
+        ..Default::default()
+    }));
+    assert!(running.advance_status(shoal_api::TaskStatus {
+        state: TaskState::Failed as i32,
+        timestamp_ms: 1_100 + MONITOR_MS + 1,
+        ..Default::default()
+    }));
+    w.apply(
+        vec![shoal_api::StoreAction {
+            kind: shoal_api::store_action::Kind::Update as i32,
+            target: Some(running.into()),
+        }],
+        1_100 + MONITOR_MS + 1,
+    );
+    w.orchestrate(1_100 + MONITOR_MS + 2);
+    assert_eq!(status(&w).state(), update_status::State::Updating);
+}
+
+#[test]
+fn failure_action_rollback_puts_the_previous_spec_back_and_rolls_back_only_updated_slots() {
+    let mut update = config(1, 0, update_config::FailureAction::Rollback);
+    update.max_failure_ratio = 0.0;
+    let mut w = running_service(3, update);
+    w.update_service(|s| s.rollback = Some(config(0, 0, update_config::FailureAction::Pause)));
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    run_all(&mut w, "V=2", 1_100);
+    w.orchestrate(1_101);
+    let second = live_with(&w, "V=2")
+        .into_iter()
+        .find(|t| t.slot == 2)
+        .unwrap();
+    w.set_state(&second.id, TaskState::Failed, 1_200);
+    w.orchestrate(1_300);
+    let service = w.store.view().service("svc").unwrap().clone();
+    let rolled = service.update_status.clone().unwrap();
+    assert_eq!(rolled.state(), update_status::State::RollbackStarted);
+    assert_eq!(
+        rolled.message,
+        format!(
+            "update rolled back due to failure or early termination of task {}",
+            second.id
+        )
+    );
+    let spec_env = |s: &shoal_api::ServiceSpec| {
+        s.task
+            .as_ref()
+            .unwrap()
+            .runtime
+            .as_ref()
+            .unwrap()
+            .env
+            .clone()
+    };
+    assert!(
+        spec_env(service.spec.as_ref().unwrap()).is_empty(),
+        "the previous spec is back"
+    );
+    assert_eq!(spec_env(service.previous_spec.as_ref().unwrap()), ["V=2"]);
+    // The rollback config (all at once) replaces the updated slots; slot 3
+    // never left the old spec and keeps its task.
+    let slot3 = w.live().into_iter().find(|t| t.slot == 3).unwrap();
+    w.orchestrate(1_400);
+    w.orchestrate(1_401);
+    assert!(
+        live_with(&w, "V=2").is_empty(),
+        "{:?}",
+        live_with(&w, "V=2")
+    );
+    assert!(
+        w.live().iter().any(|t| t.id == slot3.id),
+        "slot 3 was replaced"
+    );
+    for t in w.live() {
+        if t.observed() < TaskState::Running {
+            w.set_state(&t.id, TaskState::Running, 1_500);
+        }
+    }
+    w.orchestrate(1_501);
+    w.orchestrate(1_500 + MONITOR_MS);
+    assert_eq!(status(&w).state(), update_status::State::RollbackCompleted);
+    assert_eq!(status(&w).message, "rollback completed");
+}
+
+#[test]
+fn start_first_stops_the_old_task_only_once_its_replacement_runs() {
+    let mut update = config(1, 0, update_config::FailureAction::Pause);
+    update.order = update_config::Order::StartFirst as i32;
+    let mut w = running_service(2, update);
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let running = |w: &World| {
+        w.live()
+            .iter()
+            .filter(|t| t.observed() == TaskState::Running)
+            .count()
+    };
+    assert_eq!(w.live().len(), 3, "the new task is made beside the old one");
+    assert_eq!(running(&w), 2);
+    w.orchestrate(1_002);
+    assert_eq!(w.live().len(), 3, "the old one waits for the new one");
+    run_all(&mut w, "V=2", 1_100);
+    w.orchestrate(1_101);
+    assert_eq!(
+        slots(&w.live()),
+        [1, 2, 2],
+        "slot 1's old task went, slot 2's update began"
+    );
+    assert!(running(&w) >= 2, "never fewer than the replicas running");
+}
+
+#[test]
+fn a_start_first_replacement_that_fails_leaves_the_old_task_running() {
+    let mut update = config(1, 0, update_config::FailureAction::Rollback);
+    update.order = update_config::Order::StartFirst as i32;
+    let mut w = running_service(1, update);
+    let old = w.live().remove(0);
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let new = live_with(&w, "V=2").remove(0);
+    w.set_state(&new.id, TaskState::Failed, 1_100);
+    // Rolled back: the failed task is let go, the old one stays.
+    w.orchestrate(1_200);
+    w.orchestrate(1_201);
+    w.orchestrate(1_202);
+    assert_eq!(
+        w.live().iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        [old.id.as_str()]
+    );
+    w.orchestrate(1_202 + MONITOR_MS);
+    assert_eq!(status(&w).state(), update_status::State::RollbackCompleted);
+}
+
+#[test]
+fn a_scale_during_an_update_keeps_it_going_and_new_slots_get_the_new_spec() {
+    let mut w = running_service(2, config(1, 0, update_config::FailureAction::Pause));
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    w.update_service(|s| s.replicas = Some(3));
+    w.orchestrate(1_002);
+    assert_eq!(
+        status(&w).started_at_ms,
+        1_000,
+        "a scale does not restart the update"
+    );
+    assert_eq!(slots(&live_with(&w, "V=2")), [1, 3]);
+}
+
+#[test]
+fn a_service_without_an_update_config_updates_as_dockers_do_one_at_a_time() {
+    let mut w = World::new();
+    w.create(service(3, RestartPolicy::default()), 0);
+    w.orchestrate(0);
+    run_all(&mut w, "", 0);
+    for t in w.live() {
+        w.set_state(&t.id, TaskState::Running, 0);
+    }
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    assert_eq!(live_with(&w, "V=2").len(), 1);
+    run_all(&mut w, "V=2", 1_100);
+    w.orchestrate(1_101);
+    w.orchestrate(1_101 + 4_999);
+    assert_eq!(status(&w).state(), update_status::State::Updating);
+    run_all(&mut w, "V=2", 1_200);
+    w.orchestrate(1_201);
+    run_all(&mut w, "V=2", 1_300);
+    w.orchestrate(1_300 + 5_000);
+    assert_eq!(
+        status(&w).state(),
+        update_status::State::Completed,
+        "watched 5 s"
+    );
+}
