@@ -37,10 +37,9 @@ set -x
 "$shoal" service create --name web --replicas 3 --env A=1 --label tier=front \
   --reserve-memory 64M --restart-condition on-failure --restart-delay 2s \
   --update-parallelism 2 --update-delay 5s --network backend -- python3 -u -m http.server 0
-sleep 1
 "$shoal" service ls
 "$shoal" service scale web=4
-sleep 1
+"$shoal" service update web --env A=2
 "$shoal" service ps web
 "$shoal" service logs web
 "$shoal" join-token worker

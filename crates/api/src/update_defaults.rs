@@ -2,7 +2,44 @@
 //! way, in one place (the control API, the update supervisor and the CLI
 //! ask the same questions).
 
-use crate::{update_status, ServiceSpec, UpdateConfig, UpdateStatus};
+use crate::{
+    port_config, update_status, PortConfig, Service, ServiceSpec, Task, TaskSpec, UpdateConfig,
+    UpdateStatus,
+};
+
+impl Service {
+    /// The ports the service publishes on the node itself, as the allocator
+    /// records them in each task.
+    pub fn host_ports(&self) -> impl Iterator<Item = &PortConfig> {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.endpoint.as_ref())
+            .into_iter()
+            .flat_map(|e| e.ports.iter())
+            .filter(|p| p.publish_mode == port_config::PublishMode::Host as i32)
+    }
+
+    /// Whether `task`, made from `task_spec`, runs what the service asks
+    /// now: made at its spec version or later, or from the same template
+    /// with the same host ports (a task an update left alone, after a
+    /// rollback brought its spec back).
+    pub fn runs_current(&self, task: &Task, task_spec: &TaskSpec) -> bool {
+        self.runs_current_given(task, || {
+            let template = self.spec.as_ref().and_then(|s| s.task.as_ref());
+            template.map_or(*task_spec == TaskSpec::default(), |t| t == task_spec)
+        })
+    }
+
+    /// [`Service::runs_current`], with the template comparison made by the
+    /// caller (which may have made it once for many tasks sharing a spec).
+    pub fn runs_current_given(&self, task: &Task, same_template: impl FnOnce() -> bool) -> bool {
+        if task.spec_version >= self.spec_version {
+            return true;
+        }
+        let task_ports = task.endpoint.as_ref().map_or(&[][..], |e| &e.ports[..]);
+        same_template() && task_ports.iter().eq(self.host_ports())
+    }
+}
 
 impl UpdateConfig {
     /// How long each new task is watched for failure when the config does

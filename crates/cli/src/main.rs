@@ -16,6 +16,7 @@ mod network;
 mod node;
 mod output;
 mod parse;
+mod progress;
 mod service;
 mod task;
 

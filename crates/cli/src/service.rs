@@ -9,6 +9,7 @@ use shoal_api::{
 use crate::client::Client;
 use crate::flags::{apply_mode, ListFlags, Mode, RemoveFlags, SpecFlags};
 use crate::output::{Format, Listing};
+use crate::progress::{self, Change};
 use crate::task::{print_tasks, TaskListArgs};
 use crate::{call, each_page, list_all};
 
@@ -26,11 +27,17 @@ pub enum ServiceCommand {
     /// resumes it.
     Update(UpdateArgs),
     /// Put a service's previous spec back, under its rollback config.
-    Rollback { service: String },
+    Rollback {
+        service: String,
+        #[command(flatten)]
+        wait: WaitFlags,
+    },
     /// Set the replica count of replicated services: `shoal service scale web=4 api=2`.
     Scale {
         #[arg(required = true, value_parser = crate::parse::scale, value_name = "SERVICE=REPLICAS")]
         scales: Vec<(String, i64)>,
+        #[command(flatten)]
+        wait: WaitFlags,
     },
     /// Remove services.
     #[command(alias = "remove")]
@@ -72,6 +79,26 @@ pub enum ServiceCommand {
     },
 }
 
+/// Whether a change waits for the service to converge, and what it shows.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitFlags {
+    /// Return at once instead of waiting for the service to converge.
+    #[arg(short, long, env = "SHOAL_DETACH")]
+    detach: bool,
+    /// Print only the service's ID (no progress).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl WaitFlags {
+    async fn wait(&self, client: &mut Client, id: &str, change: Change) -> anyhow::Result<()> {
+        if self.detach {
+            return Ok(());
+        }
+        progress::wait(client, id, change, self.quiet).await
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Service name (a DNS label).
@@ -84,6 +111,8 @@ pub struct CreateArgs {
     spec: SpecFlags,
     #[command(flatten)]
     lists: ListFlags,
+    #[command(flatten)]
+    wait: WaitFlags,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -105,6 +134,8 @@ pub struct UpdateArgs {
     /// other change.
     #[arg(long)]
     rollback: bool,
+    #[command(flatten)]
+    wait: WaitFlags,
     /// Replace the command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -142,6 +173,9 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             )?;
             let service = created.service.unwrap_or_default();
             println!("{}", service.id);
+            args.wait
+                .wait(&mut client, &service.id, Change::Converge)
+                .await?;
         }
         ServiceCommand::Ls(args) => {
             let mut listing = Listing::new(vec![
@@ -218,21 +252,31 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                     );
                 }
                 rollback(&mut client, &current).await?;
+                println!("{}", current.id);
+                args.wait
+                    .wait(&mut client, &current.id, Change::Rollback)
+                    .await?;
             } else {
                 if args.force {
                     let task = spec.task.get_or_insert_with(Default::default);
                     task.force_update = task.force_update.wrapping_add(1);
                 }
                 update(&mut client, &current, spec).await?;
+                println!("{}", current.id);
+                args.wait
+                    .wait(&mut client, &current.id, Change::Update)
+                    .await?;
             }
-            println!("{}", current.id);
         }
-        ServiceCommand::Rollback { service } => {
+        ServiceCommand::Rollback { service, wait } => {
             let current = get(&mut client, &service).await?;
             rollback(&mut client, &current).await?;
             println!("{}", current.id);
+            wait.wait(&mut client, &current.id, Change::Rollback)
+                .await?;
         }
-        ServiceCommand::Scale { scales } => {
+        ServiceCommand::Scale { scales, wait } => {
+            let mut scaled = Vec::new();
             for (name, replicas) in scales {
                 let current = get(&mut client, &name).await?;
                 let mut spec = current.spec.clone().unwrap_or_default();
@@ -245,6 +289,10 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                 spec.replicas = Some(replicas);
                 update(&mut client, &current, spec).await?;
                 println!("{name} scaled to {replicas}");
+                scaled.push(current.id);
+            }
+            for id in scaled {
+                wait.wait(&mut client, &id, Change::Converge).await?;
             }
         }
         ServiceCommand::Rm { services } => {

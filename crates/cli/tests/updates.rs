@@ -292,3 +292,159 @@ fn service_rollback_brings_the_previous_spec_back_and_force_replaces_every_task(
                 .all(|t| t["spec"]["runtime"]["env"].as_array().unwrap().is_empty())
     });
 }
+
+#[test]
+fn a_change_waits_until_the_service_converges_printing_plain_lines_when_not_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    let out = d.shoal_waiting(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("overall progress: 2 out of 2 tasks\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1/2: running\n"), "{stdout}");
+    assert!(
+        stdout.ends_with("verify: Service web converged\n"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains('\x1b'),
+        "control codes on a pipe: {stdout:?}"
+    );
+    // It returned once converged: nothing left to wait for.
+    assert_eq!(replicas(&d, "web"), "2/2");
+
+    // An update waits for the update to complete.
+    let out = d.shoal_waiting(&[
+        "service",
+        "update",
+        "web",
+        "--env",
+        "V=2",
+        "--update-monitor",
+        "200ms",
+    ]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.ends_with("verify: Service web converged\n"),
+        "{stdout}"
+    );
+    assert_eq!(update_state(&d, "web"), "COMPLETED");
+
+    // --quiet: the ID alone.
+    let out = d.shoal_waiting(&["service", "scale", "web=3", "-q"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "web scaled to 3\n");
+    assert_eq!(replicas(&d, "web"), "3/3");
+}
+
+#[test]
+fn an_update_that_pauses_or_rolls_back_fails_the_command_naming_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    create(&d, "web", "1", &["--update-monitor", "1s"]);
+    let out = d.shoal_waiting(&["service", "update", "web", "--", "sh", "-c", "exit 3"]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr.starts_with("Error: update paused due to failure or early termination of task "),
+        "{stderr}"
+    );
+    let out = d.shoal_waiting(&[
+        "service",
+        "update",
+        "web",
+        "--update-failure-action",
+        "rollback",
+        "--",
+        "sh",
+        "-c",
+        "exit 4",
+    ]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr.starts_with("Error: the update was rolled back: ")
+            && stderr.contains("update rolled back due to failure or early termination of task "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn detach_returns_at_once_even_when_the_service_cannot_converge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    // No node has this label: without --detach this would wait for ever.
+    let out = d.shoal_waiting(&[
+        "service",
+        "create",
+        "--detach",
+        "-q",
+        "--name",
+        "nowhere",
+        "--constraint",
+        "node.labels.zone==mars",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert!(out.status.success());
+    let id = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(id.trim().len(), 25, "the ID alone: {id:?}");
+    assert_eq!(replicas(&d, "nowhere"), "0/1");
+}
+
+#[test]
+fn on_a_terminal_progress_is_drawn_in_place() {
+    // A pseudo-terminal through util-linux's `script`.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: no `script` (util-linux) to give the CLI a terminal");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    let command = format!(
+        "{} service create --name web --replicas 2 -- sleep 300",
+        env!("CARGO_BIN_EXE_shoal")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env("SHOAL_SOCKET", &d.socket)
+        .env_remove("SHOAL_DETACH")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains('\x1b'),
+        "a terminal gets redrawn lines: {screen:?}"
+    );
+    assert!(
+        screen.contains("overall progress: 2 out of 2 tasks"),
+        "{screen:?}"
+    );
+    assert!(screen.contains("1/2: running"), "{screen:?}");
+    assert!(
+        screen.contains("verify: Service web converged"),
+        "{screen:?}"
+    );
+    assert_eq!(replicas(&d, "web"), "2/2");
+}

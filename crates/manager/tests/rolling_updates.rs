@@ -328,7 +328,14 @@ fn failure_action_rollback_puts_the_previous_spec_back_and_rolls_back_only_updat
     w.orchestrate(1_501);
     w.orchestrate(1_500 + MONITOR_MS);
     assert_eq!(status(&w).state(), update_status::State::RollbackCompleted);
-    assert_eq!(status(&w).message, "rollback completed");
+    assert_eq!(
+        status(&w).message,
+        format!(
+            "rollback completed (update rolled back due to failure or early termination of task {})",
+            second.id
+        ),
+        "why stays after the rollback ends"
+    );
 }
 
 #[test]

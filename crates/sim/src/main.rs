@@ -13,7 +13,8 @@ use clap::Parser;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use shoal_api::{
-    Annotations, CreateServiceRequest, Runtime, ServiceMode, ServiceSpec, Task, TaskSpec, TaskState,
+    update_config, update_status, Annotations, CreateServiceRequest, Runtime, ServiceMode,
+    ServiceSpec, Task, TaskSpec, TaskState, UpdateConfig, UpdateServiceRequest,
 };
 use shoal_sim::{SimCluster, SimConfig, SimNodes, SimTransport, TaskBehaviour};
 
@@ -50,6 +51,14 @@ struct Args {
     /// recovery.
     #[arg(long, default_value_t = 0)]
     kill_percent: usize,
+    /// After converging (and recovering), roll out a new spec to every
+    /// service with this update parallelism (no delay, no monitor), and
+    /// time it to completed with the fewest tasks running on the way.
+    #[arg(long, value_name = "N")]
+    update_parallelism: Option<u64>,
+    /// The rollout's order.
+    #[arg(long, value_enum, default_value = "stop-first")]
+    update_order: UpdateOrder,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Longest wait for any one phase, in seconds.
@@ -69,6 +78,12 @@ struct Args {
     /// until stdin closes; a line `kill I` kills node I.
     #[arg(long, hide = true, value_name = "SOCKET")]
     agents_for: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum UpdateOrder {
+    StopFirst,
+    StartFirst,
 }
 
 impl Args {
@@ -338,6 +353,60 @@ async fn main() -> anyhow::Result<()> {
             lost,
             killed.elapsed().as_secs_f64(),
             (args.heartbeat_ms * shoal_manager::HEARTBEAT_TTL_PERIODS) as f64 / 1000.0
+        );
+    }
+    if let Some(parallelism) = args.update_parallelism {
+        let dead: HashSet<String> = sim.view(|view| {
+            view.nodes()
+                .filter(|n| !shoal_sim::sim_cluster::is_ready(n))
+                .map(|n| n.id.clone())
+                .collect()
+        });
+        let services = sim.view(|view| view.services().cloned().collect::<Vec<_>>());
+        let order = match args.update_order {
+            UpdateOrder::StopFirst => update_config::Order::StopFirst,
+            UpdateOrder::StartFirst => update_config::Order::StartFirst,
+        };
+        let updated = Instant::now();
+        for service in services {
+            let mut spec = service.spec.clone().unwrap_or_default();
+            if let Some(runtime) = spec.task.as_mut().and_then(|t| t.runtime.as_mut()) {
+                runtime.env = vec!["ROLLOUT=1".into()];
+            }
+            spec.update = Some(UpdateConfig {
+                parallelism,
+                order: order as i32,
+                monitor_ms: 0,
+                ..Default::default()
+            });
+            control
+                .update_service(UpdateServiceRequest {
+                    service_id: service.id.clone(),
+                    version: service.meta.map_or(0, |m| m.version),
+                    spec: Some(spec),
+                    rollback: false,
+                })
+                .await
+                .with_context(|| format!("updating service {}", service.id))?;
+        }
+        let (_, fewest) = sim
+            .follow_tasks(
+                "every service's update completed",
+                timeout,
+                |t| t.observed() == TaskState::Running && !dead.contains(&t.node_id),
+                |_, view| {
+                    view.services().all(|s| {
+                        s.update_status.as_ref().map(|u| u.state())
+                            == Some(update_status::State::Completed)
+                    })
+                },
+            )
+            .await?;
+        println!(
+            "rolling update of {total} tasks, parallelism {parallelism}, {:?}: completed {:.2} s after the update; fewest tasks running after any commit: {fewest} ({} below {total})",
+            args.update_order,
+            updated.elapsed().as_secs_f64(),
+            total.saturating_sub(fewest),
         );
     }
     agents.stop().await;

@@ -325,9 +325,7 @@ impl SimCluster {
     }
 
     /// Waits until exactly `target` tasks satisfy `counts`; returns how long
-    /// it took. Follows the store's changes task by task instead of reading
-    /// every task after each commit, so the waiting does not slow the
-    /// cluster it measures.
+    /// it took.
     pub async fn wait_for_tasks(
         &self,
         what: &str,
@@ -335,20 +333,53 @@ impl SimCluster {
         target: usize,
         counts: impl Fn(&Task) -> bool,
     ) -> Result<Duration, SimError> {
+        let (took, _) = self
+            .follow_tasks(what, timeout, counts, |matching, _| matching == target)
+            .await?;
+        Ok(took)
+    }
+
+    /// Follows how many tasks satisfy `counts` after each commit until
+    /// `done` (given that count and the store) holds; returns how long it
+    /// took and the fewest that satisfied `counts` after any commit on the
+    /// way. Follows the store's changes task by task instead of reading
+    /// every task after each commit, so the waiting does not slow the
+    /// cluster it measures.
+    pub async fn follow_tasks(
+        &self,
+        what: &str,
+        timeout: Duration,
+        counts: impl Fn(&Task) -> bool,
+        done: impl Fn(usize, &Tables) -> bool,
+    ) -> Result<(Duration, usize), SimError> {
         let start = Instant::now();
         let (mut matching, mut changes) = self.tasks_matching(&counts);
+        let mut fewest = matching.len();
         loop {
-            if matching.len() == target {
-                return Ok(start.elapsed());
+            fewest = fewest.min(matching.len());
+            if done(matching.len(), &self.replica.store().view()) {
+                return Ok((start.elapsed(), fewest));
             }
             let left = time_left(what, timeout, start)?;
             let Ok(next) = tokio::time::timeout(left, changes.changed()).await else {
                 continue;
             };
             // Read in place: copying every change would slow what is measured.
+            let mut commit = 0;
             let in_step = next.is_ok()
                 && changes.drain_with(u64::MAX, |event| {
-                    if let Event::Change { action, object, .. } = event {
+                    if let Event::Change {
+                        action,
+                        object,
+                        version,
+                        ..
+                    } = event
+                    {
+                        // A commit's changes all applied: count.
+                        if *version != commit {
+                            fewest = fewest.min(matching.len());
+                            commit = *version;
+                        }
                         if let Some(object::Kind::Task(t)) = &object.kind {
                             if *action != watch_event::Action::Remove && counts(t) {
                                 matching.insert(t.id.clone());

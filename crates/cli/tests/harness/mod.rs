@@ -116,11 +116,27 @@ impl Daemon {
         }
     }
 
-    /// Runs a client command against this daemon.
+    /// Runs a client command against this daemon. Changes to services
+    /// return at once (`SHOAL_DETACH`): tests wait for what they check;
+    /// [`Daemon::shoal_waiting`] runs one as a user's would.
     pub fn shoal(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
             .env("SHOAL_SOCKET", &self.socket)
+            .env("SHOAL_DETACH", "true")
+            .env_remove("SHOAL_STATE_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("shoal runs")
+    }
+
+    /// Runs a client command as a user's shell would: a change to a service
+    /// waits for it to converge.
+    pub fn shoal_waiting(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("SHOAL_SOCKET", &self.socket)
+            .env_remove("SHOAL_DETACH")
             .env_remove("SHOAL_STATE_DIR")
             .stdin(Stdio::null())
             .output()
@@ -162,6 +178,7 @@ impl Daemon {
         let mut child = Command::new(BIN)
             .args(args)
             .env("SHOAL_SOCKET", &self.socket)
+            .env("SHOAL_DETACH", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

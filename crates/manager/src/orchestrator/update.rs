@@ -26,12 +26,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use shoal_api::{
-    port_config, update_config, update_status, PortConfig, Service, Task, TaskSpec, TaskState,
-    UpdateStatus,
-};
+use shoal_api::{update_config, update_status, Service, Task, TaskSpec, TaskState, UpdateStatus};
 
 use super::*;
+
+/// How the status of an automatic rollback begins.
+const ROLLED_BACK: &str = "update rolled back due to ";
 
 /// What the update supervisor decided for one service.
 #[derive(Debug, Default, PartialEq)]
@@ -46,27 +46,8 @@ pub(super) struct Rollout {
     pub(super) wake_at_ms: Option<i64>,
 }
 
-/// The ports a spec publishes on the node itself, as the allocator records
-/// them in each task.
-fn host_ports(service: &Service) -> Vec<PortConfig> {
-    service
-        .spec
-        .as_ref()
-        .and_then(|s| s.endpoint.as_ref())
-        .map(|e| {
-            e.ports
-                .iter()
-                .filter(|p| p.publish_mode == port_config::PublishMode::Host as i32)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The ids of the tasks that run an older spec than the service's: made
-/// from an older template, or published on other host ports. A task of an
-/// older spec version that runs what the service asks again (after a
-/// rollback) is not stale.
+/// The ids of the tasks that run an older spec than the service's
+/// ([`Service::runs_current`]).
 pub(super) fn stale_ids<'a>(
     service: &Service,
     tasks: impl Iterator<Item = (&'a Task, &'a TaskSpec)>,
@@ -76,19 +57,16 @@ pub(super) fn stale_ids<'a>(
         .as_ref()
         .and_then(|s| s.task.clone())
         .unwrap_or_default();
-    let ports = host_ports(service);
     // Tasks made together share their spec: compare each spec once.
     let mut same_template: HashMap<*const TaskSpec, bool> = HashMap::new();
     let mut stale = HashSet::new();
     for (task, spec) in tasks {
-        if task.spec_version >= service.spec_version {
-            continue;
-        }
-        let same = *same_template
-            .entry(spec as *const TaskSpec)
-            .or_insert_with(|| *spec == template);
-        let task_ports = task.endpoint.as_ref().map_or(&[][..], |e| &e.ports[..]);
-        if !same || task_ports != ports.as_slice() {
+        let current = service.runs_current_given(task, || {
+            *same_template
+                .entry(spec as *const TaskSpec)
+                .or_insert_with(|| *spec == template)
+        });
+        if !current {
             stale.insert(task.id.clone());
         }
     }
@@ -202,7 +180,7 @@ pub(super) fn plan(
                 let mut rollout = write(status(
                     State::RollbackStarted,
                     now_ms,
-                    format!("update rolled back due to {cause}"),
+                    format!("{ROLLED_BACK}{cause}"),
                 ));
                 if let Some(s) = rollout.service.as_mut() {
                     s.spec = service.previous_spec.clone();
@@ -260,15 +238,21 @@ pub(super) fn plan(
         if watched_until > now_ms {
             wake(watched_until);
         } else {
-            let (state, message) = if rolling_back {
-                (State::RollbackCompleted, "rollback completed")
+            let (state, message) = if !rolling_back {
+                (State::Completed, "update completed".to_string())
+            } else if current.message.starts_with(ROLLED_BACK) {
+                // Keep why, for whoever looks after it ended.
+                (
+                    State::RollbackCompleted,
+                    format!("rollback completed ({})", current.message),
+                )
             } else {
-                (State::Completed, "update completed")
+                (State::RollbackCompleted, "rollback completed".to_string())
             };
             return write(UpdateStatus {
                 started_at_ms: started,
                 completed_at_ms: now_ms,
-                ..status(state, now_ms, message.into())
+                ..status(state, now_ms, message)
             });
         }
     }
