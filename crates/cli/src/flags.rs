@@ -42,9 +42,12 @@ pub enum UpdateOrder {
 /// Flags that set one field of the spec.
 #[derive(Debug, Clone, Args, Default)]
 pub struct SpecFlags {
-    /// Number of tasks (replicated services and jobs).
+    /// Number of tasks (replicated services), or of completions (replicated jobs).
     #[arg(long, allow_negative_numbers = true)]
     pub replicas: Option<i64>,
+    /// A replicated job's tasks running at once (0: all its replicas).
+    #[arg(long)]
+    pub max_concurrent: Option<u64>,
     /// Image to run with the docker executor (empty: the command runs as a process).
     #[arg(long)]
     pub image: Option<String>,
@@ -225,6 +228,9 @@ impl SpecFlags {
     pub fn apply(&self, spec: &mut ServiceSpec) {
         if let Some(r) = self.replicas {
             spec.replicas = Some(r);
+        }
+        if let Some(m) = self.max_concurrent {
+            spec.max_concurrent = m;
         }
         let task = spec.task.get_or_insert_with(Default::default);
         let runtime = task.runtime.get_or_insert_with(Default::default);

@@ -189,7 +189,7 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             };
             each_page!(client, list_services(request), page => {
                 for summary in page.services {
-                    let service = summary.service.unwrap_or_default();
+                    let service = summary.service.clone().unwrap_or_default();
                     let spec = service.spec.clone().unwrap_or_default();
                     let runtime = runtime_of(&spec);
                     let update = service.update_status.clone().unwrap_or_default();
@@ -198,7 +198,7 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                         vec![
                             name_of(&service),
                             mode_name(spec.mode),
-                            format!("{}/{}", summary.running_tasks, summary.desired_tasks),
+                            replicas_column(&spec, &summary),
                             update.describe().to_string(),
                             runtime.image.clone(),
                             runtime.command.join(" "),
@@ -432,6 +432,21 @@ async fn rollback(client: &mut Client, current: &Service) -> anyhow::Result<()> 
         })
     )?;
     Ok(())
+}
+
+/// `3/3`, and for jobs what completed too, as docker shows them:
+/// `0/3 (3/3 completed)`.
+fn replicas_column(spec: &ServiceSpec, summary: &shoal_api::ServiceSummary) -> String {
+    let running = format!("{}/{}", summary.running_tasks, summary.desired_tasks);
+    match spec.replicas_wanted() {
+        Some(total) if spec.mode == ServiceMode::ReplicatedJob as i32 => {
+            format!("{running} ({}/{total} completed)", summary.completed_tasks)
+        }
+        _ if spec.mode == ServiceMode::GlobalJob as i32 => {
+            format!("{running} ({} completed)", summary.completed_tasks)
+        }
+        _ => running,
+    }
 }
 
 fn set_command(spec: &mut ServiceSpec, command: Vec<String>) {

@@ -31,6 +31,7 @@ pub enum TaskCommand {
 pub enum DesiredState {
     Running,
     Ready,
+    Complete,
     Shutdown,
     Remove,
 }
@@ -58,10 +59,16 @@ impl TaskListArgs {
         let desired_states = match self.desired_state {
             Some(DesiredState::Running) => vec![TaskState::Running as i32],
             Some(DesiredState::Ready) => vec![TaskState::Ready as i32],
+            Some(DesiredState::Complete) => vec![TaskState::Complete as i32],
             Some(DesiredState::Shutdown) => vec![TaskState::Shutdown as i32],
             Some(DesiredState::Remove) => vec![TaskState::Remove as i32],
-            // Without -a: what is meant to run now, as `docker service ps` shows.
-            None if !self.all => vec![TaskState::Running as i32, TaskState::Ready as i32],
+            // Without -a: what is meant to run now, and jobs' completed
+            // runs, as `docker service ps` shows.
+            None if !self.all => vec![
+                TaskState::Running as i32,
+                TaskState::Ready as i32,
+                TaskState::Complete as i32,
+            ],
             None => vec![],
         };
         Ok(ListTasksRequest {

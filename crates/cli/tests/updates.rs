@@ -448,3 +448,58 @@ fn on_a_terminal_progress_is_drawn_in_place() {
     );
     assert_eq!(replicas(&d, "web"), "2/2");
 }
+
+#[test]
+fn a_replicated_job_runs_its_completions_max_concurrent_at_a_time_and_force_runs_it_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    // Waits until every completion is done.
+    let out = d.shoal_waiting(&[
+        "service",
+        "create",
+        "--name",
+        "batch",
+        "--mode",
+        "replicated-job",
+        "--replicas",
+        "3",
+        "--max-concurrent",
+        "1",
+        "--",
+        "true",
+    ]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.ends_with("verify: Service batch converged\n"),
+        "{stdout}"
+    );
+    assert_eq!(replicas(&d, "batch"), "0/1 (3/3 completed)");
+    let rows = json_lines(&d.ok(&["service", "ps", "batch", "--format", "json"]));
+    assert_eq!(rows.len(), 3, "completed runs show in ps: {rows:?}");
+    assert!(
+        rows.iter().all(|r| r["desired_state"] == "Complete"),
+        "{rows:?}"
+    );
+    // One at a time: each run was made after the previous one ended.
+    let mut runs = all_tasks(&d, "batch");
+    runs.sort_by_key(|t| t["meta"]["created_at_ms"].as_i64().unwrap());
+    for pair in runs.windows(2) {
+        let ended = time_of(&pair[0], "COMPLETE").unwrap();
+        let next = pair[1]["meta"]["created_at_ms"].as_i64().unwrap();
+        assert!(
+            next >= ended,
+            "a run began before the one before it completed"
+        );
+    }
+    let before: Vec<String> = runs.iter().map(|t| t["id"].to_string()).collect();
+    let out = d.shoal_waiting(&["service", "update", "--force", "batch"]);
+    assert!(out.status.success());
+    assert_eq!(replicas(&d, "batch"), "0/1 (3/3 completed)");
+    let again = all_tasks(&d, "batch")
+        .into_iter()
+        .filter(|t| t["desired_state"] == "COMPLETE")
+        .filter(|t| !before.contains(&t["id"].to_string()))
+        .count();
+    assert_eq!(again, 3, "--force ran every completion again");
+}

@@ -39,6 +39,8 @@ enum Op {
         /// Update parallelism (0: all at once) and order.
         parallelism: u8,
         start_first: bool,
+        /// A replicated job, two at a time (when not global).
+        job: bool,
     },
     RemoveService(u8),
     Node {
@@ -60,8 +62,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => ((0u8..3, 0u8..6, any::<bool>(), proptest::option::of(0u8..2), prop::bool::weighted(0.2), prop_oneof![Just(0u64), Just(1_000), Just(5_000)]), (0u8..3, any::<bool>()))
-            .prop_map(|((which, replicas, reserve, zone, global, delay_ms), (parallelism, start_first))| Op::Service { which, replicas, reserve, zone, global, delay_ms, parallelism, start_first }),
+        2 => ((0u8..3, 0u8..6, any::<bool>(), proptest::option::of(0u8..2), prop::bool::weighted(0.2), prop_oneof![Just(0u64), Just(1_000), Just(5_000)]), (0u8..3, any::<bool>(), prop::bool::weighted(0.2)))
+            .prop_map(|((which, replicas, reserve, zone, global, delay_ms), (parallelism, start_first, job))| Op::Service { which, replicas, reserve, zone, global, delay_ms, parallelism, start_first, job }),
         1 => (0u8..3).prop_map(Op::RemoveService),
         2 => (0u8..5, prop::bool::weighted(0.8), 0u8..3, 0u8..2, 1i64..4)
             .prop_map(|(which, ready, availability, zone, memory_gib)| Op::Node { which, ready, availability, zone, memory_gib }),
@@ -204,6 +206,7 @@ impl World {
                 delay_ms,
                 parallelism,
                 start_first,
+                job,
             } => {
                 let id = format!("svc{which}");
                 let existing = self.store.view().service(&id).cloned();
@@ -238,10 +241,18 @@ impl World {
                             }),
                             ..Default::default()
                         }),
-                        mode: if *global {
-                            ServiceMode::Global as i32
-                        } else {
-                            ServiceMode::Replicated as i32
+                        // A service keeps its mode (the control API
+                        // refuses to change it).
+                        mode: match existing.as_ref().and_then(|s| s.spec.as_ref()) {
+                            Some(spec) => spec.mode,
+                            None if *global => ServiceMode::Global as i32,
+                            None if *job => ServiceMode::ReplicatedJob as i32,
+                            None => ServiceMode::Replicated as i32,
+                        },
+                        max_concurrent: match existing.as_ref().and_then(|s| s.spec.as_ref()) {
+                            Some(spec) => spec.max_concurrent,
+                            None if *job && !*global => 2,
+                            None => 0,
                         },
                         replicas: Some(i64::from(*replicas)),
                         update: Some(UpdateConfig {

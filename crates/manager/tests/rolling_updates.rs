@@ -432,3 +432,74 @@ fn a_service_without_an_update_config_updates_as_dockers_do_one_at_a_time() {
         "watched 5 s"
     );
 }
+
+fn job(replicas: i64, max_concurrent: u64) -> World {
+    let mut w = World::new();
+    let mut s = service(replicas, RestartPolicy::default());
+    let spec = s.spec.as_mut().unwrap();
+    spec.mode = shoal_api::ServiceMode::ReplicatedJob as i32;
+    spec.max_concurrent = max_concurrent;
+    w.create(s, 0);
+    w
+}
+
+/// Tasks not yet ended (desired running, not terminal).
+fn active(w: &World) -> Vec<Task> {
+    w.live()
+        .into_iter()
+        .filter(|t| t.desired_state == TaskState::Running as i32 && !t.observed().is_terminal())
+        .collect()
+}
+
+#[test]
+fn a_job_runs_max_concurrent_at_a_time_until_every_completion_is_done() {
+    let mut w = job(5, 2);
+    w.orchestrate(0);
+    assert_eq!(slots(&active(&w)), [1, 2], "two at once");
+    let first = active(&w).remove(0);
+    w.set_state(&first.id, TaskState::Complete, 100);
+    w.orchestrate(101);
+    assert_eq!(slots(&active(&w)), [2, 3], "one completed: the next starts");
+    let done = w.store.view().task(&first.id).unwrap();
+    assert_eq!(
+        done.desired(),
+        TaskState::Complete,
+        "a completed run is wanted complete"
+    );
+    for now in [200, 300, 400, 500] {
+        for t in active(&w) {
+            w.set_state(&t.id, TaskState::Complete, now);
+        }
+        w.orchestrate(now + 1);
+    }
+    assert!(active(&w).is_empty());
+    let completed: Vec<Task> = w
+        .tasks()
+        .into_iter()
+        .filter(|t| t.desired() == TaskState::Complete)
+        .collect();
+    assert_eq!(
+        slots(&completed),
+        [1, 2, 3, 4, 5],
+        "each slot completed once"
+    );
+    // Done: nothing more.
+    assert_eq!(w.orchestrate(10_000), Default::default());
+}
+
+#[test]
+fn a_forced_update_runs_a_completed_job_again() {
+    let mut w = job(2, 0);
+    w.orchestrate(0);
+    let first: Vec<String> = active(&w).into_iter().map(|t| t.id).collect();
+    for t in active(&w) {
+        w.set_state(&t.id, TaskState::Complete, 100);
+    }
+    w.orchestrate(101);
+    assert!(active(&w).is_empty());
+    w.update_service(|s| s.task.as_mut().unwrap().force_update += 1);
+    w.orchestrate(200);
+    let again = active(&w);
+    assert_eq!(slots(&again), [1, 2], "both run again");
+    assert!(again.iter().all(|t| !first.contains(&t.id)), "as new tasks");
+}

@@ -238,16 +238,28 @@ impl ControlApi {
             })
             .count() as u64;
         let spec = service.spec.clone().unwrap_or_default();
-        let desired = spec.replicas_wanted().unwrap_or_else(|| {
-            tasks
+        // A job's runs of its current spec that completed (a run of an
+        // older spec does not count once `--force` asked for new ones).
+        let completed = tasks
+            .iter()
+            .filter(|t| t.desired_state == TaskState::Complete as i32)
+            .filter(|t| service.runs_current(t, t.spec.as_ref().unwrap_or(&Default::default())))
+            .count() as u64;
+        let job = spec.mode == ServiceMode::ReplicatedJob as i32;
+        let desired = match spec.replicas_wanted() {
+            // A job runs at most max_concurrent at once.
+            Some(total) if job && spec.max_concurrent > 0 => spec.max_concurrent.min(total),
+            Some(total) => total,
+            None => tasks
                 .iter()
                 .filter(|t| t.desired_state == TaskState::Running as i32)
-                .count() as u64
-        });
+                .count() as u64,
+        };
         ServiceSummary {
             service: Some(service.clone()),
             running_tasks: running,
             desired_tasks: desired,
+            completed_tasks: completed,
         }
     }
 }

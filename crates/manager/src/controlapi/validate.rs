@@ -118,6 +118,12 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Result<(), InvalidSpec> {
         }
         _ => {}
     }
+    if spec.max_concurrent > 0 && mode != ServiceMode::ReplicatedJob {
+        return Err(invalid(
+            "max_concurrent",
+            "only a replicated job runs a number of tasks at once (--mode replicated-job)",
+        ));
+    }
     let task = spec
         .task
         .as_ref()
@@ -541,6 +547,15 @@ mod tests {
         let mut s = spec();
         s.annotations.as_mut().unwrap().name = "a".repeat(63);
         assert_eq!(validate_service_spec(&s), Ok(()));
+    }
+
+    #[test]
+    fn max_concurrent_is_for_replicated_jobs_only() {
+        let mut s = spec();
+        s.max_concurrent = 2;
+        assert_eq!(field_of(&s), "max_concurrent");
+        s.mode = ServiceMode::ReplicatedJob as i32;
+        assert!(validate_service_spec(&s).is_ok());
     }
 
     #[test]

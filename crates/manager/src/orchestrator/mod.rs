@@ -224,7 +224,9 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
             .update_status
             .as_ref()
             .is_some_and(|s| s.in_progress());
-        if !spec.is_replicated() || rolling_out {
+        // So does a job that limits how many run at once: a place that
+        // ends frees room for another.
+        if !spec.is_replicated() || rolling_out || spec.max_concurrent > 0 {
             return None;
         }
         let constraints = constraints_of(&spec);
@@ -233,24 +235,24 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
         // Every slot's tasks first: one without an occupying task sends the
         // whole service to be looked at, before any id is made.
         let mut places = Vec::with_capacity(dirty.len());
-        let mut stale = HashSet::new();
         for slot in dirty {
             // Through the store's slot index: a slot is looked at without
             // reading its service's every task.
-            let shared: Vec<_> = view
+            let (tasks, specs): (Vec<Task>, Vec<_>) = view
                 .task_ids_in_slot(service_id, *slot)
                 .filter_map(|id| view.task_sharing_spec(id))
-                .collect();
-            stale.extend(stale_ids(
-                service,
-                shared.iter().map(|(t, s)| (t, s.as_ref())),
-            ));
-            let tasks: Vec<Task> = shared.into_iter().map(|(t, _)| t).collect();
+                .unzip();
             if !tasks.iter().any(occupies) {
                 return None;
             }
-            places.push((*slot, tasks));
+            places.push((*slot, tasks, specs));
         }
+        let stale = stale_ids(
+            service,
+            places
+                .iter()
+                .flat_map(|(_, tasks, specs)| tasks.iter().zip(specs.iter().map(|s| s.as_ref()))),
+        );
         // Places get a new spec only through the update supervisor, which
         // the whole-service pass runs.
         let replace = BTreeSet::new();
@@ -262,8 +264,10 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
             starved: false,
             stale: &stale,
             replace: &replace,
+            start_first: starts_first(service),
+            job_room: None,
         };
-        for (slot, tasks) in &places {
+        for (slot, tasks, _) in &places {
             let mut history: Vec<&Task> = tasks.iter().collect();
             history.sort_by(|a, b| (created_at(a), &a.id).cmp(&(created_at(b), &b.id)));
             let place = Place::Slot(*slot);
@@ -342,12 +346,20 @@ impl<F: FnMut() -> String + Send + 'static> Reconciler for Orchestrator<F> {
                 let rolling_out = service
                     .and_then(|s| s.update_status.as_ref())
                     .is_some_and(|s| s.in_progress());
+                // A job that runs a few at a time starts the next as one ends.
+                let paced = ended
+                    && service
+                        .is_some_and(|s| s.spec.as_ref().is_some_and(|s| s.max_concurrent > 0));
                 // A task of an older spec is held to the service's current
                 // constraints wherever it lands.
                 let outdated = service.is_some_and(|s| t.spec_version < s.spec_version);
-                if unowned || rolling_out {
+                // Under start-first, a task that runs lets the task it
+                // replaces go.
+                let replaces =
+                    t.observed() == TaskState::Running && service.is_some_and(starts_first);
+                if unowned || rolling_out || paced {
                     self.dirty.insert(t.service_id.clone());
-                } else if ended || stranded || delayed || outdated {
+                } else if ended || stranded || delayed || outdated || replaces {
                     self.mark(t);
                 }
             }

@@ -30,8 +30,13 @@ pub(super) fn create(task: Task) -> StoreAction {
     }
 }
 
+/// A task holds its place while it is wanted running (or waits out a
+/// restart delay), and a job's task once it completed: its place is done.
 pub(super) fn occupies(task: &Task) -> bool {
-    matches!(task.desired(), TaskState::Running | TaskState::Ready)
+    matches!(
+        task.desired(),
+        TaskState::Running | TaskState::Ready | TaskState::Complete
+    )
 }
 
 pub(super) fn with_desired(task: &Task, state: TaskState) -> Task {
@@ -62,26 +67,54 @@ pub(super) struct Maker<'a, F: FnMut() -> String> {
     /// The service needed a task the budget could not pay for.
     pub(super) starved: bool,
     /// Tasks of an older spec than the service's ([`stale_ids`]).
-    pub(super) stale: &'a HashSet<String>,
+    pub(super) stale: &'a HashSet<&'a str>,
     /// Places the update supervisor replaces in this pass.
     pub(super) replace: &'a BTreeSet<Place>,
+    /// The service's update order is start-first now ([`starts_first`]).
+    pub(super) start_first: bool,
+    /// A replicated job's room for more tasks running at once
+    /// (`max_concurrent` less those running); `None` without a limit.
+    pub(super) job_room: Option<usize>,
+}
+
+/// A replicated job's room for more tasks at once: `max_concurrent` less
+/// the places whose task has not ended. `None` when it sets no limit.
+pub(super) fn job_room<'a>(
+    service: &Service,
+    live: impl Iterator<Item = &'a Task>,
+) -> Option<usize> {
+    let limit = service.spec.as_ref().map_or(0, |s| s.max_concurrent) as usize;
+    if limit == 0 {
+        return None;
+    }
+    let active = live
+        .filter(|t| occupies(t) && !t.observed().is_terminal())
+        .count();
+    Some(limit.saturating_sub(active))
+}
+
+/// Whether the service's update order now is start-first: a task of an
+/// older spec keeps running until its replacement runs.
+pub(super) fn starts_first(service: &Service) -> bool {
+    let mode = service.spec.as_ref().map_or(0, |s| s.mode);
+    if mode == ServiceMode::ReplicatedJob as i32 || mode == ServiceMode::GlobalJob as i32 {
+        // A job's runs are replaced at once: there is no rollout.
+        return false;
+    }
+    let rolling_back = service
+        .update_status
+        .as_ref()
+        .is_some_and(|s| s.rolling_back());
+    let order = service
+        .spec
+        .as_ref()
+        .map_or(0, |s| s.update_config(rolling_back).order);
+    order == update_config::Order::StartFirst as i32
 }
 
 impl<F: FnMut() -> String> Maker<'_, F> {
     pub(super) fn is_stale(&self, task: &Task) -> bool {
-        self.stale.contains(&task.id)
-    }
-
-    /// The update order the service follows now is start-first: a task of
-    /// an older spec keeps running until its replacement runs.
-    fn start_first(&self) -> bool {
-        let spec = self.service.spec.clone().unwrap_or_default();
-        let rolling_back = self
-            .service
-            .update_status
-            .as_ref()
-            .is_some_and(|s| s.rolling_back());
-        spec.update_config(rolling_back).order == update_config::Order::StartFirst as i32
+        self.stale.contains(task.id.as_str())
     }
 
     /// A job's tasks take a new spec at once: there is no rollout of runs
@@ -97,12 +130,15 @@ impl<F: FnMut() -> String> Maker<'_, F> {
         if *self.budget == 0 {
             self.starved = true;
         }
-        *self.budget > 0
+        *self.budget > 0 && self.job_room != Some(0)
     }
 
     pub(super) fn task(&mut self, place: &Place, desired: TaskState) -> Task {
         debug_assert!(*self.budget > 0, "a task made past the pass's budget");
         *self.budget = self.budget.saturating_sub(1);
+        if let Some(room) = self.job_room.as_mut() {
+            *room = room.saturating_sub(1);
+        }
         let (slot, node_id) = match place {
             Place::Slot(s) => (*s, String::new()),
             Place::Node(n) => (0, n.clone()),
@@ -200,10 +236,9 @@ pub(super) fn reconcile(
     let mode = ServiceMode::try_from(spec.mode).unwrap_or(ServiceMode::Replicated);
     // Without their specs: the updates below change only desired state,
     // and the store keeps the spec of a task updated without one.
-    let shared: Vec<(Task, &std::sync::Arc<shoal_api::TaskSpec>)> =
-        view.tasks_of_service_sharing_specs(&service.id).collect();
-    let stale = stale_ids(service, shared.iter().map(|(t, s)| (t, s.as_ref())));
-    let tasks: Vec<Task> = shared.into_iter().map(|(t, _)| t).collect();
+    let (tasks, specs): (Vec<Task>, Vec<_>) =
+        view.tasks_of_service_sharing_specs(&service.id).unzip();
+    let stale = stale_ids(service, tasks.iter().zip(specs.iter().map(|s| s.as_ref())));
     let mut by_place: BTreeMap<Place, Vec<&Task>> = BTreeMap::new();
     for t in &tasks {
         let place = match mode {
@@ -266,6 +301,8 @@ pub(super) fn reconcile(
         starved: false,
         stale: &stale,
         replace: &rollout.replace,
+        start_first: starts_first(service),
+        job_room: job_room(service, tasks.iter()),
     };
     // Places that should be empty: let their tasks go.
     let wanted_set: std::collections::BTreeSet<&Place> = wanted.iter().collect();
@@ -324,7 +361,7 @@ pub(super) fn place_actions<F: FnMut() -> String>(
     }
     // At most one live task per place: keep the newest. Under start-first,
     // a task of an older spec keeps running until its replacement runs.
-    let hold = maker.start_first()
+    let hold = maker.start_first
         && live
             .last()
             .is_some_and(|n| !maker.is_stale(n) && n.observed() != TaskState::Running);
@@ -350,12 +387,27 @@ pub(super) fn place_actions<F: FnMut() -> String>(
     // A new spec reaches a place when the update supervisor says so; a
     // job's at once.
     let updated = maker.is_stale(current)
-        && !state.is_terminal()
-        && (maker.replace.contains(place) || maker.job());
+        && if maker.job() {
+            // A job of a new spec (`service update --force`) runs again,
+            // whether or not its old run completed (a failed run is the
+            // restart supervisor's).
+            !state.is_terminal() || state == TaskState::Complete
+        } else {
+            !state.is_terminal() && maker.replace.contains(place)
+        };
     let replace = stranded || updated;
     let restart =
         !replace && state.is_terminal() && should_restart(service, history, current, now_ms);
+    // A replacement of a task that has not ended takes its place among a
+    // job's tasks running at once: it needs no room of its own.
+    let swaps = replace && !state.is_terminal();
+    if let Some(room) = maker.job_room.as_mut().filter(|_| swaps) {
+        *room += 1;
+    }
     if (replace || restart) && !maker.may_create() {
+        if let Some(room) = maker.job_room.as_mut().filter(|_| swaps) {
+            *room -= 1;
+        }
         // A task let go and its replacement commit together: both wait
         // for a pass with budget left.
         return (actions, None);
@@ -363,7 +415,7 @@ pub(super) fn place_actions<F: FnMut() -> String>(
     if replace {
         // Moved off a node that cannot keep it, or updated: start-first
         // stops the old task once the new one runs (above, next passes).
-        if stranded || !maker.start_first() {
+        if stranded || !maker.start_first {
             actions.push(update(with_desired(current, TaskState::Shutdown)));
         }
         actions.push(create(maker.task(place, TaskState::Running)));
@@ -385,6 +437,12 @@ pub(super) fn place_actions<F: FnMut() -> String>(
                 TaskState::Ready
             };
             actions.push(create(maker.task(place, next)));
+        } else if maker.job()
+            && state == TaskState::Complete
+            && current.desired() == TaskState::Running
+        {
+            // Done: the job's place shows it wants nothing more.
+            actions.push(update(with_desired(current, TaskState::Complete)));
         }
     } else if current.desired() == TaskState::Ready {
         // The delay follows from how the task it replaces ended.

@@ -51,7 +51,7 @@ pub(super) struct Rollout {
 pub(super) fn stale_ids<'a>(
     service: &Service,
     tasks: impl Iterator<Item = (&'a Task, &'a TaskSpec)>,
-) -> HashSet<String> {
+) -> HashSet<&'a str> {
     let template = service
         .spec
         .as_ref()
@@ -67,7 +67,7 @@ pub(super) fn stale_ids<'a>(
                 .or_insert_with(|| *spec == template)
         });
         if !current {
-            stale.insert(task.id.clone());
+            stale.insert(task.id.as_str());
         }
     }
     stale
@@ -118,7 +118,7 @@ pub(super) fn plan(
     service: &Service,
     places: &BTreeMap<Place, Vec<&Task>>,
     wanted: &[Place],
-    stale: &HashSet<String>,
+    stale: &HashSet<&str>,
     now_ms: i64,
 ) -> Rollout {
     use update_status::State;
@@ -126,7 +126,7 @@ pub(super) fn plan(
     let current = service.update_status.clone().unwrap_or_default();
     let rolling_back = current.rolling_back();
     let config = spec.update_config(rolling_back);
-    let is_stale = |t: &Task| stale.contains(&t.id);
+    let is_stale = |t: &Task| stale.contains(t.id.as_str());
     let dirty: Vec<&Place> = wanted
         .iter()
         .filter(|p| {
