@@ -469,3 +469,76 @@ fn a_survivor_forced_into_a_new_cluster_keeps_everything_and_a_backup_brings_it_
         "{err}"
     );
 }
+
+/// Every task of `service` not yet reaped, as `task inspect` on `d` shows them.
+fn all_tasks(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
+    let ids = d.ok(&["service", "ps", "-a", "-q", service]);
+    let mut args = vec!["task", "inspect"];
+    args.extend(ids.split_whitespace());
+    serde_json::from_str(&d.ok(&args)).unwrap()
+}
+
+fn update_state(d: &Daemon, service: &str) -> String {
+    let out = d.shoal(&["service", "inspect", service]);
+    if !out.status.success() {
+        return String::new();
+    }
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    s[0]["update_status"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_rollout_goes_on_under_a_new_leader_replacing_each_slot_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut managers = three_managers(tmp.path());
+    // The tasks run on workers, so the leader's death takes none with it.
+    let worker = join(&tmp.path().join("w1"), &managers[0]);
+    let worker2 = join(&tmp.path().join("w2"), &managers[0]);
+    managers[0].ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--constraint",
+        "node.role==worker",
+        "--update-parallelism",
+        "1",
+        "--update-delay",
+        "1s",
+        "--update-monitor",
+        "500ms",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    wait_tasks([&worker, &worker2].into_iter(), 4);
+    managers[0].ok(&["service", "update", "web", "--env", "V=2"]);
+    let new = |t: &serde_json::Value| t["spec"]["runtime"]["env"][0] == "V=2";
+    wait_until("the first new task runs", || {
+        all_tasks(&managers[0], "web")
+            .iter()
+            .any(|t| new(t) && t["status"]["state"] == "RUNNING")
+    });
+    // The leader dies mid-rollout.
+    let (leader, _) = leader_and_followers(&managers);
+    let mut dead = managers.remove(leader);
+    dead.kill9();
+    wait_until("the rollout completed under the new leader", || {
+        update_state(&managers[0], "web") == "COMPLETED"
+    });
+    // Each slot got the new spec once: none replaced twice, none skipped.
+    let tasks = all_tasks(&managers[0], "web");
+    for slot in 1..=4 {
+        let made = tasks.iter().filter(|t| t["slot"] == slot && new(t)).count();
+        assert_eq!(made, 1, "slot {slot} got {made} tasks of the new spec");
+    }
+    wait_until("every slot has one live task", || {
+        let slots = live_per_slot(&managers[1], "web");
+        slots.len() == 4 && slots.values().all(|n| *n == 1)
+    });
+}
