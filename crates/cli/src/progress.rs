@@ -8,9 +8,8 @@
 //! On a terminal the lines are redrawn in place (indicatif); otherwise each
 //! change is printed once as a plain line, with no control codes.
 //!
-//! Progress is read by polling the service and its live tasks: a service
-//! of any size costs one page of tasks per look, and the looks space out
-//! as it grows.
+//! Progress is read by polling the service and its live tasks; the looks
+//! space out as the service grows, since each reads every live task.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -22,7 +21,6 @@ use shoal_api::{
 };
 
 use crate::client::Client;
-use crate::{call, list_all};
 
 /// Rows drawn one per place; past this only the overall line is drawn, as
 /// docker does.
@@ -146,6 +144,10 @@ fn outcome(service: &Service, look: &Look, change: Change) -> Outcome {
     }
 }
 
+/// A global service shows no task until the orchestrator placed some: how
+/// long the wait trusts "no task" to mean "no node wants one".
+const GLOBAL_EMPTY_GRACE: Duration = Duration::from_secs(2);
+
 fn state_name(state: Option<TaskState>) -> String {
     state.map_or_else(
         || "waiting to update".to_string(),
@@ -253,6 +255,12 @@ impl Display {
                     println!("{overall}");
                     *last = overall;
                 }
+                if let Some(why) = &look.waiting {
+                    if shown.get("waiting") != Some(why) {
+                        println!("{why}");
+                        shown.insert("waiting".into(), why.clone());
+                    }
+                }
             }
         }
     }
@@ -277,31 +285,39 @@ pub async fn wait(
     quiet: bool,
 ) -> anyhow::Result<()> {
     let mut display = Display::new(quiet);
+    let began = std::time::Instant::now();
+    let mut unreachable = 0u32;
     loop {
-        let service = call!(
-            client,
-            get_service(GetRequest {
-                reference: service_id.to_string()
-            })
-        )?
-        .service
-        .unwrap_or_default();
-        let tasks = list_all!(
-            client,
-            list_tasks(ListTasksRequest {
-                service: service_id.to_string(),
-                node: String::new(),
-                desired_states: vec![
-                    TaskState::Running as i32,
-                    TaskState::Ready as i32,
-                    TaskState::Complete as i32
-                ],
-            }),
-            tasks
-        )?;
+        let (service, tasks) = match read(client, service_id).await {
+            Ok(read) => {
+                unreachable = 0;
+                read
+            }
+            // A manager electing a leader, or restarting: the change goes
+            // on meanwhile, so the wait does too, for a while.
+            Err(status) if transient(&status) && unreachable < MAX_UNREACHABLE_LOOKS => {
+                unreachable += 1;
+                let pause = 250 * u64::from(unreachable.min(8));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                continue;
+            }
+            Err(status) => return Err(client.error(status)),
+        };
         let now = look(&service, &tasks);
         display.show(&now);
-        match outcome(&service, &now, change) {
+        let global = service
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.replicas_wanted().is_none());
+        let verdict = match outcome(&service, &now, change) {
+            Outcome::Converged
+                if global && now.total == 0 && began.elapsed() < GLOBAL_EMPTY_GRACE =>
+            {
+                Outcome::Going
+            }
+            verdict => verdict,
+        };
+        match verdict {
             Outcome::Going => {}
             Outcome::Converged => {
                 display.finish();
@@ -323,6 +339,47 @@ pub async fn wait(
         let pause_ms = (250 + tasks.len() as u64 / 100).min(2_000);
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
     }
+}
+
+/// Looks in a row the daemon may fail to answer before the wait gives up.
+const MAX_UNREACHABLE_LOOKS: u32 = 40;
+
+fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+    )
+}
+
+/// The service and its live tasks (and jobs' completed runs).
+async fn read(
+    client: &mut Client,
+    service_id: &str,
+) -> Result<(Service, Vec<Task>), tonic::Status> {
+    let service = client
+        .api()
+        .get_service(GetRequest {
+            reference: service_id.to_string(),
+        })
+        .await?
+        .into_inner()
+        .service
+        .unwrap_or_default();
+    let request = ListTasksRequest {
+        service: service_id.to_string(),
+        node: String::new(),
+        desired_states: vec![
+            TaskState::Running as i32,
+            TaskState::Ready as i32,
+            TaskState::Complete as i32,
+        ],
+    };
+    let mut pages = client.api().list_tasks(request).await?.into_inner();
+    let mut tasks = Vec::new();
+    while let Some(page) = pages.message().await? {
+        tasks.extend(page.tasks);
+    }
+    Ok((service, tasks))
 }
 
 #[cfg(test)]

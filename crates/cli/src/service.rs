@@ -223,10 +223,6 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         ServiceCommand::Update(args) => {
-            let current = get(&mut client, &args.service).await?;
-            let mut spec = current.spec.clone().unwrap_or_default();
-            args.spec.apply(&mut spec);
-            args.lists.apply(&mut spec, true);
             let networks = list_all!(client, list_networks(ListRequest::default()), networks)?;
             let resolve = |reference: &str| -> String {
                 networks
@@ -240,33 +236,42 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                     })
                     .map_or_else(|| reference.to_string(), |n| n.id.clone())
             };
-            args.removals.apply(&mut spec, &resolve);
-            if !args.command.is_empty() {
-                set_command(&mut spec, args.command);
-            }
-            if args.rollback {
-                if args.force || Some(&spec) != current.spec.as_ref() {
-                    anyhow::bail!(
-                        "--rollback puts the previous spec back and takes no other change: \
-                         run the update and the rollback as two commands"
-                    );
+            // The flags are changes to whatever the spec is: when another
+            // writer (the update supervisor writing its status) changed the
+            // service between our read and our write, read it again and
+            // apply them again.
+            let mut tries = 0;
+            let (id, change) = loop {
+                let current = get(&mut client, &args.service).await?;
+                let mut spec = current.spec.clone().unwrap_or_default();
+                args.spec.apply(&mut spec);
+                args.lists.apply(&mut spec, true);
+                args.removals.apply(&mut spec, &resolve);
+                if !args.command.is_empty() {
+                    set_command(&mut spec, args.command.clone());
                 }
-                rollback(&mut client, &current).await?;
-                println!("{}", current.id);
-                args.wait
-                    .wait(&mut client, &current.id, Change::Rollback)
-                    .await?;
-            } else {
+                if args.rollback {
+                    if args.force || Some(&spec) != current.spec.as_ref() {
+                        anyhow::bail!(
+                            "--rollback puts the previous spec back and takes no other change: \
+                             run the update and the rollback as two commands"
+                        );
+                    }
+                    rollback(&mut client, &current).await?;
+                    break (current.id, Change::Rollback);
+                }
                 if args.force {
                     let task = spec.task.get_or_insert_with(Default::default);
                     task.force_update = task.force_update.wrapping_add(1);
                 }
-                update(&mut client, &current, spec).await?;
-                println!("{}", current.id);
-                args.wait
-                    .wait(&mut client, &current.id, Change::Update)
-                    .await?;
-            }
+                let change = change_of(current.spec.as_ref(), &spec);
+                tries += 1;
+                if update(&mut client, &current, spec, tries < MAX_CONFLICT_TRIES).await? {
+                    break (current.id, change);
+                }
+            };
+            println!("{id}");
+            args.wait.wait(&mut client, &id, change).await?;
         }
         ServiceCommand::Rollback { service, wait } => {
             let current = get(&mut client, &service).await?;
@@ -278,18 +283,24 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
         ServiceCommand::Scale { scales, wait } => {
             let mut scaled = Vec::new();
             for (name, replicas) in scales {
-                let current = get(&mut client, &name).await?;
-                let mut spec = current.spec.clone().unwrap_or_default();
-                if !spec.is_replicated() {
-                    anyhow::bail!(
-                        "{name}: scale works on replicated services only (this one is {})",
-                        mode_name(spec.mode)
-                    );
-                }
-                spec.replicas = Some(replicas);
-                update(&mut client, &current, spec).await?;
+                let mut tries = 0;
+                let id = loop {
+                    let current = get(&mut client, &name).await?;
+                    let mut spec = current.spec.clone().unwrap_or_default();
+                    if !spec.is_replicated() {
+                        anyhow::bail!(
+                            "{name}: scale works on replicated services only (this one is {})",
+                            mode_name(spec.mode)
+                        );
+                    }
+                    spec.replicas = Some(replicas);
+                    tries += 1;
+                    if update(&mut client, &current, spec, tries < MAX_CONFLICT_TRIES).await? {
+                        break current.id;
+                    }
+                };
                 println!("{name} scaled to {replicas}");
-                scaled.push(current.id);
+                scaled.push(id);
             }
             for id in scaled {
                 wait.wait(&mut client, &id, Change::Converge).await?;
@@ -403,20 +414,47 @@ async fn get(client: &mut Client, reference: &str) -> anyhow::Result<Service> {
     Ok(s.service.unwrap_or_default())
 }
 
+/// How often a change is read and applied again when another writer got
+/// between its read and its write.
+const MAX_CONFLICT_TRIES: u32 = 5;
+
 /// Proposes `spec` against the version `current` was read at: a concurrent
-/// change fails as a conflict instead of being overwritten.
-async fn update(client: &mut Client, current: &Service, spec: ServiceSpec) -> anyhow::Result<()> {
+/// change fails as a conflict instead of being overwritten. Returns false
+/// on a conflict when `retry` (the caller reads again and reapplies).
+async fn update(
+    client: &mut Client,
+    current: &Service,
+    spec: ServiceSpec,
+    retry: bool,
+) -> anyhow::Result<bool> {
     let version = current.meta.as_ref().map_or(0, |m| m.version);
-    call!(
-        client,
-        update_service(UpdateServiceRequest {
-            service_id: current.id.clone(),
-            version,
-            spec: Some(spec),
-            rollback: false,
-        })
-    )?;
-    Ok(())
+    let request = UpdateServiceRequest {
+        service_id: current.id.clone(),
+        version,
+        spec: Some(spec),
+        rollback: false,
+    };
+    match client.api().update_service(request).await {
+        Ok(_) => Ok(true),
+        Err(status) if retry && status.code() == tonic::Code::Aborted => Ok(false),
+        Err(status) => Err(client.error(status)),
+    }
+}
+
+/// What a user's update asks of the service: a rollout when what its tasks
+/// run changed, else only that it converges (a scale, a new update config).
+fn change_of(current: Option<&ServiceSpec>, next: &ServiceSpec) -> Change {
+    let runs = |s: Option<&ServiceSpec>| {
+        (
+            s.and_then(|s| s.task.clone()),
+            s.and_then(|s| s.endpoint.clone()),
+        )
+    };
+    if runs(current) == runs(Some(next)) {
+        Change::Converge
+    } else {
+        Change::Update
+    }
 }
 
 /// Asks for the previous spec back, against the version `current` was read at.

@@ -283,9 +283,16 @@ fn service_rollback_brings_the_previous_spec_back_and_force_replaces_every_task(
         .as_array()
         .unwrap()
         .is_empty());
-    wait_until("2/2 running the old spec", || {
-        replicas(&d, "web") == "2/2"
-            && harness::task_processes(&d).len() == 2
+    // A scale after a rollback waits for the scale alone, and succeeds.
+    let out = d.shoal_waiting(&["service", "update", "web", "--replicas", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("3/3 running the old spec", || {
+        replicas(&d, "web") == "3/3"
+            && harness::task_processes(&d).len() == 3
             && all_tasks(&d, "web")
                 .iter()
                 .filter(|t| t["desired_state"] == "RUNNING")
@@ -502,4 +509,9 @@ fn a_replicated_job_runs_its_completions_max_concurrent_at_a_time_and_force_runs
         .filter(|t| !before.contains(&t["id"].to_string()))
         .count();
     assert_eq!(again, 3, "--force ran every completion again");
+    let err = d.fails(&["service", "rollback", "batch"]);
+    assert!(
+        err.contains("service batch is a job: a job's runs are not rolled out"),
+        "{err}"
+    );
 }

@@ -41,6 +41,10 @@ enum Op {
         start_first: bool,
         /// A replicated job, two at a time (when not global).
         job: bool,
+        /// Failure action (pause, continue, rollback) and whether half the
+        /// tasks may fail.
+        failure_action: u8,
+        tolerant: bool,
     },
     RemoveService(u8),
     Node {
@@ -62,8 +66,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => ((0u8..3, 0u8..6, any::<bool>(), proptest::option::of(0u8..2), prop::bool::weighted(0.2), prop_oneof![Just(0u64), Just(1_000), Just(5_000)]), (0u8..3, any::<bool>(), prop::bool::weighted(0.2)))
-            .prop_map(|((which, replicas, reserve, zone, global, delay_ms), (parallelism, start_first, job))| Op::Service { which, replicas, reserve, zone, global, delay_ms, parallelism, start_first, job }),
+        2 => ((0u8..3, 0u8..6, any::<bool>(), proptest::option::of(0u8..2), prop::bool::weighted(0.2), prop_oneof![Just(0u64), Just(1_000), Just(5_000)]), (0u8..3, any::<bool>(), prop::bool::weighted(0.2), 0u8..3, any::<bool>()))
+            .prop_map(|((which, replicas, reserve, zone, global, delay_ms), (parallelism, start_first, job, failure_action, tolerant))| Op::Service { which, replicas, reserve, zone, global, delay_ms, parallelism, start_first, job, failure_action, tolerant }),
         1 => (0u8..3).prop_map(Op::RemoveService),
         2 => (0u8..5, prop::bool::weighted(0.8), 0u8..3, 0u8..2, 1i64..4)
             .prop_map(|(which, ready, availability, zone, memory_gib)| Op::Node { which, ready, availability, zone, memory_gib }),
@@ -207,6 +211,8 @@ impl World {
                 parallelism,
                 start_first,
                 job,
+                failure_action,
+                tolerant,
             } => {
                 let id = format!("svc{which}");
                 let existing = self.store.view().service(&id).cloned();
@@ -263,14 +269,32 @@ impl World {
                                 update_config::Order::StopFirst
                             } as i32,
                             monitor_ms: 1_000,
+                            failure_action: i32::from(*failure_action),
+                            max_failure_ratio: if *tolerant { 0.5 } else { 0.0 },
                             ..Default::default()
                         }),
                         ..Default::default()
                     }),
-                    // As the control API does: a new spec starts a new
-                    // update (and resumes a paused one).
                     ..Default::default()
                 };
+                // As the control API writes it: the previous spec kept, and
+                // the update status reset when what the tasks run changed or
+                // the update was paused.
+                let mut service = service;
+                if let Some(old) = &existing {
+                    let old_spec = old.spec.clone().unwrap_or_default();
+                    let new_spec = service.spec.clone().unwrap_or_default();
+                    let runs = |s: &ServiceSpec| (s.task.clone(), s.endpoint.clone());
+                    let paused = old.update_status.as_ref().is_some_and(|u| u.paused());
+                    if runs(&old_spec) == runs(&new_spec) && !paused {
+                        service.update_status = old.update_status.clone();
+                    }
+                    service.previous_spec = if old_spec != new_spec {
+                        Some(old_spec)
+                    } else {
+                        old.previous_spec.clone()
+                    };
+                }
                 let kind = if existing.is_some() {
                     store_action::Kind::Update
                 } else {

@@ -503,3 +503,176 @@ fn a_forced_update_runs_a_completed_job_again() {
     assert_eq!(slots(&again), [1, 2], "both run again");
     assert!(again.iter().all(|t| !first.contains(&t.id)), "as new tasks");
 }
+
+#[test]
+fn a_rollback_during_a_start_first_update_keeps_the_old_task_and_lets_the_new_one_go() {
+    let mut update = config(0, 0, update_config::FailureAction::Rollback);
+    update.order = update_config::Order::StartFirst as i32;
+    let mut w = running_service(2, update);
+    w.update_service(|s| s.rollback = Some(config(0, 0, update_config::FailureAction::Pause)));
+    let old: Vec<String> = w.live().into_iter().map(|t| t.id).collect();
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    // Slot 1's new task fails; slot 2's is still starting.
+    let new = live_with(&w, "V=2");
+    assert_eq!(new.len(), 2);
+    let failing = new.iter().find(|t| t.slot == 1).unwrap();
+    let starting = new.iter().find(|t| t.slot == 2).unwrap();
+    w.set_state(&starting.id, TaskState::Starting, 1_050);
+    w.set_state(&failing.id, TaskState::Failed, 1_100);
+    w.orchestrate(1_200);
+    assert_eq!(status(&w).state(), update_status::State::RollbackStarted);
+    w.orchestrate(1_201);
+    w.orchestrate(1_202);
+    // Both old tasks still run; the new ones were let go.
+    let live: Vec<String> = w.live().into_iter().map(|t| t.id).collect();
+    assert_eq!(sorted_ids(live), sorted_ids(old));
+    w.orchestrate(1_202 + MONITOR_MS);
+    assert_eq!(status(&w).state(), update_status::State::RollbackCompleted);
+}
+
+fn sorted_ids(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_rollback_that_would_change_nothing_or_name_a_lost_network_pauses_instead_saying_why() {
+    // Scaled during the update: the previous spec runs the same tasks.
+    let mut w = running_service(2, config(1, 0, update_config::FailureAction::Rollback));
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    w.update_service(|s| s.replicas = Some(3));
+    let new = live_with(&w, "V=2").remove(0);
+    w.set_state(&new.id, TaskState::Failed, 1_100);
+    w.orchestrate(1_200);
+    let paused = status(&w);
+    assert_eq!(paused.state(), update_status::State::Paused);
+    assert!(
+        paused
+            .message
+            .ends_with("it cannot roll back: its previous spec runs the same tasks"),
+        "{}",
+        paused.message
+    );
+
+    // The previous spec's network was removed since.
+    let mut w = running_service(2, config(0, 0, update_config::FailureAction::Rollback));
+    let network = shoal_api::Network {
+        id: "gone".into(),
+        spec: Some(shoal_api::NetworkSpec {
+            annotations: Some(shoal_api::Annotations {
+                name: "backend".into(),
+                labels: Default::default(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    w.create(network, 0);
+    w.update_service(|s| {
+        s.task.as_mut().unwrap().networks = vec![shoal_api::NetworkAttachmentConfig {
+            target: "gone".into(),
+            aliases: vec![],
+        }]
+    });
+    w.orchestrate(500);
+    w.orchestrate(501);
+    run_all(&mut w, "", 600);
+    w.orchestrate(600 + MONITOR_MS);
+    w.update_service(|s| s.task.as_mut().unwrap().networks.clear());
+    // Only the current spec holds a network: it can be removed.
+    let network = w.store.view().network("gone").unwrap().clone();
+    w.apply(
+        vec![shoal_api::StoreAction {
+            kind: shoal_api::store_action::Kind::Remove as i32,
+            target: Some(network.into()),
+        }],
+        900,
+    );
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let new = w
+        .live()
+        .into_iter()
+        .find(|t| t.spec.as_ref().unwrap().networks.is_empty())
+        .unwrap();
+    w.set_state(&new.id, TaskState::Failed, 1_100);
+    w.orchestrate(1_200);
+    let paused = status(&w);
+    assert_eq!(paused.state(), update_status::State::Paused);
+    assert!(
+        paused
+            .message
+            .ends_with("it cannot roll back: network gone of its previous spec no longer exists"),
+        "{}",
+        paused.message
+    );
+}
+
+#[test]
+fn a_start_first_replacement_that_ends_for_good_lets_the_old_task_go_and_the_update_completes() {
+    let mut update = config(1, 0, update_config::FailureAction::Continue);
+    update.order = update_config::Order::StartFirst as i32;
+    let mut w = World::new();
+    let mut s = service(
+        1,
+        RestartPolicy {
+            condition: shoal_api::restart_policy::Condition::None as i32,
+            ..Default::default()
+        },
+    );
+    s.spec.as_mut().unwrap().update = Some(update);
+    w.create(s, 0);
+    w.orchestrate(0);
+    run_all(&mut w, "", 0);
+    for t in w.live() {
+        w.set_state(&t.id, TaskState::Running, 0);
+    }
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let new = live_with(&w, "V=2").remove(0);
+    w.set_state(&new.id, TaskState::Failed, 1_100);
+    w.orchestrate(1_200);
+    w.orchestrate(1_201);
+    assert!(
+        w.live().iter().all(|t| env_of(t) == ["V=2"]),
+        "the old task is let go once its replacement will not run again"
+    );
+    w.orchestrate(1_201 + MONITOR_MS);
+    assert_eq!(status(&w).state(), update_status::State::Completed);
+}
+
+#[test]
+fn restarts_are_counted_per_spec_so_an_updated_task_gets_its_own_attempts() {
+    let mut w = World::new();
+    let mut s = service(
+        1,
+        RestartPolicy {
+            condition: shoal_api::restart_policy::Condition::Any as i32,
+            max_attempts: 1,
+            ..Default::default()
+        },
+    );
+    s.spec.as_mut().unwrap().update = Some(config(1, 0, update_config::FailureAction::Continue));
+    w.create(s, 0);
+    w.orchestrate(0);
+    // The first spec uses its one restart.
+    let first = w.live().remove(0);
+    w.set_state(&first.id, TaskState::Failed, 10);
+    w.orchestrate(11);
+    let second = w.live().remove(0);
+    w.set_state(&second.id, TaskState::Running, 20);
+    new_template(&mut w, "V=2");
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let new = live_with(&w, "V=2").remove(0);
+    w.set_state(&new.id, TaskState::Failed, 1_100);
+    w.orchestrate(1_200);
+    let restarted = live_with(&w, "V=2");
+    assert_eq!(restarted.len(), 1);
+    assert_ne!(restarted[0].id, new.id, "the updated task was restarted");
+}

@@ -126,12 +126,18 @@ impl ControlApi {
                     reference: req.service_id.clone(),
                 })
             })?;
+            let name = current
+                .spec
+                .as_ref()
+                .and_then(|s| s.annotations.as_ref())
+                .map_or(current.id.as_str(), |a| a.name.as_str());
+            let mode = current.spec.as_ref().map_or(0, |s| s.mode);
+            if mode == ServiceMode::ReplicatedJob as i32 || mode == ServiceMode::GlobalJob as i32 {
+                return Err(ApiError::Refused(format!(
+                    "service {name} is a job: a job's runs are not rolled out, so there is nothing to roll back; update it with the spec to run"
+                )));
+            }
             let Some(previous) = current.previous_spec.clone() else {
-                let name = current
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.annotations.as_ref())
-                    .map_or(current.id.as_str(), |a| a.name.as_str());
                 return Err(ApiError::Refused(format!(
                     "service {name} has no previous spec to roll back to (it was never updated)"
                 )));

@@ -315,8 +315,24 @@ fn validate_update_config(prefix: &str, update: &UpdateConfig) -> Result<(), Inv
             format!("must be between 0 and 1, got {}", update.max_failure_ratio),
         ));
     }
+    for (field, ms) in [("delay", update.delay_ms), ("monitor", update.monitor_ms)] {
+        if ms > MAX_UPDATE_WAIT_MS {
+            return Err(invalid(
+                format!("{prefix}_{field}"),
+                format!(
+                    "must be at most {} days, got {ms} ms",
+                    MAX_UPDATE_WAIT_MS / 86_400_000
+                ),
+            ));
+        }
+    }
     Ok(())
 }
+
+/// The longest update delay or monitor window: a rollout that waits longer
+/// than a month between tasks is a mistake, and times stay far from
+/// overflowing when added to a clock.
+pub const MAX_UPDATE_WAIT_MS: u64 = 30 * 86_400_000;
 
 /// Checks a node spec.
 pub fn validate_node_spec(spec: &NodeSpec) -> Result<(), InvalidSpec> {
@@ -547,6 +563,27 @@ mod tests {
         let mut s = spec();
         s.annotations.as_mut().unwrap().name = "a".repeat(63);
         assert_eq!(validate_service_spec(&s), Ok(()));
+    }
+
+    #[test]
+    fn update_delays_and_monitors_are_bounded() {
+        let mut s = spec();
+        s.update = Some(UpdateConfig {
+            delay_ms: MAX_UPDATE_WAIT_MS + 1,
+            ..Default::default()
+        });
+        assert_eq!(field_of(&s), "update_delay");
+        s.update = None;
+        s.rollback = Some(UpdateConfig {
+            monitor_ms: u64::MAX,
+            ..Default::default()
+        });
+        assert_eq!(field_of(&s), "rollback_monitor");
+        s.rollback = Some(UpdateConfig {
+            monitor_ms: MAX_UPDATE_WAIT_MS,
+            ..Default::default()
+        });
+        assert!(validate_service_spec(&s).is_ok());
     }
 
     #[test]

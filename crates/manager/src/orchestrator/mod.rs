@@ -179,7 +179,7 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
                 ));
                 continue;
             };
-            let outcome = reconcile(
+            let mut outcome = reconcile(
                 view,
                 service,
                 &nodes,
@@ -188,7 +188,7 @@ impl<F: FnMut() -> String + Send + 'static> Orchestrator<F> {
                 &mut self.new_id,
                 &mut budget,
             );
-            decision.transactions.extend(pack(outcome.groups));
+            decision.transactions.extend(outcome.transactions());
             if outcome.starved {
                 decision.unfinished.push(id.clone());
             }

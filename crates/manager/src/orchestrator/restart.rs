@@ -74,8 +74,13 @@ pub(super) fn should_restart(
     if policy.max_attempts == 0 {
         return true;
     }
-    // Restarts already made in the window: tasks of this place created after
-    // the first, within the window.
+    // Restarts already made in the window: tasks of this place and of the
+    // ended task's spec created after the first, within the window. A task
+    // an update made starts a count of its own.
+    let history: Vec<&&Task> = history
+        .iter()
+        .filter(|t| t.spec_version == ended.spec_version)
+        .collect();
     let first = history.iter().map(|t| created_at(t)).min().unwrap_or(0);
     let since = if policy.window_ms == 0 {
         i64::MIN

@@ -183,8 +183,8 @@ pub fn decide(
     let (fresh, behind): (Vec<&Service>, Vec<&Service>) =
         view.services().partition(|s| !waited.contains(&s.id));
     for service in fresh.into_iter().chain(behind) {
-        let outcome = reconcile(view, service, &nodes, &evicted, now_ms, new_id, &mut budget);
-        decision.transactions.extend(pack(outcome.groups));
+        let mut outcome = reconcile(view, service, &nodes, &evicted, now_ms, new_id, &mut budget);
+        decision.transactions.extend(outcome.transactions());
         if let Some(due) = outcome.wake_at_ms {
             decision.wake_at_ms = Some(decision.wake_at_ms.map_or(due, |w: i64| w.min(due)));
         }
@@ -213,11 +213,29 @@ pub(super) fn let_go(tasks: impl Iterator<Item = Task>) -> Vec<Vec<StoreAction>>
 
 /// What one service needs.
 pub(super) struct ServiceOutcome {
+    /// The service itself written back (its update status), proposed alone:
+    /// an agent's report on one of the tasks below must not fail it.
+    pub(super) service_write: Option<StoreAction>,
     pub(super) groups: Vec<Vec<StoreAction>>,
     /// When its earliest delayed restart is due.
     pub(super) wake_at_ms: Option<i64>,
     /// It needs more new tasks than the pass's budget had left.
     pub(super) starved: bool,
+}
+
+impl ServiceOutcome {
+    /// The transactions to propose: the service's own write alone, then the
+    /// tasks' actions packed.
+    pub(super) fn transactions(&mut self) -> Vec<Vec<StoreAction>> {
+        let mut out: Vec<Vec<StoreAction>> = self
+            .service_write
+            .take()
+            .into_iter()
+            .map(|a| vec![a])
+            .collect();
+        out.extend(pack(std::mem::take(&mut self.groups)));
+        out
+    }
 }
 
 /// The actions one service needs, and when its earliest delayed restart is
@@ -271,22 +289,30 @@ pub(super) fn reconcile(
     let rollout = if job {
         Rollout::default()
     } else {
-        update::plan(service, &by_place, &wanted, &stale, now_ms)
+        let blocked = service
+            .update_status
+            .as_ref()
+            .is_some_and(|s| s.in_progress())
+            .then(|| rollback_blocked(view, service))
+            .flatten();
+        update::plan(service, &by_place, &wanted, &stale, now_ms, blocked)
     };
     if let Some(due) = rollout.wake_at_ms {
         wake_at_ms = Some(due);
     }
     // One group per place: a task let go and its replacement commit together.
     let mut groups: Vec<Vec<StoreAction>> = Vec::new();
+    let mut service_write = None;
     if let Some(written) = rollout.service {
         let rolled_back = written.spec != service.spec;
-        groups.push(vec![StoreAction {
+        service_write = Some(StoreAction {
             kind: store_action::Kind::Update as i32,
             target: Some(written.into()),
-        }]);
+        });
         if rolled_back {
             // Every task made now would be of the spec being left.
             return ServiceOutcome {
+                service_write,
                 groups,
                 wake_at_ms: None,
                 starved,
@@ -325,6 +351,7 @@ pub(super) fn reconcile(
     }
     starved |= maker.starved;
     ServiceOutcome {
+        service_write,
         groups,
         wake_at_ms,
         starved,
@@ -345,26 +372,26 @@ pub(super) fn place_actions<F: FnMut() -> String>(
     let now_ms = maker.now_ms;
     let mut actions = Vec::new();
     let mut live: Vec<&Task> = history.iter().copied().filter(|t| occupies(t)).collect();
-    // A start-first replacement that ended after its update was rolled
-    // back: let it go, and the task it was to replace is the place's again.
-    if let [older @ .., newest] = live.as_slice() {
-        let newest = *newest;
-        if maker.is_stale(newest)
-            && newest.observed().is_terminal()
-            && older
-                .iter()
-                .any(|t| !maker.is_stale(t) && !t.observed().is_terminal())
-        {
-            actions.push(update(with_desired(newest, TaskState::Shutdown)));
-            live.pop();
+    // A rollback came back to an older task that still runs: the newer
+    // tasks of the spec left are let go, and it is the place's again.
+    let kept = place_task(&live, |t| maker.is_stale(t)).map(|t| t.id.as_str());
+    while live.len() > 1 && live.last().map(|t| t.id.as_str()) != kept {
+        if let Some(newer) = live.pop() {
+            actions.push(update(with_desired(newer, TaskState::Shutdown)));
         }
     }
     // At most one live task per place: keep the newest. Under start-first,
-    // a task of an older spec keeps running until its replacement runs.
+    // a task of an older spec keeps running until its replacement runs, or
+    // until the replacement ended for good (it will not be restarted).
     let hold = maker.start_first
-        && live
-            .last()
-            .is_some_and(|n| !maker.is_stale(n) && n.observed() != TaskState::Running);
+        && live.last().is_some_and(|n| {
+            !maker.is_stale(n)
+                && match n.observed() {
+                    TaskState::Running => false,
+                    s if s.is_terminal() => should_restart(service, history, n, now_ms),
+                    _ => true,
+                }
+        });
     let newest = live.pop();
     for extra in live {
         let held = hold && maker.is_stale(extra) && !extra.observed().is_terminal();

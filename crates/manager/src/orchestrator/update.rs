@@ -28,6 +28,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use shoal_api::{update_config, update_status, Service, Task, TaskSpec, TaskState, UpdateStatus};
 
+use shoal_store::Tables;
+
 use super::*;
 
 /// How the status of an automatic rollback begins.
@@ -73,6 +75,29 @@ pub(super) fn stale_ids<'a>(
     stale
 }
 
+/// Why the service's previous spec cannot come back by itself, if it
+/// cannot: there is none, it runs what the current one does (it differs
+/// only in replicas or update config, so rolling back would change
+/// nothing the failure came from), or a network it names is gone (the store
+/// would refuse it on every pass).
+pub(super) fn rollback_blocked(view: &Tables, service: &Service) -> Option<String> {
+    let Some(previous) = service.previous_spec.as_ref() else {
+        return Some("the service has no previous spec".into());
+    };
+    let current = service.spec.clone().unwrap_or_default();
+    if (previous.task.as_ref(), previous.endpoint.as_ref())
+        == (current.task.as_ref(), current.endpoint.as_ref())
+    {
+        return Some("its previous spec runs the same tasks".into());
+    }
+    previous
+        .task
+        .iter()
+        .flat_map(|t| t.networks.iter())
+        .find(|n| view.network(&n.target).is_none())
+        .map(|n| format!("network {} of its previous spec no longer exists", n.target))
+}
+
 /// When the task first ran, if it did.
 fn running_since(task: &Task) -> Option<i64> {
     std::iter::once(task.status.as_ref())
@@ -94,12 +119,33 @@ fn failed_early(task: &Task, monitor_ms: u64) -> bool {
         return false;
     }
     let ended = task.status.as_ref().map_or(0, |s| s.timestamp_ms);
-    running_since(task).is_none_or(|since| ended - since <= monitor_ms as i64)
+    running_since(task)
+        .is_none_or(|since| ended.saturating_sub(since) <= monitor_ms.min(i64::MAX as u64) as i64)
 }
 
-/// The newest task that occupies the place, if any.
-pub(super) fn newest_live<'a>(history: &[&'a Task]) -> Option<&'a Task> {
-    history.iter().rev().find(|t| occupies(t)).copied()
+/// The task that stands for a place, among its live tasks (oldest first):
+/// the newest; but when the newest runs an older spec while an older one
+/// runs the current spec and has not ended (a rollback came back to it),
+/// that older one.
+pub(super) fn place_task<'a>(
+    live: &[&'a Task],
+    is_stale: impl Fn(&Task) -> bool,
+) -> Option<&'a Task> {
+    let newest = *live.last()?;
+    if !is_stale(newest) {
+        return Some(newest);
+    }
+    live.iter()
+        .rev()
+        .find(|t| !is_stale(t) && !t.observed().is_terminal())
+        .copied()
+        .or(Some(newest))
+}
+
+/// [`place_task`] of a place's whole history.
+fn live_task<'a>(history: &[&'a Task], is_stale: impl Fn(&Task) -> bool) -> Option<&'a Task> {
+    let live: Vec<&Task> = history.iter().copied().filter(|t| occupies(t)).collect();
+    place_task(&live, is_stale)
 }
 
 fn status(state: update_status::State, now_ms: i64, message: String) -> UpdateStatus {
@@ -113,13 +159,15 @@ fn status(state: update_status::State, now_ms: i64, message: String) -> UpdateSt
 
 /// What the update supervisor does for `service` now. `places` holds every
 /// place's tasks, oldest first; `wanted` the places that should hold one;
-/// `stale` the tasks of an older spec ([`stale_ids`]).
+/// `stale` the tasks of an older spec ([`stale_ids`]); `cannot_roll_back`
+/// why the previous spec cannot come back, if it cannot ([`rollback_blocked`]).
 pub(super) fn plan(
     service: &Service,
     places: &BTreeMap<Place, Vec<&Task>>,
     wanted: &[Place],
     stale: &HashSet<&str>,
     now_ms: i64,
+    cannot_roll_back: Option<String>,
 ) -> Rollout {
     use update_status::State;
     let spec = service.spec.clone().unwrap_or_default();
@@ -132,7 +180,7 @@ pub(super) fn plan(
         .filter(|p| {
             places
                 .get(p)
-                .and_then(|h| newest_live(h))
+                .and_then(|h| live_task(h, is_stale))
                 .is_some_and(|t| is_stale(t) && !t.observed().is_terminal())
         })
         .collect();
@@ -175,7 +223,7 @@ pub(super) fn plan(
         match action {
             update_config::FailureAction::Continue => {}
             update_config::FailureAction::Rollback
-                if !rolling_back && service.previous_spec.is_some() =>
+                if !rolling_back && cannot_roll_back.is_none() =>
             {
                 let mut rollout = write(status(
                     State::RollbackStarted,
@@ -194,9 +242,15 @@ pub(super) fn plan(
                 } else {
                     (State::Paused, "update")
                 };
+                let mut message = format!("{what} paused due to {cause}");
+                if let (update_config::FailureAction::Rollback, false, Some(why)) =
+                    (action, rolling_back, &cannot_roll_back)
+                {
+                    message = format!("{message}; it cannot roll back: {why}");
+                }
                 return write(UpdateStatus {
                     started_at_ms: started,
-                    ..status(state, now_ms, format!("{what} paused due to {cause}"))
+                    ..status(state, now_ms, message)
                 });
             }
         }
@@ -208,7 +262,7 @@ pub(super) fn plan(
     let mut watched_until = i64::MIN;
     let mut wake = |at: i64| wake_at_ms = Some(wake_at_ms.map_or(at, |w: i64| w.min(at)));
     for place in wanted {
-        let Some(t) = places.get(place).and_then(|h| newest_live(h)) else {
+        let Some(t) = places.get(place).and_then(|h| live_task(h, is_stale)) else {
             continue;
         };
         if !of_this_update(t) {
@@ -216,12 +270,13 @@ pub(super) fn plan(
         }
         match (t.observed(), running_since(t)) {
             (TaskState::Running, Some(since)) => {
-                let free_at = since + config.delay_ms as i64;
+                let free_at = since.saturating_add(config.delay_ms.min(i64::MAX as u64) as i64);
                 if free_at > now_ms {
                     busy += 1;
                     wake(free_at);
                 }
-                watched_until = watched_until.max(since + config.monitor_ms as i64);
+                watched_until = watched_until
+                    .max(since.saturating_add(config.monitor_ms.min(i64::MAX as u64) as i64));
             }
             (state, _) if !state.is_terminal() => busy += 1,
             // Ended: counted above when it failed; its restart is the
