@@ -21,6 +21,7 @@ const ENUM_FIELDS: &[(&str, &str)] = &[
     ),
     (".shoal.v1.UpdateStatus.state", "update_status::State"),
     (".shoal.v1.TaskStatus.state", "TaskState"),
+    (".shoal.v1.TaskStatus.health", "task_status::Health"),
     (".shoal.v1.Task.desired_state", "TaskState"),
     (".shoal.v1.NodeSpec.desired_role", "NodeRole"),
     (".shoal.v1.Node.role", "NodeRole"),

@@ -610,7 +610,8 @@ impl<D: Driver> Agent<D> {
             desired_rx,
             self.reports_tx.clone(),
             grace,
-        );
+        )
+        .with_health(task.spec.as_ref().and_then(|s| s.health.clone()));
         let done = self.done_tx.clone();
         let id = task.id.clone();
         let handle = tokio::spawn(async move {

@@ -57,4 +57,12 @@ pub trait Executor: Send + 'static {
     fn remove(&mut self) -> impl Future<Output = Result<(), TaskFailure>> + Send;
     /// Periodic upkeep while the workload runs (log rotation).
     fn housekeeping(&mut self) {}
+    /// Runs the task's health check `command` once, in the task's context,
+    /// within `timeout`. The future owns what it needs: it runs beside
+    /// `wait`, and a task that ends meanwhile is seen at once.
+    fn probe(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = shoal_api::HealthProbe> + Send + 'static;
 }

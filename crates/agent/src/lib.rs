@@ -18,6 +18,7 @@ mod agent;
 mod cgroup;
 mod driver;
 mod executor;
+mod health;
 mod heartbeat;
 mod log_pipe;
 mod log_publisher;
@@ -31,6 +32,7 @@ pub use agent::{run, AgentConfig, AgentExit, Connector, Resume};
 pub use cgroup::Cgroups;
 pub use driver::Driver;
 pub use executor::{Executor, ExitOutcome, TaskFailure};
+pub use health::{HealthTracker, MAX_HEALTH_LOG, MAX_PROBE_OUTPUT_BYTES};
 pub use heartbeat::Heartbeat;
 pub use process::{
     find_task_processes, kill_group, ProcessConfig, ProcessDriver, ProcessExecutor, TASK_DIR_ENV,

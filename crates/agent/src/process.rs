@@ -395,7 +395,112 @@ fn outcome(status: std::process::ExitStatus) -> ExitOutcome {
     }
 }
 
+/// Reads at most `limit` bytes of `pipe` into `out`, then drops the rest,
+/// so a check that prints without end neither blocks nor fills memory.
+async fn read_bounded(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    limit: usize,
+    out: &mut Vec<u8>,
+) {
+    use tokio::io::AsyncReadExt;
+    let Some(mut pipe) = pipe else { return };
+    let _ = (&mut pipe).take(limit as u64).read_to_end(out).await;
+    let _ = tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await;
+}
+
 impl Executor for ProcessExecutor {
+    fn probe(
+        &self,
+        check: &str,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = shoal_api::HealthProbe> + Send + 'static {
+        use shoal_api::clock::now_ms;
+        // As the task runs: its user, env, working dir and cgroup.
+        let mut command = Command::new("/bin/sh");
+        command
+            .args(["-c", check])
+            .current_dir(self.workdir())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.runtime.env.iter().filter_map(|e| e.split_once('=')))
+            .env(TASK_ID_ENV, &self.task_id)
+            .env(TASK_DIR_ENV, &self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let user = self.uid.or_else(|| {
+            // An adopted task was never prepared here: look its user up.
+            (!self.runtime.user.is_empty())
+                .then(|| {
+                    nix::unistd::User::from_name(&self.runtime.user)
+                        .ok()
+                        .flatten()
+                })
+                .flatten()
+                .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+        });
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+        if let Some(cgroup) = self.cgroup.clone() {
+            // SAFETY: as for the task itself (`start`).
+            unsafe {
+                command.pre_exec(move || cgroup.join_self());
+            }
+        }
+        async move {
+            let started_ms = now_ms();
+            let finish = |exit_code: i32, output: String| shoal_api::HealthProbe {
+                started_ms,
+                ended_ms: now_ms(),
+                exit_code,
+                output,
+            };
+            let mut child = match command.spawn() {
+                Ok(child) => child,
+                Err(e) => return finish(-1, format!("cannot run the health check: {e}")),
+            };
+            let pgid = child.id();
+            let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+            let run = async {
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                let limit = crate::health::MAX_PROBE_OUTPUT_BYTES;
+                tokio::join!(
+                    read_bounded(stdout, limit, &mut out),
+                    read_bounded(stderr, limit, &mut err)
+                );
+                out.extend(err);
+                out.truncate(limit);
+                (child.wait().await, out)
+            };
+            match tokio::time::timeout(timeout, run).await {
+                Ok((Ok(status), out)) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let code = status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+                    finish(code, String::from_utf8_lossy(&out).into_owned())
+                }
+                Ok((Err(e), _)) => finish(-1, format!("waiting for the health check: {e}")),
+                Err(_) => {
+                    // The whole check goes, not only its shell.
+                    if let Some(pgid) = pgid {
+                        kill_group(pgid);
+                    }
+                    finish(
+                        -1,
+                        format!(
+                            "the health check timed out after {} ms",
+                            timeout.as_millis()
+                        ),
+                    )
+                }
+            }
+        }
+    }
+
     async fn prepare(&mut self) -> Result<(), TaskFailure> {
         if self.runtime.command.is_empty() && !self.runtime.image.is_empty() {
             return Err(TaskFailure(format!(

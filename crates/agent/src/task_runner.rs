@@ -10,10 +10,11 @@
 use shoal_api::clock::now_ms;
 use std::time::Duration;
 
-use shoal_api::{TaskState, TaskStatus};
+use shoal_api::{task_status::Health, HealthConfig, HealthProbe, TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
 
 use crate::executor::{Executor, ExitOutcome, TaskFailure};
+use crate::health::HealthTracker;
 
 /// What to do next for a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,25 @@ pub struct TaskUpdate {
     pub status: TaskStatus,
 }
 
+/// A health check in flight.
+type Probe = std::pin::Pin<Box<dyn std::future::Future<Output = HealthProbe> + Send>>;
+
+/// Waits until `at`, or for ever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The health check in flight's result.
+async fn run_probe(probe: &mut Option<Probe>) -> HealthProbe {
+    match probe.as_mut() {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How often a running task gets its housekeeping (log rotation).
 const HOUSEKEEPING_PERIOD_MS: u64 = 5_000;
 
@@ -73,6 +93,10 @@ pub struct TaskRunner<E: Executor> {
     desired: watch::Receiver<TaskState>,
     updates: mpsc::Sender<TaskUpdate>,
     stop_grace: Duration,
+    /// The task's health check, if it has one, and its verdicts since the
+    /// task ran here.
+    health_check: Option<HealthConfig>,
+    health: Option<HealthTracker>,
 }
 
 impl<E: Executor> TaskRunner<E> {
@@ -93,7 +117,16 @@ impl<E: Executor> TaskRunner<E> {
             desired,
             updates,
             stop_grace,
+            health_check: None,
+            health: None,
         }
+    }
+
+    /// The task's health check: run while the task runs, its verdicts
+    /// reported, and the task failed once it is unhealthy.
+    pub fn with_health(mut self, check: Option<HealthConfig>) -> TaskRunner<E> {
+        self.health_check = check.filter(|c| !c.command.trim().is_empty());
+        self
     }
 
     async fn report(&mut self, state: TaskState, message: &str, err: String, exit_code: i32) {
@@ -103,14 +136,25 @@ impl<E: Executor> TaskRunner<E> {
             self.observed
         );
         self.observed = state;
+        self.send(message, err, exit_code).await;
+    }
+
+    /// Sends the task's status: its observed state, with its health.
+    async fn send(&mut self, message: &str, err: String, exit_code: i32) {
+        let (health, health_log) = self
+            .health
+            .as_ref()
+            .map_or((Health::None, Vec::new()), |h| (h.state(), h.log()));
         let status = TaskStatus {
             timestamp_ms: now_ms(),
-            state: state as i32,
+            state: self.observed as i32,
             message: message.to_string(),
             err,
             exit_code,
             pid: self.pid,
             container_id: String::new(),
+            health: health as i32,
+            health_log,
         };
         // A closed channel means the agent is going away; the state is kept
         // here and reported again by whoever restarts the task.
@@ -127,6 +171,9 @@ impl<E: Executor> TaskRunner<E> {
     /// desired-state sender goes away the task is shut down.
     pub async fn run(mut self) -> TaskState {
         let mut housekeeping = tokio::time::interval(Duration::from_millis(HOUSEKEEPING_PERIOD_MS));
+        // The health check in flight, and when the next one is due.
+        let mut probe: Option<Probe> = None;
+        let mut next_probe: Option<tokio::time::Instant> = None;
         loop {
             let desired = *self.desired.borrow_and_update();
             match next_step(self.observed, desired) {
@@ -158,6 +205,10 @@ impl<E: Executor> TaskRunner<E> {
                     match self.executor.start().await {
                         Ok(pid) => {
                             self.pid = pid;
+                            self.health = self
+                                .health_check
+                                .clone()
+                                .map(|c| HealthTracker::new(c, now_ms()));
                             self.report(TaskState::Running, "started", String::new(), 0)
                                 .await;
                         }
@@ -168,6 +219,19 @@ impl<E: Executor> TaskRunner<E> {
                     }
                 }
                 Step::Wait => {
+                    if self.health.is_none() {
+                        // Adopted running: its checks start again here.
+                        self.health = self
+                            .health_check
+                            .clone()
+                            .map(|c| HealthTracker::new(c, now_ms()));
+                    }
+                    if probe.is_none() && next_probe.is_none() {
+                        next_probe = self
+                            .health
+                            .as_ref()
+                            .map(|h| tokio::time::Instant::now() + h.interval());
+                    }
                     let outcome = tokio::select! {
                         changed = self.desired.changed() => {
                             if changed.is_err() {
@@ -179,6 +243,18 @@ impl<E: Executor> TaskRunner<E> {
                             self.executor.housekeeping();
                             continue;
                         }
+                        _ = sleep_until(next_probe), if probe.is_none() => {
+                            if let Some(h) = &self.health {
+                                probe = Some(Box::pin(self.executor.probe(h.command(), h.timeout())));
+                            }
+                            next_probe = None;
+                            continue;
+                        }
+                        result = run_probe(&mut probe), if probe.is_some() => {
+                            probe = None;
+                            self.checked(result).await;
+                            continue;
+                        }
                         outcome = self.executor.wait() => outcome,
                     };
                     self.report_exit(outcome).await;
@@ -186,6 +262,37 @@ impl<E: Executor> TaskRunner<E> {
                 Step::Shutdown => self.shutdown().await,
             }
         }
+    }
+
+    /// Takes a health check's result: a change of verdict is reported, and
+    /// an unhealthy task is stopped and failed, naming why.
+    async fn checked(&mut self, result: HealthProbe) {
+        let Some(health) = self.health.as_mut() else {
+            return;
+        };
+        let output = result.output.trim().to_string();
+        let Some(verdict) = health.record(result) else {
+            return;
+        };
+        if verdict != Health::Unhealthy {
+            let message = match verdict {
+                Health::Healthy => "healthy",
+                _ => "health: starting",
+            };
+            // The same state, news of it.
+            self.send(message, String::new(), 0).await;
+            return;
+        }
+        let failures = health.failures();
+        let why = if output.is_empty() {
+            format!("unhealthy: the health check failed {failures} times in a row")
+        } else {
+            format!("unhealthy: the health check failed {failures} times in a row: {output}")
+        };
+        if let Err(e) = self.executor.shutdown(self.stop_grace).await {
+            tracing::warn!(task = %self.task_id, error = %e, "stopping an unhealthy task");
+        }
+        self.report(TaskState::Failed, "unhealthy", why, 0).await;
     }
 
     /// Reports how the workload ended on its own.

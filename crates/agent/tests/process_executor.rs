@@ -584,3 +584,106 @@ async fn a_task_ends_when_its_main_process_does_even_if_an_escaped_child_holds_i
         shoal_agent::kill_group(pgid);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_check_runs_as_the_task_runs_and_a_slow_one_is_cut_at_its_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let t = task("t1", &["sleep", "60"], |r| {
+        r.env = vec!["A=1".into()];
+        r.dir = work.path().display().to_string();
+    });
+    let mut executor = ProcessExecutor::new(&ProcessConfig::new(tmp.path().to_path_buf()), &t);
+    executor.prepare().await.unwrap();
+    let pid = executor.start().await.unwrap();
+    // The task's env and working dir; nothing of the agent's.
+    let probe = executor
+        .probe("echo A=$A LEAK=$CARGO_MANIFEST_DIR; pwd; exit 3", WITHIN)
+        .await;
+    let expected_dir = std::fs::canonicalize(work.path()).unwrap();
+    assert_eq!(probe.exit_code, 3);
+    assert_eq!(
+        probe.output,
+        format!("A=1 LEAK=\n{}\n", expected_dir.display())
+    );
+    // Too slow: cut, and said so.
+    let probe = executor.probe("sleep 30", Duration::from_millis(200)).await;
+    assert_eq!(probe.exit_code, -1);
+    assert!(
+        probe.output.contains("timed out after 200 ms"),
+        "{}",
+        probe.output
+    );
+    // Endless output is bounded.
+    let probe = executor.probe("yes | head -c 1000000", WITHIN).await;
+    assert_eq!(probe.output.len(), shoal_agent::MAX_PROBE_OUTPUT_BYTES);
+    executor.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert!(pid > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_health_check_starts_failing_is_reported_unhealthy_and_failed() {
+    use shoal_api::{task_status::Health, HealthConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let flag = tmp.path().join("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let t = task("t1", &["sleep", "60"], |_| {});
+    let executor = ProcessExecutor::new(&ProcessConfig::new(tmp.path().to_path_buf()), &t);
+    let (desired_tx, desired_rx) = watch::channel(TaskState::Running);
+    let (tx, mut updates) = mpsc::channel(64);
+    let runner = TaskRunner::new(
+        t.id.clone(),
+        executor,
+        TaskState::Assigned,
+        desired_rx,
+        tx,
+        Duration::from_secs(1),
+    )
+    .with_health(Some(HealthConfig {
+        command: format!("echo checking; test -f {}", flag.display()),
+        interval_ms: 50,
+        timeout_ms: 5_000,
+        retries: 2,
+        start_period_ms: 0,
+    }));
+    let done = tokio::spawn(runner.run());
+    let mut seen: Vec<(i32, i32)> = Vec::new();
+    let deadline = Instant::now() + WITHIN;
+    let failed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let update = tokio::time::timeout(left, updates.recv())
+            .await
+            .expect("within the bound")
+            .expect("the runner reports");
+        let s = update.status;
+        seen.push((s.state, s.health));
+        if s.state == TaskState::Running as i32 && s.health == Health::Healthy as i32 {
+            // Healthy: now make the check fail.
+            std::fs::remove_file(&flag).unwrap();
+        }
+        if s.state == TaskState::Failed as i32 {
+            break s;
+        }
+    };
+    let running = TaskState::Running as i32;
+    assert!(
+        seen.contains(&(running, Health::Starting as i32)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(running, Health::Healthy as i32)),
+        "{seen:?}"
+    );
+    assert_eq!(failed.health, Health::Unhealthy as i32);
+    assert!(
+        failed
+            .err
+            .starts_with("unhealthy: the health check failed 2 times in a row: checking"),
+        "{}",
+        failed.err
+    );
+    assert_eq!(failed.health_log.len(), 3, "{:?}", failed.health_log);
+    assert!(failed.health_log.iter().all(|p| p.output == "checking\n"));
+    assert_eq!(done.await.unwrap(), TaskState::Failed);
+    drop(desired_tx);
+}

@@ -33,6 +33,7 @@ enum_names!(
     port_config::Protocol,
     port_config::PublishMode,
     update_status::State,
+    task_status::Health,
     TaskState,
     NodeRole,
     node_spec::Availability,

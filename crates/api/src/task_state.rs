@@ -31,12 +31,27 @@ impl Task {
             TaskState::try_from(next.state).is_ok_and(|state| self.observed().may_become(state));
         if forward {
             self.push_status(next);
+            return true;
         }
-        forward
+        // A running task's health changed: news without a new state. An
+        // older report (repeated after a lost answer) changes nothing.
+        let news = self.status.as_ref().is_some_and(|now| {
+            now.state == TaskState::Running as i32
+                && next.state == now.state
+                && next.health != now.health
+                && next.timestamp_ms >= now.timestamp_ms
+        });
+        if news {
+            self.status = Some(next);
+        }
+        news
     }
 
     fn push_status(&mut self, next: TaskStatus) {
-        if let Some(previous) = self.status.take() {
+        if let Some(mut previous) = self.status.take() {
+            // The health log stays with the current status alone: sixteen
+            // copies of it would be most of a task's size.
+            previous.health_log.clear();
             // Exactly one more: a task is written once and dropped, and a
             // doubling list would give each of 100,000 assignments room
             // for four statuses it never holds.
@@ -89,6 +104,33 @@ impl TaskState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_tasks_health_changes_without_a_new_state_but_never_from_an_older_report() {
+        use crate::{task_status::Health, HealthProbe};
+        let status = |state: TaskState, at: i64, health: Health| TaskStatus {
+            state: state as i32,
+            timestamp_ms: at,
+            health: health as i32,
+            health_log: vec![HealthProbe::default()],
+            ..Default::default()
+        };
+        let mut t = Task::default();
+        assert!(t.advance_status(status(TaskState::Running, 10, Health::Starting)));
+        assert!(t.advance_status(status(TaskState::Running, 20, Health::Healthy)));
+        assert!(t.history.is_empty(), "a health change adds no history");
+        // Repeated, or older: dropped.
+        assert!(!t.advance_status(status(TaskState::Running, 20, Health::Healthy)));
+        assert!(!t.advance_status(status(TaskState::Running, 15, Health::Unhealthy)));
+        assert_eq!(t.status.as_ref().unwrap().health, Health::Healthy as i32);
+        // Health is news only while running.
+        assert!(t.advance_status(status(TaskState::Failed, 30, Health::Unhealthy)));
+        assert!(!t.advance_status(status(TaskState::Failed, 40, Health::Healthy)));
+        assert!(
+            t.history.iter().all(|s| s.health_log.is_empty()),
+            "the health log stays with the current status"
+        );
+    }
 
     #[test]
     fn states_only_move_forward() {

@@ -118,7 +118,31 @@ pub struct SpecFlags {
     /// Time a task gets to stop after SIGTERM before SIGKILL.
     #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
     pub stop_grace_period: Option<u64>,
+    /// Command that checks a task's health (run with `sh -c` as the task
+    /// runs: its user, env, dir and cgroup; exit 0 is healthy).
+    #[arg(long, value_name = "COMMAND")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (default 30s).
+    #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
+    pub health_interval: Option<u64>,
+    /// Longest a health check may take (default 30s).
+    #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
+    pub health_timeout: Option<u64>,
+    /// Failures in a row that make a task unhealthy (default 3).
+    #[arg(long)]
+    pub health_retries: Option<u64>,
+    /// Time after start during which failures do not count (default 0s).
+    #[arg(long, value_parser = parse::duration_ms, value_name = "DURATION")]
+    pub health_start_period: Option<u64>,
+    /// Run no health check.
+    #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period"])]
+    pub no_healthcheck: bool,
 }
+
+/// Docker's defaults for what a health check leaves unset.
+const HEALTH_INTERVAL_MS: u64 = 30_000;
+const HEALTH_TIMEOUT_MS: u64 = 30_000;
+const HEALTH_RETRIES: u64 = 3;
 
 /// Flags that add entries to a list or map of the spec.
 #[derive(Debug, Clone, Args, Default)]
@@ -213,6 +237,46 @@ fn update_config(
     }
 }
 
+impl SpecFlags {
+    /// The health flags: any of them sets (or changes) the check, unset
+    /// fields taking docker's defaults; `--no-healthcheck` removes it.
+    fn apply_health(&self, task: &mut shoal_api::TaskSpec) {
+        if self.no_healthcheck {
+            task.health = None;
+            return;
+        }
+        let any = self.health_cmd.is_some()
+            || self.health_interval.is_some()
+            || self.health_timeout.is_some()
+            || self.health_retries.is_some()
+            || self.health_start_period.is_some();
+        if !any {
+            return;
+        }
+        let health = task.health.get_or_insert_with(|| shoal_api::HealthConfig {
+            interval_ms: HEALTH_INTERVAL_MS,
+            timeout_ms: HEALTH_TIMEOUT_MS,
+            retries: HEALTH_RETRIES,
+            ..Default::default()
+        });
+        if let Some(v) = &self.health_cmd {
+            health.command = v.clone();
+        }
+        if let Some(v) = self.health_interval {
+            health.interval_ms = v;
+        }
+        if let Some(v) = self.health_timeout {
+            health.timeout_ms = v;
+        }
+        if let Some(v) = self.health_retries {
+            health.retries = v;
+        }
+        if let Some(v) = self.health_start_period {
+            health.start_period_ms = v;
+        }
+    }
+}
+
 /// Sets the service mode.
 pub fn apply_mode(spec: &mut ServiceSpec, mode: Mode) {
     spec.mode = match mode {
@@ -232,6 +296,7 @@ impl SpecFlags {
         if let Some(m) = self.max_concurrent {
             spec.max_concurrent = m;
         }
+        self.apply_health(spec.task.get_or_insert_with(Default::default));
         let task = spec.task.get_or_insert_with(Default::default);
         let runtime = task.runtime.get_or_insert_with(Default::default);
         if let Some(v) = &self.image {

@@ -83,6 +83,23 @@ fn state_title(state: i32) -> String {
     TaskState::try_from(state).map_or_else(|_| state.to_string(), |s| s.title())
 }
 
+/// `Running 5 seconds ago`, and its health when it has a check:
+/// `(healthy)`, `(unhealthy)`, `(health: starting)`.
+fn current_state(status: &shoal_api::TaskStatus, now_ms: i64) -> String {
+    use shoal_api::task_status::Health;
+    let state = format!(
+        "{} {}",
+        state_title(status.state),
+        ago(status.timestamp_ms, now_ms)
+    );
+    match Health::try_from(status.health).unwrap_or(Health::None) {
+        Health::None => state,
+        Health::Starting => format!("{state} (health: starting)"),
+        Health::Healthy => format!("{state} (healthy)"),
+        Health::Unhealthy => format!("{state} (unhealthy)"),
+    }
+}
+
 pub async fn print_tasks(
     client: &mut Client,
     mut tasks: Vec<Task>,
@@ -137,11 +154,7 @@ pub async fn print_tasks(
                     .cloned()
                     .unwrap_or_else(|| t.node_id.clone()),
                 state_title(t.desired_state),
-                format!(
-                    "{} {}",
-                    state_title(status.state),
-                    ago(status.timestamp_ms, now_ms)
-                ),
+                current_state(&status, now_ms),
                 status.err,
             ],
         );

@@ -515,3 +515,103 @@ fn a_replicated_job_runs_its_completions_max_concurrent_at_a_time_and_force_runs
         "{err}"
     );
 }
+
+/// The CURRENT STATE column of the service's live tasks.
+fn current_states(d: &Daemon, service: &str) -> Vec<String> {
+    json_lines(&d.ok(&["service", "ps", service, "--format", "json"]))
+        .iter()
+        .map(|r| r["current_state"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_health_check_shows_in_ps_replaces_a_task_that_turns_unhealthy_and_gates_updates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    let flag = tmp.path().join("healthy");
+    let check = format!("test -f {}", flag.display());
+    let err = d.fails(&[
+        "service",
+        "create",
+        "--name",
+        "bad",
+        "--health-cmd",
+        &check,
+        "--health-retries",
+        "0",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert!(
+        err.contains("health_retries: must be from 1 to 1000, got 0"),
+        "{err}"
+    );
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--health-cmd",
+        &check,
+        "--health-interval",
+        "100ms",
+        "--health-retries",
+        "2",
+        "--restart-delay",
+        "0s",
+        "--update-monitor",
+        "200ms",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    wait_until("the task runs, health starting", || {
+        current_states(&d, "web")
+            .iter()
+            .any(|s| s.starts_with("Running") && s.ends_with("(health: starting)"))
+    });
+    std::fs::write(&flag, "").unwrap();
+    wait_until("healthy", || {
+        current_states(&d, "web")
+            .iter()
+            .any(|s| s.ends_with("(healthy)"))
+    });
+    let first = d.ok(&["service", "ps", "-q", "web"]).trim().to_string();
+    let task: Vec<Value> = serde_json::from_str(&d.ok(&["task", "inspect", &first])).unwrap();
+    assert_eq!(task[0]["status"]["health"], "HEALTHY");
+    assert!(!task[0]["status"]["health_log"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // The check starts failing: the task is failed, naming why, and replaced.
+    std::fs::remove_file(&flag).unwrap();
+    wait_until("the unhealthy task failed and was replaced", || {
+        let now = d.ok(&["service", "ps", "-q", "web"]).trim().to_string();
+        !now.is_empty() && now != first
+    });
+    let task: Vec<Value> = serde_json::from_str(&d.ok(&["task", "inspect", &first])).unwrap();
+    assert_eq!(task[0]["status"]["state"], "FAILED");
+    assert!(
+        task[0]["status"]["err"]
+            .as_str()
+            .unwrap()
+            .starts_with("unhealthy: the health check failed 2 times in a row"),
+        "{}",
+        task[0]["status"]
+    );
+    // An update counts a task as up only once healthy: never, here.
+    let out = d.shoal_waiting(&["service", "update", "web", "--env", "V=2"]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(stderr.contains("update paused due to failure"), "{stderr}");
+    // Healthy again: a user's update resumes, and it completes.
+    std::fs::write(&flag, "").unwrap();
+    let out = d.shoal_waiting(&["service", "update", "web", "--env", "V=3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(update_state(&d, "web"), "COMPLETED");
+}

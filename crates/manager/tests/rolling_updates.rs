@@ -676,3 +676,55 @@ fn restarts_are_counted_per_spec_so_an_updated_task_gets_its_own_attempts() {
     assert_eq!(restarted.len(), 1);
     assert_ne!(restarted[0].id, new.id, "the updated task was restarted");
 }
+
+#[test]
+fn a_task_with_a_health_check_counts_as_updated_only_once_healthy() {
+    use shoal_api::task_status::Health;
+    let mut w = running_service(2, config(1, 0, update_config::FailureAction::Pause));
+    w.update_service(|s| {
+        s.task.as_mut().unwrap().health = Some(shoal_api::HealthConfig {
+            command: "check".into(),
+            interval_ms: 100,
+            timeout_ms: 100,
+            retries: 3,
+            start_period_ms: 0,
+        })
+    });
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let first = w
+        .live()
+        .into_iter()
+        .find(|t| t.slot == 1 && t.observed() == TaskState::New)
+        .unwrap();
+    let set = |w: &mut World, health: Health, at: i64| {
+        let mut t = w.store.view().task(&first.id).unwrap();
+        t.status = Some(shoal_api::TaskStatus {
+            state: TaskState::Running as i32,
+            timestamp_ms: at,
+            health: health as i32,
+            ..Default::default()
+        });
+        w.apply(
+            vec![shoal_api::StoreAction {
+                kind: shoal_api::store_action::Kind::Update as i32,
+                target: Some(t.into()),
+            }],
+            at,
+        );
+    };
+    set(&mut w, Health::Starting, 1_100);
+    w.orchestrate(1_101);
+    let replaced_slot2 = |w: &World| {
+        w.live()
+            .iter()
+            .any(|t| t.slot == 2 && t.observed() == TaskState::New)
+    };
+    assert!(
+        !replaced_slot2(&w),
+        "running but not yet healthy: slot 2 waits"
+    );
+    set(&mut w, Health::Healthy, 1_200);
+    w.orchestrate(1_201);
+    assert!(replaced_slot2(&w), "healthy: slot 2's turn");
+}

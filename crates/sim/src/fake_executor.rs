@@ -171,6 +171,21 @@ impl Executor for FakeExecutor {
         }
     }
 
+    fn probe(
+        &self,
+        _command: &str,
+        _timeout: Duration,
+    ) -> impl std::future::Future<Output = shoal_api::HealthProbe> + Send + 'static {
+        // A simulated workload is healthy while it runs.
+        let now = shoal_api::clock::now_ms();
+        std::future::ready(shoal_api::HealthProbe {
+            started_ms: now,
+            ended_ms: now,
+            exit_code: 0,
+            output: String::new(),
+        })
+    }
+
     async fn shutdown(&mut self, _grace: Duration) -> Result<Option<ExitOutcome>, TaskFailure> {
         let gone = self.machine.workloads().remove(&self.task_id);
         let now = Instant::now();

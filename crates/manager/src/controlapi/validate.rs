@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use shoal_api::{
-    node_spec, port_config, restart_policy, update_config, Annotations, ClusterSpec, NetworkSpec,
-    NodeSpec, ResourceRequirements, ServiceMode, ServiceSpec, TaskSpec, UpdateConfig,
+    node_spec, port_config, restart_policy, update_config, Annotations, ClusterSpec, HealthConfig,
+    NetworkSpec, NodeSpec, ResourceRequirements, ServiceMode, ServiceSpec, TaskSpec, UpdateConfig,
 };
 
 use crate::constraint::Constraint;
@@ -196,6 +196,9 @@ fn validate_task_spec(task: &TaskSpec, mode: ServiceMode) -> Result<(), InvalidS
     if let Some(resources) = &task.resources {
         validate_resources(resources)?;
     }
+    if let Some(health) = &task.health {
+        validate_health(health)?;
+    }
     if let Some(restart) = &task.restart {
         enum_value::<restart_policy::Condition>(
             "restart_condition",
@@ -328,6 +331,45 @@ fn validate_update_config(prefix: &str, update: &UpdateConfig) -> Result<(), Inv
     }
     Ok(())
 }
+
+/// A health check: a command, and times within bounds.
+fn validate_health(health: &HealthConfig) -> Result<(), InvalidSpec> {
+    if health.command.trim().is_empty() {
+        return Err(invalid(
+            "health_cmd",
+            "a health check needs a command (--health-cmd)",
+        ));
+    }
+    for (field, ms, least) in [
+        ("health_interval", health.interval_ms, 1),
+        ("health_timeout", health.timeout_ms, 1),
+        ("health_start_period", health.start_period_ms, 0),
+    ] {
+        if ms < least || ms > MAX_UPDATE_WAIT_MS {
+            return Err(invalid(
+                field,
+                format!(
+                    "must be from {least} ms to {} days, got {ms} ms",
+                    MAX_UPDATE_WAIT_MS / 86_400_000
+                ),
+            ));
+        }
+    }
+    if health.retries == 0 || health.retries > MAX_HEALTH_RETRIES {
+        return Err(invalid(
+            "health_retries",
+            format!(
+                "must be from 1 to {MAX_HEALTH_RETRIES}, got {}",
+                health.retries
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Failures in a row a health check may be allowed before the task is
+/// unhealthy.
+pub const MAX_HEALTH_RETRIES: u64 = 1_000;
 
 /// The longest update delay or monitor window: a rollout that waits longer
 /// than a month between tasks is a mistake, and times stay far from
@@ -563,6 +605,62 @@ mod tests {
         let mut s = spec();
         s.annotations.as_mut().unwrap().name = "a".repeat(63);
         assert_eq!(validate_service_spec(&s), Ok(()));
+    }
+
+    #[test]
+    fn a_health_check_needs_a_command_and_bounded_times() {
+        let good = HealthConfig {
+            command: "true".into(),
+            interval_ms: 1_000,
+            timeout_ms: 1_000,
+            retries: 3,
+            start_period_ms: 0,
+        };
+        let with = |h: HealthConfig| {
+            let mut s = spec();
+            s.task.as_mut().unwrap().health = Some(h);
+            s
+        };
+        assert!(validate_service_spec(&with(good.clone())).is_ok());
+        for (bad, field) in [
+            (
+                HealthConfig {
+                    command: " ".into(),
+                    ..good.clone()
+                },
+                "health_cmd",
+            ),
+            (
+                HealthConfig {
+                    interval_ms: 0,
+                    ..good.clone()
+                },
+                "health_interval",
+            ),
+            (
+                HealthConfig {
+                    timeout_ms: u64::MAX,
+                    ..good.clone()
+                },
+                "health_timeout",
+            ),
+            (
+                HealthConfig {
+                    retries: 0,
+                    ..good.clone()
+                },
+                "health_retries",
+            ),
+            (
+                HealthConfig {
+                    start_period_ms: MAX_UPDATE_WAIT_MS + 1,
+                    ..good.clone()
+                },
+                "health_start_period",
+            ),
+        ] {
+            assert_eq!(field_of(&with(bad)), field);
+        }
     }
 
     #[test]

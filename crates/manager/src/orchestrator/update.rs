@@ -26,7 +26,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use shoal_api::{update_config, update_status, Service, Task, TaskSpec, TaskState, UpdateStatus};
+use shoal_api::{
+    task_status, update_config, update_status, Service, Task, TaskSpec, TaskState, UpdateStatus,
+};
 
 use shoal_store::Tables;
 
@@ -98,19 +100,24 @@ pub(super) fn rollback_blocked(view: &Tables, service: &Service) -> Option<Strin
         .map(|n| format!("network {} of its previous spec no longer exists", n.target))
 }
 
-/// When the task first ran, if it did.
-fn running_since(task: &Task) -> Option<i64> {
+/// When the task was first up, if it was: running, and healthy when its
+/// spec has a health check (`checked`). A health change rewrites the
+/// running status in place, so its time is when the task became healthy.
+fn running_since(task: &Task, checked: bool) -> Option<i64> {
     std::iter::once(task.status.as_ref())
         .flatten()
         .chain(task.history.iter().rev())
-        .find(|s| s.state == TaskState::Running as i32)
+        .find(|s| {
+            s.state == TaskState::Running as i32
+                && (!checked || s.health == task_status::Health::Healthy as i32)
+        })
         .map(|s| s.timestamp_ms)
 }
 
 /// A task that ended by itself (failed, rejected, or exited) before it had
 /// run for `monitor_ms`. A task stopped on purpose ends SHUTDOWN, and one
 /// lost with its node ORPHANED: neither is the new spec's failure.
-fn failed_early(task: &Task, monitor_ms: u64) -> bool {
+fn failed_early(task: &Task, monitor_ms: u64, checked: bool) -> bool {
     let state = task.observed();
     if !matches!(
         state,
@@ -119,7 +126,7 @@ fn failed_early(task: &Task, monitor_ms: u64) -> bool {
         return false;
     }
     let ended = task.status.as_ref().map_or(0, |s| s.timestamp_ms);
-    running_since(task)
+    running_since(task, checked)
         .is_none_or(|since| ended.saturating_sub(since) <= monitor_ms.min(i64::MAX as u64) as i64)
 }
 
@@ -174,6 +181,8 @@ pub(super) fn plan(
     let current = service.update_status.clone().unwrap_or_default();
     let rolling_back = current.rolling_back();
     let config = spec.update_config(rolling_back);
+    // A task with a health check counts as up once healthy.
+    let checked = spec.task.as_ref().is_some_and(|t| t.health.is_some());
     let is_stale = |t: &Task| stale.contains(t.id.as_str());
     let dirty: Vec<&Place> = wanted
         .iter()
@@ -209,7 +218,7 @@ pub(super) fn plan(
     let mut first_failure: Option<&Task> = None;
     for place in wanted {
         for t in places.get(place).map_or(&[][..], Vec::as_slice) {
-            if of_this_update(t) && failed_early(t, config.monitor_ms) {
+            if of_this_update(t) && failed_early(t, config.monitor_ms, checked) {
                 failures += 1;
                 first_failure.get_or_insert(t);
             }
@@ -268,7 +277,7 @@ pub(super) fn plan(
         if !of_this_update(t) {
             continue;
         }
-        match (t.observed(), running_since(t)) {
+        match (t.observed(), running_since(t, checked)) {
             (TaskState::Running, Some(since)) => {
                 let free_at = since.saturating_add(config.delay_ms.min(i64::MAX as u64) as i64);
                 if free_at > now_ms {
