@@ -14,8 +14,9 @@ use shoal_api::{task_status::Health, HealthConfig, HealthProbe};
 
 /// Checks kept in the log a task reports.
 pub const MAX_HEALTH_LOG: usize = 5;
-/// Bytes of a check's output kept.
-pub const MAX_PROBE_OUTPUT_BYTES: usize = 4 << 10;
+/// Bytes of a check's output kept: a few checks of every task go into the
+/// store with each change of health, so this stays small.
+pub const MAX_PROBE_OUTPUT_BYTES: usize = 512;
 
 /// One task's health, as its checks say.
 #[derive(Debug, Clone)]

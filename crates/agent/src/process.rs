@@ -395,6 +395,33 @@ fn outcome(status: std::process::ExitStatus) -> ExitOutcome {
     }
 }
 
+/// Text of a check's output, at most [`crate::health::MAX_PROBE_OUTPUT_BYTES`]
+/// bytes once made valid UTF-8, cut at a character's edge.
+fn bounded_text(bytes: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    let limit = crate::health::MAX_PROBE_OUTPUT_BYTES;
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// A health check's process group, killed when dropped: a check never
+/// outlives the future that runs it.
+struct ProbeGroup(u32);
+
+impl Drop for ProbeGroup {
+    fn drop(&mut self) {
+        if group_alive(self.0) {
+            kill_group(self.0);
+        }
+    }
+}
+
 /// Reads at most `limit` bytes of `pipe` into `out`, then drops the rest,
 /// so a check that prints without end neither blocks nor fills memory.
 async fn read_bounded(
@@ -422,26 +449,26 @@ impl Executor for ProcessExecutor {
             .current_dir(self.workdir())
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            // Not the task's id: the agent finds a task's processes by it
+            // when it restarts, and must never take a check for the task.
             .envs(self.runtime.env.iter().filter_map(|e| e.split_once('=')))
-            .env(TASK_ID_ENV, &self.task_id)
-            .env(TASK_DIR_ENV, &self.dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let user = self.uid.or_else(|| {
-            // An adopted task was never prepared here: look its user up.
-            (!self.runtime.user.is_empty())
-                .then(|| {
-                    nix::unistd::User::from_name(&self.runtime.user)
-                        .ok()
-                        .flatten()
-                })
-                .flatten()
-                .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
-        });
-        if let Some((uid, gid)) = user {
+        // An adopted task was never prepared here: look its user up, and
+        // run no check at all rather than one as the agent's user.
+        let user: Result<Option<(u32, u32)>, String> = match self.uid {
+            Some(ids) => Ok(Some(ids)),
+            None if self.runtime.user.is_empty() => Ok(None),
+            None => match nix::unistd::User::from_name(&self.runtime.user) {
+                Ok(Some(u)) => Ok(Some((u.uid.as_raw(), u.gid.as_raw()))),
+                Ok(None) => Err(format!("user {:?}: no such user", self.runtime.user)),
+                Err(e) => Err(format!("user {:?}: {e}", self.runtime.user)),
+            },
+        };
+        if let Ok(Some((uid, gid))) = user {
             command.uid(uid).gid(gid);
         }
         if let Some(cgroup) = self.cgroup.clone() {
@@ -458,10 +485,19 @@ impl Executor for ProcessExecutor {
                 exit_code,
                 output,
             };
+            if let Err(why) = user {
+                return finish(
+                    -1,
+                    format!("the health check cannot run as the task's user: {why}"),
+                );
+            }
             let mut child = match command.spawn() {
                 Ok(child) => child,
                 Err(e) => return finish(-1, format!("cannot run the health check: {e}")),
             };
+            // Dropped before the check ended (the task stops, the runner
+            // goes): its whole group goes with it.
+            let _group = child.id().map(ProbeGroup);
             let pgid = child.id();
             let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
             let run = async {
@@ -481,7 +517,7 @@ impl Executor for ProcessExecutor {
                     let code = status
                         .code()
                         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-                    finish(code, String::from_utf8_lossy(&out).into_owned())
+                    finish(code, bounded_text(&out))
                 }
                 Ok((Err(e), _)) => finish(-1, format!("waiting for the health check: {e}")),
                 Err(_) => {

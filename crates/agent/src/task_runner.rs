@@ -176,7 +176,13 @@ impl<E: Executor> TaskRunner<E> {
         let mut next_probe: Option<tokio::time::Instant> = None;
         loop {
             let desired = *self.desired.borrow_and_update();
-            match next_step(self.observed, desired) {
+            let step = next_step(self.observed, desired);
+            if step != Step::Wait {
+                // No check outlives the running task: dropping one kills it.
+                probe = None;
+                next_probe = None;
+            }
+            match step {
                 Step::Finished => return self.observed,
                 Step::Accept => {
                     self.report(TaskState::Accepted, "accepted", String::new(), 0)
@@ -289,8 +295,13 @@ impl<E: Executor> TaskRunner<E> {
         } else {
             format!("unhealthy: the health check failed {failures} times in a row: {output}")
         };
-        if let Err(e) = self.executor.shutdown(self.stop_grace).await {
-            tracing::warn!(task = %self.task_id, error = %e, "stopping an unhealthy task");
+        match self.executor.shutdown(self.stop_grace).await {
+            // It ended on its own first: that end is its outcome.
+            Ok(Some(exit)) => return self.report_exit(Ok(exit)).await,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(task = %self.task_id, error = %e, "stopping an unhealthy task")
+            }
         }
         self.report(TaskState::Failed, "unhealthy", why, 0).await;
     }

@@ -687,3 +687,40 @@ async fn a_task_whose_health_check_starts_failing_is_reported_unhealthy_and_fail
     assert_eq!(done.await.unwrap(), TaskState::Failed);
     drop(desired_tx);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_in_flight_is_never_taken_for_the_task_and_dies_with_its_future() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("probe.pid");
+    let t = task("t1", &["sleep", "60"], |_| {});
+    let mut executor = ProcessExecutor::new(&ProcessConfig::new(tmp.path().to_path_buf()), &t);
+    executor.prepare().await.unwrap();
+    let pid = executor.start().await.unwrap();
+    let check = format!("echo $$ > {}; sleep 30", marker.display());
+    let in_flight = tokio::spawn(executor.probe(&check, WITHIN));
+    let deadline = Instant::now() + WITHIN;
+    let probe_pid: u32 = loop {
+        if let Some(p) = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the check did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // An agent that restarts now finds the task, not its check.
+    let found = shoal_agent::find_task_processes(tmp.path());
+    assert_eq!(found.get("t1"), Some(&pid), "{found:?}");
+    // The runner drops the check (the task stops): it goes, group and all.
+    in_flight.abort();
+    let _ = in_flight.await;
+    while std::path::Path::new(&format!("/proc/{probe_pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{probe_pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "the dropped check still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    executor.shutdown(Duration::from_secs(1)).await.unwrap();
+}

@@ -33,13 +33,13 @@ impl Task {
             self.push_status(next);
             return true;
         }
-        // A running task's health changed: news without a new state. An
-        // older report (repeated after a lost answer) changes nothing.
+        // A running task's health moved on (starting, then healthy):
+        // news without a new state. Health too only moves forward, so a
+        // repeated or late report changes nothing, whatever its clock.
         let news = self.status.as_ref().is_some_and(|now| {
             now.state == TaskState::Running as i32
                 && next.state == now.state
-                && next.health != now.health
-                && next.timestamp_ms >= now.timestamp_ms
+                && next.health > now.health
         });
         if news {
             self.status = Some(next);
@@ -106,7 +106,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_running_tasks_health_changes_without_a_new_state_but_never_from_an_older_report() {
+    fn a_running_tasks_health_moves_forward_without_a_new_state() {
         use crate::{task_status::Health, HealthProbe};
         let status = |state: TaskState, at: i64, health: Health| TaskStatus {
             state: state as i32,
@@ -121,8 +121,11 @@ mod tests {
         assert!(t.history.is_empty(), "a health change adds no history");
         // Repeated, or older: dropped.
         assert!(!t.advance_status(status(TaskState::Running, 20, Health::Healthy)));
-        assert!(!t.advance_status(status(TaskState::Running, 15, Health::Unhealthy)));
+        assert!(!t.advance_status(status(TaskState::Running, 25, Health::Starting)));
         assert_eq!(t.status.as_ref().unwrap().health, Health::Healthy as i32);
+        // A later verdict is taken even from a clock that went back.
+        assert!(t.advance_status(status(TaskState::Running, 5, Health::Unhealthy)));
+        assert_eq!(t.status.as_ref().unwrap().health, Health::Unhealthy as i32);
         // Health is news only while running.
         assert!(t.advance_status(status(TaskState::Failed, 30, Health::Unhealthy)));
         assert!(!t.advance_status(status(TaskState::Failed, 40, Health::Healthy)));

@@ -16,6 +16,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shoal_api::task_status::Health;
 use shoal_api::{
     update_status, GetRequest, ListTasksRequest, Service, ServiceMode, Task, TaskState,
 };
@@ -110,7 +111,14 @@ fn look(service: &Service, tasks: &[Task]) -> Look {
             node.to_string()
         };
         let state = current.map(|t| t.observed());
-        if state == Some(goal) {
+        // Up once at the goal, and healthy when the task has a check.
+        let healthy = current.is_some_and(|t| {
+            matches!(
+                t.status.as_ref().map_or(0, |s| s.health),
+                h if h == Health::None as i32 || h == Health::Healthy as i32
+            )
+        });
+        if state == Some(goal) && healthy {
             out.done += 1;
         }
         if let Some(t) = current {

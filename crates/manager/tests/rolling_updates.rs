@@ -728,3 +728,52 @@ fn a_task_with_a_health_check_counts_as_updated_only_once_healthy() {
     w.orchestrate(1_201);
     assert!(replaced_slot2(&w), "healthy: slot 2's turn");
 }
+
+#[test]
+fn start_first_with_a_health_check_stops_the_old_task_only_once_the_new_one_is_healthy() {
+    use shoal_api::task_status::Health;
+    let mut update = config(1, 0, update_config::FailureAction::Pause);
+    update.order = update_config::Order::StartFirst as i32;
+    let mut w = running_service(1, update);
+    let old = w.live().remove(0);
+    w.update_service(|s| {
+        s.task.as_mut().unwrap().health = Some(shoal_api::HealthConfig {
+            command: "check".into(),
+            interval_ms: 100,
+            timeout_ms: 100,
+            retries: 3,
+            start_period_ms: 0,
+        })
+    });
+    w.orchestrate(1_000);
+    w.orchestrate(1_001);
+    let new = w.live().into_iter().find(|t| t.id != old.id).unwrap();
+    let set = |w: &mut World, health: Health, at: i64| {
+        let mut t = w.store.view().task(&new.id).unwrap();
+        t.status = Some(shoal_api::TaskStatus {
+            state: TaskState::Running as i32,
+            timestamp_ms: at,
+            health: health as i32,
+            ..Default::default()
+        });
+        w.apply(
+            vec![shoal_api::StoreAction {
+                kind: shoal_api::store_action::Kind::Update as i32,
+                target: Some(t.into()),
+            }],
+            at,
+        );
+    };
+    set(&mut w, Health::Starting, 1_100);
+    w.orchestrate(1_101);
+    assert!(
+        w.live().iter().any(|t| t.id == old.id),
+        "running but not yet healthy: the old task stays"
+    );
+    set(&mut w, Health::Healthy, 1_200);
+    w.orchestrate(1_201);
+    assert!(
+        w.live().iter().all(|t| t.id != old.id),
+        "healthy: the old task goes"
+    );
+}

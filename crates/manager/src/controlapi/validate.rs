@@ -341,7 +341,11 @@ fn validate_health(health: &HealthConfig) -> Result<(), InvalidSpec> {
         ));
     }
     for (field, ms, least) in [
-        ("health_interval", health.interval_ms, 1),
+        (
+            "health_interval",
+            health.interval_ms,
+            MIN_HEALTH_INTERVAL_MS,
+        ),
         ("health_timeout", health.timeout_ms, 1),
         ("health_start_period", health.start_period_ms, 0),
     ] {
@@ -366,6 +370,9 @@ fn validate_health(health: &HealthConfig) -> Result<(), InvalidSpec> {
     }
     Ok(())
 }
+
+/// The shortest time between health checks: each is a process.
+pub const MIN_HEALTH_INTERVAL_MS: u64 = 100;
 
 /// Failures in a row a health check may be allowed before the task is
 /// unhealthy.

@@ -383,11 +383,21 @@ pub(super) fn place_actions<F: FnMut() -> String>(
     // At most one live task per place: keep the newest. Under start-first,
     // a task of an older spec keeps running until its replacement runs, or
     // until the replacement ended for good (it will not be restarted).
+    let checked = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task.as_ref())
+        .is_some_and(|t| t.health.is_some());
     let hold = maker.start_first
         && live.last().is_some_and(|n| {
             !maker.is_stale(n)
                 && match n.observed() {
-                    TaskState::Running => false,
+                    // Up once running, and healthy when it has a check.
+                    TaskState::Running => {
+                        checked
+                            && n.status.as_ref().map_or(0, |s| s.health)
+                                != shoal_api::task_status::Health::Healthy as i32
+                    }
                     s if s.is_terminal() => should_restart(service, history, n, now_ms),
                     _ => true,
                 }
