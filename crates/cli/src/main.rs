@@ -140,6 +140,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Daemon(_)) {
+        // A client whose reader went (`| head`, `| grep -q`) ends quietly,
+        // as Unix tools do, instead of failing on its next print. Rust
+        // ignores SIGPIPE; the daemon keeps ignoring it.
+        // SAFETY: set before any thread starts; the default action needs no
+        // handler.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -747,3 +747,24 @@ fn a_daemon_never_takes_over_the_control_socket_another_daemon_answers_on() {
     // The first still answers on it.
     first.ok(&["node", "ls"]);
 }
+
+#[test]
+fn a_client_whose_reader_went_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    d.ok(&["service", "create", "--name", "web", "--", "sleep", "300"]);
+    // `shoal service inspect web | grep -q web`: the reader is gone before
+    // the client prints.
+    let mut child = std::process::Command::new(harness::BIN)
+        .args(["service", "inspect", "web"])
+        .env("SHOAL_SOCKET", &d.socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+}
