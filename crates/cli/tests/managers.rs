@@ -8,8 +8,8 @@ mod harness;
 use std::collections::{BTreeMap, HashMap};
 
 use harness::{
-    join, join_manager, json_lines, manager_statuses, shows_managers, task_processes, wait_until,
-    Daemon,
+    all_tasks, join, join_manager, json_lines, manager_statuses, shows_managers, task_processes,
+    update_state, wait_until, Daemon,
 };
 
 /// A founding manager and two that joined it, each showing all three.
@@ -468,26 +468,6 @@ fn a_survivor_forced_into_a_new_cluster_keeps_everything_and_a_backup_brings_it_
         !out.status.success() && err.contains("not a backup"),
         "{err}"
     );
-}
-
-/// Every task of `service` not yet reaped, as `task inspect` on `d` shows them.
-fn all_tasks(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
-    let ids = d.ok(&["service", "ps", "-a", "-q", service]);
-    let mut args = vec!["task", "inspect"];
-    args.extend(ids.split_whitespace());
-    serde_json::from_str(&d.ok(&args)).unwrap()
-}
-
-fn update_state(d: &Daemon, service: &str) -> String {
-    let out = d.shoal(&["service", "inspect", service]);
-    if !out.status.success() {
-        return String::new();
-    }
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    s[0]["update_status"]["state"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 #[test]

@@ -6,19 +6,12 @@
 
 mod harness;
 
-use harness::{json_lines, replicas, wait_until, Daemon};
+use harness::{all_tasks, json_lines, replicas, update_state, wait_until, Daemon};
 use serde_json::Value;
 
 fn inspect(d: &Daemon, service: &str) -> Value {
     let out: Value = serde_json::from_str(&d.ok(&["service", "inspect", service])).unwrap();
     out[0].clone()
-}
-
-fn update_state(d: &Daemon, service: &str) -> String {
-    inspect(d, service)["update_status"]["state"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn command(spec: &Value) -> Vec<String> {
@@ -28,16 +21,6 @@ fn command(spec: &Value) -> Vec<String> {
         .iter()
         .map(|c| c.as_str().unwrap().to_string())
         .collect()
-}
-
-/// Every task of the service ever made and not yet reaped, as `task inspect`
-/// shows them.
-fn all_tasks(d: &Daemon, service: &str) -> Vec<Value> {
-    let ids = d.ok(&["service", "ps", "-a", "-q", service]);
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    let mut args = vec!["task", "inspect"];
-    args.extend(ids);
-    serde_json::from_str::<Vec<Value>>(&d.ok(&args)).unwrap()
 }
 
 fn command_of_task(t: &Value) -> Vec<String> {

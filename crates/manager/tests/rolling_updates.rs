@@ -681,15 +681,7 @@ fn restarts_are_counted_per_spec_so_an_updated_task_gets_its_own_attempts() {
 fn a_task_with_a_health_check_counts_as_updated_only_once_healthy() {
     use shoal_api::task_status::Health;
     let mut w = running_service(2, config(1, 0, update_config::FailureAction::Pause));
-    w.update_service(|s| {
-        s.task.as_mut().unwrap().health = Some(shoal_api::HealthConfig {
-            command: "check".into(),
-            interval_ms: 100,
-            timeout_ms: 100,
-            retries: 3,
-            start_period_ms: 0,
-        })
-    });
+    w.update_service(|s| s.task.as_mut().unwrap().health = Some(health_check()));
     w.orchestrate(1_000);
     w.orchestrate(1_001);
     let first = w
@@ -697,22 +689,7 @@ fn a_task_with_a_health_check_counts_as_updated_only_once_healthy() {
         .into_iter()
         .find(|t| t.slot == 1 && t.observed() == TaskState::New)
         .unwrap();
-    let set = |w: &mut World, health: Health, at: i64| {
-        let mut t = w.store.view().task(&first.id).unwrap();
-        t.status = Some(shoal_api::TaskStatus {
-            state: TaskState::Running as i32,
-            timestamp_ms: at,
-            health: health as i32,
-            ..Default::default()
-        });
-        w.apply(
-            vec![shoal_api::StoreAction {
-                kind: shoal_api::store_action::Kind::Update as i32,
-                target: Some(t.into()),
-            }],
-            at,
-        );
-    };
+    let set = |w: &mut World, health: Health, at: i64| running_with(w, &first.id, health, at);
     set(&mut w, Health::Starting, 1_100);
     w.orchestrate(1_101);
     let replaced_slot2 = |w: &World| {
@@ -736,34 +713,11 @@ fn start_first_with_a_health_check_stops_the_old_task_only_once_the_new_one_is_h
     update.order = update_config::Order::StartFirst as i32;
     let mut w = running_service(1, update);
     let old = w.live().remove(0);
-    w.update_service(|s| {
-        s.task.as_mut().unwrap().health = Some(shoal_api::HealthConfig {
-            command: "check".into(),
-            interval_ms: 100,
-            timeout_ms: 100,
-            retries: 3,
-            start_period_ms: 0,
-        })
-    });
+    w.update_service(|s| s.task.as_mut().unwrap().health = Some(health_check()));
     w.orchestrate(1_000);
     w.orchestrate(1_001);
     let new = w.live().into_iter().find(|t| t.id != old.id).unwrap();
-    let set = |w: &mut World, health: Health, at: i64| {
-        let mut t = w.store.view().task(&new.id).unwrap();
-        t.status = Some(shoal_api::TaskStatus {
-            state: TaskState::Running as i32,
-            timestamp_ms: at,
-            health: health as i32,
-            ..Default::default()
-        });
-        w.apply(
-            vec![shoal_api::StoreAction {
-                kind: shoal_api::store_action::Kind::Update as i32,
-                target: Some(t.into()),
-            }],
-            at,
-        );
-    };
+    let set = |w: &mut World, health: Health, at: i64| running_with(w, &new.id, health, at);
     set(&mut w, Health::Starting, 1_100);
     w.orchestrate(1_101);
     assert!(
@@ -775,5 +729,33 @@ fn start_first_with_a_health_check_stops_the_old_task_only_once_the_new_one_is_h
     assert!(
         w.live().iter().all(|t| t.id != old.id),
         "healthy: the old task goes"
+    );
+}
+
+fn health_check() -> shoal_api::HealthConfig {
+    shoal_api::HealthConfig {
+        command: "check".into(),
+        interval_ms: 100,
+        timeout_ms: 100,
+        retries: 3,
+        start_period_ms: 0,
+    }
+}
+
+/// The agent reports `task` running with `health`.
+fn running_with(w: &mut World, task: &str, health: shoal_api::task_status::Health, at: i64) {
+    let mut t = w.store.view().task(task).unwrap();
+    t.status = Some(shoal_api::TaskStatus {
+        state: TaskState::Running as i32,
+        timestamp_ms: at,
+        health: health as i32,
+        ..Default::default()
+    });
+    w.apply(
+        vec![shoal_api::StoreAction {
+            kind: shoal_api::store_action::Kind::Update as i32,
+            target: Some(t.into()),
+        }],
+        at,
     );
 }

@@ -458,3 +458,26 @@ pub fn shows_managers(d: &Daemon, n: usize) -> bool {
         && statuses.iter().filter(|(_, s)| s == "Leader").count() == 1
         && statuses.iter().filter(|(_, s)| s == "Reachable").count() == n - 1
 }
+
+/// Every task of `service` not yet reaped, as `task inspect` on `d` shows
+/// them.
+pub fn all_tasks(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
+    let ids = d.ok(&["service", "ps", "-a", "-q", service]);
+    let mut args = vec!["task", "inspect"];
+    args.extend(ids.split_whitespace());
+    serde_json::from_str(&d.ok(&args)).expect("task inspect prints JSON")
+}
+
+/// The service's update state as `service inspect` on `d` shows it (empty
+/// when it has none, or `d` cannot answer).
+pub fn update_state(d: &Daemon, service: &str) -> String {
+    let out = d.shoal(&["service", "inspect", service]);
+    if !out.status.success() {
+        return String::new();
+    }
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    s[0]["update_status"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}

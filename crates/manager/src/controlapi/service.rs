@@ -61,12 +61,7 @@ impl ControlApi {
         let mut spec = with_service_defaults(spec);
         let actions = {
             let view = self.view();
-            let current = view.service(&req.service_id).cloned().ok_or_else(|| {
-                ApiError::Lookup(shoal_store::LookupError::NotFound {
-                    kind: "service".into(),
-                    reference: req.service_id.clone(),
-                })
-            })?;
+            let current = service_by_id(&view, &req.service_id)?;
             let old_spec = current.spec.clone().unwrap_or_default();
             if old_spec.mode != spec.mode {
                 let name = |m: i32| {
@@ -120,12 +115,7 @@ impl ControlApi {
     ) -> Result<ServiceResponse, ApiError> {
         let actions = {
             let view = self.view();
-            let current = view.service(&req.service_id).cloned().ok_or_else(|| {
-                ApiError::Lookup(shoal_store::LookupError::NotFound {
-                    kind: "service".into(),
-                    reference: req.service_id.clone(),
-                })
-            })?;
+            let current = service_by_id(&view, &req.service_id)?;
             let name = current
                 .spec
                 .as_ref()
@@ -201,4 +191,14 @@ impl ControlApi {
             |services| ListServicesResponse { services },
         ))
     }
+}
+
+/// The service an update names by id, as the view has it.
+fn service_by_id(view: &shoal_store::Tables, id: &str) -> Result<shoal_api::Service, ApiError> {
+    view.service(id).cloned().ok_or_else(|| {
+        ApiError::Lookup(shoal_store::LookupError::NotFound {
+            kind: "service".into(),
+            reference: id.to_string(),
+        })
+    })
 }
