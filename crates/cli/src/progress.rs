@@ -8,8 +8,8 @@
 //! On a terminal the lines are redrawn in place (indicatif); otherwise each
 //! change is printed once as a plain line, with no control codes.
 //!
-//! Progress is read by polling the service and its live tasks; the looks
-//! space out as the service grows, since each reads every live task.
+//! Progress is read by polling: the service and its live tasks while it
+//! has rows to draw, the manager's counts past that.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shoal_api::task_status::Health;
 use shoal_api::{
-    update_status, GetRequest, ListTasksRequest, Service, ServiceMode, Task, TaskState,
+    update_status, GetRequest, ListRequest, ListTasksRequest, Service, ServiceMode, Task, TaskState,
 };
 
 use crate::client::Client;
@@ -296,7 +296,7 @@ pub async fn wait(
     let began = std::time::Instant::now();
     let mut unreachable = 0u32;
     loop {
-        let (service, tasks) = match read(client, service_id).await {
+        let (service, now) = match read(client, service_id).await {
             Ok(read) => {
                 unreachable = 0;
                 read
@@ -311,7 +311,6 @@ pub async fn wait(
             }
             Err(status) => return Err(client.error(status)),
         };
-        let now = look(&service, &tasks);
         display.show(&now);
         let global = service
             .spec
@@ -342,9 +341,10 @@ pub async fn wait(
                 anyhow::bail!("{why}");
             }
         }
-        // Larger services are looked at less often: each look reads every
-        // live task.
-        let pause_ms = (250 + tasks.len() as u64 / 100).min(2_000);
+        // A service read task by task is small (at most MAX_ROWS places,
+        // or a global one, one task a node): larger ones are looked at less
+        // often all the same.
+        let pause_ms = (250 + now.rows.len() as u64 / 100).min(2_000);
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
     }
 }
@@ -359,11 +359,11 @@ fn transient(status: &tonic::Status) -> bool {
     )
 }
 
-/// The service and its live tasks (and jobs' completed runs).
-async fn read(
-    client: &mut Client,
-    service_id: &str,
-) -> Result<(Service, Vec<Task>), tonic::Status> {
+/// The service and how far it is: from its live tasks (and jobs'
+/// completed runs) when it has rows to draw; past [`MAX_ROWS`], from the
+/// manager's counts, so a look at a service of any size costs one small
+/// answer.
+async fn read(client: &mut Client, service_id: &str) -> Result<(Service, Look), tonic::Status> {
     let service = client
         .api()
         .get_service(GetRequest {
@@ -373,6 +373,30 @@ async fn read(
         .into_inner()
         .service
         .unwrap_or_default();
+    let spec = service.spec.clone().unwrap_or_default();
+    if let Some(total) = spec.replicas_wanted().filter(|n| *n as usize > MAX_ROWS) {
+        let request = ListRequest {
+            name_prefixes: vec![service.id.clone()],
+        };
+        let mut pages = client.api().list_services(request).await?.into_inner();
+        let mut look = Look {
+            total: total as usize,
+            ..Default::default()
+        };
+        while let Some(page) = pages.message().await? {
+            for summary in page.services {
+                if summary.service.as_ref().is_some_and(|s| s.id == service.id) {
+                    let job = spec.mode == ServiceMode::ReplicatedJob as i32;
+                    look.done = if job {
+                        summary.completed_tasks
+                    } else {
+                        summary.running_tasks
+                    } as usize;
+                }
+            }
+        }
+        return Ok((service, look));
+    }
     let request = ListTasksRequest {
         service: service_id.to_string(),
         node: String::new(),
@@ -387,7 +411,8 @@ async fn read(
     while let Some(page) = pages.message().await? {
         tasks.extend(page.tasks);
     }
-    Ok((service, tasks))
+    let look = look(&service, &tasks);
+    Ok((service, look))
 }
 
 #[cfg(test)]

@@ -598,3 +598,35 @@ fn a_health_check_shows_in_ps_replaces_a_task_that_turns_unhealthy_and_gates_upd
     );
     assert_eq!(update_state(&d, "web"), "COMPLETED");
 }
+
+#[test]
+fn past_twenty_places_only_the_overall_line_is_drawn_from_the_managers_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s1"));
+    let out = d.shoal_waiting(&[
+        "service",
+        "create",
+        "--name",
+        "wide",
+        "--replicas",
+        "25",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("overall progress: 25 out of 25 tasks\n"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("1/25:"),
+        "no row per slot past 20: {stdout}"
+    );
+    assert!(
+        stdout.ends_with("verify: Service wide converged\n"),
+        "{stdout}"
+    );
+    assert_eq!(replicas(&d, "wide"), "25/25");
+}
