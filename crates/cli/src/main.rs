@@ -141,17 +141,7 @@ fn main() -> ExitCode {
         }
     };
     if !matches!(cli.command, Command::Daemon(_)) {
-        // A client whose reader went (`| head`, `| grep -q`) ends quietly,
-        // as Unix tools do, instead of failing on its next print. Rust
-        // ignores SIGPIPE; the daemon keeps ignoring it.
-        // SAFETY: set before any thread starts; the default action needs no
-        // handler.
-        unsafe {
-            let _ = nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGPIPE,
-                nix::sys::signal::SigHandler::SigDfl,
-            );
-        }
+        quiet_when_the_reader_goes();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -170,6 +160,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A client whose reader went (`| head`, `| grep -q`) ends quietly, as Unix
+/// tools do, instead of failing on its next print. Rust ignores SIGPIPE
+/// (a write to a closed socket, such as the daemon's after `leave`, must
+/// stay an error, not a death), so a print to a closed stdout panics: that
+/// one panic ends the client with the status a SIGPIPE gives (141).
+fn quiet_when_the_reader_goes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
