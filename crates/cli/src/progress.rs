@@ -75,11 +75,7 @@ enum Outcome {
 
 fn look(service: &Service, tasks: &[Task]) -> Look {
     let spec = service.spec.clone().unwrap_or_default();
-    let job = matches!(
-        ServiceMode::try_from(spec.mode),
-        Ok(ServiceMode::ReplicatedJob | ServiceMode::GlobalJob)
-    );
-    let goal = if job {
+    let goal = if spec.is_job() {
         TaskState::Complete
     } else {
         TaskState::Running

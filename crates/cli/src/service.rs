@@ -444,13 +444,7 @@ async fn update(
 /// What a user's update asks of the service: a rollout when what its tasks
 /// run changed, else only that it converges (a scale, a new update config).
 fn change_of(current: Option<&ServiceSpec>, next: &ServiceSpec) -> Change {
-    let runs = |s: Option<&ServiceSpec>| {
-        (
-            s.and_then(|s| s.task.clone()),
-            s.and_then(|s| s.endpoint.clone()),
-        )
-    };
-    if runs(current) == runs(Some(next)) {
+    if current.is_some_and(|c| c.runs_same_tasks(next)) {
         Change::Converge
     } else {
         Change::Update

@@ -284,9 +284,8 @@ impl World {
                 if let Some(old) = &existing {
                     let old_spec = old.spec.clone().unwrap_or_default();
                     let new_spec = service.spec.clone().unwrap_or_default();
-                    let runs = |s: &ServiceSpec| (s.task.clone(), s.endpoint.clone());
                     let paused = old.update_status.as_ref().is_some_and(|u| u.paused());
-                    if runs(&old_spec) == runs(&new_spec) && !paused {
+                    if old_spec.runs_same_tasks(&new_spec) && !paused {
                         service.update_status = old.update_status.clone();
                     }
                     service.previous_spec = if old_spec != new_spec {

@@ -962,15 +962,8 @@ impl Tables {
         }
         if let Some(object::Kind::Service(service)) = &mut target.kind {
             // Only what a task runs counts: scaling is not a new version.
-            let runs = |s: &Service| {
-                let spec = s.spec.as_ref();
-                (
-                    spec.and_then(|s| s.task.clone()),
-                    spec.and_then(|s| s.endpoint.clone()),
-                )
-            };
             let spec_changed = match self.services.by_id.get(&id) {
-                Some(old) => runs(old) != runs(service),
+                Some(old) => !old.runs_same_tasks(service),
                 None => true,
             };
             if spec_changed {

@@ -84,9 +84,8 @@ impl ControlApi {
             let mut service = current.clone();
             // What the tasks run changed, or the user updates a paused
             // update: the update supervisor starts again from here.
-            let runs = |s: &ServiceSpec| (s.task.clone(), s.endpoint.clone());
             let paused = current.update_status.as_ref().is_some_and(|s| s.paused());
-            if runs(&old_spec) != runs(&spec) || paused {
+            if !old_spec.runs_same_tasks(&spec) || paused {
                 service.update_status = None;
             }
             if old_spec != spec {
@@ -121,8 +120,7 @@ impl ControlApi {
                 .as_ref()
                 .and_then(|s| s.annotations.as_ref())
                 .map_or(current.id.as_str(), |a| a.name.as_str());
-            let mode = current.spec.as_ref().map_or(0, |s| s.mode);
-            if mode == ServiceMode::ReplicatedJob as i32 || mode == ServiceMode::GlobalJob as i32 {
+            if current.spec.as_ref().is_some_and(|s| s.is_job()) {
                 return Err(ApiError::Refused(format!(
                     "service {name} is a job: a job's runs are not rolled out, so there is nothing to roll back; update it with the spec to run"
                 )));

@@ -96,8 +96,7 @@ pub(super) fn job_room<'a>(
 /// Whether the service's update order now is start-first: a task of an
 /// older spec keeps running until its replacement runs.
 pub(super) fn starts_first(service: &Service) -> bool {
-    let mode = service.spec.as_ref().map_or(0, |s| s.mode);
-    if mode == ServiceMode::ReplicatedJob as i32 || mode == ServiceMode::GlobalJob as i32 {
+    if service.spec.as_ref().is_some_and(|s| s.is_job()) {
         // A job's runs are replaced at once: there is no rollout.
         return false;
     }
@@ -120,8 +119,7 @@ impl<F: FnMut() -> String> Maker<'_, F> {
     /// A job's tasks take a new spec at once: there is no rollout of runs
     /// to completion.
     fn job(&self) -> bool {
-        let mode = self.service.spec.as_ref().map_or(0, |s| s.mode);
-        mode == ServiceMode::ReplicatedJob as i32 || mode == ServiceMode::GlobalJob as i32
+        self.service.spec.as_ref().is_some_and(|s| s.is_job())
     }
 
     /// Whether a task may be created now; when not, the service is noted
@@ -285,8 +283,7 @@ pub(super) fn reconcile(
     let mut starved = spec
         .replicas_wanted()
         .is_some_and(|replicas| (wanted.len() as u64) < replicas);
-    let job = matches!(mode, ServiceMode::ReplicatedJob | ServiceMode::GlobalJob);
-    let rollout = if job {
+    let rollout = if spec.is_job() {
         Rollout::default()
     } else {
         let blocked = service

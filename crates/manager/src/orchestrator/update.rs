@@ -87,9 +87,7 @@ pub(super) fn rollback_blocked(view: &Tables, service: &Service) -> Option<Strin
         return Some("the service has no previous spec".into());
     };
     let current = service.spec.clone().unwrap_or_default();
-    if (previous.task.as_ref(), previous.endpoint.as_ref())
-        == (current.task.as_ref(), current.endpoint.as_ref())
-    {
+    if previous.runs_same_tasks(&current) {
         return Some("its previous spec runs the same tasks".into());
     }
     previous

@@ -102,9 +102,8 @@ impl World {
         let old = s.spec.clone().unwrap();
         f(s.spec.as_mut().unwrap());
         let new = s.spec.clone().unwrap();
-        let runs = |s: &ServiceSpec| (s.task.clone(), s.endpoint.clone());
         let paused = s.update_status.as_ref().is_some_and(|u| u.paused());
-        if runs(&old) != runs(&new) || paused {
+        if !old.runs_same_tasks(&new) || paused {
             s.update_status = None;
         }
         if old != new {
