@@ -342,9 +342,22 @@ impl Replica {
         match tokio::time::timeout(MEMBERSHIP_WAIT, self.raft.change_membership(change, false))
             .await
         {
-            Ok(done) => done
-                .map(|_| ())
-                .map_err(|e| ReplicaError::Raft(e.to_string())),
+            Ok(Ok(written)) => {
+                // The answer can come before the metrics say the change is
+                // applied; callers read membership from the metrics
+                // (`members`), so they must not see the old config after
+                // this returns.
+                self.raft
+                    .wait(Some(MEMBERSHIP_WAIT))
+                    .applied_index_at_least(
+                        Some(written.log_id.index),
+                        "the membership change is applied",
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| ReplicaError::Raft(e.to_string()))
+            }
+            Ok(Err(e)) => Err(ReplicaError::Raft(e.to_string())),
             Err(_) => Err(ReplicaError::Raft(format!(
                 "the membership change was not committed within {MEMBERSHIP_WAIT:?}"
             ))),
