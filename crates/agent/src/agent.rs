@@ -276,7 +276,7 @@ struct Agent<D: Driver> {
     driver: Arc<D>,
     runners: HashMap<String, Runner>,
     /// Processes found at start that no runner has claimed yet.
-    leftovers: HashMap<String, u32>,
+    leftovers: HashMap<String, crate::Workload>,
     reports_tx: mpsc::Sender<TaskUpdate>,
     done_tx: mpsc::Sender<String>,
     /// Reports not yet accepted by a dispatcher, in the order made.
@@ -310,7 +310,7 @@ pub async fn run<D: Driver>(
 ) -> AgentExit {
     let (reports_tx, mut updates) = mpsc::channel(REPORT_QUEUE);
     let (done_tx, mut done) = mpsc::channel(REPORT_QUEUE);
-    let leftovers = driver.leftovers();
+    let leftovers = driver.leftovers().await;
     let mut agent = Agent {
         config,
         driver,
@@ -514,7 +514,7 @@ impl<D: Driver> Agent<D> {
                 }
                 None => {
                     if let Some(handle) = self.leftovers.remove(&id) {
-                        self.driver.kill(&id, handle);
+                        self.driver.kill(&id, &handle);
                     }
                     self.driver.clean_up(&id);
                 }
@@ -522,7 +522,7 @@ impl<D: Driver> Agent<D> {
         }
         if message.full {
             for (id, handle) in self.leftovers.drain() {
-                self.driver.kill(&id, handle);
+                self.driver.kill(&id, &handle);
             }
         }
     }
@@ -536,9 +536,10 @@ impl<D: Driver> Agent<D> {
             .cloned();
         let leftover = self.leftovers.remove(&task.id);
         let resume = Resume::decide(observed, desired, recorded.is_some(), leftover.is_some());
+        let mut adopted = crate::Workload::default();
         let (executor, from) = match (resume, leftover) {
             (Resume::ReportRecorded, leftover) => {
-                if let Some(handle) = leftover {
+                if let Some(handle) = &leftover {
                     self.driver.kill(&task.id, handle);
                 }
                 if let Some(last) = recorded.filter(|_| !observed.is_terminal()) {
@@ -550,7 +551,7 @@ impl<D: Driver> Agent<D> {
                 return;
             }
             (Resume::Drop, leftover) => {
-                if let Some(handle) = leftover {
+                if let Some(handle) = &leftover {
                     self.driver.kill(&task.id, handle);
                 }
                 return;
@@ -563,11 +564,13 @@ impl<D: Driver> Agent<D> {
                             timestamp_ms: now_ms(),
                             state: TaskState::Running as i32,
                             message: "started".into(),
-                            pid: handle,
+                            pid: handle.pid,
+                            container_id: handle.container_id.clone(),
                             ..Default::default()
                         },
                     });
                 }
+                adopted = handle.clone();
                 (self.driver.adopt(&task, handle), TaskState::Running)
             }
             (Resume::Lost, _) | (Resume::Adopt { .. }, None) => {
@@ -586,7 +589,7 @@ impl<D: Driver> Agent<D> {
                 return;
             }
             (Resume::Run, leftover) => {
-                if let Some(handle) = leftover {
+                if let Some(handle) = &leftover {
                     self.driver.kill(&task.id, handle);
                 }
                 (self.driver.executor(&task), observed)
@@ -611,7 +614,8 @@ impl<D: Driver> Agent<D> {
             self.reports_tx.clone(),
             grace,
         )
-        .with_health(task.spec.as_ref().and_then(|s| s.health.clone()));
+        .with_health(task.spec.as_ref().and_then(|s| s.health.clone()))
+        .with_workload(adopted);
         let done = self.done_tx.clone();
         let id = task.id.clone();
         let handle = tokio::spawn(async move {

@@ -1,6 +1,6 @@
-//! What every executor provides for one task. The process executor is the
-//! default; a docker executor and a fake one (tests, simulator) follow the
-//! same shape.
+//! What every executor provides for one task. The process executor runs a
+//! task with a command and no image; the container executor one with an
+//! image; a fake one (tests, simulator) follows the same shape.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,6 +9,26 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct TaskFailure(pub String);
+
+/// What identifies a started workload: to the user in `service ps` and
+/// `task inspect`, and to its driver when a later agent adopts or kills it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Workload {
+    /// The process (group) id; for a container, its main process on the host.
+    pub pid: u32,
+    /// Empty for a process.
+    pub container_id: String,
+}
+
+impl Workload {
+    /// A process (group) `pid`.
+    pub fn process(pid: u32) -> Workload {
+        Workload {
+            pid,
+            container_id: String::new(),
+        }
+    }
+}
 
 /// How a task's process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +57,8 @@ pub trait Executor: Send + 'static {
     /// Everything short of starting: resolve the program, create the task's
     /// directory. A failure here makes the task REJECTED.
     fn prepare(&mut self) -> impl Future<Output = Result<(), TaskFailure>> + Send;
-    /// Start the workload; returns its pid. A failure here makes it FAILED.
-    fn start(&mut self) -> impl Future<Output = Result<u32, TaskFailure>> + Send;
+    /// Start the workload. A failure here makes it FAILED.
+    fn start(&mut self) -> impl Future<Output = Result<Workload, TaskFailure>> + Send;
     /// Wait for the workload to end.
     fn wait(&mut self) -> impl Future<Output = Result<ExitOutcome, TaskFailure>> + Send;
     /// Ask the workload to stop (SIGTERM), then force it after `grace`.
@@ -65,4 +85,9 @@ pub trait Executor: Send + 'static {
         command: &str,
         timeout: Duration,
     ) -> impl Future<Output = shoal_api::HealthProbe> + Send + 'static;
+    /// A health check the workload brings itself (an image's HEALTHCHECK),
+    /// known once prepared; used when the task's spec sets none.
+    fn own_health_check(&self) -> Option<shoal_api::HealthConfig> {
+        None
+    }
 }

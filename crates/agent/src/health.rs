@@ -110,6 +110,7 @@ mod tests {
                 timeout_ms: 10,
                 retries,
                 start_period_ms,
+                disabled: false,
             },
             1_000,
         )

@@ -10,16 +10,20 @@
 //! the dispatcher; never `desired_state`, which only moves the other way.
 //!
 //! The agent's session with the dispatcher is [`run`]; what runs the tasks
-//! is the [`Driver`] it is given ([`ProcessDriver`] here, a fake one in the
+//! is the [`Driver`] it is given ([`HostDriver`] on a real node: processes,
+//! and containers where the node has a Docker Engine; a fake one in the
 //! simulator). The log reads managers ask of the node through its session
 //! are read here ([`log_reader`]) and published back ([`log_publisher`]).
 
 mod agent;
 mod cgroup;
+pub mod container;
 mod driver;
+mod engine;
 mod executor;
 mod health;
 mod heartbeat;
+mod host_driver;
 mod log_pipe;
 mod log_publisher;
 pub mod log_reader;
@@ -31,9 +35,11 @@ mod task_runner;
 pub use agent::{run, AgentConfig, AgentExit, Connector, Resume};
 pub use cgroup::Cgroups;
 pub use driver::Driver;
-pub use executor::{Executor, ExitOutcome, TaskFailure};
+pub use engine::{Engine, NoEngine};
+pub use executor::{Executor, ExitOutcome, TaskFailure, Workload};
 pub use health::{HealthTracker, MAX_HEALTH_LOG, MAX_PROBE_OUTPUT_BYTES};
 pub use heartbeat::Heartbeat;
+pub use host_driver::{HostDriver, HostExecutor};
 pub use process::{
     find_task_processes, kill_group, ProcessConfig, ProcessDriver, ProcessExecutor, TASK_DIR_ENV,
     TASK_ID_ENV,

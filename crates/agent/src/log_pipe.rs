@@ -73,47 +73,75 @@ impl LogPipe {
     /// FIFO has closed it (the task's processes are gone).
     pub(crate) fn copy(&self) -> std::io::Result<JoinHandle<()>> {
         let mut fifo = tokio::net::unix::pipe::OpenOptions::new().open_receiver(&self.fifo)?;
-        let mut log = open_log(&self.log)?;
-        let mut line_start = ends_a_line(&self.log);
-        let pipe = self.clone();
+        let mut log = LogWriter::open(self.log.clone(), self.max_log_bytes)?;
         Ok(tokio::spawn(async move {
             let mut buf = vec![0u8; READ_BYTES];
-            let mut out = Vec::new();
-            let mut warned = false;
             loop {
                 let read = match fifo.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                let stamp = shoal_api::log_time::format_stamp(shoal_api::clock::now_ns());
-                out.clear();
-                stamp_lines(&buf[..read], &stamp, &mut line_start, &mut out);
-                let written = log.write_all(&out).and_then(|()| {
-                    if log.metadata()?.len() > pipe.max_log_bytes {
-                        log = pipe.rotate()?;
-                        // The new log starts with a stamp, even mid-line.
-                        line_start = true;
-                    }
-                    Ok(())
-                });
-                if let Err(e) = written {
-                    // The output is dropped rather than the process held up.
-                    if !warned {
-                        tracing::warn!(log = %pipe.log.display(), error = %e, "a task's output could not be written to its log");
-                        warned = true;
-                    }
-                }
+                log.write(shoal_api::clock::now_ns(), &buf[..read]);
             }
         }))
     }
+}
+
+/// Appends a task's output to one log file, each line stamped, rotating the
+/// file by size. The only writer of its file.
+pub(crate) struct LogWriter {
+    path: PathBuf,
+    file: std::fs::File,
+    max_bytes: u64,
+    /// Whether the next byte starts a line (and gets a stamp).
+    line_start: bool,
+    warned: bool,
+}
+
+impl LogWriter {
+    /// Opens (or creates) the log at `path` for appending.
+    pub(crate) fn open(path: PathBuf, max_bytes: u64) -> std::io::Result<LogWriter> {
+        let file = open_log(&path)?;
+        let line_start = ends_a_line(&path);
+        Ok(LogWriter {
+            path,
+            file,
+            max_bytes,
+            line_start,
+            warned: false,
+        })
+    }
+
+    /// Appends `chunk`, read at `unix_ns`: a line that starts in it gets
+    /// that stamp. A failed write drops the output rather than hold up the
+    /// task, and is logged once.
+    pub(crate) fn write(&mut self, unix_ns: i64, chunk: &[u8]) {
+        let stamp = shoal_api::log_time::format_stamp(unix_ns);
+        let mut out = Vec::with_capacity(chunk.len() + 40);
+        stamp_lines(chunk, &stamp, &mut self.line_start, &mut out);
+        let written = self.file.write_all(&out).and_then(|()| {
+            if self.file.metadata()?.len() > self.max_bytes {
+                self.rotate()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            if !self.warned {
+                tracing::warn!(log = %self.path.display(), error = %e, "a task's output could not be written to its log");
+                self.warned = true;
+            }
+        }
+    }
 
     /// Renames the log to `<log>.1` (replacing the one kept before) and
-    /// opens a new one.
-    fn rotate(&self) -> std::io::Result<std::fs::File> {
-        let mut kept = self.log.clone().into_os_string();
+    /// opens a new one, which starts with a stamp, even mid-line.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let mut kept = self.path.clone().into_os_string();
         kept.push(".1");
-        std::fs::rename(&self.log, kept)?;
-        open_log(&self.log)
+        std::fs::rename(&self.path, kept)?;
+        self.file = open_log(&self.path)?;
+        self.line_start = true;
+        Ok(())
     }
 }
 

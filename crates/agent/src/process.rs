@@ -20,7 +20,7 @@ use shoal_api::{Runtime, Task};
 use tokio::process::{Child, Command};
 
 use crate::cgroup::{Cgroups, TaskCgroup};
-use crate::executor::{Executor, ExitOutcome, TaskFailure};
+use crate::executor::{Executor, ExitOutcome, TaskFailure, Workload};
 use crate::log_pipe::LogPipe;
 
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
@@ -65,16 +65,19 @@ impl crate::driver::Driver for ProcessDriver {
         ProcessExecutor::new(&self.config, task)
     }
 
-    fn adopt(&self, task: &Task, handle: u32) -> ProcessExecutor {
-        ProcessExecutor::adopt(&self.config, task, handle)
+    fn adopt(&self, task: &Task, workload: Workload) -> ProcessExecutor {
+        ProcessExecutor::adopt(&self.config, task, workload.pid)
     }
 
-    fn leftovers(&self) -> std::collections::HashMap<String, u32> {
+    async fn leftovers(&self) -> std::collections::HashMap<String, Workload> {
         find_task_processes(&self.config.tasks_dir)
+            .into_iter()
+            .map(|(task, pgid)| (task, Workload::process(pgid)))
+            .collect()
     }
 
-    fn kill(&self, _task_id: &str, handle: u32) {
-        kill_group(handle);
+    fn kill(&self, _task_id: &str, workload: &Workload) {
+        kill_group(workload.pid);
     }
 
     fn clean_up(&self, task_id: &str) {
@@ -538,9 +541,9 @@ impl Executor for ProcessExecutor {
     }
 
     async fn prepare(&mut self) -> Result<(), TaskFailure> {
-        if self.runtime.command.is_empty() && !self.runtime.image.is_empty() {
+        if !self.runtime.image.is_empty() {
             return Err(TaskFailure(format!(
-                "image {:?}: this node has no container executor; give the service a command to run it as a process",
+                "image {:?}: this node has no Docker Engine to run containers; it runs processes only",
                 self.runtime.image
             )));
         }
@@ -577,7 +580,7 @@ impl Executor for ProcessExecutor {
         Ok(())
     }
 
-    async fn start(&mut self) -> Result<u32, TaskFailure> {
+    async fn start(&mut self) -> Result<Workload, TaskFailure> {
         let program = self
             .program
             .clone()
@@ -645,7 +648,7 @@ impl Executor for ProcessExecutor {
             .ok_or_else(|| TaskFailure("the process exited before it could be watched".into()))?;
         self.child = Some(child);
         self.pid = Some(pid);
-        Ok(pid)
+        Ok(Workload::process(pid))
     }
 
     async fn wait(&mut self) -> Result<ExitOutcome, TaskFailure> {
@@ -705,8 +708,11 @@ impl Executor for ProcessExecutor {
             return self.wait().await.map(Some);
         }
         let group = Pid::from_raw(pid as i32);
+        let first = shoal_api::signal::number(&self.runtime.stop_signal)
+            .and_then(|n| Signal::try_from(n).ok())
+            .unwrap_or(Signal::SIGTERM);
         // ESRCH: the group is already gone, which is what we want.
-        let _ = killpg(group, Signal::SIGTERM);
+        let _ = killpg(group, first);
         if tokio::time::timeout(grace, self.wait()).await.is_err() {
             let _ = killpg(group, Signal::SIGKILL);
             self.wait().await?;

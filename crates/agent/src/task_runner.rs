@@ -13,7 +13,7 @@ use std::time::Duration;
 use shoal_api::{task_status::Health, HealthConfig, HealthProbe, TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
 
-use crate::executor::{Executor, ExitOutcome, TaskFailure};
+use crate::executor::{Executor, ExitOutcome, TaskFailure, Workload};
 use crate::health::HealthTracker;
 
 /// What to do next for a task.
@@ -89,7 +89,7 @@ pub struct TaskRunner<E: Executor> {
     task_id: String,
     executor: E,
     observed: TaskState,
-    pid: u32,
+    workload: Workload,
     desired: watch::Receiver<TaskState>,
     updates: mpsc::Sender<TaskUpdate>,
     stop_grace: Duration,
@@ -113,7 +113,7 @@ impl<E: Executor> TaskRunner<E> {
             task_id,
             executor,
             observed,
-            pid: 0,
+            workload: Workload::default(),
             desired,
             updates,
             stop_grace,
@@ -125,8 +125,28 @@ impl<E: Executor> TaskRunner<E> {
     /// The task's health check: run while the task runs, its verdicts
     /// reported, and the task failed once it is unhealthy.
     pub fn with_health(mut self, check: Option<HealthConfig>) -> TaskRunner<E> {
-        self.health_check = check.filter(|c| !c.command.trim().is_empty());
+        self.health_check = check;
         self
+    }
+
+    /// The workload an earlier agent started (adopted running), shown in
+    /// this runner's reports.
+    pub fn with_workload(mut self, workload: Workload) -> TaskRunner<E> {
+        self.workload = workload;
+        self
+    }
+
+    /// The check to run: the spec's, else the one the workload brings,
+    /// unless the spec disables checks (`--no-healthcheck`).
+    fn check(&self) -> Option<HealthConfig> {
+        match &self.health_check {
+            Some(c) if c.disabled => None,
+            Some(c) if !c.command.trim().is_empty() => Some(c.clone()),
+            _ => self
+                .executor
+                .own_health_check()
+                .filter(|c| !c.command.trim().is_empty()),
+        }
     }
 
     async fn report(&mut self, state: TaskState, message: &str, err: String, exit_code: i32) {
@@ -151,8 +171,8 @@ impl<E: Executor> TaskRunner<E> {
             message: message.to_string(),
             err,
             exit_code,
-            pid: self.pid,
-            container_id: String::new(),
+            pid: self.workload.pid,
+            container_id: self.workload.container_id.clone(),
             health: health as i32,
             health_log,
         };
@@ -209,12 +229,9 @@ impl<E: Executor> TaskRunner<E> {
                     self.report(TaskState::Starting, "starting", String::new(), 0)
                         .await;
                     match self.executor.start().await {
-                        Ok(pid) => {
-                            self.pid = pid;
-                            self.health = self
-                                .health_check
-                                .clone()
-                                .map(|c| HealthTracker::new(c, now_ms()));
+                        Ok(workload) => {
+                            self.workload = workload;
+                            self.health = self.check().map(|c| HealthTracker::new(c, now_ms()));
                             self.report(TaskState::Running, "started", String::new(), 0)
                                 .await;
                         }
@@ -227,10 +244,7 @@ impl<E: Executor> TaskRunner<E> {
                 Step::Wait => {
                     if self.health.is_none() {
                         // Adopted running: its checks start again here.
-                        self.health = self
-                            .health_check
-                            .clone()
-                            .map(|c| HealthTracker::new(c, now_ms()));
+                        self.health = self.check().map(|c| HealthTracker::new(c, now_ms()));
                     }
                     if probe.is_none() && next_probe.is_none() {
                         next_probe = self

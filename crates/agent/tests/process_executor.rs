@@ -346,6 +346,7 @@ async fn memory_and_cpu_limits_put_the_task_in_its_own_cgroup() {
     );
     t.spec.as_mut().unwrap().resources = Some(shoal_api::ResourceRequirements {
         limits: Some(shoal_api::Resources {
+            pids: 0,
             nano_cpus: 500_000_000,
             memory_bytes: 64 << 20,
         }),
@@ -392,14 +393,14 @@ async fn memory_and_cpu_limits_put_the_task_in_its_own_cgroup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_image_without_a_command_is_rejected_naming_what_the_node_lacks() {
+async fn an_image_on_a_node_without_an_engine_is_rejected_naming_what_the_node_lacks() {
     let tmp = tempfile::tempdir().unwrap();
     let t = task("t1", &[], |r| r.image = "redis:7".into());
     let mut run = start(tmp.path(), &t, TaskState::Running, WITHIN);
     let rejected = run.until(TaskState::Rejected).await;
     assert_eq!(
         rejected.err,
-        "image \"redis:7\": this node has no container executor; give the service a command to run it as a process"
+        "image \"redis:7\": this node has no Docker Engine to run containers; it runs processes only"
     );
 }
 
@@ -428,7 +429,7 @@ async fn a_stop_that_comes_after_the_task_ended_keeps_its_exit_code_and_kills_it
     let config = ProcessConfig::new(tmp.path().to_path_buf());
     let mut executor = ProcessExecutor::new(&config, &t);
     executor.prepare().await.unwrap();
-    let pid = executor.start().await.unwrap();
+    let pid = executor.start().await.unwrap().pid;
     until_ended(pid).await;
     let outcome = executor.shutdown(Duration::from_secs(10)).await.unwrap();
     assert_eq!(
@@ -459,6 +460,7 @@ async fn a_wait_dropped_at_any_point_still_cleans_up_and_keeps_the_exit_code() {
     let mut t = task(&id, &["sh", "-c", "sleep 300 & exit 3"], |_| {});
     t.spec.as_mut().unwrap().resources = Some(shoal_api::ResourceRequirements {
         limits: Some(shoal_api::Resources {
+            pids: 0,
             nano_cpus: 0,
             memory_bytes: 64 << 20,
         }),
@@ -469,7 +471,7 @@ async fn a_wait_dropped_at_any_point_still_cleans_up_and_keeps_the_exit_code() {
     executor.prepare().await.unwrap();
     let dirs = executor.cgroup_dirs();
     assert!(!dirs.is_empty());
-    let pid = executor.start().await.unwrap();
+    let pid = executor.start().await.unwrap().pid;
     until_ended(pid).await;
     // Drop the wait at its first pause each time, as the task runner does
     // whenever the desired state changes, until one runs to the end.
@@ -543,7 +545,7 @@ async fn output_written_while_no_agent_reads_reaches_the_log_once_a_new_one_adop
     );
     let mut first = ProcessExecutor::new(&config, &t);
     first.prepare().await.unwrap();
-    let pid = first.start().await.unwrap();
+    let pid = first.start().await.unwrap().pid;
     let log = tmp.path().join("t1/stdout.log");
     let deadline = Instant::now() + WITHIN;
     while !log_text(&log).contains("line-5\n") {
@@ -595,7 +597,7 @@ async fn a_health_check_runs_as_the_task_runs_and_a_slow_one_is_cut_at_its_timeo
     });
     let mut executor = ProcessExecutor::new(&ProcessConfig::new(tmp.path().to_path_buf()), &t);
     executor.prepare().await.unwrap();
-    let pid = executor.start().await.unwrap();
+    let pid = executor.start().await.unwrap().pid;
     // The task's env and working dir; nothing of the agent's.
     let probe = executor
         .probe("echo A=$A LEAK=$CARGO_MANIFEST_DIR; pwd; exit 3", WITHIN)
@@ -645,6 +647,7 @@ async fn a_task_whose_health_check_starts_failing_is_reported_unhealthy_and_fail
         timeout_ms: 5_000,
         retries: 2,
         start_period_ms: 0,
+        disabled: false,
     }));
     let done = tokio::spawn(runner.run());
     let mut seen: Vec<(i32, i32)> = Vec::new();
@@ -695,7 +698,7 @@ async fn a_check_in_flight_is_never_taken_for_the_task_and_dies_with_its_future(
     let t = task("t1", &["sleep", "60"], |_| {});
     let mut executor = ProcessExecutor::new(&ProcessConfig::new(tmp.path().to_path_buf()), &t);
     executor.prepare().await.unwrap();
-    let pid = executor.start().await.unwrap();
+    let pid = executor.start().await.unwrap().pid;
     let check = format!("echo $$ > {}; sleep 30", marker.display());
     let in_flight = tokio::spawn(executor.probe(&check, WITHIN));
     let deadline = Instant::now() + WITHIN;

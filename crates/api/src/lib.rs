@@ -22,6 +22,7 @@ mod node_state;
 mod not_leader;
 mod object_kind;
 mod service_mode;
+pub mod signal;
 mod task_state;
 mod update_defaults;
 pub use task_state::MAX_STATUS_HISTORY;

@@ -69,6 +69,7 @@ fn run(nodes: usize, tasks: usize, constrained: bool, one_service: bool) {
                     }),
                     description: Some(NodeDescription {
                         resources: Some(Resources {
+                            pids: 0,
                             nano_cpus: 64_000_000_000,
                             memory_bytes: 256 << 30,
                         }),

@@ -19,7 +19,8 @@ pub struct Constraint {
     pub value: String,
 }
 
-/// The keys a constraint may test, besides `node.labels.<key>`.
+/// The keys a constraint may test, besides `node.labels.<key>` and
+/// `engine.labels.<key>`.
 pub const CONSTRAINT_KEYS: &[&str] = &[
     "node.id",
     "node.hostname",
@@ -33,7 +34,7 @@ pub const CONSTRAINT_KEYS: &[&str] = &[
 pub enum ConstraintError {
     #[error("constraint {0:?}: expected KEY==VALUE or KEY!=VALUE")]
     NoOperator(String),
-    #[error("constraint {constraint:?}: unknown key {key:?} (expected one of {}, or node.labels.<key>)", CONSTRAINT_KEYS.join(", "))]
+    #[error("constraint {constraint:?}: unknown key {key:?} (expected one of {}, node.labels.<key> or engine.labels.<key>)", CONSTRAINT_KEYS.join(", "))]
     UnknownKey { constraint: String, key: String },
     #[error("constraint {0:?}: the value is empty")]
     EmptyValue(String),
@@ -52,9 +53,7 @@ impl Constraint {
         let key = key.trim();
         let value = value.trim();
         let known = CONSTRAINT_KEYS.contains(&key)
-            || key
-                .strip_prefix("node.labels.")
-                .is_some_and(|label| !label.is_empty());
+            || label_key(key).is_some_and(|(_, label)| !label.is_empty());
         if !known {
             return Err(ConstraintError::UnknownKey {
                 constraint: text.to_string(),
@@ -93,18 +92,21 @@ impl Constraint {
             "node.platform.arch" => description
                 .and_then(|d| d.platform.as_ref())
                 .map(|p| p.architecture.as_str()),
-            key => key.strip_prefix("node.labels.").and_then(|label| {
-                node.spec
+            key => match label_key(key) {
+                Some((Labels::Node, label)) => node
+                    .spec
                     .as_ref()
                     .and_then(|s| s.annotations.as_ref())
                     .and_then(|a| a.labels.get(label))
-                    .map(String::as_str)
-            }),
+                    .map(String::as_str),
+                Some((Labels::Engine, label)) => {
+                    description.and_then(|d| d.engine_labels.get(label).map(String::as_str))
+                }
+                None => None,
+            },
         };
         let equal = match actual {
-            Some(v) if self.key.starts_with("node.labels.") || self.key == "node.id" => {
-                v == self.value
-            }
+            Some(v) if label_key(&self.key).is_some() || self.key == "node.id" => v == self.value,
             Some(v) => v.eq_ignore_ascii_case(&self.value),
             None => false,
         };
@@ -113,6 +115,24 @@ impl Constraint {
             Operator::NotEqual => !equal,
         }
     }
+}
+
+/// Whose labels a label key tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Labels {
+    /// The node's own (`node update --label-add`).
+    Node,
+    /// Its Docker Engine's (the engine's configuration).
+    Engine,
+}
+
+/// `node.labels.zone` → (Node, "zone"); `engine.labels.disk` → (Engine, "disk").
+fn label_key(key: &str) -> Option<(Labels, &str)> {
+    if let Some(label) = key.strip_prefix("node.labels.") {
+        return Some((Labels::Node, label));
+    }
+    key.strip_prefix("engine.labels.")
+        .map(|label| (Labels::Engine, label))
 }
 
 impl std::fmt::Display for Constraint {
@@ -146,6 +166,8 @@ mod tests {
                     os: "linux".into(),
                     architecture: "x86_64".into(),
                 }),
+                engine_version: "20.10.24".into(),
+                engine_labels: [("disk".to_string(), "ssd".to_string())].into(),
                 ..Default::default()
             }),
             role: NodeRole::Manager as i32,
@@ -169,6 +191,8 @@ mod tests {
         assert!(matches!(err, ConstraintError::UnknownKey { ref key, .. } if key == "foo"));
         assert!(err.to_string().contains("node.hostname"));
         assert!(Constraint::parse("node.labels.==x").is_err());
+        assert!(Constraint::parse("engine.labels.==x").is_err());
+        assert!(err.to_string().contains("engine.labels.<key>"));
         assert!(Constraint::parse("node.role==").is_err());
     }
 
@@ -187,6 +211,10 @@ mod tests {
             ("node.platform.os==linux", true),
             ("node.platform.arch==arm64", false),
             ("node.id==n1", true),
+            ("engine.labels.disk==ssd", true),
+            ("engine.labels.disk==SSD", false),
+            ("engine.labels.zone==a", false),
+            ("engine.labels.zone!=a", true),
         ] {
             let c = Constraint::parse(text).unwrap();
             assert_eq!(c.matches(&n), expected, "{text}");

@@ -231,6 +231,7 @@ impl World {
                             }),
                             resources: reserve.then(|| ResourceRequirements {
                                 reservations: Some(Resources {
+                                    pids: 0,
                                     nano_cpus: 0,
                                     memory_bytes: GIB,
                                 }),
@@ -334,6 +335,7 @@ impl World {
                     description: Some(NodeDescription {
                         hostname: id.clone(),
                         resources: Some(Resources {
+                            pids: 0,
                             nano_cpus: 4_000_000_000,
                             memory_bytes: memory_gib * GIB,
                         }),

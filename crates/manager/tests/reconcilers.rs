@@ -348,6 +348,7 @@ fn a_task_no_node_can_take_stays_pending_and_says_why() {
     task.resources = Some(ResourceRequirements {
         limits: None,
         reservations: Some(Resources {
+            pids: 0,
             nano_cpus: 0,
             memory_bytes: 1 << 30,
         }),
@@ -783,6 +784,7 @@ fn tasks_move_off_a_node_whose_resources_shrink_below_their_reservations_newest_
     s.spec.as_mut().unwrap().task.as_mut().unwrap().resources = Some(ResourceRequirements {
         limits: None,
         reservations: Some(Resources {
+            pids: 0,
             nano_cpus: 0,
             memory_bytes: 1 << 30,
         }),

@@ -739,6 +739,7 @@ fn health_check() -> shoal_api::HealthConfig {
         timeout_ms: 100,
         retries: 3,
         start_period_ms: 0,
+        disabled: false,
     }
 }
 

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use shoal_api::{
     node_spec, node_status, port_config, store_action, Annotations, Batch, Endpoint, Node,
     NodeDescription, NodeSpec, NodeStatus, Placement, PlacementPreference, PortConfig,
-    ResourceRequirements, Resources, StoreAction, Task, TaskSpec, TaskState, TaskStatus,
+    ResourceRequirements, Resources, Runtime, StoreAction, Task, TaskSpec, TaskState, TaskStatus,
     Transaction,
 };
 use shoal_manager::{scheduler, Constraint};
@@ -23,6 +23,8 @@ struct NodeCase {
     zone: Option<&'static str>,
     ready: bool,
     availability: node_spec::Availability,
+    /// Whether it has a Docker Engine.
+    engine: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ struct ServiceCase {
     spread: bool,
     max_per_node: u64,
     host_port: bool,
+    /// Its tasks run an image (only nodes with an engine take them).
+    image: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -62,14 +66,18 @@ fn node_case() -> impl Strategy<Value = NodeCase> {
             node_spec::Availability::Pause,
             node_spec::Availability::Drain,
         ]),
+        prop::bool::weighted(0.7),
     )
-        .prop_map(|(memory_gib, cores, zone, ready, availability)| NodeCase {
-            memory_gib,
-            cores,
-            zone,
-            ready,
-            availability,
-        })
+        .prop_map(
+            |(memory_gib, cores, zone, ready, availability, engine)| NodeCase {
+                memory_gib,
+                cores,
+                zone,
+                ready,
+                availability,
+                engine,
+            },
+        )
 }
 
 fn service_case() -> impl Strategy<Value = ServiceCase> {
@@ -85,15 +93,17 @@ fn service_case() -> impl Strategy<Value = ServiceCase> {
         prop::bool::weighted(0.3),
         prop::sample::select(vec![0u64, 0, 1, 2]),
         prop::bool::weighted(0.2),
+        prop::bool::weighted(0.3),
     )
         .prop_map(
-            |(memory_mib, cores, constraint, spread, max_per_node, host_port)| ServiceCase {
+            |(memory_mib, cores, constraint, spread, max_per_node, host_port, image)| ServiceCase {
                 memory_mib,
                 cores,
                 constraint,
                 spread,
                 max_per_node,
                 host_port,
+                image,
             },
         )
 }
@@ -115,9 +125,15 @@ fn node(i: usize, c: &NodeCase) -> Node {
         }),
         description: Some(NodeDescription {
             resources: Some(Resources {
+                pids: 0,
                 nano_cpus: c.cores * 1_000_000_000,
                 memory_bytes: c.memory_gib << 30,
             }),
+            engine_version: if c.engine {
+                "20.10.24".into()
+            } else {
+                String::new()
+            },
             ..Default::default()
         }),
         status: Some(NodeStatus {
@@ -137,6 +153,7 @@ fn task_spec(c: &ServiceCase) -> TaskSpec {
         resources: Some(ResourceRequirements {
             limits: None,
             reservations: Some(Resources {
+                pids: 0,
                 nano_cpus: c.cores * 1_000_000_000,
                 memory_bytes: c.memory_mib << 20,
             }),
@@ -151,6 +168,15 @@ fn task_spec(c: &ServiceCase) -> TaskSpec {
                 vec![]
             },
             max_replicas_per_node: c.max_per_node,
+        }),
+        runtime: Some(Runtime {
+            image: if c.image {
+                "busybox:1".into()
+            } else {
+                String::new()
+            },
+            command: vec!["sleep".into(), "60".into()],
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -322,14 +348,18 @@ fn reference(view: &Tables, now: i64) -> BTreeMap<String, Result<String, String>
                 Some((0, "node not ready".to_string()))
             } else if spec_of_node.availability != node_spec::Availability::Active as i32 {
                 Some((1, "node not active".to_string()))
+            } else if !spec.runtime.as_ref().unwrap().image.is_empty()
+                && n.description.as_ref().unwrap().engine_version.is_empty()
+            {
+                Some((2, "no Docker Engine for the image".to_string()))
             } else if r.memory_bytes > mem[i] {
-                Some((2, "insufficient memory".to_string()))
+                Some((3, "insufficient memory".to_string()))
             } else if r.nano_cpus > cpu[i] {
-                Some((3, "insufficient CPU".to_string()))
+                Some((4, "insufficient CPU".to_string()))
             } else if let Some(c) = constraints.iter().find(|c| !c.matches(n)) {
-                Some((4, format!("constraint {c} not satisfied")))
+                Some((5, format!("constraint {c} not satisfied")))
             } else if my_ports.iter().any(|p| ports[i].contains(p)) {
-                Some((5, "host port 8080/tcp in use".to_string()))
+                Some((6, "host port 8080/tcp in use".to_string()))
             } else if placement.max_replicas_per_node > 0
                 && of_service
                     .get(&(t.service_id.clone(), i))
@@ -338,7 +368,7 @@ fn reference(view: &Tables, now: i64) -> BTreeMap<String, Result<String, String>
                     >= placement.max_replicas_per_node
             {
                 Some((
-                    6,
+                    7,
                     format!(
                         "max replicas per node ({}) reached",
                         placement.max_replicas_per_node
@@ -531,6 +561,7 @@ fn a_service_that_failed_three_times_on_a_node_goes_elsewhere_first() {
             zone: None,
             ready: true,
             availability: node_spec::Availability::Active,
+            engine: true,
         };
         2
     ];
@@ -541,6 +572,7 @@ fn a_service_that_failed_three_times_on_a_node_goes_elsewhere_first() {
         spread: false,
         max_per_node: 0,
         host_port: false,
+        image: false,
     }];
     // n00 is emptier, but the service failed there three times.
     let existing: Vec<Existing> = (0..3)
@@ -573,6 +605,7 @@ fn a_host_port_taken_on_a_node_keeps_other_tasks_publishing_it_off_that_node() {
             zone: None,
             ready: true,
             availability: node_spec::Availability::Active,
+            engine: true,
         };
         2
     ];
@@ -583,6 +616,7 @@ fn a_host_port_taken_on_a_node_keeps_other_tasks_publishing_it_off_that_node() {
         spread: false,
         max_per_node: 0,
         host_port: true,
+        image: false,
     };
     let services = vec![publisher.clone(), publisher];
     let pending: Vec<Pending> = (0..3)
@@ -599,4 +633,45 @@ fn a_host_port_taken_on_a_node_keeps_other_tasks_publishing_it_off_that_node() {
     assert!(placed
         .values()
         .any(|r| r == &Err("no suitable node (host port 8080/tcp in use on 2 nodes)".to_string())));
+}
+
+#[test]
+fn a_task_with_an_image_goes_only_to_a_node_with_a_docker_engine_and_says_so() {
+    let node = |engine| NodeCase {
+        memory_gib: 4,
+        cores: 4,
+        zone: None,
+        ready: true,
+        availability: node_spec::Availability::Active,
+        engine,
+    };
+    let container = ServiceCase {
+        memory_mib: 0,
+        cores: 0,
+        constraint: None,
+        spread: false,
+        max_per_node: 0,
+        host_port: false,
+        image: true,
+    };
+    let one = Pending {
+        service: 0,
+        node: None,
+    };
+    let store = scenario(
+        &[node(false), node(true), node(false)],
+        std::slice::from_ref(&container),
+        &[],
+        std::slice::from_ref(&one),
+    );
+    let placed = decided(&store.view(), NOW, scheduler::Search::Auto);
+    assert_eq!(placed.values().next(), Some(&Ok("n01".to_string())));
+    let store = scenario(&[node(false), node(false)], &[container], &[], &[one]);
+    let placed = decided(&store.view(), NOW, scheduler::Search::Auto);
+    assert_eq!(
+        placed.values().next(),
+        Some(&Err(
+            "no suitable node (no Docker Engine for the image on 2 nodes)".to_string()
+        ))
+    );
 }

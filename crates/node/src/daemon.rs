@@ -441,6 +441,7 @@ pub(crate) fn start_agent(
     node_id: &str,
     description: shoal_api::NodeDescription,
     process: shoal_agent::ProcessConfig,
+    engine: Option<shoal_agent::Engine>,
     connector: shoal_agent::Connector,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<shoal_agent::AgentExit>, DaemonError> {
@@ -451,13 +452,53 @@ pub(crate) fn start_agent(
     };
     let db = shoal_agent::TaskDb::open(&state.path().join(AGENT_DB_FILE))
         .map_err(|e| DaemonError::Agent(e.to_string()))?;
-    let driver = Arc::new(shoal_agent::ProcessDriver { config: process });
+    let driver = Arc::new(host_driver(node_id, process, engine));
     Ok(tokio::spawn(shoal_agent::run(
         agent,
         driver,
         Arc::new(db),
         stop.clone(),
     )))
+}
+
+/// The node's driver: processes, and containers on `engine`.
+pub(crate) fn host_driver(
+    node_id: &str,
+    process: shoal_agent::ProcessConfig,
+    engine: Option<shoal_agent::Engine>,
+) -> shoal_agent::HostDriver {
+    shoal_agent::HostDriver {
+        process: shoal_agent::ProcessDriver { config: process },
+        engine,
+        node_id: node_id.to_string(),
+    }
+}
+
+/// Finds the node's Docker Engine and says what it found, once: the
+/// description carries its version and labels, or a warning that the node
+/// runs processes only.
+pub(crate) async fn find_engine(
+    description: &mut shoal_api::NodeDescription,
+) -> Option<shoal_agent::Engine> {
+    match shoal_agent::Engine::detect().await {
+        Ok(engine) => {
+            eprintln!(
+                "shoal daemon: Docker Engine {} at {}: tasks with an image run as containers",
+                engine.version, engine.host
+            );
+            description.engine_version = engine.version.clone();
+            description.engine_labels = engine.labels.clone().into_iter().collect();
+            Some(engine)
+        }
+        Err(e) => {
+            let warning = format!(
+                "{e}; this node runs processes only (tasks with an image are not placed here)"
+            );
+            eprintln!("shoal daemon: {warning}");
+            description.warnings.push(warning);
+            None
+        }
+    }
 }
 
 /// A connector to the managers at `addresses` over mutual TLS as the node
@@ -608,6 +649,7 @@ async fn run_manager(
     let process = shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR));
     let mut description = describe_host();
     description.warnings.extend(process.cgroups.warning());
+    let engine = find_engine(&mut description).await;
     let certificates_dir = state.path().join(CERTIFICATES_DIR);
     // The first manager makes the cluster object, and a manager alone in
     // its group (where an older version made it) gives it what it lacks:
@@ -760,6 +802,7 @@ async fn run_manager(
         &marker.node_id,
         description,
         process,
+        engine,
         connector,
         &stop_rx,
     )?;

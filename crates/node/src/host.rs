@@ -27,9 +27,13 @@ pub fn describe_host() -> NodeDescription {
         resources: Some(Resources {
             nano_cpus: cpus * 1_000_000_000,
             memory_bytes,
+            pids: 0,
         }),
-        engine_version: shoal_api::VERSION.to_string(),
+        // The Docker Engine's, once found (`find_engine`).
+        engine_version: String::new(),
         warnings,
+        engine_labels: Default::default(),
+        shoal_version: shoal_api::VERSION.to_string(),
     }
 }
 

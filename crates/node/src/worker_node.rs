@@ -22,8 +22,8 @@ use tokio::sync::watch;
 
 use crate::certificates::{NodeCertificates, CERTIFICATES_DIR};
 use crate::daemon::{
-    drained, serve_control_socket, shutdown_signal, start_agent, tls_connector, DaemonConfig,
-    DaemonError, AGENT_TASKS_DIR,
+    drained, find_engine, host_driver, serve_control_socket, shutdown_signal, start_agent,
+    tls_connector, DaemonConfig, DaemonError, AGENT_TASKS_DIR,
 };
 use crate::host::describe_host;
 use crate::local_node::{KnownManagers, LocalNodeService, NotAManager};
@@ -75,11 +75,13 @@ pub async fn run(
     let process = shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR));
     let mut description = describe_host();
     description.warnings.extend(process.cgroups.warning());
+    let engine = find_engine(&mut description).await;
     let mut agent = start_agent(
         &state,
         &marker.node_id,
         description,
         process,
+        engine.clone(),
         connector,
         &stop_rx,
     )?;
@@ -136,14 +138,16 @@ pub async fn run(
         Ending::Stop => (Ok(()), None),
         Ending::Served(served) => (served, None),
         Ending::Leave(reply) => {
-            let left = leave(&mut state, &marker);
+            let left = leave(&mut state, &marker, engine.clone()).await;
             let answer = left.as_ref().map(|_| ()).map_err(|e| e.to_string());
             let _ = reply.send(answer.clone());
             (left, Some(answer))
         }
         Ending::Agent(Ok(shoal_agent::AgentExit::Removed(reason))) => {
             // Its replacements run elsewhere: it must not run them on.
-            let left = leave(&mut state, &marker).and(Err(DaemonError::Removed(reason)));
+            let left = leave(&mut state, &marker, engine.clone())
+                .await
+                .and(Err(DaemonError::Removed(reason)));
             (left, None)
         }
         Ending::Agent(Ok(shoal_agent::AgentExit::Stopped)) => (Ok(()), None),
@@ -173,13 +177,19 @@ const LEAVE_KILL_WAIT: Duration = Duration::from_secs(30);
 /// (or being removed) leaves is a state dir that says it left. The tasks
 /// are killed until none is found (a runner aborted mid-start may have
 /// started one more), within a bound.
-fn leave(state: &mut StateDir, marker: &crate::state_dir::Marker) -> Result<(), DaemonError> {
-    let driver = shoal_agent::ProcessDriver {
-        config: shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR)),
-    };
+async fn leave(
+    state: &mut StateDir,
+    marker: &crate::state_dir::Marker,
+    engine: Option<shoal_agent::Engine>,
+) -> Result<(), DaemonError> {
+    let driver = host_driver(
+        &marker.node_id,
+        shoal_agent::ProcessConfig::new(state.path().join(AGENT_TASKS_DIR)),
+        engine,
+    );
     let deadline = std::time::Instant::now() + LEAVE_KILL_WAIT;
     loop {
-        let found = driver.leftovers();
+        let found = driver.leftovers().await;
         if found.is_empty() {
             break;
         }
@@ -190,9 +200,9 @@ fn leave(state: &mut StateDir, marker: &crate::state_dir::Marker) -> Result<(), 
             )));
         }
         for (task_id, handle) in found {
-            driver.kill(&task_id, handle);
+            driver.kill(&task_id, &handle);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     state.forget()?;
     eprintln!(

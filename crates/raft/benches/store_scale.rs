@@ -38,6 +38,7 @@ fn task_spec(service: usize) -> TaskSpec {
         resources: Some(ResourceRequirements {
             limits: None,
             reservations: Some(Resources {
+                pids: 0,
                 nano_cpus: 100_000_000,
                 memory_bytes: 64 << 20,
             }),

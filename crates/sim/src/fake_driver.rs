@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use shoal_agent::Driver;
+use shoal_agent::{Driver, Workload};
 use shoal_api::Task;
 
 use crate::fake_executor::{FakeExecutor, Machine};
@@ -22,19 +22,19 @@ impl Driver for FakeDriver {
         FakeExecutor::new(&self.machine, task)
     }
 
-    fn adopt(&self, task: &Task, _handle: u32) -> FakeExecutor {
+    fn adopt(&self, task: &Task, _workload: Workload) -> FakeExecutor {
         FakeExecutor::new(&self.machine, task)
     }
 
-    fn leftovers(&self) -> HashMap<String, u32> {
+    async fn leftovers(&self) -> HashMap<String, Workload> {
         self.machine
             .workloads()
             .iter()
-            .map(|(id, w)| (id.clone(), w.handle))
+            .map(|(id, w)| (id.clone(), Workload::process(w.handle)))
             .collect()
     }
 
-    fn kill(&self, task_id: &str, _handle: u32) {
+    fn kill(&self, task_id: &str, _workload: &Workload) {
         self.machine.workloads().remove(task_id);
     }
 

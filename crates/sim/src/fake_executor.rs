@@ -130,7 +130,7 @@ impl Executor for FakeExecutor {
         Ok(())
     }
 
-    async fn start(&mut self) -> Result<u32, TaskFailure> {
+    async fn start(&mut self) -> Result<shoal_agent::Workload, TaskFailure> {
         let plan = {
             let mut rng = self.machine.rng.lock().unwrap_or_else(|e| e.into_inner());
             self.machine.behaviour.plan(&mut rng)
@@ -152,7 +152,7 @@ impl Executor for FakeExecutor {
                     .map(|(run, state)| (now + run, FakeExecutor::outcome(state))),
             },
         );
-        Ok(handle)
+        Ok(shoal_agent::Workload::process(handle))
     }
 
     async fn wait(&mut self) -> Result<ExitOutcome, TaskFailure> {

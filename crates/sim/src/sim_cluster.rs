@@ -75,6 +75,7 @@ impl SimConfig {
                     architecture: "x86_64".into(),
                 }),
                 resources: Some(Resources {
+                    pids: 0,
                     nano_cpus: self.node_nano_cpus,
                     memory_bytes: self.node_memory_bytes,
                 }),

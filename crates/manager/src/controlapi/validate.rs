@@ -5,8 +5,9 @@
 use std::collections::HashSet;
 
 use shoal_api::{
-    node_spec, port_config, restart_policy, update_config, Annotations, ClusterSpec, HealthConfig,
-    NetworkSpec, NodeSpec, ResourceRequirements, ServiceMode, ServiceSpec, TaskSpec, UpdateConfig,
+    mount, node_spec, port_config, restart_policy, update_config, Annotations, ClusterSpec,
+    HealthConfig, NetworkSpec, NodeSpec, ResourceRequirements, Runtime, ServiceMode, ServiceSpec,
+    TaskSpec, UpdateConfig,
 };
 
 use crate::constraint::Constraint;
@@ -196,6 +197,7 @@ fn validate_task_spec(task: &TaskSpec, mode: ServiceMode) -> Result<(), InvalidS
     if let Some(resources) = &task.resources {
         validate_resources(resources)?;
     }
+    validate_container(task, &runtime)?;
     if let Some(health) = &task.health {
         validate_health(health)?;
     }
@@ -247,6 +249,204 @@ fn validate_task_spec(task: &TaskSpec, mode: ServiceMode) -> Result<(), InvalidS
         }
     }
     Ok(())
+}
+
+/// Longest image reference the engine takes (a name, a tag and a digest).
+pub const MAX_IMAGE_LEN: usize = 512;
+/// Label keys Shoal sets on every container it makes.
+pub const CONTAINER_LABEL_PREFIX: &str = "com.shoal.";
+
+/// What only a container takes, refused for a process (naming the flag),
+/// and each container field's own rules.
+fn validate_container(task: &TaskSpec, runtime: &Runtime) -> Result<(), InvalidSpec> {
+    if !runtime.stop_signal.is_empty() && shoal_api::signal::number(&runtime.stop_signal).is_none()
+    {
+        return Err(invalid(
+            "stop_signal",
+            format!(
+                "{:?} is not a signal (a name such as SIGTERM or TERM, or a number from 1 to 64)",
+                runtime.stop_signal
+            ),
+        ));
+    }
+    let pids = task
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits)
+        .map_or(0, |l| l.pids);
+    if pids < 0 {
+        return Err(invalid(
+            "limit_pids",
+            format!("must not be negative, got {pids}"),
+        ));
+    }
+    if task
+        .resources
+        .as_ref()
+        .and_then(|r| r.reservations)
+        .is_some_and(|r| r.pids != 0)
+    {
+        return Err(invalid(
+            "reserve_pids",
+            "processes are limited, not reserved",
+        ));
+    }
+    if runtime.image.is_empty() {
+        let container_only = [
+            ("entrypoint", !runtime.entrypoint.is_empty()),
+            ("hostname", !runtime.hostname.is_empty()),
+            ("container_label", !runtime.labels.is_empty()),
+            ("mount", !runtime.mounts.is_empty()),
+            ("init", runtime.init),
+            ("read_only", runtime.read_only),
+            ("cap_add", !runtime.cap_add.is_empty()),
+            ("cap_drop", !runtime.cap_drop.is_empty()),
+            ("limit_pids", pids > 0),
+        ];
+        if let Some((field, _)) = container_only.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                *field,
+                format!(
+                    "only a container takes --{}: give the service an --image",
+                    field.replace('_', "-")
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let image = &runtime.image;
+    if image.len() > MAX_IMAGE_LEN
+        || image
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c.is_ascii_uppercase())
+        || image.starts_with(['-', ':', '@', '/'])
+    {
+        return Err(invalid(
+            "image",
+            format!(
+                "{:?} is not an image reference (NAME[:TAG][@DIGEST], lower case, at most {MAX_IMAGE_LEN} characters)",
+                truncated(image)
+            ),
+        ));
+    }
+    if runtime.entrypoint.first().is_some_and(|e| e.is_empty()) {
+        return Err(invalid(
+            "entrypoint",
+            "the program to run must not be empty",
+        ));
+    }
+    let hostname = &runtime.hostname;
+    if !hostname.is_empty()
+        && (hostname.len() > MAX_NAME_LEN
+            || !hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            || hostname.starts_with(['-', '.']))
+    {
+        return Err(invalid(
+            "hostname",
+            format!(
+                "{:?}: letters, digits, '-' and '.', at most {MAX_NAME_LEN} characters",
+                truncated(hostname)
+            ),
+        ));
+    }
+    for key in runtime.labels.keys() {
+        if key.is_empty() {
+            return Err(invalid("container_label", "a label needs a key"));
+        }
+        if key.starts_with(CONTAINER_LABEL_PREFIX) {
+            return Err(invalid(
+                "container_label",
+                format!("{key:?}: keys starting with {CONTAINER_LABEL_PREFIX} are Shoal's own"),
+            ));
+        }
+    }
+    let mut targets = HashSet::new();
+    for (i, m) in runtime.mounts.iter().enumerate() {
+        let field = format!("mount[{i}]");
+        let kind: mount::Type = enum_value(&field, m.r#type, "bind, volume or tmpfs")?;
+        if !m.target.starts_with('/') || m.target == "/" {
+            return Err(invalid(
+                field,
+                format!(
+                    "target {:?} must be an absolute path other than /",
+                    truncated(&m.target)
+                ),
+            ));
+        }
+        if !targets.insert(m.target.trim_end_matches('/')) {
+            return Err(invalid(
+                field,
+                format!("target {:?} is mounted twice", truncated(&m.target)),
+            ));
+        }
+        match kind {
+            mount::Type::Bind if !m.source.starts_with('/') => {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "a bind mount's source {:?} must be an absolute path on the node",
+                        truncated(&m.source)
+                    ),
+                ))
+            }
+            mount::Type::Volume
+                if !m.source.is_empty()
+                    && (!m.source.starts_with(|c: char| c.is_ascii_alphanumeric())
+                        || !m
+                            .source
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))) =>
+            {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "volume name {:?}: letters, digits, '_', '.' and '-', starting with a letter or digit",
+                        truncated(&m.source)
+                    ),
+                ))
+            }
+            mount::Type::Tmpfs if !m.source.is_empty() => {
+                return Err(invalid(field, "a tmpfs mount has no source"))
+            }
+            _ => {}
+        }
+        if m.tmpfs_size_bytes < 0 || (m.tmpfs_size_bytes > 0 && kind != mount::Type::Tmpfs) {
+            return Err(invalid(
+                field,
+                "tmpfs-size is for tmpfs mounts only, and not negative",
+            ));
+        }
+    }
+    for (field, caps) in [
+        ("cap_add", &runtime.cap_add),
+        ("cap_drop", &runtime.cap_drop),
+    ] {
+        for cap in caps {
+            let valid = !cap.is_empty()
+                && cap.len() <= 64
+                && cap.chars().all(|c| c.is_ascii_alphabetic() || c == '_');
+            if !valid {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{:?} is not a capability (e.g. NET_ADMIN, CAP_SYS_TIME or ALL)",
+                        truncated(cap)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// At most 64 characters of what a user gave, for an error message.
+fn truncated(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
 }
 
 fn validate_resources(resources: &ResourceRequirements) -> Result<(), InvalidSpec> {
@@ -334,6 +534,9 @@ fn validate_update_config(prefix: &str, update: &UpdateConfig) -> Result<(), Inv
 
 /// A health check: a command, and times within bounds.
 fn validate_health(health: &HealthConfig) -> Result<(), InvalidSpec> {
+    if health.disabled {
+        return Ok(());
+    }
     if health.command.trim().is_empty() {
         return Err(invalid(
             "health_cmd",
@@ -622,6 +825,7 @@ mod tests {
             timeout_ms: 1_000,
             retries: 3,
             start_period_ms: 0,
+            disabled: false,
         };
         let with = |h: HealthConfig| {
             let mut s = spec();
@@ -748,10 +952,12 @@ mod tests {
         let mut s = spec();
         s.task.as_mut().unwrap().resources = Some(ResourceRequirements {
             limits: Some(Resources {
+                pids: 0,
                 nano_cpus: 0,
                 memory_bytes: 64 << 20,
             }),
             reservations: Some(Resources {
+                pids: 0,
                 nano_cpus: 0,
                 memory_bytes: 128 << 20,
             }),

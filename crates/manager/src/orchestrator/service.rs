@@ -141,8 +141,23 @@ impl<F: FnMut() -> String> Maker<'_, F> {
             Place::Slot(s) => (*s, String::new()),
             Place::Node(n) => (0, n.clone()),
         };
+        let service_name = self
+            .service
+            .spec
+            .as_ref()
+            .and_then(|s| s.annotations.as_ref())
+            .map_or("", |a| a.name.as_str());
+        // As `service ps` names it; a container is named after it.
+        let name = match place {
+            Place::Slot(s) => format!("{service_name}.{s}"),
+            Place::Node(n) => format!("{service_name}.{n}"),
+        };
         Task {
             id: (self.new_id)(),
+            annotations: Some(shoal_api::Annotations {
+                name,
+                labels: Default::default(),
+            }),
             spec: self.service.spec.as_ref().and_then(|s| s.task.clone()),
             spec_version: self.service.spec_version,
             service_id: self.service.id.clone(),

@@ -14,6 +14,7 @@ use super::*;
 pub(super) enum Reason {
     NotReady,
     NotActive,
+    NoEngine,
     Memory,
     Cpu,
     Constraint(usize),
@@ -39,6 +40,14 @@ impl NodeSet {
             } else {
                 Reason::NotActive
             });
+        }
+        if group.needs_engine
+            && node
+                .description
+                .as_ref()
+                .is_none_or(|d| d.engine_version.is_empty())
+        {
+            return Some(Reason::NoEngine);
         }
         if group.memory > load.memory_left {
             return Some(Reason::Memory);
@@ -96,6 +105,7 @@ impl fmt::Display for ReasonText<'_> {
         match self.0 {
             Reason::NotReady => write!(f, "node not ready"),
             Reason::NotActive => write!(f, "node not active"),
+            Reason::NoEngine => write!(f, "no Docker Engine for the image"),
             Reason::Memory => write!(f, "insufficient memory"),
             Reason::Cpu => write!(f, "insufficient CPU"),
             Reason::Constraint(i) => match self.1.constraints.get(*i) {

@@ -109,6 +109,8 @@ pub(super) struct Group {
     pub(super) preferences: Arc<[String]>,
     pub(super) max_per_node: usize,
     pub(super) ports: Arc<[HostPort]>,
+    /// Its tasks run an image: only a node with a Docker Engine takes them.
+    pub(super) needs_engine: bool,
     /// The lane of nodes to search ([`NodeSet::lane`]).
     pub(super) lane: usize,
     /// Boxed: a task is large (moving 100,000 of them as the list grows
@@ -141,6 +143,7 @@ impl Group {
                 usize::try_from(p.max_replicas_per_node).unwrap_or(usize::MAX)
             }),
             ports: host_ports(task),
+            needs_engine: spec.runtime.as_ref().is_some_and(|r| !r.image.is_empty()),
             lane: 0,
             tasks: Vec::new(),
             spec,

@@ -169,6 +169,7 @@ pub fn node(
         description: Some(NodeDescription {
             hostname: id.into(),
             resources: Some(Resources {
+                pids: 0,
                 nano_cpus: 2_000_000_000,
                 memory_bytes: memory,
             }),
