@@ -48,6 +48,8 @@ const ENGINE_RETRY: Duration = Duration::from_secs(1);
 /// After the container ended, how long its last output may take to reach
 /// the logs.
 const LOG_DRAIN: Duration = Duration::from_secs(5);
+/// Between two asks whether a health check's exec has ended.
+const EXEC_POLL: Duration = Duration::from_millis(10);
 /// The pull progress kept for the task's message, at most.
 const MAX_PULL_STATUS: usize = 200;
 
@@ -641,12 +643,18 @@ async fn exec(
         }
         StartExecResults::Detached => {}
     }
-    let code = docker
-        .inspect_exec(&created.id)
-        .await
-        .map_err(|e| format!("the health check's exit code: {}", engine_text(&e)))?
-        .exit_code
-        .unwrap_or(-1);
+    // The output can end before the engine records the exit: ask until it
+    // has (the caller bounds the whole check by its timeout).
+    let code = loop {
+        let inspected = docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| format!("the health check's exit code: {}", engine_text(&e)))?;
+        match (inspected.running, inspected.exit_code) {
+            (Some(false), Some(code)) => break code,
+            _ => tokio::time::sleep(EXEC_POLL).await,
+        }
+    };
     Ok((
         code as i32,
         String::from_utf8_lossy(&output).trim_end().to_string(),

@@ -48,9 +48,30 @@ pub struct SpecFlags {
     /// A replicated job's tasks running at once (0: all its replicas).
     #[arg(long)]
     pub max_concurrent: Option<u64>,
-    /// Image to run with the docker executor (empty: the command runs as a process).
+    /// Image to run as a container on nodes with a Docker Engine (without
+    /// one, the command runs as a process).
     #[arg(long)]
     pub image: Option<String>,
+    /// Replace the image's ENTRYPOINT (words split as a shell splits them;
+    /// "" clears it).
+    #[arg(long, value_name = "COMMAND")]
+    pub entrypoint: Option<String>,
+    /// The container's hostname.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Run an init inside the container that forwards signals and reaps
+    /// processes.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub init: Option<bool>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub read_only: Option<bool>,
+    /// The signal that asks a task to stop (default SIGTERM).
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Most processes each container may run (0: no limit).
+    #[arg(long, value_name = "COUNT", allow_negative_numbers = true)]
+    pub limit_pids: Option<i64>,
     /// Working directory of the command.
     #[arg(long)]
     pub workdir: Option<String>,
@@ -166,6 +187,20 @@ pub struct ListFlags {
     /// Attach to a network (repeatable).
     #[arg(long = "network", value_name = "NETWORK")]
     pub networks: Vec<String>,
+    /// Mount into the container:
+    /// type=bind|volume|tmpfs,source=S,target=T[,readonly][,tmpfs-size=SIZE]
+    /// (repeatable; replaces a mount at the same target).
+    #[arg(long = "mount", value_parser = parse::mount, value_name = "MOUNT")]
+    pub mounts: Vec<shoal_api::Mount>,
+    /// Container label KEY=VALUE (repeatable).
+    #[arg(long = "container-label", value_parser = parse::key_value, value_name = "KEY=VALUE")]
+    pub container_labels: Vec<(String, String)>,
+    /// Add a Linux capability to the container (repeatable).
+    #[arg(long = "cap-add", value_name = "CAPABILITY")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability from the container (repeatable).
+    #[arg(long = "cap-drop", value_name = "CAPABILITY")]
+    pub cap_drop: Vec<String>,
 }
 
 /// Flags of `service update` that remove entries.
@@ -189,6 +224,12 @@ pub struct RemoveFlags {
     /// Detach from a network.
     #[arg(long, value_name = "NETWORK")]
     pub network_rm: Vec<String>,
+    /// Remove the mount at TARGET.
+    #[arg(long, value_name = "TARGET")]
+    pub mount_rm: Vec<String>,
+    /// Remove a container label by KEY.
+    #[arg(long, value_name = "KEY")]
+    pub container_label_rm: Vec<String>,
 }
 
 fn update_config(
@@ -242,7 +283,11 @@ impl SpecFlags {
     /// fields taking docker's defaults; `--no-healthcheck` removes it.
     fn apply_health(&self, task: &mut shoal_api::TaskSpec) {
         if self.no_healthcheck {
-            task.health = None;
+            // Not even the image's own HEALTHCHECK.
+            task.health = Some(shoal_api::HealthConfig {
+                disabled: true,
+                ..Default::default()
+            });
             return;
         }
         let any = self.health_cmd.is_some()
@@ -252,6 +297,9 @@ impl SpecFlags {
             || self.health_start_period.is_some();
         if !any {
             return;
+        }
+        if task.health.as_ref().is_some_and(|h| h.disabled) {
+            task.health = None;
         }
         let health = task.health.get_or_insert_with(|| shoal_api::HealthConfig {
             interval_ms: HEALTH_INTERVAL_MS,
@@ -288,8 +336,9 @@ pub fn apply_mode(spec: &mut ServiceSpec, mode: Mode) {
 }
 
 impl SpecFlags {
-    /// Writes every flag that was given into `spec`.
-    pub fn apply(&self, spec: &mut ServiceSpec) {
+    /// Writes every flag that was given into `spec`. `--entrypoint` that
+    /// does not split into words is refused.
+    pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), String> {
         if let Some(r) = self.replicas {
             spec.replicas = Some(r);
         }
@@ -311,10 +360,26 @@ impl SpecFlags {
         if let Some(v) = self.stop_grace_period {
             runtime.stop_grace_period_ms = v;
         }
+        if let Some(v) = &self.entrypoint {
+            runtime.entrypoint = parse::words(v).map_err(|e| format!("--entrypoint: {e}"))?;
+        }
+        if let Some(v) = &self.hostname {
+            runtime.hostname = v.clone();
+        }
+        if let Some(v) = self.init {
+            runtime.init = v;
+        }
+        if let Some(v) = self.read_only {
+            runtime.read_only = v;
+        }
+        if let Some(v) = &self.stop_signal {
+            runtime.stop_signal = v.clone();
+        }
         if self.reserve_cpu.is_some()
             || self.reserve_memory.is_some()
             || self.limit_cpu.is_some()
             || self.limit_memory.is_some()
+            || self.limit_pids.is_some()
         {
             let resources = task.resources.get_or_insert_with(Default::default);
             let reservations = resources.reservations.get_or_insert_with(Default::default);
@@ -330,6 +395,9 @@ impl SpecFlags {
             }
             if let Some(v) = self.limit_memory {
                 limits.memory_bytes = v;
+            }
+            if let Some(v) = self.limit_pids {
+                limits.pids = v;
             }
         }
         if self.restart_condition.is_some()
@@ -383,6 +451,7 @@ impl SpecFlags {
             self.rollback_max_failure_ratio,
             self.rollback_order,
         );
+        Ok(())
     }
 }
 
@@ -405,6 +474,27 @@ impl ListFlags {
         for entry in &self.env {
             runtime.env.retain(|e| env_key(e) != env_key(entry));
             runtime.env.push(entry.clone());
+        }
+        for m in &self.mounts {
+            runtime.mounts.retain(|x| x.target != m.target);
+            runtime.mounts.push(m.clone());
+        }
+        for (k, v) in &self.container_labels {
+            runtime.labels.insert(k.clone(), v.clone());
+        }
+        // As docker's: adding a capability takes it off the drop list, and
+        // the reverse.
+        for cap in &self.cap_add {
+            runtime.cap_drop.retain(|c| !c.eq_ignore_ascii_case(cap));
+            if !runtime.cap_add.iter().any(|c| c.eq_ignore_ascii_case(cap)) {
+                runtime.cap_add.push(cap.clone());
+            }
+        }
+        for cap in &self.cap_drop {
+            runtime.cap_add.retain(|c| !c.eq_ignore_ascii_case(cap));
+            if !runtime.cap_drop.iter().any(|c| c.eq_ignore_ascii_case(cap)) {
+                runtime.cap_drop.push(cap.clone());
+            }
         }
         if !self.constraints.is_empty() || !self.placement_prefs.is_empty() {
             let placement = task.placement.get_or_insert_with(Default::default);
@@ -465,6 +555,12 @@ impl RemoveFlags {
             runtime
                 .env
                 .retain(|e| !self.env_rm.iter().any(|k| k == env_key(e)));
+            runtime
+                .mounts
+                .retain(|m| !self.mount_rm.contains(&m.target));
+            for k in &self.container_label_rm {
+                runtime.labels.remove(k);
+            }
         }
         if let Some(placement) = task.placement.as_mut() {
             placement
@@ -529,7 +625,8 @@ mod tests {
             update_delay: Some(5_000),
             ..Default::default()
         }
-        .apply(&mut spec);
+        .apply(&mut spec)
+        .unwrap();
         let restart = spec.task.unwrap().restart.unwrap();
         assert_eq!(
             restart.condition,

@@ -1,8 +1,8 @@
 //! Parsers for flag values: durations (`1m30s`), memory (`64M`), CPUs (`0.5`),
-//! ports (`8080:80/tcp`), `KEY=VALUE` pairs. Each error says what form was
-//! expected; clap prefixes it with the flag's name.
+//! ports (`8080:80/tcp`), `KEY=VALUE` pairs, mounts, command words. Each
+//! error says what form was expected; clap prefixes it with the flag's name.
 
-use shoal_api::{port_config, PortConfig};
+use shoal_api::{mount, port_config, Mount, PortConfig};
 
 /// `250ms`, `5s`, `1m30s`, `2h`, or `0`. Returns milliseconds.
 pub fn duration_ms(text: &str) -> Result<u64, String> {
@@ -155,6 +155,107 @@ pub fn key_value(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `type=bind,source=/host,target=/in,readonly` as docker's `--mount`:
+/// keys `type` (bind, volume, tmpfs; volume when absent), `source`/`src`,
+/// `target`/`destination`/`dst`, `readonly`/`ro` (alone, or `=true|false`),
+/// `tmpfs-size`.
+pub fn mount(text: &str) -> Result<Mount, String> {
+    let bad =
+        |why: &str| format!("{text:?}: {why} (e.g. type=bind,source=/data,target=/data,readonly)");
+    let mut m = Mount {
+        r#type: mount::Type::Volume as i32,
+        ..Default::default()
+    };
+    for part in text.split(',') {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (part.trim(), None),
+        };
+        match (key, value) {
+            ("type", Some(v)) => {
+                m.r#type = match v {
+                    "bind" => mount::Type::Bind,
+                    "volume" => mount::Type::Volume,
+                    "tmpfs" => mount::Type::Tmpfs,
+                    other => return Err(bad(&format!("unknown type {other:?}"))),
+                } as i32
+            }
+            ("source" | "src", Some(v)) => m.source = v.to_string(),
+            ("target" | "destination" | "dst", Some(v)) => m.target = v.to_string(),
+            ("readonly" | "ro", None) => m.read_only = true,
+            ("readonly" | "ro", Some(v)) => {
+                m.read_only = match v {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => return Err(bad(&format!("readonly={other:?} is not true or false"))),
+                }
+            }
+            ("tmpfs-size", Some(v)) => m.tmpfs_size_bytes = memory_bytes(v)?,
+            (k, _) => return Err(bad(&format!("unknown key {k:?}"))),
+        }
+    }
+    if m.target.is_empty() {
+        return Err(bad("target is required"));
+    }
+    Ok(m)
+}
+
+/// Words as a shell splits them (`sh -c "echo hi"` → `sh`, `-c`, `echo
+/// hi`): single and double quotes and backslashes, no expansion.
+pub fn words(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if let Some(w) = word.take() {
+                    out.push(w);
+                }
+            }
+            '\\' => {
+                let next = chars
+                    .next()
+                    .ok_or_else(|| format!("{text:?}: ends with a lone backslash"))?;
+                word.get_or_insert_with(String::new).push(next);
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err(format!("{text:?}: a single quote is not closed")),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err(format!("{text:?}: a double quote is not closed")),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err(format!("{text:?}: a double quote is not closed")),
+                    }
+                }
+            }
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    if let Some(w) = word {
+        out.push(w);
+    }
+    Ok(out)
+}
+
 /// `NAME=COUNT` for `service scale`.
 pub fn scale(text: &str) -> Result<(String, i64), String> {
     let (name, count) = text
@@ -232,6 +333,37 @@ mod tests {
         for bad in ["0:80", "80:70000", "80:80/sctp", "a:b", ""] {
             assert!(port(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn mounts_take_dockers_keys() {
+        let m = mount("type=bind,source=/data,target=/in,readonly").unwrap();
+        assert_eq!(m.r#type, mount::Type::Bind as i32);
+        assert_eq!((m.source.as_str(), m.target.as_str()), ("/data", "/in"));
+        assert!(m.read_only);
+        let v = mount("src=cache,dst=/cache,ro=false").unwrap();
+        assert_eq!(v.r#type, mount::Type::Volume as i32);
+        assert!(!v.read_only);
+        let t = mount("type=tmpfs,target=/tmp,tmpfs-size=64M").unwrap();
+        assert_eq!(t.tmpfs_size_bytes, 64 << 20);
+        assert!(mount("type=nfs,target=/x")
+            .unwrap_err()
+            .contains("unknown type \"nfs\""));
+        assert!(mount("source=/x")
+            .unwrap_err()
+            .contains("target is required"));
+        assert!(mount("target=/x,colour=red")
+            .unwrap_err()
+            .contains("unknown key \"colour\""));
+    }
+
+    #[test]
+    fn words_split_as_a_shell_splits_them() {
+        assert_eq!(words("sh -c 'echo hi'").unwrap(), ["sh", "-c", "echo hi"]);
+        assert_eq!(words(r#"a "b c" d\ e"#).unwrap(), ["a", "b c", "d e"]);
+        assert_eq!(words("  ").unwrap(), Vec::<String>::new());
+        assert_eq!(words("''").unwrap(), [""]);
+        assert!(words("'open").unwrap_err().contains("not closed"));
     }
 
     #[test]

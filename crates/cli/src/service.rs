@@ -164,7 +164,7 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
                 ..Default::default()
             };
             apply_mode(&mut spec, args.mode);
-            args.spec.apply(&mut spec);
+            args.spec.apply(&mut spec).map_err(anyhow::Error::msg)?;
             args.lists.apply(&mut spec, false);
             set_command(&mut spec, args.command);
             let created = call!(
@@ -244,7 +244,7 @@ pub async fn run(mut client: Client, cmd: ServiceCommand) -> anyhow::Result<()> 
             let (id, change) = loop {
                 let current = get(&mut client, &args.service).await?;
                 let mut spec = current.spec.clone().unwrap_or_default();
-                args.spec.apply(&mut spec);
+                args.spec.apply(&mut spec).map_err(anyhow::Error::msg)?;
                 args.lists.apply(&mut spec, true);
                 args.removals.apply(&mut spec, &resolve);
                 if !args.command.is_empty() {

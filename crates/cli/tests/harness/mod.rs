@@ -57,6 +57,23 @@ impl Daemon {
     /// Starts a daemon, in `netns` when given (`ip netns exec` execs the
     /// daemon: the child is the daemon itself).
     pub fn spawn_in(netns: Option<&str>, state_dir: &Path, args: &[&str]) -> Daemon {
+        Daemon::spawn_env(netns, state_dir, args, &[])
+    }
+
+    /// Starts a daemon with `envs` set, and waits until it answers.
+    pub fn start_env(state_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let mut daemon = Daemon::spawn_env(None, state_dir, args, envs);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts a daemon, in `netns` when given, with `envs` set.
+    pub fn spawn_env(
+        netns: Option<&str>,
+        state_dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Daemon {
         let socket = state_dir.join("shoal.sock");
         let mut log = state_dir.as_os_str().to_owned();
         log.push(".daemon.log");
@@ -78,6 +95,7 @@ impl Daemon {
             .args(["daemon", "--state-dir"])
             .arg(state_dir)
             .args(args)
+            .envs(envs.iter().copied())
             // Enough to follow a failed test's daemon through its log.
             .env(
                 "SHOAL_LOG",
@@ -480,4 +498,88 @@ pub fn update_state(d: &Daemon, service: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// The local test image (Debian's busybox-static, `docker import`ed by
+/// `scripts/busybox-image.sh`), or `None`, said on stderr, when this
+/// machine has no Docker Engine or no static busybox: container tests skip.
+pub fn test_image() -> Option<String> {
+    const TAG: &str = "shoal-test/busybox:1";
+    let engine = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output();
+    if !engine.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: no Docker Engine answers here (docker version failed)");
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-image.sh");
+    let made = Command::new("bash")
+        .arg(&script)
+        .arg(TAG)
+        .output()
+        .expect("bash runs");
+    if !made.status.success() {
+        eprintln!(
+            "SKIPPED: the test image could not be made: {}",
+            String::from_utf8_lossy(&made.stderr).trim()
+        );
+        return None;
+    }
+    Some(TAG.to_string())
+}
+
+/// Removes, when dropped, every container of the node `node_id` (a test's
+/// daemon is killed, not stopped; its containers must not outlive it).
+pub struct Containers {
+    pub node_id: String,
+}
+
+impl Containers {
+    /// The ids of the node's containers, running or not.
+    pub fn ids(&self) -> Vec<String> {
+        docker(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=com.shoal.node.id={}", self.node_id),
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    }
+
+    /// The container of task `task_id`, if the engine has one.
+    pub fn of_task(&self, task_id: &str) -> Option<String> {
+        docker(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=com.shoal.task.id={task_id}"),
+        ])
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let ids = self.ids();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(ids.iter().map(String::as_str));
+            let _ = Command::new("docker").args(&args).output();
+        }
+    }
+}
+
+/// Runs `docker ARGS`; its stdout (empty when it failed).
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
