@@ -73,6 +73,8 @@ pub struct ContainerExecutor {
     unreachable_since: Option<tokio::time::Instant>,
     own_health: Option<HealthConfig>,
     log_copy: Option<tokio::task::JoinHandle<()>>,
+    /// How a pull goes, for the task's status message.
+    progress: tokio::sync::watch::Sender<String>,
 }
 
 impl Drop for ContainerExecutor {
@@ -126,6 +128,7 @@ impl ContainerExecutor {
             unreachable_since: None,
             own_health: None,
             log_copy: None,
+            progress: tokio::sync::watch::Sender::new(String::new()),
         }
     }
 
@@ -257,7 +260,14 @@ impl ContainerExecutor {
                 }
                 if let Some(status) = step.status {
                     last = status.chars().take(MAX_PULL_STATUS).collect();
-                    tracing::debug!(task = %self.task_id, image, status = %last, "pulling");
+                    let detail = step
+                        .progress_detail
+                        .and_then(|d| Some((d.current?, d.total?)))
+                        .filter(|(_, total)| *total > 0)
+                        .map(|(current, total)| format!(" {}%", current * 100 / total))
+                        .unwrap_or_default();
+                    self.progress
+                        .send_replace(format!("pulling {image}: {last}{detail}"));
                 }
             }
             Ok(())
@@ -602,6 +612,10 @@ impl Executor for ContainerExecutor {
 
     fn own_health_check(&self) -> Option<HealthConfig> {
         self.own_health.clone()
+    }
+
+    fn progress(&mut self) -> Option<tokio::sync::watch::Receiver<String>> {
+        Some(self.progress.subscribe())
     }
 }
 

@@ -85,6 +85,11 @@ pub trait Executor: Send + 'static {
         command: &str,
         timeout: Duration,
     ) -> impl Future<Output = shoal_api::HealthProbe> + Send + 'static;
+    /// News of a long prepare (an image's pull), for the task's status
+    /// message while it is PREPARING; taken once, before `prepare`.
+    fn progress(&mut self) -> Option<tokio::sync::watch::Receiver<String>> {
+        None
+    }
     /// A health check the workload brings itself (an image's HEALTHCHECK),
     /// known once prepared; used when the task's spec sets none.
     fn own_health_check(&self) -> Option<shoal_api::HealthConfig> {

@@ -170,6 +170,13 @@ impl Executor for HostExecutor {
         probe
     }
 
+    fn progress(&mut self) -> Option<tokio::sync::watch::Receiver<String>> {
+        match self {
+            HostExecutor::Process(e) => e.progress(),
+            HostExecutor::Container(e) => e.progress(),
+        }
+    }
+
     fn own_health_check(&self) -> Option<HealthConfig> {
         match self {
             HostExecutor::Process(e) => e.own_health_check(),

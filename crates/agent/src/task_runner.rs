@@ -81,6 +81,9 @@ async fn run_probe(probe: &mut Option<Probe>) -> HealthProbe {
     }
 }
 
+/// How often a long prepare's news is reported, at most.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// How often a running task gets its housekeeping (log rotation).
 const HOUSEKEEPING_PERIOD_MS: u64 = 5_000;
 
@@ -211,7 +214,7 @@ impl<E: Executor> TaskRunner<E> {
                 Step::Prepare => {
                     self.report(TaskState::Preparing, "preparing", String::new(), 0)
                         .await;
-                    match self.executor.prepare().await {
+                    match self.prepare().await {
                         Ok(()) => {
                             self.report(TaskState::Ready, "prepared", String::new(), 0)
                                 .await
@@ -282,6 +285,55 @@ impl<E: Executor> TaskRunner<E> {
                 Step::Shutdown => self.shutdown().await,
             }
         }
+    }
+
+    /// Prepares the workload; news of a long prepare (a pull) is reported
+    /// as the PREPARING task's message, at most once a [`PROGRESS_EVERY`].
+    async fn prepare(&mut self) -> Result<(), TaskFailure> {
+        let Some(mut progress) = self.executor.progress() else {
+            return self.executor.prepare().await;
+        };
+        let (tx, mut rx) = mpsc::channel::<String>(1);
+        let forward = async move {
+            while progress.changed().await.is_ok() {
+                let news = progress.borrow_and_update().clone();
+                if tx.send(news).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(PROGRESS_EVERY).await;
+            }
+        };
+        let prepare = self.executor.prepare();
+        tokio::pin!(prepare, forward);
+        let mut news = Vec::new();
+        let mut forwarding = true;
+        let result = loop {
+            tokio::select! {
+                result = &mut prepare => break result,
+                _ = &mut forward, if forwarding => forwarding = false,
+                Some(message) = rx.recv() => news.push(message),
+            }
+            if let Some(message) = news.pop() {
+                // The future borrowing the executor is still pending: the
+                // report goes out through the channel alone.
+                let status = TaskStatus {
+                    timestamp_ms: now_ms(),
+                    state: self.observed as i32,
+                    message,
+                    pid: self.workload.pid,
+                    container_id: self.workload.container_id.clone(),
+                    ..Default::default()
+                };
+                let _ = self
+                    .updates
+                    .send(TaskUpdate {
+                        task_id: self.task_id.clone(),
+                        status,
+                    })
+                    .await;
+            }
+        };
+        result
     }
 
     /// Takes a health check's result: a change of verdict is reported, and
@@ -390,6 +442,80 @@ mod tests {
             assert_eq!(next_step(observed, Shutdown), Step::Shutdown);
             assert_eq!(next_step(observed, Remove), Step::Shutdown);
         }
+    }
+
+    /// Prepares until let go, telling its progress meanwhile.
+    struct Pulling {
+        progress: tokio::sync::watch::Sender<String>,
+        done: Option<tokio::sync::oneshot::Receiver<()>>,
+    }
+
+    impl Executor for Pulling {
+        async fn prepare(&mut self) -> Result<(), TaskFailure> {
+            if let Some(done) = self.done.take() {
+                let _ = done.await;
+            }
+            Err(TaskFailure("no such image".into()))
+        }
+        async fn start(&mut self) -> Result<Workload, TaskFailure> {
+            unreachable!("a rejected task never starts")
+        }
+        async fn wait(&mut self) -> Result<ExitOutcome, TaskFailure> {
+            std::future::pending().await
+        }
+        async fn shutdown(&mut self, _: Duration) -> Result<Option<ExitOutcome>, TaskFailure> {
+            Ok(None)
+        }
+        async fn remove(&mut self) -> Result<(), TaskFailure> {
+            Ok(())
+        }
+        fn probe(
+            &self,
+            _: &str,
+            _: Duration,
+        ) -> impl std::future::Future<Output = HealthProbe> + Send + 'static {
+            std::future::pending()
+        }
+        fn progress(&mut self) -> Option<watch::Receiver<String>> {
+            Some(self.progress.subscribe())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_prepare_reports_its_progress_as_the_preparing_message() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let progress = tokio::sync::watch::Sender::new(String::new());
+        let executor = Pulling {
+            progress: progress.clone(),
+            done: Some(done_rx),
+        };
+        let (_desired_tx, desired_rx) = watch::channel(Running);
+        let (updates_tx, mut updates) = mpsc::channel(16);
+        let runner = TaskRunner::new(
+            "t1".into(),
+            executor,
+            Accepted,
+            desired_rx,
+            updates_tx,
+            Duration::from_secs(1),
+        );
+        let run = tokio::spawn(runner.run());
+        let first = updates.recv().await.unwrap().status;
+        assert_eq!(
+            (first.state, first.message.as_str()),
+            (Preparing as i32, "preparing")
+        );
+        progress.send_replace("pulling redis:7: Downloading 40%".into());
+        let news = updates.recv().await.unwrap().status;
+        assert_eq!(news.state, Preparing as i32);
+        assert_eq!(news.message, "pulling redis:7: Downloading 40%");
+        done_tx.send(()).unwrap();
+        let last = updates.recv().await.unwrap().status;
+        assert_eq!(
+            (last.state, last.err.as_str()),
+            (Rejected as i32, "no such image")
+        );
+        assert_eq!(run.await.unwrap(), Rejected);
     }
 
     #[test]

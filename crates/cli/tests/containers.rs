@@ -39,6 +39,11 @@ fn a_container_sees_its_env_mounts_and_hostname_and_the_engine_enforces_its_limi
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("greeting"), "from the host").unwrap();
+    // The container runs as nobody: it must reach the file.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [tmp.path(), data.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let bind = format!("type=bind,source={},target=/data,readonly", data.display());
     d.ok(&[
         "service",
@@ -68,10 +73,15 @@ fn a_container_sees_its_env_mounts_and_hostname_and_the_engine_enforces_its_limi
         "--cap-drop",
         "NET_RAW",
         "--init",
+        "--read-only",
+        "--user",
+        "nobody",
+        "--workdir",
+        "/scratch",
+        "--entrypoint",
+        "sh -c",
         "--",
-        "sh",
-        "-c",
-        "echo colour=$COLOUR host=$(hostname) data=$(cat /data/greeting); touch /scratch/ok && echo tmpfs=yes; sleep 3600",
+        "echo colour=$COLOUR host=$(hostname) data=$(cat /data/greeting) uid=$(id -u) dir=$(pwd); touch /etc/x 2>/dev/null || echo rootfs=ro; grep -q ' /scratch tmpfs ' /proc/mounts && echo tmpfs=yes; sleep 3600",
     ]);
     wait_until("the container runs", || running_tasks(&d, "box").len() == 1);
     let task = running_tasks(&d, "box").remove(0);
@@ -86,9 +96,10 @@ fn a_container_sees_its_env_mounts_and_hostname_and_the_engine_enforces_its_limi
     });
     let logs = d.ok(&["service", "logs", "box"]);
     assert!(
-        logs.contains("colour=teal host=boxy data=from the host"),
+        logs.contains("colour=teal host=boxy data=from the host uid=65534 dir=/scratch"),
         "{logs}"
     );
+    assert!(logs.contains("rootfs=ro"), "{logs}");
     let format = "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}} {{.Config.StopSignal}} {{.HostConfig.Init}} {{json .HostConfig.CapDrop}} {{index .Config.Labels \"team\"}} {{index .Config.Labels \"com.shoal.service.id\"}}";
     let seen = docker(&["inspect", "--format", format, &id]);
     let service_id = task["service_id"].as_str().unwrap();
@@ -96,6 +107,46 @@ fn a_container_sees_its_env_mounts_and_hostname_and_the_engine_enforces_its_limi
         seen,
         format!("67108864 500000000 40 SIGUSR1 true [\"NET_RAW\"] storage {service_id}")
     );
+}
+
+#[test]
+fn a_host_mode_published_port_reaches_the_containers_target_port() {
+    let Some(image) = test_image() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_containers, d) = node(&tmp.path().join("n"));
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().port()
+    };
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--image",
+        &image,
+        "--publish",
+        &format!("published={port},target=8000,mode=host"),
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo served-by-shoal > /tmp/www/index.html && exec httpd -f -p 8000 -h /tmp/www",
+    ]);
+    wait_until("the container runs", || running_tasks(&d, "web").len() == 1);
+    let fetch = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .ok()?;
+        stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    wait_until("the published port answers", || {
+        fetch().is_some_and(|b| b.contains("served-by-shoal"))
+    });
 }
 
 #[test]
