@@ -210,6 +210,18 @@ impl ContainerExecutor {
         }
     }
 
+    async fn create(
+        &self,
+    ) -> Result<bollard::models::ContainerCreateResponse, bollard::errors::Error> {
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&self.name)
+            .build();
+        self.engine
+            .docker
+            .create_container(Some(options), self.config())
+            .await
+    }
+
     /// The image, from the node or pulled; its own health check kept.
     async fn image(&mut self) -> Result<(), TaskFailure> {
         let image = self.runtime.image.clone();
@@ -453,26 +465,26 @@ impl ContainerExecutor {
 impl Executor for ContainerExecutor {
     async fn prepare(&mut self) -> Result<(), TaskFailure> {
         self.image().await?;
-        // An earlier try of this task (an agent that died mid-prepare) may
-        // have left its container under this name.
-        self.remove_container(&self.name.clone()).await?;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| TaskFailure(format!("task directory {}: {e}", self.dir.display())))?;
-        let options = CreateContainerOptionsBuilder::new()
-            .name(&self.name)
-            .build();
-        let created = self
-            .engine
-            .docker
-            .create_container(Some(options), self.config())
-            .await
-            .map_err(|e| {
-                TaskFailure(format!(
-                    "creating the container of image {:?}: {}",
-                    self.runtime.image,
-                    engine_text(&e)
-                ))
-            })?;
+        let created = match self.create().await {
+            // An earlier try of this task (an agent that died mid-prepare)
+            // left its container under this name.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                self.remove_container(&self.name).await?;
+                self.create().await
+            }
+            other => other,
+        }
+        .map_err(|e| {
+            TaskFailure(format!(
+                "creating the container of image {:?}: {}",
+                self.runtime.image,
+                engine_text(&e)
+            ))
+        })?;
         self.container_id = Some(created.id);
         Ok(())
     }

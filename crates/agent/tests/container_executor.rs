@@ -1,0 +1,89 @@
+//! The container executor on the machine's Docker Engine, without a
+//! cluster: what a restarted agent finds left by the one before. Skips,
+//! saying so, where no engine answers or the test image cannot be made.
+
+use std::time::Duration;
+
+use shoal_agent::container::ContainerExecutor;
+use shoal_agent::{Engine, Executor};
+use shoal_api::{Annotations, Runtime, Task, TaskSpec};
+
+async fn engine_and_image() -> Option<(Engine, String)> {
+    let engine = match Engine::detect().await {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            return None;
+        }
+    };
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-image.sh");
+    let made = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .unwrap();
+    if !made.status.success() {
+        eprintln!(
+            "SKIPPED: the test image could not be made: {}",
+            String::from_utf8_lossy(&made.stderr).trim()
+        );
+        return None;
+    }
+    Some((
+        engine,
+        String::from_utf8_lossy(&made.stdout).trim().to_string(),
+    ))
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_an_earlier_prepare_left_under_the_tasks_name_is_replaced() {
+    let Some((engine, image)) = engine_and_image().await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let task_id = format!("leftover{}", std::process::id());
+    let name = format!("box.1.{task_id}");
+    let stale = docker(&["create", "--name", &name, &image, "sleep", "1"]);
+    assert!(!stale.is_empty());
+    let task = Task {
+        id: task_id.clone(),
+        annotations: Some(Annotations {
+            name: "box.1".into(),
+            labels: Default::default(),
+        }),
+        spec: Some(TaskSpec {
+            runtime: Some(Runtime {
+                image: image.clone(),
+                command: vec!["sh".into(), "-c".into(), "exit 7".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut executor = ContainerExecutor::new(&engine, tmp.path(), 1 << 20, &task);
+    executor.prepare().await.unwrap();
+    let started = executor.start().await.unwrap();
+    assert_ne!(
+        started.container_id, stale,
+        "a new container, not the stale one"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(60), executor.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.exit_code, 7);
+    executor.remove().await.unwrap();
+    assert_eq!(
+        docker(&["ps", "-aq", "--filter", &format!("name={name}")]),
+        ""
+    );
+}
