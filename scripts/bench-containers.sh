@@ -18,11 +18,25 @@ cd "$(dirname "$0")/.."
 sizes=("${@:-20}")
 [[ $# -gt 0 ]] || sizes=(20 100)
 rounds=${ROUNDS:-3}
+if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') != inactive ]]; then
+  echo "this engine is already in a swarm: the benchmark switches swarm mode on and off, so it will not run here" >&2
+  exit 1
+fi
 image=$(bash scripts/busybox-image.sh)
 cargo build --release --locked -p shoal >/dev/null 2>&1
 shoal=$PWD/target/release/shoal
 work=$(mktemp -d)
-trap 'docker swarm leave --force >/dev/null 2>&1 || true; pkill -f "$work/state" || true; docker ps -aq --filter label=bench=floor | xargs -r docker rm -f >/dev/null; rm -rf "$work"' EXIT
+swarm_on=
+node_label=bench=none
+clean_up() {
+  [[ -z "$swarm_on" ]] || docker swarm leave --force >/dev/null 2>&1 || true
+  pkill -f "$work/state" || true
+  for label in bench=floor "$node_label"; do
+    docker ps -aq --filter "label=$label" | xargs -r docker rm -f >/dev/null
+  done
+  rm -rf "$work"
+}
+trap clean_up EXIT
 
 now_ms() { date +%s%3N; }
 # Running containers with label $1.
@@ -97,6 +111,7 @@ declare -A results
 export SHOAL_SOCKET=$work/state/shoal.sock
 shoal_up() { "$shoal" version >/dev/null 2>&1; }
 wait_for shoal_up
+node_label=com.shoal.node.id=$("$shoal" node inspect self | grep -m1 '"id"' | cut -d'"' -f4)
 for n in "${sizes[@]}"; do
   f=() s=()
   for _ in $(seq "$rounds"); do f+=("$(floor "$n")"); done
@@ -110,6 +125,7 @@ for n in "${sizes[@]}"; do
 done
 pkill -f "$work/state" || true
 docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+swarm_on=1
 for n in "${sizes[@]}"; do
   w=()
   for _ in $(seq "$rounds"); do w+=("$(swarm_round "$n")"); done
@@ -120,6 +136,7 @@ for n in "${sizes[@]}"; do
   done
 done
 docker swarm leave --force >/dev/null
+swarm_on=
 
 echo "| N | step | Shoal (ms) | Swarm mode (ms) | floor: N parallel docker run -d (ms) |"
 echo "|---|---|---|---|---|"

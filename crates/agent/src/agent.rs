@@ -206,6 +206,9 @@ pub enum AgentExit {
     /// A manager said this node was removed from the cluster (the reason):
     /// it must not run tasks any more, its replacements run elsewhere.
     Removed(String),
+    /// The workloads earlier agents left could not be known (why): running
+    /// tasks now could run them twice.
+    Failed(String),
 }
 
 /// How the agent runs.
@@ -310,7 +313,10 @@ pub async fn run<D: Driver>(
 ) -> AgentExit {
     let (reports_tx, mut updates) = mpsc::channel(REPORT_QUEUE);
     let (done_tx, mut done) = mpsc::channel(REPORT_QUEUE);
-    let leftovers = driver.leftovers().await;
+    let leftovers = match driver.leftovers().await {
+        Ok(found) => found,
+        Err(why) => return AgentExit::Failed(why),
+    };
     let mut agent = Agent {
         config,
         driver,

@@ -6,7 +6,7 @@
 //! Its end (exit code, OOM kill, the engine's error) comes from the engine.
 //! Every container carries `com.shoal.*` labels naming its task, service and
 //! node, which is how a restarted agent finds its containers again
-//! ([`containers_of_node`]). Its output is copied from the engine's log
+//! ([`leftovers`]). Its output is copied from the engine's log
 //! stream into the task's `stdout.log` and `stderr.log`, stamped with the
 //! engine's times, so `service logs` reads containers as it reads processes.
 //! Health checks run inside the container (`exec sh -c`); an image's own
@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, Mount as EngineMount,
-    MountTmpfsOptions, MountType, PortBinding,
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig,
+    Mount as EngineMount, MountTmpfsOptions, MountType, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -28,7 +28,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use shoal_api::{mount, port_config, HealthConfig, HealthProbe, Resources, Runtime, Task};
 
-use crate::engine::{engine_text, not_found, Engine};
+use crate::engine::{engine_text, not_found, Engine, CALL_TIMEOUT};
 use crate::executor::{Executor, ExitOutcome, TaskFailure, Workload};
 use crate::log_pipe::LogWriter;
 
@@ -50,6 +50,12 @@ const ENGINE_RETRY: Duration = Duration::from_secs(1);
 const LOG_DRAIN: Duration = Duration::from_secs(5);
 /// Between two asks whether a health check's exec has ended.
 const EXEC_POLL: Duration = Duration::from_millis(10);
+/// How long one wait for a container's end is given before it is asked
+/// again (a connection that died without a word is found out).
+const WAIT_ROUND: Duration = Duration::from_secs(60);
+/// Tries to follow a container's logs again after the stream broke, one
+/// each [`ENGINE_RETRY`], before its output is given up.
+const LOG_RETRIES: u32 = 60;
 /// The pull progress kept for the task's message, at most.
 const MAX_PULL_STATUS: usize = 200;
 
@@ -67,11 +73,20 @@ pub struct ContainerExecutor {
     dir: PathBuf,
     max_log_bytes: u64,
     container_id: Option<String>,
-    /// How it ended, once known.
+    /// Whether the container was seen started (one created but never
+    /// started has no end to wait for).
+    seen_started: bool,
+    /// How it ended, as the engine said, while its last output drains.
+    ended: Option<ExitOutcome>,
+    /// Until when that output may drain: set once, so the bound holds
+    /// across waits the task runner cancels.
+    drain_deadline: Option<tokio::time::Instant>,
+    /// How it ended, once known and its output kept.
     exited: Option<ExitOutcome>,
     /// Since when the engine has not answered, while waiting.
     unreachable_since: Option<tokio::time::Instant>,
-    own_health: Option<HealthConfig>,
+    /// The image's own HEALTHCHECK, once looked up (`None` inside: none).
+    own_health: Option<Option<ImageCheck>>,
     log_copy: Option<tokio::task::JoinHandle<()>>,
     /// How a pull goes, for the task's status message.
     progress: tokio::sync::watch::Sender<String>,
@@ -124,6 +139,9 @@ impl ContainerExecutor {
             dir: tasks_dir.join(&task.id),
             max_log_bytes,
             container_id: None,
+            seen_started: false,
+            ended: None,
+            drain_deadline: None,
             exited: None,
             unreachable_since: None,
             own_health: None,
@@ -243,11 +261,30 @@ impl ContainerExecutor {
                 )))
             }
         };
-        self.own_health = inspected
-            .config
+        self.own_health = Some(
+            inspected
+                .config
+                .and_then(|c| c.healthcheck)
+                .and_then(image_health),
+        );
+        Ok(())
+    }
+
+    /// The image's HEALTHCHECK of an adopted container (never prepared
+    /// here), looked up once.
+    async fn adopted_image_check(&mut self) -> Option<ImageCheck> {
+        let id = self.container_id.clone()?;
+        let docker = &self.engine.docker;
+        let image = docker.inspect_container(&id, None).await.ok()?.image?;
+        let check = docker
+            .inspect_image(&image)
+            .await
+            .ok()
+            .and_then(|i| i.config)
             .and_then(|c| c.healthcheck)
             .and_then(image_health);
-        Ok(())
+        self.own_health = Some(check.clone());
+        check
     }
 
     async fn pull(&self, image: &str) -> Result<(), TaskFailure> {
@@ -257,7 +294,16 @@ impl ContainerExecutor {
                 self.engine.hostname
             ))
         };
-        let options = CreateImageOptionsBuilder::new().from_image(image).build();
+        // Without a tag the engine would pull every tag of the repository.
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let options = if last.contains(':') || image.contains('@') {
+            CreateImageOptionsBuilder::new().from_image(image).build()
+        } else {
+            CreateImageOptionsBuilder::new()
+                .from_image(image)
+                .tag("latest")
+                .build()
+        };
         let mut pull = self
             .engine
             .long
@@ -295,7 +341,9 @@ impl ContainerExecutor {
     }
 
     /// Starts copying the container's output into the task's logs, from
-    /// just after the last line they hold.
+    /// just after the last line they hold. A stream that breaks (the engine
+    /// restarts, the connection drops) is followed again from there; it
+    /// ends when the container stops.
     fn copy_logs(&mut self) {
         let Some(id) = self.container_id.clone() else {
             return;
@@ -309,50 +357,85 @@ impl ContainerExecutor {
             tracing::warn!(task = %self.task_id, dir = %self.dir.display(), "the task's logs cannot be opened; its output is not kept");
             return;
         };
-        let after_ns = [self.dir.join("stdout.log"), self.dir.join("stderr.log")]
+        // The rotated files count too: right after a rotation the current
+        // ones are empty.
+        let mut after_ns = ["stdout.log", "stderr.log", "stdout.log.1", "stderr.log.1"]
             .iter()
-            .filter_map(|p| last_stamp(p))
+            .filter_map(|name| last_stamp(&self.dir.join(name)))
             .max()
             .unwrap_or(0);
-        let since_secs = (after_ns / 1_000_000_000) as i32;
-        let options = LogsOptionsBuilder::new()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .since(since_secs)
-            .build();
         let docker = self.engine.long.clone();
+        let task = self.task_id.clone();
         self.log_copy = Some(tokio::spawn(async move {
-            let mut stream = docker.logs(&id, Some(options));
-            while let Some(Ok(frame)) = stream.next().await {
-                let (writer, bytes) = match frame {
-                    bollard::container::LogOutput::StdErr { message } => (&mut err, message),
-                    bollard::container::LogOutput::StdOut { message }
-                    | bollard::container::LogOutput::Console { message } => (&mut out, message),
-                    bollard::container::LogOutput::StdIn { .. } => continue,
-                };
-                for line in bytes.split_inclusive(|b| *b == b'\n') {
-                    let (stamp, text) = engine_line(line);
-                    // Lines kept before a restart come again from `since`.
-                    if stamp <= after_ns && after_ns > 0 {
-                        continue;
+            let mut failures = 0;
+            loop {
+                let options = LogsOptionsBuilder::new()
+                    .follow(true)
+                    .stdout(true)
+                    .stderr(true)
+                    .timestamps(true)
+                    .since(i32::try_from(after_ns / 1_000_000_000).unwrap_or(0))
+                    .build();
+                let mut stream = docker.logs(&id, Some(options));
+                let mut broke = false;
+                while let Some(frame) = stream.next().await {
+                    let (writer, bytes) = match frame {
+                        Ok(bollard::container::LogOutput::StdErr { message }) => {
+                            (&mut err, message)
+                        }
+                        Ok(bollard::container::LogOutput::StdOut { message })
+                        | Ok(bollard::container::LogOutput::Console { message }) => {
+                            (&mut out, message)
+                        }
+                        Ok(bollard::container::LogOutput::StdIn { .. }) => continue,
+                        Err(_) => {
+                            broke = true;
+                            break;
+                        }
+                    };
+                    failures = 0;
+                    for line in bytes.split_inclusive(|b| *b == b'\n') {
+                        let (stamp, text) = engine_line(line);
+                        // `since` is in seconds: lines already kept come
+                        // again, and are skipped by their time.
+                        if after_ns > 0 && stamp <= after_ns {
+                            continue;
+                        }
+                        after_ns = stamp;
+                        writer.write(stamp, text);
                     }
-                    writer.write(stamp, text);
                 }
+                if !broke {
+                    return;
+                }
+                failures += 1;
+                if failures > LOG_RETRIES {
+                    tracing::warn!(task = %task, "the engine's log stream kept breaking; the container's further output is not kept");
+                    return;
+                }
+                tokio::time::sleep(ENGINE_RETRY).await;
             }
         }));
     }
 
     /// How the container ended, as the engine tells it.
     async fn outcome(&self, id: &str, exit_code: i64) -> ExitOutcome {
-        let state = self
-            .engine
-            .docker
-            .inspect_container(id, None)
-            .await
-            .ok()
-            .and_then(|c| c.state);
+        let inspected = self.engine.docker.inspect_container(id, None).await;
+        let removed = match &inspected {
+            Err(e) => not_found(e),
+            Ok(c) => c
+                .state
+                .as_ref()
+                .is_some_and(|s| s.status == Some(ContainerStateStatusEnum::REMOVING)),
+        };
+        if removed {
+            // `docker rm -f`: the kill ends the wait first.
+            return ExitOutcome {
+                exit_code: exit_code as i32,
+                message: format!("{} (exit status {exit_code})", self.removed().0),
+            };
+        }
+        let state = inspected.ok().and_then(|c| c.state);
         let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
         let error = state
             .and_then(|s| s.error)
@@ -375,8 +458,11 @@ impl ContainerExecutor {
     /// Waits, within a bound, for the container's last output to reach the
     /// logs (the engine ends the stream when the container stops).
     async fn drain_logs(&mut self) {
+        let deadline = *self
+            .drain_deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + LOG_DRAIN);
         if let Some(copy) = self.log_copy.as_mut() {
-            if tokio::time::timeout(LOG_DRAIN, copy).await.is_err() {
+            if tokio::time::timeout_at(deadline, copy).await.is_err() {
                 tracing::warn!(task = %self.task_id, "the container's output did not reach its log in time");
             }
         }
@@ -389,14 +475,16 @@ impl ContainerExecutor {
     /// be asked (it restarts, the connection dropped): wait again.
     async fn wait_once(&mut self, id: &str) -> Result<Option<i64>, TaskFailure> {
         let mut stream = self.engine.long.wait_container(id, None);
-        let failed = match stream.next().await {
-            Some(Ok(done)) => return Ok(Some(done.status_code)),
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+        let failed = match tokio::time::timeout(WAIT_ROUND, stream.next()).await {
+            Ok(Some(Ok(done))) => return Ok(Some(done.status_code)),
+            Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => {
                 return Ok(Some(code))
             }
-            Some(Err(e)) if not_found(&e) => return Err(self.removed()),
-            Some(Err(e)) => engine_text(&e),
-            None => "the wait ended without an answer".into(),
+            Ok(Some(Err(e))) if not_found(&e) => return Err(self.removed()),
+            Ok(Some(Err(e))) => engine_text(&e),
+            Ok(None) => "the wait ended without an answer".into(),
+            // A long run: whether the engine still answers is asked below.
+            Err(_) => String::new(),
         };
         // The wait may have failed because the engine went away: a
         // container it stopped on its way down has ended.
@@ -404,6 +492,9 @@ impl ContainerExecutor {
             Ok(c) => {
                 self.unreachable_since = None;
                 let state = c.state.unwrap_or_default();
+                if failed.is_empty() && state.running == Some(true) {
+                    return Ok(None);
+                }
                 match state.status {
                     Some(ContainerStateStatusEnum::EXITED)
                     | Some(ContainerStateStatusEnum::DEAD) => {
@@ -442,23 +533,9 @@ impl ContainerExecutor {
     }
 
     async fn remove_container(&self, reference: &str) -> Result<(), TaskFailure> {
-        let options = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
-        match self
-            .engine
-            .docker
-            .remove_container(reference, Some(options))
+        remove(&self.engine, reference)
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(TaskFailure(format!(
-                "removing container {reference}: {}",
-                engine_text(&e)
-            ))),
-        }
+            .map_err(|e| TaskFailure(format!("removing container {reference}: {e}")))
     }
 }
 
@@ -469,7 +546,8 @@ impl Executor for ContainerExecutor {
             .map_err(|e| TaskFailure(format!("task directory {}: {e}", self.dir.display())))?;
         let created = match self.create().await {
             // An earlier try of this task (an agent that died mid-prepare)
-            // left its container under this name.
+            // left its container under this name; it may be on its way
+            // out already (`remove` waits that out, within a bound).
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 409, ..
             }) => {
@@ -499,6 +577,7 @@ impl Executor for ContainerExecutor {
             .start_container(&id, None)
             .await
             .map_err(|e| TaskFailure(format!("starting the container: {}", engine_text(&e))))?;
+        self.seen_started = true;
         self.copy_logs();
         let pid = self
             .engine
@@ -516,6 +595,8 @@ impl Executor for ContainerExecutor {
     }
 
     async fn wait(&mut self) -> Result<ExitOutcome, TaskFailure> {
+        // Cancel safe: what is learnt is kept on `self` at once, so a wait
+        // the task runner drops goes on from there next time.
         loop {
             if let Some(done) = &self.exited {
                 return Ok(done.clone());
@@ -524,11 +605,32 @@ impl Executor for ContainerExecutor {
                 .container_id
                 .clone()
                 .ok_or_else(|| TaskFailure("no container to wait for".into()))?;
-            if let Some(code) = self.wait_once(&id).await? {
-                let done = self.outcome(&id, code).await;
-                self.drain_logs().await;
-                self.exited = Some(done);
+            if self.ended.is_none() {
+                if !self.seen_started {
+                    // The engine answers a wait on a container that never
+                    // started at once, as if it had ended well.
+                    match self.engine.docker.inspect_container(&id, None).await {
+                        Ok(c)
+                            if c.state.as_ref().and_then(|s| s.status)
+                                == Some(ContainerStateStatusEnum::CREATED) =>
+                        {
+                            return Err(TaskFailure(
+                                "the container was created but never started".into(),
+                            ))
+                        }
+                        Ok(_) => self.seen_started = true,
+                        Err(e) if not_found(&e) => return Err(self.removed()),
+                        // The wait below finds out what the engine has.
+                        Err(_) => {}
+                    }
+                }
+                let Some(code) = self.wait_once(&id).await? else {
+                    continue;
+                };
+                self.ended = Some(self.outcome(&id, code).await);
             }
+            self.drain_logs().await;
+            self.exited = self.ended.take();
         }
     }
 
@@ -558,19 +660,30 @@ impl Executor for ContainerExecutor {
         }
         let secs = i32::try_from(grace.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::new().t(secs).build();
-        match self.engine.long.stop_container(&id, Some(options)).await {
-            Ok(()) => {}
-            Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => {
+        let stop = self.engine.long.stop_container(&id, Some(options));
+        match tokio::time::timeout(grace + CALL_TIMEOUT, stop).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if not_found(&e) => return Ok(None),
+            Ok(Err(e)) => {
                 return Err(TaskFailure(format!(
                     "stopping the container: {}",
                     engine_text(&e)
                 )))
             }
+            // The engine did not stop it in time: kill it outright.
+            Err(_) => match self.engine.docker.kill_container(&id, None).await {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(TaskFailure(format!(
+                    "the engine did not stop the container within {:?} and could not kill it: {}",
+                    grace + CALL_TIMEOUT,
+                    engine_text(&e)
+                ))),
+            },
         }
         // Its end is not the task's outcome (the stop is), but the logs
-        // still drain.
-        let _ = self.wait().await;
+        // still drain, within a bound.
+        let _ = tokio::time::timeout(CALL_TIMEOUT, self.wait()).await;
         Ok(None)
     }
 
@@ -594,7 +707,13 @@ impl Executor for ContainerExecutor {
     ) -> impl std::future::Future<Output = HealthProbe> + Send + 'static {
         let docker = self.engine.docker.clone();
         let id = self.container_id.clone();
-        let command = command.to_string();
+        // The image's check in its exec form runs as given, without a
+        // shell (an image may have none).
+        let argv = match self.own_health.as_ref().and_then(Option::as_ref) {
+            Some(check) if check.config.command == command => check.argv.clone(),
+            _ => None,
+        }
+        .unwrap_or_else(|| vec!["sh".into(), "-c".into(), command.to_string()]);
         async move {
             use shoal_api::clock::now_ms;
             let started_ms = now_ms();
@@ -607,7 +726,7 @@ impl Executor for ContainerExecutor {
             let Some(id) = id else {
                 return finish(-1, "the task has no container".into());
             };
-            let run = exec(&docker, &id, command);
+            let run = exec(&docker, &id, argv);
             match tokio::time::timeout(timeout, run).await {
                 Ok(Ok((code, output))) => finish(code, output),
                 Ok(Err(why)) => finish(-1, why),
@@ -622,8 +741,12 @@ impl Executor for ContainerExecutor {
         }
     }
 
-    fn own_health_check(&self) -> Option<HealthConfig> {
-        self.own_health.clone()
+    async fn own_health_check(&mut self) -> Option<HealthConfig> {
+        let check = match &self.own_health {
+            Some(known) => known.clone(),
+            None => self.adopted_image_check().await,
+        };
+        check.map(|c| c.config)
     }
 
     fn progress(&mut self) -> Option<tokio::sync::watch::Receiver<String>> {
@@ -631,19 +754,19 @@ impl Executor for ContainerExecutor {
     }
 }
 
-/// Runs `sh -c command` in the container as the container runs (its user,
-/// env and working dir); its exit code and at most a few KiB of output.
+/// Runs `argv` in the container as the container runs (its user, env and
+/// working dir); its exit code and at most a few KiB of output.
 async fn exec(
     docker: &bollard::Docker,
     id: &str,
-    command: String,
+    argv: Vec<String>,
 ) -> Result<(i32, String), String> {
     use bollard::exec::{CreateExecOptions, StartExecResults};
     let created = docker
         .create_exec(
             id,
             CreateExecOptions {
-                cmd: Some(vec!["sh".to_string(), "-c".to_string(), command]),
+                cmd: Some(argv),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
                 ..Default::default()
@@ -727,30 +850,44 @@ fn engine_mount(m: &shoal_api::Mount) -> EngineMount {
     }
 }
 
+/// An image's HEALTHCHECK, as Shoal runs it.
+#[derive(Debug, Clone, PartialEq)]
+struct ImageCheck {
+    /// Its command shown as a shell would read it, and its times.
+    config: HealthConfig,
+    /// The exec form (`CMD [...]`), run without a shell.
+    argv: Option<Vec<String>>,
+}
+
 /// An image's HEALTHCHECK as Shoal's check (docker's defaults for what it
 /// leaves unset); `None` for none or `NONE`.
-fn image_health(check: bollard::models::HealthConfig) -> Option<HealthConfig> {
+fn image_health(check: bollard::models::HealthConfig) -> Option<ImageCheck> {
     let test = check.test.unwrap_or_default();
-    let command = match test.split_first() {
-        Some((kind, rest)) if kind == "CMD-SHELL" => rest.join(" "),
-        Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => rest
-            .iter()
-            .map(|a| shell_quote(a))
-            .collect::<Vec<_>>()
-            .join(" "),
+    let (command, argv) = match test.split_first() {
+        Some((kind, rest)) if kind == "CMD-SHELL" => (rest.join(" "), None),
+        Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => (
+            rest.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Some(rest.to_vec()),
+        ),
         _ => return None,
     };
     let ms = |ns: Option<i64>, default_ms: u64| match ns {
         Some(n) if n > 0 => (n / 1_000_000) as u64,
         _ => default_ms,
     };
-    Some(HealthConfig {
-        command,
-        interval_ms: ms(check.interval, 30_000),
-        timeout_ms: ms(check.timeout, 30_000),
-        retries: check.retries.filter(|r| *r > 0).map_or(3, |r| r as u64),
-        start_period_ms: ms(check.start_period, 0),
-        disabled: false,
+    Some(ImageCheck {
+        config: HealthConfig {
+            command,
+            interval_ms: ms(check.interval, 30_000),
+            timeout_ms: ms(check.timeout, 30_000),
+            retries: check.retries.filter(|r| *r > 0).map_or(3, |r| r as u64),
+            start_period_ms: ms(check.start_period, 0),
+            disabled: false,
+        },
+        argv,
     })
 }
 
@@ -795,66 +932,125 @@ fn last_stamp(path: &std::path::Path) -> Option<i64> {
         .next_back()
 }
 
-/// This node's containers (running or not), by task id, as earlier agents
-/// left them.
-pub async fn containers_of_node(
+/// Tries to list a node's containers before the engine is taken as gone.
+const LIST_TRIES: u32 = 10;
+/// Between two tries (doubling each time, 0.1 s to 25 s in all).
+const LIST_RETRY: Duration = Duration::from_millis(100);
+
+/// The containers of this node, with task `task_id` when given (running
+/// or not): (task id, container id, state). Asked again within a bound when
+/// the engine does not answer.
+async fn containers_of_node(
     engine: &Engine,
     node_id: &str,
-) -> Result<HashMap<String, Workload>, String> {
-    let filters = HashMap::from([("label", vec![format!("{NODE_LABEL}={node_id}")])]);
+    task_id: Option<&str>,
+) -> Result<Vec<(String, String, Option<ContainerSummaryStateEnum>)>, String> {
+    let mut labels = vec![format!("{NODE_LABEL}={node_id}")];
+    if let Some(task) = task_id {
+        labels.push(format!("{TASK_LABEL}={task}"));
+    }
+    let filters = HashMap::from([("label", labels)]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)
         .filters(&filters)
         .build();
-    let listed = engine
-        .docker
-        .list_containers(Some(options))
-        .await
-        .map_err(|e| engine_text(&e))?;
+    let mut pause = LIST_RETRY;
+    let mut tries = 0;
+    let listed = loop {
+        match engine.docker.list_containers(Some(options.clone())).await {
+            Ok(listed) => break listed,
+            Err(e) if tries + 1 >= LIST_TRIES => {
+                return Err(format!(
+                    "the Docker Engine at {} did not list this node's containers: {}",
+                    engine.host,
+                    engine_text(&e)
+                ))
+            }
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    };
     Ok(listed
         .into_iter()
         .filter_map(|c| {
             let task = c.labels.as_ref()?.get(TASK_LABEL)?.clone();
-            Some((
-                task,
-                Workload {
-                    pid: 0,
-                    container_id: c.id?,
-                },
-            ))
+            Some((task, c.id?, c.state))
         })
         .collect())
 }
 
-/// Removes a container outright, with its anonymous volumes.
+/// The containers earlier agents of this node left, by task id. One that
+/// was created but never started is no workload: it is removed (its task
+/// prepares again, or is reported as it was recorded).
+pub async fn leftovers(
+    engine: &Engine,
+    node_id: &str,
+) -> Result<HashMap<String, Workload>, String> {
+    let mut found = HashMap::new();
+    for (task, id, state) in containers_of_node(engine, node_id, None).await? {
+        if state == Some(ContainerSummaryStateEnum::CREATED) {
+            remove_outright(engine, &id).await;
+            continue;
+        }
+        found.insert(
+            task,
+            Workload {
+                pid: 0,
+                container_id: id,
+            },
+        );
+    }
+    Ok(found)
+}
+
+/// Removes a container outright, with its anonymous volumes; asked again
+/// within a bound while the engine does not answer or is busy removing it.
 pub async fn remove_outright(engine: &Engine, reference: &str) {
+    if let Err(e) = remove(engine, reference).await {
+        tracing::warn!(container = reference, error = %e, "a container that should not exist could not be removed")
+    }
+}
+
+/// Removes a container (gone already is fine), trying again within a bound.
+async fn remove(engine: &Engine, reference: &str) -> Result<(), String> {
     let options = RemoveContainerOptionsBuilder::new()
         .force(true)
         .v(true)
         .build();
-    match engine
-        .docker
-        .remove_container(reference, Some(options))
-        .await
-    {
-        Ok(()) => {}
-        Err(e) if not_found(&e) => {}
-        Err(e) => {
-            tracing::warn!(container = reference, error = %engine_text(&e), "a container that should not exist could not be removed")
+    let mut pause = LIST_RETRY;
+    let mut tries = 0;
+    loop {
+        match engine
+            .docker
+            .remove_container(reference, Some(options.clone()))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if not_found(&e) => return Ok(()),
+            // 409: a removal already under way (the engine says so).
+            Err(e) if tries + 1 >= LIST_TRIES => return Err(engine_text(&e)),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
         }
     }
 }
 
 /// Removes every container of task `task_id` on this node.
 pub async fn remove_task_containers(engine: &Engine, node_id: &str, task_id: &str) {
-    match containers_of_node(engine, node_id).await {
-        Ok(all) => {
-            if let Some(w) = all.get(task_id) {
-                remove_outright(engine, &w.container_id).await;
+    match containers_of_node(engine, node_id, Some(task_id)).await {
+        Ok(found) => {
+            for (_, id, _) in found {
+                remove_outright(engine, &id).await;
             }
         }
         Err(e) => {
-            tracing::warn!(task = task_id, error = %e, "the task's containers could not be listed")
+            tracing::warn!(task = task_id, error = %e, "the task's containers could not be listed; they stay")
         }
     }
 }
@@ -873,6 +1069,8 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+        assert_eq!(shell.argv, None);
+        let shell = shell.config;
         assert_eq!(shell.command, "wget -q localhost || exit 1");
         assert_eq!(
             (shell.interval_ms, shell.timeout_ms, shell.retries),
@@ -890,6 +1088,11 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+        assert_eq!(
+            exec.argv,
+            Some(vec!["test".to_string(), "-f".into(), "/a b".into()])
+        );
+        let exec = exec.config;
         assert_eq!(exec.command, "test -f '/a b'");
         assert_eq!((exec.interval_ms, exec.retries), (2_000, 5));
         for none in [vec!["NONE".to_string()], vec![]] {

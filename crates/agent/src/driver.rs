@@ -22,8 +22,12 @@ pub trait Driver: Send + Sync + 'static {
     /// An executor that takes over `workload`, the one of this task an
     /// earlier agent started and left running.
     fn adopt(&self, task: &Task, workload: Workload) -> Self::Executor;
-    /// The workloads earlier agents left running, by task id.
-    fn leftovers(&self) -> impl std::future::Future<Output = HashMap<String, Workload>> + Send;
+    /// The workloads earlier agents left, by task id. An error means they
+    /// cannot be known (the engine does not answer): the agent must not
+    /// start then, or it would run a second copy of each beside them.
+    fn leftovers(
+        &self,
+    ) -> impl std::future::Future<Output = Result<HashMap<String, Workload>, String>> + Send;
     /// Ends a leftover workload that no task may run any more, outright
     /// (in the background where that takes a call to an engine).
     fn kill(&self, task_id: &str, workload: &Workload);

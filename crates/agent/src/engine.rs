@@ -12,7 +12,7 @@ use bollard::Docker;
 /// this time is taken as absent.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one ordinary call to the engine may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a long call (waiting for a container to end, following its
 /// logs) is given before it is made again.
 const LONG_CALL_TIMEOUT: Duration = Duration::from_secs(86_400);

@@ -92,7 +92,7 @@ pub trait Executor: Send + 'static {
     }
     /// A health check the workload brings itself (an image's HEALTHCHECK),
     /// known once prepared; used when the task's spec sets none.
-    fn own_health_check(&self) -> Option<shoal_api::HealthConfig> {
-        None
+    fn own_health_check(&mut self) -> impl Future<Output = Option<shoal_api::HealthConfig>> + Send {
+        async { None }
     }
 }

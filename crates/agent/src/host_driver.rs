@@ -72,17 +72,12 @@ impl Driver for HostDriver {
         }
     }
 
-    async fn leftovers(&self) -> HashMap<String, Workload> {
-        let mut found = self.process.leftovers().await;
+    async fn leftovers(&self) -> Result<HashMap<String, Workload>, String> {
+        let mut found = self.process.leftovers().await?;
         if let Some(engine) = &self.engine {
-            match container::containers_of_node(engine, &self.node_id).await {
-                Ok(containers) => found.extend(containers),
-                Err(e) => {
-                    tracing::warn!(error = %e, "the containers earlier agents left could not be listed")
-                }
-            }
+            found.extend(container::leftovers(engine, &self.node_id).await?);
         }
-        found
+        Ok(found)
     }
 
     fn kill(&self, task_id: &str, workload: &Workload) {
@@ -177,10 +172,10 @@ impl Executor for HostExecutor {
         }
     }
 
-    fn own_health_check(&self) -> Option<HealthConfig> {
+    async fn own_health_check(&mut self) -> Option<HealthConfig> {
         match self {
-            HostExecutor::Process(e) => e.own_health_check(),
-            HostExecutor::Container(e) => e.own_health_check(),
+            HostExecutor::Process(e) => e.own_health_check().await,
+            HostExecutor::Container(e) => e.own_health_check().await,
         }
     }
 }

@@ -69,11 +69,11 @@ impl crate::driver::Driver for ProcessDriver {
         ProcessExecutor::adopt(&self.config, task, workload.pid)
     }
 
-    async fn leftovers(&self) -> std::collections::HashMap<String, Workload> {
-        find_task_processes(&self.config.tasks_dir)
+    async fn leftovers(&self) -> Result<std::collections::HashMap<String, Workload>, String> {
+        Ok(find_task_processes(&self.config.tasks_dir)
             .into_iter()
             .map(|(task, pgid)| (task, Workload::process(pgid)))
-            .collect()
+            .collect())
     }
 
     fn kill(&self, _task_id: &str, workload: &Workload) {

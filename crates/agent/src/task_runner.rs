@@ -141,13 +141,14 @@ impl<E: Executor> TaskRunner<E> {
 
     /// The check to run: the spec's, else the one the workload brings,
     /// unless the spec disables checks (`--no-healthcheck`).
-    fn check(&self) -> Option<HealthConfig> {
+    async fn check(&mut self) -> Option<HealthConfig> {
         match &self.health_check {
             Some(c) if c.disabled => None,
             Some(c) if !c.command.trim().is_empty() => Some(c.clone()),
             _ => self
                 .executor
                 .own_health_check()
+                .await
                 .filter(|c| !c.command.trim().is_empty()),
         }
     }
@@ -215,11 +216,13 @@ impl<E: Executor> TaskRunner<E> {
                     self.report(TaskState::Preparing, "preparing", String::new(), 0)
                         .await;
                     match self.prepare().await {
-                        Ok(()) => {
+                        // Stopped meanwhile: the next step says how.
+                        None => continue,
+                        Some(Ok(())) => {
                             self.report(TaskState::Ready, "prepared", String::new(), 0)
                                 .await
                         }
-                        Err(e) => self.report(TaskState::Rejected, "rejected", e.0, 0).await,
+                        Some(Err(e)) => self.report(TaskState::Rejected, "rejected", e.0, 0).await,
                     }
                 }
                 Step::HoldReady => {
@@ -234,7 +237,8 @@ impl<E: Executor> TaskRunner<E> {
                     match self.executor.start().await {
                         Ok(workload) => {
                             self.workload = workload;
-                            self.health = self.check().map(|c| HealthTracker::new(c, now_ms()));
+                            self.health =
+                                self.check().await.map(|c| HealthTracker::new(c, now_ms()));
                             self.report(TaskState::Running, "started", String::new(), 0)
                                 .await;
                         }
@@ -247,7 +251,7 @@ impl<E: Executor> TaskRunner<E> {
                 Step::Wait => {
                     if self.health.is_none() {
                         // Adopted running: its checks start again here.
-                        self.health = self.check().map(|c| HealthTracker::new(c, now_ms()));
+                        self.health = self.check().await.map(|c| HealthTracker::new(c, now_ms()));
                     }
                     if probe.is_none() && next_probe.is_none() {
                         next_probe = self
@@ -289,12 +293,16 @@ impl<E: Executor> TaskRunner<E> {
 
     /// Prepares the workload; news of a long prepare (a pull) is reported
     /// as the PREPARING task's message, at most once a [`PROGRESS_EVERY`].
-    async fn prepare(&mut self) -> Result<(), TaskFailure> {
-        let Some(mut progress) = self.executor.progress() else {
-            return self.executor.prepare().await;
-        };
+    /// `None` when the task is to stop meanwhile: a pull is not waited out
+    /// for a task that is being removed (what it made is cleaned up with
+    /// the task).
+    async fn prepare(&mut self) -> Option<Result<(), TaskFailure>> {
+        let mut progress = self.executor.progress();
         let (tx, mut rx) = mpsc::channel::<String>(1);
         let forward = async move {
+            let Some(progress) = progress.as_mut() else {
+                return;
+            };
             while progress.changed().await.is_ok() {
                 let news = progress.borrow_and_update().clone();
                 if tx.send(news).await.is_err() {
@@ -309,9 +317,16 @@ impl<E: Executor> TaskRunner<E> {
         let mut forwarding = true;
         let result = loop {
             tokio::select! {
-                result = &mut prepare => break result,
+                result = &mut prepare => break Some(result),
                 _ = &mut forward, if forwarding => forwarding = false,
                 Some(message) = rx.recv() => news.push(message),
+                changed = self.desired.changed() => {
+                    let stop = changed.is_err()
+                        || *self.desired.borrow() as i32 >= TaskState::Shutdown as i32;
+                    if stop {
+                        break None;
+                    }
+                }
             }
             if let Some(message) = news.pop() {
                 // The future borrowing the executor is still pending: the

@@ -316,8 +316,12 @@ fn a_restarted_daemon_adopts_its_containers_and_removes_those_that_should_not_ex
         "no other container of the node"
     );
     // Their output is kept once, not copied again by the new agent.
-    let logs = d.ok(&["service", "logs", "stay"]);
-    assert_eq!(logs.matches("up").count(), 2, "{logs}");
+    let logs = d.ok(&["service", "logs", "--raw", "stay"]);
+    assert_eq!(
+        logs.lines().filter(|l| l.trim() == "up").count(),
+        2,
+        "{logs}"
+    );
 }
 
 #[test]
@@ -354,10 +358,11 @@ fn a_container_removed_behind_shoals_back_is_reported_and_replaced() {
         .unwrap();
     assert_eq!(old["status"]["state"], "FAILED", "{old}");
     let err = old["status"]["err"].as_str().unwrap_or_default();
-    // The engine may answer the wait with the kill's exit before the
-    // removal, or say the container is gone.
     assert!(
-        err == "exit status 137" || err.ends_with("was removed outside Shoal"),
+        err.starts_with(&format!(
+            "container {} was removed outside Shoal",
+            container_of(&first)
+        )),
         "{err}"
     );
 }
@@ -479,6 +484,49 @@ fn health_checks_run_inside_the_container_and_an_images_own_healthcheck_counts()
     let _ = std::process::Command::new("docker")
         .args(["rmi", "-f", tag])
         .output();
+}
+
+#[test]
+fn a_stop_sends_the_stop_signal_then_kills_after_the_grace_period() {
+    let Some(image) = test_image() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_containers, d) = node(&tmp.path().join("n"));
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "stubborn",
+        "--image",
+        &image,
+        "--init",
+        "--stop-signal",
+        "SIGUSR1",
+        "--stop-grace-period",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got-usr1' USR1; echo trapping; while true; do sleep 0.1; done",
+    ]);
+    wait_until("it runs and traps", || {
+        running_tasks(&d, "stubborn").len() == 1
+            && d.ok(&["service", "logs", "stubborn"]).contains("trapping")
+    });
+    let first = running_tasks(&d, "stubborn").remove(0);
+    let old = container_of(&first);
+    d.ok(&["service", "update", "--force", "stubborn"]);
+    wait_until("the old container was stopped", || {
+        docker(&["inspect", "--format", "{{.State.Status}}", &old]) == "exited"
+    });
+    // It ignored the stop signal (it only printed), so the grace period
+    // ended with SIGKILL.
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.State.ExitCode}}", &old]),
+        "137"
+    );
+    wait_until("the signal reached the program", || {
+        d.ok(&["service", "logs", "stubborn"]).contains("got-usr1")
+    });
 }
 
 #[test]

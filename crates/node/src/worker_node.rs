@@ -151,6 +151,9 @@ pub async fn run(
             (left, None)
         }
         Ending::Agent(Ok(shoal_agent::AgentExit::Stopped)) => (Ok(()), None),
+        Ending::Agent(Ok(shoal_agent::AgentExit::Failed(why))) => {
+            (Err(DaemonError::Agent(why)), None)
+        }
         Ending::Agent(Err(e)) => (Err(e), None),
     };
     // A `leave` asked meanwhile (a second one, or during the stop) is
@@ -189,7 +192,7 @@ async fn leave(
     );
     let deadline = std::time::Instant::now() + LEAVE_KILL_WAIT;
     loop {
-        let found = driver.leftovers().await;
+        let found = driver.leftovers().await.map_err(DaemonError::Agent)?;
         if found.is_empty() {
             break;
         }

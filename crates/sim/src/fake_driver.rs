@@ -26,12 +26,13 @@ impl Driver for FakeDriver {
         FakeExecutor::new(&self.machine, task)
     }
 
-    async fn leftovers(&self) -> HashMap<String, Workload> {
-        self.machine
+    async fn leftovers(&self) -> Result<HashMap<String, Workload>, String> {
+        Ok(self
+            .machine
             .workloads()
             .iter()
             .map(|(id, w)| (id.clone(), Workload::process(w.handle)))
-            .collect()
+            .collect())
     }
 
     fn kill(&self, task_id: &str, _workload: &Workload) {

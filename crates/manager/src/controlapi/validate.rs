@@ -316,10 +316,11 @@ fn validate_container(task: &TaskSpec, runtime: &Runtime) -> Result<(), InvalidS
     }
     let image = &runtime.image;
     if image.len() > MAX_IMAGE_LEN
-        || image
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c.is_ascii_uppercase())
+        || image.chars().any(|c| c.is_whitespace() || c.is_control())
         || image.starts_with(['-', ':', '@', '/'])
+        || repository_path(image)
+            .chars()
+            .any(|c| c.is_ascii_uppercase())
     {
         return Err(invalid(
             "image",
@@ -439,6 +440,21 @@ fn validate_container(task: &TaskSpec, runtime: &Runtime) -> Result<(), InvalidS
         }
     }
     Ok(())
+}
+
+/// The part of an image reference that must be lower case: without its
+/// digest, its tag, and a registry host (a first part with a `.` or `:`, or
+/// `localhost`), which docker lets be any case.
+fn repository_path(image: &str) -> &str {
+    let named = image.split('@').next().unwrap_or(image);
+    let untagged = match named.rfind(':') {
+        Some(colon) if !named[colon..].contains('/') => &named[..colon],
+        _ => named,
+    };
+    match untagged.split_once('/') {
+        Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => rest,
+        _ => untagged,
+    }
 }
 
 /// At most 64 characters of what a user gave, for an error message.
@@ -815,6 +831,28 @@ mod tests {
         let mut s = spec();
         s.annotations.as_mut().unwrap().name = "a".repeat(63);
         assert_eq!(validate_service_spec(&s), Ok(()));
+    }
+
+    #[test]
+    fn image_references_are_lower_case_but_their_tag_and_registry_host_need_not_be() {
+        let with = |image: &str| {
+            let mut s = spec();
+            s.task.as_mut().unwrap().runtime.as_mut().unwrap().image = image.into();
+            validate_service_spec(&s)
+        };
+        for good in [
+            "busybox",
+            "busybox:1",
+            "app:v1-RC1",
+            "Registry.Example.com:5000/team/app:Latest",
+            "localhost/app@sha256:abc",
+        ] {
+            assert_eq!(with(good), Ok(()), "{good}");
+        }
+        for bad in ["Busybox", "team/App:1", "busy box", "-x", ":1"] {
+            let err = with(bad).unwrap_err();
+            assert_eq!(err.field, "image", "{bad}");
+        }
     }
 
     #[test]
