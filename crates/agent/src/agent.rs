@@ -584,7 +584,7 @@ impl<D: Driver> Agent<D> {
                     timestamp_ms: now_ms(),
                     state: TaskState::Failed as i32,
                     message: "failed".into(),
-                    err: "the process ended while the agent was not running".into(),
+                    err: "its process or container ended, or was removed, while the agent was not running".into(),
                     exit_code: -1,
                     ..Default::default()
                 };

@@ -56,6 +56,10 @@ const WAIT_ROUND: Duration = Duration::from_secs(60);
 /// Tries to follow a container's logs again after the stream broke, one
 /// each [`ENGINE_RETRY`], before its output is given up.
 const LOG_RETRIES: u32 = 60;
+/// How often, and how far apart, a container killed under a memory limit
+/// is looked at again for the engine's OOM flag.
+const OOM_LOOKS: u32 = 5;
+const OOM_LOOK_PAUSE: Duration = Duration::from_millis(100);
 /// The pull progress kept for the task's message, at most.
 const MAX_PULL_STATUS: usize = 200;
 
@@ -435,8 +439,25 @@ impl ContainerExecutor {
                 message: format!("{} (exit status {exit_code})", self.removed().0),
             };
         }
-        let state = inspected.ok().and_then(|c| c.state);
-        let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+        let mut state = inspected.ok().and_then(|c| c.state);
+        let oom_killed = |state: &Option<bollard::models::ContainerState>| {
+            state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false)
+        };
+        // The engine may handle the exit before the kernel's OOM event: a
+        // SIGKILL under a memory limit is looked at again, briefly.
+        let mut looks = 0;
+        while exit_code == 137
+            && self.limits.memory_bytes > 0
+            && !oom_killed(&state)
+            && looks < OOM_LOOKS
+        {
+            tokio::time::sleep(OOM_LOOK_PAUSE).await;
+            looks += 1;
+            if let Ok(c) = self.engine.docker.inspect_container(id, None).await {
+                state = c.state;
+            }
+        }
+        let oom = oom_killed(&state);
         let error = state
             .and_then(|s| s.error)
             .filter(|e| !e.is_empty())
@@ -674,11 +695,13 @@ impl Executor for ContainerExecutor {
             Err(_) => match self.engine.docker.kill_container(&id, None).await {
                 Ok(()) => {}
                 Err(e) if not_found(&e) => {}
-                Err(e) => return Err(TaskFailure(format!(
+                Err(e) => {
+                    return Err(TaskFailure(format!(
                     "the engine did not stop the container within {:?} and could not kill it: {}",
                     grace + CALL_TIMEOUT,
                     engine_text(&e)
-                ))),
+                )))
+                }
             },
         }
         // Its end is not the task's outcome (the stop is), but the logs

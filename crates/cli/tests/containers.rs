@@ -259,7 +259,7 @@ fn an_image_the_node_lacks_and_cannot_pull_is_rejected_naming_it() {
             && err.contains(" and could not be pulled: "),
         "{err}"
     );
-    let ps = d.ok(&["service", "ps", "absent"]);
+    let ps = d.ok(&["service", "ps", "-a", "absent"]);
     assert!(ps.contains("could not be pulled"), "{ps}");
 }
 
@@ -358,13 +358,49 @@ fn a_container_removed_behind_shoals_back_is_reported_and_replaced() {
         .unwrap();
     assert_eq!(old["status"]["state"], "FAILED", "{old}");
     let err = old["status"]["err"].as_str().unwrap_or_default();
+    // `docker rm -f` kills first, then removes: the task may end on the
+    // kill's exit before the engine shows the removal.
     assert!(
-        err.starts_with(&format!(
-            "container {} was removed outside Shoal",
-            container_of(&first)
-        )),
+        err == "exit status 137"
+            || err.starts_with(&format!(
+                "container {} was removed outside Shoal",
+                container_of(&first)
+            )),
         "{err}"
     );
+}
+
+#[test]
+fn a_container_removed_while_its_daemon_was_down_is_reported_and_replaced() {
+    let Some(image) = test_image() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    let (containers, mut d) = node(&dir);
+    d.ok(&[
+        "service", "create", "--name", "lost", "--image", &image, "--", "sleep", "3600",
+    ]);
+    wait_until("the container runs", || {
+        running_tasks(&d, "lost").len() == 1
+    });
+    let first = running_tasks(&d, "lost").remove(0);
+    d.kill9();
+    docker(&["rm", "-f", &container_of(&first)]);
+    let d = Daemon::start(&dir);
+    wait_until("a new container replaces it", || {
+        running_tasks(&d, "lost")
+            .first()
+            .is_some_and(|t| t["id"] != first["id"])
+    });
+    let old = all_tasks(&d, "lost")
+        .into_iter()
+        .find(|t| t["id"] == first["id"])
+        .unwrap();
+    assert_eq!(old["status"]["state"], "FAILED", "{old}");
+    assert_eq!(
+        old["status"]["err"],
+        "its process or container ended, or was removed, while the agent was not running"
+    );
+    assert_eq!(containers.ids().len(), 1, "only the replacement");
 }
 
 #[test]
@@ -484,6 +520,131 @@ fn health_checks_run_inside_the_container_and_an_images_own_healthcheck_counts()
     let _ = std::process::Command::new("docker")
         .args(["rmi", "-f", tag])
         .output();
+}
+
+/// A unix socket that forwards to the engine's, and can go away as an
+/// engine that restarts does: every connection cut, nothing answered.
+struct EngineProxy {
+    path: std::path::PathBuf,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EngineProxy {
+    const ENGINE: &'static str = "/var/run/docker.sock";
+
+    fn start(path: &std::path::Path) -> EngineProxy {
+        let proxy = EngineProxy {
+            path: path.to_path_buf(),
+            open: Default::default(),
+            running: Default::default(),
+        };
+        proxy.listen();
+        proxy
+    }
+
+    fn listen(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = std::fs::remove_file(&self.path);
+        let listener = std::os::unix::net::UnixListener::bind(&self.path).unwrap();
+        self.running.store(true, Ordering::SeqCst);
+        let (open, running) = (self.open.clone(), self.running.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if !running.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { return };
+                let Ok(engine) = std::os::unix::net::UnixStream::connect(Self::ENGINE) else {
+                    continue;
+                };
+                let mut open = open.lock().unwrap();
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), engine.try_clone().unwrap()),
+                    (engine.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+                open.extend([client, engine]);
+            }
+        });
+    }
+
+    /// The engine "goes away": every connection cut, none taken.
+    fn stop(&self) {
+        use std::sync::atomic::Ordering;
+        self.running.store(false, Ordering::SeqCst);
+        // Wakes the accept loop, which sees it must end.
+        let _ = std::os::unix::net::UnixStream::connect(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn a_container_that_ends_while_the_engine_is_away_is_reported_once_it_is_back() {
+    let Some(image) = test_image() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("engine.sock");
+    let proxy = EngineProxy::start(&socket);
+    let host = format!("unix://{}", socket.display());
+    let d = Daemon::start_env(
+        &tmp.path().join("n"),
+        &["--listen-addr", "127.0.0.1:0"],
+        &[("DOCKER_HOST", &host)],
+    );
+    let me: serde_json::Value = serde_json::from_str(&d.ok(&["node", "inspect", "self"])).unwrap();
+    let _containers = Containers {
+        node_id: me[0]["id"].as_str().unwrap().to_string(),
+    };
+    let d = d;
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "through",
+        "--image",
+        &image,
+        "--restart-delay",
+        "0s",
+        "--",
+        "sh",
+        "-c",
+        "echo before; sleep 3600",
+    ]);
+    wait_until("the container runs", || {
+        running_tasks(&d, "through").len() == 1
+    });
+    let first = running_tasks(&d, "through").remove(0);
+    // The engine goes away (as it does while it restarts), and the
+    // container ends meanwhile.
+    proxy.stop();
+    docker(&["kill", &container_of(&first)]);
+    proxy.listen();
+    wait_until("the task is failed with its exit and replaced", || {
+        let replaced = running_tasks(&d, "through")
+            .first()
+            .is_some_and(|t| t["id"] != first["id"]);
+        replaced
+            && all_tasks(&d, "through").iter().any(|t| {
+                t["id"] == first["id"]
+                    && t["status"]["state"] == "FAILED"
+                    && t["status"]["err"] == "exit status 137"
+            })
+    });
+    // The new container's output is kept as the first one's was.
+    wait_until("both containers' output is in the logs", || {
+        d.ok(&["service", "logs", "--raw", "through"])
+            .lines()
+            .filter(|l| l.trim() == "before")
+            .count()
+            == 2
+    });
 }
 
 #[test]

@@ -481,6 +481,9 @@ pub fn shows_managers(d: &Daemon, n: usize) -> bool {
 /// them.
 pub fn all_tasks(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
     let ids = d.ok(&["service", "ps", "-a", "-q", service]);
+    if ids.trim().is_empty() {
+        return Vec::new();
+    }
     let mut args = vec!["task", "inspect"];
     args.extend(ids.split_whitespace());
     serde_json::from_str(&d.ok(&args)).expect("task inspect prints JSON")
