@@ -206,9 +206,6 @@ pub enum AgentExit {
     /// A manager said this node was removed from the cluster (the reason):
     /// it must not run tasks any more, its replacements run elsewhere.
     Removed(String),
-    /// The workloads earlier agents left could not be known (why): running
-    /// tasks now could run them twice.
-    Failed(String),
 }
 
 /// How the agent runs.
@@ -313,9 +310,28 @@ pub async fn run<D: Driver>(
 ) -> AgentExit {
     let (reports_tx, mut updates) = mpsc::channel(REPORT_QUEUE);
     let (done_tx, mut done) = mpsc::channel(REPORT_QUEUE);
-    let leftovers = match driver.leftovers().await {
-        Ok(found) => found,
-        Err(why) => return AgentExit::Failed(why),
+    // Until the workloads earlier agents left are known (the engine may
+    // not answer yet), no task starts: it could run beside its leftover.
+    let mut backoff = RECONNECT_MIN_MS;
+    let leftovers = loop {
+        if *shutdown.borrow() {
+            return AgentExit::Stopped;
+        }
+        let listed = tokio::select! {
+            _ = shutdown.changed() => return AgentExit::Stopped,
+            listed = driver.leftovers() => listed,
+        };
+        match listed {
+            Ok(found) => break found,
+            Err(why) => {
+                tracing::error!(%why, "the workloads earlier agents left cannot be known; this node takes no task until they can");
+                tokio::select! {
+                    _ = shutdown.changed() => return AgentExit::Stopped,
+                    _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX_MS);
+            }
+        }
     };
     let mut agent = Agent {
         config,

@@ -56,9 +56,10 @@ const WAIT_ROUND: Duration = Duration::from_secs(60);
 /// Tries to follow a container's logs again after the stream broke, one
 /// each [`ENGINE_RETRY`], before its output is given up.
 const LOG_RETRIES: u32 = 60;
-/// How often, and how far apart, a container killed under a memory limit
-/// is looked at again for the engine's OOM flag.
-const OOM_LOOKS: u32 = 5;
+/// How often, and how far apart, a container that ended is looked at again
+/// when the engine's answer is not final yet (its OOM flag, a removal under
+/// way).
+const OOM_LOOKS: u32 = 20;
 const OOM_LOOK_PAUSE: Duration = Duration::from_millis(100);
 /// The pull progress kept for the task's message, at most.
 const MAX_PULL_STATUS: usize = 200;
@@ -77,9 +78,11 @@ pub struct ContainerExecutor {
     dir: PathBuf,
     max_log_bytes: u64,
     container_id: Option<String>,
-    /// Whether the container was seen started (one created but never
-    /// started has no end to wait for).
+    /// Whether the container was started here (an adopted one is looked
+    /// at first: one created but never started has no end to wait for).
     seen_started: bool,
+    /// The watch for its end ([`watch_end`]), once waited for.
+    end_watch: Option<tokio::task::JoinHandle<Result<i64, TaskFailure>>>,
     /// How it ended, as the engine said, while its last output drains.
     ended: Option<ExitOutcome>,
     /// Until when that output may drain: set once, so the bound holds
@@ -87,8 +90,8 @@ pub struct ContainerExecutor {
     drain_deadline: Option<tokio::time::Instant>,
     /// How it ended, once known and its output kept.
     exited: Option<ExitOutcome>,
-    /// Since when the engine has not answered, while waiting.
-    unreachable_since: Option<tokio::time::Instant>,
+    /// Why its end cannot be known (removed, the engine gone), once so.
+    failed: Option<TaskFailure>,
     /// The image's own HEALTHCHECK, once looked up (`None` inside: none).
     own_health: Option<Option<ImageCheck>>,
     log_copy: Option<tokio::task::JoinHandle<()>>,
@@ -102,6 +105,9 @@ impl Drop for ContainerExecutor {
         // one copies its logs again from where they stopped.
         if let Some(copy) = &self.log_copy {
             copy.abort();
+        }
+        if let Some(watch) = &self.end_watch {
+            watch.abort();
         }
     }
 }
@@ -144,10 +150,11 @@ impl ContainerExecutor {
             max_log_bytes,
             container_id: None,
             seen_started: false,
+            end_watch: None,
             ended: None,
             drain_deadline: None,
             exited: None,
-            unreachable_since: None,
+            failed: None,
             own_health: None,
             log_copy: None,
             progress: tokio::sync::watch::Sender::new(String::new()),
@@ -373,6 +380,13 @@ impl ContainerExecutor {
         self.log_copy = Some(tokio::spawn(async move {
             let mut failures = 0;
             loop {
+                // Lines up to the resume point come again (`since` is in
+                // seconds) and are skipped, until the first newer one;
+                // after it, every line is kept, whatever its stamp (the
+                // pieces of a long line share one, stdout and stderr
+                // interleave).
+                let resume_ns = after_ns;
+                let mut resumed = resume_ns == 0;
                 let options = LogsOptionsBuilder::new()
                     .follow(true)
                     .stdout(true)
@@ -400,12 +414,13 @@ impl ContainerExecutor {
                     failures = 0;
                     for line in bytes.split_inclusive(|b| *b == b'\n') {
                         let (stamp, text) = engine_line(line);
-                        // `since` is in seconds: lines already kept come
-                        // again, and are skipped by their time.
-                        if after_ns > 0 && stamp <= after_ns {
-                            continue;
+                        if !resumed {
+                            if stamp <= resume_ns {
+                                continue;
+                            }
+                            resumed = true;
                         }
-                        after_ns = stamp;
+                        after_ns = after_ns.max(stamp);
                         writer.write(stamp, text);
                     }
                 }
@@ -424,7 +439,15 @@ impl ContainerExecutor {
 
     /// How the container ended, as the engine tells it.
     async fn outcome(&self, id: &str, exit_code: i64) -> ExitOutcome {
-        let inspected = self.engine.docker.inspect_container(id, None).await;
+        let mut inspected = self.engine.docker.inspect_container(id, None).await;
+        // Mid-removal the engine may answer with an error that is not yet
+        // "no such container": ask again, briefly.
+        let mut looks = 0;
+        while inspected.as_ref().is_err_and(|e| !not_found(e)) && looks < OOM_LOOKS {
+            tokio::time::sleep(OOM_LOOK_PAUSE).await;
+            looks += 1;
+            inspected = self.engine.docker.inspect_container(id, None).await;
+        }
         let removed = match &inspected {
             Err(e) => not_found(e),
             Ok(c) => c
@@ -492,65 +515,19 @@ impl ContainerExecutor {
         }
     }
 
-    /// One wait for the container's end; `None` when the engine could not
-    /// be asked (it restarts, the connection dropped): wait again.
-    async fn wait_once(&mut self, id: &str) -> Result<Option<i64>, TaskFailure> {
-        let mut stream = self.engine.long.wait_container(id, None);
-        let failed = match tokio::time::timeout(WAIT_ROUND, stream.next()).await {
-            Ok(Some(Ok(done))) => return Ok(Some(done.status_code)),
-            Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => {
-                return Ok(Some(code))
-            }
-            Ok(Some(Err(e))) if not_found(&e) => return Err(self.removed()),
-            Ok(Some(Err(e))) => engine_text(&e),
-            Ok(None) => "the wait ended without an answer".into(),
-            // A long run: whether the engine still answers is asked below.
-            Err(_) => String::new(),
-        };
-        // The wait may have failed because the engine went away: a
-        // container it stopped on its way down has ended.
-        match self.engine.docker.inspect_container(id, None).await {
-            Ok(c) => {
-                self.unreachable_since = None;
-                let state = c.state.unwrap_or_default();
-                if failed.is_empty() && state.running == Some(true) {
-                    return Ok(None);
-                }
-                match state.status {
-                    Some(ContainerStateStatusEnum::EXITED)
-                    | Some(ContainerStateStatusEnum::DEAD) => {
-                        return Ok(Some(state.exit_code.unwrap_or(-1)))
-                    }
-                    Some(ContainerStateStatusEnum::CREATED) => {
-                        return Err(TaskFailure(
-                            "the container was created but never started".into(),
-                        ))
-                    }
-                    _ => {}
-                }
-            }
-            Err(e) if not_found(&e) => return Err(self.removed()),
-            Err(_) => {
-                let since = *self
-                    .unreachable_since
-                    .get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() > ENGINE_GONE_AFTER {
-                    return Err(TaskFailure(format!(
-                        "the Docker Engine at {} has not answered for {ENGINE_GONE_AFTER:?}: {failed}",
-                        self.engine.host
-                    )));
-                }
-            }
-        }
-        tokio::time::sleep(ENGINE_RETRY).await;
-        Ok(None)
+    fn removed(&self) -> TaskFailure {
+        removed(self.container_id.as_deref().unwrap_or(&self.name))
     }
 
-    fn removed(&self) -> TaskFailure {
-        TaskFailure(format!(
-            "container {} was removed outside Shoal",
-            self.container_id.as_deref().unwrap_or(&self.name)
-        ))
+    /// The watch for the container's end, started once: a task of its own,
+    /// so the task runner dropping a `wait` (it does every few seconds)
+    /// neither asks the engine again nor restarts its bounds.
+    fn watch_end(&mut self, id: &str) -> &mut tokio::task::JoinHandle<Result<i64, TaskFailure>> {
+        let engine = self.engine.clone();
+        let id = id.to_string();
+        let started = self.seen_started;
+        self.end_watch
+            .get_or_insert_with(|| tokio::spawn(watch_end(engine, id, started)))
     }
 
     async fn remove_container(&self, reference: &str) -> Result<(), TaskFailure> {
@@ -589,6 +566,10 @@ impl Executor for ContainerExecutor {
     }
 
     async fn start(&mut self) -> Result<Workload, TaskFailure> {
+        if self.container_id.is_none() {
+            // Prepared by an agent before a restart: made again here.
+            self.prepare().await?;
+        }
         let id = self
             .container_id
             .clone()
@@ -616,43 +597,41 @@ impl Executor for ContainerExecutor {
     }
 
     async fn wait(&mut self) -> Result<ExitOutcome, TaskFailure> {
-        // Cancel safe: what is learnt is kept on `self` at once, so a wait
-        // the task runner drops goes on from there next time.
-        loop {
-            if let Some(done) = &self.exited {
-                return Ok(done.clone());
-            }
-            let id = self
-                .container_id
-                .clone()
-                .ok_or_else(|| TaskFailure("no container to wait for".into()))?;
-            if self.ended.is_none() {
-                if !self.seen_started {
-                    // The engine answers a wait on a container that never
-                    // started at once, as if it had ended well.
-                    match self.engine.docker.inspect_container(&id, None).await {
-                        Ok(c)
-                            if c.state.as_ref().and_then(|s| s.status)
-                                == Some(ContainerStateStatusEnum::CREATED) =>
-                        {
-                            return Err(TaskFailure(
-                                "the container was created but never started".into(),
-                            ))
-                        }
-                        Ok(_) => self.seen_started = true,
-                        Err(e) if not_found(&e) => return Err(self.removed()),
-                        // The wait below finds out what the engine has.
-                        Err(_) => {}
-                    }
-                }
-                let Some(code) = self.wait_once(&id).await? else {
-                    continue;
-                };
-                self.ended = Some(self.outcome(&id, code).await);
-            }
-            self.drain_logs().await;
-            self.exited = self.ended.take();
+        // Cancel safe: the end is watched by a task of its own, and what
+        // is learnt is kept on `self` at once.
+        if let Some(done) = &self.exited {
+            return Ok(done.clone());
         }
+        if let Some(failure) = &self.failed {
+            return Err(failure.clone());
+        }
+        let id = self
+            .container_id
+            .clone()
+            .ok_or_else(|| TaskFailure("no container to wait for".into()))?;
+        if self.ended.is_none() {
+            let code = match self.watch_end(&id).await {
+                Ok(ended) => ended,
+                Err(e) => Err(TaskFailure(format!("watching the container: {e}"))),
+            };
+            // The watch is done: a later wait must not await it again.
+            self.end_watch = None;
+            let code = match code {
+                Ok(code) => code,
+                Err(failure) => {
+                    self.failed = Some(failure.clone());
+                    return Err(failure);
+                }
+            };
+            self.ended = Some(self.outcome(&id, code).await);
+        }
+        self.drain_logs().await;
+        let done = self.ended.take().unwrap_or_else(|| ExitOutcome {
+            exit_code: -1,
+            message: "the container ended".into(),
+        });
+        self.exited = Some(done.clone());
+        Ok(done)
     }
 
     async fn shutdown(&mut self, grace: Duration) -> Result<Option<ExitOutcome>, TaskFailure> {
@@ -665,12 +644,8 @@ impl Executor for ContainerExecutor {
         let state = match self.engine.docker.inspect_container(&id, None).await {
             Ok(c) => c.state.unwrap_or_default(),
             Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => {
-                return Err(TaskFailure(format!(
-                    "stopping the container: {}",
-                    engine_text(&e)
-                )))
-            }
+            // The stop below is asked anyway.
+            Err(_) => Default::default(),
         };
         match state.status {
             Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
@@ -685,14 +660,8 @@ impl Executor for ContainerExecutor {
         match tokio::time::timeout(grace + CALL_TIMEOUT, stop).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) if not_found(&e) => return Ok(None),
-            Ok(Err(e)) => {
-                return Err(TaskFailure(format!(
-                    "stopping the container: {}",
-                    engine_text(&e)
-                )))
-            }
-            // The engine did not stop it in time: kill it outright.
-            Err(_) => match self.engine.docker.kill_container(&id, None).await {
+            // The engine did not stop it, or not in time: kill it outright.
+            Ok(Err(_)) | Err(_) => match self.engine.docker.kill_container(&id, None).await {
                 Ok(()) => {}
                 Err(e) if not_found(&e) => {}
                 Err(e) => {
@@ -774,6 +743,87 @@ impl Executor for ContainerExecutor {
 
     fn progress(&mut self) -> Option<tokio::sync::watch::Receiver<String>> {
         Some(self.progress.subscribe())
+    }
+}
+
+/// The words for a container removed behind Shoal's back.
+fn removed(container: &str) -> TaskFailure {
+    TaskFailure(format!("container {container} was removed outside Shoal"))
+}
+
+/// Waits for container `id` to end; its exit code. Each wait is asked
+/// again after [`WAIT_ROUND`] (a connection that died without a word is
+/// found out), and an engine that stops answering for
+/// [`ENGINE_GONE_AFTER`] fails the task. Unless `started` (here), a
+/// container that was created but never started has no end: the engine
+/// would answer its wait at once, as if it had ended well.
+async fn watch_end(engine: Engine, id: String, started: bool) -> Result<i64, TaskFailure> {
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
+    let mut looked = started;
+    loop {
+        if !looked {
+            match engine.docker.inspect_container(&id, None).await {
+                Ok(c)
+                    if c.state.as_ref().and_then(|s| s.status)
+                        == Some(ContainerStateStatusEnum::CREATED) =>
+                {
+                    return Err(TaskFailure(
+                        "the container was created but never started".into(),
+                    ))
+                }
+                Ok(_) => looked = true,
+                Err(e) if not_found(&e) => return Err(removed(&id)),
+                // The wait below finds out what the engine has.
+                Err(_) => {}
+            }
+        }
+        let mut stream = engine.long.wait_container(&id, None);
+        let failed = match tokio::time::timeout(WAIT_ROUND, stream.next()).await {
+            Ok(Some(Ok(done))) => return Ok(done.status_code),
+            Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => {
+                return Ok(code)
+            }
+            Ok(Some(Err(e))) if not_found(&e) => return Err(removed(&id)),
+            Ok(Some(Err(e))) => engine_text(&e),
+            Ok(None) => "the wait ended without an answer".into(),
+            // A long run: whether the engine still answers is asked below.
+            Err(_) => String::new(),
+        };
+        drop(stream);
+        // The wait may have failed because the engine went away: a
+        // container it stopped on its way down has ended.
+        let inspected =
+            tokio::time::timeout(CALL_TIMEOUT, engine.docker.inspect_container(&id, None)).await;
+        match inspected {
+            Ok(Ok(c)) => {
+                unreachable_since = None;
+                let state = c.state.unwrap_or_default();
+                match state.status {
+                    Some(ContainerStateStatusEnum::EXITED)
+                    | Some(ContainerStateStatusEnum::DEAD) => {
+                        return Ok(state.exit_code.unwrap_or(-1))
+                    }
+                    _ if failed.is_empty() => continue,
+                    _ => {}
+                }
+            }
+            Ok(Err(e)) if not_found(&e) => return Err(removed(&id)),
+            Ok(Err(_)) | Err(_) => {
+                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > ENGINE_GONE_AFTER {
+                    let why = if failed.is_empty() {
+                        "no answer".to_string()
+                    } else {
+                        failed
+                    };
+                    return Err(TaskFailure(format!(
+                        "the Docker Engine at {} has not answered for {ENGINE_GONE_AFTER:?}: {why}",
+                        engine.host
+                    )));
+                }
+            }
+        }
+        tokio::time::sleep(ENGINE_RETRY).await;
     }
 }
 

@@ -34,6 +34,17 @@ impl HostDriver {
     fn tasks_dir(&self) -> &std::path::Path {
         &self.process.config.tasks_dir
     }
+
+    /// Ends a workload outright and returns once it is gone (or the engine
+    /// would not remove it), for a node that leaves.
+    pub async fn end(&self, task_id: &str, workload: &Workload) {
+        match &self.engine {
+            Some(engine) if !workload.container_id.is_empty() => {
+                container::remove_outright(engine, &workload.container_id).await
+            }
+            _ => self.process.kill(task_id, workload),
+        }
+    }
 }
 
 impl Driver for HostDriver {

@@ -581,6 +581,10 @@ impl Executor for ProcessExecutor {
     }
 
     async fn start(&mut self) -> Result<Workload, TaskFailure> {
+        if self.program.is_none() {
+            // Prepared by an agent before a restart: resolved again here.
+            self.prepare().await?;
+        }
         let program = self
             .program
             .clone()

@@ -81,6 +81,18 @@ async fn run_probe(probe: &mut Option<Probe>) -> HealthProbe {
     }
 }
 
+/// Sends a task's status to the agent. A closed channel means the agent is
+/// going away; the state is kept by the runner and reported again by
+/// whoever restarts the task.
+async fn deliver(updates: &mpsc::Sender<TaskUpdate>, task_id: &str, status: TaskStatus) {
+    let _ = updates
+        .send(TaskUpdate {
+            task_id: task_id.to_string(),
+            status,
+        })
+        .await;
+}
+
 /// How often a long prepare's news is reported, at most.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -180,15 +192,7 @@ impl<E: Executor> TaskRunner<E> {
             health: health as i32,
             health_log,
         };
-        // A closed channel means the agent is going away; the state is kept
-        // here and reported again by whoever restarts the task.
-        let _ = self
-            .updates
-            .send(TaskUpdate {
-                task_id: self.task_id.clone(),
-                status,
-            })
-            .await;
+        deliver(&self.updates, &self.task_id, status).await;
     }
 
     /// Runs until the task is terminal; returns its final state. When the
@@ -213,11 +217,21 @@ impl<E: Executor> TaskRunner<E> {
                         .await
                 }
                 Step::Prepare => {
-                    self.report(TaskState::Preparing, "preparing", String::new(), 0)
-                        .await;
+                    // A task found PREPARING after an agent restart prepares
+                    // again, without a second report of it.
+                    if self.observed != TaskState::Preparing {
+                        self.report(TaskState::Preparing, "preparing", String::new(), 0)
+                            .await;
+                    }
                     match self.prepare().await {
-                        // Stopped meanwhile: the next step says how.
-                        None => continue,
+                        // Stopped meanwhile: the next step says how; with
+                        // the desired state's sender gone, it is shut down.
+                        None => {
+                            if self.desired.has_changed().is_err() {
+                                self.shutdown().await;
+                            }
+                            continue;
+                        }
                         Some(Ok(())) => {
                             self.report(TaskState::Ready, "prepared", String::new(), 0)
                                 .await
@@ -339,13 +353,7 @@ impl<E: Executor> TaskRunner<E> {
                     container_id: self.workload.container_id.clone(),
                     ..Default::default()
                 };
-                let _ = self
-                    .updates
-                    .send(TaskUpdate {
-                        task_id: self.task_id.clone(),
-                        status,
-                    })
-                    .await;
+                deliver(&self.updates, &self.task_id, status).await;
             }
         };
         result

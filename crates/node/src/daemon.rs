@@ -836,7 +836,6 @@ async fn run_manager(
     let mut raft_failed = None;
     let mut removed = None;
     let mut agent_done = false;
-    let mut agent_failed = None;
     let served = tokio::select! {
         _ = &mut shutdown => None,
         served = &mut control_server => Some(served),
@@ -844,13 +843,9 @@ async fn run_manager(
             // Removed from the cluster (node rm): this manager stops and
             // forgets itself, as a removed worker does.
             agent_done = true;
-            match exit {
-                Ok(shoal_agent::AgentExit::Removed(reason)) => {
-                    tracing::error!(%reason, "this manager was removed from the cluster");
-                    removed = Some(reason);
-                }
-                Ok(shoal_agent::AgentExit::Failed(why)) => agent_failed = Some(why),
-                _ => {}
+            if let Ok(shoal_agent::AgentExit::Removed(reason)) = exit {
+                tracing::error!(%reason, "this manager was removed from the cluster");
+                removed = Some(reason);
             }
             None
         }
@@ -886,9 +881,6 @@ async fn run_manager(
     }
     if let Some(reason) = raft_failed {
         return Err(DaemonError::RaftFailed(reason));
-    }
-    if let Some(why) = agent_failed {
-        return Err(DaemonError::Agent(why));
     }
     served
 }

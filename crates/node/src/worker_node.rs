@@ -151,9 +151,6 @@ pub async fn run(
             (left, None)
         }
         Ending::Agent(Ok(shoal_agent::AgentExit::Stopped)) => (Ok(()), None),
-        Ending::Agent(Ok(shoal_agent::AgentExit::Failed(why))) => {
-            (Err(DaemonError::Agent(why)), None)
-        }
         Ending::Agent(Err(e)) => (Err(e), None),
     };
     // A `leave` asked meanwhile (a second one, or during the stop) is
@@ -198,12 +195,12 @@ async fn leave(
         }
         if std::time::Instant::now() > deadline {
             return Err(DaemonError::Agent(format!(
-                "{} task processes would not die; the node has not left",
+                "{} tasks (processes or containers) would not end; the node has not left",
                 found.len()
             )));
         }
         for (task_id, handle) in found {
-            driver.kill(&task_id, &handle);
+            driver.end(&task_id, &handle).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
