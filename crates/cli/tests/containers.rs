@@ -24,6 +24,22 @@ fn running_tasks(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits until a task other than `first` runs for `service`; returns
+/// `first` as it ended.
+fn replaced(d: &Daemon, service: &str, first: &serde_json::Value) -> serde_json::Value {
+    wait_until("a new task replaces the first", || {
+        running_tasks(d, service)
+            .first()
+            .is_some_and(|t| t["id"] != first["id"])
+    });
+    let old = all_tasks(d, service)
+        .into_iter()
+        .find(|t| t["id"] == first["id"])
+        .expect("the first task is kept in the history");
+    assert_eq!(old["status"]["state"], "FAILED", "{old}");
+    old
+}
+
 fn container_of(t: &serde_json::Value) -> String {
     t["status"]["container_id"]
         .as_str()
@@ -172,16 +188,7 @@ fn a_killed_container_is_replaced_and_its_exit_code_kept() {
     });
     let first = running_tasks(&d, "kept").remove(0);
     docker(&["kill", &container_of(&first)]);
-    wait_until("a new container replaces the killed one", || {
-        running_tasks(&d, "kept")
-            .first()
-            .is_some_and(|t| t["id"] != first["id"])
-    });
-    let old = all_tasks(&d, "kept")
-        .into_iter()
-        .find(|t| t["id"] == first["id"])
-        .unwrap();
-    assert_eq!(old["status"]["state"], "FAILED", "{old}");
+    let old = replaced(&d, "kept", &first);
     assert_eq!(old["status"]["exit_code"], 137, "{old}");
     assert_eq!(old["status"]["err"], "exit status 137", "{old}");
 }
@@ -350,16 +357,7 @@ fn a_container_removed_behind_shoals_back_is_reported_and_replaced() {
     });
     let first = running_tasks(&d, "gone").remove(0);
     docker(&["rm", "-f", &container_of(&first)]);
-    wait_until("a new task replaces it", || {
-        running_tasks(&d, "gone")
-            .first()
-            .is_some_and(|t| t["id"] != first["id"])
-    });
-    let old = all_tasks(&d, "gone")
-        .into_iter()
-        .find(|t| t["id"] == first["id"])
-        .unwrap();
-    assert_eq!(old["status"]["state"], "FAILED", "{old}");
+    let old = replaced(&d, "gone", &first);
     let err = old["status"]["err"].as_str().unwrap_or_default();
     assert!(
         err.starts_with(&format!(
@@ -386,16 +384,7 @@ fn a_container_removed_while_its_daemon_was_down_is_reported_and_replaced() {
     d.kill9();
     docker(&["rm", "-f", &container_of(&first)]);
     let d = Daemon::start(&dir);
-    wait_until("a new container replaces it", || {
-        running_tasks(&d, "lost")
-            .first()
-            .is_some_and(|t| t["id"] != first["id"])
-    });
-    let old = all_tasks(&d, "lost")
-        .into_iter()
-        .find(|t| t["id"] == first["id"])
-        .unwrap();
-    assert_eq!(old["status"]["state"], "FAILED", "{old}");
+    let old = replaced(&d, "lost", &first);
     assert_eq!(
         old["status"]["err"],
         "its process or container ended, or was removed, while the agent was not running"
