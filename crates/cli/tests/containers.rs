@@ -24,6 +24,28 @@ fn running_tasks(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Creates `service`, one container sleeping with no restart delay, and
+/// returns its task once it runs.
+fn sleeper(d: &Daemon, service: &str, image: &str) -> serde_json::Value {
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        service,
+        "--image",
+        image,
+        "--restart-delay",
+        "0s",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    wait_until("the container runs", || {
+        running_tasks(d, service).len() == 1
+    });
+    running_tasks(d, service).remove(0)
+}
+
 /// Waits until a task other than `first` runs for `service`; returns
 /// `first` as it ended.
 fn replaced(d: &Daemon, service: &str, first: &serde_json::Value) -> serde_json::Value {
@@ -170,23 +192,7 @@ fn a_killed_container_is_replaced_and_its_exit_code_kept() {
     let Some(image) = test_image() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let (_containers, d) = node(&tmp.path().join("n"));
-    d.ok(&[
-        "service",
-        "create",
-        "--name",
-        "kept",
-        "--image",
-        &image,
-        "--restart-delay",
-        "0s",
-        "--",
-        "sleep",
-        "3600",
-    ]);
-    wait_until("the container runs", || {
-        running_tasks(&d, "kept").len() == 1
-    });
-    let first = running_tasks(&d, "kept").remove(0);
+    let first = sleeper(&d, "kept", &image);
     docker(&["kill", &container_of(&first)]);
     let old = replaced(&d, "kept", &first);
     assert_eq!(old["status"]["exit_code"], 137, "{old}");
@@ -339,23 +345,7 @@ fn a_container_removed_behind_shoals_back_is_reported_and_replaced() {
     let Some(image) = test_image() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let (_containers, d) = node(&tmp.path().join("n"));
-    d.ok(&[
-        "service",
-        "create",
-        "--name",
-        "gone",
-        "--image",
-        &image,
-        "--restart-delay",
-        "0s",
-        "--",
-        "sleep",
-        "3600",
-    ]);
-    wait_until("the container runs", || {
-        running_tasks(&d, "gone").len() == 1
-    });
-    let first = running_tasks(&d, "gone").remove(0);
+    let first = sleeper(&d, "gone", &image);
     docker(&["rm", "-f", &container_of(&first)]);
     let old = replaced(&d, "gone", &first);
     let err = old["status"]["err"].as_str().unwrap_or_default();
