@@ -37,7 +37,8 @@ use std::time::Duration;
 
 use shoal_api::dispatcher_client::DispatcherClient;
 use shoal_api::{
-    NodeDescription, SessionMessage, SessionRequest, Task, TaskState, TaskStatus, TaskStatusUpdate,
+    NodeDescription, NodeRole, SessionMessage, SessionRequest, Task, TaskState, TaskStatus,
+    TaskStatusUpdate,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
@@ -72,8 +73,12 @@ pub struct Connector {
     /// without one, the addresses never change (a manager's own agent
     /// dials its own manager).
     learned: Option<Arc<Learned>>,
+    /// Told the role the node's spec asks for, with each session message
+    /// (the daemon changes the node's role when it differs).
+    role: Option<Arc<RoleAsked>>,
 }
 
+type RoleAsked = dyn Fn(NodeRole) + Send + Sync;
 type Dial = dyn Fn(&str) -> Result<Channel, String> + Send + Sync;
 type Learned = dyn Fn(&[String]) + Send + Sync;
 
@@ -110,6 +115,7 @@ impl Connector {
                 next: 0,
             })),
             learned: None,
+            role: None,
         }
     }
 
@@ -118,6 +124,22 @@ impl Connector {
     pub fn on_learned(mut self, learned: impl Fn(&[String]) + Send + Sync + 'static) -> Connector {
         self.learned = Some(Arc::new(learned));
         self
+    }
+
+    /// Calls `asked` with the role the node's spec asks for, as each
+    /// session message says it.
+    pub fn on_desired_role(
+        mut self,
+        asked: impl Fn(NodeRole) + Send + Sync + 'static,
+    ) -> Connector {
+        self.role = Some(Arc::new(asked));
+        self
+    }
+
+    fn desired_role(&self, role: i32) {
+        if let (Some(asked), Ok(role)) = (&self.role, NodeRole::try_from(role)) {
+            asked(role);
+        }
     }
 
     /// The addresses it knows now.
@@ -435,6 +457,7 @@ pub async fn run<D: Driver>(
                             ));
                         }
                         agent.config.dispatcher.learn(&addr, &m.managers);
+                        agent.config.dispatcher.desired_role(m.desired_role);
                         if let Some(channel) = &session_channel {
                             agent.answer_log_reads(channel, &m);
                         }

@@ -41,6 +41,18 @@ pub enum NodeCommand {
         #[arg(short, long)]
         force: bool,
     },
+    /// Make workers managers: each joins raft once it has caught up.
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers: each leaves raft (handing leadership over
+    /// first), then goes on as a worker; refused where it would cost the
+    /// others their quorum.
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Change a node's availability or labels.
     Update {
         node: String,
@@ -134,6 +146,16 @@ pub async fn run(mut client: Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 println!("{reference}");
             }
         }
+        NodeCommand::Promote { nodes } => {
+            for node in nodes {
+                set_role(&mut client, &node, NodeRole::Manager).await?;
+            }
+        }
+        NodeCommand::Demote { nodes } => {
+            for node in nodes {
+                set_role(&mut client, &node, NodeRole::Worker).await?;
+            }
+        }
         NodeCommand::Update {
             node,
             availability,
@@ -169,5 +191,37 @@ pub async fn run(mut client: Client, cmd: NodeCommand) -> anyhow::Result<()> {
             println!("{}", current.id);
         }
     }
+    Ok(())
+}
+
+/// Asks node `reference` to take `role`, and says what follows.
+async fn set_role(client: &mut Client, reference: &str, role: NodeRole) -> anyhow::Result<()> {
+    let current: Node = call!(
+        client,
+        get_node(GetRequest {
+            reference: reference.to_string()
+        })
+    )?
+    .node
+    .unwrap_or_default();
+    let mut spec = current.spec.clone().unwrap_or_default();
+    let (name, asked) = match role {
+        NodeRole::Manager => ("a manager", "promoted to a manager"),
+        NodeRole::Worker => ("a worker", "demoted to a worker"),
+    };
+    if spec.desired_role == role as i32 {
+        println!("Node {reference} is already {name}.");
+        return Ok(());
+    }
+    spec.desired_role = role as i32;
+    call!(
+        client,
+        update_node(UpdateNodeRequest {
+            node_id: current.id.clone(),
+            version: current.meta.as_ref().map_or(0, |m| m.version),
+            spec: Some(spec),
+        })
+    )?;
+    println!("Node {reference} {asked} in the cluster.");
     Ok(())
 }

@@ -350,51 +350,6 @@ fn service_logs_show_the_lines_of_tasks_on_every_node_and_skip_a_node_that_is_go
 }
 
 #[test]
-fn a_running_node_role_is_not_changed_in_place_and_the_refusal_says_what_to_do() {
-    let tmp = tempfile::tempdir().unwrap();
-    let manager = Daemon::start(&tmp.path().join("m"));
-    let worker = join(&tmp.path().join("w"), &manager);
-    let worker_id = node_id(&worker);
-    wait_until("the worker is Ready", || ready(&manager, &worker_id));
-    let refused = shoal_api_promote(&manager, &worker_id);
-    assert!(
-        refused.contains("cannot be changed in place") && refused.contains("join-token manager"),
-        "{refused}"
-    );
-}
-
-/// Asks the control API to make `node` a manager (the CLI has no flag for
-/// it yet); returns the refusal.
-fn shoal_api_promote(manager: &Daemon, node: &str) -> String {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let channel = shoal_api::transport::connect_unix(&manager.socket);
-        let mut client = shoal_api::control_client::ControlClient::new(channel);
-        let current = client
-            .get_node(shoal_api::GetRequest {
-                reference: node.to_string(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .node
-            .unwrap();
-        let mut spec = current.spec.clone().unwrap_or_default();
-        spec.desired_role = shoal_api::NodeRole::Manager as i32;
-        client
-            .update_node(shoal_api::UpdateNodeRequest {
-                node_id: current.id.clone(),
-                version: current.meta.map_or(0, |m| m.version),
-                spec: Some(spec),
-            })
-            .await
-            .unwrap_err()
-            .message()
-            .to_string()
-    })
-}
-
-#[test]
 fn a_followed_log_goes_on_across_a_restart_of_the_tasks_node_without_gaps_or_repeats() {
     let tmp = tempfile::tempdir().unwrap();
     let (manager, mut worker, worker_id) = manager_and_ready_worker(tmp.path());

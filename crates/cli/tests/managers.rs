@@ -522,3 +522,134 @@ fn a_rollout_goes_on_under_a_new_leader_replacing_each_slot_once() {
         slots.len() == 4 && slots.values().all(|n| *n == 1)
     });
 }
+
+/// A worker joined to `manager` with a node listener of its own on a free
+/// loopback port, so it can be promoted.
+fn join_promotable(dir: &std::path::Path, manager: &Daemon) -> Daemon {
+    let (addr, token) = harness::join_args(manager);
+    Daemon::start_with(
+        dir,
+        &[
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--join",
+            &addr,
+            "--token",
+            &token,
+        ],
+    )
+}
+
+/// The role a daemon's state dir records.
+fn recorded_role(d: &Daemon) -> String {
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.state_dir.join("shoal-state.json")).unwrap())
+            .unwrap();
+    marker["role"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_worker_promoted_in_place_votes_and_a_demoted_leader_goes_on_as_a_worker_with_its_tasks_untouched(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Daemon::start(&tmp.path().join("m1"));
+    let second = join_promotable(&tmp.path().join("w2"), &first);
+    let third = join_promotable(&tmp.path().join("w3"), &first);
+    let (first_id, second_id, third_id) = (node_id(&first), node_id(&second), node_id(&third));
+    // The only manager cannot be demoted: nothing would be left to decide.
+    let refused = first.fails(&["node", "demote", &first_id]);
+    assert!(refused.contains("only manager"), "{refused}");
+    harness::create_web(&first, 6);
+    let daemons = [&first, &second, &third];
+    wait_until("the tasks run on every node", || {
+        daemons.iter().all(|d| !task_processes(d).is_empty())
+            && daemons
+                .iter()
+                .map(|d| task_processes(d).len())
+                .sum::<usize>()
+                == 6
+    });
+    let before: Vec<HashMap<String, u32>> = daemons.iter().map(|d| task_processes(d)).collect();
+
+    let said = first.ok(&["node", "promote", &second_id, &third_id]);
+    assert!(said.contains("promoted to a manager"), "{said}");
+    for d in daemons {
+        wait_until("every node shows three managers, one leading", || {
+            shows_managers(d, 3)
+        });
+    }
+    for d in &daemons[1..] {
+        assert_eq!(recorded_role(d), "manager");
+        let cert = std::fs::read_to_string(d.state_dir.join("certificates/node.crt")).unwrap();
+        let (identity, _) = shoal_ca::NodeIdentity::of_certificate_pem(&cert).unwrap();
+        assert_eq!(identity.role, shoal_ca::Role::Manager);
+    }
+    let again = first.ok(&["node", "promote", &second_id]);
+    assert!(again.contains("already a manager"), "{again}");
+
+    // The leader demoted through another manager: leadership moves, the
+    // others keep a quorum, and it runs on as a worker.
+    assert!(
+        leader_of(&[&first]).starts_with(&first_id) || first_id.starts_with(&leader_of(&[&first]))
+    );
+    let said = second.ok(&["node", "demote", &first_id]);
+    assert!(said.contains("demoted to a worker"), "{said}");
+    wait_until("the demoted leader runs as a worker", || {
+        recorded_role(&first) == "worker"
+            && first.shoal(&["version"]).status.success()
+            && String::from_utf8_lossy(&first.shoal(&["version"]).stdout).contains("worker node")
+    });
+    for d in &daemons[1..] {
+        wait_until("two managers are left, one leading", || {
+            shows_managers(d, 2)
+        });
+    }
+    assert!(
+        !first.state_dir.join("raft").exists(),
+        "a worker keeps no raft log"
+    );
+    let cert = std::fs::read_to_string(first.state_dir.join("certificates/node.crt")).unwrap();
+    let (identity, _) = shoal_ca::NodeIdentity::of_certificate_pem(&cert).unwrap();
+    assert_eq!(identity.role, shoal_ca::Role::Worker);
+    // Writes go on through what is left, and reach each manager.
+    second.ok(&["network", "create", "after-the-changes"]);
+    assert!(third.ok(&["network", "ls"]).contains("after-the-changes"));
+    // No task was restarted by either change: the same processes run.
+    wait_until("the demoted node is Ready again", || {
+        json_lines(&second.ok(&["node", "ls", "--format", "json"]))
+            .iter()
+            .any(|r| {
+                r["id"].as_str().is_some_and(|i| first_id.starts_with(i)) && r["status"] == "Ready"
+            })
+    });
+    let after: Vec<HashMap<String, u32>> = daemons.iter().map(|d| task_processes(d)).collect();
+    assert_eq!(before, after);
+    let web = all_tasks(&second, "web");
+    assert_eq!(web.len(), 6, "no task was replaced: {web:?}");
+}
+
+#[test]
+fn a_demotion_that_would_cost_the_other_managers_their_quorum_is_refused_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Daemon::start(&tmp.path().join("m1"));
+    let second = join_promotable(&tmp.path().join("w2"), &first);
+    let mut third = join_promotable(&tmp.path().join("w3"), &first);
+    let (second_id, third_id) = (node_id(&second), node_id(&third));
+    first.ok(&["node", "promote", &second_id, &third_id]);
+    wait_until("three managers", || shows_managers(&first, 3));
+    third.kill9();
+    wait_until("the killed manager shows unreachable", || {
+        manager_statuses(&first)
+            .iter()
+            .any(|(id, s)| third_id.starts_with(id.as_str()) && s == "Unreachable")
+    });
+    let refused = first.fails(&["node", "demote", &second_id]);
+    assert!(
+        refused.contains("fewer than a quorum") && refused.contains("1 reachable of 2"),
+        "{refused}"
+    );
+    // Nothing was asked of it: it is still a manager.
+    let inspect: Vec<serde_json::Value> =
+        serde_json::from_str(&first.ok(&["node", "inspect", &second_id])).unwrap();
+    assert_eq!(inspect[0]["spec"]["desired_role"], "MANAGER", "{inspect:?}");
+}

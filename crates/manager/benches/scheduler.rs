@@ -45,6 +45,7 @@ fn run(nodes: usize, tasks: usize, constrained: bool, one_service: bool) {
                 version,
                 Batch {
                     transactions: vec![Transaction {
+                        leader_term: 0,
                         actions,
                         timestamp_ms: 0,
                     }],

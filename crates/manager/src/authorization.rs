@@ -324,6 +324,7 @@ mod tests {
         let mut tables = Tables::default();
         let batch = shoal_api::Batch {
             transactions: vec![shoal_api::Transaction {
+                leader_term: 0,
                 actions,
                 timestamp_ms: 0,
             }],

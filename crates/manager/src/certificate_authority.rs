@@ -343,6 +343,7 @@ impl Ca for CertificateAuthority {
         // made with the certificate finds it.
         self.replica
             .propose(Transaction {
+                leader_term: 0,
                 actions: vec![StoreAction {
                     kind: store_action::Kind::Create as i32,
                     target: Some(node.into()),
@@ -369,13 +370,35 @@ impl Ca for CertificateAuthority {
         let cluster = cluster_of(&view)?;
         let node = view
             .node(&node_id)
-            .ok_or_else(|| crate::authorization::missing_node(&view, &node_id))?;
+            .ok_or_else(|| crate::authorization::missing_node(&view, &node_id))?
+            .clone();
+        let mut raft_id = node.manager_status.as_ref().map_or(0, |m| m.raft_id);
         // The role is the store's: a promoted or demoted node's renewed
-        // certificate says what it is now.
-        let role = if node.role == NodeRole::Manager as i32 {
-            Role::Manager
-        } else {
-            Role::Worker
+        // certificate says what it is now. A worker whose spec asks it to
+        // be a manager becomes one here, when it says where it listens:
+        // the membership loop then adds it to raft.
+        let role = match promotion(&node, &req.advertise_addr)? {
+            Some(addr) => {
+                raft_id = self.new_raft_id(&view);
+                let promoted = promoted_manager(&node, &addr, raft_id);
+                self.replica
+                    .propose(Transaction {
+                        leader_term: 0,
+                        actions: vec![StoreAction {
+                            kind: store_action::Kind::Update as i32,
+                            target: Some(promoted.into()),
+                        }],
+                        timestamp_ms: 0,
+                    })
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!("recording the promotion failed: {e}"))
+                    })?;
+                tracing::info!(node = %node_id, raft_id, %addr, "a worker was promoted to manager");
+                Role::Manager
+            }
+            None if node.role == NodeRole::Manager as i32 => Role::Manager,
+            None => Role::Worker,
         };
         let identity = NodeIdentity {
             node_id,
@@ -383,9 +406,41 @@ impl Ca for CertificateAuthority {
             cluster_id: cluster.id.clone(),
         };
         let mut answer = sign(&cluster, &identity, &req.csr_pem)?;
-        answer.managers = crate::managers::addresses(&view);
+        if role == Role::Manager {
+            answer.raft_id = raft_id;
+        }
+        answer.managers = crate::managers::addresses(&self.replica.store().view());
         Ok(Response::new(answer))
     }
+}
+
+/// Where a worker that asks to become a manager will listen, when its
+/// spec asks that (`node promote`) and it named an address; `None` when
+/// the renewal changes no role.
+fn promotion(node: &Node, advertise_addr: &str) -> Result<Option<String>, Status> {
+    let asked = node
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.desired_role == NodeRole::Manager as i32);
+    if node.role == NodeRole::Manager as i32 || !asked || advertise_addr.is_empty() {
+        return Ok(None);
+    }
+    manager_address(advertise_addr).map(Some)
+}
+
+/// `node` as a manager: raft id `raft_id`, reached at `addr`; its version
+/// read, so a second promotion racing it conflicts instead of giving the
+/// node two raft ids.
+fn promoted_manager(node: &Node, addr: &str, raft_id: u64) -> Node {
+    let mut promoted = node.clone();
+    promoted.role = NodeRole::Manager as i32;
+    promoted.manager_status = Some(shoal_api::ManagerStatus {
+        raft_id,
+        addr: addr.to_string(),
+        leader: false,
+        reachability: shoal_api::manager_status::Reachability::Unknown as i32,
+    });
+    promoted
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal_api::transport::TransportError;
-use shoal_raft::Replica;
+use shoal_raft::{LeaderTerm, Replica};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -38,7 +38,13 @@ pub fn start_on_unix_socket(
 ) -> Result<(JoinSet<()>, Arc<crate::LogBroker>), TransportError> {
     let incoming = shoal_api::transport::listen_unix(dispatcher_socket)?;
     let logs = Arc::new(crate::LogBroker::default());
-    let leader = start(replica, stop, rng, Arc::clone(&logs));
+    // The simulator's single manager leads in one term from its start.
+    let leader = start(
+        &LeaderTerm::current(Arc::clone(replica)),
+        stop,
+        rng,
+        Arc::clone(&logs),
+    );
     let mut set = leader.tasks;
     let dispatcher = DispatcherService::from_arc(leader.dispatcher);
     let publishing = crate::LogPublishing::server(Arc::clone(&logs));
@@ -67,10 +73,11 @@ pub struct Leader {
 }
 
 /// Starts the reconcilers, the membership loop and the dispatcher's own
-/// loops; the dispatcher asks for logs through `logs`, which the control
-/// API shares. Everything stops when `stop` turns true.
+/// loops, each writing as the leader of `term` only; the dispatcher asks
+/// for logs through `logs`, which the control API shares. Everything stops
+/// when `stop` turns true.
 pub fn start(
-    replica: &Arc<Replica>,
+    term: &LeaderTerm,
     stop: &watch::Receiver<bool>,
     rng: &mut StdRng,
     logs: Arc<crate::LogBroker>,
@@ -83,30 +90,30 @@ pub fn start(
     let new_id = move || crate::new_object_id(&mut task_ids);
     set.spawn(reconciler::run(
         "orchestrator",
-        Arc::clone(replica),
+        term.clone(),
         stop.clone(),
         Orchestrator::new(new_id),
     ));
     set.spawn(reconciler::run(
         "allocator",
-        Arc::clone(replica),
+        term.clone(),
         stop.clone(),
         Allocator::default(),
     ));
     set.spawn(reconciler::run(
         "scheduler",
-        Arc::clone(replica),
+        term.clone(),
         stop.clone(),
         Scheduler::new(Search::Auto),
     ));
     set.spawn(reconciler::run(
         "reaper",
-        Arc::clone(replica),
+        term.clone(),
         stop.clone(),
         Reaper::default(),
     ));
-    set.spawn(crate::membership::run(Arc::clone(replica), stop.clone()));
-    let dispatcher = Dispatcher::new(Arc::clone(replica), stop.clone(), dispatcher_ids, logs);
+    set.spawn(crate::membership::run(term.clone(), stop.clone()));
+    let dispatcher = Dispatcher::new(term.clone(), stop.clone(), dispatcher_ids, logs);
     set.spawn(dispatcher.monitor());
     set.spawn(dispatcher.fan_out());
     Leader {

@@ -113,7 +113,12 @@ pub async fn run(
         };
         tracing::info!(term, "this manager leads: starting the leader's components");
         let (term_stop_tx, term_stop) = watch::channel(false);
-        let leader = crate::leader::start(&replica, &term_stop, &mut rng, Arc::clone(&logs));
+        let leader = crate::leader::start(
+            &shoal_raft::LeaderTerm::new(Arc::clone(&replica), term),
+            &term_stop,
+            &mut rng,
+            Arc::clone(&logs),
+        );
         let mut tasks = leader.tasks;
         gate.set(Some(leader.dispatcher));
         let stopping = tokio::select! {

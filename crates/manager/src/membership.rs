@@ -13,11 +13,10 @@
 //! Each voter change goes through openraft's joint consensus.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_api::{manager_status::Reachability, store_action, NodeRole, StoreAction, Transaction};
-use shoal_raft::{Members, Replica};
+use shoal_raft::{LeaderTerm, Members, Replica};
 use shoal_store::Tables;
 use tokio::sync::watch;
 
@@ -175,6 +174,34 @@ pub fn status_updates(view: &Tables, raft: &RaftView) -> Vec<StoreAction> {
         .collect()
 }
 
+/// Managers asked to be workers (`node demote`) that raft has let go:
+/// each becomes a worker in the store, which its daemon waits for (its
+/// certificate's renewal says worker) before it goes on as one. Never
+/// while a change is under way: a member on its way out still votes.
+pub fn demotions(view: &Tables, raft: &RaftView) -> Vec<StoreAction> {
+    if raft.members.changing {
+        return Vec::new();
+    }
+    view.nodes()
+        .filter(|n| n.role == NodeRole::Manager as i32)
+        .filter(|n| n.spec.as_ref().map(|s| s.desired_role) == Some(NodeRole::Worker as i32))
+        .filter(|n| {
+            n.manager_status
+                .as_ref()
+                .is_none_or(|m| !raft.members.addrs.contains_key(&m.raft_id))
+        })
+        .map(|n| {
+            let mut node = n.clone();
+            node.role = NodeRole::Worker as i32;
+            node.manager_status = None;
+            StoreAction {
+                kind: store_action::Kind::Update as i32,
+                target: Some(node.into()),
+            }
+        })
+        .collect()
+}
+
 fn raft_view(replica: &Replica) -> RaftView {
     RaftView {
         me: replica.id(),
@@ -186,7 +213,7 @@ fn raft_view(replica: &Replica) -> RaftView {
 }
 
 /// The loop: one step at a time while this manager leads, until `stop`.
-pub async fn run(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
+pub async fn run(replica: LeaderTerm, mut stop: watch::Receiver<bool>) {
     let mut handed_over_at: Option<shoal_api::clock::Instant> = None;
     loop {
         if *stop.borrow() {
@@ -194,7 +221,8 @@ pub async fn run(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
         }
         let view = replica.store().view();
         let raft = raft_view(&replica);
-        let updates = status_updates(&view, &raft);
+        let mut updates = status_updates(&view, &raft);
+        updates.extend(demotions(&view, &raft));
         if !updates.is_empty() {
             // Each update carries the version it read: a node changed
             // meanwhile (its agent's session) fails alone, and the next
@@ -203,6 +231,7 @@ pub async fn run(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
                 let written = tokio::time::timeout(
                     STATUS_WRITE_WAIT,
                     replica.propose(Transaction {
+                        leader_term: 0,
                         actions: vec![update],
                         timestamp_ms: 0,
                     }),
@@ -245,6 +274,84 @@ pub async fn run(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn manager_node(id: &str, raft_id: u64, desired: NodeRole) -> shoal_api::Node {
+        shoal_api::Node {
+            id: id.into(),
+            role: NodeRole::Manager as i32,
+            spec: Some(shoal_api::NodeSpec {
+                desired_role: desired as i32,
+                ..Default::default()
+            }),
+            manager_status: Some(shoal_api::ManagerStatus {
+                raft_id,
+                addr: format!("10.0.0.{raft_id}:4242"),
+                ..Default::default()
+            }),
+            meta: Some(shoal_api::Meta {
+                version: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn tables_of(nodes: Vec<shoal_api::Node>) -> shoal_store::View {
+        let store = shoal_store::Store::new();
+        let batch = shoal_api::Batch {
+            transactions: vec![Transaction {
+                leader_term: 0,
+                actions: nodes
+                    .into_iter()
+                    .map(|n| StoreAction {
+                        kind: store_action::Kind::Create as i32,
+                        target: Some(n.into()),
+                    })
+                    .collect(),
+                timestamp_ms: 0,
+            }],
+        };
+        assert!(store.apply(1, batch).iter().all(|r| r.is_ok()));
+        store.view()
+    }
+
+    #[test]
+    fn a_demoted_manager_becomes_a_worker_only_once_raft_let_it_go_and_no_change_is_under_way() {
+        let view = tables_of(vec![
+            manager_node("a", 1, NodeRole::Manager),
+            manager_node("b", 2, NodeRole::Manager),
+            manager_node("c", 3, NodeRole::Worker),
+        ]);
+        let in_raft = RaftView {
+            me: 1,
+            members: members(&[1, 2, 3], &[]),
+            ..Default::default()
+        };
+        assert!(demotions(&view, &in_raft).is_empty(), "still a voter");
+        let mut leaving = in_raft.clone();
+        leaving.members = members(&[1, 2], &[]);
+        leaving.members.changing = true;
+        assert!(
+            demotions(&view, &leaving).is_empty(),
+            "the change is not done"
+        );
+        leaving.members.changing = false;
+        let written = demotions(&view, &leaving);
+        assert_eq!(written.len(), 1);
+        let Some(shoal_api::object::Kind::Node(node)) =
+            written[0].target.as_ref().and_then(|t| t.kind.clone())
+        else {
+            panic!("not a node: {written:?}");
+        };
+        assert_eq!(node.id, "c");
+        assert_eq!(node.role, NodeRole::Worker as i32);
+        assert_eq!(node.manager_status, None);
+        assert_eq!(
+            node.meta.map(|m| m.version),
+            Some(1),
+            "written over the version read"
+        );
+    }
 
     fn members(voters: &[u64], learners: &[u64]) -> Members {
         Members {

@@ -53,7 +53,7 @@ async fn setup_with_nodes(heartbeat_period_ms: u64, nodes: Vec<shoal_api::Node>)
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let dispatcher = Dispatcher::new(
-        Arc::clone(&replica),
+        shoal_raft::LeaderTerm::current(Arc::clone(&replica)),
         stopped.clone(),
         rand::SeedableRng::seed_from_u64(7),
         Default::default(),
@@ -87,6 +87,7 @@ async fn propose(
     };
     replica
         .propose(Transaction {
+            leader_term: 0,
             actions: vec![action],
             timestamp_ms: 0,
         })
@@ -302,6 +303,7 @@ async fn one_call_applies_every_report_it_carries_even_beyond_one_transaction() 
             .collect();
         s.replica
             .propose(Transaction {
+                leader_term: 0,
                 actions,
                 timestamp_ms: 0,
             })

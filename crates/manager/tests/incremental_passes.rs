@@ -192,6 +192,7 @@ impl World {
             self.version,
             Batch {
                 transactions: vec![Transaction {
+                    leader_term: 0,
                     actions,
                     timestamp_ms: self.now_ms,
                 }],

@@ -202,6 +202,7 @@ fn apply(store: &Store, version: &mut u64, actions: Vec<StoreAction>, now: i64) 
         *version,
         Batch {
             transactions: vec![Transaction {
+                leader_term: 0,
                 actions,
                 timestamp_ms: now,
             }],

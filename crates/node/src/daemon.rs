@@ -153,6 +153,16 @@ fn new_root_ca(
     ))
 }
 
+/// What a node's run ended with: the daemon stops, or the node goes on in
+/// another role ([`crate::role_change`]).
+pub(crate) enum Next {
+    Stop,
+    /// Promoted: it runs as a manager, its node listener bound already.
+    Manager((tokio::net::TcpListener, SocketAddr)),
+    /// Demoted: it runs as a worker.
+    Worker,
+}
+
 /// Runs the daemon until a shutdown signal.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // The one draw from the OS: every id and every jitter of this run comes
@@ -163,6 +173,29 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     tracing::info!(seed, "the daemon's random choices come from this seed");
     let mut rng = StdRng::seed_from_u64(seed);
     shoal_raft::seed_elections(rand::Rng::gen(&mut rng));
+    let mut roles = StdRng::seed_from_u64(rng.gen());
+    let mut next = begin(&config, rng).await?;
+    loop {
+        let rng = StdRng::seed_from_u64(roles.gen());
+        // The state dir is opened again in the new role: its lock was
+        // dropped with the last run.
+        next = match next {
+            Next::Stop => return Ok(()),
+            Next::Manager(listener) => {
+                let state = StateDir::open(&config.state_dir)?;
+                run_manager(state, &config, rng, Some(listener), Start::AsItIs).await?
+            }
+            Next::Worker => {
+                let state = StateDir::open(&config.state_dir)?;
+                crate::worker_node::run(state, &config, rng).await?
+            }
+        };
+    }
+}
+
+/// The node's first run this start: as its state dir says, or as asked
+/// (a join, a restore, a new cluster forced).
+async fn begin(config: &DaemonConfig, mut rng: StdRng) -> Result<Next, DaemonError> {
     let mut state = StateDir::open(&config.state_dir)?;
     if let Some(path) = &config.restore {
         let restore_error = |message: String| DaemonError::Restore {
@@ -184,7 +217,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         state.clear()?;
         let node_id = new_object_id(&mut rng);
         state.create(Marker::new(cluster_id, node_id, NodeKind::Manager))?;
-        return run_manager(state, &config, rng, None, Start::Restore(snapshot)).await;
+        return run_manager(state, config, rng, None, Start::Restore(snapshot)).await;
     }
     if config.force_new_cluster {
         match state.marker() {
@@ -195,7 +228,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
                 ))
             }
         }
-        return run_manager(state, &config, rng, None, Start::ForceNewCluster).await;
+        return run_manager(state, config, rng, None, Start::ForceNewCluster).await;
     }
     match (state.marker().cloned(), &config.join) {
         (Some(marker), None) if marker.role == NodeKind::Left => Err(DaemonError::Left {
@@ -259,22 +292,22 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
                 joined.node_id
             );
             match joined.raft_id {
-                Some(_) => run_manager(state, &config, rng, Some(listener?), Start::AsItIs).await,
+                Some(_) => run_manager(state, config, rng, Some(listener?), Start::AsItIs).await,
                 None => {
                     drop(listener);
-                    crate::worker_node::run(state, &config, rng).await
+                    crate::worker_node::run(state, config, rng).await
                 }
             }
         }
         (Some(marker), None) if marker.role == NodeKind::Worker => {
-            crate::worker_node::run(state, &config, rng).await
+            crate::worker_node::run(state, config, rng).await
         }
         (marker, None) => {
             if marker.is_none() {
                 let (cluster_id, node_id) = (new_object_id(&mut rng), new_object_id(&mut rng));
                 state.create(Marker::new(cluster_id, node_id, NodeKind::Manager))?;
             }
-            run_manager(state, &config, rng, None, Start::AsItIs).await
+            run_manager(state, config, rng, None, Start::AsItIs).await
         }
     }
 }
@@ -381,7 +414,7 @@ async fn bind_again(
 }
 
 /// Binds the node listener at `addr`: the socket and where it is bound.
-async fn bind(
+pub(crate) async fn bind(
     addr: &str,
 ) -> Result<(tokio::net::TcpListener, SocketAddr), shoal_api::transport::TransportError> {
     let failed = |source| shoal_api::transport::TransportError::Listen {
@@ -394,7 +427,10 @@ async fn bind(
 }
 
 /// The address other nodes dial for a listener bound at `bound`.
-fn advertised(bound: SocketAddr, advertise: Option<&str>) -> Result<String, DaemonError> {
+pub(crate) fn advertised(
+    bound: SocketAddr,
+    advertise: Option<&str>,
+) -> Result<String, DaemonError> {
     if let Some(addr) = advertise {
         let invalid = |message: String| DaemonError::Advertise {
             addr: addr.to_string(),
@@ -572,7 +608,7 @@ async fn run_manager(
     mut rng: StdRng,
     listener: Option<(tokio::net::TcpListener, SocketAddr)>,
     start: Start,
-) -> Result<(), DaemonError> {
+) -> Result<Next, DaemonError> {
     let mut marker = state
         .marker()
         .cloned()
@@ -755,7 +791,7 @@ async fn run_manager(
                 let _ = stop_tx.send(true);
                 replica.shutdown().await;
                 drained(node_listener).await;
-                return Ok(());
+                return Ok(Next::Stop);
             }
             caught = caught_up(&replica, &marker.node_id) => {
                 if let Err(reason) = caught {
@@ -795,8 +831,11 @@ async fn run_manager(
     let mut addresses = vec![local_dial(bound)];
     addresses.extend(state.managers().into_iter().filter(|a| *a != advertise));
     let managers: KnownManagers = Arc::new(Mutex::new(vec![advertise.clone()]));
+    let (tell_role, mut asked_role) = crate::role_change::role_channel();
     let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?
-        .on_learned(keep_learned(&managers, &state));
+        .on_learned(keep_learned(&managers, &state))
+        .on_desired_role(tell_role);
+    let own_identity = Arc::clone(&identity);
     let mut agent = start_agent(
         &state,
         &marker.node_id,
@@ -835,9 +874,16 @@ async fn run_manager(
     );
     let mut raft_failed = None;
     let mut removed = None;
+    let mut demoted = None;
     let mut agent_done = false;
     let served = tokio::select! {
         _ = &mut shutdown => None,
+        // `node demote`: it goes on managing until raft has let it go and
+        // the CA says it is a worker, then stops as a manager.
+        role = crate::role_change::demoted(&mut asked_role, &replica, &advertise, &certificates, &own_identity) => {
+            demoted = Some(role);
+            None
+        }
         served = &mut control_server => Some(served),
         exit = &mut agent => {
             // Removed from the cluster (node rm): this manager stops and
@@ -882,7 +928,49 @@ async fn run_manager(
     if let Some(reason) = raft_failed {
         return Err(DaemonError::RaftFailed(reason));
     }
-    served
+    if let Some(role) = demoted {
+        let mut state = state;
+        become_worker(&mut state, &marker, role)?;
+        return Ok(Next::Worker);
+    }
+    served.map(|()| Next::Stop)
+}
+
+/// Makes this state dir a worker's: its certificate, the managers it
+/// dials, its marker, and no raft log (in that order: a crash before the
+/// marker leaves a manager that finds itself demoted again; after it, a
+/// worker whose leftover log is removed at its start).
+fn become_worker(
+    state: &mut StateDir,
+    marker: &Marker,
+    role: crate::role_change::NewRole,
+) -> Result<(), DaemonError> {
+    role.certificates
+        .write(&state.path().join(CERTIFICATES_DIR))?;
+    state
+        .save_managers(&role.managers)
+        .map_err(|e| DaemonError::Agent(format!("saving the managers' addresses: {e}")))?;
+    state.create(Marker {
+        role: NodeKind::Worker,
+        raft_id: 0,
+        joined: false,
+        ..marker.clone()
+    })?;
+    match std::fs::remove_dir_all(state.raft_dir()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(DaemonError::StateDir(StateDirError::Io {
+                path: state.raft_dir().display().to_string(),
+                source,
+            }))
+        }
+    }
+    eprintln!(
+        "shoal daemon: node {} was demoted: it goes on as a worker",
+        marker.node_id
+    );
+    Ok(())
 }
 
 /// How often a manager looks whether the cluster's election timeout
@@ -971,6 +1059,7 @@ async fn record_self(
         };
         let written = replica
             .propose(Transaction {
+                leader_term: 0,
                 actions: vec![StoreAction {
                     kind: store_action::Kind::Update as i32,
                     target: Some(update.into()),
@@ -1148,6 +1237,7 @@ async fn bootstrap(
     }
     replica
         .propose(Transaction {
+            leader_term: 0,
             actions,
             timestamp_ms: 0,
         })

@@ -18,6 +18,7 @@ mod local_node;
 mod manager_renewal;
 mod node_listener;
 mod renewal;
+mod role_change;
 mod state_dir;
 mod worker_node;
 

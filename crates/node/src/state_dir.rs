@@ -191,7 +191,10 @@ impl StateDir {
                 NodeKind::Left => true,
             },
         };
-        if fresh {
+        // A worker keeps no raft log: one left is a demoted manager's,
+        // cut off before it removed it.
+        let worker = marker.as_ref().is_some_and(|m| m.role == NodeKind::Worker);
+        if fresh || worker {
             let raft = path.join(RAFT_DIR);
             if raft.exists() {
                 std::fs::remove_dir_all(&raft).map_err(io)?;

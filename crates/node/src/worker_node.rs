@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::certificates::{NodeCertificates, CERTIFICATES_DIR};
 use crate::daemon::{
     drained, find_engine, host_driver, serve_control_socket, shutdown_signal, start_agent,
-    tls_connector, DaemonConfig, DaemonError, AGENT_TASKS_DIR,
+    tls_connector, DaemonConfig, DaemonError, Next, AGENT_TASKS_DIR,
 };
 use crate::host::describe_host;
 use crate::local_node::{KnownManagers, LocalNodeService, NotAManager};
@@ -34,7 +34,7 @@ pub async fn run(
     mut state: StateDir,
     config: &DaemonConfig,
     mut rng: StdRng,
-) -> Result<(), DaemonError> {
+) -> Result<Next, DaemonError> {
     let marker = state
         .marker()
         .cloned()
@@ -64,8 +64,10 @@ pub async fn run(
         ));
     }
     let known: KnownManagers = Arc::new(Mutex::new(addresses.clone()));
+    let (tell_role, mut asked_role) = crate::role_change::role_channel();
     let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?
-        .on_learned(crate::daemon::keep_learned(&known, &state));
+        .on_learned(crate::daemon::keep_learned(&known, &state))
+        .on_desired_role(tell_role);
 
     // The agent stops first, the control socket last: a `leave` is
     // answered only once the node has left.
@@ -114,12 +116,18 @@ pub async fn run(
     tokio::pin!(shutdown);
     enum Ending {
         Stop,
+        Promoted(Box<crate::role_change::Promotion>),
         Leave(tokio::sync::oneshot::Sender<Result<(), String>>),
         Agent(Result<shoal_agent::AgentExit, DaemonError>),
         Served(Result<(), DaemonError>),
     }
     let ending = tokio::select! {
         _ = &mut shutdown => Ending::Stop,
+        // `node promote`: it goes on as a worker until the CA made it a
+        // manager, then stops as a worker.
+        promotion = crate::role_change::promoted(&mut asked_role, config, &known, &certificates, &identity) => {
+            Ending::Promoted(Box::new(promotion))
+        }
         Some(reply) = leave_rx.recv() => Ending::Leave(reply),
         exit = &mut agent => Ending::Agent(exit.map_err(|e| DaemonError::Agent(format!("the agent failed: {e}")))),
         served = &mut control_server => Ending::Served(served.unwrap_or_else(|e| Err(DaemonError::Serve {
@@ -135,13 +143,14 @@ pub async fn run(
     // A server that ended by itself is not waited for again.
     let served_already = matches!(ending, Ending::Served(_));
     let (result, left) = match ending {
-        Ending::Stop => (Ok(()), None),
-        Ending::Served(served) => (served, None),
+        Ending::Stop => (Ok(Next::Stop), None),
+        Ending::Promoted(promotion) => (become_manager(&mut state, &marker, *promotion), None),
+        Ending::Served(served) => (served.map(|()| Next::Stop), None),
         Ending::Leave(reply) => {
             let left = leave(&mut state, &marker, engine.clone()).await;
             let answer = left.as_ref().map(|_| ()).map_err(|e| e.to_string());
             let _ = reply.send(answer.clone());
-            (left, Some(answer))
+            (left.map(|()| Next::Stop), Some(answer))
         }
         Ending::Agent(Ok(shoal_agent::AgentExit::Removed(reason))) => {
             // Its replacements run elsewhere: it must not run them on.
@@ -150,7 +159,7 @@ pub async fn run(
                 .and(Err(DaemonError::Removed(reason)));
             (left, None)
         }
-        Ending::Agent(Ok(shoal_agent::AgentExit::Stopped)) => (Ok(()), None),
+        Ending::Agent(Ok(shoal_agent::AgentExit::Stopped)) => (Ok(Next::Stop), None),
         Ending::Agent(Err(e)) => (Err(e), None),
     };
     // A `leave` asked meanwhile (a second one, or during the stop) is
@@ -168,6 +177,34 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&socket);
     result
+}
+
+/// Makes this state dir a manager's that joined: its certificate, the
+/// managers it knows, and its marker last (a crash before it leaves a
+/// worker, promoted again at its next start); its raft log is made when
+/// the manager starts, empty, for the leader to fill.
+fn become_manager(
+    state: &mut StateDir,
+    marker: &crate::state_dir::Marker,
+    promotion: crate::role_change::Promotion,
+) -> Result<Next, DaemonError> {
+    let role = promotion.role;
+    role.certificates
+        .write(&state.path().join(CERTIFICATES_DIR))?;
+    state
+        .save_managers(&role.managers)
+        .map_err(|e| DaemonError::Agent(format!("saving the managers' addresses: {e}")))?;
+    state.create(crate::state_dir::Marker {
+        role: crate::state_dir::NodeKind::Manager,
+        raft_id: role.raft_id,
+        joined: true,
+        ..marker.clone()
+    })?;
+    eprintln!(
+        "shoal daemon: node {} was promoted: it goes on as a manager (raft id {})",
+        marker.node_id, role.raft_id
+    );
+    Ok(Next::Manager(promotion.listener))
 }
 
 /// How long leaving waits for the node's task processes to be gone.
@@ -256,6 +293,7 @@ async fn renew_once(
     let answer = CaClient::new(channel)
         .renew_node_certificate(RenewNodeCertificateRequest {
             csr_pem: key.request_pem().to_string(),
+            advertise_addr: String::new(),
         })
         .await
         .map_err(|s| format!("{addr}: {}", s.message()))?

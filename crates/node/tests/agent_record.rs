@@ -53,6 +53,7 @@ async fn a_recorded_end_that_was_never_reported_is_reported_with_its_exit_code()
     };
     replica
         .propose(Transaction {
+            leader_term: 0,
             actions: vec![action],
             timestamp_ms: 0,
         })
@@ -74,7 +75,7 @@ async fn a_recorded_end_that_was_never_reported_is_reported_with_its_exit_code()
     let socket = tmp.path().join("dispatcher.sock");
     let incoming = shoal_api::transport::listen_unix(&socket).unwrap();
     let dispatcher = Dispatcher::new(
-        Arc::clone(&replica),
+        shoal_raft::LeaderTerm::current(Arc::clone(&replica)),
         stopped.clone(),
         rand::SeedableRng::seed_from_u64(7),
         Default::default(),

@@ -177,6 +177,7 @@ fn apply_while_listing(store: &std::sync::Arc<Store>, mut version: u64) {
             version,
             Batch {
                 transactions: vec![Transaction {
+                    leader_term: 0,
                     actions: vec![action],
                     timestamp_ms: 0,
                 }],
@@ -226,6 +227,7 @@ fn main() {
                 version,
                 Batch {
                     transactions: vec![Transaction {
+                        leader_term: 0,
                         actions: part,
                         timestamp_ms: 0,
                     }],

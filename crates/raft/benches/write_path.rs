@@ -53,6 +53,7 @@ fn task(id: String) -> Task {
 
 fn create(objects: impl Iterator<Item = String>) -> Transaction {
     Transaction {
+        leader_term: 0,
         actions: objects
             .map(|id| StoreAction {
                 kind: store_action::Kind::Create as i32,

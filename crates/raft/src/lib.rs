@@ -17,6 +17,7 @@
 mod codec;
 mod forward;
 mod lead;
+mod leader_term;
 mod log_store;
 mod long_work;
 mod network;
@@ -28,6 +29,7 @@ mod state_machine;
 mod types;
 
 pub use lead::BEAT as LEAD_BEAT;
+pub use leader_term::LeaderTerm;
 pub use log_store::LogStore;
 pub use long_work::long_work;
 pub use network::{Network, PeerTls, RaftService};

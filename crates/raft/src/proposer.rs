@@ -172,6 +172,7 @@ impl Proposer {
                 .collect();
             last = self
                 .propose(Transaction {
+                    leader_term: 0,
                     actions: part,
                     timestamp_ms: 0,
                 })

@@ -94,6 +94,7 @@ pub async fn refound(
             index,
             Batch {
                 transactions: vec![Transaction {
+                    leader_term: 0,
                     actions,
                     timestamp_ms: shoal_api::clock::now_ms(),
                 }],

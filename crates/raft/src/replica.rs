@@ -264,6 +264,7 @@ impl Replica {
     /// answered before.
     pub async fn barrier(&self) -> Result<u64, ProposeError> {
         self.propose(Transaction {
+            leader_term: 0,
             actions: Vec::new(),
             timestamp_ms: 0,
         })
@@ -468,6 +469,40 @@ impl Replica {
             .await
             .map_err(|e| ProposeError::Raft(format!("applying the forwarded write here: {e}")))?;
         Ok(index)
+    }
+
+    /// Proposes `txn` here as the leader of `term`, never through another
+    /// leader; see [`crate::LeaderTerm`].
+    pub(crate) async fn propose_in_term(
+        &self,
+        term: u64,
+        mut txn: Transaction,
+        report: bool,
+    ) -> Result<u64, ProposeError> {
+        {
+            let m = self.raft.metrics().borrow().clone();
+            if m.state != ServerState::Leader || m.current_term != term {
+                return Err(ProposeError::NotLeader {
+                    leader: m.current_leader.filter(|id| *id != self.id),
+                });
+            }
+        }
+        txn.leader_term = term;
+        let local = async {
+            if report {
+                self.proposer.propose_report(txn).await
+            } else {
+                self.proposer.propose(txn).await
+            }
+        };
+        tokio::time::timeout(LOCAL_WRITE_WAIT, local)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProposeError::Unknown {
+                    leader: "this manager".into(),
+                    message: format!("no quorum committed the write within {LOCAL_WRITE_WAIT:?}"),
+                })
+            })
     }
 
     /// Waits until this replica leads and has applied everything committed

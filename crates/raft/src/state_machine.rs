@@ -20,7 +20,7 @@ use openraft::{
 };
 use prost::Message;
 use shoal_api::{Batch, StoreSnapshot};
-use shoal_store::Store;
+use shoal_store::{Store, TxnError};
 
 use crate::types::{Applied, TypeConfig};
 
@@ -119,6 +119,34 @@ pub(crate) fn write_snapshot_file(dir: &Path, meta: &Meta, data: &[u8]) -> std::
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Takes out of `batch` the transactions a leader's component decided in
+/// another term than `term`, the one the entry was appended in; each with
+/// its place in the batch and its refusal, in order. Every replica applies
+/// the same entry with the same term, so all refuse alike.
+fn fence(mut batch: Batch, term: u64) -> (Batch, Vec<(usize, TxnError)>) {
+    let stale = |t: &shoal_api::Transaction| t.leader_term != 0 && t.leader_term != term;
+    if !batch.transactions.iter().any(stale) {
+        return (batch, Vec::new());
+    }
+    let mut fenced = Vec::new();
+    let mut kept = Vec::with_capacity(batch.transactions.len());
+    for (at, txn) in batch.transactions.into_iter().enumerate() {
+        if stale(&txn) {
+            fenced.push((
+                at,
+                TxnError::StaleTerm {
+                    decided_in: txn.leader_term,
+                    appended_in: term,
+                },
+            ));
+        } else {
+            kept.push(txn);
+        }
+    }
+    batch.transactions = kept;
+    (batch, fenced)
+}
+
 /// Builds a snapshot from the store's view taken when openraft asked for
 /// the builder, so it matches `last_applied` exactly while later entries
 /// keep being applied: the view is immutable, and encoding it (seconds at a
@@ -183,7 +211,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .map_err(|e| StorageIOError::apply(entry.log_id, any(e)))?;
                     let txns = batch.transactions.len();
                     let started = shoal_api::clock::Instant::now();
-                    let results = self.store.apply(index, batch);
+                    let (batch, fenced) = fence(batch, entry.log_id.leader_id.term);
+                    let mut results = self.store.apply(index, batch);
+                    for (at, refusal) in fenced {
+                        results.insert(at, Err(refusal));
+                    }
                     tracing::debug!(
                         index,
                         txns,
@@ -246,5 +278,59 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::Transaction;
+
+    fn txn(leader_term: u64, tag: i64) -> Transaction {
+        Transaction {
+            actions: Vec::new(),
+            timestamp_ms: tag,
+            leader_term,
+        }
+    }
+
+    #[test]
+    fn a_transaction_decided_in_another_term_is_taken_out_with_its_place_and_the_rest_kept_in_order(
+    ) {
+        let batch = Batch {
+            transactions: vec![txn(0, 1), txn(4, 2), txn(5, 3), txn(7, 4), txn(0, 5)],
+        };
+        let (kept, fenced) = fence(batch, 5);
+        let tags: Vec<i64> = kept.transactions.iter().map(|t| t.timestamp_ms).collect();
+        assert_eq!(tags, vec![1, 3, 5]);
+        assert_eq!(
+            fenced,
+            vec![
+                (
+                    1,
+                    TxnError::StaleTerm {
+                        decided_in: 4,
+                        appended_in: 5
+                    }
+                ),
+                (
+                    3,
+                    TxnError::StaleTerm {
+                        decided_in: 7,
+                        appended_in: 5
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_of_the_entrys_own_term_or_of_users_is_untouched() {
+        let batch = Batch {
+            transactions: vec![txn(0, 1), txn(9, 2)],
+        };
+        let (kept, fenced) = fence(batch.clone(), 9);
+        assert_eq!(kept, batch);
+        assert!(fenced.is_empty());
     }
 }

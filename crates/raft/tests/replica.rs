@@ -45,6 +45,7 @@ fn network(id: &str, version: u64) -> Network {
 
 fn txn(kind: store_action::Kind, n: Network) -> Transaction {
     Transaction {
+        leader_term: 0,
         actions: vec![StoreAction {
             kind: kind as i32,
             target: Some(n.into()),
@@ -453,4 +454,40 @@ async fn a_group_refounded_around_its_store_or_a_backup_keeps_every_object_and_v
         .propose(txn(store_action::Kind::Create, network("after", 0)))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_decision_is_written_only_in_the_term_it_was_made_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let replica = Arc::new(open(tmp.path(), true).await);
+    let term = replica.raft().metrics().borrow().current_term;
+    // Through the term it leads in: written.
+    let leading = shoal_raft::LeaderTerm::new(Arc::clone(&replica), term);
+    leading
+        .propose(txn(store_action::Kind::Create, network("now", 0)))
+        .await
+        .expect("written in its own term");
+    assert!(replica.store().view().network("now").is_some());
+    // Through a term it does not lead in: refused here, never sent on.
+    let other = shoal_raft::LeaderTerm::new(Arc::clone(&replica), term + 1);
+    let refused = other
+        .propose(txn(store_action::Kind::Create, network("other", 0)))
+        .await;
+    assert!(
+        matches!(refused, Err(ProposeError::NotLeader { .. })),
+        "{refused:?}"
+    );
+    // A decision stamped with another term that reaches the log anyway (a
+    // leader deposed and elected again between its check and the append)
+    // is refused when applied, on every replica alike, and nothing of it
+    // is written.
+    let mut stale = txn(store_action::Kind::Create, network("stale", 0));
+    stale.leader_term = term + 7;
+    let refused = replica.proposer().propose(stale).await;
+    assert!(
+        matches!(refused, Err(ProposeError::Txn(TxnError::StaleTerm { .. }))),
+        "{refused:?}"
+    );
+    assert!(replica.store().view().network("stale").is_none());
+    replica.shutdown().await;
 }

@@ -14,6 +14,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn create(id: &str) -> Transaction {
     Transaction {
+        leader_term: 0,
         actions: vec![StoreAction {
             kind: store_action::Kind::Create as i32,
             target: Some(

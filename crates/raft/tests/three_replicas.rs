@@ -32,6 +32,7 @@ fn create(id: &str) -> Transaction {
         ..Default::default()
     };
     Transaction {
+        leader_term: 0,
         actions: vec![StoreAction {
             kind: store_action::Kind::Create as i32,
             target: Some(n.into()),

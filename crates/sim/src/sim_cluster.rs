@@ -456,6 +456,7 @@ async fn record_cluster(
     };
     replica
         .propose(Transaction {
+            leader_term: 0,
             actions: vec![StoreAction {
                 kind: store_action::Kind::Create as i32,
                 target: Some(cluster.into()),
@@ -491,7 +492,12 @@ fn leader_routes(
     tonic::service::Routes,
 ) {
     let logs = Arc::new(shoal_manager::LogBroker::default());
-    let leader = shoal_manager::leader::start(replica, stop, rng, Arc::clone(&logs));
+    let leader = shoal_manager::leader::start(
+        &shoal_raft::LeaderTerm::current(Arc::clone(replica)),
+        stop,
+        rng,
+        Arc::clone(&logs),
+    );
     let routes = tonic::service::Routes::new(
         shoal_api::dispatcher_server::DispatcherServer::from_arc(leader.dispatcher),
     )

@@ -95,6 +95,7 @@ pub async fn start(
             .collect();
         replica
             .propose(Transaction {
+                leader_term: 0,
                 actions,
                 timestamp_ms: 0,
             })

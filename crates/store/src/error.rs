@@ -42,6 +42,11 @@ pub enum TxnError {
     OverLimit { field: String, rule: String },
     #[error("invalid store action: {0}")]
     Invalid(String),
+    /// A leader's component decided in `decided_in`, but the entry holding
+    /// its transaction was appended in `appended_in`: that leader no longer
+    /// leads, and its view may be stale.
+    #[error("decided by the leader of term {decided_in}, but written in term {appended_in}: that leader was deposed")]
+    StaleTerm { decided_in: u64, appended_in: u64 },
 }
 
 /// Why a reference (name, id or id prefix) did not name exactly one object.

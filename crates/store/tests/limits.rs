@@ -57,6 +57,7 @@ fn apply(
         version,
         Batch {
             transactions: vec![Transaction {
+                leader_term: 0,
                 actions: vec![StoreAction {
                     kind: kind as i32,
                     target: Some(object),

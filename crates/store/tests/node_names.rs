@@ -29,6 +29,7 @@ fn node(id: &str, hostname: &str, name: &str) -> Node {
 fn create(store: &Store, version: u64, n: Node) -> Result<(), TxnError> {
     let batch = Batch {
         transactions: vec![Transaction {
+            leader_term: 0,
             actions: vec![StoreAction {
                 kind: store_action::Kind::Create as i32,
                 target: Some(n.into()),

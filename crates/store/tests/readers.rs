@@ -14,6 +14,7 @@ const WITHIN: Duration = Duration::from_secs(60);
 fn create_network(id: &str) -> Batch {
     Batch {
         transactions: vec![Transaction {
+            leader_term: 0,
             actions: vec![StoreAction {
                 kind: store_action::Kind::Create as i32,
                 target: Some(

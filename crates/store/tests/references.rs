@@ -63,6 +63,7 @@ fn act(kind: store_action::Kind, target: impl Into<Object>) -> StoreAction {
 
 fn txn(actions: Vec<StoreAction>) -> Transaction {
     Transaction {
+        leader_term: 0,
         actions,
         timestamp_ms: 0,
     }

@@ -115,7 +115,7 @@ proptest! {
             let version = n as u64 + 1;
             let actions = actions_for(&store, ops, version);
             let before = store.snapshot();
-            let txn = Transaction { actions: actions.clone(), timestamp_ms: 1_000 + n as i64 };
+            let txn = Transaction { leader_term: 0, actions: actions.clone(), timestamp_ms: 1_000 + n as i64 };
             let results = store.apply(version, Batch { transactions: vec![txn] });
             prop_assert_eq!(results.len(), 1);
             let view = store.view();
@@ -157,7 +157,7 @@ proptest! {
         for (n, ops) in txns.iter().enumerate() {
             let version = n as u64 + 1;
             let actions = actions_for(&store, ops, version);
-            store.apply(version, Batch { transactions: vec![Transaction { actions, timestamp_ms: 0 }] });
+            store.apply(version, Batch { transactions: vec![Transaction { leader_term: 0, actions, timestamp_ms: 0 }] });
         }
         let snapshot = store.snapshot();
         let restored = Store::new();
@@ -179,6 +179,7 @@ fn a_conflict_fails_only_its_own_transaction_in_a_batch() {
         1,
         Batch {
             transactions: vec![Transaction {
+                leader_term: 0,
                 actions: vec![create("a", "a")],
                 timestamp_ms: 0,
             }],
@@ -193,14 +194,17 @@ fn a_conflict_fails_only_its_own_transaction_in_a_batch() {
         Batch {
             transactions: vec![
                 Transaction {
+                    leader_term: 0,
                     actions: vec![create("b", "b")],
                     timestamp_ms: 0,
                 },
                 Transaction {
+                    leader_term: 0,
                     actions: vec![stale, create("c", "c")],
                     timestamp_ms: 0,
                 },
                 Transaction {
+                    leader_term: 0,
                     actions: vec![create("d", "b")],
                     timestamp_ms: 0,
                 },
@@ -266,6 +270,7 @@ fn tasks_of_one_spec_share_one_copy() {
         1,
         Batch {
             transactions: vec![Transaction {
+                leader_term: 0,
                 actions,
                 timestamp_ms: 0,
             }],
@@ -297,7 +302,7 @@ proptest! {
                 for (n, ops) in txns.iter().enumerate() {
                     let version = n as u64 + 1;
                     let actions = actions_for(&store, ops, version);
-                    store.apply(version, Batch { transactions: vec![Transaction { actions, timestamp_ms: 0 }] });
+                    store.apply(version, Batch { transactions: vec![Transaction { leader_term: 0, actions, timestamp_ms: 0 }] });
                     if n % 7 == 0 {
                         std::thread::yield_now();
                     }
@@ -346,6 +351,7 @@ fn write_task(store: &Store, version: u64, kind: store_action::Kind, task: Task,
         version,
         Batch {
             transactions: vec![Transaction {
+                leader_term: 0,
                 actions: vec![StoreAction {
                     kind: kind as i32,
                     target: Some(task.into()),
@@ -510,7 +516,7 @@ proptest! {
             let _ = store.apply(
                 i as u64 + 1,
                 Batch {
-                    transactions: vec![Transaction {
+                    transactions: vec![Transaction { leader_term: 0,
                         actions: vec![StoreAction {
                             kind: op.kind as i32,
                             target: Some(task.into()),

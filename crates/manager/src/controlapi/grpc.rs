@@ -54,6 +54,8 @@ fn code(e: &ApiError) -> Code {
             TxnError::AlreadyExists { .. } | TxnError::NameInUse { .. } => Code::AlreadyExists,
             TxnError::Invalid(_) | TxnError::OverLimit { .. } => Code::InvalidArgument,
             TxnError::MissingReference { .. } | TxnError::InUse { .. } => Code::FailedPrecondition,
+            // Never a user's write (those carry no term): a leader changed.
+            TxnError::StaleTerm { .. } => Code::Unavailable,
         },
         ApiError::Propose(ProposeError::TooLarge { .. }) => Code::InvalidArgument,
         // It may have been applied: not a plain "try again".

@@ -151,6 +151,7 @@ impl ControlApi {
         Ok(self
             .replica
             .propose(Transaction {
+                leader_term: 0,
                 actions,
                 timestamp_ms: 0,
             })

@@ -50,20 +50,17 @@ impl ControlApi {
                     reference: req.node_id.clone(),
                 })
             })?;
-            // A role changes only where the node's daemon changes with it
-            // (a raft replica started or stopped, its certificate
-            // reissued), and that is not built: refused, not accepted and
-            // left half done.
-            if spec.desired_role != node.spec.as_ref().map_or(node.role, |s| s.desired_role) {
-                let how = if spec.desired_role == NodeRole::Manager as i32 {
-                    "to add a manager, start a daemon with an empty state dir and `shoal join-token manager`'s command"
-                } else {
-                    "to make a manager a worker, remove it (`shoal node rm --force`, from another manager) and join it again with `shoal join-token worker`'s command"
-                };
-                return Err(ApiError::Refused(format!(
-                    "node {}: a running node's role cannot be changed in place; {how}",
-                    node.id
-                )));
+            // A role changes through the node's daemon: a worker asked to
+            // be a manager gets a manager's certificate and joins raft; a
+            // manager asked to be a worker leaves raft (leadership handed
+            // over first), then goes on as a worker. Demoting is refused
+            // where it would leave the others without a quorum.
+            let was = node.spec.as_ref().map_or(node.role, |s| s.desired_role);
+            if spec.desired_role != was
+                && spec.desired_role == NodeRole::Worker as i32
+                && node.role == NodeRole::Manager as i32
+            {
+                demotion_keeps_quorum(&view, &node.id)?;
             }
             node.spec = Some(spec);
             if let Some(meta) = node.meta.as_mut() {
@@ -139,6 +136,43 @@ impl ControlApi {
 /// Refuses the removal of manager `id` when the managers left would not
 /// have a quorum among those reachable now: the cluster could then make no
 /// decision at all, this removal's included.
+/// Refuses to demote manager `id` when the managers left would have no
+/// quorum among the reachable ones (or there would be none).
+fn demotion_keeps_quorum(view: &shoal_store::Tables, id: &str) -> Result<(), ApiError> {
+    let (reachable, rest, quorum) = quorum_counts(view, id);
+    if rest == 0 {
+        return Err(ApiError::Refused(format!(
+            "node {id} is the only manager: demoting it would leave the cluster with none; promote another node first"
+        )));
+    }
+    if reachable < quorum {
+        return Err(ApiError::Refused(format!(
+            "demoting manager {id} would leave {reachable} reachable of {rest} managers, fewer than a quorum ({quorum}): the cluster could not decide anything; bring managers back first"
+        )));
+    }
+    Ok(())
+}
+
+/// The managers other than `id`: how many are reachable, how many there
+/// are, and their quorum.
+fn quorum_counts(view: &shoal_store::Tables, id: &str) -> (usize, usize, usize) {
+    use shoal_api::manager_status::Reachability;
+    let rest: Vec<&shoal_api::Node> = view
+        .nodes()
+        .filter(|n| n.role == NodeRole::Manager as i32 && n.id != id)
+        .filter(|n| n.spec.as_ref().map(|s| s.desired_role) != Some(NodeRole::Worker as i32))
+        .collect();
+    let reachable = rest
+        .iter()
+        .filter(|n| {
+            n.manager_status
+                .as_ref()
+                .is_some_and(|m| m.leader || m.reachability == Reachability::Reachable as i32)
+        })
+        .count();
+    (reachable, rest.len(), rest.len() / 2 + 1)
+}
+
 fn quorum_after_removal(view: &shoal_store::Tables, id: &str) -> Result<(), ApiError> {
     use shoal_api::manager_status::Reachability;
     let rest: Vec<&shoal_api::Node> = view

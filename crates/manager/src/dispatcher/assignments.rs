@@ -93,7 +93,7 @@ impl Dispatcher {
     /// most of the changes, are the agents' own and wake nobody. Runs until
     /// shutdown.
     pub fn fan_out(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let replica = Arc::clone(&self.replica);
+        let replica = self.replica.clone();
         let inboxes = Arc::clone(&self.inboxes);
         let sessions = Arc::clone(&self.sessions);
         let mut shutdown = self.shutdown.clone();
@@ -114,10 +114,14 @@ impl Dispatcher {
             // What each assigned task's agent was last woken for: its node
             // and desired state.
             let mut known: HashMap<String, (String, i32)> = HashMap::new();
+            // Each node's desired role, as last seen: a change wakes its
+            // session to tell the agent.
+            let mut roles: HashMap<String, i32> = HashMap::new();
             let mut changes = replica.store().watch();
             let mut nodes = Vec::new();
             let mut joined = Vec::new();
             let mut removed = Vec::new();
+            let mut woken = Vec::new();
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -159,7 +163,16 @@ impl Dispatcher {
                             Some(object::Kind::Node(node))
                                 if *action == watch_event::Action::Remove =>
                             {
+                                roles.remove(&node.id);
                                 removed.push(node.id.clone());
+                            }
+                            Some(object::Kind::Node(node)) => {
+                                let role = node.spec.as_ref().map_or(node.role, |s| s.desired_role);
+                                // A node not seen since this leader began
+                                // is woken too: it may have changed.
+                                if roles.insert(node.id.clone(), role) != Some(role) {
+                                    woken.push(node.id.clone());
+                                }
                             }
                             _ => {}
                         }
@@ -172,6 +185,13 @@ impl Dispatcher {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&node);
+                    if let Some(inbox) =
+                        inboxes.lock().unwrap_or_else(|e| e.into_inner()).get(&node)
+                    {
+                        inbox.post(None);
+                    }
+                }
+                for node in woken.drain(..) {
                     if let Some(inbox) =
                         inboxes.lock().unwrap_or_else(|e| e.into_inner()).get(&node)
                     {
@@ -216,6 +236,8 @@ pub(super) async fn stream_assignments(
     // the agent's own status reports coming back.
     let mut sent: HashMap<String, (u64, i32)> = HashMap::new();
     let mut first = true;
+    // The role its spec asks for, as last sent.
+    let mut role_sent = None;
     let mut last_full = Instant::now();
     loop {
         let current = sessions
@@ -279,7 +301,14 @@ pub(super) async fn stream_assignments(
             (tasks, removed)
         };
         let has_mail = !mail.subscriptions.is_empty() || !mail.cancellations.is_empty();
-        if first || !tasks.is_empty() || !removed.is_empty() || has_mail {
+        let desired_role = replica
+            .store()
+            .view()
+            .node(node_id)
+            .map(|n| n.spec.as_ref().map_or(n.role, |s| s.desired_role));
+        let role_changed = desired_role.is_some() && desired_role != role_sent;
+        if first || !tasks.is_empty() || !removed.is_empty() || has_mail || role_changed {
+            role_sent = desired_role;
             let message = SessionMessage {
                 node_id: node_id.to_string(),
                 session_id: session_id.to_string(),
@@ -294,6 +323,7 @@ pub(super) async fn stream_assignments(
                 },
                 log_subscriptions: mail.subscriptions,
                 log_cancellations: mail.cancellations,
+                desired_role: desired_role.unwrap_or_default(),
             };
             first = false;
             if tx.send(Ok(message)).await.is_err() {

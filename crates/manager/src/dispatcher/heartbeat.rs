@@ -11,7 +11,7 @@ use shoal_api::{
     node_status, store_action, HeartbeatRequest, HeartbeatResponse, NodeStatus, StoreAction,
     TaskState, TaskStatus, Transaction,
 };
-use shoal_raft::Replica;
+use shoal_raft::{LeaderTerm, Replica};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
@@ -22,7 +22,7 @@ use super::*;
 impl Dispatcher {
     /// Marks nodes whose heartbeats stopped DOWN. Runs until shutdown.
     pub fn monitor(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let replica = Arc::clone(&self.replica);
+        let replica = self.replica.clone();
         let sessions = Arc::clone(&self.sessions);
         let mut shutdown = self.shutdown.clone();
         async move {
@@ -62,7 +62,7 @@ impl Dispatcher {
                 // Every dead node at once: their writes share raft entries,
                 // so losing 500 nodes costs about what losing one does.
                 for node in expired {
-                    let replica = Arc::clone(&replica);
+                    let replica = replica.clone();
                     let sessions = Arc::clone(&sessions);
                     let mut shutdown = shutdown.clone();
                     let message = format!("heartbeat missed for {} ms", ttl.as_millis());
@@ -85,7 +85,7 @@ impl Dispatcher {
         // period after the last answer.
         let (tx, rx) = mpsc::channel(1);
         let sessions = Arc::clone(&self.sessions);
-        let replica = Arc::clone(&self.replica);
+        let replica = self.replica.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -197,7 +197,7 @@ const START_GRACE_TTLS: u32 = 2;
 /// the write commits, the node opens a new session, or shutdown (a node
 /// left READY then is caught by the next dispatcher's start-up grace).
 async fn mark_down(
-    replica: &Replica,
+    replica: &LeaderTerm,
     sessions: &Mutex<HashMap<String, Session>>,
     shutdown: &mut watch::Receiver<bool>,
     node_id: &str,
@@ -239,7 +239,7 @@ async fn mark_down(
 /// and replaces them once, without racing this write. If the node comes
 /// back, its agent finds the tasks terminal and stops them. True when it
 /// committed (or the node is gone).
-async fn write_down(replica: &Replica, node_id: &str, message: &str) -> bool {
+async fn write_down(replica: &LeaderTerm, node_id: &str, message: &str) -> bool {
     let (node, orphans) = {
         let view = replica.store().view();
         let Some(mut node) = view.node(node_id).cloned() else {
@@ -280,6 +280,7 @@ async fn write_down(replica: &Replica, node_id: &str, message: &str) -> bool {
     for part in parts {
         let written = replica
             .propose(Transaction {
+                leader_term: 0,
                 actions: part,
                 timestamp_ms: 0,
             })

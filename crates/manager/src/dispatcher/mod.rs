@@ -41,7 +41,7 @@ use shoal_api::{
     HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse,
 };
-use shoal_raft::Replica;
+use shoal_raft::{LeaderTerm, Replica};
 use tokio::sync::watch;
 
 use crate::authorization::Peer;
@@ -68,7 +68,7 @@ struct Session {
 
 /// The dispatcher service.
 pub struct Dispatcher {
-    replica: Arc<Replica>,
+    replica: LeaderTerm,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     inboxes: Inboxes,
     shutdown: watch::Receiver<bool>,
@@ -101,7 +101,7 @@ impl Dispatcher {
     /// The service, and the monitor that marks silent nodes DOWN (run it).
     /// Node and session ids come from `ids` (seeded: a simulation replays).
     pub fn new(
-        replica: Arc<Replica>,
+        replica: LeaderTerm,
         shutdown: watch::Receiver<bool>,
         ids: rand::rngs::StdRng,
         logs: Arc<LogBroker>,

@@ -101,6 +101,7 @@ impl Dispatcher {
             match self
                 .replica
                 .propose(Transaction {
+                    leader_term: 0,
                     actions: vec![action],
                     timestamp_ms: 0,
                 })
@@ -128,7 +129,7 @@ impl Dispatcher {
         self.logs.session_opened(&node_id, &inbox);
         let logs = Arc::clone(&self.logs);
         let inboxes = Arc::clone(&self.inboxes);
-        let replica = Arc::clone(&self.replica);
+        let replica = self.replica.clone();
         let sessions = Arc::clone(&self.sessions);
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {

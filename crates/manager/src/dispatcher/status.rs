@@ -71,6 +71,7 @@ impl Dispatcher {
                 let written = self
                     .replica
                     .propose_report(Transaction {
+                        leader_term: 0,
                         actions,
                         timestamp_ms: 0,
                     })

@@ -18,13 +18,12 @@
 pub(crate) mod backoff;
 
 use shoal_api::clock::now_ms;
-use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_api::clock::Instant;
 
 use shoal_api::{StoreAction, Transaction};
-use shoal_raft::Replica;
+use shoal_raft::LeaderTerm;
 use shoal_store::{Event, Tables};
 use tokio::sync::watch;
 
@@ -100,7 +99,7 @@ pub trait Reconciler: Send + 'static {
 /// Runs `reconciler` until `shutdown` turns true.
 pub async fn run(
     name: &'static str,
-    replica: Arc<Replica>,
+    replica: LeaderTerm,
     mut shutdown: watch::Receiver<bool>,
     mut reconciler: impl Reconciler,
 ) {
@@ -156,10 +155,11 @@ pub async fn run(
         let mut failed = 0;
         let total = pass.transactions.len();
         let proposals = pass.transactions.into_iter().map(|actions| {
-            let replica = Arc::clone(&replica);
+            let replica = replica.clone();
             async move {
                 replica
                     .propose(Transaction {
+                        leader_term: 0,
                         actions,
                         timestamp_ms: 0,
                     })

@@ -32,6 +32,7 @@ impl World {
             self.version,
             Batch {
                 transactions: vec![Transaction {
+                    leader_term: 0,
                     actions,
                     timestamp_ms: now_ms,
                 }],
