@@ -653,3 +653,149 @@ fn a_demotion_that_would_cost_the_other_managers_their_quorum_is_refused_and_say
         serde_json::from_str(&first.ok(&["node", "inspect", &second_id])).unwrap();
     assert_eq!(inspect[0]["spec"]["desired_role"], "MANAGER", "{inspect:?}");
 }
+
+/// What one client saw of its writes: each acknowledged network's name in
+/// the order acknowledged, and how many ended without an answer either way.
+#[derive(Debug, Default)]
+struct History {
+    acknowledged: Vec<String>,
+    unknown: usize,
+}
+
+/// Creates networks `<client>-<n>` through `d`, one after another, until
+/// `stop`; what was acknowledged.
+fn write_until(d: &Daemon, client: &str, stop: &std::sync::atomic::AtomicBool) -> History {
+    let mut history = History::default();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let name = format!("{client}-{n}");
+        n += 1;
+        if d.shoal(&["network", "create", &name]).status.success() {
+            history.acknowledged.push(name);
+        } else {
+            history.unknown += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    history
+}
+
+#[test]
+fn a_leader_cut_off_from_the_others_is_replaced_and_after_healing_every_acknowledged_write_of_every_client_is_there(
+) {
+    let Some(host) = harness::host::Host::new() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // The founding manager, the leader, on the other host; two managers
+    // here, reached over the link.
+    let founder_listen = format!("{}:0", host.host_ip);
+    let first = Daemon::start_in(
+        &host.ns,
+        &tmp.path().join("m1"),
+        &["--listen-addr", &founder_listen],
+    );
+    let (addr, _) = harness::join_args(&first);
+    let token = first
+        .ok(&["join-token", "manager", "-q"])
+        .trim()
+        .to_string();
+    let listen = format!("{}:0", host.root_ip);
+    let join_here = |dir: &str| {
+        Daemon::start_with(
+            &tmp.path().join(dir),
+            &["--listen-addr", &listen, "--join", &addr, "--token", &token],
+        )
+    };
+    let (second, third) = (join_here("m2"), join_here("m3"));
+    let managers = [&first, &second, &third];
+    for m in managers {
+        wait_until("three managers on each", || shows_managers(m, 3));
+    }
+    let first_id = node_id(&first);
+    assert!(first_id.starts_with(&leader_of(&[&first])));
+    harness::create_web(&first, 3);
+    wait_until("three tasks run", || {
+        live_per_slot(&second, "web").len() == 3
+    });
+
+    // Clients write through each manager while the leader is cut off and
+    // the link healed.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let histories: Vec<History> = std::thread::scope(|scope| {
+        let writers: Vec<_> = managers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let stop = &stop;
+                scope.spawn(move || write_until(m, &format!("client{i}"), stop))
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        host.cut();
+        wait_until("a leader among the two still connected", || {
+            manager_statuses(&second)
+                .iter()
+                .any(|(id, s)| s == "Leader" && !first_id.starts_with(id.as_str()))
+        });
+        // The majority decides on: the service changes and converges.
+        second.ok(&["service", "scale", "web=4"]);
+        wait_until("four tasks, one per slot", || {
+            let slots = live_per_slot(&third, "web");
+            slots.len() == 4 && slots.values().all(|n| *n == 1)
+        });
+        // The one cut off knows it leads no quorum: its components stop.
+        wait_until("the cut-off leader stops its components", || {
+            first.log_text().contains("its components stop")
+        });
+        host.heal();
+        for m in managers {
+            wait_until("one leader, two reachable, on every manager", || {
+                shows_managers(m, 3)
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+
+    // Every manager holds the same networks at the same versions, every
+    // acknowledged one among them, and each client's writes in the order
+    // it saw them acknowledged.
+    for (i, h) in histories.iter().enumerate() {
+        eprintln!(
+            "client {i}: {} acknowledged, {} without an answer",
+            h.acknowledged.len(),
+            h.unknown
+        );
+    }
+    let shown: Vec<BTreeMap<String, u64>> = managers.iter().map(|m| networks(m)).collect();
+    assert_eq!(shown[0], shown[1]);
+    assert_eq!(shown[0], shown[2]);
+    for (i, history) in histories.iter().enumerate() {
+        assert!(
+            !history.acknowledged.is_empty(),
+            "client {i} had no write acknowledged: {history:?}"
+        );
+        let versions: Vec<u64> = history
+            .acknowledged
+            .iter()
+            .map(|name| {
+                *shown[0]
+                    .get(name)
+                    .unwrap_or_else(|| panic!("acknowledged {name} is lost"))
+            })
+            .collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "client {i}'s writes out of order: {versions:?}"
+        );
+    }
+    // After convergence no slot has two live tasks, on any manager's view.
+    for m in managers {
+        wait_until("four tasks, one per slot", || {
+            let slots = live_per_slot(m, "web");
+            slots.len() == 4 && slots.values().all(|n| *n == 1)
+        });
+    }
+}
