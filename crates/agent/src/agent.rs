@@ -136,8 +136,9 @@ impl Connector {
         self
     }
 
-    fn desired_role(&self, role: i32) {
-        if let (Some(asked), Ok(role)) = (&self.role, NodeRole::try_from(role)) {
+    fn desired_role(&self, role: Option<i32>) {
+        let role = role.and_then(|r| NodeRole::try_from(r).ok());
+        if let (Some(asked), Some(role)) = (&self.role, role) {
             asked(role);
         }
     }

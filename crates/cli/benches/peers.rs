@@ -48,6 +48,11 @@ pub struct Manager {
 
 impl Manager {
     pub fn spawn(dir: &Path, args: &[&str]) -> Manager {
+        Manager::spawn_within(dir, args, Duration::from_secs(60))
+    }
+
+    /// Starts a manager and waits up to `within` until it answers.
+    pub fn spawn_within(dir: &Path, args: &[&str], within: Duration) -> Manager {
         let log = std::fs::File::create(dir.with_extension("log")).unwrap();
         let child = Command::new(BIN)
             .args(["daemon", "--state-dir"])
@@ -63,7 +68,7 @@ impl Manager {
             dir: dir.to_path_buf(),
             child,
         };
-        wait_for("the manager answers", Duration::from_secs(60), || {
+        wait_for("the manager answers", within, || {
             m.cli(&["version"]).is_some()
         });
         m

@@ -45,6 +45,7 @@ fn renew(ch: Channel) -> Result<shoal_api::NodeCertificateResponse, tonic::Statu
             .renew_node_certificate(RenewNodeCertificateRequest {
                 csr_pem: key.request_pem().to_string(),
                 advertise_addr: String::new(),
+                current_role: String::new(),
             })
             .await
             .map(|r| r.into_inner())

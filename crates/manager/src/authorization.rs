@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `Ca/IssueNodeCertificate` | anyone (the join token in the request is the credential) |
 //! | `Ca/RenewNodeCertificate`, `Dispatcher/*`, `LogBroker/Publish*` | any node of the cluster |
-//! | `Raft/*`, `Control/*`, anything else of `LogBroker` | managers |
+//! | `Raft/*`, `Control/*`, anything else of `LogBroker` | managers (for replication, also one the store does not know yet) |
 //! | anything else | nobody |
 //!
 //! A node is only what its certificate says (CN = node id, OU = role, O =
@@ -89,6 +89,11 @@ fn audience(path: &str) -> Option<Audience> {
         ("Ca", "RenewNodeCertificate") => Some(Audience::Nodes),
         ("Dispatcher", "Session" | "Heartbeat" | "UpdateTaskStatus") => Some(Audience::Nodes),
         ("LogBroker", m) if m.starts_with("Publish") => Some(Audience::Nodes),
+        // A write proposed, and the stream a follower holds, need a
+        // manager the store knows: only the leader serves them, and it
+        // knows every manager it took in. Replication itself reaches a
+        // manager whose store has not caught up yet on who it is.
+        ("Raft", "Forward" | "Lead") => Some(Audience::Managers),
         ("Raft", _) => Some(Audience::RaftPeers),
         ("Control" | "LogBroker", _) => Some(Audience::Managers),
         _ => None,
@@ -477,10 +482,10 @@ mod tests {
     }
 
     #[test]
-    fn a_manager_the_store_does_not_know_yet_reaches_raft_and_nothing_else() {
+    fn a_manager_the_store_does_not_know_yet_reaches_replication_and_nothing_else() {
         let ca = RootCa::create("c1", SystemTime::now()).unwrap();
         let new = peer(Some(certificate(&ca, "m9", Role::Manager, "c1")));
-        for path in ["/shoal.v1.Raft/AppendEntries", "/shoal.v1.Raft/Lead"] {
+        for path in ["/shoal.v1.Raft/AppendEntries", "/shoal.v1.Raft/Vote"] {
             assert!(decide(path, Some(&new), &view(), "c1").is_ok(), "{path}");
             // An empty store (a manager that just joined) checks the
             // cluster its own state dir names.
@@ -489,8 +494,16 @@ mod tests {
             let refused = decide(path, Some(&new), &empty, "c2").unwrap_err();
             assert!(refused.message().contains("cluster c1"), "{refused}");
         }
-        let refused = decide("/shoal.v1.Control/ListNodes", Some(&new), &view(), "c1").unwrap_err();
-        assert!(refused.message().contains("not known"), "{refused}");
+        // A write proposed or a follower's stream: only from a manager
+        // the leader knows (it knows every one it took in).
+        for path in [
+            "/shoal.v1.Control/ListNodes",
+            "/shoal.v1.Raft/Forward",
+            "/shoal.v1.Raft/Lead",
+        ] {
+            let refused = decide(path, Some(&new), &view(), "c1").unwrap_err();
+            assert!(refused.message().contains("not known"), "{path}: {refused}");
+        }
         let worker = peer(Some(certificate(&ca, "m9", Role::Worker, "c1")));
         assert!(decide("/shoal.v1.Raft/Vote", Some(&worker), &view(), "c1").is_err());
         let removed = peer(Some(certificate(&ca, "gone", Role::Manager, "c1")));

@@ -376,8 +376,16 @@ impl Ca for CertificateAuthority {
         // The role is the store's: a promoted or demoted node's renewed
         // certificate says what it is now. A worker whose spec asks it to
         // be a manager becomes one here, when it says where it listens:
-        // the membership loop then adds it to raft.
-        let role = match promotion(&node, &req.advertise_addr)? {
+        // the membership loop then adds it to raft. (A node that runs as a
+        // manager while the store says worker, let go from raft, first
+        // becomes a worker: it is promoted from there.)
+        let runs_as_manager = req.current_role == role_name(Role::Manager);
+        let asked = if runs_as_manager {
+            None
+        } else {
+            promotion(&node, &req.advertise_addr)?
+        };
+        let role = match asked {
             Some(addr) => {
                 raft_id = self.new_raft_id(&view);
                 let promoted = promoted_manager(&node, &addr, raft_id);
@@ -397,9 +405,36 @@ impl Ca for CertificateAuthority {
                 tracing::info!(node = %node_id, raft_id, %addr, "a worker was promoted to manager");
                 Role::Manager
             }
-            None if node.role == NodeRole::Manager as i32 => Role::Manager,
+            None if node.role == NodeRole::Manager as i32 => {
+                // A manager that came back on another address: raft dials
+                // it there once the store says so (the membership loop).
+                if let Some(moved) = moved_manager(&node, &req.advertise_addr)? {
+                    self.replica
+                        .propose(Transaction {
+                            leader_term: 0,
+                            actions: vec![StoreAction {
+                                kind: store_action::Kind::Update as i32,
+                                target: Some(moved.into()),
+                            }],
+                            timestamp_ms: 0,
+                        })
+                        .await
+                        .map_err(|e| {
+                            Status::unavailable(format!("recording the new address failed: {e}"))
+                        })?;
+                    tracing::info!(node = %node_id, addr = %req.advertise_addr, "a manager's address changed");
+                }
+                Role::Manager
+            }
             None => Role::Worker,
         };
+        // Asked only whether the role changed: nothing is signed when not.
+        if req.current_role == role_name(role) {
+            return Err(Status::failed_precondition(format!(
+                "node {node_id} is a {} still",
+                role_name(role)
+            )));
+        }
         let identity = NodeIdentity {
             node_id,
             role,
@@ -426,6 +461,26 @@ fn promotion(node: &Node, advertise_addr: &str) -> Result<Option<String>, Status
         return Ok(None);
     }
     manager_address(advertise_addr).map(Some)
+}
+
+/// Manager `node` with its address changed to `advertise_addr`, when it
+/// names one and it differs from the recorded one.
+fn moved_manager(node: &Node, advertise_addr: &str) -> Result<Option<Node>, Status> {
+    if advertise_addr.is_empty() {
+        return Ok(None);
+    }
+    let addr = manager_address(advertise_addr)?;
+    let Some(status) = node.manager_status.as_ref() else {
+        return Ok(None);
+    };
+    if status.addr == addr {
+        return Ok(None);
+    }
+    let mut moved = node.clone();
+    if let Some(s) = moved.manager_status.as_mut() {
+        s.addr = addr;
+    }
+    Ok(Some(moved))
 }
 
 /// `node` as a manager: raft id `raft_id`, reached at `addr`; its version

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal_api::transport::TransportError;
-use shoal_raft::{LeaderTerm, Replica};
+use shoal_raft::LeaderTerm;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -31,20 +31,14 @@ pub type DispatcherService = shoal_api::dispatcher_server::DispatcherServer<Disp
 /// a daemon serves it on its node listener instead ([`start`]).
 /// Everything stops when `stop` turns true.
 pub fn start_on_unix_socket(
-    replica: &Arc<Replica>,
+    term: &LeaderTerm,
     dispatcher_socket: &Path,
     stop: &watch::Receiver<bool>,
     rng: &mut StdRng,
 ) -> Result<(JoinSet<()>, Arc<crate::LogBroker>), TransportError> {
     let incoming = shoal_api::transport::listen_unix(dispatcher_socket)?;
     let logs = Arc::new(crate::LogBroker::default());
-    // The simulator's single manager leads in one term from its start.
-    let leader = start(
-        &LeaderTerm::current(Arc::clone(replica)),
-        stop,
-        rng,
-        Arc::clone(&logs),
-    );
+    let leader = start(term, stop, rng, Arc::clone(&logs));
     let mut set = leader.tasks;
     let dispatcher = DispatcherService::from_arc(leader.dispatcher);
     let publishing = crate::LogPublishing::server(Arc::clone(&logs));

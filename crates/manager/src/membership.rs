@@ -79,8 +79,11 @@ pub fn decide(wanted: &BTreeMap<u64, String>, raft: &RaftView) -> Option<Step> {
     if members.changing || wanted.is_empty() {
         return None;
     }
+    // A member the leader never heard from has caught up with nothing.
     let caught_up = |id: u64| {
-        raft.matched.get(&id).copied().unwrap_or(0) + CAUGHT_UP_SLACK >= raft.last_log_index
+        raft.matched
+            .get(&id)
+            .is_some_and(|m| m + CAUGHT_UP_SLACK >= raft.last_log_index)
     };
     // Removals first: a member that should not vote weighs on every quorum.
     let unwanted_voters: BTreeSet<u64> = members
@@ -90,16 +93,33 @@ pub fn decide(wanted: &BTreeMap<u64, String>, raft: &RaftView) -> Option<Step> {
         .filter(|id| !wanted.contains_key(id))
         .collect();
     if unwanted_voters.contains(&raft.me) {
+        // The reachable wanted voter furthest along: it wins the vote.
         let successor = members
             .voters
             .iter()
             .copied()
             .filter(|id| *id != raft.me && wanted.contains_key(id))
-            .find(|id| raft.reachable.contains(id) && caught_up(*id));
+            .filter(|id| raft.reachable.contains(id) && caught_up(*id))
+            .max_by_key(|id| {
+                (
+                    raft.matched.get(id).copied().unwrap_or(0),
+                    std::cmp::Reverse(*id),
+                )
+            });
         return successor.map(Step::HandOver);
     }
     if !unwanted_voters.is_empty() && unwanted_voters.len() < members.voters.len() {
-        return Some(Step::RemoveVoters(unwanted_voters));
+        let staying: BTreeSet<u64> = members
+            .voters
+            .difference(&unwanted_voters)
+            .copied()
+            .collect();
+        // Only a change whose new voters can decide: a majority of them
+        // reachable (the joint config needs the new set's quorum too).
+        if reachable_majority(&staying, raft) {
+            return Some(Step::RemoveVoters(unwanted_voters));
+        }
+        return None;
     }
     let unwanted_learners: BTreeSet<u64> = members
         .learners
@@ -128,16 +148,32 @@ pub fn decide(wanted: &BTreeMap<u64, String>, raft: &RaftView) -> Option<Step> {
             addr: addr.clone(),
         });
     }
+    // A learner votes once it has caught up and holds its stream to this
+    // leader: one that cannot be reached would weigh on every quorum.
     let ready: Vec<u64> = members
         .learners
         .iter()
         .copied()
-        .filter(|id| caught_up(*id))
+        .filter(|id| caught_up(*id) && raft.reachable.contains(id))
+        .filter(|id| {
+            let mut voters = members.voters.clone();
+            voters.insert(*id);
+            reachable_majority(&voters, raft)
+        })
         .collect();
     if let Some(id) = ready.first() {
         return Some(Step::Promote(*id));
     }
     None
+}
+
+/// Whether a majority of `voters` is reachable from this leader now.
+fn reachable_majority(voters: &BTreeSet<u64>, raft: &RaftView) -> bool {
+    let reachable = voters
+        .iter()
+        .filter(|id| raft.reachable.contains(id))
+        .count();
+    reachable > voters.len() / 2
 }
 
 /// The updates of managers' `leader` and `reachability` that differ from
@@ -220,7 +256,7 @@ pub async fn run(replica: LeaderTerm, mut stop: watch::Receiver<bool>) {
             return;
         }
         let view = replica.store().view();
-        let raft = raft_view(&replica);
+        let raft = raft_view(replica.replica());
         let mut updates = status_updates(&view, &raft);
         updates.extend(demotions(&view, &raft));
         if !updates.is_empty() {
@@ -243,19 +279,25 @@ pub async fn run(replica: LeaderTerm, mut stop: watch::Receiver<bool>) {
             }
         }
         let step = decide(&wanted(&view), &raft);
-        if let Some(step) = step {
+        // Decided in this term: made only while this manager still leads
+        // in it (a change is a raft entry of the leader's own).
+        if let Some(step) = step.filter(|_| replica.leads()) {
             tracing::info!(?step, "raft membership");
+            let leader = replica.replica();
             let done = match &step {
-                Step::AddLearner { raft_id, addr } => replica.add_learner(*raft_id, addr).await,
-                Step::Promote(id) => replica.promote(*id).await,
-                Step::RemoveVoters(ids) => replica.remove_voters(ids.clone()).await,
-                Step::RemoveLearners(ids) => replica.remove_learners(ids.clone()).await,
-                Step::SetAddr { raft_id, addr } => replica.set_address(*raft_id, addr).await,
+                Step::AddLearner { raft_id, addr } => leader.add_learner(*raft_id, addr).await,
+                Step::Promote(id) => leader.promote(*id).await,
+                Step::RemoveVoters(ids) => leader.remove_voters(ids.clone()).await,
+                Step::RemoveLearners(ids) => leader.remove_learners(ids.clone()).await,
+                Step::SetAddr { raft_id, addr } => leader.set_address(*raft_id, addr).await,
                 Step::HandOver(to) => {
                     let due = handed_over_at.is_none_or(|at| at.elapsed() >= HAND_OVER_WAIT);
                     if due {
                         handed_over_at = Some(shoal_api::clock::Instant::now());
-                        replica.hand_over(*to);
+                        if !leader.hand_over(*to) {
+                            tracing::info!(to, "the successor holds no stream to this leader yet");
+                            handed_over_at = None;
+                        }
                     }
                     Ok(())
                 }
@@ -398,6 +440,38 @@ mod tests {
             Some(Step::Promote(2))
         );
         assert_eq!(decide(&want, &raft(&[1, 2], &[], &[(2, 1_000)])), None);
+    }
+
+    #[test]
+    fn a_learner_never_heard_from_or_out_of_reach_does_not_vote_even_on_a_young_log() {
+        let want = wanted_of(&[1, 2]);
+        let mut young = raft(&[1], &[2], &[]);
+        young.last_log_index = 5;
+        assert_eq!(decide(&want, &young), None, "nothing acknowledged yet");
+        young.matched.insert(2, 5);
+        young.reachable.remove(&2);
+        assert_eq!(decide(&want, &young), None, "no stream to the leader");
+        young.reachable.insert(2);
+        assert_eq!(decide(&want, &young), Some(Step::Promote(2)));
+    }
+
+    #[test]
+    fn a_removal_is_made_only_when_the_voters_left_have_a_reachable_majority() {
+        // 3 of 5 go; of the 2 left, one is out of reach: no quorum after.
+        let mut view = raft(&[1, 2, 3, 4, 5], &[], &[(2, 1_000)]);
+        view.reachable = [1].into();
+        assert_eq!(decide(&wanted_of(&[1, 2]), &view), None);
+        view.reachable.insert(2);
+        assert_eq!(
+            decide(&wanted_of(&[1, 2]), &view),
+            Some(Step::RemoveVoters([3, 4, 5].into()))
+        );
+    }
+
+    #[test]
+    fn a_leader_that_goes_hands_over_to_the_voter_furthest_along() {
+        let view = raft(&[1, 2, 3], &[], &[(2, 990), (3, 1_000)]);
+        assert_eq!(decide(&wanted_of(&[2, 3]), &view), Some(Step::HandOver(3)));
     }
 
     #[test]

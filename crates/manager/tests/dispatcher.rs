@@ -53,7 +53,7 @@ async fn setup_with_nodes(heartbeat_period_ms: u64, nodes: Vec<shoal_api::Node>)
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let dispatcher = Dispatcher::new(
-        shoal_raft::LeaderTerm::current(Arc::clone(&replica)),
+        shoal_raft::LeaderTerm::current(Arc::clone(&replica)).expect("the test's replica leads"),
         stopped.clone(),
         rand::SeedableRng::seed_from_u64(7),
         Default::default(),

@@ -174,8 +174,14 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let mut rng = StdRng::seed_from_u64(seed);
     shoal_raft::seed_elections(rand::Rng::gen(&mut rng));
     let mut roles = StdRng::seed_from_u64(rng.gen());
-    let mut next = begin(&config, rng).await?;
+    // One watch of the signals for the whole run: a signal that comes
+    // while the node changes its role is not lost between two roles.
+    let shutdown = shutdown_watch();
+    let mut next = begin(&config, rng, shutdown.clone()).await?;
     loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
         let rng = StdRng::seed_from_u64(roles.gen());
         // The state dir is opened again in the new role: its lock was
         // dropped with the last run.
@@ -183,11 +189,19 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             Next::Stop => return Ok(()),
             Next::Manager(listener) => {
                 let state = StateDir::open(&config.state_dir)?;
-                run_manager(state, &config, rng, Some(listener), Start::AsItIs).await?
+                run_manager(
+                    state,
+                    &config,
+                    rng,
+                    Some(listener),
+                    Start::AsItIs,
+                    shutdown.clone(),
+                )
+                .await?
             }
             Next::Worker => {
                 let state = StateDir::open(&config.state_dir)?;
-                crate::worker_node::run(state, &config, rng).await?
+                crate::worker_node::run(state, &config, rng, shutdown.clone()).await?
             }
         };
     }
@@ -195,7 +209,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 
 /// The node's first run this start: as its state dir says, or as asked
 /// (a join, a restore, a new cluster forced).
-async fn begin(config: &DaemonConfig, mut rng: StdRng) -> Result<Next, DaemonError> {
+async fn begin(
+    config: &DaemonConfig,
+    mut rng: StdRng,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Next, DaemonError> {
     let mut state = StateDir::open(&config.state_dir)?;
     if let Some(path) = &config.restore {
         let restore_error = |message: String| DaemonError::Restore {
@@ -217,7 +235,7 @@ async fn begin(config: &DaemonConfig, mut rng: StdRng) -> Result<Next, DaemonErr
         state.clear()?;
         let node_id = new_object_id(&mut rng);
         state.create(Marker::new(cluster_id, node_id, NodeKind::Manager))?;
-        return run_manager(state, config, rng, None, Start::Restore(snapshot)).await;
+        return run_manager(state, config, rng, None, Start::Restore(snapshot), shutdown).await;
     }
     if config.force_new_cluster {
         match state.marker() {
@@ -228,7 +246,7 @@ async fn begin(config: &DaemonConfig, mut rng: StdRng) -> Result<Next, DaemonErr
                 ))
             }
         }
-        return run_manager(state, config, rng, None, Start::ForceNewCluster).await;
+        return run_manager(state, config, rng, None, Start::ForceNewCluster, shutdown).await;
     }
     match (state.marker().cloned(), &config.join) {
         (Some(marker), None) if marker.role == NodeKind::Left => Err(DaemonError::Left {
@@ -292,22 +310,24 @@ async fn begin(config: &DaemonConfig, mut rng: StdRng) -> Result<Next, DaemonErr
                 joined.node_id
             );
             match joined.raft_id {
-                Some(_) => run_manager(state, config, rng, Some(listener?), Start::AsItIs).await,
+                Some(_) => {
+                    run_manager(state, config, rng, Some(listener?), Start::AsItIs, shutdown).await
+                }
                 None => {
                     drop(listener);
-                    crate::worker_node::run(state, config, rng).await
+                    crate::worker_node::run(state, config, rng, shutdown).await
                 }
             }
         }
         (Some(marker), None) if marker.role == NodeKind::Worker => {
-            crate::worker_node::run(state, config, rng).await
+            crate::worker_node::run(state, config, rng, shutdown).await
         }
         (marker, None) => {
             if marker.is_none() {
                 let (cluster_id, node_id) = (new_object_id(&mut rng), new_object_id(&mut rng));
                 state.create(Marker::new(cluster_id, node_id, NodeKind::Manager))?;
             }
-            run_manager(state, config, rng, None, Start::AsItIs).await
+            run_manager(state, config, rng, None, Start::AsItIs, shutdown).await
         }
     }
 }
@@ -608,6 +628,7 @@ async fn run_manager(
     mut rng: StdRng,
     listener: Option<(tokio::net::TcpListener, SocketAddr)>,
     start: Start,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Next, DaemonError> {
     let mut marker = state
         .marker()
@@ -742,8 +763,6 @@ async fn run_manager(
     let client_tls = shoal_ca::tls::renewable_client_config(&ca_der, Arc::clone(&identity))?;
     *peer_tls.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&client_tls));
 
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let logs = Arc::new(shoal_manager::LogBroker::default());
@@ -785,25 +804,81 @@ async fn run_manager(
     // store holds everything committed (a joined one: the store the leader
     // sent, with this node in it). Until then it answers nothing, so it
     // never shows a user less than it acknowledged before.
+    //
+    // Its own agent dials this manager first, and follows the leader. It
+    // starts before the store has caught up: a promoted worker's tasks
+    // stay watched over while the leader sends it the store.
+    let mut addresses = vec![local_dial(bound)];
+    addresses.extend(state.managers().into_iter().filter(|a| *a != advertise));
+    let managers: KnownManagers = Arc::new(Mutex::new(vec![advertise.clone()]));
+    let (tell_role, asked_role) = crate::role_change::role_channel();
+    let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?
+        .on_learned(keep_learned(&managers, &state))
+        .on_desired_role(tell_role);
+    let mut agent = start_agent(
+        &state,
+        &marker.node_id,
+        description.clone(),
+        process,
+        engine,
+        connector,
+        &stop_rx,
+    )?;
+    // Whether the CA says it is a worker now, asked from the start: a
+    // manager restarted after raft let it go would wait for ever for a
+    // store that never comes.
+    let state_path = state.path().to_path_buf();
+    let mut let_go = tokio::spawn(crate::role_change::let_go(
+        asked_role,
+        Arc::clone(&replica),
+        advertise.clone(),
+        move || crate::state_dir::managers_in(&state_path),
+        certificates.clone(),
+        Arc::clone(&identity),
+    ));
     if !alone {
-        tokio::select! {
-            _ = &mut shutdown => {
-                let _ = stop_tx.send(true);
-                replica.shutdown().await;
-                drained(node_listener).await;
-                return Ok(Next::Stop);
+        enum Early {
+            Stop,
+            CaughtUp,
+            Removed(String),
+            LetGo(Result<crate::role_change::NewRole, tokio::task::JoinError>),
+            Agent(Result<shoal_agent::AgentExit, tokio::task::JoinError>),
+        }
+        let early = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => Early::Stop,
+            caught = caught_up(&replica, &marker.node_id) => match caught {
+                Ok(()) => Early::CaughtUp,
+                Err(reason) => Early::Removed(reason),
+            },
+            role = &mut let_go => Early::LetGo(role),
+            exit = &mut agent => Early::Agent(exit),
+        };
+        if !matches!(early, Early::CaughtUp) {
+            let _ = stop_tx.send(true);
+            if !matches!(early, Early::Agent(_)) {
+                let _ = agent.await;
             }
-            caught = caught_up(&replica, &marker.node_id) => {
-                if let Err(reason) = caught {
-                    // Removed while it was away: it stops and forgets
-                    // itself, as a removed manager that runs does.
-                    let _ = stop_tx.send(true);
-                    replica.shutdown().await;
-                    drained(node_listener).await;
+            let_go.abort();
+            replica.shutdown().await;
+            drained(node_listener).await;
+            return match early {
+                // Removed while it was away: it stops and forgets itself,
+                // as a removed manager that runs does.
+                Early::Removed(reason)
+                | Early::Agent(Ok(shoal_agent::AgentExit::Removed(reason))) => {
                     state.forget()?;
-                    return Err(DaemonError::Removed(reason));
+                    Err(DaemonError::Removed(reason))
                 }
-            }
+                Early::LetGo(Ok(role)) => {
+                    become_worker(&mut state, &marker, role)?;
+                    Ok(Next::Worker)
+                }
+                Early::LetGo(Err(e)) => Err(DaemonError::Agent(format!(
+                    "asking the CA for this node's role failed: {e}"
+                ))),
+                Early::Agent(Err(e)) => Err(DaemonError::Agent(format!("the agent failed: {e}"))),
+                Early::Stop | Early::CaughtUp | Early::Agent(Ok(_)) => Ok(Next::Stop),
+            };
         }
     }
     let mut background = tokio::task::JoinSet::new();
@@ -827,24 +902,6 @@ async fn run_manager(
         gate,
         logs,
     ));
-    // Its own agent dials this manager first, and follows the leader.
-    let mut addresses = vec![local_dial(bound)];
-    addresses.extend(state.managers().into_iter().filter(|a| *a != advertise));
-    let managers: KnownManagers = Arc::new(Mutex::new(vec![advertise.clone()]));
-    let (tell_role, mut asked_role) = crate::role_change::role_channel();
-    let connector = tls_connector(addresses, &ca_der, Arc::clone(&identity))?
-        .on_learned(keep_learned(&managers, &state))
-        .on_desired_role(tell_role);
-    let own_identity = Arc::clone(&identity);
-    let mut agent = start_agent(
-        &state,
-        &marker.node_id,
-        description,
-        process,
-        engine,
-        connector,
-        &stop_rx,
-    )?;
     background.spawn(crate::manager_renewal::run(
         Arc::clone(&replica),
         certificates_dir,
@@ -877,11 +934,11 @@ async fn run_manager(
     let mut demoted = None;
     let mut agent_done = false;
     let served = tokio::select! {
-        _ = &mut shutdown => None,
+        _ = shutdown.wait_for(|s| *s) => None,
         // `node demote`: it goes on managing until raft has let it go and
         // the CA says it is a worker, then stops as a manager.
-        role = crate::role_change::demoted(&mut asked_role, &replica, &advertise, &certificates, &own_identity) => {
-            demoted = Some(role);
+        role = &mut let_go => {
+            demoted = role.ok();
             None
         }
         served = &mut control_server => Some(served),
@@ -912,6 +969,7 @@ async fn run_manager(
     if !agent_done {
         let _ = agent.await;
     }
+    let_go.abort();
     // Raft first: writes still waiting for a quorum fail at once (the
     // components waiting on them end), the followers' streams to this
     // manager end with it, so they campaign at once instead of after an
@@ -936,26 +994,27 @@ async fn run_manager(
     served.map(|()| Next::Stop)
 }
 
-/// Makes this state dir a worker's: its certificate, the managers it
-/// dials, its marker, and no raft log (in that order: a crash before the
-/// marker leaves a manager that finds itself demoted again; after it, a
-/// worker whose leftover log is removed at its start).
+/// Makes this state dir a worker's: its marker, its certificate, the
+/// managers it dials, and no raft log (a worker's start removes one left
+/// by a crash).
 fn become_worker(
     state: &mut StateDir,
     marker: &Marker,
     role: crate::role_change::NewRole,
 ) -> Result<(), DaemonError> {
-    role.certificates
-        .write(&state.path().join(CERTIFICATES_DIR))?;
-    state
-        .save_managers(&role.managers)
-        .map_err(|e| DaemonError::Agent(format!("saving the managers' addresses: {e}")))?;
+    // The marker first: the CA has decided, and a worker starts with a
+    // manager's certificate too (its renewal then gives a worker's).
     state.create(Marker {
         role: NodeKind::Worker,
         raft_id: 0,
         joined: false,
         ..marker.clone()
     })?;
+    role.certificates
+        .write(&state.path().join(CERTIFICATES_DIR))?;
+    state
+        .save_managers(&role.managers)
+        .map_err(|e| DaemonError::Agent(format!("saving the managers' addresses: {e}")))?;
     match std::fs::remove_dir_all(state.raft_dir()) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1092,6 +1151,18 @@ async fn caught_up(replica: &Replica, node_id: &str) -> Result<(), String> {
         }
         tokio::time::sleep(RECORD_RETRY).await;
     }
+}
+
+/// Turns true at the first SIGTERM or SIGINT.
+fn shutdown_watch() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+        // Held, so the watch never reads as closed.
+        std::future::pending::<()>().await;
+    });
+    rx
 }
 
 pub(crate) async fn shutdown_signal() {

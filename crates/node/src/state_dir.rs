@@ -269,10 +269,7 @@ impl StateDir {
     /// The managers this node last knew, as written by
     /// [`StateDir::save_managers`].
     pub fn managers(&self) -> Vec<String> {
-        std::fs::read(self.path.join(MANAGERS_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        managers_in(&self.path)
     }
 
     /// Where this manager's node listener was bound last.
@@ -327,6 +324,15 @@ impl StateDir {
 pub fn save_election_timeout_in(path: &Path, ms: u64) -> std::io::Result<()> {
     let json = serde_json::to_vec(&ms).map_err(std::io::Error::other)?;
     write_atomically(&path.join(ELECTION_TIMEOUT_FILE), &json)
+}
+
+/// The managers the state dir at `path` names (for a task that holds no
+/// [`StateDir`]).
+pub fn managers_in(path: &Path) -> Vec<String> {
+    std::fs::read(path.join(MANAGERS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// Writes the managers' addresses into the state dir at `path` (for a

@@ -22,8 +22,8 @@ use tokio::sync::watch;
 
 use crate::certificates::{NodeCertificates, CERTIFICATES_DIR};
 use crate::daemon::{
-    drained, find_engine, host_driver, serve_control_socket, shutdown_signal, start_agent,
-    tls_connector, DaemonConfig, DaemonError, Next, AGENT_TASKS_DIR,
+    drained, find_engine, host_driver, serve_control_socket, start_agent, tls_connector,
+    DaemonConfig, DaemonError, Next, AGENT_TASKS_DIR,
 };
 use crate::host::describe_host;
 use crate::local_node::{KnownManagers, LocalNodeService, NotAManager};
@@ -34,6 +34,7 @@ pub async fn run(
     mut state: StateDir,
     config: &DaemonConfig,
     mut rng: StdRng,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<Next, DaemonError> {
     let marker = state
         .marker()
@@ -112,8 +113,6 @@ pub async fn run(
         socket.display(),
         known.lock().unwrap_or_else(|e| e.into_inner()).join(", ")
     );
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     enum Ending {
         Stop,
         Promoted(Box<crate::role_change::Promotion>),
@@ -122,7 +121,7 @@ pub async fn run(
         Served(Result<(), DaemonError>),
     }
     let ending = tokio::select! {
-        _ = &mut shutdown => Ending::Stop,
+        _ = shutdown.wait_for(|s| *s) => Ending::Stop,
         // `node promote`: it goes on as a worker until the CA made it a
         // manager, then stops as a worker.
         promotion = crate::role_change::promoted(&mut asked_role, config, &known, &certificates, &identity) => {
@@ -294,6 +293,7 @@ async fn renew_once(
         .renew_node_certificate(RenewNodeCertificateRequest {
             csr_pem: key.request_pem().to_string(),
             advertise_addr: String::new(),
+            current_role: String::new(),
         })
         .await
         .map_err(|s| format!("{addr}: {}", s.message()))?

@@ -75,7 +75,7 @@ async fn a_recorded_end_that_was_never_reported_is_reported_with_its_exit_code()
     let socket = tmp.path().join("dispatcher.sock");
     let incoming = shoal_api::transport::listen_unix(&socket).unwrap();
     let dispatcher = Dispatcher::new(
-        shoal_raft::LeaderTerm::current(Arc::clone(&replica)),
+        shoal_raft::LeaderTerm::current(Arc::clone(&replica)).expect("the test's replica leads"),
         stopped.clone(),
         rand::SeedableRng::seed_from_u64(7),
         Default::default(),

@@ -35,8 +35,10 @@ const REACHABLE_FOR: Duration = Duration::from_millis(1_500);
 const RANK_STEP: Duration = Duration::from_millis(60);
 /// Past the lease, the margin for clocks and scheduling.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
-/// Between attempts to open the stream.
+/// Between attempts to open the stream, at first; doubled up to
+/// [`RETRY_MAX`] while the same leader refuses or cannot be reached.
 const RETRY: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 struct Follower {
     last_beat: Instant,
@@ -50,6 +52,10 @@ struct Follower {
 pub(crate) struct Presence {
     followers: Mutex<HashMap<u64, Follower>>,
     streams: std::sync::atomic::AtomicU64,
+    /// On a follower: when it last took an append (a heartbeat or
+    /// entries) from a leader. A stream that ends while these still come
+    /// broke on its own: the leader lives, and nobody campaigns.
+    appended: Mutex<Option<Instant>>,
 }
 
 impl Presence {
@@ -99,6 +105,18 @@ impl Presence {
                 to_follower: to_follower.clone(),
             },
         );
+    }
+
+    /// A leader's append was taken now.
+    pub(crate) fn appended(&self) {
+        *self.appended.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    fn appended_within(&self, within: Duration) -> bool {
+        self.appended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < within)
     }
 
     fn ended(&self, id: u64, stream: u64) {
@@ -180,8 +198,16 @@ enum Ended {
 
 /// The follower's half, for the life of the replica: holds a stream to
 /// each leader in turn, and campaigns when one is gone or hands over.
-pub(crate) async fn follow(raft: Raft, me: u64, network: Network, lease: Duration) {
+pub(crate) async fn follow(
+    raft: Raft,
+    me: u64,
+    network: Network,
+    lease: Duration,
+    presence: Arc<Presence>,
+) {
     let mut metrics = raft.metrics();
+    let mut retry = RETRY;
+    let mut last_tried = None;
     loop {
         // The next leader other than this manager, at an address known.
         let (leader, term, addr) = loop {
@@ -206,16 +232,29 @@ pub(crate) async fn follow(raft: Raft, me: u64, network: Network, lease: Duratio
                 return;
             }
         };
+        if last_tried != Some((leader, term)) {
+            retry = RETRY;
+            last_tried = Some((leader, term));
+        }
         match hold(&raft, me, leader, term, &network, &addr).await {
             Ended::TakeOver => {
                 tracing::info!(leader, "the leader hands over to this manager");
                 // The leader stopped its heartbeats: once a lease has run
-                // out everywhere, the others grant the vote.
+                // out everywhere, the others grant the vote. Not when
+                // another leader, or another term, came meanwhile: the
+                // hand-over is stale then.
                 tokio::time::sleep(lease + LEASE_MARGIN).await;
-                let _ = raft.trigger().elect().await;
+                if same_leader(&raft, leader, term) {
+                    let _ = raft.trigger().elect().await;
+                }
             }
-            Ended::LeaderGone => campaign_after_lease(&raft, me, leader, term, lease).await,
-            Ended::Otherwise => tokio::time::sleep(RETRY).await,
+            Ended::LeaderGone => {
+                campaign_after_lease(&raft, me, leader, term, lease, &presence).await
+            }
+            Ended::Otherwise => {
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
         }
     }
 }
@@ -264,7 +303,13 @@ async fn hold(
                     Ok(None) | Err(_) => return Ended::Otherwise,
                 },
                 changed = metrics.changed() => {
-                    if changed.is_err() || metrics.borrow_and_update().current_leader != Some(leader) {
+                    // Another leader, or the same one elected again (its
+                    // streams of the old term end): not a death.
+                    let moved = changed.is_err() || {
+                        let m = metrics.borrow_and_update();
+                        m.current_leader != Some(leader) || m.current_term != term
+                    };
+                    if moved {
                         return Ended::Otherwise;
                     }
                 }
@@ -279,7 +324,14 @@ async fn hold(
 /// Campaigns once every follower's lease on `leader` has run out, unless
 /// a leader came meanwhile; voters take turns by rank, so two followers of
 /// a dead leader do not split the vote.
-async fn campaign_after_lease(raft: &Raft, me: u64, leader: u64, term: u64, lease: Duration) {
+async fn campaign_after_lease(
+    raft: &Raft,
+    me: u64,
+    leader: u64,
+    term: u64,
+    lease: Duration,
+    presence: &Presence,
+) {
     let rank = {
         let m = raft.metrics().borrow().clone();
         let mut voters: Vec<u64> = m
@@ -305,6 +357,13 @@ async fn campaign_after_lease(raft: &Raft, me: u64, leader: u64, term: u64, leas
     // Still no other leader: this manager may have campaigned on its own
     // timeout meanwhile and been refused (a lease still ran elsewhere);
     // it campaigns again, now that none does.
+    // And not while the leader's appends still arrive: the stream broke on
+    // its own (a connection reset), the leader lives.
+    if presence.appended_within(lease) {
+        tracing::info!(leader, "the leader's appends still arrive: no campaign");
+        return;
+    }
+    // A term moved on by this manager's own refused campaign still counts.
     let still = {
         let m = raft.metrics().borrow().clone();
         m.state != ServerState::Leader && m.current_leader.is_none_or(|l| l == leader)
@@ -312,4 +371,12 @@ async fn campaign_after_lease(raft: &Raft, me: u64, leader: u64, term: u64, leas
     if still {
         let _ = raft.trigger().elect().await;
     }
+}
+
+/// Whether this manager still follows `leader` of `term`, or none.
+fn same_leader(raft: &Raft, leader: u64, term: u64) -> bool {
+    let m = raft.metrics().borrow().clone();
+    m.state != ServerState::Leader
+        && m.current_leader.is_none_or(|l| l == leader)
+        && m.current_term == term
 }

@@ -30,20 +30,38 @@ impl LeaderTerm {
         LeaderTerm { replica, term }
     }
 
-    /// The term now, as this replica's raft says (for a single manager
-    /// that leads, such as the simulator's).
-    pub fn current(replica: Arc<Replica>) -> LeaderTerm {
-        let term = replica.raft().metrics().borrow().current_term;
-        LeaderTerm { replica, term }
+    /// The term now, as this replica's raft says, for a single manager
+    /// that leads already (the simulator's, tests'); `None` when it does
+    /// not lead.
+    pub fn current(replica: Arc<Replica>) -> Option<LeaderTerm> {
+        let term = {
+            let m = replica.raft().metrics().borrow().clone();
+            (m.state == openraft::ServerState::Leader).then_some(m.current_term)
+        }?;
+        Some(LeaderTerm { replica, term })
     }
 
     pub fn term(&self) -> u64 {
         self.term
     }
 
-    /// The replica (reads, metrics, membership).
+    /// The replica: reads, metrics and membership. Never for writes:
+    /// those go through [`LeaderTerm::propose`], which no deposed leader
+    /// gets through (there is deliberately no `Deref` to the replica, so a
+    /// helper cannot forward a write by mistake).
     pub fn replica(&self) -> &Arc<Replica> {
         &self.replica
+    }
+
+    /// The replicated store (read side).
+    pub fn store(&self) -> &Arc<shoal_store::Store> {
+        self.replica.store()
+    }
+
+    /// Whether this replica still leads in this term.
+    pub fn leads(&self) -> bool {
+        let m = self.replica.raft().metrics().borrow().clone();
+        m.state == openraft::ServerState::Leader && m.current_term == self.term
     }
 
     /// Proposes `txn` as this term's leader; see [`Replica::propose`] for
@@ -56,13 +74,5 @@ impl LeaderTerm {
     /// Proposes agents' status reports as this term's leader.
     pub async fn propose_report(&self, txn: Transaction) -> Result<u64, ProposeError> {
         self.replica.propose_in_term(self.term, txn, true).await
-    }
-}
-
-impl std::ops::Deref for LeaderTerm {
-    type Target = Replica;
-
-    fn deref(&self) -> &Replica {
-        &self.replica
     }
 }

@@ -292,7 +292,14 @@ impl raft_server::Raft for RaftService {
             .map(|bytes| crate::codec::decode_entry(bytes))
             .collect::<Result<_, _>>()
             .map_err(|e| tonic::Status::invalid_argument(format!("raft entry: {e}")))?;
-        encode(&self.raft.append_entries(req).await)
+        let answer = self.raft.append_entries(req).await;
+        if matches!(
+            answer,
+            Ok(ref r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_))
+        ) {
+            self.presence.appended();
+        }
+        encode(&answer)
     }
 
     async fn vote(

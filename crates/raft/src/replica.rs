@@ -183,11 +183,13 @@ impl Replica {
                 .map_err(|e| ReplicaError::Raft(e.to_string()))?;
         }
         let proposer = Proposer::start(raft.clone(), config.proposer.clone());
+        let presence: Arc<crate::lead::Presence> = Arc::default();
         let following = tokio::spawn(crate::lead::follow(
             raft.clone(),
             config.raft_id,
             config.peers.clone(),
             Duration::from_millis(config.election_timeout_max_ms),
+            Arc::clone(&presence),
         ))
         .abort_handle();
         Ok(Replica {
@@ -196,7 +198,7 @@ impl Replica {
             proposer,
             id: config.raft_id,
             leader_link: crate::forward::LeaderLink::new(config.peers.clone()),
-            presence: Arc::default(),
+            presence,
             following,
         })
     }

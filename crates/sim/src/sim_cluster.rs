@@ -157,6 +157,9 @@ impl SimCluster {
         std::fs::create_dir_all(&replica_config.dir)?;
         let replica = Arc::new(Replica::open(replica_config, true).await?);
         replica.wait_leader(Duration::from_secs(30)).await?;
+        // The one manager leads from here on, in this term.
+        let term = shoal_raft::LeaderTerm::current(Arc::clone(&replica))
+            .ok_or(shoal_raft::ReplicaError::NoLeader { waited_ms: 30_000 })?;
         let root = if config.transport == SimTransport::Tls {
             Some(crate::sim_pki::new_root(CLUSTER_ID)?)
         } else {
@@ -174,7 +177,7 @@ impl SimCluster {
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
         let (mut manager, logs, dispatcher) = match &root {
             Some((ca, _)) => {
-                let (mut manager, logs, routes) = leader_routes(&replica, &stop_rx, &mut rng);
+                let (mut manager, logs, routes) = leader_routes(&term, &stop_rx, &mut rng);
                 let ids: Vec<String> = (0..config.nodes).map(node_id).collect();
                 let tls = crate::sim_pki::start(
                     &replica,
@@ -189,7 +192,7 @@ impl SimCluster {
                 (manager, logs, DispatcherAt::Tls(tls))
             }
             None if config.transport == SimTransport::Tcp => {
-                let (mut manager, logs, routes) = leader_routes(&replica, &stop_rx, &mut rng);
+                let (mut manager, logs, routes) = leader_routes(&term, &stop_rx, &mut rng);
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let addr = listener.local_addr()?;
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -208,7 +211,7 @@ impl SimCluster {
             None => {
                 let socket = dir.path().join("dispatcher.sock");
                 let (manager, logs) = shoal_manager::leader::start_on_unix_socket(
-                    &replica, &socket, &stop_rx, &mut rng,
+                    &term, &socket, &stop_rx, &mut rng,
                 )?;
                 (manager, logs, DispatcherAt::Unix(socket))
             }
@@ -483,7 +486,7 @@ fn time_left(what: &str, timeout: Duration, start: Instant) -> Result<Duration, 
 /// The leader's components over `replica`, and the dispatcher and log
 /// broker as routes for a transport to serve.
 fn leader_routes(
-    replica: &Arc<Replica>,
+    term: &shoal_raft::LeaderTerm,
     stop: &watch::Receiver<bool>,
     rng: &mut rand::rngs::StdRng,
 ) -> (
@@ -492,12 +495,7 @@ fn leader_routes(
     tonic::service::Routes,
 ) {
     let logs = Arc::new(shoal_manager::LogBroker::default());
-    let leader = shoal_manager::leader::start(
-        &shoal_raft::LeaderTerm::current(Arc::clone(replica)),
-        stop,
-        rng,
-        Arc::clone(&logs),
-    );
+    let leader = shoal_manager::leader::start(term, stop, rng, Arc::clone(&logs));
     let routes = tonic::service::Routes::new(
         shoal_api::dispatcher_server::DispatcherServer::from_arc(leader.dispatcher),
     )

@@ -133,9 +133,6 @@ impl ControlApi {
     }
 }
 
-/// Refuses the removal of manager `id` when the managers left would not
-/// have a quorum among those reachable now: the cluster could then make no
-/// decision at all, this removal's included.
 /// Refuses to demote manager `id` when the managers left would have no
 /// quorum among the reachable ones (or there would be none).
 fn demotion_keeps_quorum(view: &shoal_store::Tables, id: &str) -> Result<(), ApiError> {
@@ -153,14 +150,20 @@ fn demotion_keeps_quorum(view: &shoal_store::Tables, id: &str) -> Result<(), Api
     Ok(())
 }
 
-/// The managers other than `id`: how many are reachable, how many there
-/// are, and their quorum.
+/// The voting managers other than `id` that stay (learners, which show
+/// no reachability yet, and managers on their way out do not count): how
+/// many are reachable, how many there are, and their quorum.
 fn quorum_counts(view: &shoal_store::Tables, id: &str) -> (usize, usize, usize) {
     use shoal_api::manager_status::Reachability;
     let rest: Vec<&shoal_api::Node> = view
         .nodes()
         .filter(|n| n.role == NodeRole::Manager as i32 && n.id != id)
         .filter(|n| n.spec.as_ref().map(|s| s.desired_role) != Some(NodeRole::Worker as i32))
+        .filter(|n| {
+            n.manager_status
+                .as_ref()
+                .is_some_and(|m| m.leader || m.reachability != Reachability::Unknown as i32)
+        })
         .collect();
     let reachable = rest
         .iter()
@@ -173,25 +176,14 @@ fn quorum_counts(view: &shoal_store::Tables, id: &str) -> (usize, usize, usize) 
     (reachable, rest.len(), rest.len() / 2 + 1)
 }
 
+/// Refuses the removal of manager `id` when the managers left would not
+/// have a quorum among those reachable now: the cluster could then make no
+/// decision at all, this removal's included.
 fn quorum_after_removal(view: &shoal_store::Tables, id: &str) -> Result<(), ApiError> {
-    use shoal_api::manager_status::Reachability;
-    let rest: Vec<&shoal_api::Node> = view
-        .nodes()
-        .filter(|n| n.role == NodeRole::Manager as i32 && n.id != id)
-        .collect();
-    let reachable = rest
-        .iter()
-        .filter(|n| {
-            n.manager_status
-                .as_ref()
-                .is_some_and(|m| m.leader || m.reachability == Reachability::Reachable as i32)
-        })
-        .count();
-    let quorum = rest.len() / 2 + 1;
-    if rest.is_empty() || reachable < quorum {
+    let (reachable, rest, quorum) = quorum_counts(view, id);
+    if rest == 0 || reachable < quorum {
         return Err(ApiError::Refused(format!(
-            "removing manager {id} would leave {reachable} reachable of {} managers, fewer than a quorum ({quorum}): the cluster could not decide anything; bring managers back first, or use --force",
-            rest.len()
+            "removing manager {id} would leave {reachable} reachable of {rest} managers, fewer than a quorum ({quorum}): the cluster could not decide anything; bring managers back first, or use --force"
         )));
     }
     Ok(())

@@ -202,7 +202,7 @@ impl Dispatcher {
                     super::heartbeat::expect_nodes(
                         &sessions,
                         joined.drain(..),
-                        period_ms(&replica),
+                        period_ms(replica.replica()),
                     );
                 }
                 if !in_step {
@@ -323,7 +323,7 @@ pub(super) async fn stream_assignments(
                 },
                 log_subscriptions: mail.subscriptions,
                 log_cancellations: mail.cancellations,
-                desired_role: desired_role.unwrap_or_default(),
+                desired_role,
             };
             first = false;
             if tx.send(Ok(message)).await.is_err() {

@@ -26,14 +26,14 @@ impl Dispatcher {
         let sessions = Arc::clone(&self.sessions);
         let mut shutdown = self.shutdown.clone();
         async move {
-            expect_recorded_nodes(&replica, &sessions, period_ms(&replica));
+            expect_recorded_nodes(replica.replica(), &sessions, period_ms(replica.replica()));
             // DOWN writes still committing. The loop never waits for them:
             // a node that expires while others' writes commit (50-130 ms
             // each on a loaded manager) is marked at its own TTL, not after
             // theirs. Bounded by the sessions, each expiring once.
             let mut writes = tokio::task::JoinSet::new();
             loop {
-                let period = period_ms(&replica);
+                let period = period_ms(replica.replica());
                 tokio::select! {
                     _ = shutdown.changed() => {
                         // Their sessions are gone already: a node whose
@@ -108,7 +108,7 @@ impl Dispatcher {
                             check_session(&sessions, &node_id, &beat.session_id)
                         })
                         .map(|()| HeartbeatResponse {
-                            period_ms: period_ms(&replica),
+                            period_ms: period_ms(replica.replica()),
                         }),
                     // The agent closed its end, or its connection is gone.
                     Ok(None) | Err(_) => return,

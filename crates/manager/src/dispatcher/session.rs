@@ -134,7 +134,7 @@ impl Dispatcher {
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             stream_assignments(
-                &replica,
+                replica.replica(),
                 &sessions,
                 &node_id,
                 &session_id,
