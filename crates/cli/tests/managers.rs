@@ -799,3 +799,68 @@ fn a_leader_cut_off_from_the_others_is_replaced_and_after_healing_every_acknowle
         });
     }
 }
+
+#[test]
+fn a_manager_demoted_while_stopped_comes_back_as_a_worker_and_one_back_on_another_port_is_dialled_there(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut managers = three_managers(tmp.path());
+    let (leader, followers) = leader_and_followers(&managers);
+    let (moved, demoted) = (followers[0], followers[1]);
+    let (moved_id, demoted_id) = (node_id(&managers[moved]), node_id(&managers[demoted]));
+
+    // Restarted on another port: it says where it is, raft dials it there
+    // (a change of address is a raft membership change: it needs a quorum
+    // without the moved one, which three managers have and two would not).
+    managers[moved].stop();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let moved_back = Daemon::start_with(&managers[moved].state_dir, &["--listen-addr", &listen]);
+    wait_until("three managers again, the moved one reachable", || {
+        shows_managers(&managers[leader], 3) && shows_managers(&moved_back, 3)
+    });
+    let inspect: Vec<serde_json::Value> =
+        serde_json::from_str(&managers[leader].ok(&["node", "inspect", &moved_id])).unwrap();
+    assert_eq!(
+        inspect[0]["manager_status"]["addr"],
+        listen.as_str(),
+        "{inspect:?}"
+    );
+    moved_back.ok(&["network", "create", "through-the-moved-one"]);
+    assert!(managers[leader]
+        .ok(&["network", "ls"])
+        .contains("through-the-moved-one"));
+
+    // Stopped, then demoted: raft lets it go while it is away, and when it
+    // comes back as a manager the CA tells it it is a worker now.
+    managers[demoted].stop();
+    wait_until("the stopped manager is unreachable", || {
+        manager_statuses(&managers[leader])
+            .iter()
+            .any(|(id, s)| demoted_id.starts_with(id.as_str()) && s == "Unreachable")
+    });
+    managers[leader].ok(&["node", "demote", &demoted_id]);
+    wait_until("two managers", || shows_managers(&managers[leader], 2));
+    let back = Daemon::start_with(
+        &managers[demoted].state_dir,
+        &["--listen-addr", "127.0.0.1:0"],
+    );
+    wait_until("it runs as a worker", || {
+        recorded_role(&back) == "worker"
+            && String::from_utf8_lossy(&back.shoal(&["version"]).stdout).contains("worker node")
+    });
+    assert!(!back.state_dir.join("raft").exists());
+    wait_until("it is Ready as a worker", || {
+        json_lines(&managers[leader].ok(&["node", "ls", "--format", "json"]))
+            .iter()
+            .any(|r| {
+                r["id"].as_str().is_some_and(|i| demoted_id.starts_with(i))
+                    && r["status"] == "Ready"
+                    && r["manager_status"] == ""
+            })
+    });
+}
