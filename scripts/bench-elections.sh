@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Elections on three managers of one machine, idle and then busy: every
-# manager logs "this manager leads" when a term of leadership starts, so
-# the lines beyond the first are elections nobody asked for.
+# manager logs "this manager leads" with its raft term when a term of
+# leadership starts, so the terms beyond the first are elections nobody
+# asked for. A leader whose quorum did not acknowledge it for a lease stops
+# its components and starts them again in the same term: counted apart, as
+# lapses.
 #
 #   bash scripts/bench-elections.sh [MINUTES per phase, default 5]
 #
@@ -29,12 +32,14 @@ token=$("$bin" --socket "$dir/m1/shoal.sock" join-token manager -q)
 start m2 --join "$addr" --token "$token"
 start m3 --join "$addr" --token "$token"
 sleep 5
-terms() { cat "$dir"/m*.log | sed 's/\x1b\[[0-9;]*m//g' | grep -c "this manager leads" || true; }
+plain() { cat "$dir"/m*.log | sed 's/\x1b\[[0-9;]*m//g'; }
+terms() { plain | grep "this manager leads" | grep -o "term=[0-9]*" | sort -u | wc -l; }
+lapses() { plain | grep -c "no quorum acknowledged this leader" || true; }
 
-before=$(terms)
+before=$(terms); lapsed=$(lapses)
 sleep $((minutes * 60))
 idle=$(( $(terms) - before ))
-echo "idle: $idle elections in $minutes min ($(( idle * 60 / minutes )) per hour)"
+echo "idle: $idle elections in $minutes min ($(( idle * 60 / minutes )) per hour), $(( $(lapses) - lapsed )) lapses"
 
 burners=()
 for _ in 1 2; do (while :; do :; done) & burners+=($!); done
@@ -47,9 +52,9 @@ writer() {
 }
 touch "$dir/busy"
 for w in $(seq 64); do writer "$w" & burners+=($!); done
-before=$(terms)
+before=$(terms); lapsed=$(lapses)
 sleep $((minutes * 60))
 busy=$(( $(terms) - before ))
 rm -f "$dir/busy"
 kill "${burners[@]}" 2>/dev/null || true
-echo "busy: $busy elections in $minutes min ($(( busy * 60 / minutes )) per hour)"
+echo "busy: $busy elections in $minutes min ($(( busy * 60 / minutes )) per hour), $(( $(lapses) - lapsed )) lapses"
