@@ -12,6 +12,7 @@ mod pb {
 }
 pub use pb::*;
 
+pub mod backup_file;
 pub mod clock;
 pub mod enum_name;
 pub mod limits;
@@ -31,9 +32,6 @@ pub mod transport;
 pub use node_removed::{is_node_removed, node_removed};
 pub use not_leader::{leader_hint, not_leader};
 
-/// The first bytes of a backup file (`shoal cluster backup`); the encoded
-/// [`StoreSnapshot`] follows.
-pub const BACKUP_MAGIC: &[u8] = b"SHOAL-BACKUP-1\n";
 pub use object_kind::ObjectKind;
 
 /// The version of this build, shown by `shoal version`.

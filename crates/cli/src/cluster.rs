@@ -148,15 +148,18 @@ async fn write_backup(
             .custom_flags(libc_o_nofollow())
             .open(&tmp)
             .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-        out.write_all(shoal_api::BACKUP_MAGIC)?;
+        out.write_all(shoal_api::backup_file::MAGIC)?;
+        let mut digest = shoal_api::backup_file::BackupDigest::default();
         let (mut bytes, mut version) = (0u64, 0u64);
         while let Some(part) = parts.message().await? {
             if version == 0 {
                 version = part.version;
             }
             bytes += part.data.len() as u64;
+            digest.update(&part.data);
             out.write_all(&part.data)?;
         }
+        out.write_all(&digest.trailer())?;
         out.sync_all()?;
         anyhow::Ok((bytes, version))
     }

@@ -468,6 +468,27 @@ fn a_survivor_forced_into_a_new_cluster_keeps_everything_and_a_backup_brings_it_
         !out.status.success() && err.contains("not a backup"),
         "{err}"
     );
+    // A backup cut short (a full disk, a copy stopped half way) is refused
+    // whole, never restored with fewer objects; so is one damaged inside.
+    let whole = std::fs::read(&backup).unwrap();
+    let cut = tmp.path().join("cut.backup");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let out = harness::run_daemon(
+        &tmp.path().join("cut-dir"),
+        &["--restore", cut.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cut short"), "{err}");
+    let mut damaged = whole.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x20;
+    std::fs::write(&cut, &damaged).unwrap();
+    let out = harness::run_daemon(
+        &tmp.path().join("damaged-dir"),
+        &["--restore", cut.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("damaged"), "{err}");
 }
 
 #[test]

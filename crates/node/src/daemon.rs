@@ -336,9 +336,7 @@ async fn begin(
 fn read_backup(path: &std::path::Path) -> Result<shoal_api::StoreSnapshot, String> {
     use prost::Message;
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let body = bytes
-        .strip_prefix(shoal_api::BACKUP_MAGIC)
-        .ok_or("not a backup made by `shoal cluster backup`")?;
+    let body = shoal_api::backup_file::body(&bytes).map_err(|e| e.to_string())?;
     let snapshot = shoal_api::StoreSnapshot::decode(body)
         .map_err(|e| format!("the backup is damaged: {e}"))?;
     if snapshot
