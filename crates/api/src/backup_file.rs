@@ -22,6 +22,10 @@ pub enum BackupError {
     WrongLength { expected: u64, found: u64 },
     #[error("the backup is damaged: its SHA-256 does not match the one it was written with")]
     Damaged,
+    #[error(
+        "the backup is cut short: it ends before its trailer ({found} bytes after the first line)"
+    )]
+    NoTrailer { found: u64 },
 }
 
 /// Sums the body as it is written; [`BackupDigest::trailer`] ends the file.
@@ -60,8 +64,7 @@ pub fn body(bytes: &[u8]) -> Result<&[u8], BackupError> {
     }
     let rest = bytes.strip_prefix(MAGIC).ok_or(BackupError::NotABackup)?;
     if rest.len() < TRAILER {
-        return Err(BackupError::WrongLength {
-            expected: 0,
+        return Err(BackupError::NoTrailer {
             found: rest.len() as u64,
         });
     }
@@ -111,13 +114,17 @@ mod tests {
 
     #[test]
     fn a_backup_cut_short_grown_or_damaged_anywhere_is_refused() {
-        let whole = file(b"the store, encoded");
-        for cut in [whole.len() - 1, whole.len() - TRAILER, MAGIC.len() + 3] {
+        let whole = file(&[7u8; 100]);
+        for cut in [whole.len() - 1, whole.len() - TRAILER] {
             assert!(
                 matches!(body(&whole[..cut]), Err(BackupError::WrongLength { .. })),
                 "cut at {cut}"
             );
         }
+        assert_eq!(
+            body(&whole[..MAGIC.len() + 3]),
+            Err(BackupError::NoTrailer { found: 3 })
+        );
         let mut grown = whole.clone();
         grown.insert(MAGIC.len() + 2, b'x');
         assert!(matches!(body(&grown), Err(BackupError::WrongLength { .. })));

@@ -13,32 +13,15 @@ mod peers;
 
 use std::time::{Duration, Instant};
 
-use peers::{env_or, runtime, wait_for, Manager};
+use peers::{env_or, wait_for, Manager};
 
 const PER_SERVICE: u64 = 100_000;
 
-/// The tasks of `service` in the store of the manager at `socket`.
-fn tasks_of(socket: &std::path::Path, service: &str) -> u64 {
-    runtime().block_on(async {
-        let mut api = shoal_api::control_client::ControlClient::new(
-            shoal_api::transport::connect_unix(socket),
-        );
-        let Ok(answer) = api
-            .list_tasks(shoal_api::ListTasksRequest {
-                service: service.to_string(),
-                ..Default::default()
-            })
-            .await
-        else {
-            return 0;
-        };
-        let mut stream = answer.into_inner();
-        let mut n = 0;
-        while let Ok(Some(page)) = stream.message().await {
-            n += page.tasks.len() as u64;
-        }
-        n
-    })
+/// The tasks of `service` as `service ps -q` on `manager` lists them.
+fn tasks_of(manager: &Manager, service: &str) -> u64 {
+    manager
+        .cli(&["service", "ps", service, "-q"])
+        .map_or(0, |out| out.lines().count() as u64)
 }
 
 fn main() {
@@ -70,14 +53,13 @@ fn main() {
             .expect("the service is created");
         services.push((name, replicas));
     }
-    let socket = tmp.path().join("m1").join("shoal.sock");
     for (name, replicas) in &services {
         wait_for(
             "the service's tasks are in the store",
             Duration::from_secs(1_800),
             || {
-                std::thread::sleep(Duration::from_millis(500));
-                tasks_of(&socket, name) == *replicas
+                std::thread::sleep(Duration::from_secs(1));
+                tasks_of(&first, name) == *replicas
             },
         );
     }

@@ -361,11 +361,47 @@ impl Ca for CertificateAuthority {
         &self,
         request: Request<RenewNodeCertificateRequest>,
     ) -> Result<Response<NodeCertificateResponse>, Status> {
-        let node_id = Peer::of(&request)
-            .and_then(Peer::node_id)
-            .map(str::to_string)
-            .ok_or_else(|| Status::unauthenticated("renewal needs the node's certificate"))?;
+        let (node_id, shown_role) = match Peer::of(&request) {
+            Some(Peer::Node { node_id, role, .. }) => (node_id.clone(), *role),
+            _ => {
+                return Err(Status::unauthenticated(
+                    "renewal needs the node's certificate",
+                ))
+            }
+        };
         let req = request.into_inner();
+        if !req.current_role.is_empty() {
+            // Only a manager's certificate runs a manager. (A worker may
+            // hold one already: renewed after the CA promoted it, before it
+            // heard the answer.)
+            let claimed = role_named(&req.current_role);
+            if claimed.is_none() || (claimed == Some(Role::Manager) && shown_role != Role::Manager)
+            {
+                return Err(Status::invalid_argument(format!(
+                    "current_role: {:?} is not a role this node can run as with its certificate ({})",
+                    req.current_role,
+                    role_name(shown_role)
+                )));
+            }
+            let runs_as = claimed.unwrap_or(Role::Worker);
+            // A change of role is decided on a store that holds every
+            // write committed before: a lagging manager's could still show
+            // the role of before (and turn a voting manager into a worker).
+            let local = self.replica.store().view();
+            let changes = local.node(&node_id).is_some_and(|n| {
+                let is_manager = n.role == NodeRole::Manager as i32;
+                is_manager != (runs_as == Role::Manager)
+                    || (runs_as == Role::Worker
+                        && promotion(n, &req.advertise_addr).ok().flatten().is_some())
+            });
+            if changes {
+                self.replica.barrier().await.map_err(|e| {
+                    Status::unavailable(format!(
+                        "this manager could not catch up with the cluster to decide: {e}"
+                    ))
+                })?;
+            }
+        }
         let view = self.replica.store().view();
         let cluster = cluster_of(&view)?;
         let node = view

@@ -930,13 +930,17 @@ async fn run_manager(
     let mut raft_failed = None;
     let mut removed = None;
     let mut demoted = None;
+    let mut let_go_failed = None;
     let mut agent_done = false;
     let served = tokio::select! {
         _ = shutdown.wait_for(|s| *s) => None,
         // `node demote`: it goes on managing until raft has let it go and
         // the CA says it is a worker, then stops as a manager.
         role = &mut let_go => {
-            demoted = role.ok();
+            match role {
+                Ok(role) => demoted = Some(role),
+                Err(e) => let_go_failed = Some(e.to_string()),
+            }
             None
         }
         served = &mut control_server => Some(served),
@@ -983,6 +987,11 @@ async fn run_manager(
     }
     if let Some(reason) = raft_failed {
         return Err(DaemonError::RaftFailed(reason));
+    }
+    if let Some(e) = let_go_failed {
+        return Err(DaemonError::Agent(format!(
+            "asking the CA for this node's role failed: {e}"
+        )));
     }
     if let Some(role) = demoted {
         let mut state = state;

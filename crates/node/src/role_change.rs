@@ -156,7 +156,7 @@ pub(crate) async fn let_go(
             match ask(addr, &current, &identity, &own_addr, Role::Manager).await {
                 Ok(role) => return role,
                 // The usual answer: a manager still.
-                Err(Asked::Unchanged) => {}
+                Err(Asked::Unchanged) => failures = 0,
                 Err(Asked::Failed(e)) => note_failure(&mut failures, addr, &e, "the role"),
             }
         }

@@ -86,6 +86,20 @@ impl LeaderLink {
                     message: status.message().to_string(),
                 })
             }
+            // Refused by the leader's authorization before it was read (a
+            // leader that has not applied this manager's join yet):
+            // nothing was proposed, and a retry may go through.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) =>
+            {
+                return Err(ProposeError::Unreachable {
+                    leader: addr.to_string(),
+                    message: status.message().to_string(),
+                })
+            }
             Err(status) => {
                 // A failed connection carries the transport's error (the
                 // request may not have left); any other answer came from

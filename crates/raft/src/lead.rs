@@ -107,16 +107,20 @@ impl Presence {
         );
     }
 
-    /// A leader's append was taken now.
-    pub(crate) fn appended(&self) {
-        *self.appended.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    /// A leader's append that arrived `at` was taken.
+    pub(crate) fn appended(&self, at: Instant) {
+        let mut last = self.appended.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|l| l < at) {
+            *last = Some(at);
+        }
     }
 
-    fn appended_within(&self, within: Duration) -> bool {
+    /// Whether an append arrived after `moment`.
+    fn appended_after(&self, moment: Instant) -> bool {
         self.appended
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|at| at.elapsed() < within)
+            .is_some_and(|at| at > moment)
     }
 
     fn ended(&self, id: u64, stream: u64) {
@@ -188,8 +192,9 @@ pub(crate) fn serve(
 /// How a follower's stream to its leader ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
-    /// The leader is gone: the stream beat, then ended or broke.
-    LeaderGone,
+    /// The leader is gone: the stream beat, then ended or broke (at this
+    /// moment).
+    LeaderGone(Instant),
     /// The leader asked this follower to campaign.
     TakeOver,
     /// Another leader is known now, or the stream never beat.
@@ -248,11 +253,16 @@ pub(crate) async fn follow(
                     let _ = raft.trigger().elect().await;
                 }
             }
-            Ended::LeaderGone => {
-                campaign_after_lease(&raft, me, leader, term, lease, &presence).await
+            Ended::LeaderGone(at) => {
+                campaign_after_lease(&raft, me, (leader, term), at, lease, &presence).await
             }
             Ended::Otherwise => {
-                tokio::time::sleep(retry).await;
+                // Cut short when another leader comes: its stream opens at
+                // once.
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = metrics.changed() => {}
+                }
                 retry = (retry * 2).min(RETRY_MAX);
             }
         }
@@ -299,7 +309,7 @@ async fn hold(
                 answer = answers.message() => match answer {
                     Ok(Some(beat)) if beat.take_over => return Ended::TakeOver,
                     Ok(Some(_)) => beaten = true,
-                    Ok(None) | Err(_) if beaten => return Ended::LeaderGone,
+                    Ok(None) | Err(_) if beaten => return Ended::LeaderGone(Instant::now()),
                     Ok(None) | Err(_) => return Ended::Otherwise,
                 },
                 changed = metrics.changed() => {
@@ -327,8 +337,8 @@ async fn hold(
 async fn campaign_after_lease(
     raft: &Raft,
     me: u64,
-    leader: u64,
-    term: u64,
+    (leader, term): (u64, u64),
+    ended_at: Instant,
     lease: Duration,
     presence: &Presence,
 ) {
@@ -359,7 +369,7 @@ async fn campaign_after_lease(
     // it campaigns again, now that none does.
     // And not while the leader's appends still arrive: the stream broke on
     // its own (a connection reset), the leader lives.
-    if presence.appended_within(lease) {
+    if presence.appended_after(ended_at) {
         tracing::info!(leader, "the leader's appends still arrive: no campaign");
         return;
     }
@@ -379,4 +389,27 @@ fn same_leader(raft: &Raft, leader: u64, term: u64) -> bool {
     m.state != ServerState::Leader
         && m.current_leader.is_none_or(|l| l == leader)
         && m.current_term == term
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_append_that_arrived_after_the_stream_ended_holds_a_campaign_back() {
+        let presence = Presence::default();
+        let before = Instant::now();
+        let ended = before + Duration::from_millis(10);
+        assert!(!presence.appended_after(ended), "no append yet");
+        // The dying leader's last append, taken late by a busy raft: it
+        // arrived before the stream ended.
+        presence.appended(before);
+        assert!(!presence.appended_after(ended));
+        // One that arrived after: the leader lives.
+        presence.appended(ended + Duration::from_millis(1));
+        assert!(presence.appended_after(ended));
+        // An older arrival stamped later never moves the mark back.
+        presence.appended(before);
+        assert!(presence.appended_after(ended));
+    }
 }

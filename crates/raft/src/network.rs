@@ -292,12 +292,15 @@ impl raft_server::Raft for RaftService {
             .map(|bytes| crate::codec::decode_entry(bytes))
             .collect::<Result<_, _>>()
             .map_err(|e| tonic::Status::invalid_argument(format!("raft entry: {e}")))?;
+        // When it arrived, not when raft got to it (queued behind a write,
+        // a dying leader's last append would look recent).
+        let arrived = shoal_api::clock::Instant::now();
         let answer = self.raft.append_entries(req).await;
         if matches!(
             answer,
             Ok(ref r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_))
         ) {
-            self.presence.appended();
+            self.presence.appended(arrived);
         }
         encode(&answer)
     }

@@ -282,13 +282,16 @@ impl Replica {
         ids
     }
 
-    /// On the leader: the last log index each member is known to hold.
+    /// On the leader: the last log index each member is known to hold
+    /// (members that acknowledged nothing yet are not in it).
     pub fn matched(&self) -> BTreeMap<u64, u64> {
         let m = self.raft.metrics().borrow().clone();
+        // A member that acknowledged nothing yet is left out: it has
+        // caught up with nothing, whatever the log's length.
         m.replication
             .map(|r| {
                 r.into_iter()
-                    .map(|(id, log)| (id, log.map_or(0, |l| l.index)))
+                    .filter_map(|(id, log)| log.map(|l| (id, l.index)))
                     .collect()
             })
             .unwrap_or_default()
