@@ -68,19 +68,7 @@ fn main() {
         made.elapsed().as_secs_f64()
     );
 
-    let addr = first
-        .cli(&["join-token", "manager"])
-        .unwrap()
-        .split_whitespace()
-        .skip_while(|w| *w != "--join")
-        .nth(1)
-        .unwrap()
-        .to_string();
-    let token = first
-        .cli(&["join-token", "manager", "-q"])
-        .unwrap()
-        .trim()
-        .to_string();
+    let (addr, token) = peers::manager_join_args(&first);
     let started = Instant::now();
     let second = Manager::spawn_within(
         &tmp.path().join("m2"),

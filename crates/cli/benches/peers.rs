@@ -121,10 +121,9 @@ impl Manager {
     }
 }
 
-/// A founding manager in `dir/m1` and two joined with the manager token.
-pub fn three_managers(dir: &Path) -> Vec<Manager> {
-    let first = Manager::spawn(&dir.join("m1"), &[]);
-    let addr = first
+/// Where to join `manager` as a manager: its address and the manager token.
+pub fn manager_join_args(manager: &Manager) -> (String, String) {
+    let addr = manager
         .cli(&["join-token", "manager"])
         .unwrap()
         .split_whitespace()
@@ -132,11 +131,18 @@ pub fn three_managers(dir: &Path) -> Vec<Manager> {
         .nth(1)
         .unwrap()
         .to_string();
-    let token = first
+    let token = manager
         .cli(&["join-token", "manager", "-q"])
         .unwrap()
         .trim()
         .to_string();
+    (addr, token)
+}
+
+/// A founding manager in `dir/m1` and two joined with the manager token.
+pub fn three_managers(dir: &Path) -> Vec<Manager> {
+    let first = Manager::spawn(&dir.join("m1"), &[]);
+    let (addr, token) = manager_join_args(&first);
     let mut managers = vec![first];
     for name in ["m2", "m3"] {
         managers.push(Manager::spawn(

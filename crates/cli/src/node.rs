@@ -162,33 +162,25 @@ pub async fn run(mut client: Client, cmd: NodeCommand) -> anyhow::Result<()> {
             label_add,
             label_rm,
         } => {
-            let current: Node = call!(client, get_node(GetRequest { reference: node }))?
-                .node
-                .unwrap_or_default();
-            let mut spec = current.spec.clone().unwrap_or_default();
-            if let Some(a) = availability {
-                spec.availability = match a {
-                    Availability::Active => node_spec::Availability::Active,
-                    Availability::Pause => node_spec::Availability::Pause,
-                    Availability::Drain => node_spec::Availability::Drain,
-                } as i32;
-            }
-            let annotations = spec.annotations.get_or_insert_with(Default::default);
-            for (k, v) in label_add {
-                annotations.labels.insert(k, v);
-            }
-            for k in label_rm {
-                annotations.labels.remove(&k);
-            }
-            call!(
-                client,
-                update_node(UpdateNodeRequest {
-                    node_id: current.id.clone(),
-                    version: current.meta.as_ref().map_or(0, |m| m.version),
-                    spec: Some(spec),
-                })
-            )?;
-            println!("{}", current.id);
+            let changed = change_spec(&mut client, &node, |spec| {
+                if let Some(a) = availability {
+                    spec.availability = match a {
+                        Availability::Active => node_spec::Availability::Active,
+                        Availability::Pause => node_spec::Availability::Pause,
+                        Availability::Drain => node_spec::Availability::Drain,
+                    } as i32;
+                }
+                let annotations = spec.annotations.get_or_insert_with(Default::default);
+                for (k, v) in label_add {
+                    annotations.labels.insert(k, v);
+                }
+                for k in label_rm {
+                    annotations.labels.remove(&k);
+                }
+                true
+            })
+            .await?;
+            println!("{}", changed.id);
         }
     }
     Ok(())
@@ -196,6 +188,32 @@ pub async fn run(mut client: Client, cmd: NodeCommand) -> anyhow::Result<()> {
 
 /// Asks node `reference` to take `role`, and says what follows.
 async fn set_role(client: &mut Client, reference: &str, role: NodeRole) -> anyhow::Result<()> {
+    let (name, asked) = match role {
+        NodeRole::Manager => ("a manager", "promoted to a manager"),
+        NodeRole::Worker => ("a worker", "demoted to a worker"),
+    };
+    let mut already = false;
+    change_spec(client, reference, |spec| {
+        already = spec.desired_role == role as i32;
+        spec.desired_role = role as i32;
+        !already
+    })
+    .await?;
+    if already {
+        println!("Node {reference} is already {name}.");
+    } else {
+        println!("Node {reference} {asked} in the cluster.");
+    }
+    Ok(())
+}
+
+/// Changes node `reference`'s spec with `change` over the version read,
+/// unless `change` says nothing changed; the node as read.
+async fn change_spec(
+    client: &mut Client,
+    reference: &str,
+    change: impl FnOnce(&mut shoal_api::NodeSpec) -> bool,
+) -> anyhow::Result<Node> {
     let current: Node = call!(
         client,
         get_node(GetRequest {
@@ -205,23 +223,15 @@ async fn set_role(client: &mut Client, reference: &str, role: NodeRole) -> anyho
     .node
     .unwrap_or_default();
     let mut spec = current.spec.clone().unwrap_or_default();
-    let (name, asked) = match role {
-        NodeRole::Manager => ("a manager", "promoted to a manager"),
-        NodeRole::Worker => ("a worker", "demoted to a worker"),
-    };
-    if spec.desired_role == role as i32 {
-        println!("Node {reference} is already {name}.");
-        return Ok(());
+    if change(&mut spec) {
+        call!(
+            client,
+            update_node(UpdateNodeRequest {
+                node_id: current.id.clone(),
+                version: current.meta.as_ref().map_or(0, |m| m.version),
+                spec: Some(spec),
+            })
+        )?;
     }
-    spec.desired_role = role as i32;
-    call!(
-        client,
-        update_node(UpdateNodeRequest {
-            node_id: current.id.clone(),
-            version: current.meta.as_ref().map_or(0, |m| m.version),
-            spec: Some(spec),
-        })
-    )?;
-    println!("Node {reference} {asked} in the cluster.");
-    Ok(())
+    Ok(current)
 }

@@ -547,18 +547,8 @@ fn a_rollout_goes_on_under_a_new_leader_replacing_each_slot_once() {
 /// A worker joined to `manager` with a node listener of its own on a free
 /// loopback port, so it can be promoted.
 fn join_promotable(dir: &std::path::Path, manager: &Daemon) -> Daemon {
-    let (addr, token) = harness::join_args(manager);
-    Daemon::start_with(
-        dir,
-        &[
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--join",
-            &addr,
-            "--token",
-            &token,
-        ],
-    )
+    let (_, token) = harness::join_args(manager);
+    harness::join_listening(dir, manager, &token)
 }
 
 /// The role a daemon's state dir records.

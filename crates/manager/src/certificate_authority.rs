@@ -213,6 +213,23 @@ impl CertificateAuthority {
         crate::identity::new_object_id(&mut *ids)
     }
 
+    /// Writes `node` as read (its version checked); `what` names it in
+    /// the refusal.
+    async fn record(&self, node: Node, what: &str) -> Result<(), Status> {
+        self.replica
+            .propose(Transaction {
+                leader_term: 0,
+                actions: vec![StoreAction {
+                    kind: store_action::Kind::Update as i32,
+                    target: Some(node.into()),
+                }],
+                timestamp_ms: 0,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| Status::unavailable(format!("recording {what} failed: {e}")))
+    }
+
     /// A raft id no manager of `view` or member of the raft group has.
     fn new_raft_id(&self, view: &Tables) -> u64 {
         let members = self.replica.members();
@@ -424,20 +441,8 @@ impl Ca for CertificateAuthority {
         let role = match asked {
             Some(addr) => {
                 raft_id = self.new_raft_id(&view);
-                let promoted = promoted_manager(&node, &addr, raft_id);
-                self.replica
-                    .propose(Transaction {
-                        leader_term: 0,
-                        actions: vec![StoreAction {
-                            kind: store_action::Kind::Update as i32,
-                            target: Some(promoted.into()),
-                        }],
-                        timestamp_ms: 0,
-                    })
-                    .await
-                    .map_err(|e| {
-                        Status::unavailable(format!("recording the promotion failed: {e}"))
-                    })?;
+                self.record(promoted_manager(&node, &addr, raft_id), "the promotion")
+                    .await?;
                 tracing::info!(node = %node_id, raft_id, %addr, "a worker was promoted to manager");
                 Role::Manager
             }
@@ -445,19 +450,7 @@ impl Ca for CertificateAuthority {
                 // A manager that came back on another address: raft dials
                 // it there once the store says so (the membership loop).
                 if let Some(moved) = moved_manager(&node, &req.advertise_addr)? {
-                    self.replica
-                        .propose(Transaction {
-                            leader_term: 0,
-                            actions: vec![StoreAction {
-                                kind: store_action::Kind::Update as i32,
-                                target: Some(moved.into()),
-                            }],
-                            timestamp_ms: 0,
-                        })
-                        .await
-                        .map_err(|e| {
-                            Status::unavailable(format!("recording the new address failed: {e}"))
-                        })?;
+                    self.record(moved, "the new address").await?;
                     tracing::info!(node = %node_id, addr = %req.advertise_addr, "a manager's address changed");
                 }
                 Role::Manager

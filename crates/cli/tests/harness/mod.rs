@@ -435,11 +435,18 @@ pub fn wait_spread(manager: &Daemon, worker: &Daemon, n: usize) {
 /// A manager joined to `manager`'s cluster from the empty `dir`, with the
 /// manager token, on a free loopback port.
 pub fn join_manager(dir: &Path, manager: &Daemon) -> Daemon {
-    let (addr, _) = join_args(manager);
     let token = manager
         .ok(&["join-token", "manager", "-q"])
         .trim()
         .to_string();
+    join_listening(dir, manager, &token)
+}
+
+/// A node joined to `manager`'s cluster from the empty `dir` with `token`,
+/// its node listener on a free loopback port (a manager's, or a worker's
+/// that may be promoted).
+pub fn join_listening(dir: &Path, manager: &Daemon, token: &str) -> Daemon {
+    let (addr, _) = join_args(manager);
     Daemon::start_with(
         dir,
         &[
@@ -448,7 +455,7 @@ pub fn join_manager(dir: &Path, manager: &Daemon) -> Daemon {
             "--join",
             &addr,
             "--token",
-            &token,
+            token,
         ],
     )
 }
