@@ -121,7 +121,11 @@ pub(crate) async fn promoted(
                 }
             }
             tokio::select! {
-                _ = asked.changed() => {}
+                // Nobody tells the role any more (the agent ended): the
+                // pause still holds.
+                changed = asked.changed() => if changed.is_err() {
+                    tokio::time::sleep(pause).await;
+                },
                 _ = tokio::time::sleep(pause) => {}
             }
             pause = (pause * 2).min(ASK_MAX);
