@@ -20,7 +20,7 @@ use shoal_api::ca_server::Ca;
 use shoal_api::{
     node_spec, node_status, store_action, Annotations, Cluster, IssueNodeCertificateRequest,
     JoinSecret, JoinTokens, Node, NodeCertificateResponse, NodeRole, NodeSpec, NodeStatus,
-    RenewNodeCertificateRequest, StoreAction, Transaction,
+    RenewNodeCertificateRequest, Transaction,
 };
 use shoal_ca::{JoinToken, NodeIdentity, Role, RootCa, SecretHash};
 use shoal_raft::Replica;
@@ -213,16 +213,13 @@ impl CertificateAuthority {
         crate::identity::new_object_id(&mut *ids)
     }
 
-    /// Writes `node` as read (its version checked); `what` names it in
-    /// the refusal.
-    async fn record(&self, node: Node, what: &str) -> Result<(), Status> {
+    /// Writes `node` (a create, or an update over the version read);
+    /// `what` names it in the refusal.
+    async fn record(&self, kind: store_action::Kind, node: Node, what: &str) -> Result<(), Status> {
         self.replica
             .propose(Transaction {
                 leader_term: 0,
-                actions: vec![StoreAction {
-                    kind: store_action::Kind::Update as i32,
-                    target: Some(node.into()),
-                }],
+                actions: vec![crate::controlapi::action(kind, node)],
                 timestamp_ms: 0,
             })
             .await
@@ -358,17 +355,8 @@ impl Ca for CertificateAuthority {
         };
         // The node exists before its certificate is handed out: every call
         // made with the certificate finds it.
-        self.replica
-            .propose(Transaction {
-                leader_term: 0,
-                actions: vec![StoreAction {
-                    kind: store_action::Kind::Create as i32,
-                    target: Some(node.into()),
-                }],
-                timestamp_ms: 0,
-            })
-            .await
-            .map_err(|e| Status::unavailable(format!("recording the new node failed: {e}")))?;
+        self.record(store_action::Kind::Create, node, "the new node")
+            .await?;
         answer.managers = crate::managers::addresses(&self.replica.store().view());
         tracing::info!(node = %identity.node_id, ?remote, role = role_name(role), "a node joined");
         Ok(Response::new(answer))
@@ -441,8 +429,12 @@ impl Ca for CertificateAuthority {
         let role = match asked {
             Some(addr) => {
                 raft_id = self.new_raft_id(&view);
-                self.record(promoted_manager(&node, &addr, raft_id), "the promotion")
-                    .await?;
+                self.record(
+                    store_action::Kind::Update,
+                    promoted_manager(&node, &addr, raft_id),
+                    "the promotion",
+                )
+                .await?;
                 tracing::info!(node = %node_id, raft_id, %addr, "a worker was promoted to manager");
                 Role::Manager
             }
@@ -450,7 +442,8 @@ impl Ca for CertificateAuthority {
                 // A manager that came back on another address: raft dials
                 // it there once the store says so (the membership loop).
                 if let Some(moved) = moved_manager(&node, &req.advertise_addr)? {
-                    self.record(moved, "the new address").await?;
+                    self.record(store_action::Kind::Update, moved, "the new address")
+                        .await?;
                     tracing::info!(node = %node_id, addr = %req.advertise_addr, "a manager's address changed");
                 }
                 Role::Manager
