@@ -6,7 +6,8 @@
 //! keep-alive connection per client.
 //!
 //! `cargo bench -p shoal --bench replicated_writes` (SECONDS=5 per level
-//! by default; etcd skipped, said so, when not installed).
+//! by default; CLIENTS=1000 runs one level, ETCD=0 skips etcd; etcd
+//! skipped, said so, when not installed).
 
 mod peers;
 
@@ -57,7 +58,7 @@ async fn shoal_level(
     seconds: u64,
     level: usize,
 ) -> Outcome {
-    let channels: Vec<_> = (0..clients.min(SHOAL_CONNECTIONS))
+    let channels: Vec<_> = (0..clients.min(peers::env_or("CONNECTIONS", SHOAL_CONNECTIONS)))
         .map(|_| shoal_api::transport::connect_unix(socket))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -173,19 +174,28 @@ async fn etcd_level(port: u16, clients: usize, seconds: u64, level: usize) -> Ou
 fn main() {
     let seconds: u64 = peers::env_or("SECONDS", 5);
     let runtime = peers::runtime();
+    let levels: Vec<usize> = match std::env::var("CLIENTS") {
+        Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+        Err(_) => LEVELS.to_vec(),
+    };
     let mut lines = Vec::new();
     {
         let tmp = tempfile::tempdir().unwrap();
         let managers = three_managers(tmp.path());
         let socket = managers[leader_index(&managers)].dir.join("shoal.sock");
-        for (level, clients) in LEVELS.into_iter().enumerate() {
+        for (level, &clients) in levels.iter().enumerate() {
             let outcome = runtime.block_on(shoal_level(&socket, clients, seconds, level));
             eprintln!("{}", outcome.line("shoal", clients));
             lines.push(outcome.line("shoal", clients));
         }
     }
     let tmp = tempfile::tempdir().unwrap();
-    if let Some((members, _)) = three_etcd(tmp.path()) {
+    let etcd = if peers::env_or("ETCD", 1) == 0 {
+        None
+    } else {
+        three_etcd(tmp.path())
+    };
+    if let Some((members, _)) = etcd {
         let leader = members[0].status().unwrap()["leader"].clone();
         let port = members
             .iter()
@@ -195,7 +205,7 @@ fn main() {
             })
             .map(|m| m.client)
             .unwrap();
-        for (level, clients) in LEVELS.into_iter().enumerate() {
+        for (level, &clients) in levels.iter().enumerate() {
             let outcome = runtime.block_on(etcd_level(port, clients, seconds, level));
             eprintln!("{}", outcome.line("etcd 3.4", clients));
             lines.push(outcome.line("etcd 3.4", clients));

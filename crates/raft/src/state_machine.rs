@@ -25,6 +25,10 @@ use shoal_store::{Store, TxnError};
 use crate::types::{Applied, TypeConfig};
 
 const SNAPSHOT_FILE: &str = "snapshot";
+/// Entries applied as one view at most: a log replayed at start, or a
+/// follower catching up, hands thousands at once, and their watch events
+/// are held until the view is published.
+const MAX_RUN_ENTRIES: usize = 16;
 type Meta = SnapshotMeta<u64, BasicNode>;
 type StoreResult<T> = Result<T, StorageError<u64>>;
 
@@ -50,6 +54,33 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
+    /// Applies a run of normal entries as one view, and answers each
+    /// transaction: the store's result, or its fence refusal in its place.
+    fn apply_run(
+        &self,
+        run: &mut Vec<(u64, Batch)>,
+        run_fenced: &mut Vec<Vec<(usize, TxnError)>>,
+        out: &mut Vec<Applied>,
+    ) {
+        if run.is_empty() {
+            return;
+        }
+        let entries = run.len();
+        let started = shoal_api::clock::Instant::now();
+        let applied = self.store.apply_all(std::mem::take(run));
+        tracing::debug!(
+            entries,
+            took_us = started.elapsed().as_micros() as u64,
+            "applied"
+        );
+        for (mut results, fenced) in applied.into_iter().zip(run_fenced.drain(..)) {
+            for (at, refusal) in fenced {
+                results.insert(at, Err(refusal));
+            }
+            out.push(Applied { results });
+        }
+    }
+
     /// Loads the snapshot in `dir`, if any, into `store`.
     pub fn open(dir: &Path, store: Arc<Store>) -> Result<StateMachine, SnapshotLoadError> {
         let path = dir.join(SNAPSHOT_FILE);
@@ -198,34 +229,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Consecutive normal entries are applied together, as one view
+        // (`Store::apply_all`); a blank or membership entry closes the run.
         let mut out = Vec::new();
+        let mut run: Vec<(u64, Batch)> = Vec::new();
+        let mut run_fenced = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
             match entry.payload {
-                EntryPayload::Blank => {
-                    self.store.advance_to(index);
-                    out.push(Applied::default());
-                }
                 EntryPayload::Normal(proposal) => {
                     let batch = Batch::decode(proposal.batch.as_slice())
                         .map_err(|e| StorageIOError::apply(entry.log_id, any(e)))?;
-                    let txns = batch.transactions.len();
-                    let started = shoal_api::clock::Instant::now();
                     let (batch, fenced) = fence(batch, entry.log_id.leader_id.term);
-                    let mut results = self.store.apply(index, batch);
-                    for (at, refusal) in fenced {
-                        results.insert(at, Err(refusal));
+                    run.push((index, batch));
+                    run_fenced.push(fenced);
+                    if run.len() >= MAX_RUN_ENTRIES {
+                        self.apply_run(&mut run, &mut run_fenced, &mut out);
                     }
-                    tracing::debug!(
-                        index,
-                        txns,
-                        bytes = proposal.batch.len(),
-                        took_us = started.elapsed().as_micros() as u64,
-                        "applied"
-                    );
-                    out.push(Applied { results });
+                }
+                EntryPayload::Blank => {
+                    self.apply_run(&mut run, &mut run_fenced, &mut out);
+                    self.store.advance_to(index);
+                    out.push(Applied::default());
                 }
                 EntryPayload::Membership(m) => {
+                    self.apply_run(&mut run, &mut run_fenced, &mut out);
                     self.last_membership = StoredMembership::new(Some(entry.log_id), m);
                     self.store.advance_to(index);
                     out.push(Applied::default());
@@ -233,6 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             self.last_applied = Some(entry.log_id);
         }
+        self.apply_run(&mut run, &mut run_fenced, &mut out);
         Ok(out)
     }
 

@@ -20,11 +20,13 @@
 //! - Tasks made from the same spec share one copy of it in memory.
 
 mod error;
+mod key;
 mod store;
 mod tables;
 mod watch;
 
 pub use error::{LookupError, TxnError};
+pub use key::Key;
 pub use store::{Store, View};
 pub use tables::Tables;
 pub use watch::{Event, WatchError, WatchStream, WATCH_QUEUE_ENTRIES};

@@ -1,14 +1,24 @@
 //! The store handle shared by every component of a manager.
 //!
-//! The tables are published as an immutable [`View`] per commit: a reader
-//! takes the current one in O(1) (a pointer copy under a lock held for that
-//! copy alone) and keeps it as long as it likes, and the writer builds the
-//! next version beside it (the tables' maps are persistent, so that copies
-//! only the paths a write changes) and swaps it in. No reader ever delays a
+//! The tables are published as an immutable [`View`]: a reader takes the
+//! current one (a pointer copy under a lock held for that copy alone) and
+//! keeps it as long as it likes, and the writer changes its own copy of the
+//! tables beside it (the tables' maps are persistent, so that copies only the
+//! paths a write changes while a view shares them). No reader ever delays a
 //! commit, and no commit ever changes what a reader sees (DESIGN.md §3).
 //!
+//! A view is published when someone needs one, not at every commit: when
+//! watchers are to be told of changes (they must find them in the view they
+//! take), or when a reader asks and the last commit is not published yet
+//! (that reader waits for an apply under way, if any, then publishes). A
+//! follower that nobody reads from then changes its tables in place: with
+//! no view sharing its nodes, a write copies none of them, where copying
+//! them was most of a follower's work under a stream of writes.
+//!
 //! # Guarantees
-//! - A view is a consistent snapshot at one raft index ([`Tables::version`]).
+//! - A view is a consistent snapshot at one raft index ([`Tables::version`]),
+//!   and holds every entry applied before it was taken: a reader sees every
+//!   write that was answered before it asked.
 //! - Watchers receive an entry's changes after the view that holds them is
 //!   published, in commit order: whoever a change wakes sees it in the view
 //!   it takes. A reader that drains its watch up to its view's version
@@ -29,12 +39,18 @@ use crate::watch::{Event, WatchStream, WATCH_QUEUE_ENTRIES};
 pub type View = Arc<Tables>;
 
 /// The tables plus the watch channel.
+///
+/// Locks are taken in this order: `writer`, `working`, `current`.
 pub struct Store {
-    /// The latest published version. The lock is held only to copy or
-    /// replace the pointer, never while tables are read or built.
-    current: RwLock<View>,
+    /// The latest published view, or none when the latest commit is not
+    /// published yet. Held only to copy or replace the pointer, never while
+    /// tables are read or built.
+    current: RwLock<Option<View>>,
+    /// The tables with every entry applied so far; changed in place by
+    /// the writer, cloned (O(1)) to publish.
+    working: Mutex<Tables>,
     /// Serializes writers (raft's apply, snapshot installs), so each builds
-    /// on the version the one before it published.
+    /// on the version the one before it applied.
     writer: Mutex<()>,
     events: broadcast::Sender<Arc<Vec<Event>>>,
 }
@@ -48,16 +64,25 @@ impl Default for Store {
 impl Store {
     pub fn new() -> Store {
         let (events, _) = broadcast::channel(WATCH_QUEUE_ENTRIES);
+        let tables = Tables::default();
         Store {
-            current: RwLock::new(Arc::new(Tables::default())),
+            current: RwLock::new(Some(Arc::new(tables.clone()))),
+            working: Mutex::new(tables),
             writer: Mutex::new(()),
             events,
         }
     }
 
-    /// A consistent snapshot of every table, in O(1).
+    /// A consistent snapshot of every table holding every entry applied so
+    /// far: O(1) when the last commit is published, else after the apply
+    /// under way (if any) ends.
     pub fn view(&self) -> View {
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+        if let Some(view) = &*self.current.read().unwrap_or_else(|e| e.into_inner()) {
+            return Arc::clone(view);
+        }
+        let working = self.working.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(current.get_or_insert_with(|| Arc::new(working.clone())))
     }
 
     /// Holds every commit back until the guard is dropped: the next apply
@@ -73,19 +98,31 @@ impl Store {
         self.view().version()
     }
 
-    /// Builds the next version from the current one with `change`,
-    /// publishes it, then sends the watchers what `change` returned.
+    /// Changes the tables with `change`, publishes the result when
+    /// watchers are to be told, then sends them what `change` returned.
     ///
-    /// Published first: whoever is woken by a change (the dispatcher's
-    /// fan-out, then a node's stream) and takes a view sees the change.
-    /// Sent under the writer's lock, so events keep commit order.
+    /// The published view is withdrawn first: when no reader holds it, the
+    /// tables' nodes are the writer's alone and `change` makes no copy of
+    /// them. A reader asking meanwhile waits for `change` and gets its
+    /// result. Published before the events are sent: whoever is woken by a
+    /// change (the dispatcher's fan-out, then a node's stream) and takes a
+    /// view sees the change. Sent under the writer's lock, so events keep
+    /// commit order.
     fn write<R>(&self, change: impl FnOnce(&mut Tables, bool) -> (R, Vec<Event>)) -> R {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = Tables::clone(&self.view());
+        let mut working = self.working.lock().unwrap_or_else(|e| e.into_inner());
+        let withdrawn = self
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(withdrawn);
         let watched = self.events.receiver_count() > 0;
-        let (result, events) = change(&mut next, watched);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        let (result, events) = change(&mut working, watched);
         if watched && !events.is_empty() {
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                Some(Arc::new(working.clone()));
+            drop(working);
             // An error only means nobody listens any more.
             let _ = self.events.send(Arc::new(events));
         }
@@ -100,6 +137,24 @@ impl Store {
             }
             let mut events = Vec::new();
             let results = tables.apply_batch(version, batch, Some(&mut events));
+            (results, events)
+        })
+    }
+
+    /// Applies consecutive committed entries, `(raft index, batch)` in log
+    /// order, and publishes one view holding them all: a write copies the
+    /// path to each node it changes once per published view, so entries
+    /// that arrive together are cheaper applied together. Watchers still
+    /// get each entry's changes closed by its own commit marker.
+    pub fn apply_all(&self, entries: Vec<(u64, Batch)>) -> Vec<Vec<Result<(), TxnError>>> {
+        self.write(|tables, watched| {
+            let mut events = Vec::new();
+            let results = entries
+                .into_iter()
+                .map(|(version, batch)| {
+                    tables.apply_batch(version, batch, watched.then_some(&mut events))
+                })
+                .collect();
             (results, events)
         })
     }

@@ -12,6 +12,7 @@ use shoal_api::{
 };
 
 use crate::error::{LookupError, TxnError};
+use crate::key::Key;
 use crate::watch::Event;
 
 /// Maps that hash with Fx: every key is an id or name the store indexes,
@@ -33,20 +34,25 @@ type Hashed<K, V> =
 /// A table of one named kind: objects by id, and the unique-name index.
 /// Objects and names are shared (`Arc`): a write copies the path of nodes
 /// to what it changes, and copying a node then copies pointers, never the
-/// objects or strings it holds (a network created among 50,000 deep-copied
-/// 64 networks and their names, the most of a write's cost).
+/// objects they point to (a network created among 50,000 deep-copied 64
+/// networks and their names, the most of a write's cost). Keys are inline
+/// ([`Key`]): copying a node copies their bytes, touching nothing else.
 #[derive(Debug, Clone)]
 struct Table<T: Clone> {
-    by_id: Ordered<String, Arc<T>>,
+    by_id: Ordered<Key, Arc<T>>,
     /// Lower-cased name → id. Names compare case-insensitively, as DNS does.
-    by_name: Hashed<Arc<str>, Arc<str>>,
+    /// Ordered rather than hashed: a B-tree leaf holds its keys and ids
+    /// inline, where a hash trie's inner nodes hold 32 pointers each, and
+    /// copying those (a reference count touched per pointer, each on its
+    /// own cache line) made the name index a third of an apply.
+    by_name: Ordered<Key, Key>,
 }
 
 impl<T: Clone> Default for Table<T> {
     fn default() -> Self {
         Table {
             by_id: Ordered::new(),
-            by_name: Hashed::default(),
+            by_name: Ordered::new(),
         }
     }
 }
@@ -68,8 +74,8 @@ struct StoredTask {
     spec: Arc<TaskSpec>,
     /// Its keys in the service and node indexes (shared with them): an
     /// update finds what to re-index without decoding the old task.
-    service: Option<Arc<str>>,
-    node: Option<Arc<str>>,
+    service: Option<Key>,
+    node: Option<Key>,
     /// Its slot, and whether it is PENDING: its keys in the slot and
     /// pending indexes.
     slot: u64,
@@ -93,25 +99,25 @@ impl StoredTask {
 /// Task ids per node; per service, (slot, id) pairs (slot 0 for tasks
 /// without one), so a slot's tasks are a range of their service's set and
 /// the slot index costs a number per task, not a second index.
-type TaskIndex<M = Arc<str>> = Hashed<Arc<str>, OrderedSet<M>>;
-type ServiceIndex = TaskIndex<(u64, Arc<str>)>;
+type TaskIndex<M = Key> = Hashed<Key, OrderedSet<M>>;
+type ServiceIndex = TaskIndex<(u64, Key)>;
 
 /// Adds `member` under `key` (none for an empty key); returns the index's
 /// key.
-fn index_under<M: Ord + Clone>(index: &mut TaskIndex<M>, key: &str, member: M) -> Option<Arc<str>> {
+fn index_under<M: Ord + Clone>(index: &mut TaskIndex<M>, key: &str, member: M) -> Option<Key> {
     if key.is_empty() {
         return None;
     }
     if let Some(set) = index.get_mut(key) {
         set.insert(member);
-        return index.get_key_value(key).map(|(k, _)| Arc::clone(k));
+        return index.get_key_value(key).map(|(k, _)| k.clone());
     }
-    let key: Arc<str> = Arc::from(key);
-    index.insert(Arc::clone(&key), OrderedSet::unit(member));
+    let key = Key::from(key);
+    index.insert(key.clone(), OrderedSet::unit(member));
     Some(key)
 }
 
-fn unindex<M: Ord + Clone>(index: &mut TaskIndex<M>, key: Option<&Arc<str>>, member: &M) {
+fn unindex<M: Ord + Clone>(index: &mut TaskIndex<M>, key: Option<&Key>, member: &M) {
     let Some(key) = key else { return };
     if let Some(set) = index.get_mut(key) {
         set.remove(member);
@@ -125,11 +131,11 @@ fn unindex<M: Ord + Clone>(index: &mut TaskIndex<M>, key: Option<&Arc<str>>, mem
 /// nor the member changed.
 fn reindex<M: Ord + Clone>(
     index: &mut TaskIndex<M>,
-    old: Option<Arc<str>>,
+    old: Option<Key>,
     old_member: &M,
     new: &str,
     new_member: M,
-) -> Option<Arc<str>> {
+) -> Option<Key> {
     if old.as_deref().unwrap_or("") == new && *old_member == new_member {
         return old;
     }
@@ -143,11 +149,11 @@ fn is_pending(task: &Task) -> bool {
 
 #[derive(Debug, Default, Clone)]
 struct TaskTable {
-    by_id: Ordered<Arc<str>, StoredTask>,
+    by_id: Ordered<Key, StoredTask>,
     by_service: ServiceIndex,
     by_node: TaskIndex,
     /// The ids of the tasks observed PENDING: what the scheduler places.
-    pending: OrderedSet<Arc<str>>,
+    pending: OrderedSet<Key>,
     /// The last spec seen per service: a new task whose spec equals it shares it.
     spec_cache: Hashed<String, Arc<TaskSpec>>,
 }
@@ -185,23 +191,23 @@ impl TaskTable {
                 stored.service = reindex(
                     &mut self.by_service,
                     stored.service.take(),
-                    &(stored.slot, Arc::clone(id)),
+                    &(stored.slot, id.clone()),
                     &task.service_id,
-                    (task.slot, Arc::clone(id)),
+                    (task.slot, id.clone()),
                 );
                 stored.node = reindex(
                     &mut self.by_node,
                     stored.node.take(),
                     id,
                     &task.node_id,
-                    Arc::clone(id),
+                    id.clone(),
                 );
                 stored.slot = task.slot;
                 let pending = is_pending(&task);
                 if pending != stored.pending {
                     stored.pending = pending;
                     if pending {
-                        self.pending.insert(Arc::clone(id));
+                        self.pending.insert(id.clone());
                     } else {
                         self.pending.remove(&**id);
                     }
@@ -219,22 +225,22 @@ impl TaskTable {
     /// table yet.
     fn insert_new(&mut self, task: Task, spec: Arc<TaskSpec>) {
         debug_assert!(task.spec.is_none());
-        let id: Arc<str> = Arc::from(task.id.as_str());
+        let id = Key::from(task.id.as_str());
         let stored = StoredTask {
             encoded: task.encode_to_vec().into(),
             meta: task.meta.unwrap_or_default(),
             service: index_under(
                 &mut self.by_service,
                 &task.service_id,
-                (task.slot, Arc::clone(&id)),
+                (task.slot, id.clone()),
             ),
-            node: index_under(&mut self.by_node, &task.node_id, Arc::clone(&id)),
+            node: index_under(&mut self.by_node, &task.node_id, id.clone()),
             slot: task.slot,
             pending: is_pending(&task),
             spec,
         };
         if stored.pending {
-            self.pending.insert(Arc::clone(&id));
+            self.pending.insert(id.clone());
         }
         self.by_id.insert(id, stored);
     }
@@ -247,7 +253,7 @@ impl TaskTable {
         unindex(
             &mut self.by_service,
             old.service.as_ref(),
-            &(old.slot, Arc::clone(&key)),
+            &(old.slot, key.clone()),
         );
         unindex(&mut self.by_node, old.node.as_ref(), &key);
         Some(old)
@@ -445,7 +451,7 @@ impl Tables {
         service_id: &str,
         slot: u64,
     ) -> impl Iterator<Item = &'a str> + 'a {
-        let from = (slot, Arc::<str>::from(""));
+        let from = (slot, Key::from(""));
         self.tasks
             .by_service
             .get(service_id)
@@ -633,7 +639,9 @@ impl Tables {
         Some(meta.unwrap_or_default())
     }
 
-    fn name_owner(&self, kind: ObjectKind, name: &str) -> Option<&Arc<str>> {
+    /// The id of the object of `kind` whose unique name is `name` (any
+    /// case), if any: one search of the name index.
+    pub fn name_owner(&self, kind: ObjectKind, name: &str) -> Option<&Key> {
         let key = name_key(name);
         match kind {
             ObjectKind::Cluster => self.clusters.by_name.get(key.as_str()),
@@ -644,15 +652,19 @@ impl Tables {
         }
     }
 
-    fn stored_name(&self, kind: ObjectKind, id: &str) -> Option<String> {
-        let name = match kind {
-            ObjectKind::Cluster => self.clusters.by_id.get(id)?.unique_name(),
-            ObjectKind::Node => self.nodes.by_id.get(id)?.unique_name(),
-            ObjectKind::Service => self.services.by_id.get(id)?.unique_name(),
-            ObjectKind::Network => self.networks.by_id.get(id)?.unique_name(),
-            ObjectKind::Task => None,
-        };
-        name.map(str::to_string)
+    /// The version and lower-cased unique name of an object, if it exists:
+    /// one search of its table (a write's check is mostly searches).
+    fn stored_version_and_name(&self, kind: ObjectKind, id: &str) -> Option<(u64, Option<String>)> {
+        fn of<T: Named>(o: &T, meta: Option<Meta>) -> (u64, Option<String>) {
+            (meta.map_or(0, |m| m.version), o.unique_name().map(name_key))
+        }
+        Some(match kind {
+            ObjectKind::Cluster => self.clusters.by_id.get(id).map(|o| of(&**o, o.meta))?,
+            ObjectKind::Node => self.nodes.by_id.get(id).map(|o| of(&**o, o.meta))?,
+            ObjectKind::Service => self.services.by_id.get(id).map(|o| of(&**o, o.meta))?,
+            ObjectKind::Network => self.networks.by_id.get(id).map(|o| of(&**o, o.meta))?,
+            ObjectKind::Task => (self.tasks.by_id.get(id)?.meta.version, None),
+        })
     }
 
     /// Checks every action of `txn` against the tables as they are, without
@@ -682,7 +694,10 @@ impl Tables {
                     "{kind} {id} is changed twice in one transaction"
                 )));
             }
-            let current = self.current_meta(kind, id).map(|m| m.version);
+            let (current, old_name) = match self.stored_version_and_name(kind, id) {
+                Some((version, name)) => (Some(version), name),
+                None => (None, None),
+            };
             let expected = target.version();
             match action_kind {
                 store_action::Kind::Create => {
@@ -710,7 +725,6 @@ impl Tables {
                     }
                 }
             }
-            let old_name = self.stored_name(kind, id).map(|n| name_key(&n));
             match action_kind {
                 store_action::Kind::Create | store_action::Kind::Update => {
                     if let Some(name) = unique_name_of(target).map(name_key) {
@@ -990,13 +1004,13 @@ impl Tables {
         }
         if let Some(object::Kind::Service(service)) = &mut target.kind {
             // Only what a task runs counts: scaling is not a new version.
-            let spec_changed = match self.services.by_id.get(&id) {
+            let spec_changed = match self.services.by_id.get(id.as_str()) {
                 Some(old) => !old.runs_same_tasks(service),
                 None => true,
             };
             if spec_changed {
                 service.spec_version = version;
-            } else if let Some(old) = self.services.by_id.get(&id) {
+            } else if let Some(old) = self.services.by_id.get(id.as_str()) {
                 service.spec_version = old.spec_version;
             }
         }
@@ -1012,15 +1026,19 @@ impl Tables {
 
     fn insert(&mut self, object: Object) {
         fn put<T: Named + Clone>(table: &mut Table<T>, id: String, name: Option<String>, o: T) {
-            if let Some(old_name) = table.by_id.get(&id).and_then(|o| o.unique_name()) {
-                table.by_name.remove(name_key(old_name).as_str());
+            // One search for the object: the one replaced comes back.
+            let id = Key::from(id);
+            let old = table.by_id.insert(id.clone(), Arc::new(o));
+            let old_name = old.as_ref().and_then(|o| o.unique_name()).map(name_key);
+            let name = name.map(|n| name_key(&n));
+            if old_name != name {
+                if let Some(old_name) = old_name {
+                    table.by_name.remove(old_name.as_str());
+                }
+                if let Some(name) = name {
+                    table.by_name.insert(Key::from(name), id);
+                }
             }
-            if let Some(name) = name {
-                table
-                    .by_name
-                    .insert(Arc::from(name_key(&name)), Arc::from(id.as_str()));
-            }
-            table.by_id.insert(id, Arc::new(o));
         }
         let id = object.id().to_string();
         let name = unique_name_of(&object).map(str::to_string);
@@ -1148,18 +1166,15 @@ impl Tables {
     /// debug builds; cost is linear in the store's size.
     pub fn check_invariants(&self) -> Result<(), String> {
         fn names<T: Clone + Into<Object>>(table: &Table<T>, kind: &str) -> Result<(), String> {
-            let mut expected = Hashed::default();
+            let mut expected = Ordered::new();
             for (id, o) in &table.by_id {
                 let o: Object = (**o).clone().into();
-                if o.id() != id {
+                if o.id() != id.as_str() {
                     return Err(format!("{kind} keyed {id} has id {}", o.id()));
                 }
                 if let Some(name) = unique_name_of(&o) {
                     if expected
-                        .insert(
-                            Arc::<str>::from(name_key(name)),
-                            Arc::<str>::from(id.as_str()),
-                        )
+                        .insert(Key::from(name_key(name)), id.clone())
                         .is_some()
                     {
                         return Err(format!("{kind} name {name} used twice"));
@@ -1200,10 +1215,10 @@ impl Tables {
                     "task {id}: stored slot or state disagrees with the task"
                 ));
             }
-            index_under(&mut by_service, &t.service_id, (t.slot, Arc::clone(id)));
-            index_under(&mut by_node, &t.node_id, Arc::clone(id));
+            index_under(&mut by_service, &t.service_id, (t.slot, id.clone()));
+            index_under(&mut by_node, &t.node_id, id.clone());
             if is_pending(&t) {
-                pending.insert(Arc::clone(id));
+                pending.insert(id.clone());
             }
         }
         if pending != self.tasks.pending {

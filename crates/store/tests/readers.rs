@@ -1,7 +1,8 @@
 //! Readers never block the writer: a view is an immutable snapshot taken
-//! in O(1), kept as long as its reader likes, while commits go on; and a
-//! watcher drained up to a view's version is handed exactly that view's
-//! changes.
+//! in O(1) (after the apply under way, when nobody watches and the last
+//! commit is not published yet), kept as long as its reader likes, while
+//! commits go on; and a watcher drained up to a view's version is handed
+//! exactly that view's changes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,4 +100,47 @@ fn view_and_watch_neither_misses_nor_repeats_a_change() {
         }
     }));
     assert_eq!(ids, ["b"]);
+}
+
+/// A store nobody watches publishes no view at its commits; a reader
+/// asking afterwards must still see every one of them, each view a
+/// snapshot that later commits leave alone, even while commits are held.
+#[test]
+fn a_view_taken_after_unwatched_commits_holds_every_one_of_them() {
+    let store = Store::new();
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        assert_eq!(store.apply(i as u64 + 1, create_network(id)), vec![Ok(())]);
+    }
+    let first = store.view();
+    assert_eq!(first.version(), 3);
+    assert!(["a", "b", "c"].iter().all(|id| first.network(id).is_some()));
+    let results = store.apply_all(vec![(4, create_network("d")), (5, create_network("e"))]);
+    assert_eq!(results, vec![vec![Ok(())], vec![Ok(())]]);
+    assert_eq!(first.version(), 3, "a held view changed under its reader");
+    assert!(first.network("d").is_none());
+    // Taking a view must not wait for the writer's lock: a test holding
+    // commits back still reads.
+    let _held = store.hold_commits();
+    let second = store.view();
+    assert_eq!(second.version(), 5);
+    assert!(second.network("d").is_some() && second.network("e").is_some());
+}
+
+/// Entries applied together are told to a watcher as they were applied
+/// one by one: each entry's changes, closed by its own commit marker.
+#[test]
+fn entries_applied_together_reach_watchers_entry_by_entry() {
+    let store = Store::new();
+    let mut watch = store.watch();
+    store.apply_all(vec![(1, create_network("a")), (2, create_network("b"))]);
+    let mut seen = Vec::new();
+    assert!(watch.drain_with(2, |e| seen.push(match e {
+        Event::Change {
+            object, version, ..
+        } => format!("{}@{version}", object.id()),
+        Event::Commit { version } => format!("commit {version}"),
+        Event::Reset { .. } => "reset".into(),
+    })));
+    assert_eq!(seen, ["a@1", "commit 1", "b@2", "commit 2"]);
+    assert!(store.view().network("b").is_some());
 }

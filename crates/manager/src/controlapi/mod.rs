@@ -206,8 +206,7 @@ impl ControlApi {
 
     fn name_taken(&self, view: &View, kind: ObjectKind, name: &str) -> Result<(), ApiError> {
         let owner = match kind {
-            ObjectKind::Service => view.service_by_name(name).map(|s| s.id.clone()),
-            ObjectKind::Network => view.network_by_name(name).map(|n| n.id.clone()),
+            ObjectKind::Service | ObjectKind::Network => view.name_owner(kind, name),
             _ => None,
         };
         match owner {
@@ -215,7 +214,7 @@ impl ControlApi {
                 shoal_store::TxnError::NameInUse {
                     kind: kind.to_string(),
                     name: name.to_string(),
-                    id,
+                    id: id.to_string(),
                 },
             ))),
             None => Ok(()),
