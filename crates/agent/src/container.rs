@@ -121,13 +121,17 @@ impl ContainerExecutor {
         task: &Task,
     ) -> ContainerExecutor {
         let spec = task.spec.clone().unwrap_or_default();
-        let runtime = spec.runtime.unwrap_or_default();
+        let mut runtime = spec.runtime.unwrap_or_default();
+        runtime.env.extend(shoal_api::task_ports::port_env(task));
         let limits = spec.resources.and_then(|r| r.limits).unwrap_or_default();
+        // Named ports are published on the node at the same number the
+        // container binds (SHOAL_PORT_<NAME>).
         let ports = task
             .endpoint
             .iter()
             .flat_map(|e| &e.ports)
             .filter(|p| p.publish_mode == port_config::PublishMode::Host as i32)
+            .chain(task.named_ports())
             .cloned()
             .collect();
         let base = task

@@ -104,7 +104,10 @@ const CGROUP_REMOVE_PAUSE_MS: u64 = 100;
 pub struct ProcessExecutor {
     task_id: String,
     dir: PathBuf,
+    /// The spec's runtime, its env with the named ports' variables added.
     runtime: Runtime,
+    /// The named ports the task was given on this node: (name, port).
+    ports: Vec<(String, u32)>,
     max_log_bytes: u64,
     program: Option<PathBuf>,
     uid: Option<(u32, u32)>,
@@ -127,6 +130,26 @@ pub struct ProcessExecutor {
     drain_deadline: Option<tokio::time::Instant>,
 }
 
+/// Fails when a named port the task was given is held by something else
+/// on this node: the task fails saying so, and its replacement is placed
+/// again (with another port, or on another node).
+fn ports_free(ports: &[(String, u32)]) -> Result<(), TaskFailure> {
+    for (name, port) in ports {
+        let Ok(number) = u16::try_from(*port) else {
+            return Err(TaskFailure(format!(
+                "port {port} ({name}) is not a port number"
+            )));
+        };
+        // Bound and let go at once: the process binds it next.
+        if let Err(e) = std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, number)) {
+            return Err(TaskFailure(format!(
+                "port {port} ({name}) is not free on this node: {e}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Drop for ProcessExecutor {
     fn drop(&mut self) {
         // An agent that goes away leaves the FIFOs to the next one.
@@ -138,11 +161,18 @@ impl Drop for ProcessExecutor {
 
 impl ProcessExecutor {
     pub fn new(config: &ProcessConfig, task: &Task) -> ProcessExecutor {
-        let runtime = task
+        let mut runtime = task
             .spec
             .as_ref()
             .and_then(|s| s.runtime.clone())
             .unwrap_or_default();
+        // The task's (and its health checks') view of its ports.
+        runtime.env.extend(shoal_api::task_ports::port_env(task));
+        let ports = task
+            .named_ports()
+            .iter()
+            .map(|p| (p.name.clone(), p.published_port))
+            .collect();
         let limits = task
             .spec
             .as_ref()
@@ -153,6 +183,7 @@ impl ProcessExecutor {
             task_id: task.id.clone(),
             dir: config.tasks_dir.join(&task.id),
             runtime,
+            ports,
             max_log_bytes: config.max_log_bytes,
             program: None,
             uid: None,
@@ -576,6 +607,7 @@ impl Executor for ProcessExecutor {
         }
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| TaskFailure(format!("task directory {}: {e}", self.dir.display())))?;
+        ports_free(&self.ports)?;
         self.cgroup = self.cgroups.create(&self.task_id, &self.limits)?;
         Ok(())
     }

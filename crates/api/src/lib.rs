@@ -24,6 +24,7 @@ mod not_leader;
 mod object_kind;
 mod service_mode;
 pub mod signal;
+pub mod task_ports;
 mod task_state;
 mod update_defaults;
 pub use task_state::MAX_STATUS_HISTORY;

@@ -6,7 +6,8 @@
 //! keep-alive connection per client.
 //!
 //! `cargo bench -p shoal --bench replicated_writes` (SECONDS=5 per level
-//! by default; CLIENTS=1000 runs one level, ETCD=0 skips etcd; etcd
+//! by default; CLIENTS=1000 runs that level alone, CONNECTIONS=4 shares
+//! four HTTP/2 connections instead of 16, ETCD=0 skips etcd; etcd is
 //! skipped, said so, when not installed).
 
 mod peers;
@@ -58,7 +59,7 @@ async fn shoal_level(
     seconds: u64,
     level: usize,
 ) -> Outcome {
-    let channels: Vec<_> = (0..clients.min(peers::env_or("CONNECTIONS", SHOAL_CONNECTIONS)))
+    let channels: Vec<_> = (0..clients.min(peers::env_or("CONNECTIONS", SHOAL_CONNECTIONS).max(1)))
         .map(|_| shoal_api::transport::connect_unix(socket))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -175,7 +176,13 @@ fn main() {
     let seconds: u64 = peers::env_or("SECONDS", 5);
     let runtime = peers::runtime();
     let levels: Vec<usize> = match std::env::var("CLIENTS") {
-        Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+        Ok(v) => v
+            .split(',')
+            .map(|c| match c.trim().parse() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("CLIENTS={v}: a comma-separated list of client counts above 0"),
+            })
+            .collect(),
         Err(_) => LEVELS.to_vec(),
     };
     let mut lines = Vec::new();

@@ -40,6 +40,11 @@ pub enum ClusterCommand {
         /// service converges over several passes while the cluster keeps answering.
         #[arg(long, value_name = "N")]
         max_new_tasks_per_pass: Option<u64>,
+        /// Where tasks' dynamic named ports (`service create --port NAME`)
+        /// come from, FIRST-LAST (default 20000-32000); tasks placed from
+        /// now on.
+        #[arg(long, value_parser = crate::parse::port_range, value_name = "FIRST-LAST")]
+        dynamic_ports: Option<shoal_api::PortRange>,
         /// Lifetime of node certificates issued from now on (e.g. 2160h, the
         /// default 90 days); each node renews its own between 50 % and 80 % of it.
         #[arg(long, value_parser = crate::parse::duration_ms, value_name = "DURATION")]
@@ -71,6 +76,7 @@ pub async fn run(mut client: Client, cmd: ClusterCommand) -> anyhow::Result<()> 
             max_replicas_per_service,
             max_replicas_total,
             max_new_tasks_per_pass,
+            dynamic_ports,
             cert_expiry,
         } => {
             let mut spec = cluster.spec.clone().unwrap_or_default();
@@ -88,6 +94,9 @@ pub async fn run(mut client: Client, cmd: ClusterCommand) -> anyhow::Result<()> 
             }
             if let Some(n) = max_new_tasks_per_pass {
                 orchestration.max_new_tasks_per_pass = n;
+            }
+            if let Some(range) = dynamic_ports {
+                orchestration.dynamic_ports = Some(range);
             }
             if let Some(ms) = dispatcher_heartbeat {
                 spec.dispatcher

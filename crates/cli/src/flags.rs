@@ -184,6 +184,11 @@ pub struct ListFlags {
     /// published=P,target=T[,protocol=tcp|udp][,mode=ingress|host] (repeatable).
     #[arg(long = "publish", short = 'p', value_parser = parse::port, value_name = "PORT")]
     pub publish: Vec<PortConfig>,
+    /// A port each task gets on its node, NAME or NAME:PORT (a free one of
+    /// the cluster's range, or PORT); the task is told it as
+    /// SHOAL_PORT_<NAME> (repeatable; replaces a port of the same name).
+    #[arg(long = "port", value_parser = parse::named_port, value_name = "NAME[:PORT]")]
+    pub ports: Vec<shoal_api::NamedPort>,
     /// Attach to a network (repeatable).
     #[arg(long = "network", value_name = "NETWORK")]
     pub networks: Vec<String>,
@@ -221,6 +226,9 @@ pub struct RemoveFlags {
     /// Unpublish a port by its published number.
     #[arg(long, value_name = "PUBLISHED")]
     pub publish_rm: Vec<u32>,
+    /// Remove a named port by NAME.
+    #[arg(long, value_name = "NAME")]
+    pub port_rm: Vec<String>,
     /// Detach from a network.
     #[arg(long, value_name = "NETWORK")]
     pub network_rm: Vec<String>,
@@ -516,6 +524,11 @@ impl ListFlags {
                 }
             }
         }
+        for p in &self.ports {
+            task.ports
+                .retain(|x| !replace || !x.name.eq_ignore_ascii_case(&p.name));
+            task.ports.push(p.clone());
+        }
         for n in &self.networks {
             if !task.networks.iter().any(|x| &x.target == n) {
                 task.networks.push(NetworkAttachmentConfig {
@@ -573,6 +586,8 @@ impl RemoveFlags {
                     .any(|r| r.strip_prefix("spread=").unwrap_or(r) == p.spread_descriptor)
             });
         }
+        task.ports
+            .retain(|p| !self.port_rm.iter().any(|r| r.eq_ignore_ascii_case(&p.name)));
         let network_ids: Vec<String> = self.network_rm.iter().map(|n| resolve(n)).collect();
         task.networks
             .retain(|n| !network_ids.contains(&n.target) && !self.network_rm.contains(&n.target));

@@ -2,7 +2,7 @@
 //! ports (`8080:80/tcp`), `KEY=VALUE` pairs, mounts, command words. Each
 //! error says what form was expected; clap prefixes it with the flag's name.
 
-use shoal_api::{mount, port_config, Mount, PortConfig};
+use shoal_api::{mount, port_config, Mount, NamedPort, PortConfig, PortRange};
 
 /// `250ms`, `5s`, `1m30s`, `2h`, or `0`. Returns milliseconds.
 pub fn duration_ms(text: &str) -> Result<u64, String> {
@@ -100,7 +100,40 @@ pub fn port(text: &str) -> Result<PortConfig, String> {
         target_port: target,
         published_port: published,
         publish_mode: port_config::PublishMode::Ingress as i32,
+        host_ip: String::new(),
     })
+}
+
+/// `NAME` or `NAME:STATIC`: a named port each task gets on its node (a
+/// free one of the cluster's range, or STATIC).
+pub fn named_port(text: &str) -> Result<NamedPort, String> {
+    let (name, static_port) = match text.split_once(':') {
+        Some((name, port)) => (
+            name,
+            port_number(port).map_err(|why| format!("{text:?}: {why} (expected NAME[:PORT])"))?,
+        ),
+        None => (text, 0),
+    };
+    Ok(NamedPort {
+        name: name.to_string(),
+        static_port,
+    })
+}
+
+/// `FIRST-LAST`: a range of ports, both in 1-65535, FIRST ≤ LAST.
+pub fn port_range(text: &str) -> Result<PortRange, String> {
+    let bad = |why: String| format!("{text:?}: {why} (expected FIRST-LAST, e.g. 20000-32000)");
+    let (first, last) = text
+        .split_once('-')
+        .ok_or_else(|| bad("no '-' between two ports".into()))?;
+    let (first, last) = (
+        port_number(first).map_err(bad)?,
+        port_number(last).map_err(bad)?,
+    );
+    if first > last {
+        return Err(bad(format!("{first} is above {last}")));
+    }
+    Ok(PortRange { first, last })
 }
 
 /// A port number in 1-65535, or why not.

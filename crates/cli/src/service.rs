@@ -16,7 +16,7 @@ use crate::{call, each_page, list_all};
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Create a service: `shoal service create --name web --replicas 3 -- python3 -m http.server`.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List services.
     #[command(alias = "list")]
     Ls(ListArgs),
@@ -25,7 +25,7 @@ pub enum ServiceCommand {
     /// Change a service's spec; its tasks take it under the update config
     /// (`--update-parallelism`, `--update-delay`, …). On a paused update,
     /// resumes it.
-    Update(UpdateArgs),
+    Update(Box<UpdateArgs>),
     /// Put a service's previous spec back, under its rollback config.
     Rollback {
         service: String,

@@ -133,6 +133,7 @@ pub async fn print_tasks(
         "DESIRED STATE",
         "CURRENT STATE",
         "ERROR",
+        "PORTS",
     ]);
     for t in &tasks {
         let service = services
@@ -156,11 +157,36 @@ pub async fn print_tasks(
                 state_title(t.desired_state),
                 current_state(&status, now_ms),
                 status.err,
+                ports_of(t),
             ],
         );
     }
     print!("{}", listing.render(args.quiet, args.format));
     Ok(())
+}
+
+/// A task's ports on its node, as `docker service ps` shows host-mode
+/// ones (`*:8080->80/tcp`), then its named ports (`http=20001`).
+fn ports_of(task: &Task) -> String {
+    use shoal_api::port_config::{Protocol, PublishMode};
+    let published = task
+        .endpoint
+        .iter()
+        .flat_map(|e| &e.ports)
+        .filter(|p| p.publish_mode == PublishMode::Host as i32)
+        .map(|p| {
+            let protocol = if p.protocol == Protocol::Udp as i32 {
+                "udp"
+            } else {
+                "tcp"
+            };
+            format!("*:{}->{}/{protocol}", p.published_port, p.target_port)
+        });
+    let named = task
+        .named_ports()
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.published_port));
+    published.chain(named).collect::<Vec<_>>().join(",")
 }
 
 pub async fn run(mut client: Client, cmd: TaskCommand) -> anyhow::Result<()> {

@@ -751,6 +751,7 @@ fn the_allocator_gives_each_task_the_ports_its_service_publishes_in_host_mode() 
         target_port: 80,
         published_port: published,
         publish_mode: mode as i32,
+        host_ip: String::new(),
     };
     s.spec.as_mut().unwrap().endpoint = Some(EndpointSpec {
         ports: vec![
@@ -774,6 +775,71 @@ fn the_allocator_gives_each_task_the_ports_its_service_publishes_in_host_mode() 
             .collect();
         assert_eq!(published, vec![8080], "only host-mode ports");
     }
+}
+
+#[test]
+fn the_allocator_gives_placed_tasks_their_named_ports_each_free_on_its_node() {
+    use shoal_api::NamedPort;
+    let mut w = World::new();
+    w.create(node("n1", 4 << 30, node_spec::Availability::Active, &[]), 0);
+    let ports = |static_admin| {
+        vec![
+            NamedPort {
+                name: "http".into(),
+                static_port: 0,
+            },
+            NamedPort {
+                name: "admin".into(),
+                static_port: static_admin,
+            },
+        ]
+    };
+    let mut s = service(3, any_restart());
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().ports = ports(0);
+    w.create(s, 0);
+    w.orchestrate(10);
+    w.apply(allocator::decide(&w.store.view(), 10), 10);
+    assert!(
+        w.tasks().iter().all(|t| t.named_ports().is_empty()),
+        "ports are given on a node, so only once placed"
+    );
+    assert_eq!(schedule_all(&mut w, 20).get("n1"), Some(&3));
+    let actions = allocator::decide(&w.store.view(), 30);
+    assert_eq!(actions.len(), 3, "each placed task waits for its ports");
+    w.apply(actions, 30);
+    let mut given = std::collections::BTreeSet::new();
+    for t in w.live() {
+        let names: Vec<&str> = t.named_ports().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["http", "admin"]);
+        for p in t.named_ports() {
+            assert!((20000..=32000).contains(&p.published_port), "{p:?}");
+            assert!(
+                given.insert(p.published_port),
+                "port {} given twice on n1",
+                p.published_port
+            );
+        }
+    }
+    assert!(
+        allocator::decide(&w.store.view(), 40).is_empty(),
+        "nothing left to give"
+    );
+    // A static port is given as asked.
+    let mut s = service(1, any_restart());
+    s.id = "svc2".into();
+    s.spec.as_mut().unwrap().annotations.as_mut().unwrap().name = "svc2".into();
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().ports = ports(9000);
+    w.create(s, 50);
+    schedule_all(&mut w, 60);
+    w.apply(allocator::decide(&w.store.view(), 70), 70);
+    let t = w
+        .live()
+        .into_iter()
+        .find(|t| t.service_id == "svc2")
+        .unwrap();
+    let admin = t.named_ports().iter().find(|p| p.name == "admin").unwrap();
+    assert_eq!(admin.published_port, 9000);
+    assert!(!given.contains(&t.named_ports()[0].published_port));
 }
 
 #[test]

@@ -191,8 +191,10 @@ fn endpoint(c: &ServiceCase) -> Option<Endpoint> {
             target_port: 80,
             published_port: 8080,
             publish_mode: port_config::PublishMode::Host as i32,
+            host_ip: String::new(),
         }],
         virtual_ips: vec![],
+        named_ports: vec![],
     })
 }
 

@@ -1271,6 +1271,10 @@ async fn bootstrap(
                                 shoal_manager::DEFAULT_MAX_REPLICAS_PER_SERVICE,
                             max_replicas_total: shoal_manager::DEFAULT_MAX_REPLICAS_TOTAL,
                             max_new_tasks_per_pass: shoal_manager::DEFAULT_MAX_NEW_TASKS_PER_PASS,
+                            dynamic_ports: Some(shoal_api::PortRange {
+                                first: shoal_api::task_ports::DEFAULT_DYNAMIC_PORTS.0,
+                                last: shoal_api::task_ports::DEFAULT_DYNAMIC_PORTS.1,
+                            }),
                         }),
                         dispatcher: Some(DispatcherConfig {
                             heartbeat_period_ms: DEFAULT_HEARTBEAT_MS,

@@ -66,10 +66,14 @@ impl StateMachine {
             return;
         }
         let entries = run.len();
+        let first = run.first().map_or(0, |(index, _)| *index);
+        let txns: usize = run.iter().map(|(_, b)| b.transactions.len()).sum();
         let started = shoal_api::clock::Instant::now();
         let applied = self.store.apply_all(std::mem::take(run));
         tracing::debug!(
+            first,
             entries,
+            txns,
             took_us = started.elapsed().as_micros() as u64,
             "applied"
         );
@@ -238,8 +242,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let index = entry.log_id.index;
             match entry.payload {
                 EntryPayload::Normal(proposal) => {
-                    let batch = Batch::decode(proposal.batch.as_slice())
-                        .map_err(|e| StorageIOError::apply(entry.log_id, any(e)))?;
+                    let batch = match Batch::decode(proposal.batch.as_slice()) {
+                        Ok(batch) => batch,
+                        Err(e) => {
+                            // The entries before it are applied, as
+                            // `last_applied` says.
+                            self.apply_run(&mut run, &mut run_fenced, &mut out);
+                            return Err(StorageIOError::apply(entry.log_id, any(e)).into());
+                        }
+                    };
                     let (batch, fenced) = fence(batch, entry.log_id.leader_id.term);
                     run.push((index, batch));
                     run_fenced.push(fenced);

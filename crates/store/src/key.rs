@@ -136,6 +136,30 @@ mod tests {
         assert!(std::mem::size_of::<Key>() <= 32);
     }
 
+    /// The edge between inline and shared, in bytes, with text whose
+    /// characters are several bytes long and straddle it.
+    #[test]
+    fn keys_around_the_inline_limit_hold_their_strings() {
+        let mut cases: Vec<String> = (28..=33).map(|n| "a".repeat(n)).collect();
+        cases.push("é".repeat(15)); // 30 bytes
+        cases.push(format!("a{}", "é".repeat(15))); // 31 bytes
+        cases.push("日本".repeat(5)); // 30 bytes
+        cases.push(String::new());
+        for s in &cases {
+            let k = Key::from(s.as_str());
+            assert_eq!(k.as_str(), s);
+            assert_eq!(hash_of(&k), hash_of(s.as_str()));
+        }
+        let mut keys: Vec<Key> = cases.iter().map(|s| Key::from(s.as_str())).collect();
+        keys.sort();
+        let mut strings = cases.clone();
+        strings.sort();
+        assert!(keys
+            .iter()
+            .map(Key::as_str)
+            .eq(strings.iter().map(String::as_str)));
+    }
+
     proptest! {
         /// Keys short and long alike compare, order and hash as their
         /// strings do: a map keyed by them is searched with a `&str` and

@@ -7,13 +7,13 @@
 //! paths a write changes while a view shares them). No reader ever delays a
 //! commit, and no commit ever changes what a reader sees (DESIGN.md §3).
 //!
-//! A view is published when someone needs one, not at every commit: when
-//! watchers are to be told of changes (they must find them in the view they
-//! take), or when a reader asks and the last commit is not published yet
-//! (that reader waits for an apply under way, if any, then publishes). A
-//! follower that nobody reads from then changes its tables in place: with
-//! no view sharing its nodes, a write copies none of them, where copying
-//! them was most of a follower's work under a stream of writes.
+//! Where someone watches (a leader: its reconcilers and dispatcher), a view
+//! is published at every commit, before its changes are sent, and readers
+//! never wait. Where nobody does (a follower), a view is published only
+//! when a reader asks: the writer withdraws the published one before it
+//! writes, so when no reader holds it the writer changes its tables in
+//! place and copies nothing (copying was most of a follower's work under a
+//! stream of writes), and a reader asking meanwhile waits for that apply.
 //!
 //! # Guarantees
 //! - A view is a consistent snapshot at one raft index ([`Tables::version`]),
@@ -25,7 +25,7 @@
 //!   ([`WatchStream::drain_with`]) is handed no change the view lacks; one
 //!   still on its way is handed by a later drain (and wakes the reader).
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use shoal_api::{Batch, Object, StoreSnapshot};
 use tokio::sync::broadcast;
@@ -80,7 +80,7 @@ impl Store {
         if let Some(view) = &*self.current.read().unwrap_or_else(|e| e.into_inner()) {
             return Arc::clone(view);
         }
-        let working = self.working.lock().unwrap_or_else(|e| e.into_inner());
+        let working = self.working();
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         Arc::clone(current.get_or_insert_with(|| Arc::new(working.clone())))
     }
@@ -98,64 +98,87 @@ impl Store {
         self.view().version()
     }
 
-    /// Changes the tables with `change`, publishes the result when
-    /// watchers are to be told, then sends them what `change` returned.
+    /// The writer's tables. A panic while they were being changed leaves
+    /// them half-changed (an object without its name in the index), and
+    /// every later entry would be applied on top: nothing may read them
+    /// again, so the process ends, saying why, and restarts from its log.
+    fn working(&self) -> MutexGuard<'_, Tables> {
+        match self.working.lock() {
+            Ok(tables) => tables,
+            Err(_) => {
+                let reason = "the store's tables were left half-changed by a panic \
+                              during an apply; ending the process (the log restores them)";
+                eprintln!("shoal: {reason}");
+                std::process::abort();
+            }
+        }
+    }
+
+    /// Changes the tables with `change`, then sends watchers what it
+    /// returned, one message per entry.
     ///
-    /// The published view is withdrawn first: when no reader holds it, the
-    /// tables' nodes are the writer's alone and `change` makes no copy of
-    /// them. A reader asking meanwhile waits for `change` and gets its
-    /// result. Published before the events are sent: whoever is woken by a
-    /// change (the dispatcher's fan-out, then a node's stream) and takes a
-    /// view sees the change. Sent under the writer's lock, so events keep
-    /// commit order.
-    fn write<R>(&self, change: impl FnOnce(&mut Tables, bool) -> (R, Vec<Event>)) -> R {
+    /// Watched (a leader's reconcilers and dispatcher watch), the published
+    /// view stays while `change` runs, so readers never wait, and the
+    /// result is published before the events are sent: whoever is woken by
+    /// a change and takes a view sees it. Unwatched (a follower), the
+    /// published view is withdrawn first: when no reader holds it, the
+    /// tables' nodes are the writer's alone and `change` copies none of
+    /// them; a reader asking meanwhile waits for `change` and publishes its
+    /// result. Sent under the writer's lock, so events keep commit order.
+    fn write<R>(&self, change: impl FnOnce(&mut Tables, bool) -> (R, Vec<Vec<Event>>)) -> R {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut working = self.working.lock().unwrap_or_else(|e| e.into_inner());
-        let withdrawn = self
-            .current
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        drop(withdrawn);
+        let mut working = self.working();
+        // Subscribing takes the writer's lock: nobody starts watching now.
         let watched = self.events.receiver_count() > 0;
-        let (result, events) = change(&mut working, watched);
-        if watched && !events.is_empty() {
+        if !watched {
+            let withdrawn = self
+                .current
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            drop(withdrawn);
+        }
+        let (result, messages) = change(&mut working, watched);
+        if watched {
             *self.current.write().unwrap_or_else(|e| e.into_inner()) =
                 Some(Arc::new(working.clone()));
             drop(working);
-            // An error only means nobody listens any more.
-            let _ = self.events.send(Arc::new(events));
+            for events in messages.into_iter().filter(|e| !e.is_empty()) {
+                // An error only means nobody listens any more.
+                let _ = self.events.send(Arc::new(events));
+            }
         }
         result
     }
 
     /// Applies one committed entry; called by the raft state machine only.
     pub fn apply(&self, version: u64, batch: Batch) -> Vec<Result<(), TxnError>> {
-        self.write(|tables, watched| {
-            if !watched {
-                return (tables.apply_batch(version, batch, None), Vec::new());
-            }
-            let mut events = Vec::new();
-            let results = tables.apply_batch(version, batch, Some(&mut events));
-            (results, events)
-        })
+        self.apply_all(vec![(version, batch)])
+            .pop()
+            .unwrap_or_default()
     }
 
     /// Applies consecutive committed entries, `(raft index, batch)` in log
-    /// order, and publishes one view holding them all: a write copies the
-    /// path to each node it changes once per published view, so entries
-    /// that arrive together are cheaper applied together. Watchers still
-    /// get each entry's changes closed by its own commit marker.
+    /// order, in one change of the tables: a write copies the path to each
+    /// node it changes once per published view, so entries that arrive
+    /// together are cheaper applied together. Watchers still get each
+    /// entry's changes closed by its own commit marker, one message each.
     pub fn apply_all(&self, entries: Vec<(u64, Batch)>) -> Vec<Vec<Result<(), TxnError>>> {
         self.write(|tables, watched| {
-            let mut events = Vec::new();
+            let mut messages = Vec::new();
             let results = entries
                 .into_iter()
                 .map(|(version, batch)| {
-                    tables.apply_batch(version, batch, watched.then_some(&mut events))
+                    if !watched {
+                        return tables.apply_batch(version, batch, None);
+                    }
+                    let mut events = Vec::new();
+                    let results = tables.apply_batch(version, batch, Some(&mut events));
+                    messages.push(events);
+                    results
                 })
                 .collect();
-            (results, events)
+            (results, messages)
         })
     }
 
@@ -201,7 +224,7 @@ impl Store {
         let version = tables.version();
         self.write(|current, _| {
             *current = tables;
-            ((), vec![Event::Reset { version }])
+            ((), vec![vec![Event::Reset { version }]])
         });
         Ok(())
     }

@@ -488,14 +488,29 @@ pub fn shows_managers(d: &Daemon, n: usize) -> bool {
 
 /// Every task of `service` not yet reaped, as `task inspect` on `d` shows
 /// them.
+///
+/// A task listed can be reaped before it is inspected (a service whose
+/// tasks keep failing churns through its history): the pair is then taken
+/// again.
 pub fn all_tasks(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
-    let ids = d.ok(&["service", "ps", "-a", "-q", service]);
-    if ids.trim().is_empty() {
-        return Vec::new();
+    for _ in 0..50 {
+        let ids = d.ok(&["service", "ps", "-a", "-q", service]);
+        if ids.trim().is_empty() {
+            return Vec::new();
+        }
+        let mut args = vec!["task", "inspect"];
+        args.extend(ids.split_whitespace());
+        let out = d.shoal(&args);
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).expect("task inspect prints JSON");
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("not found"),
+            "task inspect failed: {stderr}"
+        );
     }
-    let mut args = vec!["task", "inspect"];
-    args.extend(ids.split_whitespace());
-    serde_json::from_str(&d.ok(&args)).expect("task inspect prints JSON")
+    panic!("the tasks of {service} were reaped between every listing and inspection");
 }
 
 /// The service's update state as `service inspect` on `d` shows it (empty

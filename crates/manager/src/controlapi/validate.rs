@@ -172,6 +172,73 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
+/// Named ports a task asks for at most: each one is a port held on its
+/// node, and four environment variables.
+pub const MAX_NAMED_PORTS: usize = 64;
+
+/// Names become environment variables (`SHOAL_PORT_<NAME>`): a letter, then
+/// letters, digits and '_'; unique without regard to case; static ports
+/// unique too.
+fn validate_named_ports(ports: &[shoal_api::NamedPort]) -> Result<(), InvalidSpec> {
+    if ports.len() > MAX_NAMED_PORTS {
+        return Err(invalid(
+            "port",
+            format!(
+                "{} named ports; at most {MAX_NAMED_PORTS} are allowed",
+                ports.len()
+            ),
+        ));
+    }
+    for (i, p) in ports.iter().enumerate() {
+        let field = format!("port[{i}]");
+        let good = p.name.len() <= 32
+            && p.name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && p.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !good {
+            return Err(invalid(
+                field,
+                format!(
+                    "name {:?}: a letter, then letters, digits and '_', at most 32 characters \
+                     (it becomes SHOAL_PORT_<NAME>)",
+                    p.name
+                ),
+            ));
+        }
+        if p.static_port > 65_535 {
+            return Err(invalid(
+                field,
+                format!("port {} of {:?} is not in 1-65535", p.static_port, p.name),
+            ));
+        }
+        if let Some(other) = ports[..i]
+            .iter()
+            .find(|o| o.name.eq_ignore_ascii_case(&p.name))
+        {
+            return Err(invalid(
+                field,
+                format!(
+                    "the name {:?} is given twice (as {:?} too)",
+                    p.name, other.name
+                ),
+            ));
+        }
+        if p.static_port != 0 {
+            if let Some(other) = ports[..i].iter().find(|o| o.static_port == p.static_port) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "port {} is asked for by both {:?} and {:?}",
+                        p.static_port, other.name, p.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn validate_task_spec(task: &TaskSpec, mode: ServiceMode) -> Result<(), InvalidSpec> {
     let runtime = task.runtime.clone().unwrap_or_default();
     if runtime.image.is_empty() && runtime.command.is_empty() {
@@ -197,6 +264,7 @@ fn validate_task_spec(task: &TaskSpec, mode: ServiceMode) -> Result<(), InvalidS
     if let Some(resources) = &task.resources {
         validate_resources(resources)?;
     }
+    validate_named_ports(&task.ports)?;
     validate_container(task, &runtime)?;
     if let Some(health) = &task.health {
         validate_health(health)?;
@@ -729,6 +797,21 @@ pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), InvalidSpec> {
                     o.max_new_tasks_per_pass
                 ),
             ));
+        }
+        if let Some(r) = o
+            .dynamic_ports
+            .as_ref()
+            .filter(|r| r.first != 0 || r.last != 0)
+        {
+            if r.first == 0 || r.last > 65_535 || r.first > r.last {
+                return Err(invalid(
+                    "dynamic_ports",
+                    format!(
+                        "must be FIRST-LAST with 1 <= FIRST <= LAST <= 65535, got {}-{}",
+                        r.first, r.last
+                    ),
+                ));
+            }
         }
         if o.max_replicas_per_service > MAX_REPLICAS_CEILING
             || o.max_replicas_total > MAX_REPLICAS_CEILING

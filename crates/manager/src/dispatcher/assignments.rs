@@ -282,14 +282,20 @@ pub(super) async fn stream_assignments(
                 if version.is_some() && version == seen.map(|(v, _)| v) {
                     continue;
                 }
-                let bare = view.task_without_spec(&id).filter(|t| t.node_id == node_id);
+                let bare = view
+                    .task_sharing_spec(&id)
+                    .filter(|(t, _)| t.node_id == node_id);
                 match bare {
                     None => {
                         if sent.remove(&id).is_some() {
                             removed.push(id);
                         }
                     }
-                    Some(t) => {
+                    // Placed, but its named ports are not given yet (the
+                    // allocator does once it sees it placed): sent when
+                    // they are, as that write changes it.
+                    Some((t, spec)) if !sent.contains_key(&id) && !t.has_ports_of(spec) => {}
+                    Some((t, _)) => {
                         let version = t.meta.as_ref().map_or(0, |m| m.version);
                         if seen.map(|(_, d)| d) != Some(t.desired_state) {
                             tasks.extend(view.task(&id));

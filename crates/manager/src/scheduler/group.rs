@@ -66,14 +66,28 @@ pub(super) fn holds_resources(task: &Task) -> bool {
         && !TaskState::try_from(state).is_ok_and(TaskState::is_terminal)
 }
 
-pub(super) fn host_ports(task: &Task) -> Arc<[HostPort]> {
+/// The host ports a task holds on its node, or will once placed: those
+/// its service publishes in host mode, its named ports as given, and the
+/// static named ports its spec asks for and it was not given yet (a task
+/// is placed before the allocator gives them).
+pub(super) fn host_ports(task: &Task, spec: &TaskSpec) -> Arc<[HostPort]> {
     let published = task.endpoint.iter().flat_map(|e| &e.ports).filter(|p| {
         p.publish_mode == port_config::PublishMode::Host as i32 && p.published_port > 0
     });
-    if published.clone().next().is_none() {
+    let named = task.named_ports();
+    let asked = spec
+        .ports
+        .iter()
+        .filter(|p| p.static_port != 0 && !named.iter().any(|n| n.name == p.name))
+        .map(|p| (port_config::Protocol::Tcp as i32, p.static_port));
+    if published.clone().next().is_none() && named.is_empty() && asked.clone().next().is_none() {
         return Arc::clone(&NO_PORTS);
     }
-    published.map(|p| (p.protocol, p.published_port)).collect()
+    published
+        .chain(named)
+        .map(|p| (p.protocol, p.published_port))
+        .chain(asked)
+        .collect()
 }
 
 /// The value a node has for a spread descriptor (`node.labels.zone`); nodes
@@ -142,7 +156,7 @@ impl Group {
             max_per_node: placement.map_or(usize::MAX, |p| {
                 usize::try_from(p.max_replicas_per_node).unwrap_or(usize::MAX)
             }),
-            ports: host_ports(task),
+            ports: host_ports(task, &spec),
             needs_engine: spec.runtime.as_ref().is_some_and(|r| !r.image.is_empty()),
             lane: 0,
             tasks: Vec::new(),
@@ -171,7 +185,7 @@ impl Hold {
             service_id: task.service_id.as_str().into(),
             cpu,
             memory,
-            ports: host_ports(task),
+            ports: host_ports(task, spec),
             preferences: preferences_of(spec),
         }
     }
