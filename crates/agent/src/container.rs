@@ -74,6 +74,8 @@ pub struct ContainerExecutor {
     runtime: Runtime,
     limits: Resources,
     ports: Vec<shoal_api::PortConfig>,
+    /// The named ports it was given on this node: (name, port).
+    named_ports: Vec<(String, u32)>,
     name: String,
     dir: PathBuf,
     max_log_bytes: u64,
@@ -134,6 +136,11 @@ impl ContainerExecutor {
             .chain(task.named_ports())
             .cloned()
             .collect();
+        let named_ports = task
+            .named_ports()
+            .iter()
+            .map(|p| (p.name.clone(), p.published_port))
+            .collect();
         let base = task
             .annotations
             .as_ref()
@@ -149,6 +156,7 @@ impl ContainerExecutor {
             runtime,
             limits,
             ports,
+            named_ports,
             name: container_name(base, &task.id),
             dir: tasks_dir.join(&task.id),
             max_log_bytes,
@@ -543,6 +551,9 @@ impl ContainerExecutor {
 
 impl Executor for ContainerExecutor {
     async fn prepare(&mut self) -> Result<(), TaskFailure> {
+        // Named ports are published on the node: one held there by
+        // something else rejects the task, naming it.
+        crate::process::ports_free(&self.named_ports)?;
         self.image().await?;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| TaskFailure(format!("task directory {}: {e}", self.dir.display())))?;

@@ -133,8 +133,14 @@ pub struct ProcessExecutor {
 /// Fails when a named port the task was given is held by something else
 /// on this node: the task fails saying so, and its replacement is placed
 /// again (with another port, or on another node).
-fn ports_free(ports: &[(String, u32)]) -> Result<(), TaskFailure> {
+pub(crate) fn ports_free(ports: &[(String, u32)]) -> Result<(), TaskFailure> {
     for (name, port) in ports {
+        if *port == 0 {
+            // The allocator found none free here when the task was placed.
+            return Err(TaskFailure(format!(
+                "port {name}: no port of the cluster's dynamic range was free on this node"
+            )));
+        }
         let Ok(number) = u16::try_from(*port) else {
             return Err(TaskFailure(format!(
                 "port {port} ({name}) is not a port number"

@@ -72,7 +72,11 @@ pub fn port_env(task: &Task) -> Vec<String> {
         env.push(format!("SHOAL_PORT_{name}={}", p.target_port));
         env.push(format!("SHOAL_HOST_PORT_{name}={}", p.published_port));
         env.push(format!("SHOAL_IP_{name}={ip}"));
-        env.push(format!("SHOAL_ADDR_{name}={ip}:{}", p.published_port));
+        let addr = match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", p.published_port),
+            _ => format!("{ip}:{}", p.published_port),
+        };
+        env.push(format!("SHOAL_ADDR_{name}={addr}"));
     }
     env
 }
@@ -89,6 +93,7 @@ mod tests {
                 named_ports: vec![
                     PortConfig::named("http", 20001, "10.0.0.2"),
                     PortConfig::named("admin_2", 9000, ""),
+                    PortConfig::named("v6", 20002, "fd00::2"),
                 ],
                 ..Default::default()
             }),
@@ -105,6 +110,10 @@ mod tests {
                 "SHOAL_HOST_PORT_ADMIN_2=9000",
                 "SHOAL_IP_ADMIN_2=127.0.0.1",
                 "SHOAL_ADDR_ADMIN_2=127.0.0.1:9000",
+                "SHOAL_PORT_V6=20002",
+                "SHOAL_HOST_PORT_V6=20002",
+                "SHOAL_IP_V6=fd00::2",
+                "SHOAL_ADDR_V6=[fd00::2]:20002",
             ]
         );
     }

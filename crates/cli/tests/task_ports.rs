@@ -50,7 +50,9 @@ fn each_task_is_told_its_own_ports_from_the_range_and_ps_shows_them() {
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let d = Daemon::start(&tmp.path().join("state"));
-    d.ok(&["cluster", "update", "--dynamic-ports", "31000-31999"]);
+    // Six ports for three tasks of two ports each: every one is used, so
+    // a port given twice leaves a task without one.
+    d.ok(&["cluster", "update", "--dynamic-ports", "31000-31005"]);
     let script = report_ports(&out);
     d.ok(&[
         "service",
@@ -69,7 +71,7 @@ fn each_task_is_told_its_own_ports_from_the_range_and_ps_shows_them() {
         &script,
     ]);
     wait_until("three tasks report their ports", || {
-        reports(&out).iter().filter(|(_, w)| w.len() == 5).count() == 3
+        reports(&out).iter().filter(|(_, w)| w.len() == 5).count() >= 3
     });
     let reports = reports(&out);
     let mut ports = HashSet::new();
@@ -226,4 +228,45 @@ fn bad_named_ports_and_ranges_are_refused_naming_the_rule() {
     assert!(e.contains("FIRST-LAST"), "{e}");
     // Nothing was half-written.
     assert!(d.ok(&["service", "ls", "-q"]).trim().is_empty());
+}
+
+#[test]
+fn a_task_placed_where_no_port_of_the_range_is_free_is_rejected_saying_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("state"));
+    let port = free_port();
+    d.ok(&[
+        "cluster",
+        "update",
+        "--dynamic-ports",
+        &format!("{port}-{port}"),
+    ]);
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "two",
+        "--replicas",
+        "2",
+        "--port",
+        "http",
+        "--detach",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    wait_until(
+        "one task runs on the range's one port, the other is rejected",
+        || {
+            let tasks = all_tasks(&d, "two");
+            let running = tasks.iter().any(|t| t["status"]["state"] == "RUNNING");
+            let rejected = tasks.iter().any(|t| {
+                t["status"]["state"] == "REJECTED"
+                    && t["status"]["err"].as_str().unwrap_or_default().contains(
+                        "port http: no port of the cluster's dynamic range was free on this node",
+                    )
+            });
+            running && rejected
+        },
+    );
 }

@@ -111,7 +111,7 @@ impl<'a> NodePorts<'a> {
         };
         waiting
             .into_iter()
-            .filter_map(|(task, spec)| ports.give_one(task, spec))
+            .map(|(task, spec)| ports.give_one(task, spec))
             .collect()
     }
 
@@ -125,7 +125,7 @@ impl<'a> NodePorts<'a> {
         })
     }
 
-    fn give_one(&mut self, mut task: Task, spec: &TaskSpec) -> Option<StoreAction> {
+    fn give_one(&mut self, mut task: Task, spec: &TaskSpec) -> StoreAction {
         let host_ip = self
             .view
             .node(&task.node_id)
@@ -150,16 +150,20 @@ impl<'a> NodePorts<'a> {
                 match free_port(&task_id, &want.name, first, last, used) {
                     Some(p) => p,
                     None => {
+                        // Given as 0: the agent rejects the task, saying no
+                        // port was free, and its replacement is placed again.
                         tracing::warn!(
                             task = %task_id,
                             node = %node_id,
-                            "no port of {first}-{last} is free on the node; the task waits"
+                            "no port of {first}-{last} is free on the node"
                         );
-                        return None;
+                        0
                     }
                 }
             };
-            used.insert(port);
+            if port != 0 {
+                used.insert(port);
+            }
             given.push(PortConfig::named(&want.name, port, &host_ip));
         }
         task.endpoint
@@ -167,10 +171,10 @@ impl<'a> NodePorts<'a> {
             .named_ports = given;
         // No spec: the store keeps the task's own.
         task.spec = None;
-        Some(StoreAction {
+        StoreAction {
             kind: store_action::Kind::Update as i32,
             target: Some(task.into()),
-        })
+        }
     }
 }
 

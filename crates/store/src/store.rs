@@ -7,13 +7,15 @@
 //! paths a write changes while a view shares them). No reader ever delays a
 //! commit, and no commit ever changes what a reader sees (DESIGN.md §3).
 //!
-//! Where someone watches (a leader: its reconcilers and dispatcher), a view
-//! is published at every commit, before its changes are sent, and readers
-//! never wait. Where nobody does (a follower), a view is published only
-//! when a reader asks: the writer withdraws the published one before it
-//! writes, so when no reader holds it the writer changes its tables in
-//! place and copies nothing (copying was most of a follower's work under a
-//! stream of writes), and a reader asking meanwhile waits for that apply.
+//! The writer changes its tables in place: it withdraws the published view
+//! before it writes, so when no reader holds that view the tables' nodes
+//! are its alone and nothing is copied. Where someone watches (a leader:
+//! its reconcilers and dispatcher), the new view is published at every
+//! commit, before its changes are sent; where nobody does (a follower), only
+//! when a reader asks. A reader that asks while an apply is under way waits
+//! for it: one run of at most 16 entries (`apply while listing` in
+//! BENCHMARKS.md measures an apply: p99 26 µs for a small entry, a few ms
+//! for a full one of 256 creates).
 //!
 //! # Guarantees
 //! - A view is a consistent snapshot at one raft index ([`Tables::version`]),
@@ -117,27 +119,26 @@ impl Store {
     /// Changes the tables with `change`, then sends watchers what it
     /// returned, one message per entry.
     ///
-    /// Watched (a leader's reconcilers and dispatcher watch), the published
-    /// view stays while `change` runs, so readers never wait, and the
-    /// result is published before the events are sent: whoever is woken by
-    /// a change and takes a view sees it. Unwatched (a follower), the
-    /// published view is withdrawn first: when no reader holds it, the
+    /// The published view is withdrawn first: when no reader holds it, the
     /// tables' nodes are the writer's alone and `change` copies none of
-    /// them; a reader asking meanwhile waits for `change` and publishes its
-    /// result. Sent under the writer's lock, so events keep commit order.
+    /// them (copying them, then freeing the old ones, was most of an apply
+    /// on every manager; the leader alone lost a third of its writes/s
+    /// keeping its view published through the apply). A reader asking
+    /// meanwhile waits for `change` (one run of entries) and gets its
+    /// result. Watched, the result is published before the events are
+    /// sent: whoever is woken by a change and takes a view sees it. Sent
+    /// under the writer's lock, so events keep commit order.
     fn write<R>(&self, change: impl FnOnce(&mut Tables, bool) -> (R, Vec<Vec<Event>>)) -> R {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut working = self.working();
+        let withdrawn = self
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(withdrawn);
         // Subscribing takes the writer's lock: nobody starts watching now.
         let watched = self.events.receiver_count() > 0;
-        if !watched {
-            let withdrawn = self
-                .current
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            drop(withdrawn);
-        }
         let (result, messages) = change(&mut working, watched);
         if watched {
             *self.current.write().unwrap_or_else(|e| e.into_inner()) =

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shoal_api::clock::Instant;
 
-use shoal_api::{object, watch_event, SessionMessage};
+use shoal_api::{object, watch_event, SessionMessage, TaskState};
 use shoal_raft::Replica;
 use tokio::sync::{mpsc, watch, Notify};
 use tonic::Status;
@@ -111,9 +111,11 @@ impl Dispatcher {
                 }
                 changes.clear();
             };
-            // What each assigned task's agent was last woken for: its node
-            // and desired state.
-            let mut known: HashMap<String, (String, i32)> = HashMap::new();
+            // What each assigned task's agent was last woken for, per task:
+            // its node, desired state and how many named ports it
+            // was given (a task held back for its ports is sent when the
+            // allocator gives them, which changes neither of the others).
+            let mut known: HashMap<String, (String, i32, usize)> = HashMap::new();
             // Each node's desired role, as last seen: a change wakes its
             // session to tell the agent.
             let mut roles: HashMap<String, i32> = HashMap::new();
@@ -143,13 +145,17 @@ impl Dispatcher {
                                 } else if task.node_id.is_empty() {
                                     return;
                                 } else {
-                                    let now = (task.node_id.clone(), task.desired_state);
+                                    let now = (
+                                        task.node_id.clone(),
+                                        task.desired_state,
+                                        task.named_ports().len(),
+                                    );
                                     match known.get(&task.id) {
                                         Some(was) if *was == now => return,
                                         _ => known.insert(task.id.clone(), now),
                                     }
                                 };
-                                nodes.extend(before.map(|(n, _)| (n, task.id.clone())));
+                                nodes.extend(before.map(|(n, _, _)| (n, task.id.clone())));
                                 if !task.node_id.is_empty() {
                                     nodes.push((task.node_id.clone(), task.id.clone()));
                                 }
@@ -291,10 +297,15 @@ pub(super) async fn stream_assignments(
                             removed.push(id);
                         }
                     }
-                    // Placed, but its named ports are not given yet (the
-                    // allocator does once it sees it placed): sent when
-                    // they are, as that write changes it.
-                    Some((t, spec)) if !sent.contains_key(&id) && !t.has_ports_of(spec) => {}
+                    // Placed to run, but its named ports are not given yet
+                    // (the allocator does once it sees it placed): sent
+                    // when they are (the fan-out wakes this stream for
+                    // that). One no longer wanted running is sent as is:
+                    // the agent ends it.
+                    Some((t, spec))
+                        if !sent.contains_key(&id)
+                            && t.desired_state <= TaskState::Running as i32
+                            && !t.has_ports_of(spec) => {}
                     Some((t, _)) => {
                         let version = t.meta.as_ref().map_or(0, |m| m.version);
                         if seen.map(|(_, d)| d) != Some(t.desired_state) {

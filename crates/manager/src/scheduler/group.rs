@@ -74,6 +74,7 @@ pub(super) fn host_ports(task: &Task, spec: &TaskSpec) -> Arc<[HostPort]> {
     let published = task.endpoint.iter().flat_map(|e| &e.ports).filter(|p| {
         p.publish_mode == port_config::PublishMode::Host as i32 && p.published_port > 0
     });
+    // A port given as 0 is none: the agent rejects that task.
     let named = task.named_ports();
     let asked = spec
         .ports
@@ -84,7 +85,7 @@ pub(super) fn host_ports(task: &Task, spec: &TaskSpec) -> Arc<[HostPort]> {
         return Arc::clone(&NO_PORTS);
     }
     published
-        .chain(named)
+        .chain(named.iter().filter(|p| p.published_port > 0))
         .map(|p| (p.protocol, p.published_port))
         .chain(asked)
         .collect()

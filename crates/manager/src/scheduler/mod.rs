@@ -235,7 +235,15 @@ impl Reconciler for Scheduler {
                     // Most changes move a task along without changing what
                     // it holds (ASSIGNED → RUNNING on the same node).
                     let hold = cluster.held.get(&t.id);
-                    let same_hold = hold.is_some_and(|h| cluster.nodes[h.index].id == t.node_id);
+                    // Same node, and every named port the allocator gave it
+                    // counted there (it holds dynamic ones from then on).
+                    let same_hold = hold.is_some_and(|h| {
+                        cluster.nodes[h.index].id == t.node_id
+                            && t.named_ports()
+                                .iter()
+                                .filter(|p| p.published_port > 0)
+                                .all(|p| h.ports.contains(&(p.protocol, p.published_port)))
+                    });
                     let held = hold.is_some();
                     let holds = holds_resources(t);
                     let quiet = !is_pending(t)
