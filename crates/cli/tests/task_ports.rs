@@ -217,6 +217,23 @@ fn bad_named_ports_and_ranges_are_refused_naming_the_rule() {
         e.contains("port[1]") && e.contains("asked for by both"),
         "{e}"
     );
+    let e = d.fails(&[
+        "service",
+        "create",
+        "--name",
+        "bad",
+        "--port",
+        "http:8080",
+        "--publish",
+        "published=8080,target=80,mode=host",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(
+        e.contains("publish[0]") && e.contains("named port \"http\" too"),
+        "{e}"
+    );
     let e = create(&["http:70000"]);
     assert!(
         e.contains("\"http:70000\"") && e.contains("NAME[:PORT]"),

@@ -78,6 +78,21 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Services 1 and 2 ask for named ports, given once their tasks are
+/// placed: svc1 a dynamic one, svc2 a static one (so at most one of its
+/// tasks per node) and a dynamic one.
+fn named_ports(which: u8) -> Vec<shoal_api::NamedPort> {
+    let port = |name: &str, static_port| shoal_api::NamedPort {
+        name: name.into(),
+        static_port,
+    };
+    match which {
+        1 => vec![port("http", 0)],
+        2 => vec![port("admin", 9000), port("http", 0)],
+        _ => Vec::new(),
+    }
+}
+
 struct Incremental<R> {
     reconciler: R,
     changes: WatchStream,
@@ -247,6 +262,7 @@ impl World {
                                 constraints: vec![format!("node.labels.zone=={z}")],
                                 ..Default::default()
                             }),
+                            ports: named_ports(*which),
                             ..Default::default()
                         }),
                         // A service keeps its mode (the control API

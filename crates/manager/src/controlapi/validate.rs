@@ -167,6 +167,22 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Result<(), InvalidSpec> {
                     ),
                 ));
             }
+            // A task would hold the same node port twice, and no node
+            // could take it.
+            let host = port.publish_mode == port_config::PublishMode::Host as i32;
+            if let Some(named) = task.ports.iter().find(|n| {
+                host && protocol == port_config::Protocol::Tcp
+                    && n.static_port != 0
+                    && n.static_port == port.published_port
+            }) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "port {} is published in host mode and asked for by the named port {:?} too",
+                        port.published_port, named.name
+                    ),
+                ));
+            }
         }
     }
     Ok(())
