@@ -3,7 +3,7 @@
 //! told of them. Shared by the allocator (gives them), the dispatcher (sends
 //! a task only once it has them all) and the agent (tells the process).
 
-use crate::{port_config, NamedPort, PortConfig, PortRange, Task, TaskSpec};
+use crate::{port_config, PortConfig, PortRange, Task, TaskSpec};
 
 /// The dynamic range when the cluster sets none.
 pub const DEFAULT_DYNAMIC_PORTS: (u32, u32) = (20_000, 32_000);
@@ -49,13 +49,6 @@ impl Task {
     }
 }
 
-impl NamedPort {
-    /// The part of the environment variables' names for this port.
-    pub fn env_name(name: &str) -> String {
-        name.to_ascii_uppercase()
-    }
-}
-
 /// What a task's process is told of its named ports, as `NAME=value`
 /// entries: where to bind (`SHOAL_PORT_<NAME>`), the port on the node
 /// (`SHOAL_HOST_PORT_<NAME>`), the node's address (`SHOAL_IP_<NAME>`) and
@@ -63,7 +56,7 @@ impl NamedPort {
 pub fn port_env(task: &Task) -> Vec<String> {
     let mut env = Vec::new();
     for p in task.named_ports() {
-        let name = NamedPort::env_name(&p.name);
+        let name = p.name.to_ascii_uppercase();
         let ip = if p.host_ip.is_empty() {
             "127.0.0.1"
         } else {
@@ -84,7 +77,7 @@ pub fn port_env(task: &Task) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Endpoint;
+    use crate::{Endpoint, NamedPort};
 
     #[test]
     fn a_task_is_told_each_named_port_four_ways() {

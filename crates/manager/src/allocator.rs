@@ -180,7 +180,7 @@ impl<'a> NodePorts<'a> {
 
 /// Every port a task holds, or is about to hold, on its node: the host
 /// ports it publishes and its named ports, given or asked for statically.
-pub(crate) fn ports_held(task: &Task) -> Vec<u32> {
+fn ports_held(task: &Task) -> Vec<u32> {
     let published = task
         .endpoint
         .iter()
